@@ -1,0 +1,37 @@
+"""Dev-only stack: install and run real servers for local runs and integration tests.
+
+Not part of the shipped distribution. Everything lives under ``<repo>/.stack``
+(git-ignored): binaries in ``bin/``, Kafka jars in ``kafka/libs``, logs in ``logs/``.
+
+    python -m devstack install     # idempotent installs
+    python -m devstack selfcheck   # start/stop FerretDB, MinIO, Kafka once, print timings
+"""
+
+from __future__ import annotations
+
+from ._envoy import Envoy, envoy_binary, validate_envoy_config
+from ._install import GO_TOOLS, InstallError, install_all, tool_path
+from ._paths import LOG_DIR, REPO_ROOT, STACK_DIR
+from ._process import ServerError, ServerProcess, free_port, port_open
+from ._servers import FerretDB, Kafka, MinIO, kafka_broker_registered
+
+__all__ = [
+    "GO_TOOLS",
+    "LOG_DIR",
+    "REPO_ROOT",
+    "STACK_DIR",
+    "Envoy",
+    "FerretDB",
+    "InstallError",
+    "Kafka",
+    "MinIO",
+    "ServerError",
+    "ServerProcess",
+    "envoy_binary",
+    "free_port",
+    "install_all",
+    "kafka_broker_registered",
+    "port_open",
+    "tool_path",
+    "validate_envoy_config",
+]

@@ -1,0 +1,356 @@
+"""FerretDB (SQLite), MinIO and Kafka (KRaft) as ServerProcess subclasses."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._install import tool_path
+from ._paths import KAFKA_LIBS_DIR, STACK_DIR
+from ._process import ServerError, ServerProcess, http_status, port_open
+
+
+def _require_binary(path: Path) -> str:
+    if not path.is_file():
+        raise ServerError(f"{path} is missing: run `python -m devstack install`")
+    return str(path)
+
+
+class FerretDB(ServerProcess):
+    """FerretDB v1 with the SQLite backend; databases live in ``data_dir``."""
+
+    def __init__(
+        self, *, port: int, data_dir: Path, log_path: Path | None = None, log_level: str = "info"
+    ) -> None:
+        super().__init__(name="ferretdb", port=port, log_path=log_path)
+        self.data_dir = data_dir
+        self.log_level = log_level
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    def _prepare(self) -> None:
+        (self.data_dir / "state").mkdir(parents=True, exist_ok=True)
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        env["DO_NOT_TRACK"] = "1"
+        return env
+
+    def _command(self) -> Sequence[str]:
+        return [
+            _require_binary(tool_path("ferretdb")),
+            "--handler=sqlite",
+            # the URI must name a directory, with a trailing slash
+            f"--sqlite-url=file:{self.data_dir.resolve()}/",
+            f"--state-dir={(self.data_dir / 'state').resolve()}",
+            f"--listen-addr=127.0.0.1:{self.port}",
+            "--debug-addr=-",  # default 127.0.0.1:8088 would clash between instances
+            "--telemetry=disable",
+            f"--log-level={self.log_level}",
+            "--log-format=text",
+        ]
+
+    def _probe(self) -> bool:
+        if not port_open(self.port):
+            return False
+        from pymongo import MongoClient  # dev-only dependency, imported lazily
+
+        client: MongoClient[dict[str, object]] = MongoClient(
+            self.uri,
+            directConnection=True,
+            serverSelectionTimeoutMS=1000,
+            connectTimeoutMS=1000,
+            socketTimeoutMS=2000,
+        )
+        try:
+            reply = client.admin.command("ping")
+            return bool(reply.get("ok"))
+        finally:
+            client.close()
+
+
+class MinIO(ServerProcess):
+    """Single-drive MinIO server storing objects in ``data_dir``."""
+
+    def __init__(
+        self,
+        *,
+        port: int,
+        console_port: int,
+        data_dir: Path,
+        access_key: str = "minioadmin",
+        secret_key: str = "minioadmin",
+        log_path: Path | None = None,
+    ) -> None:
+        super().__init__(name="minio", port=port, log_path=log_path)
+        self.console_port = console_port
+        self.data_dir = data_dir
+        self.access_key = access_key
+        self.secret_key = secret_key
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    def _certs_dir(self) -> Path:
+        # An empty certs dir of our own: the default ~/.minio/certs could switch on TLS.
+        return STACK_DIR / "minio-certs"
+
+    def _prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._certs_dir().mkdir(parents=True, exist_ok=True)
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        env.update(
+            {
+                "MINIO_ROOT_USER": self.access_key,
+                "MINIO_ROOT_PASSWORD": self.secret_key,
+                "MINIO_UPDATE": "off",
+                "MINIO_BROWSER": "on",
+            }
+        )
+        return env
+
+    def _command(self) -> Sequence[str]:
+        return [
+            _require_binary(tool_path("minio")),
+            "server",
+            str(self.data_dir.resolve()),
+            "--address",
+            f"127.0.0.1:{self.port}",
+            "--console-address",
+            f"127.0.0.1:{self.console_port}",
+            "--certs-dir",
+            str(self._certs_dir()),
+            "--quiet",
+        ]
+
+    def _probe(self) -> bool:
+        return http_status(f"{self.url}/minio/health/ready") == 200
+
+
+_LOG4J2_PROPERTIES = """\
+status = warn
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.apache.name = org.apache.kafka
+logger.apache.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+class Kafka(ServerProcess):
+    """Single Kafka broker in KRaft combined mode (broker + controller, node id 1).
+
+    ``data_dir`` holds the generated configs and the log dir; storage is formatted
+    with ``kafka.tools.StorageTool`` (random cluster id) before the first start only.
+    """
+
+    NODE_ID = 1
+
+    def __init__(
+        self,
+        *,
+        port: int,
+        controller_port: int,
+        data_dir: Path,
+        heap_mb: int = 512,
+        log_path: Path | None = None,
+        num_partitions: int = 1,
+        auto_create_topics: bool = True,
+    ) -> None:
+        super().__init__(name="kafka", port=port, log_path=log_path)
+        self.controller_port = controller_port
+        self.data_dir = data_dir
+        self.heap_mb = heap_mb
+        self.num_partitions = num_partitions
+        self.auto_create_topics = auto_create_topics
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def _log_dirs(self) -> Path:
+        return self.data_dir / "kraft-logs"
+
+    @property
+    def _server_properties(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    def _properties(self) -> str:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(self.NODE_ID),
+            "controller.quorum.voters": f"{self.NODE_ID}@127.0.0.1:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self._log_dirs.resolve()),
+            "num.partitions": str(self.num_partitions),
+            "auto.create.topics.enable": str(self.auto_create_topics).lower(),
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # After a SIGKILL the restarted broker cannot register until the previous
+            # incarnation's session expires (default 9 s): keep that short for tests.
+            "broker.session.timeout.ms": "2500",
+            "broker.heartbeat.interval.ms": "500",
+        }
+        return "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _java(self) -> str:
+        java_home = os.environ.get("JAVA_HOME")
+        if java_home and (Path(java_home) / "bin" / "java").is_file():
+            return str(Path(java_home) / "bin" / "java")
+        found = shutil.which("java")
+        if found is None:
+            raise ServerError("java not found (need Java 17+): set JAVA_HOME or install a JRE")
+        return found
+
+    def _classpath(self) -> str:
+        if not any(KAFKA_LIBS_DIR.glob("kafka_2.13-*.jar")):
+            raise ServerError(
+                f"no Kafka jars in {KAFKA_LIBS_DIR}: run `python -m devstack install`"
+            )
+        return f"{KAFKA_LIBS_DIR}/*"
+
+    def _prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._server_properties.write_text(self._properties())
+        (self.data_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
+        if (self._log_dirs / "meta.properties").is_file():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        res = subprocess.run(
+            [
+                self._java(),
+                "-Xmx256m",
+                "-cp",
+                self._classpath(),
+                f"-Dlog4j2.configurationFile={(self.data_dir / 'log4j2.properties').resolve()}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self._server_properties),
+                "--ignore-formatted",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if res.returncode != 0:
+            raise ServerError(
+                f"kafka StorageTool format failed (exit {res.returncode}):\n"
+                f"{res.stdout[-3000:]}{res.stderr[-3000:]}"
+            )
+
+    def _command(self) -> Sequence[str]:
+        return [
+            self._java(),
+            f"-Xmx{self.heap_mb}m",
+            f"-Xms{min(self.heap_mb, 128)}m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={(self.data_dir / 'log4j2.properties').resolve()}",
+            f"-Dkafka.logs.dir={self.data_dir.resolve()}",
+            "-cp",
+            self._classpath(),
+            "kafka.Kafka",
+            str(self._server_properties.resolve()),
+        ]
+
+    def _probe(self) -> bool:
+        return kafka_broker_registered(self.port, self.NODE_ID)
+
+
+def _kafka_request(
+    sock: socket.socket, api_key: int, api_version: int, body: bytes, correlation_id: int
+) -> bytes:
+    client_id = b"devstack-probe"
+    header = struct.pack(">hhih", api_key, api_version, correlation_id, len(client_id)) + client_id
+    payload = header + body
+    sock.sendall(struct.pack(">i", len(payload)) + payload)
+    size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+    resp = _recv_exact(sock, size)
+    if struct.unpack(">i", resp[:4])[0] != correlation_id:
+        raise ConnectionError("kafka probe: correlation id mismatch")
+    return resp[4:]
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("kafka probe: connection closed")
+        buf += chunk
+    return bytes(buf)
+
+
+def kafka_broker_registered(port: int, node_id: int, timeout_s: float = 2.0) -> bool:
+    """Kafka wire-protocol readiness check on 127.0.0.1:port.
+
+    Sends ApiVersions v0 (error_code must be 0) and then Metadata v4 for no topics;
+    ready when the broker lists itself (``node_id``) and a controller is elected.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.settimeout(timeout_s)
+        api = _kafka_request(sock, api_key=18, api_version=0, body=b"", correlation_id=1)
+        if struct.unpack(">h", api[:2])[0] != 0:
+            return False
+        # Metadata v4: topics = [] (empty array, not null), allow_auto_topic_creation = false
+        meta = _kafka_request(
+            sock, api_key=3, api_version=4, body=struct.pack(">ib", 0, 0), correlation_id=2
+        )
+        off = 4  # throttle_time_ms
+        (n_brokers,) = struct.unpack_from(">i", meta, off)
+        off += 4
+        node_ids: list[int] = []
+        for _ in range(n_brokers):
+            (nid,) = struct.unpack_from(">i", meta, off)
+            off += 4
+            (hlen,) = struct.unpack_from(">h", meta, off)
+            off += 2 + hlen + 4  # host, port
+            (rlen,) = struct.unpack_from(">h", meta, off)
+            off += 2 + max(rlen, 0)  # nullable rack
+            node_ids.append(nid)
+        (cid_len,) = struct.unpack_from(">h", meta, off)
+        off += 2 + max(cid_len, 0)  # nullable cluster id
+        (controller_id,) = struct.unpack_from(">i", meta, off)
+        return node_id in node_ids and controller_id >= 0

@@ -1,0 +1,186 @@
+"""The whole local stack: FerretDB, MinIO, Kafka, the checkout server and Envoy, started in
+dependency order for `make run` (fixed, documented ports) or for tests (free ports)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tools.render_envoy import render_envoy_config
+
+from ._envoy import Envoy
+from ._paths import REPO_ROOT, STACK_DIR
+from ._process import ServerProcess, free_port
+from ._servers import FerretDB, Kafka, MinIO
+
+log = logging.getLogger(__name__)
+
+DESCRIPTOR = REPO_ROOT / "build" / "checkout.pb"
+
+
+def grpc_serving(port: int, timeout_s: float = 1.0) -> bool:
+    """True when the gRPC health service on `port` answers SERVING."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
+        except grpc.RpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class PythonService(ServerProcess):
+    """One of our own Python entry points (`python -m <module>`), configured by environment
+    variables; ready when its gRPC health service answers SERVING."""
+
+    def __init__(
+        self, *, name: str, module: str, port: int, env: Mapping[str, str], log_path: Path
+    ) -> None:
+        super().__init__(name=name, port=port, log_path=log_path, env=env)
+        self.module = module
+
+    def _command(self) -> Sequence[str]:
+        return [sys.executable, "-m", self.module]
+
+    def _probe(self) -> bool:
+        return grpc_serving(self.port)
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    grpc: int = 50051
+    rest: int = 8080
+    envoy_admin: int = 9901
+    mongo: int = 27017
+    minio: int = 9000
+    minio_console: int = 9001
+    kafka: int = 9092
+    kafka_controller: int = 9093
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        return cls(*(free_port() for _ in range(8)))
+
+
+@dataclass
+class LocalStack:
+    """Every server of the local stack, under `data_dir`."""
+
+    data_dir: Path
+    ports: StackPorts = field(default_factory=StackPorts)
+    app_env: Mapping[str, str] = field(default_factory=dict)
+    envoy_base_id: int = 0
+
+    def __post_init__(self) -> None:
+        d, p = self.data_dir, self.ports
+        logs = d / "logs"
+        self.ferretdb = FerretDB(
+            port=p.mongo, data_dir=d / "ferretdb", log_path=logs / "ferretdb.log"
+        )
+        self.minio = MinIO(
+            port=p.minio,
+            console_port=p.minio_console,
+            data_dir=d / "minio",
+            log_path=logs / "minio.log",
+        )
+        self.kafka = Kafka(
+            port=p.kafka,
+            controller_port=p.kafka_controller,
+            data_dir=d / "kafka",
+            log_path=logs / "kafka.log",
+        )
+        self.server = PythonService(
+            name="checkout-server",
+            module="checkout_server",
+            port=p.grpc,
+            env=self.environment(),
+            log_path=logs / "checkout-server.log",
+        )
+        config = render_envoy_config(
+            d / "envoy.yaml",
+            listen_port=p.rest,
+            admin_port=p.envoy_admin,
+            upstream_port=p.grpc,
+            descriptor=DESCRIPTOR,
+        )
+        self.envoy = Envoy(
+            config_path=config,
+            admin_port=p.envoy_admin,
+            base_id=self.envoy_base_id,
+            cwd=REPO_ROOT,
+            log_path=logs / "envoy.log",
+        )
+
+    def environment(self) -> dict[str, str]:
+        """The environment our services run with: the seed's variables plus ours."""
+        p = self.ports
+        env = {
+            "GRPC_ADDR": f"127.0.0.1:{p.grpc}",
+            "MINIO_ENDPOINT": f"127.0.0.1:{p.minio}",
+            "MINIO_ACCESS_KEY": "minioadmin",
+            "MINIO_SECRET_KEY": "minioadmin",
+            "MONGO_URI": f"mongodb://127.0.0.1:{p.mongo}/",
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{p.kafka}",
+        }
+        env.update(self.app_env)
+        return env
+
+    def start(self) -> None:
+        """Backends in parallel, then the server, then Envoy in front of it."""
+        backends: list[ServerProcess] = [self.ferretdb, self.minio, self.kafka]
+        with ThreadPoolExecutor(len(backends)) as pool:
+            for future in [pool.submit(s.start, 120) for s in backends]:
+                future.result()
+        self.server.start(timeout_s=60)
+        self.envoy.start(timeout_s=60)
+
+    def stop(self) -> None:
+        for server in (self.envoy, self.server, self.kafka, self.minio, self.ferretdb):
+            server.stop()
+
+    def endpoints(self) -> str:
+        p = self.ports
+        return "\n".join(
+            [
+                f"  gRPC        127.0.0.1:{p.grpc}   (grpcurl -plaintext 127.0.0.1:{p.grpc} list)",
+                f"  REST        http://127.0.0.1:{p.rest}/api/health   (Envoy; gRPC, grpc-web too)",
+                f"  Envoy admin http://127.0.0.1:{p.envoy_admin}/",
+                f"  MongoDB     mongodb://127.0.0.1:{p.mongo}/   (FerretDB over SQLite)",
+                f"  MinIO       http://127.0.0.1:{p.minio}   (minioadmin / minioadmin)",
+                f"  MinIO UI    http://127.0.0.1:{p.minio_console}",
+                f"  Kafka       127.0.0.1:{p.kafka}",
+                f"  logs        {self.data_dir / 'logs'}",
+            ]
+        )
+
+
+def run_foreground(data_dir: Path | None = None) -> int:
+    """`make run`: start everything on the documented ports, wait for Ctrl-C or SIGTERM,
+    stop everything."""
+    stack = LocalStack(data_dir or STACK_DIR / "run", app_env={"LOG_FORMAT": "json"})
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        print("starting FerretDB, MinIO, Kafka, checkout-server, Envoy ...", flush=True)
+        stack.start()
+        print(
+            f"checkout is up (pid {os.getpid()}); Ctrl-C stops everything:\n{stack.endpoints()}",
+            flush=True,
+        )
+        stopping.wait()
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+    return 0
