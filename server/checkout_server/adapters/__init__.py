@@ -1,0 +1,1 @@
+"""One module per backend; each implements ports from `checkout_server.ports`."""

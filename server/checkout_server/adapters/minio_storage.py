@@ -1,0 +1,155 @@
+"""ObjectStorage on MinIO / S3 through miniopy-async.
+
+Bodies are passed as BytesIO so aiohttp streams them instead of writing one large buffer.
+
+Large objects go through an S3 multipart upload whose parts arrive in order from the
+upload pipeline, one at a time, so the server holds about one part per upload. An object
+smaller than one part is written with a single PUT. Abort is explicit and also runs on
+cancellation (miniopy-async only aborts on `Exception`, not on `CancelledError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import aiohttp
+from miniopy_async.api import Minio
+from miniopy_async.datatypes import MultipartUploader
+from miniopy_async.error import MinioException, S3Error
+
+from ..errors import StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+_MISSING_KEY_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn vendor and network errors into StorageUnavailable at the adapter boundary."""
+    try:
+        yield
+    except (TimeoutError, MinioException, aiohttp.ClientError, OSError, ValueError) as exc:
+        log.warning("storage %s failed: %r", action, exc)
+        raise StorageUnavailable() from exc
+
+
+class MinioStorage:
+    """Implements ports.ObjectStorage. The Minio client is built by the wiring and shared."""
+
+    def __init__(self, client: Minio, *, abort_retry_s: float = 300.0) -> None:
+        self._client = client
+        self._abort_retry_s = abort_retry_s
+
+    async def ensure_bucket(self, bucket: str) -> None:
+        with _translated("ensure_bucket"):
+            if await self._client.bucket_exists(bucket):
+                return
+            try:
+                await self._client.make_bucket(bucket)
+            except S3Error as exc:  # created concurrently by another replica
+                if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                    raise
+
+    def open_writer(self, bucket: str, key: str, content_type: str) -> MinioObjectWriter:
+        return MinioObjectWriter(self._client, bucket, key, content_type, self._abort_retry_s)
+
+    async def delete(self, bucket: str, key: str) -> None:
+        with _translated("delete"):
+            await self._client.remove_object(bucket, key)
+
+    async def exists(self, bucket: str, key: str) -> bool:
+        with _translated("exists"):
+            try:
+                await self._client.stat_object(bucket, key)
+            except S3Error as exc:
+                if exc.code in _MISSING_KEY_CODES:
+                    return False
+                raise
+            return True
+
+    async def ping(self) -> None:
+        with _translated("ping"):
+            await self._client.list_buckets()
+
+
+class MinioObjectWriter:
+    """Implements ports.ObjectWriter for one object."""
+
+    def __init__(
+        self, client: Minio, bucket: str, key: str, content_type: str, abort_retry_s: float
+    ) -> None:
+        self._client = client
+        self._abort_retry_s = abort_retry_s
+        self._bucket = bucket
+        self._key = key
+        self._content_type = content_type
+        self._uploader: MultipartUploader | None = None
+        self._parts = 0
+        # Set before the request that makes the object visible: if that request fails
+        # ambiguously (timeout after the server committed), abort must delete the object.
+        self._may_exist = False
+        self._done = False
+
+    async def write_part(self, data: bytes) -> None:
+        with _translated("upload_part"):
+            if self._uploader is None:
+                self._uploader = self._client.multipart_uploader(
+                    self._bucket, self._key, content_type=self._content_type
+                )
+            self._parts += 1
+            await self._uploader.upload_part(io.BytesIO(data), self._parts)
+
+    async def finish(self, last: bytes) -> None:
+        with _translated("finish"):
+            self._may_exist = True
+            if self._uploader is None:
+                # Smaller than one part: one PUT (part_size == length takes miniopy-async's
+                # single-request path, never its parallel multipart path).
+                await self._client.put_object(
+                    self._bucket,
+                    self._key,
+                    io.BytesIO(last),
+                    len(last),
+                    content_type=self._content_type,
+                    part_size=len(last),
+                )
+            else:
+                if last:
+                    self._parts += 1
+                    await self._uploader.upload_part(io.BytesIO(last), self._parts)
+                await self._uploader.complete()
+        self._done = True
+
+    async def abort(self) -> None:
+        # Storage may be the very thing that failed: retry with backoff for a while. MinIO's
+        # own expiry of stale multipart uploads (24 h by default) is the last backstop.
+        delay = 0.2
+        deadline = time.monotonic() + self._abort_retry_s
+        while True:
+            try:
+                await self._abort_once()
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("giving up abort of %s/%s: %r", self._bucket, self._key, exc)
+                    return
+                log.warning("abort of %s/%s failed, retrying: %r", self._bucket, self._key, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            else:
+                return
+
+    async def _abort_once(self) -> None:
+        if self._uploader is not None and not self._done:
+            try:
+                await self._uploader.abort()  # type: ignore[no-untyped-call]
+            except S3Error as exc:
+                if exc.code != "NoSuchUpload":  # already aborted or completed
+                    raise
+        if self._may_exist:
+            await self._client.remove_object(self._bucket, self._key)

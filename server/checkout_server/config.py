@@ -1,0 +1,166 @@
+"""Service configuration: one frozen object, built from the environment in the entry point.
+
+Every field documents its environment variable and default. Secrets may also come from a
+file named by `<NAME>_FILE` (Docker/Kubernetes secrets), which wins over the plain variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+# S3 multipart limits: every part but the last is 5 MiB..5 GiB, at most 10,000 parts.
+S3_MIN_PART_BYTES = 5 * MiB
+S3_MAX_PART_BYTES = 5 * GiB
+S3_MAX_PARTS = 10_000
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    # GRPC_ADDR: where the gRPC server listens.
+    grpc_addr: str = "0.0.0.0:50051"
+    # MINIO_ENDPOINT / MINIO_ACCESS_KEY / MINIO_SECRET_KEY / MINIO_SECURE: as in the seed service.
+    minio_endpoint: str = "minio:9000"
+    minio_access_key: str = "minioadmin"
+    minio_secret_key: str = field(default="minioadmin", repr=False)
+    minio_secure: bool = False
+    # MONGO_URI / MONGO_DB / MONGO_OUTBOX_COLLECTION: the outbox (database name from the seed).
+    mongo_uri: str = "mongodb://mongo:27017/"
+    mongo_db: str = "main_db"
+    mongo_outbox_collection: str = "outbox"
+    # MONGO_TIMEOUT_MS: server selection / socket timeout for MongoDB calls.
+    mongo_timeout_ms: int = 5_000
+    # KAFKA_BOOTSTRAP_SERVERS / KAFKA_TOPIC: where the relay publishes events.
+    kafka_bootstrap_servers: str = "kafka:9092"
+    kafka_topic: str = "checkout.videos.v1"
+    # DEFAULT_BUCKET: used when a request names none. ALLOWED_BUCKETS: comma-separated
+    # allow-list (the default bucket is always allowed); created at start-up.
+    default_bucket: str = "videos"
+    allowed_buckets: frozenset[str] = frozenset({"videos"})
+    # UPLOAD_MAX_BYTES: the largest accepted video (default 4 GiB).
+    upload_max_bytes: int = 4 * GiB
+    # UPLOAD_PART_BYTES: S3 multipart part size; the server buffers about one part per upload.
+    upload_part_bytes: int = 8 * MiB
+    # STORAGE_ABORT_RETRY_S: how long a failed upload keeps retrying to abort its multipart
+    # upload while storage is unreachable (in the background; the client is answered at once).
+    storage_abort_retry_s: float = 300.0
+    # RESULT_KEY_TEMPLATE: where the detection runner writes its JSON result.
+    result_key_template: str = "output/{video_id}.json"
+    # ADMIN_TOKEN (or ADMIN_TOKEN_FILE): bearer token for Cleanup; empty disables Cleanup.
+    admin_token: str = field(default="", repr=False)
+    # SHUTDOWN_GRACE_S: how long in-flight RPCs may finish after SIGTERM.
+    shutdown_grace_s: float = 30.0
+    # STARTUP_TIMEOUT_S: how long start-up waits for MinIO and MongoDB to answer.
+    startup_timeout_s: float = 60.0
+    # HEALTH_INTERVAL_S: how often dependencies are probed for the health service.
+    health_interval_s: float = 5.0
+    # LOG_LEVEL / LOG_FORMAT (json | console; default: console on a terminal, else json).
+    log_level: str = "INFO"
+    log_format: str = ""
+
+    def __post_init__(self) -> None:
+        if self.default_bucket not in self.allowed_buckets:
+            object.__setattr__(
+                self, "allowed_buckets", self.allowed_buckets | {self.default_bucket}
+            )
+        if not S3_MIN_PART_BYTES <= self.upload_part_bytes <= S3_MAX_PART_BYTES:
+            raise ConfigError("UPLOAD_PART_BYTES must be between 5 MiB and 5 GiB")
+        if self.upload_max_bytes > self.upload_part_bytes * S3_MAX_PARTS:
+            raise ConfigError(
+                "UPLOAD_MAX_BYTES needs more than 10,000 parts: raise UPLOAD_PART_BYTES"
+            )
+        if self.upload_max_bytes <= 0:
+            raise ConfigError("UPLOAD_MAX_BYTES must be positive")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; unset ones keep their defaults."""
+        env = os.environ if env is None else env
+        reader = _EnvReader(env)
+        defaults = cls()
+        buckets = reader.text("ALLOWED_BUCKETS", ",".join(sorted(defaults.allowed_buckets)))
+        return cls(
+            grpc_addr=reader.text("GRPC_ADDR", defaults.grpc_addr),
+            minio_endpoint=reader.text("MINIO_ENDPOINT", defaults.minio_endpoint),
+            minio_access_key=reader.secret("MINIO_ACCESS_KEY", defaults.minio_access_key),
+            minio_secret_key=reader.secret("MINIO_SECRET_KEY", defaults.minio_secret_key),
+            minio_secure=reader.flag("MINIO_SECURE", defaults.minio_secure),
+            mongo_uri=reader.secret("MONGO_URI", defaults.mongo_uri),
+            mongo_db=reader.text("MONGO_DB", defaults.mongo_db),
+            mongo_outbox_collection=reader.text(
+                "MONGO_OUTBOX_COLLECTION", defaults.mongo_outbox_collection
+            ),
+            mongo_timeout_ms=reader.integer("MONGO_TIMEOUT_MS", defaults.mongo_timeout_ms),
+            kafka_bootstrap_servers=reader.text(
+                "KAFKA_BOOTSTRAP_SERVERS", defaults.kafka_bootstrap_servers
+            ),
+            kafka_topic=reader.text("KAFKA_TOPIC", defaults.kafka_topic),
+            default_bucket=reader.text("DEFAULT_BUCKET", defaults.default_bucket),
+            allowed_buckets=frozenset(b.strip() for b in buckets.split(",") if b.strip()),
+            upload_max_bytes=reader.integer("UPLOAD_MAX_BYTES", defaults.upload_max_bytes),
+            upload_part_bytes=reader.integer("UPLOAD_PART_BYTES", defaults.upload_part_bytes),
+            storage_abort_retry_s=reader.number(
+                "STORAGE_ABORT_RETRY_S", defaults.storage_abort_retry_s
+            ),
+            result_key_template=reader.text("RESULT_KEY_TEMPLATE", defaults.result_key_template),
+            admin_token=reader.secret("ADMIN_TOKEN", defaults.admin_token),
+            shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
+            startup_timeout_s=reader.number("STARTUP_TIMEOUT_S", defaults.startup_timeout_s),
+            health_interval_s=reader.number("HEALTH_INTERVAL_S", defaults.health_interval_s),
+            log_level=reader.text("LOG_LEVEL", defaults.log_level).upper(),
+            log_format=reader.text("LOG_FORMAT", defaults.log_format).lower(),
+        )
+
+
+@dataclass(frozen=True)
+class _EnvReader:
+    env: Mapping[str, str]
+
+    def text(self, name: str, default: str) -> str:
+        value = self.env.get(name, "").strip()
+        return value or default
+
+    def secret(self, name: str, default: str) -> str:
+        path = self.env.get(f"{name}_FILE", "").strip()
+        if path:
+            try:
+                return Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{name}_FILE: cannot read {path}: {exc}") from exc
+        return self.text(name, default)
+
+    def integer(self, name: str, default: int) -> int:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+    def number(self, name: str, default: float) -> float:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in {"1", "true", "yes", "on"}:
+            return True
+        if raw in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")

@@ -1,0 +1,74 @@
+"""Domain values shared by the servicer, the upload pipeline and the adapters."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+
+class EventStatus(enum.StrEnum):
+    """Outbox status as stored and as sent to clients (lowercase strings, as in the seed)."""
+
+    NEW = "new"  # stored, waiting for the relay
+    SENT = "sent"  # published to Kafka
+    READY = "ready"  # the detection result exists in object storage
+    FAILED = "failed"  # publishing failed for good; `error` says why
+
+
+VIDEO_CONTENT_TYPE = "video/mp4"
+
+
+def input_object_key(video_id: str) -> str:
+    """Where a video is stored in its bucket."""
+    return f"input/{video_id}.mp4"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadRequest:
+    """What a client declared before streaming the bytes (validated by the pipeline)."""
+
+    filename: str = ""
+    content_type: str = ""
+    bucket: str = ""
+    size_bytes: int = 0  # 0 = unknown
+    sha256: str = ""  # lowercase hex or empty
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredVideo:
+    """A complete object in storage."""
+
+    video_id: str
+    bucket: str
+    object_key: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxEvent:
+    """One outbox document: the promise that the video will be announced on Kafka."""
+
+    event_id: str
+    video_id: str
+    bucket: str
+    object_key: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    status: EventStatus
+    created_at: datetime
+    updated_at: datetime
+    # The client's idempotency key, if it sent one.
+    idempotency_key: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadResult:
+    event: OutboxEvent
+    # True when the result replays an earlier upload with the same idempotency key.
+    deduplicated: bool = False

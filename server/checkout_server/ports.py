@@ -1,0 +1,77 @@
+"""Ports: what the service needs from its backends, as typing.Protocols.
+
+Each method states its contract. Adapters (one module per backend under `adapters/`)
+implement them and translate vendor errors into the errors named here at their boundary,
+so nothing above this line imports a vendor library.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .domain import OutboxEvent
+
+
+class ObjectWriter(Protocol):
+    """One object being written, part by part, in order. Nothing is visible until `finish`.
+
+    Either `finish` or `abort` must be called exactly once; after `abort` no object and no
+    pending multipart upload remains. Errors: StorageUnavailable.
+    """
+
+    async def write_part(self, data: bytes) -> None:
+        """Append one full part (at least the storage's minimum part size)."""
+
+    async def finish(self, last: bytes) -> None:
+        """Append the last (possibly short or empty) part and make the object visible."""
+
+    async def abort(self) -> None:
+        """Discard everything written, including an object `finish` made visible; safe to
+        call at any point, never raises (it retries while the storage is unreachable)."""
+
+
+class ObjectStorage(Protocol):
+    """S3-style object storage. Errors: StorageUnavailable for any backend failure."""
+
+    async def ensure_bucket(self, bucket: str) -> None:
+        """Create the bucket if it does not exist."""
+
+    def open_writer(self, bucket: str, key: str, content_type: str) -> ObjectWriter:
+        """Start writing `key`; no request is made until the first part is written."""
+
+    async def delete(self, bucket: str, key: str) -> None:
+        """Delete `key`; deleting a missing key succeeds."""
+
+    async def exists(self, bucket: str, key: str) -> bool:
+        """Whether `key` exists."""
+
+    async def ping(self) -> None:
+        """Raise StorageUnavailable unless the storage answers."""
+
+
+class DuplicateIdempotencyKey(Exception):
+    """Another event already holds this idempotency key; `existing` is that event."""
+
+    def __init__(self, existing: OutboxEvent) -> None:
+        super().__init__(existing.event_id)
+        self.existing = existing
+
+
+class Outbox(Protocol):
+    """The transactional outbox: one document per event. Errors: DatabaseUnavailable."""
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes the service and the relay rely on (idempotent)."""
+
+    async def add(self, event: OutboxEvent) -> None:
+        """Insert a new event. Raises DuplicateIdempotencyKey when its idempotency key is
+        already used by another event (atomic on MongoDB and FerretDB: a unique index)."""
+
+    async def get(self, event_id: str) -> OutboxEvent | None:
+        """The event with this id, or None."""
+
+    async def find_by_idempotency_key(self, key: str) -> OutboxEvent | None:
+        """The event created with this idempotency key, or None."""
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailable unless the database answers."""

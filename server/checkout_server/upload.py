@@ -1,0 +1,234 @@
+"""The upload pipeline: validate, stream into object storage, then write the outbox event.
+
+All or nothing: the object becomes visible only when the stream is complete and valid, the
+event is written only after that, and on any failure (bad input, a backend error, the client
+cancelling, the server stopping) whatever was written is removed again.
+
+Memory per upload is bounded by about one storage part: chunks are appended to a buffer, and
+a full buffer is sent as one part before the next chunk is read, so gRPC flow control holds
+the client back while a part is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from . import errors
+from .domain import (
+    VIDEO_CONTENT_TYPE,
+    EventStatus,
+    OutboxEvent,
+    StoredVideo,
+    UploadRequest,
+    UploadResult,
+    input_object_key,
+)
+from .ports import DuplicateIdempotencyKey, ObjectStorage, ObjectWriter, Outbox
+
+log = logging.getLogger(__name__)
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
+MAX_FILENAME_CHARS = 255
+# An ISO-BMFF file (MP4, MOV, 3GP...) starts with a box header: 4-byte size, then `ftyp`,
+# then a 4-byte major brand and a 4-byte minor version.
+_FTYP_HEADER_BYTES = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadLimits:
+    default_bucket: str
+    allowed_buckets: frozenset[str]
+    max_bytes: int
+    part_bytes: int
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UploadPipeline:
+    """Turns one validated stream of chunks into a stored video and its `new` event."""
+
+    def __init__(
+        self,
+        *,
+        storage: ObjectStorage,
+        outbox: Outbox,
+        limits: UploadLimits,
+        clock: Callable[[], datetime] = _utcnow,
+        new_id: Callable[[], str] = _new_id,
+        cleanup_wait_s: float = 5.0,
+    ) -> None:
+        self._cleanup_wait_s = cleanup_wait_s
+        self._storage = storage
+        self._outbox = outbox
+        self._limits = limits
+        self._clock = clock
+        self._new_id = new_id
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    async def upload(self, request: UploadRequest, chunks: AsyncIterator[bytes]) -> UploadResult:
+        bucket = self._validate(request)
+        if request.idempotency_key:
+            existing = await self._outbox.find_by_idempotency_key(request.idempotency_key)
+            if existing is not None:
+                _check_same_file(request, existing)
+                log.info("upload replayed", extra={"event_id": existing.event_id})
+                return UploadResult(event=existing, deduplicated=True)
+
+        video_id = self._new_id()
+        key = input_object_key(video_id)
+        writer = self._storage.open_writer(bucket, key, VIDEO_CONTENT_TYPE)
+        try:
+            stored = await self._stream(request, chunks, writer, video_id, bucket, key)
+            now = self._clock()
+            event = OutboxEvent(
+                event_id=video_id,  # as in the seed: one event per uploaded video
+                video_id=video_id,
+                bucket=bucket,
+                object_key=key,
+                filename=request.filename,
+                content_type=VIDEO_CONTENT_TYPE,
+                size_bytes=stored.size_bytes,
+                sha256=stored.sha256,
+                status=EventStatus.NEW,
+                created_at=now,
+                updated_at=now,
+                idempotency_key=request.idempotency_key,
+            )
+            await self._outbox.add(event)
+        except DuplicateIdempotencyKey as duplicate:
+            # A concurrent upload with the same key won the race: keep its result only.
+            await self._cleanup(writer.abort())
+            _check_same_file(request, duplicate.existing)
+            return UploadResult(event=duplicate.existing, deduplicated=True)
+        except BaseException as exc:
+            if isinstance(exc, errors.ServiceError):
+                exc.metadata.setdefault("video_id", video_id)  # to find leftovers, if any
+            await self._cleanup(writer.abort())
+            raise
+        log.info(
+            "video stored",
+            extra={"event_id": event.event_id, "size_bytes": event.size_bytes, "bucket": bucket},
+        )
+        return UploadResult(event=event)
+
+    async def _stream(
+        self,
+        request: UploadRequest,
+        chunks: AsyncIterator[bytes],
+        writer: ObjectWriter,
+        video_id: str,
+        bucket: str,
+        key: str,
+    ) -> StoredVideo:
+        limits = self._limits
+        declared = request.size_bytes
+        digest = hashlib.sha256()
+        buffer = bytearray()
+        total = 0
+        header_checked = False
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            total += len(chunk)
+            if total > limits.max_bytes:
+                raise errors.FileTooLarge(
+                    f"больше {limits.max_bytes} байт", max_bytes=str(limits.max_bytes)
+                )
+            if declared and total > declared:
+                raise errors.SizeMismatch(
+                    f"заявлено {declared} байт, получено больше", declared=str(declared)
+                )
+            digest.update(chunk)
+            buffer += chunk
+            if not header_checked and len(buffer) >= _FTYP_HEADER_BYTES:
+                _check_ftyp(buffer)
+                header_checked = True
+            if len(buffer) >= limits.part_bytes:
+                part = bytes(buffer)
+                buffer.clear()
+                await writer.write_part(part)
+
+        if total == 0:
+            raise errors.EmptyFile()
+        if not header_checked:
+            _check_ftyp(buffer)
+        if declared and total != declared:
+            raise errors.SizeMismatch(
+                f"заявлено {declared} байт, получено {total}",
+                declared=str(declared),
+                received=str(total),
+            )
+        sha256 = digest.hexdigest()
+        if request.sha256 and request.sha256 != sha256:
+            raise errors.ChecksumMismatch(declared=request.sha256, received=sha256)
+        await writer.finish(bytes(buffer))
+        return StoredVideo(
+            video_id=video_id, bucket=bucket, object_key=key, size_bytes=total, sha256=sha256
+        )
+
+    def _validate(self, request: UploadRequest) -> str:
+        bucket = request.bucket or self._limits.default_bucket
+        if bucket not in self._limits.allowed_buckets:
+            raise errors.BucketNotAllowed(bucket[:64], bucket=bucket[:64])
+        if len(request.filename) > MAX_FILENAME_CHARS:
+            raise errors.InvalidFilename(f"длиннее {MAX_FILENAME_CHARS} символов")
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in request.filename):
+            raise errors.InvalidFilename("содержит управляющие символы")
+        if request.size_bytes < 0:
+            raise errors.InvalidSize()
+        if request.size_bytes > self._limits.max_bytes:
+            raise errors.FileTooLarge(
+                f"больше {self._limits.max_bytes} байт", max_bytes=str(self._limits.max_bytes)
+            )
+        if request.sha256 and not _SHA256_HEX.fullmatch(request.sha256):
+            raise errors.InvalidChecksum()
+        if request.idempotency_key and not _IDEMPOTENCY_KEY.fullmatch(request.idempotency_key):
+            raise errors.InvalidIdempotencyKey("1–128 печатных символов ASCII без пробелов")
+        return bucket
+
+    async def _cleanup(self, cleanup: Coroutine[Any, Any, None]) -> None:
+        """Run a cleanup in its own task, so it finishes even if the caller is cancelled.
+
+        The caller waits for it a few seconds at most: when storage is down the cleanup keeps
+        retrying in the background while the client already gets its error.
+        """
+        task = asyncio.ensure_future(cleanup)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        await asyncio.wait({task}, timeout=self._cleanup_wait_s)
+
+    async def drain_cleanups(self, timeout_s: float | None = None) -> None:
+        """Wait for cleanups still running (at shutdown, and in tests)."""
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=timeout_s)
+
+
+def _check_ftyp(head: bytes | bytearray) -> None:
+    if len(head) < _FTYP_HEADER_BYTES or head[4:8] != b"ftyp":
+        raise errors.NotAVideo()
+    box_size = int.from_bytes(head[0:4], "big")
+    if box_size not in (0, 1) and box_size < _FTYP_HEADER_BYTES:
+        raise errors.NotAVideo()
+
+
+def _check_same_file(request: UploadRequest, existing: OutboxEvent) -> None:
+    """A reused idempotency key must describe the same file as the first upload."""
+    if (request.size_bytes and request.size_bytes != existing.size_bytes) or (
+        request.sha256 and request.sha256 != existing.sha256
+    ):
+        raise errors.IdempotencyKeyReused(event_id=existing.event_id)
