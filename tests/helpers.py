@@ -1,0 +1,58 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from typing import Any, cast
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+MiB = 1024 * 1024
+
+
+def mp4_bytes(size: int, *, seed: int = 0) -> bytes:
+    """`size` bytes that start like an MP4 (an ISO-BMFF `ftyp` box), then pseudo-random data."""
+    header = (24).to_bytes(4, "big") + b"ftypisom" + b"\x00\x00\x02\x00" + b"isomiso2"
+    if size <= len(header):
+        return header[:size]
+    body = hashlib.shake_256(seed.to_bytes(8, "big")).digest(min(size, 1 * MiB))
+    repeats = -(-(size - len(header)) // len(body))
+    return (header + body * repeats)[:size]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def random_key() -> str:
+    return os.urandom(8).hex()
+
+
+def error_info(exc: grpc.aio.AioRpcError) -> tuple[status_pb2.Status, Any]:
+    """The rich status of a failed call and its one ErrorInfo, checking that the status
+    agrees with the call's own code and message."""
+    metadata = cast(Iterable[tuple[str, bytes]], exc.trailing_metadata() or ())
+    details = [value for key, value in metadata if key == "grpc-status-details-bin"]
+    assert len(details) == 1, f"no rich status in {exc!r}"
+    status = status_pb2.Status.FromString(details[0])
+    assert status.code == exc.code().value[0]
+    assert status.message == exc.details()
+    infos = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    assert len(infos) == 1
+    info = error_details_pb2.ErrorInfo()
+    infos[0].Unpack(info)
+    assert info.domain == "checkout.v1"
+    return status, info
+
+
+def error_details(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, str]:
+    """(code, ErrorInfo reason, message) of a failed call."""
+    status, info = error_info(exc)
+    return exc.code(), info.reason, status.message
+
+
+def has_cyrillic(text: str) -> bool:
+    return any("а" <= c.lower() <= "я" for c in text)

@@ -1,0 +1,125 @@
+"""Real servers for integration tests: FerretDB, MinIO (and Kafka, Envoy where a test asks),
+started once per session on free ports under a temporary folder, stopped at the end.
+
+The checkout server itself runs in-process on the session's event loop (so tests can reach
+into it), except where a test needs a real process (signals): see `server_process`.
+Blocking devstack calls from async tests go through `asyncio.to_thread`, so the in-process
+server keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from miniopy_async.api import Minio
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.app import App, create_app
+from checkout_server.config import MiB, Settings
+from devstack import FerretDB, MinIO, free_port
+
+Document = dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def ferretdb(stack_dir: Path) -> Iterator[FerretDB]:
+    server = FerretDB(port=free_port(), data_dir=stack_dir / "ferretdb")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def minio(stack_dir: Path) -> Iterator[MinIO]:
+    server = MinIO(port=free_port(), console_port=free_port(), data_dir=stack_dir / "minio")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_settings(ferretdb: FerretDB, minio: MinIO) -> Settings:
+    return Settings(
+        grpc_addr="127.0.0.1:0",
+        minio_endpoint=minio.endpoint,
+        mongo_uri=ferretdb.uri,
+        mongo_db="checkout_test",
+        mongo_timeout_ms=2_000,
+        upload_max_bytes=64 * MiB,
+        upload_part_bytes=5 * MiB,
+        shutdown_grace_s=2.0,
+        health_interval_s=0.2,
+        storage_abort_retry_s=60.0,
+        startup_timeout_s=20.0,
+    )
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    """Per-test settings: a database and buckets of its own, so tests never see each other's
+    events or objects. The second allowed bucket is `other-<same suffix>`."""
+    suffix = uuid.uuid4().hex[:12]
+    return replace(
+        base_settings,
+        mongo_db=f"t_{suffix}",
+        default_bucket=f"videos-{suffix}",
+        allowed_buckets=frozenset({f"videos-{suffix}", f"other-{suffix}"}),
+    )
+
+
+@pytest.fixture
+def bucket(settings: Settings) -> str:
+    return settings.default_bucket
+
+
+@pytest.fixture
+def other_bucket(settings: Settings) -> str:
+    return next(b for b in settings.allowed_buckets if b != settings.default_bucket)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[App]:
+    app = await create_app(settings)
+    await app.start()
+    yield app
+    await app.stop(grace_s=1.0)
+
+
+@pytest.fixture
+async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.CheckoutServiceAsyncStub:
+    return pb_grpc.CheckoutServiceStub(channel)
+
+
+@pytest.fixture
+async def s3(minio: MinIO) -> AsyncIterator[Minio]:
+    """A test-side S3 client, to check what the service stored."""
+    client = Minio(minio.endpoint, access_key="minioadmin", secret_key="minioadmin", secure=False)
+    yield client
+    await client.close_session()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+async def outbox_collection(settings: Settings) -> AsyncIterator[AsyncCollection[Document]]:
+    """A test-side view of this test's outbox collection."""
+    client: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
+    yield client[settings.mongo_db][settings.mongo_outbox_collection]
+    await client.close()

@@ -1,0 +1,246 @@
+"""UploadVideo against real FerretDB and MinIO: stored bytes, outbox documents, bad input and
+faults that leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from miniopy_async.api import Minio
+from pymongo.asynchronous.collection import AsyncCollection
+
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.app import App
+from tests.helpers import MiB, error_details, error_info, has_cyrillic, mp4_bytes, sha256_hex
+from tests.integration.storage_checks import (
+    object_keys,
+    object_sha256,
+    pending_uploads,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+Collection = AsyncCollection[dict[str, Any]]
+CHUNK = 512 * 1024
+
+
+def messages(
+    data: bytes, meta: pb.UploadMetadata | None = None, chunk: int = CHUNK
+) -> Iterator[pb.UploadVideoRequest]:
+    yield pb.UploadVideoRequest(metadata=meta or pb.UploadMetadata(filename="clip.mp4"))
+    for start in range(0, len(data), chunk):
+        yield pb.UploadVideoRequest(chunk=data[start : start + chunk])
+
+
+async def assert_nothing_left(
+    s3: Minio, outbox: Collection, bucket: str, video_id: str | None = None
+) -> None:
+    assert await object_keys(s3, bucket) == []
+    assert await outbox.count_documents({}) == 0
+    key = f"input/{video_id}.mp4" if video_id else ""
+    await wait_until(
+        lambda: _nothing_pending(s3, bucket, key), what=f"uploads to {bucket}/{key} aborted"
+    )
+
+
+@pytest.mark.parametrize("size", [1000, 5 * MiB, 12 * MiB + 3])
+async def test_upload_stores_object_then_outbox_document(
+    stub: pb_grpc.CheckoutServiceAsyncStub,
+    s3: Minio,
+    outbox_collection: Collection,
+    bucket: str,
+    size: int,
+) -> None:
+    data = mp4_bytes(size, seed=size)
+    meta = pb.UploadMetadata(
+        filename="клип.mp4", size_bytes=size, sha256=sha256_hex(data), content_type="video/mp4"
+    )
+
+    response = await stub.UploadVideo(messages(data, meta))
+
+    assert response.status == "ok"
+    assert response.event_id == response.video_id
+    assert (response.bucket, response.object_key) == (bucket, f"input/{response.video_id}.mp4")
+    assert (response.size_bytes, response.sha256) == (size, sha256_hex(data))
+    stat = await s3.stat_object(bucket, response.object_key)
+    assert stat.content_type == "video/mp4"
+    assert await object_sha256(s3, bucket, response.object_key) == (size, sha256_hex(data))
+    document = await outbox_collection.find_one({"_id": response.event_id})
+    assert document is not None
+    assert document["status"] == "new"
+    assert document["payload"] == {
+        "video_id": response.video_id,
+        "bucket": bucket,
+        "object_key": response.object_key,
+        "filename": "клип.mp4",
+        "content_type": "video/mp4",
+        "size_bytes": size,
+        "sha256": sha256_hex(data),
+    }
+    assert document["created_at"] == document["updated_at"]
+    assert document["attempts"] == 0
+
+
+async def test_upload_to_another_allowed_bucket(
+    stub: pb_grpc.CheckoutServiceAsyncStub, s3: Minio, other_bucket: str
+) -> None:
+    response = await stub.UploadVideo(
+        messages(mp4_bytes(2000), pb.UploadMetadata(bucket=other_bucket))
+    )
+    assert response.bucket == other_bucket
+    assert await object_keys(s3, other_bucket) == [response.object_key]
+
+
+def _meta(**fields: Any) -> pb.UploadMetadata:
+    return pb.UploadMetadata(**fields)
+
+
+BAD_INPUT = [
+    pytest.param([], "MISSING_METADATA", id="no-messages"),
+    pytest.param(
+        [pb.UploadVideoRequest(chunk=mp4_bytes(100))], "MISSING_METADATA", id="chunk-first"
+    ),
+    pytest.param(
+        [*messages(mp4_bytes(6 * MiB)), pb.UploadVideoRequest(metadata=_meta())],
+        "DUPLICATE_METADATA",
+        id="metadata-twice",
+    ),
+    pytest.param(list(messages(b"")), "EMPTY_FILE", id="empty-file"),
+    pytest.param(list(messages(b"\x89PNG\r\n\x1a\n" + bytes(7 * MiB))), "NOT_MP4", id="not-mp4"),
+    pytest.param(list(messages(mp4_bytes(65 * MiB))), "FILE_TOO_LARGE", id="too-large"),
+    pytest.param(
+        list(messages(mp4_bytes(11 * MiB), _meta(size_bytes=11 * MiB + 1))),
+        "SIZE_MISMATCH",
+        id="size-short",
+    ),
+    pytest.param(
+        list(messages(mp4_bytes(11 * MiB), _meta(size_bytes=6 * MiB))),
+        "SIZE_MISMATCH",
+        id="size-over",
+    ),
+    pytest.param(
+        list(messages(mp4_bytes(11 * MiB), _meta(sha256="ab" * 32))),
+        "CHECKSUM_MISMATCH",
+        id="sha256-mismatch",
+    ),
+    pytest.param(
+        list(messages(mp4_bytes(100), _meta(bucket="secret"))), "BUCKET_NOT_ALLOWED", id="bucket"
+    ),
+    pytest.param(
+        list(messages(mp4_bytes(100), _meta(filename="x" * 300))),
+        "INVALID_FILENAME",
+        id="long-name",
+    ),
+    pytest.param(
+        list(messages(mp4_bytes(100), _meta(filename="a\x07b.mp4"))),
+        "INVALID_FILENAME",
+        id="control-char-name",
+    ),
+]
+
+
+@pytest.mark.parametrize(("requests", "reason"), BAD_INPUT)
+async def test_bad_input_is_refused_and_leaves_nothing(
+    stub: pb_grpc.CheckoutServiceAsyncStub,
+    s3: Minio,
+    outbox_collection: Collection,
+    bucket: str,
+    requests: list[pb.UploadVideoRequest],
+    reason: str,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.UploadVideo(iter(requests))
+
+    code, got_reason, message = error_details(caught.value)
+    assert (code, got_reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+    assert has_cyrillic(message)
+    await assert_nothing_left(s3, outbox_collection, bucket, _video_id(caught.value))
+
+
+def _video_id(exc: grpc.aio.AioRpcError) -> str | None:
+    """The video id the server put into the ErrorInfo, when it had got that far."""
+    _, info = error_info(exc)
+    return info.metadata.get("video_id") or None
+
+
+async def test_idempotent_retry_stores_once(
+    stub: pb_grpc.CheckoutServiceAsyncStub, s3: Minio, outbox_collection: Collection, bucket: str
+) -> None:
+    data = mp4_bytes(6 * MiB)
+    meta = pb.UploadMetadata(idempotency_key="retry-1", sha256=sha256_hex(data))
+    first = await stub.UploadVideo(messages(data, meta))
+    second = await stub.UploadVideo(messages(data, meta))
+    assert second.event_id == first.event_id
+    assert second.deduplicated
+    assert not first.deduplicated
+    assert await object_keys(s3, bucket) == [first.object_key]
+    assert await outbox_collection.count_documents({}) == 1
+
+
+async def test_concurrent_uploads_with_one_key_store_once(
+    stub: pb_grpc.CheckoutServiceAsyncStub, s3: Minio, outbox_collection: Collection, bucket: str
+) -> None:
+    data = mp4_bytes(7 * MiB)
+    meta = pb.UploadMetadata(idempotency_key="race-1")
+    results = await asyncio.gather(*(stub.UploadVideo(messages(data, meta)) for _ in range(4)))
+    assert len({r.event_id for r in results}) == 1
+    assert sum(not r.deduplicated for r in results) == 1
+    assert await object_keys(s3, bucket) == [results[0].object_key]
+    assert await outbox_collection.count_documents({}) == 1
+
+
+async def _stream_then_wait(
+    data: bytes, reached: asyncio.Event, hold: asyncio.Event
+) -> AsyncIterator[pb.UploadVideoRequest]:
+    """Sends `data`, signals `reached`, waits for `hold`, then sends one more chunk."""
+    for message in messages(data):
+        yield message
+    reached.set()
+    await hold.wait()
+    yield pb.UploadVideoRequest(chunk=b"\0" * CHUNK)
+
+
+async def test_client_cancel_mid_stream_leaves_nothing(
+    app: App,
+    stub: pb_grpc.CheckoutServiceAsyncStub,
+    s3: Minio,
+    outbox_collection: Collection,
+    bucket: str,
+) -> None:
+    reached, hold = asyncio.Event(), asyncio.Event()
+    call = stub.UploadVideo(_stream_then_wait(mp4_bytes(11 * MiB), reached, hold))
+    await reached.wait()
+    # Two parts have been sent to MinIO by now: a multipart upload is open.
+    await wait_until(lambda: _has_pending(s3, bucket), what="a multipart upload to open")
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await wait_until(lambda: _nothing_pending(s3, bucket), what="the multipart upload aborted")
+    await assert_nothing_left(s3, outbox_collection, bucket)
+
+
+async def test_deadline_mid_stream_leaves_nothing(
+    stub: pb_grpc.CheckoutServiceAsyncStub, s3: Minio, outbox_collection: Collection, bucket: str
+) -> None:
+    reached, hold = asyncio.Event(), asyncio.Event()
+    call = stub.UploadVideo(_stream_then_wait(mp4_bytes(11 * MiB), reached, hold), timeout=5)
+    await reached.wait()
+    await wait_until(lambda: _has_pending(s3, bucket), what="a multipart upload to open")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await wait_until(lambda: _nothing_pending(s3, bucket), what="the multipart upload aborted")
+    await assert_nothing_left(s3, outbox_collection, bucket)
+
+
+async def _has_pending(s3: Minio, bucket: str) -> bool:
+    return await pending_uploads(s3, bucket) > 0
+
+
+async def _nothing_pending(s3: Minio, bucket: str, key: str = "") -> bool:
+    return await pending_uploads(s3, bucket, key) == 0

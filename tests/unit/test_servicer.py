@@ -1,0 +1,147 @@
+"""The servicer and the error interceptor over a real gRPC channel, with in-memory ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.app import create_server
+from checkout_server.health import DependencyMonitor, new_health_servicer
+from checkout_server.servicer import CheckoutServicer
+from checkout_server.upload import UploadLimits, UploadPipeline
+from tests.fakes import FakeOutbox, FakeStorage
+from tests.helpers import MiB, error_details, has_cyrillic, mp4_bytes, sha256_hex
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.storage = FakeStorage()
+        self.outbox = FakeOutbox()
+        pipeline = UploadPipeline(
+            storage=self.storage,
+            outbox=self.outbox,
+            limits=UploadLimits(
+                default_bucket="videos",
+                allowed_buckets=frozenset({"videos"}),
+                max_bytes=32 * MiB,
+                part_bytes=5 * MiB,
+            ),
+        )
+        health_servicer = new_health_servicer()
+        self.monitor = DependencyMonitor(
+            {"storage": self.storage.ping, "database": self.outbox.ping},
+            health_servicer,
+            interval_s=60,
+        )
+        self.servicer = CheckoutServicer(pipeline=pipeline, monitor=self.monitor)
+        self.server, port = create_server("127.0.0.1:0", self.servicer, health_servicer)
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = pb_grpc.CheckoutServiceStub(self.channel)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    h = Harness()
+    await h.server.start()
+    await h.monitor.check_now()
+    yield h
+    await h.channel.close(None)
+    await h.server.stop(None)
+
+
+def upload_messages(
+    data: bytes, meta: pb.UploadMetadata | None = None, chunk: int = 256 * 1024
+) -> Iterator[pb.UploadVideoRequest]:
+    yield pb.UploadVideoRequest(metadata=meta or pb.UploadMetadata(filename="v.mp4"))
+    for start in range(0, len(data), chunk):
+        yield pb.UploadVideoRequest(chunk=data[start : start + chunk])
+
+
+async def test_upload_returns_the_stored_video(harness: Harness) -> None:
+    data = mp4_bytes(6 * MiB)
+    response = await harness.stub.UploadVideo(upload_messages(data))
+    assert response.status == "ok"
+    assert response.event_id == response.video_id
+    assert response.bucket == "videos"
+    assert response.object_key == f"input/{response.video_id}.mp4"
+    assert response.size_bytes == len(data)
+    assert response.sha256 == sha256_hex(data)
+    assert harness.storage.objects[("videos", response.object_key)] == data
+    assert set(harness.outbox.events) == {response.event_id}
+
+
+@pytest.mark.parametrize(
+    ("messages", "code", "reason"),
+    [
+        ([], grpc.StatusCode.INVALID_ARGUMENT, "MISSING_METADATA"),
+        ([pb.UploadVideoRequest(chunk=b"x")], grpc.StatusCode.INVALID_ARGUMENT, "MISSING_METADATA"),
+        (
+            [
+                pb.UploadVideoRequest(metadata=pb.UploadMetadata()),
+                pb.UploadVideoRequest(chunk=mp4_bytes(100)),
+                pb.UploadVideoRequest(metadata=pb.UploadMetadata()),
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "DUPLICATE_METADATA",
+        ),
+        (
+            [pb.UploadVideoRequest(metadata=pb.UploadMetadata(bucket="other"))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "BUCKET_NOT_ALLOWED",
+        ),
+        (
+            [pb.UploadVideoRequest(metadata=pb.UploadMetadata())],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "EMPTY_FILE",
+        ),
+        (
+            list(upload_messages(b"GIF89a" + b"\0" * 100)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NOT_MP4",
+        ),
+    ],
+)
+async def test_protocol_errors_are_rich_statuses(
+    harness: Harness, messages: list[pb.UploadVideoRequest], code: grpc.StatusCode, reason: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await harness.stub.UploadVideo(iter(messages))
+    got_code, got_reason, message = error_details(caught.value)
+    assert (got_code, got_reason) == (code, reason)
+    assert has_cyrillic(message)
+    assert harness.storage.objects == {}
+    assert harness.outbox.events == {}
+
+
+async def test_unexpected_error_is_internal_with_a_generic_message(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(harness.outbox, "add", broken)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await harness.stub.UploadVideo(upload_messages(mp4_bytes(1000)))
+    code, reason, message = error_details(caught.value)
+    assert (code, reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
+    assert "secret" not in message
+    assert has_cyrillic(message)
+    assert harness.storage.objects == {}
+
+
+async def test_health_reports_dependencies(harness: Harness) -> None:
+    response = await harness.stub.Health(pb.HealthRequest())
+    assert response.status == "ok"
+    assert dict(response.dependencies) == {"storage": "ok", "database": "ok"}
+
+    harness.outbox.down = True
+    await harness.monitor.check_now()
+    response = await harness.stub.Health(pb.HealthRequest())
+    assert response.status == "degraded"
+    assert response.dependencies["database"] == "database_unavailable"

@@ -1,0 +1,221 @@
+"""The upload pipeline against in-memory fakes: validation, all-or-nothing, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+import pytest
+
+from checkout_server import errors
+from checkout_server.domain import EventStatus, UploadRequest
+from checkout_server.upload import UploadLimits, UploadPipeline
+from tests.fakes import FakeOutbox, FakeStorage
+from tests.helpers import MiB, mp4_bytes, sha256_hex
+
+pytestmark = pytest.mark.timeout(10)
+
+PART = 5 * MiB
+LIMITS = UploadLimits(
+    default_bucket="videos",
+    allowed_buckets=frozenset({"videos", "archive"}),
+    max_bytes=64 * MiB,
+    part_bytes=PART,
+)
+
+
+def make_pipeline(
+    storage: FakeStorage | None = None, outbox: FakeOutbox | None = None
+) -> tuple[UploadPipeline, FakeStorage, FakeOutbox]:
+    storage = storage or FakeStorage()
+    outbox = outbox or FakeOutbox()
+    return UploadPipeline(storage=storage, outbox=outbox, limits=LIMITS), storage, outbox
+
+
+async def chunked(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def from_list(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def assert_nothing_left(storage: FakeStorage, outbox: FakeOutbox) -> None:
+    assert storage.objects == {}
+    assert outbox.events == {}
+    assert all(w.aborted or not w.parts for w in storage.writers)
+
+
+@pytest.mark.parametrize("size", [100, PART - 1, PART, 2 * PART, 2 * PART + 12345])
+async def test_stores_video_then_event(size: int) -> None:
+    pipeline, storage, outbox = make_pipeline()
+    data = mp4_bytes(size)
+
+    result = await pipeline.upload(UploadRequest(filename="a.mp4"), chunked(data))
+
+    event = result.event
+    assert not result.deduplicated
+    assert event.event_id == event.video_id
+    assert event.object_key == f"input/{event.video_id}.mp4"
+    assert event.bucket == "videos"
+    assert event.size_bytes == size
+    assert event.sha256 == sha256_hex(data)
+    assert event.status is EventStatus.NEW
+    assert storage.objects[("videos", event.object_key)] == data
+    assert outbox.events == {event.event_id: event}
+
+
+async def test_holds_about_one_part_in_memory() -> None:
+    pipeline, storage, _ = make_pipeline()
+    chunk = 1 * MiB
+    await pipeline.upload(UploadRequest(), chunked(mp4_bytes(6 * PART), chunk))
+    # A part is sent as soon as the buffer reaches the part size: at most one chunk over it.
+    assert PART <= storage.max_part_bytes < PART + chunk
+
+
+async def test_declared_size_and_checksum_accepted() -> None:
+    pipeline, _, _ = make_pipeline()
+    data = mp4_bytes(3 * MiB)
+    result = await pipeline.upload(
+        UploadRequest(size_bytes=len(data), sha256=sha256_hex(data), bucket="archive"),
+        chunked(data),
+    )
+    assert result.event.bucket == "archive"
+
+
+@pytest.mark.parametrize(
+    ("request_", "data", "error"),
+    [
+        (UploadRequest(), b"", errors.EmptyFile),
+        (UploadRequest(), b"not a video at all, just text " * 100, errors.NotAVideo),
+        (UploadRequest(), mp4_bytes(10)[:10], errors.NotAVideo),
+        (UploadRequest(bucket="secret"), mp4_bytes(1000), errors.BucketNotAllowed),
+        (UploadRequest(filename="a" * 256), mp4_bytes(1000), errors.InvalidFilename),
+        (UploadRequest(filename="evil\x00.mp4"), mp4_bytes(1000), errors.InvalidFilename),
+        (UploadRequest(filename="line\nbreak.mp4"), mp4_bytes(1000), errors.InvalidFilename),
+        (UploadRequest(size_bytes=-1), mp4_bytes(1000), errors.InvalidSize),
+        (UploadRequest(size_bytes=999), mp4_bytes(1000), errors.SizeMismatch),
+        (UploadRequest(size_bytes=1001), mp4_bytes(1000), errors.SizeMismatch),
+        (UploadRequest(size_bytes=65 * MiB), mp4_bytes(1000), errors.FileTooLarge),
+        (UploadRequest(sha256="xyz"), mp4_bytes(1000), errors.InvalidChecksum),
+        (UploadRequest(sha256="0" * 64), mp4_bytes(1000), errors.ChecksumMismatch),
+        (UploadRequest(idempotency_key="has space"), mp4_bytes(1000), errors.InvalidIdempotencyKey),
+        (UploadRequest(), mp4_bytes(64 * MiB + 1), errors.FileTooLarge),
+        (UploadRequest(size_bytes=12 * MiB), mp4_bytes(12 * MiB - 1), errors.SizeMismatch),
+        (UploadRequest(sha256="0" * 64), mp4_bytes(12 * MiB), errors.ChecksumMismatch),
+    ],
+)
+async def test_bad_input_leaves_nothing(
+    request_: UploadRequest, data: bytes, error: type[errors.ServiceError]
+) -> None:
+    pipeline, storage, outbox = make_pipeline()
+    with pytest.raises(error) as caught:
+        await pipeline.upload(request_, chunked(data, 1 * MiB))
+    assert caught.value.code.name in {"INVALID_ARGUMENT", "FAILED_PRECONDITION"}
+    assert caught.value.text  # a Russian message for people
+    assert_nothing_left(storage, outbox)
+
+
+async def test_too_large_stops_reading_at_the_limit() -> None:
+    pipeline, storage, outbox = make_pipeline()
+    consumed = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal consumed
+        yield mp4_bytes(1 * MiB)
+        while True:
+            consumed += 1
+            yield b"\0" * MiB
+
+    with pytest.raises(errors.FileTooLarge):
+        await pipeline.upload(UploadRequest(), endless())
+    assert consumed == 64  # stopped at the first chunk over 64 MiB
+    assert_nothing_left(storage, outbox)
+
+
+async def test_storage_failure_mid_stream_aborts() -> None:
+    storage = FakeStorage(fail_after_parts=1)
+    pipeline, storage, outbox = make_pipeline(storage=storage)
+    with pytest.raises(errors.StorageUnavailable):
+        await pipeline.upload(UploadRequest(), chunked(mp4_bytes(4 * PART)))
+    assert storage.writers[0].aborted
+    assert_nothing_left(storage, outbox)
+
+
+async def test_database_failure_removes_the_object() -> None:
+    pipeline, storage, outbox = make_pipeline(outbox=FakeOutbox(down=True))
+    with pytest.raises(errors.DatabaseUnavailable):
+        await pipeline.upload(UploadRequest(), chunked(mp4_bytes(2 * PART)))
+    assert_nothing_left(storage, outbox)
+
+
+async def test_cancellation_mid_stream_aborts() -> None:
+    pipeline, storage, outbox = make_pipeline()
+    second_part_reached = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        async for chunk in chunked(mp4_bytes(PART + MiB)):
+            yield chunk
+        second_part_reached.set()
+        await asyncio.Event().wait()  # the client goes quiet
+        yield b""
+
+    task = asyncio.create_task(pipeline.upload(UploadRequest(), stalls()))
+    await second_part_reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await pipeline.drain_cleanups()
+    assert storage.writers[0].parts  # a part had been written...
+    assert storage.writers[0].aborted  # ...and was aborted
+    assert_nothing_left(storage, outbox)
+
+
+async def test_idempotent_retry_returns_first_result() -> None:
+    pipeline, storage, outbox = make_pipeline()
+    data = mp4_bytes(2 * MiB)
+    first = await pipeline.upload(UploadRequest(idempotency_key="k-1"), chunked(data))
+
+    again = await pipeline.upload(
+        UploadRequest(idempotency_key="k-1", sha256=sha256_hex(data)), chunked(data)
+    )
+
+    assert again.deduplicated
+    assert again.event == first.event
+    assert len(outbox.events) == 1
+    assert len(storage.objects) == 1
+
+
+async def test_idempotency_key_reused_for_another_file() -> None:
+    pipeline, _, outbox = make_pipeline()
+    await pipeline.upload(UploadRequest(idempotency_key="k-2"), chunked(mp4_bytes(1000)))
+    other = mp4_bytes(2000, seed=7)
+    with pytest.raises(errors.IdempotencyKeyReused):
+        await pipeline.upload(
+            UploadRequest(idempotency_key="k-2", sha256=sha256_hex(other)), chunked(other)
+        )
+    assert len(outbox.events) == 1
+
+
+async def test_concurrent_uploads_with_one_key_keep_one() -> None:
+    pipeline, storage, outbox = make_pipeline()
+    data = mp4_bytes(3 * MiB)
+    gate = asyncio.Event()
+
+    async def gated() -> AsyncIterator[bytes]:
+        await gate.wait()  # both uploads have passed the idempotency look-up
+        async for chunk in chunked(data):
+            yield chunk
+
+    tasks = [
+        asyncio.create_task(pipeline.upload(UploadRequest(idempotency_key="same"), gated()))
+        for _ in range(2)
+    ]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    assert {r.event.event_id for r in results} == set(outbox.events)
+    assert sorted(r.deduplicated for r in results) == [False, True]
+    assert len(storage.objects) == 1
