@@ -144,6 +144,7 @@ async def create_app(settings: Settings) -> App:
             allowed_buckets=settings.allowed_buckets,
             max_bytes=settings.upload_max_bytes,
             part_bytes=settings.upload_part_bytes,
+            memory_budget_bytes=settings.upload_memory_budget_bytes,
         ),
     )
     health_servicer = new_health_servicer()

@@ -52,6 +52,9 @@ class Settings:
     # STORAGE_ABORT_RETRY_S: how long a failed upload keeps retrying to abort its multipart
     # upload while storage is unreachable (in the background; the client is answered at once).
     storage_abort_retry_s: float = 300.0
+    # UPLOAD_MEMORY_BUDGET_BYTES: what all uploads together may buffer (two parts each while
+    # active); uploads beyond it wait for their turn, slowed down by gRPC flow control.
+    upload_memory_budget_bytes: int = 256 * MiB
     # RESULT_KEY_TEMPLATE: where the detection runner writes its JSON result.
     result_key_template: str = "output/{video_id}.json"
     # ADMIN_TOKEN (or ADMIN_TOKEN_FILE): bearer token for Cleanup; empty disables Cleanup.
@@ -77,6 +80,8 @@ class Settings:
             raise ConfigError(
                 "UPLOAD_MAX_BYTES needs more than 10,000 parts: raise UPLOAD_PART_BYTES"
             )
+        if self.upload_memory_budget_bytes < 2 * self.upload_part_bytes:
+            raise ConfigError("UPLOAD_MEMORY_BUDGET_BYTES must hold two parts (UPLOAD_PART_BYTES)")
         if self.upload_max_bytes <= 0:
             raise ConfigError("UPLOAD_MAX_BYTES must be positive")
 
@@ -109,6 +114,9 @@ class Settings:
             upload_part_bytes=reader.integer("UPLOAD_PART_BYTES", defaults.upload_part_bytes),
             storage_abort_retry_s=reader.number(
                 "STORAGE_ABORT_RETRY_S", defaults.storage_abort_retry_s
+            ),
+            upload_memory_budget_bytes=reader.integer(
+                "UPLOAD_MEMORY_BUDGET_BYTES", defaults.upload_memory_budget_bytes
             ),
             result_key_template=reader.text("RESULT_KEY_TEMPLATE", defaults.result_key_template),
             admin_token=reader.secret("ADMIN_TOKEN", defaults.admin_token),

@@ -4,9 +4,11 @@ All or nothing: the object becomes visible only when the stream is complete and 
 event is written only after that, and on any failure (bad input, a backend error, the client
 cancelling, the server stopping) whatever was written is removed again.
 
-Memory per upload is bounded by about one storage part: chunks are appended to a buffer, and
-a full buffer is sent as one part before the next chunk is read, so gRPC flow control holds
-the client back while a part is in flight.
+Memory per upload is bounded by about one storage part: chunks are collected until they make
+a part, which is joined and sent before the next chunk is read, so gRPC flow control holds
+the client back while a part is in flight. All uploads together stay within a memory budget:
+an upload reserves its buffer before reading its first chunk and waits while the budget is
+spent, which again is backpressure through flow control, not an error.
 """
 
 from __future__ import annotations
@@ -49,6 +51,34 @@ class UploadLimits:
     allowed_buckets: frozenset[str]
     max_bytes: int
     part_bytes: int
+    # What all uploads together may buffer; each active upload reserves two parts (the one
+    # being collected and, briefly, its joined copy).
+    memory_budget_bytes: int = 256 * 1024 * 1024
+
+
+class MemoryBudget:
+    """A byte count shared by all uploads; `reserve` waits until enough is free."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self._limit = limit_bytes
+        self._used = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    async def reserve(self, amount: int) -> None:
+        amount = min(amount, self._limit)  # one upload alone always fits
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._used + amount <= self._limit)
+            self._used += amount
+
+    async def release(self, amount: int) -> None:
+        amount = min(amount, self._limit)
+        async with self._changed:
+            self._used -= amount
+            self._changed.notify_all()
 
 
 def _utcnow() -> datetime:
@@ -79,6 +109,7 @@ class UploadPipeline:
         self._clock = clock
         self._new_id = new_id
         self._cleanups: set[asyncio.Task[None]] = set()
+        self.memory = MemoryBudget(limits.memory_budget_bytes)
 
     async def upload(self, request: UploadRequest, chunks: AsyncIterator[bytes]) -> UploadResult:
         bucket = self._validate(request)
@@ -137,10 +168,29 @@ class UploadPipeline:
     ) -> StoredVideo:
         limits = self._limits
         declared = request.size_bytes
+        reserved = 2 * min(limits.part_bytes, declared or limits.part_bytes)
+        await self.memory.reserve(reserved)
+        try:
+            return await self._collect(request, chunks, writer, video_id, bucket, key)
+        finally:
+            await self.memory.release(reserved)
+
+    async def _collect(
+        self,
+        request: UploadRequest,
+        chunks: AsyncIterator[bytes],
+        writer: ObjectWriter,
+        video_id: str,
+        bucket: str,
+        key: str,
+    ) -> StoredVideo:
+        limits = self._limits
+        declared = request.size_bytes
         digest = hashlib.sha256()
-        buffer = bytearray()
+        pending: list[bytes] = []  # chunks of the part being collected
+        pending_bytes = 0
+        head = b""  # the first bytes, until the ftyp box is checked
         total = 0
-        header_checked = False
         async for chunk in chunks:
             if not chunk:
                 continue
@@ -154,19 +204,22 @@ class UploadPipeline:
                     f"заявлено {declared} байт, получено больше", declared=str(declared)
                 )
             digest.update(chunk)
-            buffer += chunk
-            if not header_checked and len(buffer) >= _FTYP_HEADER_BYTES:
-                _check_ftyp(buffer)
-                header_checked = True
-            if len(buffer) >= limits.part_bytes:
-                part = bytes(buffer)
-                buffer.clear()
+            if len(head) < _FTYP_HEADER_BYTES:
+                head += chunk[:_FTYP_HEADER_BYTES]
+                if len(head) >= _FTYP_HEADER_BYTES:
+                    _check_ftyp(head)
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes >= limits.part_bytes:
+                part = b"".join(pending)
+                pending.clear()
+                pending_bytes = 0
                 await writer.write_part(part)
 
         if total == 0:
             raise errors.EmptyFile()
-        if not header_checked:
-            _check_ftyp(buffer)
+        if len(head) < _FTYP_HEADER_BYTES:
+            _check_ftyp(head)
         if declared and total != declared:
             raise errors.SizeMismatch(
                 f"заявлено {declared} байт, получено {total}",
@@ -176,7 +229,7 @@ class UploadPipeline:
         sha256 = digest.hexdigest()
         if request.sha256 and request.sha256 != sha256:
             raise errors.ChecksumMismatch(declared=request.sha256, received=sha256)
-        await writer.finish(bytes(buffer))
+        await writer.finish(b"".join(pending))
         return StoredVideo(
             video_id=video_id, bucket=bucket, object_key=key, size_bytes=total, sha256=sha256
         )

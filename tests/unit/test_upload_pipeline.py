@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 
 import pytest
 
@@ -219,3 +220,38 @@ async def test_concurrent_uploads_with_one_key_keep_one() -> None:
     assert {r.event.event_id for r in results} == set(outbox.events)
     assert sorted(r.deduplicated for r in results) == [False, True]
     assert len(storage.objects) == 1
+
+
+async def test_memory_budget_makes_extra_uploads_wait() -> None:
+    storage, outbox = FakeStorage(), FakeOutbox()
+    limits = replace(LIMITS, memory_budget_bytes=4 * PART)  # two uploads' worth
+    pipeline = UploadPipeline(storage=storage, outbox=outbox, limits=limits)
+    gates = [asyncio.Event() for _ in range(3)]
+    started = [asyncio.Event() for _ in range(3)]
+
+    async def gated(i: int) -> AsyncIterator[bytes]:
+        started[i].set()  # the pipeline asked for the first chunk
+        await gates[i].wait()
+        async for chunk in chunked(mp4_bytes(PART + 10)):
+            yield chunk
+
+    tasks = [asyncio.create_task(pipeline.upload(UploadRequest(), gated(i))) for i in range(3)]
+    await asyncio.wait_for(asyncio.gather(started[0].wait(), started[1].wait()), 5)
+    assert pipeline.memory.used_bytes == 4 * PART
+    assert not started[2].is_set()  # waits for budget, reading nothing
+
+    gates[0].set()
+    await tasks[0]
+    await asyncio.wait_for(started[2].wait(), 5)  # its turn came when the first finished
+    gates[1].set()
+    gates[2].set()
+    await asyncio.gather(*tasks)
+    assert pipeline.memory.used_bytes == 0
+    assert len(outbox.events) == 3
+
+
+async def test_memory_is_returned_when_an_upload_fails() -> None:
+    pipeline, _, _ = make_pipeline()
+    with pytest.raises(errors.NotAVideo):
+        await pipeline.upload(UploadRequest(), chunked(b"garbage" * 100))
+    assert pipeline.memory.used_bytes == 0
