@@ -30,7 +30,9 @@ from .errors import ServiceError
 from .health import DependencyMonitor, HealthReporter, new_health_servicer
 from .interceptors import ErrorInterceptor
 from .servicer import CheckoutServicer
+from .status import StatusService, StatusSettings
 from .upload import UploadLimits, UploadPipeline
+from .watch import WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,14 @@ class App:
     health: HealthReporter
     monitor: DependencyMonitor
     pipeline: UploadPipeline
+    hub: WatchHub
     mongo: AsyncMongoClient[Document]
     minio: Minio
 
     async def start(self) -> None:
         await self.server.start()
         self.monitor.start()
+        self.hub.start()
         log.info("serving", extra={"port": self.port})
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -72,7 +76,9 @@ class App:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         await self.monitor.stop()
+        self.hub.close_subscriptions()  # watch streams end now; uploads get the grace period
         await self.server.stop(grace)
+        await self.hub.stop()
         await self.pipeline.drain_cleanups(timeout_s=grace)
         await self.minio.close_session()  # type: ignore[no-untyped-call]
         await self.mongo.close()
@@ -147,6 +153,26 @@ async def create_app(settings: Settings) -> App:
             memory_budget_bytes=settings.upload_memory_budget_bytes,
         ),
     )
+    status = StatusService(
+        storage=storage,
+        outbox=outbox,
+        settings=StatusSettings(
+            default_bucket=settings.default_bucket,
+            allowed_buckets=settings.allowed_buckets,
+            result_key_template=settings.result_key_template,
+            result_max_bytes=settings.result_max_bytes,
+            admin_token=settings.admin_token,
+        ),
+    )
+    hub = WatchHub(
+        outbox=outbox,
+        storage=storage,
+        status=status,
+        poll_interval_s=settings.watch_poll_interval_s,
+        result_check_interval_s=settings.watch_result_check_interval_s,
+        reconcile_interval_s=settings.result_reconcile_interval_s,
+        max_pending=settings.watch_max_pending,
+    )
     health_servicer = new_health_servicer()
     monitor = DependencyMonitor(
         {"storage": storage.ping, "database": outbox.ping},
@@ -156,7 +182,14 @@ async def create_app(settings: Settings) -> App:
 
     server, port = create_server(
         settings.grpc_addr,
-        CheckoutServicer(pipeline=pipeline, monitor=monitor),
+        CheckoutServicer(
+            pipeline=pipeline,
+            status=status,
+            hub=hub,
+            monitor=monitor,
+            heartbeat_s=settings.watch_heartbeat_s,
+            default_bucket=settings.default_bucket,
+        ),
         health_servicer,
     )
     app = App(
@@ -166,6 +199,7 @@ async def create_app(settings: Settings) -> App:
         health=health_servicer,
         monitor=monitor,
         pipeline=pipeline,
+        hub=hub,
         mongo=mongo,
         minio=minio,
     )

@@ -55,8 +55,23 @@ class Settings:
     # UPLOAD_MEMORY_BUDGET_BYTES: what all uploads together may buffer (two parts each while
     # active); uploads beyond it wait for their turn, slowed down by gRPC flow control.
     upload_memory_budget_bytes: int = 256 * MiB
-    # RESULT_KEY_TEMPLATE: where the detection runner writes its JSON result.
+    # RESULT_KEY_TEMPLATE: where the detection runner writes its JSON result, in the bucket
+    # of the video ({video_id} or {event_id}).
     result_key_template: str = "output/{video_id}.json"
+    # RESULT_MAX_BYTES: the largest result GetResult returns (a gRPC message is at most 4 MiB).
+    result_max_bytes: int = 3 * MiB
+    # WATCH_POLL_INTERVAL_S: how often the process looks for status changes while watched.
+    watch_poll_interval_s: float = 0.25
+    # WATCH_RESULT_CHECK_INTERVAL_S: how often the events someone watches are checked for
+    # their result (one storage request per watched event, not per watcher).
+    watch_result_check_interval_s: float = 0.5
+    # WATCH_HEARTBEAT_S: a watch stream with no change for this long gets a keep-alive message.
+    watch_heartbeat_s: float = 15.0
+    # WATCH_MAX_PENDING: changes a watcher may fall behind before it is asked to re-subscribe.
+    watch_max_pending: int = 1000
+    # RESULT_RECONCILE_INTERVAL_S: how often every event still waiting is checked for a result
+    # (watched events are checked every WATCH_RESULT_CHECK_INTERVAL_S).
+    result_reconcile_interval_s: float = 10.0
     # ADMIN_TOKEN (or ADMIN_TOKEN_FILE): bearer token for Cleanup; empty disables Cleanup.
     admin_token: str = field(default="", repr=False)
     # SHUTDOWN_GRACE_S: how long in-flight RPCs may finish after SIGTERM.
@@ -117,6 +132,14 @@ class Settings:
             ),
             upload_memory_budget_bytes=reader.integer(
                 "UPLOAD_MEMORY_BUDGET_BYTES", defaults.upload_memory_budget_bytes
+        head = self.result_key_template.split("{", 1)[0]
+        if "/" not in head or not any(
+            p in self.result_key_template for p in ("{video_id}", "{event_id}")
+        ):
+            raise ConfigError(
+                "RESULT_KEY_TEMPLATE needs a folder and {video_id} or {event_id}, "
+                "e.g. output/{video_id}.json"
+            )
             ),
             result_key_template=reader.text("RESULT_KEY_TEMPLATE", defaults.result_key_template),
             admin_token=reader.secret("ADMIN_TOKEN", defaults.admin_token),
@@ -156,6 +179,18 @@ class _EnvReader:
 
     def number(self, name: str, default: float) -> float:
         raw = self.env.get(name, "").strip()
+            result_max_bytes=reader.integer("RESULT_MAX_BYTES", defaults.result_max_bytes),
+            watch_poll_interval_s=reader.number(
+                "WATCH_POLL_INTERVAL_S", defaults.watch_poll_interval_s
+            ),
+            watch_result_check_interval_s=reader.number(
+                "WATCH_RESULT_CHECK_INTERVAL_S", defaults.watch_result_check_interval_s
+            ),
+            watch_heartbeat_s=reader.number("WATCH_HEARTBEAT_S", defaults.watch_heartbeat_s),
+            watch_max_pending=reader.integer("WATCH_MAX_PENDING", defaults.watch_max_pending),
+            result_reconcile_interval_s=reader.number(
+                "RESULT_RECONCILE_INTERVAL_S", defaults.result_reconcile_interval_s
+            ),
         if not raw:
             return default
         try:

@@ -65,6 +65,36 @@ class OutboxEvent:
     # The client's idempotency key, if it sent one.
     idempotency_key: str = ""
     error: str = ""
+    # When the detection result was first seen in object storage.
+    ready_at: datetime | None = None
+
+    @property
+    def api_status(self) -> EventStatus:
+        """What clients see: `ready` once the result exists, else the outbox status."""
+        return EventStatus.READY if self.ready_at is not None else self.status
+
+
+def result_key(template: str, *, video_id: str, event_id: str) -> str:
+    """Where the detection runner writes the result of an event (RESULT_KEY_TEMPLATE)."""
+    return template.format(video_id=video_id, event_id=event_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredObject:
+    """What storage says about one object."""
+
+    key: str
+    size_bytes: int
+    last_modified: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    """One page of a listing, newest first."""
+
+    events: list[OutboxEvent]
+    total: int
+    next_cursor: str  # empty on the last page
 
 
 @dataclass(frozen=True, kw_only=True)

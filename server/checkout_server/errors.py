@@ -127,7 +127,80 @@ class DatabaseUnavailable(DependencyUnavailable):
     message = "База данных недоступна, повторите попытку позже"
 
 
-class Unimplemented(ServiceError):
-    code = grpc.StatusCode.UNIMPLEMENTED
-    reason = "UNIMPLEMENTED"
-    message = "Метод пока не реализован"
+# --- Statuses, results, requests ------------------------------------------------------------
+
+
+class InvalidEventId(InvalidArgument):
+    reason = "INVALID_EVENT_ID"
+    message = "Идентификатор события должен быть UUID"
+
+
+class InvalidVideoId(InvalidArgument):
+    reason = "INVALID_VIDEO_ID"
+    message = "Идентификатор видео должен быть UUID"
+
+
+class InvalidStatusFilter(InvalidArgument):
+    reason = "INVALID_STATUS"
+    message = "Неизвестный статус: допустимы new, sent, ready, failed"
+
+
+class InvalidPageToken(InvalidArgument):
+    reason = "INVALID_PAGE_TOKEN"
+    message = "Недействительный токен страницы"
+
+
+class InvalidPageSize(InvalidArgument):
+    reason = "INVALID_PAGE_SIZE"
+    message = "Размер страницы не может быть отрицательным"
+
+
+class EventNotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "EVENT_NOT_FOUND"
+    message = "Событие не найдено"
+
+
+class VideoNotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "VIDEO_NOT_FOUND"
+    message = "Видео не найдено в хранилище"
+
+
+class ResultInvalid(ServiceError):
+    code = grpc.StatusCode.DATA_LOSS
+    reason = "RESULT_INVALID"
+    message = "Результат детекции повреждён: это не JSON-объект"
+
+
+class ResultTooLarge(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "RESULT_TOO_LARGE"
+    message = "Результат детекции слишком велик для ответа"
+
+
+class WatcherTooSlow(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "WATCHER_TOO_SLOW"
+    message = "Клиент читает поток статусов слишком медленно, подпишитесь заново"
+
+
+# --- Admin ------------------------------------------------------------------------------------
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+    message = "Нужен токен администратора (authorization: Bearer <токен>)"
+
+
+class CleanupDisabled(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "CLEANUP_DISABLED"
+    message = "Очистка отключена: на сервере не задан ADMIN_TOKEN"
+
+
+class ShuttingDown(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "SHUTTING_DOWN"
+    message = "Сервер останавливается, подключитесь заново"

@@ -7,9 +7,10 @@ so nothing above this line imports a vendor library.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
-from .domain import OutboxEvent
+from .domain import EventStatus, OutboxEvent, Page, StoredObject
 
 
 class ObjectWriter(Protocol):
@@ -45,8 +46,23 @@ class ObjectStorage(Protocol):
     async def exists(self, bucket: str, key: str) -> bool:
         """Whether `key` exists."""
 
-    async def ping(self) -> None:
-        """Raise StorageUnavailable unless the storage answers."""
+    async def stat(self, bucket: str, key: str) -> StoredObject | None:
+        """Size and modification time of `key`, or None when it does not exist."""
+
+    async def read(self, bucket: str, key: str, *, max_bytes: int) -> bytes | None:
+        """The whole object, or None when it does not exist. Raises ObjectTooLarge when it
+        is larger than `max_bytes` (nothing beyond that is read)."""
+
+    async def delete_prefix(self, bucket: str, prefix: str) -> int:
+        """Delete every object whose key starts with `prefix`; returns how many."""
+
+
+class ObjectTooLarge(Exception):
+    """An object is larger than the caller allows; `size_bytes` is its size."""
+
+    def __init__(self, size_bytes: int) -> None:
+        super().__init__(size_bytes)
+        self.size_bytes = size_bytes
 
 
 class DuplicateIdempotencyKey(Exception):
@@ -72,6 +88,25 @@ class Outbox(Protocol):
 
     async def find_by_idempotency_key(self, key: str) -> OutboxEvent | None:
         """The event created with this idempotency key, or None."""
+
+    async def list_page(self, *, status: EventStatus | None, cursor: str, limit: int) -> Page:
+        """Events newest first (by creation time, then id), at most `limit`, starting after
+        `cursor` (a previous page's `next_cursor`; empty for the first page); only those
+        whose API status is `status` when given. Raises InvalidPageToken for a cursor this
+        outbox did not make."""
+
+    async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
+        """Events whose `updated_at` is at or after `since`, oldest change first."""
+
+    async def mark_ready(self, event_id: str, at: datetime) -> bool:
+        """Record that the event's result exists (sets `ready_at` and `updated_at` once);
+        False when it was already marked or does not exist."""
+
+    async def unready(self, *, limit: int) -> list[OutboxEvent]:
+        """Events whose result has not been seen yet, newest first, at most `limit`."""
+
+    async def delete_all(self) -> int:
+        """Delete every event; returns how many."""
 
     async def ping(self) -> None:
         """Raise DatabaseUnavailable unless the database answers."""

@@ -10,24 +10,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 
 from . import errors
-from .domain import UploadRequest, UploadResult
+from .domain import EventStatus, OutboxEvent, UploadRequest, UploadResult
 from .health import DependencyMonitor
+from .http_upload import open_http_upload
+from .status import StatusService, parse_uuid
 from .upload import UploadPipeline
+from .watch import Subscription, WatchHub
 
 Context = grpc.aio.ServicerContext[object, object]
+TERMINAL = frozenset({EventStatus.READY, EventStatus.FAILED})
 
 
 class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
-    def __init__(self, *, pipeline: UploadPipeline, monitor: DependencyMonitor) -> None:
+    def __init__(
+        self,
+        *,
+        pipeline: UploadPipeline,
+        status: StatusService,
+        hub: WatchHub,
+        monitor: DependencyMonitor,
+        heartbeat_s: float = 15.0,
+        default_bucket: str = "videos",
+    ) -> None:
+        self._default_bucket = default_bucket
         self._pipeline = pipeline
+        self._status = status
+        self._hub = hub
         self._monitor = monitor
+        self._heartbeat_s = heartbeat_s
 
     async def UploadVideo(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.UploadVideoRequest], context: Context
@@ -64,38 +84,105 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def UploadVideoHttp(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.UploadVideoHttpRequest], context: Context
     ) -> pb.UploadVideoResponse:
-        raise errors.Unimplemented("UploadVideoHttp")
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None:
+            raise errors.EmptyFile()
+        try:
+            request, chunks = await open_http_upload(
+                first, messages, default_bucket=self._default_bucket
+            )
+            result = await self._pipeline.upload(request, chunks)
+        except errors.ServiceError:
+            await _drain(messages)
+            raise
+        return upload_response(result)
 
     async def WatchStatus(  # noqa: N802 (gRPC method name)
         self, request: pb.WatchStatusRequest, context: Context
     ) -> AsyncIterator[pb.StatusUpdate]:
-        raise errors.Unimplemented("WatchStatus")
-        yield pb.StatusUpdate()  # pragma: no cover (makes this an async generator)
+        if not request.event_id:
+            async for update in self._watch_all():
+                yield update
+            return
+        event_id = parse_uuid(request.event_id, errors.InvalidEventId)
+        # Subscribe before reading the current state, so no change falls in between.
+        with self._hub.subscribe(event_id) as subscription:
+            event = await self._status.get(event_id)
+            self._hub.track(event)
+            yield status_update(event)
+            while event.api_status not in TERMINAL:
+                changes = await subscription.next(self._heartbeat_s)
+                _check(subscription)
+                newer = [c for c in changes if c.updated_at > event.updated_at]
+                if not newer:
+                    if not changes:
+                        yield status_update(event, heartbeat=True)
+                    continue
+                changed = newer[-1]
+                if changed.api_status != event.api_status:
+                    yield status_update(changed)
+                event = changed
+
+    async def _watch_all(self) -> AsyncIterator[pb.StatusUpdate]:
+        with self._hub.subscribe(None) as subscription:
+            while True:
+                changes = await subscription.next(self._heartbeat_s)
+                _check(subscription)
+                if not changes:
+                    yield pb.StatusUpdate(heartbeat=True)
+                for event in changes:
+                    yield status_update(event)
 
     async def ListStatuses(  # noqa: N802 (gRPC method name)
         self, request: pb.ListStatusesRequest, context: Context
     ) -> pb.ListStatusesResponse:
-        raise errors.Unimplemented("ListStatuses")
+        page = await self._status.list(
+            status=request.status, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListStatusesResponse(
+            operations=[operation(e) for e in page.events],
+            total=page.total,
+            next_page_token=page.next_cursor,
+        )
 
     async def GetStatus(  # noqa: N802 (gRPC method name)
         self, request: pb.GetStatusRequest, context: Context
     ) -> pb.GetStatusResponse:
-        raise errors.Unimplemented("GetStatus")
+        return pb.GetStatusResponse(operation=operation(await self._status.get(request.event_id)))
 
     async def GetResult(  # noqa: N802 (gRPC method name)
         self, request: pb.GetResultRequest, context: Context
     ) -> pb.GetResultResponse:
-        raise errors.Unimplemented("GetResult")
+        result = await self._status.result(request.event_id)
+        response = pb.GetResultResponse(
+            event_id=result.event.event_id,
+            status=result.event.api_status.value,
+            video_id=result.event.video_id,
+        )
+        if result.prediction is not None:
+            response.prediction.update(result.prediction)
+        return response
 
     async def CreateRequest(  # noqa: N802 (gRPC method name)
         self, request: pb.CreateRequestRequest, context: Context
     ) -> pb.CreateRequestResponse:
-        raise errors.Unimplemented("CreateRequest")
+        event = await self._status.create_request(video_id=request.video_id, bucket=request.bucket)
+        return pb.CreateRequestResponse(
+            status="ok", event_id=event.event_id, video_id=event.video_id
+        )
 
     async def Cleanup(  # noqa: N802 (gRPC method name)
         self, request: pb.CleanupRequest, context: Context
     ) -> pb.CleanupResponse:
-        raise errors.Unimplemented("Cleanup")
+        metadata = dict(context.invocation_metadata() or ())
+        authorization = metadata.get("authorization", "")
+        report = await self._status.cleanup(str(authorization))
+        return pb.CleanupResponse(
+            status="ok",
+            deleted_objects=report.deleted_objects,
+            deleted_events=report.deleted_events,
+        )
 
     async def Health(  # noqa: N802 (gRPC method name)
         self, request: pb.HealthRequest, context: Context
@@ -114,7 +201,7 @@ DRAIN_MAX_BYTES = 64 * 1024 * 1024
 DRAIN_MAX_S = 5.0
 
 
-async def _drain(messages: AsyncIterator[pb.UploadVideoRequest]) -> None:
+async def _drain(messages: AsyncIterator[Message]) -> None:
     drained = 0
 
     async def read_rest() -> None:
@@ -139,4 +226,43 @@ def upload_response(result: UploadResult) -> pb.UploadVideoResponse:
         size_bytes=event.size_bytes,
         sha256=event.sha256,
         deduplicated=result.deduplicated,
+    )
+
+
+def _check(subscription: Subscription) -> None:
+    if subscription.closed:
+        raise errors.ShuttingDown()
+    if subscription.overflowed:
+        raise errors.WatcherTooSlow()
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def operation(event: OutboxEvent) -> pb.Operation:
+    return pb.Operation(
+        event_id=event.event_id,
+        status=event.api_status.value,
+        created_at=_timestamp(event.created_at),
+        updated_at=_timestamp(event.updated_at),
+        video_id=event.video_id,
+        bucket=event.bucket,
+        object_key=event.object_key,
+        filename=event.filename,
+        size_bytes=event.size_bytes,
+        error=event.error,
+    )
+
+
+def status_update(event: OutboxEvent, *, heartbeat: bool = False) -> pb.StatusUpdate:
+    return pb.StatusUpdate(
+        event_id=event.event_id,
+        status=event.api_status.value,
+        video_id=event.video_id,
+        updated_at=_timestamp(event.updated_at),
+        error=event.error,
+        heartbeat=heartbeat,
     )

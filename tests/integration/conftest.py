@@ -25,6 +25,10 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.app import App, create_app
 from checkout_server.config import MiB, Settings
 from devstack import FerretDB, MinIO, free_port
+from devstack._stack import LocalStack, StackPorts
+
+# The admin token of the whole-stack server (`stack` fixture).
+STACK_ADMIN_TOKEN = "stack-admin-token"
 
 Document = dict[str, Any]
 
@@ -48,6 +52,23 @@ def minio(stack_dir: Path) -> Iterator[MinIO]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The whole stack as `make run` starts it (server as a process, Envoy in front), on free
+    ports; shared by the tests that need Envoy or a real server process."""
+    stack = LocalStack(
+        tmp_path_factory.mktemp("local-stack"),
+        StackPorts.free(),
+        app_env={"ADMIN_TOKEN": STACK_ADMIN_TOKEN, "LOG_FORMAT": "json"},
+        envoy_base_id=7,
+    )
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,9 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.app import create_server
 from checkout_server.health import DependencyMonitor, new_health_servicer
 from checkout_server.servicer import CheckoutServicer
+from checkout_server.status import StatusService, StatusSettings
 from checkout_server.upload import UploadLimits, UploadPipeline
+from checkout_server.watch import WatchHub
 from tests.fakes import FakeOutbox, FakeStorage
 from tests.helpers import MiB, error_details, has_cyrillic, mp4_bytes, sha256_hex
 
@@ -39,7 +41,29 @@ class Harness:
             health_servicer,
             interval_s=60,
         )
-        self.servicer = CheckoutServicer(pipeline=pipeline, monitor=self.monitor)
+        self.status = StatusService(
+            storage=self.storage,
+            outbox=self.outbox,
+            settings=StatusSettings(
+                default_bucket="videos",
+                allowed_buckets=frozenset({"videos"}),
+                result_key_template="output/{video_id}.json",
+                result_max_bytes=1 * MiB,
+                admin_token="",
+            ),
+        )
+        self.hub = WatchHub(
+            outbox=self.outbox,
+            storage=self.storage,
+            status=self.status,
+            poll_interval_s=0.05,
+            result_check_interval_s=0.05,
+            reconcile_interval_s=60,
+            max_pending=100,
+        )
+        self.servicer = CheckoutServicer(
+            pipeline=pipeline, status=self.status, hub=self.hub, monitor=self.monitor
+        )
         self.server, port = create_server("127.0.0.1:0", self.servicer, health_servicer)
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.stub = pb_grpc.CheckoutServiceStub(self.channel)

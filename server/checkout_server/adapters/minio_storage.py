@@ -16,17 +16,22 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import aiohttp
 from miniopy_async.api import Minio
 from miniopy_async.datatypes import MultipartUploader
+from miniopy_async.deleteobjects import DeleteObject
 from miniopy_async.error import MinioException, S3Error
 
+from ..domain import StoredObject
 from ..errors import StorageUnavailable
+from ..ports import ObjectTooLarge
 
 log = logging.getLogger(__name__)
 
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
+_DELETE_BATCH = 1000  # the most one S3 DeleteObjects request takes
 
 
 @contextmanager
@@ -72,6 +77,60 @@ class MinioStorage:
                     return False
                 raise
             return True
+
+    async def stat(self, bucket: str, key: str) -> StoredObject | None:
+        with _translated("stat"):
+            try:
+                found = await self._client.stat_object(bucket, key)
+            except S3Error as exc:
+                if exc.code in _MISSING_KEY_CODES:
+                    return None
+                raise
+        return StoredObject(
+            key=key,
+            size_bytes=found.size or 0,
+            last_modified=found.last_modified or datetime.now(UTC),
+        )
+
+    async def read(self, bucket: str, key: str, *, max_bytes: int) -> bytes | None:
+        with _translated("read"):
+            try:
+                response = await self._client.get_object(bucket, key)
+            except S3Error as exc:
+                if exc.code in _MISSING_KEY_CODES:
+                    return None
+                raise
+            try:
+                size = response.content_length or 0
+                if size > max_bytes:
+                    raise ObjectTooLarge(size)
+                data = await response.content.read(max_bytes + 1)
+                if len(data) > max_bytes:
+                    raise ObjectTooLarge(len(data))
+                return data
+            finally:
+                response.close()
+
+    async def delete_prefix(self, bucket: str, prefix: str) -> int:
+        deleted = 0
+        with _translated("delete_prefix"):
+            batch: list[DeleteObject] = []
+            async for found in self._client.list_objects(bucket, prefix=prefix, recursive=True):
+                if found.object_name:
+                    batch.append(DeleteObject(found.object_name))
+                if len(batch) == _DELETE_BATCH:
+                    deleted += await self._delete_batch(bucket, batch)
+                    batch = []
+            if batch:
+                deleted += await self._delete_batch(bucket, batch)
+        return deleted
+
+    async def _delete_batch(self, bucket: str, batch: list[DeleteObject]) -> int:
+        failed = 0
+        async for error in self._client.remove_objects(bucket, batch):
+            failed += 1
+            log.warning("could not delete %s/%s: %s", bucket, error.name, error.message)
+        return len(batch) - failed
 
     async def ping(self) -> None:
         with _translated("ping"):

@@ -8,6 +8,9 @@ distinct value, so the index needs no sparse/partial support (FerretDB 1.24 lack
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,8 +21,8 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, ExecutionTimeout, WTimeoutError
 
-from ..domain import EventStatus, OutboxEvent
-from ..errors import DatabaseUnavailable
+from ..domain import EventStatus, OutboxEvent, Page
+from ..errors import DatabaseUnavailable, InvalidPageToken
 from ..ports import DuplicateIdempotencyKey
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,19 @@ def _translated(action: str) -> Iterator[None]:
         raise DatabaseUnavailable() from exc
 
 
+_INDEXES = [
+    IndexModel([("dedup_key", ASCENDING)], unique=True, name="dedup_key_unique"),
+    # Listing, newest first (the _id breaks ties for stable pages).
+    IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="created"),
+    # The relay: due events by status.
+    IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="due"),
+    # The status change feed.
+    IndexModel([("updated_at", ASCENDING)], name="updated"),
+    # Events still waiting for their result.
+    IndexModel([("ready_at", ASCENDING), ("created_at", DESCENDING)], name="unready"),
+]
+
+
 class MongoOutbox:
     """Implements ports.Outbox over one collection (built by the wiring, shared)."""
 
@@ -43,18 +59,11 @@ class MongoOutbox:
         self._collection = collection
 
     async def ensure_indexes(self) -> None:
+        # One index per command: FerretDB 1.24 fails a createIndexes of several indexes
+        # that already exist ("slice bounds out of range"), which a restart always sends.
         with _translated("ensure_indexes"):
-            await self._collection.create_indexes(
-                [
-                    IndexModel([("dedup_key", ASCENDING)], unique=True, name="dedup_key_unique"),
-                    # Listing, newest first (the _id breaks ties for stable pages).
-                    IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="created"),
-                    # The relay: due events by status.
-                    IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="due"),
-                    # The status change feed.
-                    IndexModel([("updated_at", ASCENDING)], name="updated"),
-                ]
-            )
+            for index in _INDEXES:
+                await self._collection.create_indexes([index])
 
     async def add(self, event: OutboxEvent) -> None:
         document = to_document(event)
@@ -76,6 +85,56 @@ class MongoOutbox:
         with _translated("find_by_idempotency_key"):
             document = await self._collection.find_one({"dedup_key": key})
         return None if document is None else from_document(document)
+
+    async def list_page(self, *, status: EventStatus | None, cursor: str, limit: int) -> Page:
+        query = _status_query(status)
+        page_query = query
+        if cursor:
+            created_at, event_id = _decode_cursor(cursor)
+            after = {
+                "$or": [
+                    {"created_at": {"$lt": created_at}},
+                    {"created_at": created_at, "_id": {"$lt": event_id}},
+                ]
+            }
+            page_query = {"$and": [query, after]} if query else after
+        with _translated("list_page"):
+            total = await self._collection.count_documents(query)
+            cursor_ = (
+                self._collection.find(page_query)
+                .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+                .limit(limit + 1)
+            )
+            documents = await cursor_.to_list()
+        events = [from_document(d) for d in documents[:limit]]
+        more = len(documents) > limit
+        return Page(
+            events=events, total=total, next_cursor=_encode_cursor(events[-1]) if more else ""
+        )
+
+    async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
+        with _translated("changed_since"):
+            found = self._collection.find({"updated_at": {"$gte": since}})
+            documents = await found.sort([("updated_at", ASCENDING)]).limit(limit).to_list()
+        return [from_document(d) for d in documents]
+
+    async def mark_ready(self, event_id: str, at: datetime) -> bool:
+        with _translated("mark_ready"):
+            result = await self._collection.update_one(
+                {"_id": event_id, "ready_at": None}, {"$set": {"ready_at": at, "updated_at": at}}
+            )
+        return result.modified_count > 0
+
+    async def unready(self, *, limit: int) -> list[OutboxEvent]:
+        with _translated("unready"):
+            found = self._collection.find({"ready_at": None})
+            documents = await found.sort([("created_at", DESCENDING)]).limit(limit).to_list()
+        return [from_document(d) for d in documents]
+
+    async def delete_all(self) -> int:
+        with _translated("delete_all"):
+            result = await self._collection.delete_many({})
+        return result.deleted_count
 
     async def ping(self) -> None:
         with _translated("ping"):
@@ -105,6 +164,9 @@ def to_document(event: OutboxEvent) -> Document:
         "attempts": 0,
         "next_attempt_at": event.created_at,
         "error": event.error or None,
+        # Set once the detection result is seen in object storage (the API status is then
+        # `ready`); kept apart from `status`, which belongs to the relay.
+        "ready_at": event.ready_at,
     }
 
 
@@ -124,7 +186,33 @@ def from_document(document: Mapping[str, Any]) -> OutboxEvent:
         updated_at=_utc(document.get("updated_at") or document["created_at"]),
         idempotency_key=str(document.get("idempotency_key") or ""),
         error=str(document.get("error") or ""),
+        ready_at=_utc(document["ready_at"]) if document.get("ready_at") else None,
     )
+
+
+def _status_query(status: EventStatus | None) -> Document:
+    if status is None:
+        return {}
+    if status is EventStatus.READY:
+        return {"ready_at": {"$ne": None}}
+    return {"status": status.value, "ready_at": None}
+
+
+def _encode_cursor(event: OutboxEvent) -> str:
+    millis = int(event.created_at.timestamp() * 1000)
+    raw = json.dumps([millis, event.event_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        millis, event_id = json.loads(raw)
+        if not isinstance(millis, int) or not isinstance(event_id, str):
+            raise TypeError(cursor)
+        return datetime.fromtimestamp(millis / 1000, UTC), event_id
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidPageToken() from None
 
 
 def _utc(value: datetime) -> datetime:

@@ -1,0 +1,216 @@
+"""Statuses, results, re-requests and cleanup: what clients ask about events.
+
+The API status of an event is `ready` once its detection result exists in object storage,
+else the outbox status (`new`, `sent`, `failed`). Once a result is seen it is recorded in the
+outbox (`ready_at`), so listings never ask storage once per event.
+
+A result counts for an event only if it was written after the event was created (with a
+margin for clock skew): a re-request of a video that already has a result is not `ready`
+until the runner writes a new one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from . import errors
+from .domain import (
+    VIDEO_CONTENT_TYPE,
+    EventStatus,
+    OutboxEvent,
+    Page,
+    input_object_key,
+    result_key,
+)
+from .ports import ObjectStorage, ObjectTooLarge, Outbox
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# A result written this long before its event was created still counts (clock skew between
+# the runner's storage writes and this server).
+RESULT_CLOCK_SKEW = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusSettings:
+    default_bucket: str
+    allowed_buckets: frozenset[str]
+    result_key_template: str
+    result_max_bytes: int
+    admin_token: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    event: OutboxEvent
+    prediction: dict[str, Any] | None  # None until ready
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanupReport:
+    deleted_objects: int
+    deleted_events: int
+
+
+def parse_uuid(value: str, error: type[errors.ServiceError]) -> str:
+    """The canonical form of a UUID given by a client, or `error`."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise error(value[:64]) from None
+
+
+def parse_status(value: str) -> EventStatus | None:
+    if not value:
+        return None
+    try:
+        return EventStatus(value.lower())
+    except ValueError:
+        raise errors.InvalidStatusFilter(value[:32]) from None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class StatusService:
+    def __init__(
+        self,
+        *,
+        storage: ObjectStorage,
+        outbox: Outbox,
+        settings: StatusSettings,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._storage = storage
+        self._outbox = outbox
+        self._settings = settings
+        self._clock = clock
+
+    def result_key(self, event: OutboxEvent) -> str:
+        return result_key(
+            self._settings.result_key_template, video_id=event.video_id, event_id=event.event_id
+        )
+
+    async def get(self, event_id: str) -> OutboxEvent:
+        """The event with its API status, checking storage for a result not yet recorded."""
+        event = await self._outbox.get(parse_uuid(event_id, errors.InvalidEventId))
+        if event is None:
+            raise errors.EventNotFound(event_id=event_id)
+        return await self.refresh(event)
+
+    async def refresh(self, event: OutboxEvent) -> OutboxEvent:
+        """`event`, marked ready if its result has appeared in storage."""
+        if event.ready_at is not None:
+            return event
+        found = await self._storage.stat(event.bucket, self.result_key(event))
+        if found is None or found.last_modified < event.created_at - RESULT_CLOCK_SKEW:
+            return event
+        return await self._mark_ready(event)
+
+    async def _mark_ready(self, event: OutboxEvent) -> OutboxEvent:
+        now = self._clock()
+        await self._outbox.mark_ready(event.event_id, now)
+        log.info("result ready", extra={"event_id": event.event_id})
+        return _with_ready(event, now)
+
+    async def list(self, *, status: str, page_size: int, page_token: str) -> Page:
+        if page_size < 0:
+            raise errors.InvalidPageSize()
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        return await self._outbox.list_page(
+            status=parse_status(status), cursor=page_token, limit=limit
+        )
+
+    async def result(self, event_id: str) -> Result:
+        event = await self.get(event_id)
+        if event.ready_at is None:
+            return Result(event=event, prediction=None)
+        key = self.result_key(event)
+        try:
+            data = await self._storage.read(
+                event.bucket, key, max_bytes=self._settings.result_max_bytes
+            )
+        except ObjectTooLarge as exc:
+            raise errors.ResultTooLarge(
+                f"{exc.size_bytes} байт", max_bytes=str(self._settings.result_max_bytes)
+            ) from None
+        if data is None:  # removed after it was seen
+            raise errors.ResultInvalid("файл результата исчез", key=key)
+        try:
+            prediction = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise errors.ResultInvalid(key=key) from None
+        if not isinstance(prediction, dict):
+            raise errors.ResultInvalid(key=key)
+        return Result(event=event, prediction=prediction)
+
+    async def create_request(self, *, video_id: str, bucket: str) -> OutboxEvent:
+        """A new `new` event for a video that is already stored (re-processing)."""
+        video_id = parse_uuid(video_id, errors.InvalidVideoId)
+        bucket = bucket or self._settings.default_bucket
+        if bucket not in self._settings.allowed_buckets:
+            raise errors.BucketNotAllowed(bucket[:64], bucket=bucket[:64])
+        key = input_object_key(video_id)
+        found = await self._storage.stat(bucket, key)
+        if found is None:
+            raise errors.VideoNotFound(video_id=video_id, bucket=bucket)
+        now = self._clock()
+        event = OutboxEvent(
+            event_id=str(uuid.uuid4()),
+            video_id=video_id,
+            bucket=bucket,
+            object_key=key,
+            filename="",
+            content_type=VIDEO_CONTENT_TYPE,
+            size_bytes=found.size_bytes,
+            sha256="",
+            status=EventStatus.NEW,
+            created_at=now,
+            updated_at=now,
+        )
+        await self._outbox.add(event)
+        log.info("re-processing requested", extra={"event_id": event.event_id})
+        return event
+
+    def check_admin(self, authorization: str) -> None:
+        """Cleanup is refused without the configured admin token, and disabled without one."""
+        expected = self._settings.admin_token
+        if not expected:
+            raise errors.CleanupDisabled()
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), expected.encode()
+        ):
+            raise errors.Unauthenticated()
+
+    async def cleanup(self, authorization: str) -> CleanupReport:
+        """Delete every input and output object of the allowed buckets and every event."""
+        self.check_admin(authorization)
+        objects = 0
+        output_prefix = result_prefix(self._settings.result_key_template)
+        for bucket in sorted(self._settings.allowed_buckets):
+            for prefix in sorted({"input/", output_prefix}):
+                objects += await self._storage.delete_prefix(bucket, prefix)
+        events = await self._outbox.delete_all()
+        log.warning("cleanup", extra={"deleted_objects": objects, "deleted_events": events})
+        return CleanupReport(deleted_objects=objects, deleted_events=events)
+
+
+def _with_ready(event: OutboxEvent, at: datetime) -> OutboxEvent:
+    return replace(event, ready_at=at, updated_at=at)
+
+
+def result_prefix(template: str) -> str:
+    """The fixed folder of result keys (`output/` for `output/{video_id}.json`)."""
+    head = template.split("{", 1)[0]
+    return head[: head.rfind("/") + 1]

@@ -1,0 +1,229 @@
+"""Status changes, watched once per server process and fanned out to every watcher.
+
+One change feed per process, whatever the number of watchers:
+- a poller reads the outbox for documents whose `updated_at` moved (only while someone
+  watches), so MongoDB sees the same query rate for one watcher or a thousand;
+- the events that single-event watchers follow are checked for their result often
+  (`result_check_interval_s`): one storage request per watched event, however many watch it;
+- a slower reconcile checks every event still waiting for a result, so listings and
+  all-events watchers learn of results nobody was watching for.
+Ready marks are written to the outbox, so they reach watchers through the same poller.
+(MinIO bucket notifications would be the natural fast path, but the listen request of this
+MinIO build never answered here; see the README.)
+
+Each watcher has a bounded mailbox that keeps only the latest change per event: publishing
+never waits for a watcher, a slow watcher cannot hold up the others, and one that falls
+more than `max_pending` events behind is told to re-subscribe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+
+from .domain import OutboxEvent
+from .errors import ServiceError
+from .ports import ObjectStorage, Outbox
+from .status import StatusService
+
+log = logging.getLogger(__name__)
+
+# Writers' clocks and commit order differ a little: each poll looks back this far and
+# drops what it has already published.
+_OVERLAP = timedelta(seconds=2)
+_POLL_BATCH = 500
+_RECONCILE_BATCH = 1000
+_RECONCILE_CONCURRENCY = 8
+
+
+class Subscription:
+    """One watcher's mailbox: the latest change per event (all events, or just one)."""
+
+    def __init__(self, event_id: str | None, max_pending: int) -> None:
+        self.event_id = event_id
+        self._max_pending = max_pending
+        self._pending: OrderedDict[str, OutboxEvent] = OrderedDict()
+        self._wake = asyncio.Event()
+        self.overflowed = False
+        self.closed = False  # the hub is stopping: the watcher should end its stream
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    def offer(self, event: OutboxEvent) -> None:
+        """Never blocks: replaces an undelivered change of the same event."""
+        if self.event_id is not None and event.event_id != self.event_id:
+            return
+        self._pending[event.event_id] = event
+        self._pending.move_to_end(event.event_id)
+        if len(self._pending) > self._max_pending:
+            self.overflowed = True
+            self._pending.popitem(last=False)
+        self._wake.set()
+
+    async def next(self, timeout_s: float) -> list[OutboxEvent]:
+        """The changes since the last call, oldest first; empty after `timeout_s` with none."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        self._wake.clear()
+        changes = list(self._pending.values())
+        self._pending.clear()
+        return changes
+
+
+class WatchHub:
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        storage: ObjectStorage,
+        status: StatusService,
+        poll_interval_s: float,
+        result_check_interval_s: float,
+        reconcile_interval_s: float,
+        max_pending: int,
+    ) -> None:
+        self._outbox = outbox
+        self._storage = storage
+        self._status = status
+        self._poll_interval_s = poll_interval_s
+        self._result_check_interval_s = result_check_interval_s
+        self._reconcile_interval_s = reconcile_interval_s
+        self._max_pending = max_pending
+        self._subscriptions: set[Subscription] = set()
+        # The latest known state of each event a single-event watcher follows.
+        self._tracked: dict[str, OutboxEvent] = {}
+        self._watched = asyncio.Event()  # someone is subscribed
+        self._seen: dict[tuple[str, datetime], None] = {}
+        self._cursor: datetime | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.polls = 0  # outbox queries made by the poller (for tests and metrics)
+
+    @property
+    def watchers(self) -> int:
+        return len(self._subscriptions)
+
+    @contextmanager
+    def subscribe(self, event_id: str | None) -> Iterator[Subscription]:
+        subscription = Subscription(event_id, self._max_pending)
+        self._subscriptions.add(subscription)
+        self._watched.set()
+        try:
+            yield subscription
+        finally:
+            self._subscriptions.discard(subscription)
+            if event_id is not None and not any(
+                s.event_id == event_id for s in self._subscriptions
+            ):
+                self._tracked.pop(event_id, None)
+            if not self._subscriptions:
+                self._watched.clear()
+
+    def track(self, event: OutboxEvent) -> None:
+        """A single-event watcher has read `event`: look out for its result from now on."""
+        known = self._tracked.get(event.event_id)
+        if known is None or event.updated_at >= known.updated_at:
+            self._tracked[event.event_id] = event
+
+    def publish(self, event: OutboxEvent) -> None:
+        if event.event_id in self._tracked:
+            self.track(event)
+        for subscription in self._subscriptions:
+            subscription.offer(event)
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._poll_forever(), name="watch-poller"))
+        self._tasks.append(asyncio.create_task(self._reconcile_forever(), name="result-reconcile"))
+        self._tasks.append(
+            asyncio.create_task(self._check_watched_forever(), name="result-check-watched")
+        )
+
+    def close_subscriptions(self) -> None:
+        """Ask every watcher to end (at shutdown, so streams do not hold the grace period)."""
+        for subscription in self._subscriptions:
+            subscription.close()
+
+    async def stop(self) -> None:
+        self.close_subscriptions()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # --- the outbox poller -------------------------------------------------------------------
+
+    async def _poll_forever(self) -> None:
+        while True:
+            if not self._watched.is_set():
+                self._cursor = None  # nobody watched: start afresh when someone does
+                await self._watched.wait()
+            try:
+                full = await self.poll_once()
+            except ServiceError as exc:
+                log.warning("status poll failed: %s", exc.text)
+                full = False
+            if not full:
+                await asyncio.sleep(self._poll_interval_s)
+
+    async def poll_once(self) -> bool:
+        """Publish what changed since the last poll; True if there may be more right away."""
+        if self._cursor is None:
+            self._cursor = datetime.now(UTC)
+            self._seen.clear()
+        since = self._cursor - _OVERLAP
+        self.polls += 1
+        changed = await self._outbox.changed_since(since, limit=_POLL_BATCH)
+        for event in changed:
+            key = (event.event_id, event.updated_at)
+            if key in self._seen:
+                continue
+            self._seen[key] = None
+            self.publish(event)
+            self._cursor = max(self._cursor, event.updated_at)
+        # Forget what the look-back window no longer reaches.
+        horizon = self._cursor - 2 * _OVERLAP
+        for key in [k for k in self._seen if k[1] < horizon]:
+            del self._seen[key]
+        return len(changed) == _POLL_BATCH
+
+    # --- results in storage --------------------------------------------------------------
+
+    async def _check_watched_forever(self) -> None:
+        while True:
+            await self._watched.wait()
+            try:
+                await self.check_watched_once()
+            except ServiceError as exc:
+                log.warning("result check of watched events failed: %s", exc.text)
+            await asyncio.sleep(self._result_check_interval_s)
+
+    async def check_watched_once(self) -> None:
+        """Look for the results of the events someone watches and that are not ready."""
+        waiting = [e for e in self._tracked.values() if e.ready_at is None]
+        await self._refresh_all(waiting)
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except ServiceError as exc:
+                log.warning("result reconcile failed: %s", exc.text)
+            await asyncio.sleep(self._reconcile_interval_s)
+
+    async def reconcile_once(self) -> None:
+        """Check storage for the results of events still waiting for one."""
+        await self._refresh_all(await self._outbox.unready(limit=_RECONCILE_BATCH))
+
+    async def _refresh_all(self, events: list[OutboxEvent]) -> None:
+        limit = asyncio.Semaphore(_RECONCILE_CONCURRENCY)
+
+        async def check(event: OutboxEvent) -> None:
+            async with limit:
+                await self._status.refresh(event)
+
+        await asyncio.gather(*(check(e) for e in events))

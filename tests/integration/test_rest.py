@@ -1,0 +1,289 @@
+"""The seed's REST API through a real Envoy: its curl examples verbatim (but the port), every
+path and error, streamed multipart uploads with bounded server memory."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from miniopy_async.api import Minio
+
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from devstack._stack import LocalStack
+from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
+from tests.integration.conftest import STACK_ADMIN_TOKEN
+from tests.integration.storage_checks import object_sha256
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def curl(*args: str) -> tuple[int, Any]:
+    """curl as a person types it; returns (HTTP status, parsed JSON body)."""
+    result = subprocess.run(
+        ["curl", "-sS", "-w", "\n%{http_code}", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    body, _, status = result.stdout.rpartition("\n")
+    return int(status), json.loads(body) if body.strip() else None
+
+
+@pytest.fixture
+def base(stack: LocalStack) -> str:
+    return f"http://localhost:{stack.ports.rest}"
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> Path:
+    path = tmp_path / "video.mp4"
+    path.write_bytes(mp4_bytes(3 * MiB + 17, seed=3))
+    return path
+
+
+def with_s3(stack: LocalStack, action: Callable[[Minio], Awaitable[Any]]) -> Any:
+    """Run one S3 action against the stack's MinIO (these tests are synchronous: they drive
+    the stack's own processes with curl)."""
+
+    async def run() -> Any:
+        client = Minio(f"127.0.0.1:{stack.ports.minio}", "minioadmin", "minioadmin", secure=False)
+        try:
+            return await action(client)
+        finally:
+            await client.close_session()  # type: ignore[no-untyped-call]
+
+    return asyncio.run(run())
+
+
+def test_seed_curl_examples(base: str, video: Path, tmp_path: Path) -> None:
+    # Загрузка видео
+    status, body = curl(
+        "-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}", "-F", "bucket=videos"
+    )
+    assert status == 200
+    assert body["status"] == "ok"
+    event_id = body["event_id"]
+    assert body["size_bytes"] == str(video.stat().st_size)  # int64 travels as a JSON string
+
+    # Получение статуса
+    status, body = curl(f"{base}/api/status/all")
+    assert status == 200
+    assert body["total"] >= 1
+    mine = [op for op in body["operations"] if op["event_id"] == event_id]
+    assert len(mine) == 1
+    assert mine[0]["status"] in {"new", "sent"}
+    assert {"event_id", "status", "created_at"} <= set(mine[0])
+
+    # Получение результата
+    status, body = curl(f"{base}/api/result_video/{event_id}")
+    assert status == 200
+    assert body["event_id"] == event_id
+    assert body["status"] in {"new", "sent"}
+    assert "prediction" not in body
+
+
+def test_raw_body_upload(base: str, video: Path, stack: LocalStack) -> None:
+    status, body = curl(
+        "-X",
+        "POST",
+        f"{base}/api/upload_video?filename=raw.mp4",
+        "--data-binary",
+        f"@{video}",
+        "-H",
+        "Content-Type: video/mp4",
+    )
+    assert status == 200
+    assert body["sha256"] == sha256_hex(video.read_bytes())
+    status, one = curl(f"{base}/api/status/{body['event_id']}")
+    assert status == 200
+    assert one["operation"]["filename"] == "raw.mp4"
+
+
+def test_result_becomes_ready_and_watch_streams_ndjson(
+    base: str, video: Path, stack: LocalStack
+) -> None:
+    status, body = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
+    event_id, video_id = body["event_id"], body["video_id"]
+    watcher = subprocess.Popen(
+        ["curl", "-sSN", f"{base}/api/status/{event_id}/watch"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        first = json.loads(watcher.stdout.readline())
+        assert first["event_id"] == event_id
+        prediction = {"objects": [{"label": "собака", "score": 0.8}]}
+        raw = json.dumps(prediction).encode()
+        with_s3(
+            stack,
+            lambda s3: s3.put_object(
+                "videos", f"output/{video_id}.json", io.BytesIO(raw), len(raw)
+            ),
+        )
+        statuses = [first["status"]] + [json.loads(line)["status"] for line in watcher.stdout]
+        assert statuses[-1] == "ready"
+        assert watcher.wait(timeout=30) == 0
+    finally:
+        watcher.kill()
+        watcher.wait()
+        if watcher.stdout is not None:
+            watcher.stdout.close()
+    status, body = curl(f"{base}/api/result_video/{event_id}")
+    assert (status, body["status"], body["prediction"]) == (200, "ready", prediction)
+
+
+def test_request_and_cleanup(base: str, video: Path) -> None:
+    _, uploaded = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
+    status, body = curl(
+        "-X",
+        "POST",
+        f"{base}/api/request",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        json.dumps({"video_id": uploaded["video_id"]}),
+    )
+    assert status == 200
+    assert body["status"] == "ok"
+    assert body["video_id"] == uploaded["video_id"]
+
+    status, body = curl("-X", "DELETE", f"{base}/api/cleanup/all")
+    assert status == 401
+    assert body["details"][0]["reason"] == "UNAUTHENTICATED"
+    status, body = curl(
+        "-X",
+        "DELETE",
+        f"{base}/api/cleanup/all",
+        "-H",
+        f"Authorization: Bearer {STACK_ADMIN_TOKEN}",
+    )
+    assert status == 200
+    assert body["status"] == "ok"
+    assert body["deleted_events"] >= 2
+    assert curl(f"{base}/api/status/all")[1]["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "http_status", "reason"),
+    [
+        (["-X", "POST", "/api/upload_video", "-F", "file=@{text}"], 400, "NOT_MP4"),
+        (["-X", "POST", "/api/upload_video", "-F", "bucket=videos"], 400, "MISSING_FILE"),
+        (
+            ["-X", "POST", "/api/upload_video", "-F", "bucket=secret", "-F", "file=@{video}"],
+            400,
+            "BUCKET_NOT_ALLOWED",
+        ),
+        (
+            ["-X", "POST", "/api/upload_video", "-F", "file=@{video}", "-F", "bucket=secret"],
+            400,
+            "BUCKET_NOT_ALLOWED",
+        ),
+        (["/api/status/12345678-1234-4234-8234-123456789012"], 404, "EVENT_NOT_FOUND"),
+        (["/api/result_video/not-an-id"], 400, "INVALID_EVENT_ID"),
+        (["/api/status/all?status=done"], 400, "INVALID_STATUS"),
+        (
+            [
+                "-X",
+                "POST",
+                "/api/request",
+                "-d",
+                '{"video_id": "12345678-1234-4234-8234-123456789012"}',
+            ],
+            404,
+            "VIDEO_NOT_FOUND",
+        ),
+    ],
+)
+def test_errors_are_json_with_russian_messages(
+    base: str, video: Path, tmp_path: Path, args: list[str], http_status: int, reason: str
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("это не видео\n" * 1000)
+    filled = [a.format(text=text, video=video) if "{" in a and "@" in a else a for a in args]
+    filled = [f"{base}{a}" if a.startswith("/api") else a for a in filled]
+    status, body = curl(*filled)
+    assert status == http_status
+    assert has_cyrillic(body["message"])
+    assert body["details"][0]["reason"] == reason
+
+
+def test_envoy_own_errors_are_json(base: str) -> None:
+    status, body = curl(f"{base}/api/unknown")
+    assert status == 404
+    assert body["code"] == 404
+    status, body = curl("-X", "POST", f"{base}/api/request", "-d", "{not json")
+    assert status == 400
+    assert "message" in body
+
+
+def test_large_multipart_upload_streams_with_bounded_memory(
+    base: str, tmp_path: Path, stack: LocalStack
+) -> None:
+    path = tmp_path / "big.mp4"
+    digest = hashlib.sha256()
+    with path.open("wb") as f:
+        for i in range(300):  # 300 MiB: 37 parts of 8 MiB
+            block = (
+                mp4_bytes(MiB, seed=i)
+                if i == 0
+                else hashlib.shake_256(bytes([i % 256])).digest(MiB)
+            )
+            digest.update(block)
+            f.write(block)
+    pid = stack.server.pid
+    assert pid is not None
+    before = _rss_kib(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak
+
+    status, body = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{path}")
+
+    assert status == 200
+    growth_mib = (_rss_kib(pid, "VmHWM") - before) / 1024
+    print(f"300 MiB REST upload: server peak RSS growth {growth_mib:.1f} MiB")
+    assert growth_mib < 100
+    stored = with_s3(stack, lambda s3: object_sha256(s3, "videos", body["object_key"]))
+    assert stored == (300 * MiB, digest.hexdigest())
+
+
+def test_rest_and_grpc_uploads_store_identical_objects(
+    base: str, video: Path, stack: LocalStack
+) -> None:
+    _, rest = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
+    grpcurl_upload = _grpc_upload(stack, video)
+    assert rest["sha256"] == grpcurl_upload["sha256"] == sha256_hex(video.read_bytes())
+    stored = [
+        with_s3(stack, lambda s3, key=r["object_key"]: object_sha256(s3, "videos", key))
+        for r in (rest, grpcurl_upload)
+    ]
+    assert stored[0] == stored[1]
+
+
+def _grpc_upload(stack: LocalStack, video: Path) -> dict[str, Any]:
+    data = video.read_bytes()
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.grpc}") as channel:
+        stub = pb_grpc.CheckoutServiceStub(channel)
+        messages = [pb.UploadVideoRequest(metadata=pb.UploadMetadata(filename=video.name))]
+        messages += [
+            pb.UploadVideoRequest(chunk=data[i : i + MiB]) for i in range(0, len(data), MiB)
+        ]
+        response = stub.UploadVideo(iter(messages), timeout=60)
+    return {"sha256": response.sha256, "object_key": response.object_key}
+
+
+def _rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)

@@ -1,0 +1,112 @@
+"""StatusService rules against in-memory fakes: when a result counts, listing, cleanup."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from checkout_server import errors
+from checkout_server.domain import EventStatus, OutboxEvent
+from checkout_server.status import StatusService, StatusSettings
+from tests.fakes import NOW, FakeOutbox, FakeStorage
+
+pytestmark = pytest.mark.timeout(10)
+
+VIDEO = "0b6e3f5e-8d4f-4e1a-9a51-8c3c0d9f2b10"
+
+
+def service(
+    storage: FakeStorage, outbox: FakeOutbox, token: str = "", clock_at: timedelta = timedelta()
+) -> StatusService:
+    return StatusService(
+        storage=storage,
+        outbox=outbox,
+        settings=StatusSettings(
+            default_bucket="videos",
+            allowed_buckets=frozenset({"videos"}),
+            result_key_template="output/{video_id}.json",
+            result_max_bytes=1000,
+            admin_token=token,
+        ),
+        clock=lambda: NOW + clock_at,
+    )
+
+
+def event(event_id: str = VIDEO, created: timedelta = timedelta()) -> OutboxEvent:
+    return OutboxEvent(
+        event_id=event_id,
+        video_id=VIDEO,
+        bucket="videos",
+        object_key=f"input/{VIDEO}.mp4",
+        filename="",
+        content_type="video/mp4",
+        size_bytes=1,
+        sha256="",
+        status=EventStatus.SENT,
+        created_at=NOW + created,
+        updated_at=NOW + created,
+    )
+
+
+async def test_a_result_written_after_the_event_makes_it_ready() -> None:
+    storage, outbox = FakeStorage(), FakeOutbox()
+    await outbox.add(event())
+    storage.objects[("videos", f"output/{VIDEO}.json")] = b'{"a": 1}'
+    storage.modified[("videos", f"output/{VIDEO}.json")] = NOW + timedelta(seconds=30)
+
+    got = await service(storage, outbox).get(VIDEO)
+
+    assert got.api_status is EventStatus.READY
+    assert outbox.events[VIDEO].ready_at is not None  # recorded for listings
+
+
+async def test_an_older_result_does_not_count_for_a_re_request() -> None:
+    storage, outbox = FakeStorage(), FakeOutbox()
+    re_request = "9f1c7e2a-1111-4c4c-8d8d-222233334444"
+    await outbox.add(event(re_request, created=timedelta(minutes=10)))
+    storage.objects[("videos", f"output/{VIDEO}.json")] = b"{}"
+    storage.modified[("videos", f"output/{VIDEO}.json")] = NOW  # from the first run
+
+    got = await service(storage, outbox).get(re_request)
+
+    assert got.api_status is EventStatus.SENT
+
+
+async def test_result_too_large_is_a_clear_error() -> None:
+    storage, outbox = FakeStorage(), FakeOutbox()
+    await outbox.add(event())
+    storage.objects[("videos", f"output/{VIDEO}.json")] = b"{" + b" " * 2000 + b"}"
+    storage.modified[("videos", f"output/{VIDEO}.json")] = NOW
+    with pytest.raises(errors.ResultTooLarge):
+        await service(storage, outbox).result(VIDEO)
+
+
+@pytest.mark.parametrize(
+    ("token", "authorization", "error"),
+    [
+        ("", "Bearer x", errors.CleanupDisabled),
+        ("t0ken", "", errors.Unauthenticated),
+        ("t0ken", "Bearer wrong", errors.Unauthenticated),
+        ("t0ken", "Basic t0ken", errors.Unauthenticated),
+    ],
+)
+async def test_cleanup_is_guarded(
+    token: str, authorization: str, error: type[errors.ServiceError]
+) -> None:
+    storage, outbox = FakeStorage(), FakeOutbox()
+    await outbox.add(event())
+    with pytest.raises(error):
+        await service(storage, outbox, token=token).cleanup(authorization)
+    assert len(outbox.events) == 1
+
+
+async def test_page_size_is_capped() -> None:
+    storage, outbox = FakeStorage(), FakeOutbox()
+    for i in range(3):
+        await outbox.add(event(f"00000000-0000-4000-8000-00000000000{i}", timedelta(seconds=i)))
+    page = await service(storage, outbox).list(status="", page_size=2, page_token="")
+    assert [e.event_id[-1] for e in page.events] == ["2", "1"]
+    assert page.total == 3
+    with pytest.raises(errors.InvalidStatusFilter):
+        await service(storage, outbox).list(status="done", page_size=0, page_token="")
