@@ -261,8 +261,8 @@ class Kafka(ServerProcess):
                 f"-Dlog4j2.configurationFile={(self.data_dir / 'log4j2.properties').resolve()}",
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                # One argument: a random id may start with "-", which argparse takes for an option.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(self._server_properties),
                 "--ignore-formatted",
