@@ -1,0 +1,218 @@
+"""The `checkout` command line as a real process against the real server: what a person sees
+in a terminal, JSON that scripts parse, one-line errors and the documented exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from miniopy_async.api import Minio
+from pymongo.asynchronous.collection import AsyncCollection
+
+from checkout_client.cli import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
+from checkout_server.app import App
+from devstack import free_port
+from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
+from tests.integration.storage_checks import object_sha256
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+Collection = AsyncCollection[dict[str, Any]]
+CHECKOUT = str(Path(sys.executable).with_name("checkout"))  # the installed console script
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def cli_env(address: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
+    return {**env, "CHECKOUT_ADDR": address, **extra}
+
+
+async def checkout(
+    *args: str, address: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Run:
+    """Runs the console script with pipes (as a script would) and no stdin."""
+    process = await asyncio.create_subprocess_exec(
+        CHECKOUT,
+        *args,
+        cwd=cwd,
+        env=cli_env(address, **(env or {})),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return Run(process.returncode, stdout.decode(), stderr.decode())
+
+
+def in_terminal(args: list[str], *, address: str, cwd: Path) -> tuple[int, str]:
+    """Runs the console script on a pseudo-terminal, as a person at a shell would, and
+    returns its exit code and everything the terminal showed."""
+    leader, follower = pty.openpty()
+    env = cli_env(address, COLUMNS="120", LINES="40", TERM="xterm-256color")
+    process = subprocess.Popen(
+        [CHECKOUT, *args], cwd=cwd, env=env, stdin=follower, stdout=follower, stderr=follower
+    )
+    os.close(follower)
+    screen = b""
+    try:
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not data:
+                break
+            screen += data
+    finally:
+        os.close(leader)
+        code = process.wait(timeout=60)
+    return code, screen.decode(errors="replace")
+
+
+@pytest.fixture
+def address(app: App) -> str:
+    return f"127.0.0.1:{app.port}"
+
+
+async def test_person_uploads_a_video_in_a_terminal(
+    address: str, tmp_path: Path, s3: Minio, bucket: str
+) -> None:
+    data = mp4_bytes(6 * MiB + 3, seed=21)
+    (tmp_path / "holiday.mp4").write_bytes(data)
+
+    code, screen = await asyncio.to_thread(
+        in_terminal, ["upload", "holiday.mp4"], address=address, cwd=tmp_path
+    )
+
+    assert code == EXIT_OK, screen
+    # The progress bar: file name, bytes done of total, a rate (rich's own columns).
+    assert "holiday.mp4" in screen
+    assert "6.0/6.0 MiB" in screen
+    assert "/s" in screen
+    assert "uploaded holiday.mp4" in screen
+    event_id = next(line.split()[1] for line in screen.splitlines() if line.startswith("event_id"))
+    assert await object_sha256(s3, bucket, f"input/{event_id}.mp4") == (
+        len(data),
+        sha256_hex(data),
+    )
+    assert "Traceback" not in screen
+
+
+async def test_upload_json_is_one_parseable_document(
+    address: str, tmp_path: Path, outbox_collection: Collection
+) -> None:
+    data = mp4_bytes(MiB, seed=2)
+    (tmp_path / "a.mp4").write_bytes(data)
+
+    run = await checkout("upload", "a.mp4", "--json", address=address, cwd=tmp_path)
+
+    assert run.code == EXIT_OK, run.stderr
+    result = run.json()
+    assert result["size_bytes"] == len(data)
+    assert result["sha256"] == sha256_hex(data)
+    assert result["deduplicated"] is False
+    assert result["object_key"] == f"input/{result['video_id']}.mp4"
+    assert await outbox_collection.count_documents({"_id": result["event_id"]}) == 1
+    assert run.stderr == ""  # no progress bar off a terminal
+
+
+async def test_refused_upload_prints_one_line_and_exits_invalid(
+    address: str, tmp_path: Path, outbox_collection: Collection
+) -> None:
+    (tmp_path / "notes.txt").write_bytes(b"just text, not a video\n" * 1000)
+
+    run = await checkout("upload", "notes.txt", address=address, cwd=tmp_path)
+
+    assert run.code == EXIT_INVALID
+    assert run.stdout == ""
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("checkout: ошибка: Файл не является видео MP4")
+    assert lines[0].endswith("(NOT_MP4)")
+    assert await outbox_collection.count_documents({}) == 0
+
+
+async def test_refused_upload_with_json_reports_a_json_error(address: str, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_bytes(b"just text")
+
+    run = await checkout("--json", "upload", "notes.txt", address=address, cwd=tmp_path)
+
+    assert run.code == EXIT_INVALID
+    error = json.loads(run.stderr)["error"]
+    assert (error["code"], error["reason"]) == ("INVALID_ARGUMENT", "NOT_MP4")
+    assert has_cyrillic(error["message"])
+
+
+async def test_missing_file_exits_invalid(address: str, tmp_path: Path) -> None:
+    run = await checkout("upload", "nowhere.mp4", address=address, cwd=tmp_path)
+    assert run.code == EXIT_INVALID
+    assert run.stderr == "checkout: ошибка: Файл не найден: nowhere.mp4 (FILE_NOT_FOUND)\n"
+
+
+async def test_health(address: str) -> None:
+    human = await checkout("health", address=address)
+    assert human.code == EXIT_OK, human.stderr
+    assert human.stdout.splitlines()[0].split() == ["status", "ok"]
+
+    as_json = await checkout("health", "--json", address=address)
+    assert as_json.code == EXIT_OK
+    assert as_json.json() == {
+        "status": "ok",
+        "dependencies": {"storage": "ok", "database": "ok"},
+    }
+
+
+async def test_unreachable_server_exits_unavailable() -> None:
+    run = await checkout("health", address=f"127.0.0.1:{free_port()}")
+    assert run.code == EXIT_UNAVAILABLE
+    assert len(run.stderr.splitlines()) == 1
+    assert run.stderr.startswith("checkout: ошибка: ")
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "reason"),
+    [
+        (["cleanup", "--yes"], {}, "ADMIN_TOKEN_REQUIRED"),
+        (["cleanup"], {"CHECKOUT_ADMIN_TOKEN": "secret"}, "CONFIRMATION_REQUIRED"),
+        (["health"], {"CHECKOUT_TOKEN": "secret"}, "TOKEN_NEEDS_TLS"),
+    ],
+)
+async def test_usage_errors_exit_2_without_calling(
+    args: list[str], env: dict[str, str], reason: str
+) -> None:
+    # No server at this address: a usage error must be reported before any call.
+    run = await checkout(*args, address=f"127.0.0.1:{free_port()}", env=env)
+    assert run.code == EXIT_USAGE
+    assert run.stderr.startswith("checkout: ошибка: ")
+    assert run.stderr.endswith(f"({reason})\n")
+
+
+@pytest.mark.parametrize("args", [[], ["upload"], ["status", "--limit", "-1"], ["frobnicate"]])
+async def test_bad_command_lines_exit_2(args: list[str]) -> None:
+    run = await checkout(*args, address="127.0.0.1:1")
+    assert run.code == EXIT_USAGE
+    assert "usage: checkout" in run.stderr
