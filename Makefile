@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GENERATED := build/checkout.pb
 
-.PHONY: all install proto stack run test lint unit integration bench clean
+.PHONY: all install proto stack run test lint unit integration bench clean openapi
 
 all: test
 
@@ -39,6 +39,10 @@ stack: $(INSTALLED)
 
 run: install
 	$(PY) -m devstack run
+
+# The OpenAPI document of the REST surface (checked in; a test fails when it is stale).
+openapi: $(INSTALLED) proto stack
+	$(PY) tools/gen_openapi.py
 
 lint: $(INSTALLED) proto stack
 	$(BIN)/ruff format --check .

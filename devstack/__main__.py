@@ -77,7 +77,7 @@ def _cmd_validate_envoy(_args: argparse.Namespace) -> int:
 
     from ._envoy import validate_envoy_config
     from ._paths import REPO_ROOT
-    from ._stack import DESCRIPTOR
+    from ._stack import DESCRIPTOR, OPENAPI
 
     with tempfile.TemporaryDirectory(prefix="devstack-envoy-") as tmp:
         config = render_envoy_config(
@@ -86,6 +86,7 @@ def _cmd_validate_envoy(_args: argparse.Namespace) -> int:
             admin_port=9901,
             upstream_port=50051,
             descriptor=DESCRIPTOR,
+            openapi=OPENAPI,
         )
         validate_envoy_config(config, cwd=REPO_ROOT)
     print("envoy config OK")

@@ -56,6 +56,7 @@ FERRETDB_VERSION = "v1.24.2"
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
 GRPCURL_VERSION = "v1.9.4"
 BUF_VERSION = "v1.75.0"
+OPENAPIV2_VERSION = "v2.33.0"
 
 GO_TOOLS: tuple[GoTool, ...] = (
     GoTool(
@@ -85,6 +86,14 @@ GO_TOOLS: tuple[GoTool, ...] = (
         module="github.com/bufbuild/buf",
         package="github.com/bufbuild/buf/cmd/buf",
         version=BUF_VERSION,
+        version_args=("--version",),
+    ),
+    # Generates the OpenAPI document of the REST surface from the google.api.http bindings.
+    GoTool(
+        name="protoc-gen-openapiv2",
+        module="github.com/grpc-ecosystem/grpc-gateway/v2",
+        package="github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2",
+        version=OPENAPIV2_VERSION,
         version_args=("--version",),
     ),
 )

@@ -26,6 +26,7 @@ from ._servers import FerretDB, Kafka, MinIO
 log = logging.getLogger(__name__)
 
 DESCRIPTOR = REPO_ROOT / "build" / "checkout.pb"
+OPENAPI = REPO_ROOT / "docs" / "openapi.yaml"
 
 
 def grpc_serving(port: int, timeout_s: float = 1.0) -> bool:
@@ -113,6 +114,7 @@ class LocalStack:
             admin_port=p.envoy_admin,
             upstream_port=p.grpc,
             descriptor=DESCRIPTOR,
+            openapi=OPENAPI,
         )
         self.envoy = Envoy(
             config_path=config,

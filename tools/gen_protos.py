@@ -25,13 +25,13 @@ PACKAGE = "checkout_api"
 BUILD = ROOT / "build"
 
 
-def _include_dirs() -> list[str]:
+def include_dirs() -> list[str]:
     googleapis = Path(annotations_pb2.__file__).resolve().parent.parent.parent
     wkt = Path(grpc_tools.__file__).resolve().parent / "_proto"
     return [f"-I{googleapis}", f"-I{wkt}"]
 
 
-def _protoc(*args: str) -> None:
+def protoc(*args: str) -> None:
     cmd = [sys.executable, "-m", "grpc_tools.protoc", *args]
     result = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if result.returncode != 0:
@@ -45,9 +45,9 @@ def main() -> None:
     target.mkdir(parents=True)
     mypy_plugin = Path(sys.executable).parent / "protoc-gen-mypy"
     mypy_grpc_plugin = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
-    _protoc(
+    protoc(
         f"-I{PACKAGE}={PROTOS}",
-        *_include_dirs(),
+        *include_dirs(),
         f"--python_out={OUT}",
         f"--grpc_python_out={OUT}",
         f"--plugin=protoc-gen-mypy={mypy_plugin}",
@@ -63,9 +63,9 @@ def main() -> None:
     # Envoy's transcoder needs the descriptor set with every import (google/api, google/rpc
     # for error details) under the real proto file names.
     BUILD.mkdir(exist_ok=True)
-    _protoc(
+    protoc(
         f"-I{PROTOS}",
-        *_include_dirs(),
+        *include_dirs(),
         "--include_imports",
         "--include_source_info",
         f"--descriptor_set_out={BUILD / 'checkout.pb'}",

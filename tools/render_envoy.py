@@ -2,7 +2,8 @@
 tests and the docker compose image). Standard library only: it also runs in the image build.
 
     python tools/render_envoy.py OUT --listen-port 8080 --admin-port 9901 \
-        --upstream-host checkout --upstream-port 50051 --descriptor /etc/envoy/checkout.pb
+        --upstream-host checkout --upstream-port 50051 --descriptor /etc/envoy/checkout.pb \
+        --openapi /etc/envoy/openapi.yaml
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def render_envoy_config(
     admin_port: int,
     upstream_port: int,
     descriptor: Path,
+    openapi: Path,
     upstream_host: str = "127.0.0.1",
     listen_address: str = "127.0.0.1",
     admin_address: str = "127.0.0.1",
@@ -32,6 +34,7 @@ def render_envoy_config(
         LISTEN_ADDRESS=listen_address,
         LISTEN_PORT=listen_port,
         DESCRIPTOR=str(descriptor),
+        OPENAPI=str(openapi),
         UPSTREAM_HOST=upstream_host,
         UPSTREAM_PORT=upstream_port,
     )
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--upstream-host", default="127.0.0.1")
     parser.add_argument("--upstream-port", type=int, default=50051)
     parser.add_argument("--descriptor", type=Path, required=True)
+    parser.add_argument("--openapi", type=Path, required=True)
     args = parser.parse_args()
     render_envoy_config(
         args.out,
@@ -60,6 +64,7 @@ def main() -> None:
         upstream_host=args.upstream_host,
         upstream_port=args.upstream_port,
         descriptor=args.descriptor,
+        openapi=args.openapi,
     )
 
 
