@@ -95,6 +95,14 @@ class Settings:
             raise ConfigError(
                 "UPLOAD_MAX_BYTES needs more than 10,000 parts: raise UPLOAD_PART_BYTES"
             )
+        head = self.result_key_template.split("{", 1)[0]
+        if "/" not in head or not any(
+            p in self.result_key_template for p in ("{video_id}", "{event_id}")
+        ):
+            raise ConfigError(
+                "RESULT_KEY_TEMPLATE needs a folder and {video_id} or {event_id}, "
+                "e.g. output/{video_id}.json"
+            )
         if self.upload_memory_budget_bytes < 2 * self.upload_part_bytes:
             raise ConfigError("UPLOAD_MEMORY_BUDGET_BYTES must hold two parts (UPLOAD_PART_BYTES)")
         if self.upload_max_bytes <= 0:
@@ -132,16 +140,20 @@ class Settings:
             ),
             upload_memory_budget_bytes=reader.integer(
                 "UPLOAD_MEMORY_BUDGET_BYTES", defaults.upload_memory_budget_bytes
-        head = self.result_key_template.split("{", 1)[0]
-        if "/" not in head or not any(
-            p in self.result_key_template for p in ("{video_id}", "{event_id}")
-        ):
-            raise ConfigError(
-                "RESULT_KEY_TEMPLATE needs a folder and {video_id} or {event_id}, "
-                "e.g. output/{video_id}.json"
-            )
             ),
             result_key_template=reader.text("RESULT_KEY_TEMPLATE", defaults.result_key_template),
+            result_max_bytes=reader.integer("RESULT_MAX_BYTES", defaults.result_max_bytes),
+            watch_poll_interval_s=reader.number(
+                "WATCH_POLL_INTERVAL_S", defaults.watch_poll_interval_s
+            ),
+            watch_result_check_interval_s=reader.number(
+                "WATCH_RESULT_CHECK_INTERVAL_S", defaults.watch_result_check_interval_s
+            ),
+            watch_heartbeat_s=reader.number("WATCH_HEARTBEAT_S", defaults.watch_heartbeat_s),
+            watch_max_pending=reader.integer("WATCH_MAX_PENDING", defaults.watch_max_pending),
+            result_reconcile_interval_s=reader.number(
+                "RESULT_RECONCILE_INTERVAL_S", defaults.result_reconcile_interval_s
+            ),
             admin_token=reader.secret("ADMIN_TOKEN", defaults.admin_token),
             shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
             startup_timeout_s=reader.number("STARTUP_TIMEOUT_S", defaults.startup_timeout_s),
@@ -179,18 +191,6 @@ class _EnvReader:
 
     def number(self, name: str, default: float) -> float:
         raw = self.env.get(name, "").strip()
-            result_max_bytes=reader.integer("RESULT_MAX_BYTES", defaults.result_max_bytes),
-            watch_poll_interval_s=reader.number(
-                "WATCH_POLL_INTERVAL_S", defaults.watch_poll_interval_s
-            ),
-            watch_result_check_interval_s=reader.number(
-                "WATCH_RESULT_CHECK_INTERVAL_S", defaults.watch_result_check_interval_s
-            ),
-            watch_heartbeat_s=reader.number("WATCH_HEARTBEAT_S", defaults.watch_heartbeat_s),
-            watch_max_pending=reader.integer("WATCH_MAX_PENDING", defaults.watch_max_pending),
-            result_reconcile_interval_s=reader.number(
-                "RESULT_RECONCILE_INTERVAL_S", defaults.result_reconcile_interval_s
-            ),
         if not raw:
             return default
         try:
