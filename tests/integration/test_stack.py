@@ -78,3 +78,50 @@ def test_envoy_config_is_rendered_from_the_template(stack: LocalStack) -> None:
     config = Path(stack.envoy.config_path).read_text()
     assert f"port_value: {stack.ports.rest}" in config
     assert "${" not in config
+
+
+def test_envoy_port_also_serves_native_grpc(stack: LocalStack) -> None:
+    result = subprocess.run(
+        [str(tool_path("grpcurl")), "-plaintext", f"127.0.0.1:{stack.ports.rest}", "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "checkout.v1.CheckoutService" in result.stdout.split()
+
+
+def test_envoy_port_serves_grpc_web(stack: LocalStack, tmp_path: Path) -> None:
+    # A grpc-web call as a browser makes it: one frame (flag 0, length 0: an empty
+    # HealthRequest) POSTed with the grpc-web content type.
+    body = tmp_path / "frame.bin"
+    body.write_bytes(b"\x00\x00\x00\x00\x00")
+    result = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-D",
+            str(tmp_path / "headers.txt"),
+            "-o",
+            str(tmp_path / "response.bin"),
+            "-H",
+            "Content-Type: application/grpc-web+proto",
+            "-H",
+            "X-Grpc-Web: 1",
+            "--data-binary",
+            f"@{body}",
+            f"http://127.0.0.1:{stack.ports.rest}/checkout.v1.CheckoutService/Health",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert result.returncode == 0
+    headers = (tmp_path / "headers.txt").read_text().lower()
+    assert "content-type: application/grpc-web+proto" in headers
+    response = (tmp_path / "response.bin").read_bytes()
+    assert response[0] == 0  # a data frame: the HealthResponse
+    length = int.from_bytes(response[1:5], "big")
+    assert b"ok" in response[5 : 5 + length]
+    assert b"grpc-status:0" in response[5 + length :].replace(b" ", b"")  # the trailer frame
