@@ -60,8 +60,11 @@ integration: install
 test: install lint
 	$(BIN)/pytest
 
+# Benchmarks (minutes; numbers vary with machine load: compare the printed ratios).
 bench: install
 	$(PY) bench/upload_throughput.py
+	$(PY) bench/rest_upload.py
+	$(PY) bench/status_watch.py --events 10000
 
 clean:
 	rm -rf build client/checkout_api .pytest_cache .mypy_cache .ruff_cache
