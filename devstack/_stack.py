@@ -1,5 +1,6 @@
-"""The whole local stack: FerretDB, MinIO, Kafka, the checkout server and Envoy, started in
-dependency order for `make run` (fixed, documented ports) or for tests (free ports)."""
+"""The whole local stack: FerretDB, MinIO, Kafka, the checkout server, the outbox relay and
+Envoy, started in dependency order for `make run` (fixed, documented ports) or for tests
+(free ports)."""
 
 from __future__ import annotations
 
@@ -68,10 +69,12 @@ class StackPorts:
     minio_console: int = 9001
     kafka: int = 9092
     kafka_controller: int = 9093
+    relay_health: int = 50052
+    relay_metrics: int = 9464
 
     @classmethod
     def free(cls) -> StackPorts:
-        return cls(*(free_port() for _ in range(8)))
+        return cls(*(free_port() for _ in range(10)))
 
 
 @dataclass
@@ -107,6 +110,18 @@ class LocalStack:
             port=p.grpc,
             env=self.environment(),
             log_path=logs / "checkout-server.log",
+        )
+        # The outbox relay; ready when its gRPC health service answers SERVING.
+        self.relay = PythonService(
+            name="checkout-relay",
+            module="checkout_server.relay",
+            port=p.relay_health,
+            env={
+                **self.environment(),
+                "RELAY_HEALTH_ADDR": f"127.0.0.1:{p.relay_health}",
+                "RELAY_METRICS_ADDR": f"127.0.0.1:{p.relay_metrics}",
+            },
+            log_path=logs / "checkout-relay.log",
         )
         config = render_envoy_config(
             d / "envoy.yaml",
@@ -145,10 +160,11 @@ class LocalStack:
             for future in [pool.submit(s.start, 120) for s in backends]:
                 future.result()
         self.server.start(timeout_s=60)
+        self.relay.start(timeout_s=60)
         self.envoy.start(timeout_s=60)
 
     def stop(self) -> None:
-        for server in (self.envoy, self.server, self.kafka, self.minio, self.ferretdb):
+        for server in (self.envoy, self.relay, self.server, self.kafka, self.minio, self.ferretdb):
             server.stop()
 
     def endpoints(self) -> str:
@@ -162,6 +178,7 @@ class LocalStack:
                 f"  MinIO       http://127.0.0.1:{p.minio}   (minioadmin / minioadmin)",
                 f"  MinIO UI    http://127.0.0.1:{p.minio_console}",
                 f"  Kafka       127.0.0.1:{p.kafka}",
+                f"  relay       metrics http://127.0.0.1:{p.relay_metrics}/metrics",
                 f"  logs        {self.data_dir / 'logs'}",
             ]
         )
@@ -175,7 +192,10 @@ def run_foreground(data_dir: Path | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     try:
-        print("starting FerretDB, MinIO, Kafka, checkout-server, Envoy ...", flush=True)
+        print(
+            "starting FerretDB, MinIO, Kafka, checkout-server, checkout-relay, Envoy ...",
+            flush=True,
+        )
         stack.start()
         print(
             f"checkout is up (pid {os.getpid()}); Ctrl-C stops everything:\n{stack.endpoints()}",

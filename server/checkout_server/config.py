@@ -83,6 +83,43 @@ class Settings:
     # LOG_LEVEL / LOG_FORMAT (json | console; default: console on a terminal, else json).
     log_level: str = "INFO"
     log_format: str = ""
+    # --- The outbox relay (checkout-relay); every relay of a deployment must agree on
+    # RELAY_SHARDS. KAFKA_TOPIC_PARTITIONS / KAFKA_REPLICATION_FACTOR: used when the relay
+    # creates a missing topic.
+    kafka_topic_partitions: int = 3
+    kafka_replication_factor: int = 1
+    # KAFKA_LINGER_MS: how long the producer waits to fill a batch.
+    kafka_linger_ms: int = 5
+    # RELAY_ID: this relay's name in leases and logs (default: host name and pid).
+    relay_id: str = ""
+    # RELAY_SHARDS: events are hashed into this many shards; a relay publishes a shard only
+    # while it holds the shard's lease (so at most RELAY_SHARDS relays do useful work).
+    relay_shards: int = 16
+    # RELAY_LEASE_TTL_S: a lease not renewed for this long may be taken over; renewed every
+    # third of it. RELAY_CLOCK_SKEW_S: assumed worst clock difference between relays.
+    relay_lease_ttl_s: float = 10.0
+    relay_clock_skew_s: float = 2.0
+    # RELAY_BATCH_SIZE: events claimed, published and marked per round trip.
+    relay_batch_size: int = 200
+    # RELAY_POLL_INTERVAL_S: the longest an idle relay waits before looking again (it polls
+    # at once after a full batch and backs off from 10 ms to this when idle).
+    relay_poll_interval_s: float = 0.1
+    # RELAY_BACKOFF_INITIAL_S / RELAY_BACKOFF_MAX_S: retry delay after a transient publish
+    # failure (doubling, with full jitter, capped; retried forever).
+    relay_backoff_initial_s: float = 0.5
+    relay_backoff_max_s: float = 10.0
+    # RELAY_SEND_TIMEOUT_S: our bound on a batch's send/flush/stop (aiokafka's idempotent
+    # producer has none of its own); past it the producer is recreated.
+    relay_send_timeout_s: float = 15.0
+    # RELAY_SENT_RETENTION_S: `sent` events older than this are deleted by the sweeper
+    # (default 7 days; 0 disables), every RELAY_SWEEP_INTERVAL_S, RELAY_SWEEP_BATCH at a time.
+    relay_sent_retention_s: float = 7 * 24 * 3600.0
+    relay_sweep_interval_s: float = 60.0
+    relay_sweep_batch: int = 1_000
+    # RELAY_HEALTH_ADDR: the relay's gRPC health service. RELAY_METRICS_ADDR: Prometheus text
+    # metrics over HTTP (`GET /metrics`); empty disables.
+    relay_health_addr: str = "0.0.0.0:50052"
+    relay_metrics_addr: str = "0.0.0.0:9464"
 
     def __post_init__(self) -> None:
         if self.default_bucket not in self.allowed_buckets:
@@ -160,6 +197,38 @@ class Settings:
             health_interval_s=reader.number("HEALTH_INTERVAL_S", defaults.health_interval_s),
             log_level=reader.text("LOG_LEVEL", defaults.log_level).upper(),
             log_format=reader.text("LOG_FORMAT", defaults.log_format).lower(),
+            kafka_topic_partitions=reader.integer(
+                "KAFKA_TOPIC_PARTITIONS", defaults.kafka_topic_partitions
+            ),
+            kafka_replication_factor=reader.integer(
+                "KAFKA_REPLICATION_FACTOR", defaults.kafka_replication_factor
+            ),
+            kafka_linger_ms=reader.integer("KAFKA_LINGER_MS", defaults.kafka_linger_ms),
+            relay_id=reader.text("RELAY_ID", defaults.relay_id),
+            relay_shards=reader.integer("RELAY_SHARDS", defaults.relay_shards),
+            relay_lease_ttl_s=reader.number("RELAY_LEASE_TTL_S", defaults.relay_lease_ttl_s),
+            relay_clock_skew_s=reader.number("RELAY_CLOCK_SKEW_S", defaults.relay_clock_skew_s),
+            relay_batch_size=reader.integer("RELAY_BATCH_SIZE", defaults.relay_batch_size),
+            relay_poll_interval_s=reader.number(
+                "RELAY_POLL_INTERVAL_S", defaults.relay_poll_interval_s
+            ),
+            relay_backoff_initial_s=reader.number(
+                "RELAY_BACKOFF_INITIAL_S", defaults.relay_backoff_initial_s
+            ),
+            relay_backoff_max_s=reader.number("RELAY_BACKOFF_MAX_S", defaults.relay_backoff_max_s),
+            relay_send_timeout_s=reader.number(
+                "RELAY_SEND_TIMEOUT_S", defaults.relay_send_timeout_s
+            ),
+            relay_sent_retention_s=reader.number(
+                "RELAY_SENT_RETENTION_S", defaults.relay_sent_retention_s
+            ),
+            relay_sweep_interval_s=reader.number(
+                "RELAY_SWEEP_INTERVAL_S", defaults.relay_sweep_interval_s
+            ),
+            relay_sweep_batch=reader.integer("RELAY_SWEEP_BATCH", defaults.relay_sweep_batch),
+            relay_health_addr=reader.text("RELAY_HEALTH_ADDR", defaults.relay_health_addr),
+            # set but empty disables the endpoint, so not reader.text (empty means default)
+            relay_metrics_addr=env.get("RELAY_METRICS_ADDR", defaults.relay_metrics_addr).strip(),
         )
 
 

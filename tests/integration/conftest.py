@@ -24,7 +24,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.app import App, create_app
 from checkout_server.config import MiB, Settings
-from devstack import FerretDB, MinIO, free_port
+from devstack import FerretDB, Kafka, MinIO, free_port
 from devstack._stack import LocalStack, StackPorts
 
 # The admin token of the whole-stack server (`stack` fixture).
@@ -144,3 +144,17 @@ async def outbox_collection(settings: Settings) -> AsyncIterator[AsyncCollection
     client: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
     yield client[settings.mongo_db][settings.mongo_outbox_collection]
     await client.close()
+
+
+@pytest.fixture(scope="session")
+def kafka(stack_dir: Path) -> Iterator[Kafka]:
+    """One Kafka broker (KRaft) for the session, on free ports; the relay's tests use it."""
+    server = Kafka(
+        port=free_port(),
+        controller_port=free_port(),
+        data_dir=stack_dir / "kafka",
+        log_path=stack_dir / "kafka.log",
+    )
+    server.start(120)
+    yield server
+    server.stop()

@@ -24,6 +24,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, ExecutionTimeou
 from ..domain import EventStatus, OutboxEvent, Page
 from ..errors import DatabaseUnavailable, InvalidPageToken
 from ..ports import DuplicateIdempotencyKey
+from ..relay.sharding import relay_slot
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,8 @@ def to_document(event: OutboxEvent) -> Document:
         "attempts": 0,
         "next_attempt_at": event.created_at,
         "error": event.error or None,
+        # The relay's shard slot (a hash of the id), so relays can select their shards.
+        "relay_slot": relay_slot(event.event_id),
         # Set once the detection result is seen in object storage (the API status is then
         # `ready`); kept apart from `status`, which belongs to the relay.
         "ready_at": event.ready_at,

@@ -1,0 +1,186 @@
+"""Outbox relay throughput and latency, in one run, against real FerretDB and Kafka.
+
+Starts its own FerretDB and Kafka (devstack) and `checkout-relay` as a separate process, then
+1. idle: the relay's CPU use over a few seconds with nothing to do (from /proc);
+2. burst: inserts N events at once and measures relayed events per second (first insert to
+   last `sent`) and the new->sent latency of those events (mostly queueing);
+3. trickle: inserts events at a steady rate well below capacity and measures the new->sent
+   latency p50/p99 (the bound the relay promises while Kafka is up).
+
+    python bench/relay_throughput.py [--events 20000] [--rate 200] [--seconds 10]
+
+Latency is `sent_at - created_at` as stored in the outbox (one clock: this machine's).
+Loopback only; numbers vary with machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from checkout_server.adapters.mongo_outbox import to_document
+from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
+from devstack import FerretDB, Kafka, free_port
+from devstack._stack import PythonService
+
+Document = dict[str, Any]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def new_document() -> Document:
+    video_id = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    return to_document(
+        OutboxEvent(
+            event_id=video_id,
+            video_id=video_id,
+            bucket="videos",
+            object_key=input_object_key(video_id),
+            filename="bench.mp4",
+            content_type="video/mp4",
+            size_bytes=1234,
+            sha256="0" * 64,
+            status=EventStatus.NEW,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def wait_all_sent(
+    outbox: AsyncCollection[Document], ids: list[str], timeout_s: float
+) -> float:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = await outbox.count_documents({"_id": {"$in": ids}, "status": {"$ne": "sent"}})
+        if left == 0:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{left} events still not sent after {timeout_s}s")
+        await asyncio.sleep(0.05)
+
+
+async def latencies_ms(outbox: AsyncCollection[Document], ids: list[str]) -> list[float]:
+    found = outbox.find({"_id": {"$in": ids}}, {"created_at": 1, "sent_at": 1})
+    return [(d["sent_at"] - d["created_at"]).total_seconds() * 1000 for d in await found.to_list()]
+
+
+async def bench(args: argparse.Namespace, mongo_uri: str, relay_pid: int) -> None:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    outbox = client["bench"]["outbox"]
+    try:
+        cpu0, t0 = cpu_seconds(relay_pid), time.monotonic()
+        await asyncio.sleep(args.idle_seconds)
+        idle_cpu = (cpu_seconds(relay_pid) - cpu0) / (time.monotonic() - t0) * 100
+        print(f"idle relay CPU: {idle_cpu:.2f}% of one core over {args.idle_seconds:.0f}s")
+
+        documents = [new_document() for _ in range(args.events)]
+        ids = [d["_id"] for d in documents]
+        started = time.monotonic()
+        for start in range(0, len(documents), 1000):
+            await outbox.insert_many(documents[start : start + 1000], ordered=False)
+        inserted = time.monotonic()
+        done = await wait_all_sent(outbox, ids, timeout_s=600)
+        burst = await latencies_ms(outbox, ids)
+        print(
+            f"burst of {args.events} events: inserted in {inserted - started:.2f}s, "
+            f"all sent after {done - started:.2f}s -> "
+            f"{args.events / (done - started):.0f} events/s; "
+            f"new->sent p50 {percentile(burst, 50):.0f} ms, p99 {percentile(burst, 99):.0f} ms "
+            "(queueing behind the burst)"
+        )
+
+        trickle_ids: list[str] = []
+        interval = 1 / args.rate
+        next_at = time.monotonic()
+        end = next_at + args.seconds
+        while time.monotonic() < end:
+            document = new_document()
+            await outbox.insert_one(document)
+            trickle_ids.append(document["_id"])
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        await wait_all_sent(outbox, trickle_ids, timeout_s=60)
+        steady = await latencies_ms(outbox, trickle_ids)
+        print(
+            f"steady {args.rate}/s for {args.seconds:.0f}s ({len(steady)} events): "
+            f"new->sent p50 {percentile(steady, 50):.0f} ms, p99 {percentile(steady, 99):.0f} ms, "
+            f"max {max(steady):.0f} ms, mean {statistics.fmean(steady):.0f} ms"
+        )
+    finally:
+        await client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rate", type=float, default=200.0, help="steady events per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="steady phase length")
+    parser.add_argument("--idle-seconds", type=float, default=5.0)
+    parser.add_argument("--batch", type=int, default=1000, help="RELAY_BATCH_SIZE")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+        data = Path(tmp)
+        ferretdb = FerretDB(port=free_port(), data_dir=data / "ferretdb", log_level="warn")
+        kafka = Kafka(
+            port=free_port(),
+            controller_port=free_port(),
+            data_dir=data / "kafka",
+            log_path=data / "kafka.log",
+        )
+        health_port = free_port()
+        relay = PythonService(
+            name="checkout-relay",
+            module="checkout_server.relay",
+            port=health_port,
+            env={
+                "MONGO_URI": ferretdb.uri,
+                "MONGO_DB": "bench",
+                "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+                "KAFKA_TOPIC": "bench.videos",
+                "RELAY_HEALTH_ADDR": f"127.0.0.1:{health_port}",
+                "RELAY_METRICS_ADDR": "",
+                "RELAY_BATCH_SIZE": str(args.batch),
+                "LOG_LEVEL": "WARNING",
+            },
+            log_path=data / "relay.log",
+        )
+        try:
+            ferretdb.start(120)
+            kafka.start(120)
+            relay.start(60)
+            assert relay.pid is not None
+            asyncio.run(bench(args, ferretdb.uri, relay.pid))
+        finally:
+            relay.stop()
+            kafka.stop()
+            ferretdb.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Publisher on Kafka through aiokafka: idempotent producer, acks from all in-sync replicas.
+
+aiokafka's idempotent producer never gives up on a send by itself, and after some errors
+(OutOfOrderSequenceNumber, a fenced or unknown producer id: aiokafka issues #1017, #1101) its
+sender task is dead while `send` still accepts records. So every send, flush and stop here
+runs under our own timeout, and after a timeout or a fatal error the producer is discarded
+and a new one is built by the factory on the next batch (records it had may be written
+twice: delivery is at least once). Vendor errors end here: callers see Delivery outcomes
+and PublisherUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
+
+from ..relay.ports import Delivery, Message, Outcome, PublisherUnavailable
+
+log = logging.getLogger(__name__)
+
+ProducerFactory = Callable[[], AIOKafkaProducer]
+AdminFactory = Callable[[], AIOKafkaAdminClient]
+
+# Errors that say this record can never be written: the event is marked failed.
+_PERMANENT: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTimestampError,
+)
+_TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
+
+
+class KafkaPublisher:
+    """Implements relay.ports.Publisher for one topic."""
+
+    def __init__(
+        self,
+        *,
+        producer_factory: ProducerFactory,
+        admin_factory: AdminFactory,
+        topic: str,
+        partitions: int,
+        replication_factor: int,
+        timeout_s: float,
+    ) -> None:
+        self._producer_factory = producer_factory
+        self._admin_factory = admin_factory
+        self._topic = topic
+        self._partitions = partitions
+        self._replication_factor = replication_factor
+        self._timeout_s = timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._topic_ready = False
+        self.restarts = 0
+
+    async def start(self) -> None:
+        await self._ready_producer()
+
+    async def publish(self, messages: Sequence[Message]) -> list[Delivery]:
+        producer = await self._ready_producer()
+        deliveries: list[Delivery | None] = [None] * len(messages)
+        pending: list[tuple[int, asyncio.Future[object]]] = []
+        fatal: BaseException | None = None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                for index, message in enumerate(messages):
+                    try:
+                        future = await producer.send(
+                            self._topic,
+                            value=message.value,
+                            key=message.key,
+                            headers=list(message.headers),
+                        )
+                    except KafkaError as exc:
+                        deliveries[index] = _classify(exc)
+                        if deliveries[index] is not None and _is_fatal(exc):
+                            fatal = exc
+                        continue
+                    pending.append((index, future))
+                results = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+        except TimeoutError:
+            await self._discard(f"no acknowledgement within {self._timeout_s:.0f}s")
+            raise PublisherUnavailable(
+                f"Kafka did not acknowledge within {self._timeout_s:.0f}s"
+            ) from None
+        for (index, _), result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                deliveries[index] = _classify(result)
+                if _is_fatal(result):
+                    fatal = result
+            else:
+                deliveries[index] = Delivery(Outcome.DELIVERED)
+        if fatal is not None:
+            await self._discard(f"fatal producer error: {fatal!r}")
+        return [d if d is not None else Delivery(Outcome.RETRY, "not sent") for d in deliveries]
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            await asyncio.wait_for(producer.flush(), self._timeout_s)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("producer flush failed on close: %r", exc)
+        await self._stop(producer)
+
+    async def _ready_producer(self) -> AIOKafkaProducer:
+        if not self._topic_ready:
+            await self._ensure_topic()
+        if self._producer is None:
+            producer = self._producer_factory()
+            try:
+                await asyncio.wait_for(producer.start(), self._timeout_s)
+            except (TimeoutError, KafkaError, OSError) as exc:
+                await self._stop(producer)
+                raise PublisherUnavailable(f"cannot start the Kafka producer: {exc!r}") from exc
+            self._producer = producer
+        return self._producer
+
+    async def _ensure_topic(self) -> None:
+        admin = self._admin_factory()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await admin.start()
+                response = await admin.create_topics(
+                    [NewTopic(self._topic, self._partitions, self._replication_factor)]
+                )
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise PublisherUnavailable(f"cannot create the topic: {exc!r}") from exc
+        finally:
+            try:
+                await asyncio.wait_for(admin.close(), self._timeout_s)
+            except (TimeoutError, KafkaError, OSError) as exc:
+                log.warning("kafka admin close failed: %r", exc)
+        for topic_error in response.topic_errors:
+            code = topic_error[1]
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                raise PublisherUnavailable(f"cannot create topic {self._topic}: {topic_error!r}")
+            if code == 0:
+                log.info(
+                    "created topic",
+                    extra={"topic": self._topic, "partitions": self._partitions},
+                )
+        self._topic_ready = True
+
+    async def _discard(self, why: str) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        self.restarts += 1
+        log.warning("recreating the Kafka producer: %s", why)
+        await self._stop(producer)
+
+    async def _stop(self, producer: AIOKafkaProducer) -> None:
+        try:
+            await asyncio.wait_for(producer.stop(), self._timeout_s)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning("producer stop failed; abandoning it: %r", exc)
+
+
+def _classify(exc: BaseException) -> Delivery:
+    if isinstance(exc, _PERMANENT):
+        return Delivery(Outcome.REJECTED, f"kafka rejected the message: {type(exc).__name__}")
+    return Delivery(Outcome.RETRY, f"{type(exc).__name__}: {exc}")
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Errors after which the producer is not trusted again (not retriable by its class,
+    e.g. OutOfOrderSequenceNumber, ProducerFenced, or an unexpected sender failure)."""
+    if isinstance(exc, _PERMANENT):
+        return False
+    return not bool(getattr(exc, "retriable", False))

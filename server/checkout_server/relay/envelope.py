@@ -1,0 +1,48 @@
+"""The Kafka message of an outbox event: key, versioned JSON envelope, headers.
+
+Consumers deduplicate by the `event_id` header (or field): delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC
+
+from .ports import Message, PendingEvent
+
+ENVELOPE_VERSION = 1
+EVENT_TYPE = "checkout.video.uploaded"
+
+
+class EnvelopeError(ValueError):
+    """The event cannot be turned into a message (a permanent, per-event failure)."""
+
+
+def build_message(event: PendingEvent) -> Message:
+    """key = event id (so all records of a video land on one partition, in order)."""
+    payload = event.payload
+    try:
+        value = {
+            "version": ENVELOPE_VERSION,
+            "event_id": event.event_id,
+            "type": EVENT_TYPE,
+            "video_id": event.video_id,
+            "bucket": str(payload["bucket"]),
+            "object_key": str(payload["object_key"]),
+            "size_bytes": int(payload["size_bytes"]),
+            "sha256": str(payload.get("sha256") or ""),
+            "created_at": event.created_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+        }
+        encoded = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EnvelopeError(f"cannot serialise event: {type(exc).__name__}: {exc}") from exc
+    return Message(
+        key=event.event_id.encode(),
+        value=encoded,
+        headers=(
+            ("event_id", event.event_id.encode()),
+            ("event_type", EVENT_TYPE.encode()),
+            ("envelope_version", str(ENVELOPE_VERSION).encode()),
+            ("content-type", b"application/json"),
+        ),
+    )
