@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -120,51 +121,41 @@ def _internal(method: str, exc: BaseException) -> ServiceError:
     return ServiceError()
 
 
+@asynccontextmanager
+async def _outcome(method: str, context: _Context) -> AsyncIterator[None]:
+    """Logs the call's outcome and turns its exceptions into statuses."""
+    call = _CallLog(method)
+    try:
+        yield
+    except ServiceError as exc:
+        call.done(exc.code, exc.reason)
+        await _abort(context, exc)
+    except grpc.aio.AbortError:
+        call.done(context.code() or grpc.StatusCode.UNKNOWN)
+        raise
+    except asyncio.CancelledError:
+        call.done(grpc.StatusCode.CANCELLED)
+        raise
+    except Exception as exc:
+        error = _internal(method, exc)
+        call.done(error.code, error.reason)
+        await _abort(context, error)
+    else:
+        call.done(grpc.StatusCode.OK)
+
+
 def _wrap_unary(method: str, behavior: _Unary) -> _Unary:
     async def wrapper(request: Any, context: _Context) -> Any:
-        call = _CallLog(method)
-        try:
-            response = await behavior(request, context)
-        except ServiceError as exc:
-            call.done(exc.code, exc.reason)
-            await _abort(context, exc)
-        except grpc.aio.AbortError:
-            call.done(context.code() or grpc.StatusCode.UNKNOWN)
-            raise
-        except asyncio.CancelledError:
-            call.done(grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as exc:
-            error = _internal(method, exc)
-            call.done(error.code, error.reason)
-            await _abort(context, error)
-        else:
-            call.done(grpc.StatusCode.OK)
-            return response
+        async with _outcome(method, context):
+            return await behavior(request, context)
 
     return wrapper
 
 
 def _wrap_stream(method: str, behavior: _Stream) -> _Stream:
     async def wrapper(request: Any, context: _Context) -> AsyncIterator[Any]:
-        call = _CallLog(method)
-        try:
+        async with _outcome(method, context):
             async for response in behavior(request, context):
                 yield response
-        except ServiceError as exc:
-            call.done(exc.code, exc.reason)
-            await _abort(context, exc)
-        except grpc.aio.AbortError:
-            call.done(context.code() or grpc.StatusCode.UNKNOWN)
-            raise
-        except asyncio.CancelledError:
-            call.done(grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as exc:
-            error = _internal(method, exc)
-            call.done(error.code, error.reason)
-            await _abort(context, error)
-        else:
-            call.done(grpc.StatusCode.OK)
 
     return wrapper
