@@ -158,6 +158,11 @@ def exception_class_for(code: grpc.StatusCode) -> type[CheckoutError]:
 def from_grpc_error(error: grpc.aio.AioRpcError) -> CheckoutError:
     """The typed exception for a failed call: its class from the status code, the message and
     the ErrorInfo from the rich status (`grpc-status-details-bin`) when the server sent one."""
+    if _lost_in_transport(error):
+        return Unavailable(
+            "Соединение с сервером прервано во время отправки, повторите попытку",
+            reason="STREAM_BROKEN",
+        )
     cls = exception_class_for(error.code())
     message = error.details() or error.code().name
     reason = ""
@@ -175,6 +180,21 @@ def from_grpc_error(error: grpc.aio.AioRpcError) -> CheckoutError:
                 reason, metadata = info.reason, dict(info.metadata)
                 break
     return cls(message, reason=reason, metadata=metadata)
+
+
+def _lost_in_transport(error: grpc.aio.AioRpcError) -> bool:
+    """grpc-python's asyncio client reports a write on a stream the peer has closed or reset
+    (server killed, connection lost) as INTERNAL "Failed execute_batch", dropping whatever
+    status arrived (grpc/grpc#36066). No server sends that, so it means the transport broke:
+    as retriable as UNAVAILABLE (uploads carry an idempotency key)."""
+    return (
+        error.code() == grpc.StatusCode.INTERNAL
+        and "execute_batch" in (error.debug_error_string() or "")
+        and not any(
+            key == _DETAILS_KEY
+            for key, _ in cast(Iterable[tuple[str, object]], error.trailing_metadata() or ())
+        )
+    )
 
 
 class ChecksumMismatch(DataLoss):

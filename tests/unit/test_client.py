@@ -244,3 +244,30 @@ async def test_bad_chunk_size(scripted: tuple[Scripted, AsyncCheckoutClient]) ->
     _, client = scripted
     with pytest.raises(ValueError, match="chunk_size"):
         await client.upload(io.BytesIO(b"x"), chunk_size=5 << 20)
+
+
+def test_a_stream_broken_in_transport_is_retriable() -> None:
+    # grpc-python reports a write on a reset stream as INTERNAL "Failed execute_batch" and drops
+    # the real status (grpc/grpc#36066): the SDK treats it as a lost connection.
+    from checkout_client import Internal, Unavailable, from_grpc_error
+
+    lost = grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="Internal error from Core",
+        debug_error_string='Failed "execute_batch": (<SendMessageOperation>,)',
+    )
+    error = from_grpc_error(lost)
+    assert isinstance(error, Unavailable)
+    assert error.retriable
+    assert error.reason == "STREAM_BROKEN"
+
+    server_bug = grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="Внутренняя ошибка сервиса",
+        debug_error_string="INTERNAL:Внутренняя ошибка сервиса",
+    )
+    assert type(from_grpc_error(server_bug)) is Internal
