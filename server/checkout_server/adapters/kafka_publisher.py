@@ -171,6 +171,21 @@ class KafkaPublisher:
             await asyncio.wait_for(producer.stop(), self._timeout_s)
         except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("producer stop failed; abandoning it: %r", exc)
+            await self._force_close(producer)
+
+    async def _force_close(self, producer: AIOKafkaProducer) -> None:
+        """After a `stop` that timed out (it waits without bound for records the broker never
+        takes) aiokafka counts the producer as closed, so `stop` cannot be called again, yet
+        its sender task and connections live on, retrying forever. End them directly."""
+        sender = getattr(producer, "_sender", None)  # aiokafka has no public force-close
+        client = getattr(producer, "client", None)
+        try:
+            if sender is not None:
+                await asyncio.wait_for(sender.close(), self._timeout_s)
+            if client is not None:
+                await asyncio.wait_for(client.close(), self._timeout_s)
+        except Exception as exc:  # best effort: the producer is dropped either way
+            log.warning("abandoned producer did not close: %r", exc)
 
 
 def _classify(exc: BaseException) -> Delivery:
