@@ -31,12 +31,11 @@ from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._backends import Backends, started
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.adapters.mongo_outbox import to_document
 from checkout_server.domain import EventStatus, OutboxEvent
-from devstack import FerretDB, MinIO, free_port
-from devstack._stack import PythonService
 
 BUCKET = "videos"
 
@@ -148,36 +147,21 @@ async def bench_watch(
 
 
 async def run(args: argparse.Namespace, work: Path) -> None:
-    ferretdb = FerretDB(port=free_port(), data_dir=work / "ferretdb", log_path=work / "f.log")
-    minio = MinIO(
-        port=free_port(), console_port=free_port(), data_dir=work / "minio", log_path=work / "m.log"
-    )
-    ferretdb.start()
-    minio.start()
-    port = free_port()
-    server = PythonService(
-        name="checkout-server",
-        module="checkout_server",
-        port=port,
-        env={
-            "GRPC_ADDR": f"127.0.0.1:{port}",
-            "MINIO_ENDPOINT": minio.endpoint,
-            "MONGO_URI": ferretdb.uri,
-            "LOG_LEVEL": "WARNING",
-        },
-        log_path=work / "server.log",
-    )
-    server.start()
-    s3 = Minio(minio.endpoint, access_key="minioadmin", secret_key="minioadmin", secure=False)
+    with started(work) as backends:
+        await measure(args, backends)
+
+
+async def measure(args: argparse.Namespace, backends: Backends) -> None:
+    port, pid = backends.server.port, backends.server_pid
+    endpoint = backends.minio.endpoint
+    s3 = Minio(endpoint, access_key="minioadmin", secret_key="minioadmin", secure=False)
     try:
-        started = time.monotonic()
-        ids = await insert_events(ferretdb.uri, args.events)
-        print(f"inserted {args.events} events in {time.monotonic() - started:.1f} s")
+        began = time.monotonic()
+        ids = await insert_events(backends.ferretdb.uri, args.events)
+        print(f"inserted {args.events} events in {time.monotonic() - began:.1f} s")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub: pb_grpc.CheckoutServiceAsyncStub = pb_grpc.CheckoutServiceStub(channel)
             await bench_list(stub, args.events)
-        pid = server.pid
-        assert pid is not None
         for watchers, event_id in ((1, ids[1]), (args.watchers, ids[2])):
             p50, p99, cores = await bench_watch(port, pid, s3, event_id, watchers)
             print(
@@ -186,9 +170,6 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             )
     finally:
         await s3.close_session()  # type: ignore[no-untyped-call]
-        server.stop()
-        minio.stop()
-        ferretdb.stop()
 
 
 def main() -> None:

@@ -31,10 +31,9 @@ from miniopy_async.api import Minio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._backends import Backends, started
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from devstack import FerretDB, MinIO, free_port
-from devstack._stack import PythonService
 
 MiB = 1024 * 1024
 CHUNK = 1 * MiB
@@ -87,34 +86,14 @@ async def direct(s3: Minio, path: Path, size: int) -> float:
 
 
 async def run(args: argparse.Namespace, work: Path) -> None:
-    ferretdb = FerretDB(
-        port=free_port(), data_dir=work / "ferretdb", log_path=work / "ferretdb.log"
-    )
-    minio = MinIO(
-        port=free_port(),
-        console_port=free_port(),
-        data_dir=work / "minio",
-        log_path=work / "minio.log",
-    )
-    ferretdb.start()
-    minio.start()
-    port = free_port()
-    server = PythonService(
-        name="checkout-server",
-        module="checkout_server",
-        port=port,
-        env={
-            "GRPC_ADDR": f"127.0.0.1:{port}",
-            "MINIO_ENDPOINT": minio.endpoint,
-            "MONGO_URI": ferretdb.uri,
-            "LOG_LEVEL": "WARNING",
-        },
-        log_path=work / "server.log",
-    )
-    server.start()
-    s3 = Minio(minio.endpoint, access_key="minioadmin", secret_key="minioadmin", secure=False)
-    pid = server.pid
-    assert pid is not None
+    with started(work) as backends:
+        await measure(args, work, backends)
+
+
+async def measure(args: argparse.Namespace, work: Path, backends: Backends) -> None:
+    port, pid = backends.server.port, backends.server_pid
+    endpoint = backends.minio.endpoint
+    s3 = Minio(endpoint, access_key="minioadmin", secret_key="minioadmin", secure=False)
     try:
         async with grpc.aio.insecure_channel(
             f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 8 * MiB)]
@@ -165,9 +144,6 @@ async def run(args: argparse.Namespace, work: Path) -> None:
                 print(f"  failure: {failure!r}")
     finally:
         await s3.close_session()  # type: ignore[no-untyped-call]
-        server.stop()
-        minio.stop()
-        ferretdb.stop()
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 
 from .adapters.minio_storage import MinioStorage
 from .adapters.mongo_outbox import Document, MongoOutbox
+from .clients import mongo_client
 from .config import MiB, Settings
 from .errors import ServiceError
 from .health import DependencyMonitor, HealthReporter, new_health_servicer
@@ -124,22 +125,10 @@ def _minio_client(settings: Settings) -> Minio:
     )
 
 
-def _mongo_client(settings: Settings) -> AsyncMongoClient[Document]:
-    timeout = settings.mongo_timeout_ms
-    return AsyncMongoClient(
-        settings.mongo_uri,
-        tz_aware=True,
-        appname="checkout",
-        serverSelectionTimeoutMS=timeout,
-        connectTimeoutMS=timeout,
-        socketTimeoutMS=timeout * 2,
-    )
-
-
 async def create_app(settings: Settings) -> App:
     """Build the server (not started). Binds the port, so a port of 0 picks a free one."""
     minio = _minio_client(settings)
-    mongo = _mongo_client(settings)
+    mongo = mongo_client(settings, appname="checkout")
     storage = MinioStorage(minio, abort_retry_s=settings.storage_abort_retry_s)
     outbox = MongoOutbox(mongo[settings.mongo_db][settings.mongo_outbox_collection])
     pipeline = UploadPipeline(

@@ -17,6 +17,7 @@ from pymongo import AsyncMongoClient
 
 from ..adapters.kafka_publisher import KafkaPublisher
 from ..adapters.mongo_relay_store import Document, MongoLeaseStore, MongoOutboxRelayStore
+from ..clients import mongo_client
 from ..config import ConfigError, Settings
 from ..errors import DatabaseUnavailable
 from ..health import HealthReporter, new_health_servicer
@@ -90,15 +91,7 @@ async def create_relay(settings: Settings) -> RelayApp:
     """Build the relay (not started); binds the health port (0 picks a free one)."""
     check_settings(settings)
     member = settings.relay_id or f"{socket.gethostname()}-{os.getpid()}"
-    timeout = settings.mongo_timeout_ms
-    mongo: AsyncMongoClient[Document] = AsyncMongoClient(
-        settings.mongo_uri,
-        tz_aware=True,
-        appname="checkout-relay",
-        serverSelectionTimeoutMS=timeout,
-        connectTimeoutMS=timeout,
-        socketTimeoutMS=timeout * 2,
-    )
+    mongo = mongo_client(settings, appname="checkout-relay")
     database = mongo[settings.mongo_db]
     outbox_name = settings.mongo_outbox_collection
     store = MongoOutboxRelayStore(database[outbox_name])

@@ -1,0 +1,55 @@
+"""What the benchmarks start: FerretDB, MinIO and the checkout server as a real process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack import FerretDB, MinIO, free_port
+from devstack._stack import PythonService
+
+
+@dataclass(frozen=True)
+class Backends:
+    ferretdb: FerretDB
+    minio: MinIO
+    server: PythonService
+
+    @property
+    def server_pid(self) -> int:
+        pid = self.server.pid
+        assert pid is not None, "the server is not running"
+        return pid
+
+
+@contextmanager
+def started(work: Path) -> Iterator[Backends]:
+    """FerretDB, MinIO and a checkout server on free ports under `work`; all stopped after."""
+    ferretdb = FerretDB(port=free_port(), data_dir=work / "ferretdb", log_path=work / "f.log")
+    minio = MinIO(
+        port=free_port(), console_port=free_port(), data_dir=work / "minio", log_path=work / "m.log"
+    )
+    port = free_port()
+    server = PythonService(
+        name="checkout-server",
+        module="checkout_server",
+        port=port,
+        env={
+            "GRPC_ADDR": f"127.0.0.1:{port}",
+            "MINIO_ENDPOINT": minio.endpoint,
+            "MONGO_URI": ferretdb.uri,
+            "LOG_LEVEL": "WARNING",
+        },
+        log_path=work / "server.log",
+    )
+    try:
+        ferretdb.start()
+        minio.start()
+        server.start()
+        yield Backends(ferretdb, minio, server)
+    finally:
+        server.stop()
+        minio.stop()
+        ferretdb.stop()
