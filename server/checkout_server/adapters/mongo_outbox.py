@@ -25,6 +25,7 @@ from ..domain import EventStatus, OutboxEvent, Page
 from ..errors import DatabaseUnavailable, InvalidPageToken
 from ..ports import DuplicateIdempotencyKey
 from ..relay.sharding import relay_slot
+from ._mongo_indexes import ensure_indexes
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,8 @@ class MongoOutbox:
         self._collection = collection
 
     async def ensure_indexes(self) -> None:
-        # One index per command: FerretDB 1.24 fails a createIndexes of several indexes
-        # that already exist ("slice bounds out of range"), which a restart always sends.
         with _translated("ensure_indexes"):
-            for index in _INDEXES:
-                await self._collection.create_indexes([index])
+            await ensure_indexes(self._collection, _INDEXES)
 
     async def add(self, event: OutboxEvent) -> None:
         document = to_document(event)

@@ -22,6 +22,7 @@ from ..domain import EventStatus
 from ..errors import DatabaseUnavailable
 from ..relay.ports import Lease, PendingEvent
 from ..relay.sharding import relay_slot
+from ._mongo_indexes import ensure_indexes
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,6 @@ def _translated(action: str) -> Iterator[None]:
         raise DatabaseUnavailable() from exc
 
 
-async def _create_missing(collection: AsyncCollection[Document], wanted: list[IndexModel]) -> None:
-    """Create the indexes whose names do not exist yet. FerretDB 1.24.2 panics (and drops the
-    connection) on createIndexes for some index sets that exist already, so never re-create."""
-    existing = {index["name"] async for index in await collection.list_indexes()}
-    missing = [m for m in wanted if m.document["name"] not in existing]
-    if missing:
-        await collection.create_indexes(missing)
-
-
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -70,7 +62,7 @@ class MongoOutboxRelayStore:
 
     async def ensure_indexes(self) -> None:
         with _translated("ensure_indexes"):
-            await _create_missing(
+            await ensure_indexes(
                 self._collection,
                 [
                     IndexModel(
@@ -191,7 +183,7 @@ class MongoLeaseStore:
 
     async def ensure_indexes(self) -> None:
         with _translated("ensure_lease_indexes"):
-            await _create_missing(
+            await ensure_indexes(
                 self._leases,
                 [IndexModel([("shard", ASCENDING), ("epoch", DESCENDING)], name="shard_epoch")],
             )
