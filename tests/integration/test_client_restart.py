@@ -5,7 +5,6 @@ video once and leaves exactly one event."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,25 +19,12 @@ from checkout_client import AsyncCheckoutClient, RetryPolicy, Unavailable, Uploa
 from checkout_server.config import Settings
 from devstack import free_port
 from tests.helpers import MiB, mp4_bytes, sha256_hex
+from tests.integration.processes import server_env
 from tests.integration.storage_checks import object_keys, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 Collection = AsyncCollection[dict[str, Any]]
-
-
-def server_env(settings: Settings, port: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "GRPC_ADDR": f"127.0.0.1:{port}",
-        "MINIO_ENDPOINT": settings.minio_endpoint,
-        "MONGO_URI": settings.mongo_uri,
-        "MONGO_DB": settings.mongo_db,
-        "DEFAULT_BUCKET": settings.default_bucket,
-        "ALLOWED_BUCKETS": ",".join(settings.allowed_buckets),
-        "UPLOAD_PART_BYTES": str(5 * MiB),
-        "LOG_FORMAT": "json",
-    }
 
 
 ServerStarter = Callable[[], Awaitable[asyncio.subprocess.Process]]

@@ -7,7 +7,6 @@ These tests stop and start servers, so each gets MinIO / FerretDB instances of i
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from checkout_server.app import create_app
 from checkout_server.config import Settings
 from devstack import FerretDB, MinIO, free_port
 from tests.helpers import MiB, error_details, mp4_bytes
+from tests.integration.processes import server_env
 from tests.integration.storage_checks import object_keys, pending_uploads, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -147,21 +147,6 @@ async def _pending(s3: Minio, bucket: str, *, expect: bool) -> bool:
 # --- SIGTERM: a real server process -----------------------------------------------------------
 
 
-def server_env(settings: Settings, port: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "GRPC_ADDR": f"127.0.0.1:{port}",
-        "MINIO_ENDPOINT": settings.minio_endpoint,
-        "MONGO_URI": settings.mongo_uri,
-        "MONGO_DB": settings.mongo_db,
-        "DEFAULT_BUCKET": settings.default_bucket,
-        "ALLOWED_BUCKETS": ",".join(settings.allowed_buckets),
-        "UPLOAD_PART_BYTES": str(5 * MiB),
-        "SHUTDOWN_GRACE_S": "4",
-        "LOG_FORMAT": "json",
-    }
-
-
 async def wait_serving(channel: grpc.aio.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
 
@@ -184,7 +169,7 @@ async def test_sigterm_lets_uploads_finish_within_grace_and_aborts_the_rest(
             sys.executable,
             "-m",
             "checkout_server",
-            env=server_env(settings, port),
+            env=server_env(settings, port, SHUTDOWN_GRACE_S="4"),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
