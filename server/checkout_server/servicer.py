@@ -74,12 +74,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
             sha256=meta.sha256.lower(),
             idempotency_key=meta.idempotency_key,
         )
-        try:
-            result = await self._pipeline.upload(request, chunks())
-        except errors.ServiceError:
-            await _drain(messages)
-            raise
-        return upload_response(result)
+        return await self._upload(request, chunks(), messages)
 
     async def UploadVideoHttp(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.UploadVideoHttpRequest], context: Context
@@ -92,6 +87,19 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
             request, chunks = await open_http_upload(
                 first, messages, default_bucket=self._default_bucket
             )
+        except errors.ServiceError:
+            await _drain(messages)
+            raise
+        return await self._upload(request, chunks, messages)
+
+    async def _upload(
+        self,
+        request: UploadRequest,
+        chunks: AsyncIterator[bytes],
+        messages: AsyncIterator[Message],
+    ) -> pb.UploadVideoResponse:
+        """Run the pipeline; on refusal, drain the client's stream before the error goes out."""
+        try:
             result = await self._pipeline.upload(request, chunks)
         except errors.ServiceError:
             await _drain(messages)
