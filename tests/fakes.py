@@ -63,9 +63,6 @@ class FakeStorage:
     async def delete(self, bucket: str, key: str) -> None:
         self.objects.pop((bucket, key), None)
 
-    async def exists(self, bucket: str, key: str) -> bool:
-        return (bucket, key) in self.objects
-
     async def stat(self, bucket: str, key: str) -> StoredObject | None:
         data = self.objects.get((bucket, key))
         if data is None:

@@ -43,9 +43,6 @@ class ObjectStorage(Protocol):
     async def delete(self, bucket: str, key: str) -> None:
         """Delete `key`; deleting a missing key succeeds."""
 
-    async def exists(self, bucket: str, key: str) -> bool:
-        """Whether `key` exists."""
-
     async def stat(self, bucket: str, key: str) -> StoredObject | None:
         """Size and modification time of `key`, or None when it does not exist."""
 

@@ -68,16 +68,6 @@ class MinioStorage:
         with _translated("delete"):
             await self._client.remove_object(bucket, key)
 
-    async def exists(self, bucket: str, key: str) -> bool:
-        with _translated("exists"):
-            try:
-                await self._client.stat_object(bucket, key)
-            except S3Error as exc:
-                if exc.code in _MISSING_KEY_CODES:
-                    return False
-                raise
-            return True
-
     async def stat(self, bucket: str, key: str) -> StoredObject | None:
         with _translated("stat"):
             try:
