@@ -114,7 +114,9 @@ class _FormReader:
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part.name == FILE_FIELD:
-            self.file_bytes.append(data[start:end])
+            # Most pieces are file data from end to end: pass them on without a copy.
+            whole = start == 0 and end == len(data)
+            self.file_bytes.append(data if whole else data[start:end])
             return
         self._part.value += data[start:end]
         if len(self._part.value) > MAX_FIELD_BYTES:
