@@ -32,7 +32,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checkout_server.adapters.mongo_outbox import to_document
+from checkout_server.adapters.mongo_outbox import status_document, to_document
 from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
 from devstack import FerretDB, Kafka, free_port
 from devstack._stack import PythonService
@@ -92,6 +92,7 @@ async def latencies_ms(outbox: AsyncCollection[Document], ids: list[str]) -> lis
 async def bench(args: argparse.Namespace, mongo_uri: str, relay_pid: int) -> None:
     client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_uri, tz_aware=True)
     outbox = client["bench"]["outbox"]
+    statuses = client["bench"]["event_statuses"]  # written beside each message, as the server does
     try:
         cpu0, t0 = cpu_seconds(relay_pid), time.monotonic()
         await asyncio.sleep(args.idle_seconds)
@@ -103,6 +104,8 @@ async def bench(args: argparse.Namespace, mongo_uri: str, relay_pid: int) -> Non
         started = time.monotonic()
         for start in range(0, len(documents), 1000):
             await outbox.insert_many(documents[start : start + 1000], ordered=False)
+            records = [status_document(d) for d in documents[start : start + 1000]]
+            await statuses.insert_many(records, ordered=False)
         inserted = time.monotonic()
         done = await wait_all_sent(outbox, ids, timeout_s=600)
         burst = await latencies_ms(outbox, ids)
@@ -121,6 +124,7 @@ async def bench(args: argparse.Namespace, mongo_uri: str, relay_pid: int) -> Non
         while time.monotonic() < end:
             document = new_document()
             await outbox.insert_one(document)
+            await statuses.insert_one(status_document(document))
             trickle_ids.append(document["_id"])
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))

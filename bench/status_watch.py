@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._backends import Backends, started
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.adapters.mongo_outbox import to_document
+from checkout_server.adapters.mongo_outbox import status_document, to_document
 from checkout_server.domain import EventStatus, OutboxEvent
 
 BUCKET = "videos"
@@ -47,7 +47,7 @@ def cpu_seconds(pid: int) -> float:
 
 async def insert_events(uri: str, count: int) -> list[str]:
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, tz_aware=True)
-    collection = client["main_db"]["outbox"]
+    collection = client["main_db"]["event_statuses"]  # the status records the API reads
     start = datetime.now(UTC) - timedelta(days=1)
     ids = []
     batch = []
@@ -57,20 +57,22 @@ async def insert_events(uri: str, count: int) -> list[str]:
         at = start + timedelta(milliseconds=i)
         status = (EventStatus.NEW, EventStatus.SENT, EventStatus.SENT, EventStatus.SENT)[i % 4]
         batch.append(
-            to_document(
-                OutboxEvent(
-                    event_id=event_id,
-                    video_id=event_id,
-                    bucket=BUCKET,
-                    object_key=f"input/{event_id}.mp4",
-                    filename="bench.mp4",
-                    content_type="video/mp4",
-                    size_bytes=1000,
-                    sha256="0" * 64,
-                    status=status,
-                    created_at=at,
-                    updated_at=at,
-                    ready_at=at if i % 10 == 0 else None,
+            status_document(
+                to_document(
+                    OutboxEvent(
+                        event_id=event_id,
+                        video_id=event_id,
+                        bucket=BUCKET,
+                        object_key=f"input/{event_id}.mp4",
+                        filename="bench.mp4",
+                        content_type="video/mp4",
+                        size_bytes=1000,
+                        sha256="0" * 64,
+                        status=status,
+                        created_at=at,
+                        updated_at=at,
+                        ready_at=at if i % 10 == 0 else None,
+                    )
                 )
             )
         )

@@ -136,7 +136,10 @@ async def create_app(settings: Settings) -> App:
     minio = _minio_client(settings)
     mongo = mongo_client(settings, appname="checkout")
     storage = MinioStorage(minio, abort_retry_s=settings.storage_abort_retry_s)
-    outbox = MongoOutbox(mongo[settings.mongo_db][settings.mongo_outbox_collection])
+    database = mongo[settings.mongo_db]
+    outbox = MongoOutbox(
+        database[settings.mongo_outbox_collection], database[settings.mongo_status_collection]
+    )
     pipeline = UploadPipeline(
         storage=storage,
         outbox=outbox,

@@ -36,6 +36,9 @@ class Settings:
     mongo_uri: str = "mongodb://mongo:27017/"
     mongo_db: str = "main_db"
     mongo_outbox_collection: str = "outbox"
+    # MONGO_STATUS_COLLECTION: one status record per event, kept after its outbox message
+    # is swept (what ListStatuses/GetStatus/WatchStatus read).
+    mongo_status_collection: str = "event_statuses"
     # MONGO_TIMEOUT_MS: server selection / socket timeout for MongoDB calls.
     mongo_timeout_ms: int = 5_000
     # KAFKA_BOOTSTRAP_SERVERS / KAFKA_TOPIC: where the relay publishes events.
@@ -162,6 +165,9 @@ class Settings:
             mongo_db=reader.text("MONGO_DB", defaults.mongo_db),
             mongo_outbox_collection=reader.text(
                 "MONGO_OUTBOX_COLLECTION", defaults.mongo_outbox_collection
+            ),
+            mongo_status_collection=reader.text(
+                "MONGO_STATUS_COLLECTION", defaults.mongo_status_collection
             ),
             mongo_timeout_ms=reader.integer("MONGO_TIMEOUT_MS", defaults.mongo_timeout_ms),
             kafka_bootstrap_servers=reader.text(

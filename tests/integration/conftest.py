@@ -20,8 +20,10 @@ import pytest
 from miniopy_async.api import Minio
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
 from checkout_server.app import App, create_app
 from checkout_server.config import MiB, Settings
 from devstack import FerretDB, Kafka, MinIO, free_port
@@ -139,11 +141,35 @@ async def s3(minio: MinIO) -> AsyncIterator[Minio]:
 
 
 @pytest.fixture
-async def outbox_collection(settings: Settings) -> AsyncIterator[AsyncCollection[Document]]:
-    """A test-side view of this test's outbox collection."""
+async def test_database(settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
+    """A test-side client of this test's database."""
     client: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
-    yield client[settings.mongo_db][settings.mongo_outbox_collection]
+    yield client[settings.mongo_db]
     await client.close()
+
+
+@pytest.fixture
+def outbox_collection(
+    settings: Settings, test_database: AsyncDatabase[Document]
+) -> AsyncCollection[Document]:
+    """A test-side view of this test's outbox collection."""
+    return test_database[settings.mongo_outbox_collection]
+
+
+@pytest.fixture
+def status_collection(
+    settings: Settings, test_database: AsyncDatabase[Document]
+) -> AsyncCollection[Document]:
+    """A test-side view of this test's status records."""
+    return test_database[settings.mongo_status_collection]
+
+
+@pytest.fixture
+def relay_store(
+    outbox_collection: AsyncCollection[Document], status_collection: AsyncCollection[Document]
+) -> MongoOutboxRelayStore:
+    """The relay's store over this test's collections, for tests that play the relay."""
+    return MongoOutboxRelayStore(outbox_collection, status_collection)
 
 
 @pytest.fixture(scope="session")

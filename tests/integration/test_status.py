@@ -218,7 +218,12 @@ async def admin_app(settings: Settings) -> AsyncIterator[App]:
 
 
 async def test_cleanup_needs_the_token_and_wipes_the_service_data(
-    admin_app: App, s3: Minio, bucket: str, other_bucket: str, outbox_collection: Collection
+    admin_app: App,
+    s3: Minio,
+    bucket: str,
+    other_bucket: str,
+    outbox_collection: Collection,
+    status_collection: Collection,
 ) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{admin_app.port}") as channel:
         stub: Stub = pb_grpc.CheckoutServiceStub(channel)
@@ -238,6 +243,7 @@ async def test_cleanup_needs_the_token_and_wipes_the_service_data(
                 "UNAUTHENTICATED",
             )
         assert await outbox_collection.count_documents({}) == 2
+        assert await status_collection.count_documents({}) == 2
 
         report = await stub.Cleanup(
             pb.CleanupRequest(), metadata=(("authorization", "Bearer s3cret-token"),)
@@ -247,6 +253,7 @@ async def test_cleanup_needs_the_token_and_wipes_the_service_data(
         assert await object_keys(s3, bucket, prefix="output/") == []
         assert await object_keys(s3, bucket, prefix="keep/") == ["keep/me.txt"]
         assert await outbox_collection.count_documents({}) == 0
+        assert await status_collection.count_documents({}) == 0
 
 
 async def test_a_restarted_server_starts_on_existing_data(settings: Settings) -> None:

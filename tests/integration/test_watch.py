@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 from miniopy_async.api import Minio
-from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
 from checkout_server.app import App
 from tests.helpers import error_details
 from tests.integration.storage_checks import wait_until
@@ -24,19 +24,14 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-Collection = AsyncCollection[dict[str, Any]]
 
-
-async def play_relay(outbox: Collection, event_id: str) -> None:
-    """What the relay does once Kafka acknowledged an event (its documented contract)."""
-    now = datetime.now(UTC)
-    await outbox.update_one(
-        {"_id": event_id}, {"$set": {"status": "sent", "sent_at": now, "updated_at": now}}
-    )
+async def play_relay(relay_store: MongoOutboxRelayStore, event_id: str) -> None:
+    """What the relay does once Kafka acknowledged an event."""
+    await relay_store.mark_sent([event_id], datetime.now(UTC))
 
 
 async def test_watch_sees_new_sent_ready_and_ends(
-    stub: Stub, s3: Minio, bucket: str, outbox_collection: Collection
+    stub: Stub, s3: Minio, bucket: str, relay_store: MongoOutboxRelayStore
 ) -> None:
     uploaded = await upload(stub)
     call = stub.WatchStatus(pb.WatchStatusRequest(event_id=uploaded.event_id))
@@ -49,7 +44,7 @@ async def test_watch_sees_new_sent_ready_and_ends(
 
     reader = asyncio.create_task(read())
     await wait_until(lambda: _is(seen, ["new"]), what="the current status")
-    await play_relay(outbox_collection, uploaded.event_id)
+    await play_relay(relay_store, uploaded.event_id)
     await wait_until(lambda: _is(seen, ["new", "sent"]), what="sent")
     await write_result(s3, bucket, uploaded.video_id, b'{"objects": []}')
     await asyncio.wait_for(reader, 30)  # the stream ends after `ready`
@@ -81,7 +76,7 @@ async def test_watch_errors(stub: Stub) -> None:
 
 
 async def test_watch_all_streams_every_change(
-    app: App, stub: Stub, outbox_collection: Collection
+    app: App, stub: Stub, relay_store: MongoOutboxRelayStore
 ) -> None:
     call = stub.WatchStatus(pb.WatchStatusRequest())
     got: list[tuple[str, str]] = []
@@ -94,7 +89,7 @@ async def test_watch_all_streams_every_change(
     reader = asyncio.create_task(read())
     await wait_until(lambda: _watchers(app, 1), what="the watch to start")
     first, second = await upload(stub), await upload(stub)
-    await play_relay(outbox_collection, first.event_id)
+    await play_relay(relay_store, first.event_id)
     # Changes of one event may be coalesced into the latest: every event reaches its latest.
     expected = {(second.event_id, "new"), (first.event_id, "sent")}
     await wait_until(lambda: _contains(got, expected), what="all changes")
@@ -152,7 +147,7 @@ async def _at_least(value: Any, n: int) -> bool:
 
 
 async def test_a_watcher_that_never_reads_does_not_stall_others(
-    app: App, stub: Stub, outbox_collection: Collection
+    app: App, stub: Stub, relay_store: MongoOutboxRelayStore
 ) -> None:
     events = [(await upload(stub)).event_id for _ in range(3)]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as stalled_channel:
@@ -172,7 +167,7 @@ async def test_a_watcher_that_never_reads_does_not_stall_others(
         # Many changes: the stalled stream's flow-control window fills up long before this.
         for _ in range(200):
             for event_id in events:
-                await play_relay(outbox_collection, event_id)
+                await play_relay(relay_store, event_id)
         await wait_until(lambda: _contains_ids(got, set(events)), what="the reader's updates")
         reader.cancel()
         stuck.cancel()

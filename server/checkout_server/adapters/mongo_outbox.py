@@ -1,9 +1,20 @@
-"""Outbox on MongoDB (or FerretDB 1.24) through PyMongo's native async API.
+"""Events on MongoDB (or FerretDB 1.24) through PyMongo's native async API.
 
-Only features both servers support are used: single-document inserts and reads, unique and
-compound indexes. Uniqueness of idempotency keys rests on a unique index over `dedup_key`,
-which holds the client's key or, when it sent none, the event id: every document has a
-distinct value, so the index needs no sparse/partial support (FerretDB 1.24 lacks it).
+Two collections:
+- the **outbox**: one message per event for the relay to publish. Its insert is the commit
+  point of an upload; the relay marks it `sent`, and `sent` messages are deleted after a
+  retention period, so this collection stays as small as the recent traffic;
+- the **status records** (MONGO_STATUS_COLLECTION): one per event, kept until Cleanup; what
+  the status API lists and watches. The relay mirrors `sent`/`failed` into them, and writes
+  a record itself when one is missing (a server that stopped between the two inserts).
+
+There are no multi-document transactions on FerretDB 1.24, so the two inserts are ordered
+so that a crash between them loses nothing: the outbox message first (the relay heals the
+missing status record), then the status record. Only features both servers support are
+used: single-document inserts and reads, unique and compound indexes. Uniqueness of
+idempotency keys rests on unique indexes over `dedup_key` (in both collections, since outbox
+messages expire), which holds the client's key or, when it sent none, the event id: every
+document has a distinct value, so the index needs no sparse/partial support.
 """
 
 from __future__ import annotations
@@ -19,7 +30,13 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, ExecutionTimeout, WTimeoutError
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    PyMongoError,
+    WTimeoutError,
+)
 
 from ..domain import EventStatus, OutboxEvent, Page
 from ..errors import DatabaseUnavailable, InvalidPageToken
@@ -41,12 +58,17 @@ def _translated(action: str) -> Iterator[None]:
         raise DatabaseUnavailable() from exc
 
 
-_INDEXES = [
-    IndexModel([("dedup_key", ASCENDING)], unique=True, name="dedup_key_unique"),
+_DEDUP_INDEX = IndexModel([("dedup_key", ASCENDING)], unique=True, name="dedup_key_unique")
+_OUTBOX_INDEXES = [_DEDUP_INDEX]  # the relay adds its own (see mongo_relay_store)
+_STATUS_INDEXES = [
+    _DEDUP_INDEX,
     # Listing, newest first (the _id breaks ties for stable pages).
     IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="created"),
-    # The relay: due events by status.
-    IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="due"),
+    # Listing by status.
+    IndexModel(
+        [("status", ASCENDING), ("ready_at", ASCENDING), ("created_at", DESCENDING)],
+        name="status_created",
+    ),
     # The status change feed.
     IndexModel([("updated_at", ASCENDING)], name="updated"),
     # Events still waiting for their result.
@@ -55,34 +77,66 @@ _INDEXES = [
 
 
 class MongoOutbox:
-    """Implements ports.Outbox over one collection (built by the wiring, shared)."""
+    """Implements ports.Outbox over the outbox and the status records (built by the wiring,
+    shared)."""
 
-    def __init__(self, collection: AsyncCollection[Document]) -> None:
-        self._collection = collection
+    def __init__(
+        self, outbox: AsyncCollection[Document], statuses: AsyncCollection[Document]
+    ) -> None:
+        self._outbox = outbox
+        self._statuses = statuses
 
     async def ensure_indexes(self) -> None:
         with _translated("ensure_indexes"):
-            await ensure_indexes(self._collection, _INDEXES)
+            await ensure_indexes(self._outbox, _OUTBOX_INDEXES)
+            await ensure_indexes(self._statuses, _STATUS_INDEXES)
 
     async def add(self, event: OutboxEvent) -> None:
-        document = to_document(event)
+        message = to_document(event)
         with _translated("add"):
             try:
-                await self._collection.insert_one(document)
+                await self._outbox.insert_one(message)
             except DuplicateKeyError:
-                existing = await self.find_by_idempotency_key(document["dedup_key"])
-                if existing is None:  # the duplicate was the _id itself: a bug, not a retry
-                    raise
-                raise DuplicateIdempotencyKey(existing) from None
+                raise await self._duplicate(message["dedup_key"]) from None
+        # Committed: the relay will publish the message whatever happens below.
+        try:
+            await self._statuses.insert_one(status_document(message))
+        except DuplicateKeyError:
+            with _translated("add"):
+                if await self._statuses.find_one({"_id": event.event_id}, {"_id": 1}):
+                    return  # the relay was quicker and wrote the record itself
+                # The key was used before the outbox message of that use expired: withdraw
+                # ours (a crash before this line publishes it; the relay then finds the key
+                # taken and leaves the older record alone).
+                await self._outbox.delete_one({"_id": event.event_id})
+                raise await self._duplicate(message["dedup_key"]) from None
+        except PyMongoError as exc:
+            log.warning(
+                "status record not written; the relay writes it",
+                extra={"event_id": event.event_id, "error": repr(exc)},
+            )
+
+    async def _duplicate(self, dedup_key: str) -> Exception:
+        """The error for an insert refused on `dedup_key`: the event holding that key."""
+        existing = await self._find_one({"dedup_key": dedup_key})
+        if existing is None:  # the duplicate was the _id itself: a bug, not a retry
+            return RuntimeError(f"duplicate event id for key {dedup_key!r}")
+        return DuplicateIdempotencyKey(existing)
+
+    async def _find_one(self, query: Document) -> OutboxEvent | None:
+        """A status record, else the outbox message (its record not written yet)."""
+        document = await self._statuses.find_one(query)
+        if document is None:
+            document = await self._outbox.find_one(query)
+        return None if document is None else from_document(document)
 
     async def get(self, event_id: str) -> OutboxEvent | None:
         with _translated("get"):
-            document = await self._collection.find_one({"_id": event_id})
-        return None if document is None else from_document(document)
+            return await self._find_one({"_id": event_id})
 
     async def find_by_idempotency_key(self, key: str) -> OutboxEvent | None:
         with _translated("find_by_idempotency_key"):
-            document = await self._collection.find_one({"dedup_key": key})
+            document = await self._statuses.find_one({"dedup_key": key})
         return None if document is None else from_document(document)
 
     async def list_page(self, *, status: EventStatus | None, cursor: str, limit: int) -> Page:
@@ -98,9 +152,9 @@ class MongoOutbox:
             }
             page_query = {"$and": [query, after]} if query else after
         with _translated("list_page"):
-            total = await self._collection.count_documents(query)
+            total = await self._statuses.count_documents(query)
             cursor_ = (
-                self._collection.find(page_query)
+                self._statuses.find(page_query)
                 .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
                 .limit(limit + 1)
             )
@@ -113,35 +167,39 @@ class MongoOutbox:
 
     async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
         with _translated("changed_since"):
-            found = self._collection.find({"updated_at": {"$gte": since}})
+            found = self._statuses.find({"updated_at": {"$gte": since}})
             documents = await found.sort([("updated_at", ASCENDING)]).limit(limit).to_list()
         return [from_document(d) for d in documents]
 
     async def mark_ready(self, event_id: str, at: datetime) -> bool:
         with _translated("mark_ready"):
-            result = await self._collection.update_one(
+            result = await self._statuses.update_one(
                 {"_id": event_id, "ready_at": None}, {"$set": {"ready_at": at, "updated_at": at}}
             )
         return result.modified_count > 0
 
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
         with _translated("unready"):
-            found = self._collection.find({"ready_at": None})
+            found = self._statuses.find({"ready_at": None})
             documents = await found.sort([("created_at", DESCENDING)]).limit(limit).to_list()
         return [from_document(d) for d in documents]
 
     async def delete_all(self) -> int:
         with _translated("delete_all"):
-            result = await self._collection.delete_many({})
-        return result.deleted_count
+            # Messages first: no message may outlive its record and be published after it.
+            messages = await self._outbox.delete_many({})
+            records = await self._statuses.delete_many({})
+        # A message whose record was never written is an event too.
+        return max(records.deleted_count, messages.deleted_count)
 
     async def ping(self) -> None:
         with _translated("ping"):
-            await self._collection.database.command("ping")
+            await self._statuses.database.command("ping")
 
 
 def to_document(event: OutboxEvent) -> Document:
-    """The stored shape: the seed's `_id`/`payload`/`status`/`created_at`, plus relay fields."""
+    """The outbox message: the seed's `_id`/`payload`/`status`/`created_at`, plus the relay's
+    fields; `status_document` makes the status record from it."""
     return {
         "_id": event.event_id,
         "video_id": event.video_id,
@@ -169,6 +227,15 @@ def to_document(event: OutboxEvent) -> Document:
         # `ready`); kept apart from `status`, which belongs to the relay.
         "ready_at": event.ready_at,
     }
+
+
+# The relay's bookkeeping, which the status records do not carry.
+_RELAY_FIELDS = ("attempts", "next_attempt_at", "relay_slot")
+
+
+def status_document(message: Mapping[str, Any]) -> Document:
+    """The status record of an outbox message (also how the relay writes a missing one)."""
+    return {k: v for k, v in message.items() if k not in _RELAY_FIELDS}
 
 
 def from_document(document: Mapping[str, Any]) -> OutboxEvent:

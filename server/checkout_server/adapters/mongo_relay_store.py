@@ -1,5 +1,10 @@
 """The relay's outbox view and its shard leases on MongoDB or FerretDB 1.24 (PyMongo async).
 
+The relay reads and marks the outbox messages and mirrors each outcome (`sent`, `failed`)
+into the event's status record first, writing the record when it is missing (see
+mongo_outbox): a crash between the two writes leaves the message `new`, so it is published
+again and both are marked again.
+
 FerretDB 1.24 runs update/delete as a query followed by writes by `_id` that do not re-check
 the filter, so no update here is relied upon as a lock: claiming rests on inserts into a
 unique key (`_id` of a lease document is "shard:epoch"), and every update is harmless when it
@@ -16,13 +21,14 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from ..domain import EventStatus
 from ..errors import DatabaseUnavailable
 from ..relay.ports import Lease, PendingEvent
 from ..relay.sharding import relay_slot
 from ._mongo_indexes import ensure_indexes
+from .mongo_outbox import status_document
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +61,18 @@ def _utc(value: datetime) -> datetime:
 
 
 class MongoOutboxRelayStore:
-    """Implements relay.ports.OutboxRelayStore over the outbox collection."""
+    """Implements relay.ports.OutboxRelayStore over the outbox and the status records."""
 
-    def __init__(self, collection: AsyncCollection[Document]) -> None:
-        self._collection = collection
+    def __init__(
+        self, outbox: AsyncCollection[Document], statuses: AsyncCollection[Document]
+    ) -> None:
+        self._outbox = outbox
+        self._statuses = statuses
 
     async def ensure_indexes(self) -> None:
         with _translated("ensure_indexes"):
             await ensure_indexes(
-                self._collection,
+                self._outbox,
                 [
                     IndexModel(
                         [("status", ASCENDING), ("relay_slot", ASCENDING)], name="relay_due"
@@ -84,7 +93,7 @@ class MongoOutboxRelayStore:
         else:
             query["$or"] = slots
         with _translated("due"):
-            found = self._collection.find(
+            found = self._outbox.find(
                 query,
                 {"video_id": 1, "payload": 1, "created_at": 1, "attempts": 1, "relay_slot": 1},
             )
@@ -104,7 +113,8 @@ class MongoOutboxRelayStore:
     async def mark_sent(self, event_ids: Sequence[str], now: datetime) -> None:
         for chunk in _chunks(event_ids):
             with _translated("mark_sent"):
-                await self._collection.update_many(
+                await self._mirror(chunk, {"status": SENT, "sent_at": now, "updated_at": now})
+                await self._outbox.update_many(
                     {"_id": {"$in": chunk}, "status": NEW},
                     {
                         "$set": {"status": SENT, "sent_at": now, "updated_at": now},
@@ -117,14 +127,15 @@ class MongoOutboxRelayStore:
     ) -> None:
         for chunk in _chunks(event_ids):
             with _translated("reschedule"):
-                await self._collection.update_many(
+                await self._outbox.update_many(
                     {"_id": {"$in": chunk}, "status": NEW},
                     {"$set": {"next_attempt_at": next_attempt_at}, "$inc": {"attempts": 1}},
                 )
 
     async def mark_failed(self, event_id: str, reason: str, now: datetime) -> None:
         with _translated("mark_failed"):
-            await self._collection.update_one(
+            await self._mirror([event_id], {"status": FAILED, "error": reason, "updated_at": now})
+            await self._outbox.update_one(
                 {"_id": event_id, "status": NEW},
                 {
                     "$set": {"status": FAILED, "error": reason, "updated_at": now},
@@ -132,15 +143,39 @@ class MongoOutboxRelayStore:
                 },
             )
 
+    async def _mirror(self, event_ids: list[str], fields: Document) -> None:
+        """Set the outcome on the events' status records that are still `new`, and write
+        the records that are missing from their outbox messages."""
+        result = await self._statuses.update_many(
+            {"_id": {"$in": event_ids}, "status": NEW}, {"$set": fields}
+        )
+        if result.matched_count >= len(event_ids):
+            return
+        found = self._statuses.find({"_id": {"$in": event_ids}}, {"_id": 1})
+        present = {d["_id"] async for d in found}
+        missing = [i for i in event_ids if i not in present]
+        if not missing:
+            return  # records already past `new` (another relay, or a replay): keep them
+        messages = await self._outbox.find({"_id": {"$in": missing}}).to_list()
+        records = [status_document(m) | fields for m in messages]
+        if not records:
+            return
+        log.info("writing missing status records", extra={"events": len(records)})
+        try:
+            await self._statuses.insert_many(records, ordered=False)
+        except BulkWriteError as exc:
+            # Written meanwhile by the server, or the idempotency key belongs to an older
+            # record (a withdrawn duplicate): both leave the existing record as it is.
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+
     async def backfill_slots(self, limit: int) -> int:
         with _translated("backfill_slots"):
-            found = self._collection.find(
-                {"status": NEW, "relay_slot": {"$exists": False}}, {"_id": 1}
-            )
+            found = self._outbox.find({"status": NEW, "relay_slot": {"$exists": False}}, {"_id": 1})
             documents = await found.limit(limit).to_list()
             if not documents:
                 return 0
-            await self._collection.bulk_write(
+            await self._outbox.bulk_write(
                 [
                     UpdateOne(
                         {"_id": d["_id"]}, {"$set": {"relay_slot": relay_slot(str(d["_id"]))}}
@@ -153,21 +188,19 @@ class MongoOutboxRelayStore:
 
     async def oldest_unsent_created_at(self) -> datetime | None:
         with _translated("oldest_unsent"):
-            found = self._collection.find({"status": NEW}, {"created_at": 1})
+            found = self._outbox.find({"status": NEW}, {"created_at": 1})
             documents = await found.sort([("created_at", ASCENDING)]).limit(1).to_list()
         return _utc(documents[0]["created_at"]) if documents else None
 
     async def sweep_sent(self, sent_before: datetime, limit: int) -> int:
         with _translated("sweep_sent"):
-            found = self._collection.find(
-                {"status": SENT, "sent_at": {"$lt": sent_before}}, {"_id": 1}
-            )
+            found = self._outbox.find({"status": SENT, "sent_at": {"$lt": sent_before}}, {"_id": 1})
             ids = [d["_id"] for d in await found.limit(limit).to_list()]
             if not ids:
                 return 0
             # The status filter again: FerretDB may not re-check it, but a `sent` event never
             # becomes unsent, so what the query matched is still safe to delete.
-            result = await self._collection.delete_many({"_id": {"$in": ids}, "status": SENT})
+            result = await self._outbox.delete_many({"_id": {"$in": ids}, "status": SENT})
         return len(ids) if result.deleted_count is None else int(result.deleted_count)
 
 

@@ -94,7 +94,7 @@ async def create_relay(settings: Settings) -> RelayApp:
     mongo = mongo_client(settings, appname="checkout-relay")
     database = mongo[settings.mongo_db]
     outbox_name = settings.mongo_outbox_collection
-    store = MongoOutboxRelayStore(database[outbox_name])
+    store = MongoOutboxRelayStore(database[outbox_name], database[settings.mongo_status_collection])
     lease_store = MongoLeaseStore(
         database[f"{outbox_name}_relay_leases"], database[f"{outbox_name}_relay_members"]
     )

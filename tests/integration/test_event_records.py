@@ -1,0 +1,146 @@
+"""The outbox messages and the status records, against real FerretDB and MinIO: statuses
+outlive the swept messages, and no crash between the two writes loses an event."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from miniopy_async.api import Minio
+from pymongo.asynchronous.collection import AsyncCollection
+
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.adapters.mongo_outbox import MongoOutbox, to_document
+from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
+from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
+from tests.integration.storage_checks import object_keys
+from tests.integration.test_status import upload
+
+if TYPE_CHECKING:
+    Stub = pb_grpc.CheckoutServiceAsyncStub
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+Collection = AsyncCollection[dict[str, Any]]
+
+
+def _event(bucket: str, **changes: Any) -> OutboxEvent:
+    video_id = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    fields: dict[str, Any] = {
+        "event_id": video_id,
+        "video_id": video_id,
+        "bucket": bucket,
+        "object_key": input_object_key(video_id),
+        "filename": "clip.mp4",
+        "content_type": "video/mp4",
+        "size_bytes": 2000,
+        "sha256": "ab" * 32,
+        "status": EventStatus.NEW,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return OutboxEvent(**(fields | changes))
+
+
+async def _status(stub: Stub, event_id: str) -> str:
+    reply = await stub.GetStatus(pb.GetStatusRequest(event_id=event_id))
+    return str(reply.operation.status)
+
+
+async def test_sweeper_deletes_old_sent_messages_only_and_statuses_stay(
+    stub: Stub,
+    relay_store: MongoOutboxRelayStore,
+    outbox_collection: Collection,
+    status_collection: Collection,
+) -> None:
+    old, recent, unsent = [(await upload(stub)).event_id for _ in range(3)]
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    await relay_store.mark_sent([old], long_ago)
+    await relay_store.mark_sent([recent], datetime.now(UTC))
+
+    deleted = await relay_store.sweep_sent(datetime.now(UTC) - timedelta(days=7), limit=100)
+
+    assert deleted == 1
+    remaining = {d["_id"]: d["status"] async for d in outbox_collection.find({})}
+    assert remaining == {recent: "sent", unsent: "new"}
+    assert await status_collection.count_documents({}) == 3
+    assert [await _status(stub, e) for e in (old, recent, unsent)] == ["sent", "sent", "new"]
+    listed = await stub.ListStatuses(pb.ListStatusesRequest())
+    assert (listed.total, {o.event_id for o in listed.operations}) == (3, {old, recent, unsent})
+
+
+async def test_relay_writes_the_record_a_stopped_server_did_not(
+    stub: Stub,
+    bucket: str,
+    relay_store: MongoOutboxRelayStore,
+    outbox_collection: Collection,
+    status_collection: Collection,
+) -> None:
+    # The server stopped after committing the outbox message, before the status record.
+    event = _event(bucket)
+    await outbox_collection.insert_one(to_document(event))
+
+    assert await _status(stub, event.event_id) == "new"  # read from the message meanwhile
+    await relay_store.mark_sent([event.event_id], datetime.now(UTC))
+
+    record = await status_collection.find_one({"_id": event.event_id})
+    assert record is not None
+    assert (record["status"], record["payload"]["object_key"]) == ("sent", event.object_key)
+    assert "relay_slot" not in record  # the relay's bookkeeping stays in the outbox
+    assert await _status(stub, event.event_id) == "sent"
+    listed = await stub.ListStatuses(pb.ListStatusesRequest())
+    assert [o.event_id for o in listed.operations] == [event.event_id]
+
+
+async def test_failure_is_mirrored_into_the_status_record(
+    stub: Stub, relay_store: MongoOutboxRelayStore, outbox_collection: Collection
+) -> None:
+    event_id = (await upload(stub)).event_id
+
+    await relay_store.mark_failed(event_id, "message too large", datetime.now(UTC))
+
+    reply = await stub.GetStatus(pb.GetStatusRequest(event_id=event_id))
+    assert (reply.operation.status, reply.operation.error) == ("failed", "message too large")
+    message = await outbox_collection.find_one({"_id": event_id})
+    assert message is not None
+    assert message["status"] == "failed"
+
+
+async def test_idempotency_key_outlives_the_swept_message(
+    stub: Stub,
+    s3: Minio,
+    bucket: str,
+    relay_store: MongoOutboxRelayStore,
+    outbox_collection: Collection,
+) -> None:
+    first = await upload(stub, idempotency_key="order-42")
+    await relay_store.mark_sent([first.event_id], datetime.now(UTC) - timedelta(days=30))
+    assert await relay_store.sweep_sent(datetime.now(UTC) - timedelta(days=7), limit=10) == 1
+
+    again = await upload(stub, idempotency_key="order-42")
+
+    assert (again.event_id, again.deduplicated) == (first.event_id, True)
+    assert await outbox_collection.count_documents({}) == 0  # nothing new to publish
+    assert await object_keys(s3, bucket) == [input_object_key(first.video_id)]
+
+
+async def test_a_record_the_relay_wrote_first_is_kept(
+    bucket: str, outbox_collection: Collection, status_collection: Collection
+) -> None:
+    event = _event(bucket)
+    store = MongoOutbox(outbox_collection, status_collection)
+    await store.ensure_indexes()
+    # The relay published the message and wrote the record before the server's second insert.
+    healed = to_document(event) | {"status": "sent"}
+    await status_collection.insert_one({k: v for k, v in healed.items() if k != "relay_slot"})
+
+    await store.add(event)
+
+    assert await outbox_collection.count_documents({"_id": event.event_id}) == 1
+    record = await status_collection.find_one({"_id": event.event_id})
+    assert record is not None
+    assert record["status"] == "sent"
