@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -135,10 +136,11 @@ class FakeLeaseStore:
         self.leases[key] = lease
         return True
 
-    async def renew(self, lease: Lease, expires_at: datetime) -> None:
-        key = (lease.shard, lease.epoch)
-        if key in self.leases:
-            self.leases[key] = replace(self.leases[key], expires_at=expires_at)
+    async def renew(self, leases: Sequence[Lease], expires_at: datetime) -> None:
+        for lease in leases:
+            key = (lease.shard, lease.epoch)
+            if key in self.leases:
+                self.leases[key] = replace(self.leases[key], expires_at=expires_at)
 
     async def release(self, lease: Lease, now: datetime) -> None:
         key = (lease.shard, lease.epoch)

@@ -254,10 +254,13 @@ class MongoLeaseStore:
                 return False
         return True
 
-    async def renew(self, lease: Lease, expires_at: datetime) -> None:
+    async def renew(self, leases: Sequence[Lease], expires_at: datetime) -> None:
+        if not leases:
+            return
         with _translated("renew"):
-            await self._leases.update_one(
-                {"_id": f"{lease.shard}:{lease.epoch}"}, {"$set": {"expires_at": expires_at}}
+            await self._leases.update_many(
+                {"_id": {"$in": [f"{lease.shard}:{lease.epoch}" for lease in leases]}},
+                {"$set": {"expires_at": expires_at}},
             )
 
     async def release(self, lease: Lease, now: datetime) -> None:

@@ -116,8 +116,9 @@ class LeaseManager:
         self._drop_lost(latest)
         self._drop_expired(started)
         expires_at = self._clock.wall() + self._ttl
-        for shard, held in list(self._held.items()):
-            await self._store.renew(held.lease, expires_at)
+        renewed = dict(self._held)
+        await self._store.renew([h.lease for h in renewed.values()], expires_at)
+        for shard, held in renewed.items():
             current = self._held.get(shard)
             if current is not None and current.lease.epoch == held.lease.epoch:
                 self._held[shard] = _Held(

@@ -99,8 +99,9 @@ class LeaseStore(Protocol):
         """Insert this epoch's lease; False when that (shard, epoch) exists already (another
         relay won the race). Exactly one insert of a given (shard, epoch) ever succeeds."""
 
-    async def renew(self, lease: Lease, expires_at: datetime) -> None:
-        """Move the expiry of the caller's own lease document (no effect if pruned)."""
+    async def renew(self, leases: Sequence[Lease], expires_at: datetime) -> None:
+        """Move the expiry of the caller's own lease documents, in one write (no effect on
+        those pruned meanwhile)."""
 
     async def release(self, lease: Lease, now: datetime) -> None:
         """Mark the caller's own lease released, so another relay may take the shard at once."""

@@ -41,10 +41,10 @@ LAG_INTERVAL_S = 5.0
 class RelayConfig:
     shards: int
     batch_size: int = 200
-    poll_interval_s: float = 0.1
+    poll_interval_s: float = 0.2
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
-    sent_retention_s: float = 7 * 24 * 3600.0
+    sent_retention_s: float = 3600.0
     sweep_interval_s: float = 60.0
     sweep_batch: int = 1_000
 
@@ -86,6 +86,9 @@ class Relay:
         self._clock = clock
         self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
         self._db_backoff = Backoff(0.2, 5.0)
+        # Messages without a slot come only from before slots existed (the seed service's
+        # outbox): backfill them at start-up until none is left, then never query again.
+        self._backfilled = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set; then finish the batch in flight, flush the producer
@@ -120,7 +123,9 @@ class Relay:
             try:
                 if self._clock.monotonic() >= next_rebalance:
                     await self._leases.rebalance()
-                    await self._store.backfill_slots(self._config.batch_size)
+                    if not self._backfilled:
+                        found = await self._store.backfill_slots(self._config.batch_size)
+                        self._backfilled = found == 0
                     next_rebalance = self._clock.monotonic() + self._leases.renew_interval_s
                     self._metrics.shards_held = len(self._leases.valid_shards())
                     self._metrics.leases_lost_total = self._leases.lost_total
