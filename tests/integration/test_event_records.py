@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from miniopy_async.api import Minio
@@ -13,7 +13,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.adapters.mongo_outbox import MongoOutbox, to_document
+from checkout_server.adapters.mongo_outbox import MongoOutbox, status_document, to_document
 from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
 from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
 from tests.integration.storage_checks import object_keys
@@ -94,6 +94,41 @@ async def test_relay_writes_the_record_a_stopped_server_did_not(
     assert await _status(stub, event.event_id) == "sent"
     listed = await stub.ListStatuses(pb.ListStatusesRequest())
     assert [o.event_id for o in listed.operations] == [event.event_id]
+
+
+class LateServer:
+    """The status records, with the server's record inserted right after the relay's first
+    update: the interleaving of a server that is between its two inserts."""
+
+    def __init__(self, records: Collection, late: dict[str, Any]) -> None:
+        self._records = records
+        self._late: dict[str, Any] | None = late
+
+    async def update_many(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self._records.update_many(*args, **kwargs)
+        if self._late is not None:
+            await self._records.insert_one(self._late)
+            self._late = None
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._records, name)
+
+
+async def test_a_record_written_during_the_relays_update_is_marked_too(
+    bucket: str, outbox_collection: Collection, status_collection: Collection
+) -> None:
+    event = _event(bucket)
+    message = to_document(event)
+    await outbox_collection.insert_one(message)
+    racing = cast("Collection", LateServer(status_collection, status_document(message)))
+    store = MongoOutboxRelayStore(outbox_collection, racing)
+
+    await store.mark_sent([event.event_id], datetime.now(UTC))
+
+    record = await status_collection.find_one({"_id": event.event_id})
+    assert record is not None
+    assert record["status"] == "sent"
 
 
 async def test_failure_is_mirrored_into_the_status_record(

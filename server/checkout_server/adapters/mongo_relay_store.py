@@ -146,28 +146,29 @@ class MongoOutboxRelayStore:
     async def _mirror(self, event_ids: list[str], fields: Document) -> None:
         """Set the outcome on the events' status records that are still `new`, and write
         the records that are missing from their outbox messages."""
-        result = await self._statuses.update_many(
-            {"_id": {"$in": event_ids}, "status": NEW}, {"$set": fields}
-        )
+        query = {"_id": {"$in": event_ids}, "status": NEW}
+        result = await self._statuses.update_many(query, {"$set": fields})
         if result.matched_count >= len(event_ids):
             return
+        # Not matched: past `new` already (another relay, a replay), or not written yet (the
+        # server stopped between its two inserts, or is just now between them).
         found = self._statuses.find({"_id": {"$in": event_ids}}, {"_id": 1})
         present = {d["_id"] async for d in found}
         missing = [i for i in event_ids if i not in present]
-        if not missing:
-            return  # records already past `new` (another relay, or a replay): keep them
-        messages = await self._outbox.find({"_id": {"$in": missing}}).to_list()
+        messages = await self._outbox.find({"_id": {"$in": missing}}).to_list() if missing else []
         records = [status_document(m) | fields for m in messages]
-        if not records:
-            return
-        log.info("writing missing status records", extra={"events": len(records)})
-        try:
-            await self._statuses.insert_many(records, ordered=False)
-        except BulkWriteError as exc:
-            # Written meanwhile by the server, or the idempotency key belongs to an older
-            # record (a withdrawn duplicate): both leave the existing record as it is.
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise
+        if records:
+            log.info("writing missing status records", extra={"events": len(records)})
+            try:
+                await self._statuses.insert_many(records, ordered=False)
+            except BulkWriteError as exc:
+                # Written meanwhile by the server (updated below), or the idempotency key
+                # belongs to an older record (a withdrawn duplicate, left as it is).
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+        # Records the server wrote after the first update (every record that exists now
+        # existed when the presence check or the insert above saw it): update them too.
+        await self._statuses.update_many(query, {"$set": fields})
 
     async def backfill_slots(self, limit: int) -> int:
         with _translated("backfill_slots"):
