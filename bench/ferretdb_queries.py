@@ -1,0 +1,142 @@
+"""What each query of the service costs as the collections grow, on the MongoDB-compatible
+server at hand.
+
+Fills the outbox and the status records with N events through the service's own adapters
+(three quarters `sent`, half of them `ready`, 500 `new`), runs every query the server and the
+relay make, and prints each one's time at N next to its time at a small peer size measured in
+the same run. The ratio shows how a query scales: near 1 means an index serves it, near
+N / small means the server reads the whole collection.
+
+    python bench/ferretdb_queries.py [--events 100000] [--small 1000] [--mongo-uri URI]
+
+Without --mongo-uri it starts its own FerretDB (SQLite) from devstack. Point it at another
+server (FerretDB over PostgreSQL, MongoDB) to compare backends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from checkout_server.adapters.mongo_outbox import MongoOutbox, status_document, to_document
+from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
+from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
+from devstack import FerretDB, free_port
+
+Document = dict[str, Any]
+UNSENT = 500
+
+
+def events(count: int) -> list[OutboxEvent]:
+    start = datetime.now(UTC) - timedelta(hours=5)
+    made = []
+    for i in range(count):
+        video_id = str(uuid.uuid4())
+        at = start + timedelta(milliseconds=10 * i)
+        made.append(
+            OutboxEvent(
+                event_id=video_id,
+                video_id=video_id,
+                bucket="videos",
+                object_key=input_object_key(video_id),
+                filename="bench.mp4",
+                content_type="video/mp4",
+                size_bytes=1000,
+                sha256="0" * 64,
+                status=EventStatus.NEW if i >= count - UNSENT else EventStatus.SENT,
+                created_at=at,
+                updated_at=at,
+                ready_at=at if i < count // 2 else None,
+            )
+        )
+    return made
+
+
+async def timed(call: Callable[[], Awaitable[object]]) -> float:
+    started = time.perf_counter()
+    await call()
+    return time.perf_counter() - started
+
+
+async def measure(client: AsyncMongoClient[Document], count: int) -> dict[str, float]:
+    database = client[f"bench_{count}"]
+    await database.drop_collection("outbox")
+    await database.drop_collection("event_statuses")
+    outbox = MongoOutbox(database["outbox"], database["event_statuses"])
+    relay = MongoOutboxRelayStore(database["outbox"], database["event_statuses"])
+    await outbox.ensure_indexes()
+    await relay.ensure_indexes()
+    made = events(count)
+    for start in range(0, count, 1000):
+        messages = [to_document(e) for e in made[start : start + 1000]]
+        await database["outbox"].insert_many(messages)
+        await database["event_statuses"].insert_many([status_document(m) for m in messages])
+    some = made[count // 3]
+    unsent = [e.event_id for e in made[-UNSENT:]]
+    first = await outbox.list_page(status=None, cursor="", limit=50)
+    now = datetime.now(UTC)
+    queries: dict[str, Callable[[], Awaitable[object]]] = {
+        "GetStatus (_id)": lambda: outbox.get(some.event_id),
+        "idempotency key lookup": lambda: outbox.find_by_idempotency_key(some.event_id),
+        "ListStatuses first page": lambda: outbox.list_page(status=None, cursor="", limit=50),
+        "ListStatuses next page": lambda: outbox.list_page(
+            status=None, cursor=first.next_cursor, limit=50
+        ),
+        "ListStatuses status=sent": lambda: outbox.list_page(
+            status=EventStatus.SENT, cursor="", limit=50
+        ),
+        "watch feed (updated_at)": lambda: outbox.changed_since(
+            now - timedelta(seconds=5), limit=500
+        ),
+        "results still awaited": lambda: outbox.unready(limit=1000),
+        "relay: due events": lambda: relay.due([(0, 1024)], now, 200),
+        "relay: mark 50 sent": lambda: relay.mark_sent(unsent[:50], now),
+    }
+    return {name: await timed(call) for name, call in queries.items()}
+
+
+async def run(uri: str, small: int, large: int) -> None:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(uri, tz_aware=True, socketTimeoutMS=0)
+    try:
+        peer = await measure(client, small)
+        big = await measure(client, large)
+    finally:
+        await client.close()
+    print(f"{'query':28s} {small:>9,} ev {large:>9,} ev   ratio  (N ratio {large / small:.0f})")
+    for name in big:
+        ratio = big[name] / peer[name] if peer[name] else float("inf")
+        print(f"{name:28s} {peer[name]:10.3f}s {big[name]:10.3f}s {ratio:7.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--small", type=int, default=1_000)
+    parser.add_argument("--mongo-uri", default="", help="an existing server instead of FerretDB")
+    args = parser.parse_args()
+    if args.mongo_uri:
+        asyncio.run(run(args.mongo_uri, args.small, args.events))
+        return
+    with tempfile.TemporaryDirectory(prefix="ferretdb-queries-") as tmp:
+        ferretdb = FerretDB(port=free_port(), data_dir=Path(tmp) / "ferretdb", log_level="warn")
+        ferretdb.start(120)
+        try:
+            asyncio.run(run(ferretdb.uri, args.small, args.events))
+        finally:
+            ferretdb.stop()
+
+
+if __name__ == "__main__":
+    main()
