@@ -20,7 +20,6 @@ import asyncio
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,9 +29,10 @@ from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._events import bench_event
 from checkout_server.adapters.mongo_outbox import MongoOutbox, status_document, to_document
 from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
-from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
+from checkout_server.domain import EventStatus, OutboxEvent
 from devstack import FerretDB, free_port
 
 Document = dict[str, Any]
@@ -43,24 +43,9 @@ def events(count: int) -> list[OutboxEvent]:
     start = datetime.now(UTC) - timedelta(hours=5)
     made = []
     for i in range(count):
-        video_id = str(uuid.uuid4())
         at = start + timedelta(milliseconds=10 * i)
-        made.append(
-            OutboxEvent(
-                event_id=video_id,
-                video_id=video_id,
-                bucket="videos",
-                object_key=input_object_key(video_id),
-                filename="bench.mp4",
-                content_type="video/mp4",
-                size_bytes=1000,
-                sha256="0" * 64,
-                status=EventStatus.NEW if i >= count - UNSENT else EventStatus.SENT,
-                created_at=at,
-                updated_at=at,
-                ready_at=at if i < count // 2 else None,
-            )
-        )
+        status = EventStatus.NEW if i >= count - UNSENT else EventStatus.SENT
+        made.append(bench_event(at, status, ready_at=at if i < count // 2 else None))
     return made
 
 

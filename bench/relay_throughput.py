@@ -25,7 +25,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._events import bench_event
 from checkout_server.adapters.mongo_outbox import status_document, to_document
-from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
 from devstack import FerretDB, Kafka, free_port
 from devstack._stack import PythonService
 
@@ -45,23 +44,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def new_document() -> Document:
-    video_id = str(uuid.uuid4())
-    now = datetime.now(UTC)
-    return to_document(
-        OutboxEvent(
-            event_id=video_id,
-            video_id=video_id,
-            bucket="videos",
-            object_key=input_object_key(video_id),
-            filename="bench.mp4",
-            content_type="video/mp4",
-            size_bytes=1234,
-            sha256="0" * 64,
-            status=EventStatus.NEW,
-            created_at=now,
-            updated_at=now,
-        )
-    )
+    return to_document(bench_event(datetime.now(UTC)))
 
 
 def cpu_seconds(pid: int) -> float:

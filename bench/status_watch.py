@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,12 +31,11 @@ from pymongo import AsyncMongoClient
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._backends import Backends, started
+from bench._events import BUCKET, bench_event
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.adapters.mongo_outbox import status_document, to_document
-from checkout_server.domain import EventStatus, OutboxEvent
-
-BUCKET = "videos"
+from checkout_server.domain import EventStatus
 
 
 def cpu_seconds(pid: int) -> float:
@@ -52,30 +50,11 @@ async def insert_events(uri: str, count: int) -> list[str]:
     ids = []
     batch = []
     for i in range(count):
-        event_id = str(uuid.uuid4())
-        ids.append(event_id)
         at = start + timedelta(milliseconds=i)
         status = (EventStatus.NEW, EventStatus.SENT, EventStatus.SENT, EventStatus.SENT)[i % 4]
-        batch.append(
-            status_document(
-                to_document(
-                    OutboxEvent(
-                        event_id=event_id,
-                        video_id=event_id,
-                        bucket=BUCKET,
-                        object_key=f"input/{event_id}.mp4",
-                        filename="bench.mp4",
-                        content_type="video/mp4",
-                        size_bytes=1000,
-                        sha256="0" * 64,
-                        status=status,
-                        created_at=at,
-                        updated_at=at,
-                        ready_at=at if i % 10 == 0 else None,
-                    )
-                )
-            )
-        )
+        event = bench_event(at, status, ready_at=at if i % 10 == 0 else None)
+        ids.append(event.event_id)
+        batch.append(status_document(to_document(event)))
         if len(batch) == 1000:
             await collection.insert_many(batch)
             batch = []
