@@ -21,7 +21,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from devstack._stack import LocalStack
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
 from tests.integration.conftest import STACK_ADMIN_TOKEN
-from tests.integration.storage_checks import object_sha256
+from tests.integration.storage_checks import object_sha256, wait_until
 from tools import gen_openapi
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -143,6 +143,22 @@ def test_result_becomes_ready_and_watch_streams_ndjson(
             watcher.stdout.close()
     status, body = curl(f"{base}/api/result_video/{event_id}")
     assert (status, body["status"], body["prediction"]) == (200, "ready", prediction)
+
+
+def test_the_stacks_relay_marks_an_upload_sent(base: str, video: Path) -> None:
+    """The whole pipeline of `make run`: REST upload -> outbox -> checkout-relay -> Kafka ->
+    the status record `sent`, seen through the REST status path."""
+    _, uploaded = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
+    event_id = uploaded["event_id"]
+
+    async def sent() -> bool:
+        status, body = await asyncio.to_thread(curl, f"{base}/api/status/{event_id}")
+        assert status == 200
+        return bool(body["operation"]["status"] == "sent")
+
+    asyncio.run(wait_until(sent, timeout_s=60, what="the relay to mark the upload sent"))
+    _, listed = curl(f"{base}/api/status/all?status=sent")
+    assert event_id in [o["event_id"] for o in listed["operations"]]
 
 
 def test_request_and_cleanup(base: str, video: Path) -> None:
