@@ -141,7 +141,7 @@ async def s3(minio: MinIO) -> AsyncIterator[Minio]:
 
 
 @pytest.fixture
-async def test_database(settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
+async def mongo_database(settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
     """A test-side client of this test's database."""
     client: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
     yield client[settings.mongo_db]
@@ -150,18 +150,18 @@ async def test_database(settings: Settings) -> AsyncIterator[AsyncDatabase[Docum
 
 @pytest.fixture
 def outbox_collection(
-    settings: Settings, test_database: AsyncDatabase[Document]
+    settings: Settings, mongo_database: AsyncDatabase[Document]
 ) -> AsyncCollection[Document]:
     """A test-side view of this test's outbox collection."""
-    return test_database[settings.mongo_outbox_collection]
+    return mongo_database[settings.mongo_outbox_collection]
 
 
 @pytest.fixture
 def status_collection(
-    settings: Settings, test_database: AsyncDatabase[Document]
+    settings: Settings, mongo_database: AsyncDatabase[Document]
 ) -> AsyncCollection[Document]:
     """A test-side view of this test's status records."""
-    return test_database[settings.mongo_status_collection]
+    return mongo_database[settings.mongo_status_collection]
 
 
 @pytest.fixture
