@@ -179,3 +179,21 @@ async def test_a_record_the_relay_wrote_first_is_kept(
     record = await status_collection.find_one({"_id": event.event_id})
     assert record is not None
     assert record["status"] == "sent"
+
+
+async def test_the_seed_services_new_events_become_due(
+    relay_store: MongoOutboxRelayStore, outbox_collection: Collection
+) -> None:
+    # The shape the seed's upload endpoint inserted: no slot, no next_attempt_at.
+    created = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)  # BSON: ms
+    seed_id = str(uuid.uuid4())
+    await outbox_collection.insert_one(
+        {"_id": seed_id, "payload": {"bucket": "videos"}, "created_at": created, "status": "new"}
+    )
+    assert await relay_store.due([(0, 1024)], datetime.now(UTC), 10) == []
+
+    assert await relay_store.backfill_slots(100) == 1
+
+    due = await relay_store.due([(0, 1024)], datetime.now(UTC), 10)
+    assert [(e.event_id, e.created_at) for e in due] == [(seed_id, created)]
+    assert await relay_store.backfill_slots(100) == 0

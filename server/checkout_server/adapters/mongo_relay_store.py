@@ -172,14 +172,24 @@ class MongoOutboxRelayStore:
 
     async def backfill_slots(self, limit: int) -> int:
         with _translated("backfill_slots"):
-            found = self._outbox.find({"status": NEW, "relay_slot": {"$exists": False}}, {"_id": 1})
+            found = self._outbox.find(
+                {"status": NEW, "relay_slot": {"$exists": False}},
+                {"_id": 1, "created_at": 1, "next_attempt_at": 1},
+            )
             documents = await found.limit(limit).to_list()
             if not documents:
                 return 0
+            # The seed service's documents have neither field: due from their creation on.
             await self._outbox.bulk_write(
                 [
                     UpdateOne(
-                        {"_id": d["_id"]}, {"$set": {"relay_slot": relay_slot(str(d["_id"]))}}
+                        {"_id": d["_id"]},
+                        {
+                            "$set": {
+                                "relay_slot": relay_slot(str(d["_id"])),
+                                "next_attempt_at": d.get("next_attempt_at") or d["created_at"],
+                            }
+                        },
                     )
                     for d in documents
                 ],

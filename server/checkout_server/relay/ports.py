@@ -71,8 +71,9 @@ class OutboxRelayStore(Protocol):
         """A permanent failure: status `failed`, `error` = reason, `updated_at` = now."""
 
     async def backfill_slots(self, limit: int) -> int:
-        """Store the slot of up to `limit` `new` events stored without one; the number done.
-        Any relay may do this for any event: the value is a pure function of the id."""
+        """Store the slot (and, if missing, `next_attempt_at`) of up to `limit` `new` events
+        stored without one, as the seed service wrote them; the number done. Any relay may do
+        this for any event: the values are pure functions of the document."""
 
     async def oldest_unsent_created_at(self) -> datetime | None:
         """`created_at` of the oldest `new` event, or None (the relay's lag)."""
