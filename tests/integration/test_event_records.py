@@ -15,8 +15,9 @@ from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.adapters.mongo_outbox import MongoOutbox, status_document, to_document
 from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
-from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
+from checkout_server.domain import input_object_key
 from tests.integration.storage_checks import object_keys
+from tests.integration.test_relay import new_event
 from tests.integration.test_status import upload
 
 if TYPE_CHECKING:
@@ -25,25 +26,6 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 Collection = AsyncCollection[dict[str, Any]]
-
-
-def _event(bucket: str, **changes: Any) -> OutboxEvent:
-    video_id = str(uuid.uuid4())
-    now = datetime.now(UTC)
-    fields: dict[str, Any] = {
-        "event_id": video_id,
-        "video_id": video_id,
-        "bucket": bucket,
-        "object_key": input_object_key(video_id),
-        "filename": "clip.mp4",
-        "content_type": "video/mp4",
-        "size_bytes": 2000,
-        "sha256": "ab" * 32,
-        "status": EventStatus.NEW,
-        "created_at": now,
-        "updated_at": now,
-    }
-    return OutboxEvent(**(fields | changes))
 
 
 async def _status(stub: Stub, event_id: str) -> str:
@@ -81,7 +63,7 @@ async def test_relay_writes_the_record_a_stopped_server_did_not(
     status_collection: Collection,
 ) -> None:
     # The server stopped after committing the outbox message, before the status record.
-    event = _event(bucket)
+    event = new_event(bucket)
     await outbox_collection.insert_one(to_document(event))
 
     assert await _status(stub, event.event_id) == "new"  # read from the message meanwhile
@@ -118,7 +100,7 @@ class LateServer:
 async def test_a_record_written_during_the_relays_update_is_marked_too(
     bucket: str, outbox_collection: Collection, status_collection: Collection
 ) -> None:
-    event = _event(bucket)
+    event = new_event(bucket)
     message = to_document(event)
     await outbox_collection.insert_one(message)
     racing = cast("Collection", LateServer(status_collection, status_document(message)))
@@ -166,7 +148,7 @@ async def test_idempotency_key_outlives_the_swept_message(
 async def test_a_record_the_relay_wrote_first_is_kept(
     bucket: str, outbox_collection: Collection, status_collection: Collection
 ) -> None:
-    event = _event(bucket)
+    event = new_event(bucket)
     store = MongoOutbox(outbox_collection, status_collection)
     await store.ensure_indexes()
     # The relay published the message and wrote the record before the server's second insert.

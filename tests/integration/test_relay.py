@@ -33,24 +33,28 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 Document = dict[str, Any]
 
 
-def new_document(bucket: str = "videos") -> Document:
+def new_event(bucket: str = "videos") -> OutboxEvent:
+    """A `new` event of a video stored just now, as the server makes it."""
     video_id = str(uuid.uuid4())
     now = datetime.now(UTC)
-    return to_document(
-        OutboxEvent(
-            event_id=video_id,
-            video_id=video_id,
-            bucket=bucket,
-            object_key=input_object_key(video_id),
-            filename="clip.mp4",
-            content_type="video/mp4",
-            size_bytes=4321,
-            sha256="ab" * 32,
-            status=EventStatus.NEW,
-            created_at=now,
-            updated_at=now,
-        )
+    return OutboxEvent(
+        event_id=video_id,
+        video_id=video_id,
+        bucket=bucket,
+        object_key=input_object_key(video_id),
+        filename="clip.mp4",
+        content_type="video/mp4",
+        size_bytes=4321,
+        sha256="ab" * 32,
+        status=EventStatus.NEW,
+        created_at=now,
+        updated_at=now,
     )
+
+
+def new_document(bucket: str = "videos") -> Document:
+    """The outbox message of `new_event`."""
+    return to_document(new_event(bucket))
 
 
 @pytest.fixture
