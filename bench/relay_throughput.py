@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._events import bench_event
 from checkout_server.adapters.mongo_outbox import status_document, to_document
+from checkout_server.config import Settings
 from devstack import FerretDB, Kafka, free_port
 from devstack._stack import PythonService
 
@@ -104,9 +105,10 @@ async def latencies_ms(
 async def wait_settled(leases: AsyncCollection[Document], timeout_s: float = 60) -> None:
     """Idle means settled: every shard leased (a starting relay takes them one by one)."""
     deadline = time.monotonic() + timeout_s
-    while len(await leases.distinct("shard", {"released": False})) < 16:
+    shards = Settings().relay_shards  # the relay runs with the default
+    while len(await leases.distinct("shard", {"released": False})) < shards:
         if time.monotonic() > deadline:
-            raise SystemExit("the relay did not lease all 16 shards")
+            raise SystemExit(f"the relay did not lease all {shards} shards")
         await asyncio.sleep(0.1)
 
 
