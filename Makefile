@@ -18,14 +18,21 @@ all: test
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# The editable install maps the package folders it finds; checkout_api is generated, so a
-# placeholder makes it known before the first generation.
-$(INSTALLED): pyproject.toml | $(PY)
+# The SDK (client/, distribution checkout-client) first: its build hook generates the stubs
+# (client/checkout_api) from protos/, so a changed proto reinstalls it. The server requires
+# checkout-client, which is not on PyPI: pip keeps an installed distribution that satisfies a
+# requirement (no --upgrade here), so the server's install uses the editable SDK and never
+# looks for that name on an index.
+# The uninstall is for venvs from before the split, whose checkout-service owns the `checkout`
+# script: replacing it after the SDK's install would delete the SDK's copy of the script.
+$(INSTALLED): pyproject.toml client/pyproject.toml client/hatch_build.py $(PROTOS) | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	mkdir -p client/checkout_api && touch client/checkout_api/__init__.py
+	$(PY) -m pip uninstall -qq -y checkout-service
+	$(PY) -m pip install -q -e ./client
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# Envoy's descriptor set and buf's googleapis protos (the Python stubs come from the SDK's build).
 $(GENERATED): $(PROTOS) tools/gen_protos.py $(INSTALLED)
 	$(PY) tools/gen_protos.py
 
@@ -48,6 +55,7 @@ lint: $(INSTALLED) proto stack
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	.stack/bin/buf lint
 	$(PY) -m devstack validate-envoy
 
@@ -70,3 +78,4 @@ bench: install
 
 clean:
 	rm -rf build client/checkout_api .pytest_cache .mypy_cache .ruff_cache
+	rm -f $(INSTALLED)  # the stubs come back with the next install

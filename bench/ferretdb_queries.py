@@ -23,19 +23,18 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._events import bench_event
-from checkout_server.adapters.mongo_outbox import MongoOutbox, status_document, to_document
+from checkout_server.adapters.mongo_outbox import MongoOutbox
 from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
 from checkout_server.domain import EventStatus, OutboxEvent
+from checkout_server.outbox.document import Document, status_document, to_document
 from devstack import FerretDB, free_port
 
-Document = dict[str, Any]
 UNSENT = 500
 
 

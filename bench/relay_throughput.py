@@ -27,7 +27,6 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -35,12 +34,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._events import bench_event
-from checkout_server.adapters.mongo_outbox import status_document, to_document
-from checkout_server.config import Settings
+from checkout_server.config import RelaySettings
+from checkout_server.outbox.document import Document, status_document, to_document
 from devstack import FerretDB, Kafka, free_port
 from devstack._stack import PythonService
 
-Document = dict[str, Any]
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -105,7 +103,7 @@ async def latencies_ms(
 async def wait_settled(leases: AsyncCollection[Document], timeout_s: float = 60) -> None:
     """Idle means settled: every shard leased (a starting relay takes them one by one)."""
     deadline = time.monotonic() + timeout_s
-    shards = Settings().relay_shards  # the relay runs with the default
+    shards = RelaySettings().relay_shards  # the relay runs with the default
     while len(await leases.distinct("shard", {"released": False})) < shards:
         if time.monotonic() > deadline:
             raise SystemExit(f"the relay did not lease all {shards} shards")
@@ -193,7 +191,7 @@ def main() -> None:
         health_port = free_port()
         relay = PythonService(
             name="checkout-relay",
-            module="checkout_server.relay",
+            module="checkout_server.wiring.relay",
             port=health_port,
             env={
                 "MONGO_URI": ferretdb.uri,

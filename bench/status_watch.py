@@ -34,8 +34,8 @@ from bench._backends import Backends, started
 from bench._events import BUCKET, bench_event
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.adapters.mongo_outbox import status_document, to_document
 from checkout_server.domain import EventStatus
+from checkout_server.outbox.document import status_document, to_document
 
 
 def cpu_seconds(pid: int) -> float:

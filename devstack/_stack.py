@@ -114,7 +114,7 @@ class LocalStack:
         # The outbox relay; ready when its gRPC health service answers SERVING.
         self.relay = PythonService(
             name="checkout-relay",
-            module="checkout_server.relay",
+            module="checkout_server.wiring.relay",
             port=p.relay_health,
             env={
                 **self.environment(),

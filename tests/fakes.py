@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from checkout_server.domain import EventStatus, OutboxEvent, Page, StoredObject
-from checkout_server.errors import DatabaseUnavailable, StorageUnavailable
-from checkout_server.ports import DuplicateIdempotencyKey, ObjectTooLarge
+from checkout_server.errors import (
+    DatabaseUnavailable,
+    DuplicateIdempotencyKey,
+    ObjectTooLarge,
+    PublisherUnavailable,
+    StorageUnavailable,
+)
+from checkout_server.outbox.sharding import relay_slot
+from checkout_server.relay.ports import Delivery, Lease, Message, Outcome, PendingEvent
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+T0 = NOW
 
 
 @dataclass
@@ -147,3 +157,222 @@ class FakeOutbox:
     async def ping(self) -> None:
         if self.down:
             raise DatabaseUnavailable()
+
+
+# --- The relay's ports -------------------------------------------------------------------------
+
+
+@dataclass
+class FakeClock:
+    now: datetime = T0
+    mono: float = 1000.0
+
+    def wall(self) -> datetime:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+        self.mono += seconds
+
+
+@dataclass
+class FakeLeaseStore:
+    """In-memory leases: `insert_lease` is the only claim, unique by (shard, epoch)."""
+
+    leases: dict[tuple[int, int], Lease] = field(default_factory=dict)
+    heartbeats: dict[str, datetime] = field(default_factory=dict)
+
+    async def ensure_indexes(self) -> None:
+        return None
+
+    async def latest(self, shards: object) -> dict[int, Lease]:
+        wanted = set(shards)  # type: ignore[call-overload]
+        newest: dict[int, Lease] = {}
+        for (shard, epoch), lease in self.leases.items():
+            if shard in wanted and (shard not in newest or epoch > newest[shard].epoch):
+                newest[shard] = lease
+        return newest
+
+    async def insert_lease(self, lease: Lease) -> bool:
+        key = (lease.shard, lease.epoch)
+        if key in self.leases:
+            return False
+        self.leases[key] = lease
+        return True
+
+    async def renew(self, leases: Sequence[Lease], expires_at: datetime) -> None:
+        for lease in leases:
+            key = (lease.shard, lease.epoch)
+            if key in self.leases:
+                self.leases[key] = replace(self.leases[key], expires_at=expires_at)
+
+    async def release(self, lease: Lease, now: datetime) -> None:
+        key = (lease.shard, lease.epoch)
+        if key in self.leases:
+            self.leases[key] = replace(self.leases[key], released=True, expires_at=now)
+
+    async def prune(self, shard: int, below_epoch: int) -> None:
+        for key in [k for k in self.leases if k[0] == shard and k[1] < below_epoch]:
+            del self.leases[key]
+
+    async def heartbeat(self, member: str, expires_at: datetime) -> None:
+        self.heartbeats[member] = expires_at
+
+    async def members(self, alive_at: datetime) -> list[str]:
+        return [m for m, t in self.heartbeats.items() if t > alive_at]
+
+    async def leave(self, member: str) -> None:
+        self.heartbeats.pop(member, None)
+
+
+@dataclass
+class StoredMessage:
+    """One outbox message as FakeRelayStore keeps it."""
+
+    event: PendingEvent
+    status: str = "new"
+    attempts: int = 0
+    next_attempt_at: datetime = T0
+    sent_at: datetime | None = None
+    error: str = ""
+
+
+@dataclass
+class FakeRelayStore:
+    """The relay's view of the outbox, in memory. Each call first raises the next exception
+    of `errors`, if any is left, to play an unreachable or misbehaving database."""
+
+    messages: dict[str, StoredMessage] = field(default_factory=dict)
+    errors: list[BaseException] = field(default_factory=list)
+    calls: int = 0
+    sent: asyncio.Event = field(default_factory=asyncio.Event)  # set by every mark_sent
+
+    def add(self, event_id: str, *, created_at: datetime = T0, **payload: object) -> None:
+        base: dict[str, object] = {
+            "bucket": "videos",
+            "object_key": f"input/{event_id}.mp4",
+            "size_bytes": 5,
+            "sha256": "",
+        }
+        event = PendingEvent(
+            event_id=event_id,
+            video_id=event_id,
+            payload={**base, **payload},
+            created_at=created_at,
+            slot=relay_slot(event_id),
+        )
+        self.messages[event_id] = StoredMessage(event, next_attempt_at=created_at)
+
+    def status_of(self, event_id: str) -> str:
+        return self.messages[event_id].status
+
+    def _call(self) -> None:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+
+    async def ensure_indexes(self) -> None:
+        return None
+
+    async def due(
+        self, slot_ranges: Sequence[tuple[int, int]], now: datetime, limit: int
+    ) -> list[PendingEvent]:
+        self._call()
+        due = [
+            m
+            for m in self.messages.values()
+            if m.status == "new"
+            and m.next_attempt_at <= now
+            and any(low <= (m.event.slot or 0) < high for low, high in slot_ranges)
+        ]
+        due.sort(key=lambda m: m.next_attempt_at)
+        return [m.event for m in due[:limit]]
+
+    async def mark_sent(self, event_ids: Sequence[str], now: datetime) -> None:
+        self._call()
+        for event_id in event_ids:
+            message = self.messages[event_id]
+            if message.status == "new":
+                message.status, message.sent_at = "sent", now
+                message.attempts += 1
+        self.sent.set()
+
+    async def reschedule(
+        self, event_ids: Sequence[str], next_attempt_at: datetime, now: datetime
+    ) -> None:
+        self._call()
+        for event_id in event_ids:
+            message = self.messages[event_id]
+            if message.status == "new":
+                message.next_attempt_at = next_attempt_at
+                message.attempts += 1
+
+    async def mark_failed(self, event_id: str, reason: str, now: datetime) -> None:
+        self._call()
+        message = self.messages[event_id]
+        if message.status == "new":
+            message.status, message.error = "failed", reason
+            message.attempts += 1
+
+    async def backfill_slots(self, limit: int) -> int:
+        return 0
+
+    async def oldest_unsent_created_at(self) -> datetime | None:
+        waiting = [m.event.created_at for m in self.messages.values() if m.status == "new"]
+        return min(waiting, default=None)
+
+    async def sweep_sent(self, sent_before: datetime, limit: int) -> int:
+        old = [
+            k
+            for k, m in self.messages.items()
+            if m.status == "sent" and m.sent_at is not None and m.sent_at < sent_before
+        ][:limit]
+        for key in old:
+            del self.messages[key]
+        return len(old)
+
+
+@dataclass
+class FakePublisher:
+    """Records what it is asked to publish. `unavailable` makes every publish raise
+    PublisherUnavailable; `reject` lists event ids Kafka refuses for good; `retry` those
+    that fail transiently."""
+
+    published: list[Message] = field(default_factory=list)
+    unavailable: bool = False
+    reject: set[str] = field(default_factory=set)
+    retry: set[str] = field(default_factory=set)
+    closed: bool = False
+    restarts: int = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def publish(self, messages: Sequence[Message]) -> list[Delivery]:
+        if self.unavailable:
+            raise PublisherUnavailable("no broker")
+        deliveries = []
+        for message in messages:
+            key = message.key.decode()
+            if key in self.reject:
+                deliveries.append(Delivery(Outcome.REJECTED, "MessageSizeTooLargeError"))
+            elif key in self.retry:
+                deliveries.append(Delivery(Outcome.RETRY, "NotEnoughReplicas"))
+            else:
+                self.published.append(message)
+                deliveries.append(Delivery(Outcome.DELIVERED))
+        return deliveries
+
+    def published_ids(self) -> list[str]:
+        return [m.key.decode() for m in self.published]
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def ids(prefix: str, count: int) -> Iterable[str]:
+    """`count` distinct event ids."""
+    return (f"{prefix}-{i:04d}" for i in range(count))

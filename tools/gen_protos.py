@@ -1,11 +1,10 @@
-"""Generate the Python stubs, type stubs and the Envoy descriptor set from protos/.
+"""Generate Envoy's descriptor set (build/checkout.pb) and buf's googleapis protos
+(build/proto-deps) from protos/.
 
-The generated package is `checkout_api` (under client/, git-ignored): the proto package
-`checkout.v1` is mounted at the virtual path `checkout_api/` so generated imports read
-`from checkout_api.checkout.v1 import ...` without rewriting, and no top-level import
-name as generic as `checkout` is claimed.
+The Python stubs (`checkout_api`) are not made here: the SDK's build hook
+(client/hatch_build.py) generates them whenever checkout-client is built or installed.
 
-Run by `make` (and the Dockerfile) before the package is installed; safe to run again.
+Run by `make` (and the Dockerfile); safe to run again.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from google.api import annotations_pb2  # from googleapis-common-protos
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-OUT = ROOT / "client"
-PACKAGE = "checkout_api"
 BUILD = ROOT / "build"
 
 
@@ -40,26 +37,6 @@ def protoc(*args: str) -> None:
 
 def main() -> None:
     sources = sorted(p.relative_to(PROTOS).as_posix() for p in PROTOS.rglob("*.proto"))
-    target = OUT / PACKAGE
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    mypy_plugin = Path(sys.executable).parent / "protoc-gen-mypy"
-    mypy_grpc_plugin = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
-    protoc(
-        f"-I{PACKAGE}={PROTOS}",
-        *include_dirs(),
-        f"--python_out={OUT}",
-        f"--grpc_python_out={OUT}",
-        f"--plugin=protoc-gen-mypy={mypy_plugin}",
-        f"--plugin=protoc-gen-mypy_grpc={mypy_grpc_plugin}",
-        f"--mypy_out={OUT}",
-        f"--mypy_grpc_out={OUT}",
-        *(f"{PACKAGE}/{s}" for s in sources),
-    )
-    for directory in [target, *[d for d in target.rglob("*") if d.is_dir()]]:
-        (directory / "__init__.py").touch()
-    (target / "py.typed").touch()
-
     # Envoy's transcoder needs the descriptor set with every import (google/api, google/rpc
     # for error details) under the real proto file names.
     BUILD.mkdir(exist_ok=True)
@@ -82,7 +59,7 @@ def main() -> None:
         for proto in (googleapis / sub).glob("*.proto"):
             (deps / sub).mkdir(parents=True, exist_ok=True)
             shutil.copy2(proto, deps / sub / proto.name)
-    print(f"generated {PACKAGE} and build/checkout.pb from {len(sources)} proto file(s)")
+    print(f"generated build/checkout.pb and build/proto-deps from {len(sources)} proto file(s)")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
+
+from .backoff import Backoff
 
 ADDR_ENV = "CHECKOUT_ADDR"
 DEFAULT_ADDR = "localhost:50051"
@@ -59,13 +60,11 @@ class RetryPolicy:
             raise ValueError("attempts must be at least 1")
 
     def backoff_s(self, failed_attempts: int) -> float:
-        """The wait after the `failed_attempts`-th failure (1-based)."""
-        ceiling = min(
-            self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (failed_attempts - 1)
-        )
-        # "Equal jitter": at least half the step, so the attempts of a default policy span
-        # about 12-25 s, enough for a server restart, while clients still spread out.
-        return random.uniform(ceiling / 2, ceiling)  # jitter, not crypto
+        """The wait after the `failed_attempts`-th failure (1-based): `Backoff`'s equal
+        jitter, so the attempts of a default policy span about 12-25 s, enough for a server
+        restart, while clients still spread out."""
+        schedule = Backoff(self.initial_backoff_s, self.max_backoff_s, self.multiplier)
+        return schedule.delay_s(failed_attempts)
 
 
 NO_RETRY = RetryPolicy(attempts=1)

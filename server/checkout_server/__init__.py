@@ -1,6 +1,6 @@
-"""checkout server: the gRPC entry point of the video object-detection system."""
+"""checkout server: the gRPC entry point of the video object-detection system.
 
-from .app import App, create_app
-from .config import Settings
-
-__all__ = ["App", "Settings", "create_app"]
+The folders draw the data path: `api` (gRPC and REST in) -> `upload` (the pipeline) ->
+object storage and the outbox (`ports`, `outbox`, `adapters`) -> `relay` (to Kafka), with
+`status` (statuses, results, the watch feed) beside it. `wiring` builds each process.
+"""

@@ -1,15 +1,38 @@
-"""Service configuration: one frozen object, built from the environment in the entry point.
+"""Service configuration: frozen settings per process, built from the environment in its entry
+point (`ServerSettings.from_env()`, `RelaySettings.from_env()`).
 
-Every field documents its environment variable and default. Secrets may also come from a
-file named by `<NAME>_FILE` (Docker/Kubernetes secrets), which wins over the plain variable.
+Each process's settings are made of the sections it uses. Every field reads the environment
+variable named after it, upper-cased (`mongo_uri` <- MONGO_URI), and documents it; an unset
+or blank variable keeps the default. Secrets may also come from a file named by `<NAME>_FILE`
+(Docker/Kubernetes secrets), which wins over the plain variable. Settings built in code
+(`ServerSettings(mongo_db=...)`) never read the environment. Every invalid value raises
+ConfigError naming its variable.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+from .outbox.sharding import SLOTS
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -19,270 +42,354 @@ S3_MAX_PART_BYTES = 5 * GiB
 S3_MAX_PARTS = 10_000
 
 
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
+class EnvRule(enum.Enum):
+    """How a field reads its variable, beyond the usual (annotation metadata)."""
+
+    SECRET = "may come from the file named by <NAME>_FILE, which wins"
+    KEEP_EMPTY = "set but empty is a value, not the default"
 
 
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    # GRPC_ADDR: where the gRPC server listens.
-    grpc_addr: str = "0.0.0.0:50051"
-    # MINIO_ENDPOINT / MINIO_ACCESS_KEY / MINIO_SECRET_KEY / MINIO_SECURE: as in the seed service.
-    minio_endpoint: str = "minio:9000"
-    minio_access_key: str = "minioadmin"
-    minio_secret_key: str = field(default="minioadmin", repr=False)
-    minio_secure: bool = False
-    # MONGO_URI / MONGO_DB / MONGO_OUTBOX_COLLECTION: the outbox (database name from the seed).
-    mongo_uri: str = "mongodb://mongo:27017/"
+def _flag(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise PydanticCustomError("bool_parsing", "must be true or false")
+
+
+def _comma_separated(value: object) -> object:
+    if isinstance(value, str):
+        return frozenset(name.strip() for name in value.split(",") if name.strip())
+    return value
+
+
+Secret = Annotated[str, Field(repr=False), EnvRule.SECRET]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Names = Annotated[frozenset[str], BeforeValidator(_comma_separated)]
+
+
+class Section(BaseModel):
+    """A group of settings; the processes' settings classes are made of sections."""
+
+    # SettingsConfigDict (a ConfigDict) as in BaseSettings, which the processes' classes join
+    model_config: ClassVar[SettingsConfigDict] = SettingsConfigDict(
+        frozen=True, extra="forbid", validate_default=True, use_attribute_docstrings=True
+    )
+
+
+# --- Shared sections --------------------------------------------------------------------------
+
+
+class MongoSection(Section):
+    mongo_uri: Secret = "mongodb://mongo:27017/"
+    """MONGO_URI: the outbox's MongoDB (secret)."""
     mongo_db: str = "main_db"
+    """MONGO_DB: the database (name from the seed service)."""
     mongo_outbox_collection: str = "outbox"
-    # MONGO_STATUS_COLLECTION: one status record per event, kept after its outbox message
-    # is swept (what ListStatuses/GetStatus/WatchStatus read).
+    """MONGO_OUTBOX_COLLECTION: the outbox messages the relay publishes."""
     mongo_status_collection: str = "event_statuses"
-    # MONGO_TIMEOUT_MS: server selection / socket timeout for MongoDB calls.
+    """MONGO_STATUS_COLLECTION: one status record per event, kept after its outbox message is
+    swept (what ListStatuses/GetStatus/WatchStatus read)."""
     mongo_timeout_ms: int = 5_000
-    # KAFKA_BOOTSTRAP_SERVERS / KAFKA_TOPIC: where the relay publishes events.
-    kafka_bootstrap_servers: str = "kafka:9092"
-    kafka_topic: str = "checkout.videos.v1"
-    # DEFAULT_BUCKET: used when a request names none. ALLOWED_BUCKETS: comma-separated
-    # allow-list (the default bucket is always allowed); created at start-up.
-    default_bucket: str = "videos"
-    allowed_buckets: frozenset[str] = frozenset({"videos"})
-    # UPLOAD_MAX_BYTES: the largest accepted video (default 4 GiB).
-    upload_max_bytes: int = 4 * GiB
-    # UPLOAD_PART_BYTES: S3 multipart part size; the server buffers about one part per upload.
-    upload_part_bytes: int = 8 * MiB
-    # STORAGE_ABORT_RETRY_S: how long a failed upload keeps retrying to abort its multipart
-    # upload while storage is unreachable (in the background; the client is answered at once).
-    storage_abort_retry_s: float = 300.0
-    # UPLOAD_MEMORY_BUDGET_BYTES: what all uploads together may buffer (two parts each while
-    # active); uploads beyond it wait for their turn, slowed down by gRPC flow control.
-    upload_memory_budget_bytes: int = 256 * MiB
-    # RESULT_KEY_TEMPLATE: where the detection runner writes its JSON result, in the bucket
-    # of the video ({video_id} or {event_id}).
-    result_key_template: str = "output/{video_id}.json"
-    # RESULT_MAX_BYTES: the largest result GetResult returns (a gRPC message is at most 4 MiB).
-    result_max_bytes: int = 3 * MiB
-    # WATCH_POLL_INTERVAL_S: how often the process looks for status changes while watched.
-    watch_poll_interval_s: float = 0.25
-    # WATCH_RESULT_CHECK_INTERVAL_S: how often the events someone watches are checked for
-    # their result (one storage request per watched event, not per watcher).
-    watch_result_check_interval_s: float = 0.5
-    # WATCH_HEARTBEAT_S: a watch stream with no change for this long gets a keep-alive message.
-    watch_heartbeat_s: float = 15.0
-    # WATCH_MAX_PENDING: changes a watcher may fall behind before it is asked to re-subscribe.
-    watch_max_pending: int = 1000
-    # RESULT_RECONCILE_INTERVAL_S: how often every event still waiting is checked for a result
-    # (watched events are checked every WATCH_RESULT_CHECK_INTERVAL_S).
-    result_reconcile_interval_s: float = 10.0
-    # ADMIN_TOKEN (or ADMIN_TOKEN_FILE): bearer token for Cleanup; empty disables Cleanup.
-    admin_token: str = field(default="", repr=False)
-    # SHUTDOWN_GRACE_S: how long in-flight RPCs may finish after SIGTERM.
-    shutdown_grace_s: float = 30.0
-    # STARTUP_TIMEOUT_S: how long start-up waits for MinIO and MongoDB to answer.
-    startup_timeout_s: float = 60.0
-    # HEALTH_INTERVAL_S: how often dependencies are probed for the health service.
-    health_interval_s: float = 5.0
-    # LOG_LEVEL / LOG_FORMAT (json | console; default: console on a terminal, else json).
-    log_level: str = "INFO"
-    log_format: str = ""
-    # --- The outbox relay (checkout-relay); every relay of a deployment must agree on
-    # RELAY_SHARDS. KAFKA_TOPIC_PARTITIONS / KAFKA_REPLICATION_FACTOR: used when the relay
-    # creates a missing topic.
-    kafka_topic_partitions: int = 3
-    kafka_replication_factor: int = 1
-    # KAFKA_LINGER_MS: how long the producer waits to fill a batch.
-    kafka_linger_ms: int = 5
-    # RELAY_ID: this relay's name in leases and logs (default: host name and pid).
-    relay_id: str = ""
-    # RELAY_SHARDS: events are hashed into this many shards; a relay publishes a shard only
-    # while it holds the shard's lease (so at most RELAY_SHARDS relays do useful work).
-    relay_shards: int = 16
-    # RELAY_LEASE_TTL_S: a lease not renewed for this long may be taken over; renewed every
-    # third of it. RELAY_CLOCK_SKEW_S: assumed worst clock difference between relays.
-    relay_lease_ttl_s: float = 10.0
-    relay_clock_skew_s: float = 2.0
-    # RELAY_BATCH_SIZE: events claimed, published and marked per round trip.
-    relay_batch_size: int = 200
-    # RELAY_POLL_INTERVAL_S: the longest an idle relay waits before looking again (it polls
-    # at once after a full batch and backs off from 10 ms to this when idle). Each poll costs
-    # about 2 ms of CPU on the 2-core test VM, so polling every 0.1 s alone took 2% of a core;
-    # 0.2 s is the pick-up delay of an event that arrives at an idle relay.
-    relay_poll_interval_s: float = 0.2
-    # RELAY_BACKOFF_INITIAL_S / RELAY_BACKOFF_MAX_S: retry delay after a transient publish
-    # failure (doubling, with full jitter, capped; retried forever).
-    relay_backoff_initial_s: float = 0.5
-    relay_backoff_max_s: float = 10.0
-    # RELAY_SEND_TIMEOUT_S: our bound on a batch's send/flush/stop (aiokafka's idempotent
-    # producer has none of its own); past it the producer is recreated.
-    relay_send_timeout_s: float = 15.0
-    # RELAY_SENT_RETENTION_S: `sent` outbox messages older than this are deleted by the sweeper
-    # (default 1 hour; 0 disables), every RELAY_SWEEP_INTERVAL_S, RELAY_SWEEP_BATCH at a time.
-    # Statuses live in their own records, so this only bounds the outbox (which every relay
-    # poll reads: on FerretDB, which uses no index, its cost grows with the collection).
-    relay_sent_retention_s: float = 3600.0
-    relay_sweep_interval_s: float = 60.0
-    relay_sweep_batch: int = 1_000
-    # RELAY_HEALTH_ADDR: the relay's gRPC health service. RELAY_METRICS_ADDR: Prometheus text
-    # metrics over HTTP (`GET /metrics`); empty disables.
-    relay_health_addr: str = "0.0.0.0:50052"
-    relay_metrics_addr: str = "0.0.0.0:9464"
+    """MONGO_TIMEOUT_MS: server selection / socket timeout for MongoDB calls."""
 
-    def __post_init__(self) -> None:
-        if self.default_bucket not in self.allowed_buckets:
-            object.__setattr__(
-                self, "allowed_buckets", self.allowed_buckets | {self.default_bucket}
-            )
+
+class StartupSection(Section):
+    startup_timeout_s: float = 60.0
+    """STARTUP_TIMEOUT_S: how long start-up waits for its dependencies to answer."""
+
+
+class LoggingSection(Section):
+    log_level: Annotated[str, AfterValidator(str.upper)] = "INFO"
+    """LOG_LEVEL: the lowest level logged."""
+    log_format: Annotated[str, AfterValidator(str.lower)] = ""
+    """LOG_FORMAT: json | console (default: console on a terminal, else json)."""
+
+
+# --- The server's sections ----------------------------------------------------------------------
+
+
+class GrpcSection(Section):
+    grpc_addr: str = "0.0.0.0:50051"
+    """GRPC_ADDR: where the gRPC server listens."""
+    shutdown_grace_s: float = 30.0
+    """SHUTDOWN_GRACE_S: how long in-flight RPCs may finish after SIGTERM."""
+    health_interval_s: float = 5.0
+    """HEALTH_INTERVAL_S: how often dependencies are probed for the health service."""
+    admin_token: Secret = ""
+    """ADMIN_TOKEN: bearer token for Cleanup (secret); empty disables Cleanup."""
+
+
+class StorageSection(Section):
+    minio_endpoint: str = "minio:9000"
+    """MINIO_ENDPOINT: the object storage, as in the seed service."""
+    minio_access_key: Secret = "minioadmin"
+    """MINIO_ACCESS_KEY: its access key (secret)."""
+    minio_secret_key: Secret = "minioadmin"
+    """MINIO_SECRET_KEY: its secret key (secret)."""
+    minio_secure: Flag = False
+    """MINIO_SECURE: HTTPS (1/true/yes/on or 0/false/no/off)."""
+    default_bucket: str = "videos"
+    """DEFAULT_BUCKET: used when a request names none."""
+    allowed_buckets: Names = frozenset({"videos"})
+    """ALLOWED_BUCKETS: comma-separated allow-list (the default bucket is always added);
+    created at start-up."""
+
+    @field_validator("allowed_buckets")
+    @classmethod
+    def _add_default_bucket(cls, buckets: frozenset[str], info: ValidationInfo) -> frozenset[str]:
+        default = info.data.get("default_bucket")
+        return buckets | {default} if default else buckets
+
+
+class UploadSection(Section):
+    upload_max_bytes: int = 4 * GiB
+    """UPLOAD_MAX_BYTES: the largest accepted video (default 4 GiB)."""
+    upload_part_bytes: int = 8 * MiB
+    """UPLOAD_PART_BYTES: S3 multipart part size (default 8 MiB); the server buffers about one
+    part per upload."""
+    upload_memory_budget_bytes: int = 256 * MiB
+    """UPLOAD_MEMORY_BUDGET_BYTES: what all uploads together may buffer (default 256 MiB; two
+    parts each while active); uploads beyond it wait for their turn, slowed down by gRPC flow
+    control."""
+    storage_abort_retry_s: float = 300.0
+    """STORAGE_ABORT_RETRY_S: how long a failed upload keeps retrying to abort its multipart
+    upload while storage is unreachable (in the background; the client is answered at once)."""
+
+    @model_validator(mode="after")
+    def _check_upload(self) -> Self:
         if not S3_MIN_PART_BYTES <= self.upload_part_bytes <= S3_MAX_PART_BYTES:
             raise ConfigError("UPLOAD_PART_BYTES must be between 5 MiB and 5 GiB")
         if self.upload_max_bytes > self.upload_part_bytes * S3_MAX_PARTS:
             raise ConfigError(
                 "UPLOAD_MAX_BYTES needs more than 10,000 parts: raise UPLOAD_PART_BYTES"
             )
-        head = self.result_key_template.split("{", 1)[0]
-        if "/" not in head or not any(
-            p in self.result_key_template for p in ("{video_id}", "{event_id}")
-        ):
-            raise ConfigError(
-                "RESULT_KEY_TEMPLATE needs a folder and {video_id} or {event_id}, "
-                "e.g. output/{video_id}.json"
-            )
         if self.upload_memory_budget_bytes < 2 * self.upload_part_bytes:
             raise ConfigError("UPLOAD_MEMORY_BUDGET_BYTES must hold two parts (UPLOAD_PART_BYTES)")
         if self.upload_max_bytes <= 0:
             raise ConfigError("UPLOAD_MAX_BYTES must be positive")
+        return self
+
+
+class StatusSection(Section):
+    result_key_template: str = "output/{video_id}.json"
+    """RESULT_KEY_TEMPLATE: where the detection runner writes its JSON result, in the bucket of
+    the video ({video_id} or {event_id})."""
+    result_max_bytes: int = 3 * MiB
+    """RESULT_MAX_BYTES: the largest result GetResult returns (default 3 MiB; a gRPC message is
+    at most 4 MiB)."""
+    result_reconcile_interval_s: float = 10.0
+    """RESULT_RECONCILE_INTERVAL_S: how often every event still waiting is checked for a result
+    (watched events are checked every WATCH_RESULT_CHECK_INTERVAL_S)."""
+    watch_poll_interval_s: float = 0.25
+    """WATCH_POLL_INTERVAL_S: how often the process looks for status changes while watched."""
+    watch_result_check_interval_s: float = 0.5
+    """WATCH_RESULT_CHECK_INTERVAL_S: how often the events someone watches are checked for
+    their result (one storage request per watched event, not per watcher)."""
+    watch_heartbeat_s: float = 15.0
+    """WATCH_HEARTBEAT_S: a watch stream with no change for this long gets a keep-alive."""
+    watch_max_pending: int = 1000
+    """WATCH_MAX_PENDING: changes a watcher may fall behind before it must re-subscribe."""
+
+    @field_validator("result_key_template")
+    @classmethod
+    def _check_template(cls, template: str) -> str:
+        head = template.split("{", 1)[0]
+        if "/" not in head or not any(p in template for p in ("{video_id}", "{event_id}")):
+            raise ConfigError(
+                "RESULT_KEY_TEMPLATE needs a folder and {video_id} or {event_id}, "
+                "e.g. output/{video_id}.json"
+            )
+        return template
+
+
+# --- The relay's sections -----------------------------------------------------------------------
+
+
+class KafkaSection(Section):
+    kafka_bootstrap_servers: str = "kafka:9092"
+    """KAFKA_BOOTSTRAP_SERVERS: the brokers the relay publishes to."""
+    kafka_topic: str = "checkout.videos.v1"
+    """KAFKA_TOPIC: the topic of the events."""
+    kafka_topic_partitions: int = 3
+    """KAFKA_TOPIC_PARTITIONS: used when the relay creates a missing topic."""
+    kafka_replication_factor: int = 1
+    """KAFKA_REPLICATION_FACTOR: used when the relay creates a missing topic."""
+    kafka_linger_ms: int = 5
+    """KAFKA_LINGER_MS: how long the producer waits to fill a batch."""
+
+
+class RelaySection(Section):
+    """The outbox relay (checkout-relay); every relay of a deployment must agree on
+    RELAY_SHARDS."""
+
+    relay_id: str = ""
+    """RELAY_ID: this relay's name in leases and logs (default: host name and pid)."""
+    relay_shards: int = 16
+    """RELAY_SHARDS: events are hashed into this many shards; a relay publishes a shard only
+    while it holds the shard's lease (so at most RELAY_SHARDS relays do useful work)."""
+    relay_lease_ttl_s: float = 10.0
+    """RELAY_LEASE_TTL_S: a lease not renewed for this long may be taken over; renewed every
+    third of it."""
+    relay_clock_skew_s: float = 2.0
+    """RELAY_CLOCK_SKEW_S: assumed worst clock difference between relays."""
+    relay_batch_size: int = 200
+    """RELAY_BATCH_SIZE: events claimed, published and marked per round trip."""
+    relay_poll_interval_s: float = 0.2
+    """RELAY_POLL_INTERVAL_S: the longest an idle relay waits before looking again (it polls
+    at once after a full batch and backs off from 10 ms to this when idle): the pick-up delay
+    of an event that arrives at an idle relay, traded against the idle CPU of polling
+    (docs/relay.md has the measurements)."""
+    relay_backoff_initial_s: float = 0.5
+    """RELAY_BACKOFF_INITIAL_S: first retry delay after a transient publish failure (doubling,
+    with jitter, up to RELAY_BACKOFF_MAX_S; retried forever)."""
+    relay_backoff_max_s: float = 10.0
+    """RELAY_BACKOFF_MAX_S: the longest retry delay after a transient publish failure."""
+    relay_send_timeout_s: float = 15.0
+    """RELAY_SEND_TIMEOUT_S: our bound on a batch's send/flush/stop (aiokafka's idempotent
+    producer has none of its own); past it the producer is recreated."""
+    relay_sent_retention_s: float = 3600.0
+    """RELAY_SENT_RETENTION_S: `sent` outbox messages older than this are deleted by the sweeper
+    (default 1 hour; 0 disables). Statuses live in their own records, so this only bounds the
+    outbox (which every relay poll reads: on FerretDB, which uses no index, its cost grows with
+    the collection)."""
+    relay_sweep_interval_s: float = 60.0
+    """RELAY_SWEEP_INTERVAL_S: how often the sweeper runs."""
+    relay_sweep_batch: int = 1_000
+    """RELAY_SWEEP_BATCH: outbox messages the sweeper deletes at a time."""
+    relay_health_addr: str = "0.0.0.0:50052"
+    """RELAY_HEALTH_ADDR: the relay's gRPC health service."""
+    relay_metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "0.0.0.0:9464"
+    """RELAY_METRICS_ADDR: Prometheus text metrics over HTTP (`GET /metrics`); set but empty
+    disables them."""
+
+    @model_validator(mode="after")
+    def _check_relay(self) -> Self:
+        if not 1 <= self.relay_shards <= SLOTS:
+            raise ConfigError(f"RELAY_SHARDS must be between 1 and {SLOTS}")
+        if self.relay_lease_ttl_s <= 2 * self.relay_clock_skew_s:
+            raise ConfigError("RELAY_LEASE_TTL_S must be more than twice RELAY_CLOCK_SKEW_S")
+        if self.relay_batch_size < 1 or self.relay_sweep_batch < 1:
+            raise ConfigError("RELAY_BATCH_SIZE and RELAY_SWEEP_BATCH must be positive")
+        if self.relay_poll_interval_s <= 0 or self.relay_send_timeout_s <= 0:
+            raise ConfigError("RELAY_POLL_INTERVAL_S and RELAY_SEND_TIMEOUT_S must be positive")
+        if not 0 < self.relay_backoff_initial_s <= self.relay_backoff_max_s:
+            raise ConfigError("need 0 < RELAY_BACKOFF_INITIAL_S <= RELAY_BACKOFF_MAX_S")
+        return self
+
+
+# --- The processes' settings --------------------------------------------------------------------
+
+
+class ProcessSettings(BaseSettings):
+    """What every process's settings class shares: reading the environment (`from_env`, the
+    only way they do), validated copies (`replace`) and ConfigError for invalid values."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from environment variables; unset ones keep their defaults."""
-        env = os.environ if env is None else env
-        reader = _EnvReader(env)
-        defaults = cls()
-        buckets = reader.text("ALLOWED_BUCKETS", ",".join(sorted(defaults.allowed_buckets)))
-        return cls(
-            grpc_addr=reader.text("GRPC_ADDR", defaults.grpc_addr),
-            minio_endpoint=reader.text("MINIO_ENDPOINT", defaults.minio_endpoint),
-            minio_access_key=reader.secret("MINIO_ACCESS_KEY", defaults.minio_access_key),
-            minio_secret_key=reader.secret("MINIO_SECRET_KEY", defaults.minio_secret_key),
-            minio_secure=reader.flag("MINIO_SECURE", defaults.minio_secure),
-            mongo_uri=reader.secret("MONGO_URI", defaults.mongo_uri),
-            mongo_db=reader.text("MONGO_DB", defaults.mongo_db),
-            mongo_outbox_collection=reader.text(
-                "MONGO_OUTBOX_COLLECTION", defaults.mongo_outbox_collection
-            ),
-            mongo_status_collection=reader.text(
-                "MONGO_STATUS_COLLECTION", defaults.mongo_status_collection
-            ),
-            mongo_timeout_ms=reader.integer("MONGO_TIMEOUT_MS", defaults.mongo_timeout_ms),
-            kafka_bootstrap_servers=reader.text(
-                "KAFKA_BOOTSTRAP_SERVERS", defaults.kafka_bootstrap_servers
-            ),
-            kafka_topic=reader.text("KAFKA_TOPIC", defaults.kafka_topic),
-            default_bucket=reader.text("DEFAULT_BUCKET", defaults.default_bucket),
-            allowed_buckets=frozenset(b.strip() for b in buckets.split(",") if b.strip()),
-            upload_max_bytes=reader.integer("UPLOAD_MAX_BYTES", defaults.upload_max_bytes),
-            upload_part_bytes=reader.integer("UPLOAD_PART_BYTES", defaults.upload_part_bytes),
-            storage_abort_retry_s=reader.number(
-                "STORAGE_ABORT_RETRY_S", defaults.storage_abort_retry_s
-            ),
-            upload_memory_budget_bytes=reader.integer(
-                "UPLOAD_MEMORY_BUDGET_BYTES", defaults.upload_memory_budget_bytes
-            ),
-            result_key_template=reader.text("RESULT_KEY_TEMPLATE", defaults.result_key_template),
-            result_max_bytes=reader.integer("RESULT_MAX_BYTES", defaults.result_max_bytes),
-            watch_poll_interval_s=reader.number(
-                "WATCH_POLL_INTERVAL_S", defaults.watch_poll_interval_s
-            ),
-            watch_result_check_interval_s=reader.number(
-                "WATCH_RESULT_CHECK_INTERVAL_S", defaults.watch_result_check_interval_s
-            ),
-            watch_heartbeat_s=reader.number("WATCH_HEARTBEAT_S", defaults.watch_heartbeat_s),
-            watch_max_pending=reader.integer("WATCH_MAX_PENDING", defaults.watch_max_pending),
-            result_reconcile_interval_s=reader.number(
-                "RESULT_RECONCILE_INTERVAL_S", defaults.result_reconcile_interval_s
-            ),
-            admin_token=reader.secret("ADMIN_TOKEN", defaults.admin_token),
-            shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
-            startup_timeout_s=reader.number("STARTUP_TIMEOUT_S", defaults.startup_timeout_s),
-            health_interval_s=reader.number("HEALTH_INTERVAL_S", defaults.health_interval_s),
-            log_level=reader.text("LOG_LEVEL", defaults.log_level).upper(),
-            log_format=reader.text("LOG_FORMAT", defaults.log_format).lower(),
-            kafka_topic_partitions=reader.integer(
-                "KAFKA_TOPIC_PARTITIONS", defaults.kafka_topic_partitions
-            ),
-            kafka_replication_factor=reader.integer(
-                "KAFKA_REPLICATION_FACTOR", defaults.kafka_replication_factor
-            ),
-            kafka_linger_ms=reader.integer("KAFKA_LINGER_MS", defaults.kafka_linger_ms),
-            relay_id=reader.text("RELAY_ID", defaults.relay_id),
-            relay_shards=reader.integer("RELAY_SHARDS", defaults.relay_shards),
-            relay_lease_ttl_s=reader.number("RELAY_LEASE_TTL_S", defaults.relay_lease_ttl_s),
-            relay_clock_skew_s=reader.number("RELAY_CLOCK_SKEW_S", defaults.relay_clock_skew_s),
-            relay_batch_size=reader.integer("RELAY_BATCH_SIZE", defaults.relay_batch_size),
-            relay_poll_interval_s=reader.number(
-                "RELAY_POLL_INTERVAL_S", defaults.relay_poll_interval_s
-            ),
-            relay_backoff_initial_s=reader.number(
-                "RELAY_BACKOFF_INITIAL_S", defaults.relay_backoff_initial_s
-            ),
-            relay_backoff_max_s=reader.number("RELAY_BACKOFF_MAX_S", defaults.relay_backoff_max_s),
-            relay_send_timeout_s=reader.number(
-                "RELAY_SEND_TIMEOUT_S", defaults.relay_send_timeout_s
-            ),
-            relay_sent_retention_s=reader.number(
-                "RELAY_SENT_RETENTION_S", defaults.relay_sent_retention_s
-            ),
-            relay_sweep_interval_s=reader.number(
-                "RELAY_SWEEP_INTERVAL_S", defaults.relay_sweep_interval_s
-            ),
-            relay_sweep_batch=reader.integer("RELAY_SWEEP_BATCH", defaults.relay_sweep_batch),
-            relay_health_addr=reader.text("RELAY_HEALTH_ADDR", defaults.relay_health_addr),
-            # set but empty disables the endpoint, so not reader.text (empty means default)
-            relay_metrics_addr=env.get("RELAY_METRICS_ADDR", defaults.relay_metrics_addr).strip(),
-        )
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # only what the code passes: never os.environ
 
+    if not TYPE_CHECKING:  # keeps the typed __init__ that type checkers derive from the fields
 
-@dataclass(frozen=True)
-class _EnvReader:
-    env: Mapping[str, str]
-
-    def text(self, name: str, default: str) -> str:
-        value = self.env.get(name, "").strip()
-        return value or default
-
-    def secret(self, name: str, default: str) -> str:
-        path = self.env.get(f"{name}_FILE", "").strip()
-        if path:
+        def __init__(self, **values: Any) -> None:
             try:
-                return Path(path).read_text(encoding="utf-8").strip()
+                super().__init__(**values)
+            except ValidationError as exc:
+                raise _config_error(exc, type(self).model_fields) from None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        """Settings from environment variables (default: os.environ); unset ones keep their
+        defaults."""
+        return cls(**EnvironmentSource(cls, os.environ if env is None else env)())
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with `changes`, validated again."""
+        return type(self)(**{**dict(self), **changes})
+
+
+class ServerSettings(
+    ProcessSettings,
+    GrpcSection,
+    StorageSection,
+    MongoSection,
+    UploadSection,
+    StatusSection,
+    StartupSection,
+    LoggingSection,
+):
+    """The server's (`checkout-server`) settings."""
+
+
+class RelaySettings(
+    ProcessSettings, RelaySection, KafkaSection, MongoSection, StartupSection, LoggingSection
+):
+    """The outbox relay's (`checkout-relay`) settings."""
+
+
+class EnvironmentSource(PydanticBaseSettingsSource):
+    """The values of a settings class's fields in `env`: each field reads the variable named
+    after it, upper-cased and stripped; unset or blank keeps the default (unless the field is
+    marked KEEP_EMPTY); a SECRET field reads the file named by `<NAME>_FILE` first."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        name = field_name.upper()
+        path = self.env.get(f"{name}_FILE", "").strip()
+        if path and EnvRule.SECRET in field.metadata:
+            try:
+                return Path(path).read_text(encoding="utf-8").strip(), field_name, False
             except OSError as exc:
                 raise ConfigError(f"{name}_FILE: cannot read {path}: {exc}") from exc
-        return self.text(name, default)
+        value = self.env.get(name, "").strip()
+        if value or (name in self.env and EnvRule.KEEP_EMPTY in field.metadata):
+            return value, field_name, False
+        return None, field_name, False
 
-    def integer(self, name: str, default: int) -> int:
-        raw = self.env.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, field_name)
+            if value is not None:
+                values[key] = value
+        return values
 
-    def number(self, name: str, default: float) -> float:
-        raw = self.env.get(name, "").strip()
-        if not raw:
-            return default
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self.env.get(name, "").strip().lower()
-        if not raw:
-            return default
-        if raw in {"1", "true", "yes", "on"}:
-            return True
-        if raw in {"0", "false", "no", "off"}:
-            return False
-        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+_EXPECTED = {
+    "int": "must be an integer",
+    "float": "must be a number",
+    "bool": "must be true or false",
+}
+
+
+def _config_error(exc: ValidationError, fields: Mapping[str, FieldInfo]) -> ConfigError:
+    """One ConfigError for all that is wrong, each problem naming its variable."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigError):  # raised by a validator of ours
+            problems.append(str(cause))
+            continue
+        field = str(error["loc"][0]) if error["loc"] else ""
+        expected = _EXPECTED.get(error["type"].split("_", 1)[0])
+        if expected is None:
+            problems.append(f"{field.upper()}: {error['msg']}")
+        elif field in fields and EnvRule.SECRET in fields[field].metadata:
+            problems.append(f"{field.upper()} {expected}")
+        else:
+            problems.append(f"{field.upper()} {expected}, got {error['input']!r}")
+    return ConfigError("; ".join(problems))

@@ -1,26 +1,37 @@
-"""The service's errors: one class per case, each with a gRPC code, a stable reason and a
-Russian message for people (the seed's rule: every error carries a Russian description).
+"""The one error model of both processes: one class per case, each with a gRPC code, a
+stable reason, a Russian message for people (the seed's rule: every error carries a Russian
+description) and whether trying again can help (`retriable`).
 
-Handlers and adapters raise these; one interceptor turns them into rich gRPC statuses
-(google.rpc.Status with an ErrorInfo whose reason is `reason` and domain is ERROR_DOMAIN).
-Messages stay short: Envoy turns a very long grpc-message into a 502.
+Handlers and adapters raise these; adapters translate every vendor exception into one of
+them at their boundary. One interceptor turns them into rich gRPC statuses (google.rpc.Status
+with an ErrorInfo whose reason is `reason` and domain is ERROR_DOMAIN); background loops
+(supervisor.py) and the relay decide retries by `retriable`, never by class. Messages stay
+short: Envoy turns a very long grpc-message into a 502.
+
+The last section holds the outcomes ports report to their callers (not client errors), and
+the configuration error of start-up.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import grpc
+
+if TYPE_CHECKING:
+    from .domain import OutboxEvent
 
 ERROR_DOMAIN = "checkout.v1"
 
 
 class ServiceError(Exception):
-    """Base of every error a client may see. Subclasses set `code`, `reason` and `message`."""
+    """Base of every error a client may see. Subclasses set `code`, `reason`, `message` and,
+    when a later attempt may succeed, `retriable`."""
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
     reason: ClassVar[str] = "INTERNAL"
     message: ClassVar[str] = "Внутренняя ошибка сервиса"
+    retriable: ClassVar[bool] = False
 
     def __init__(self, detail: str = "", **metadata: str) -> None:
         # `detail` adds specifics to the Russian message; `metadata` goes into ErrorInfo.
@@ -115,6 +126,7 @@ class DependencyUnavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "DEPENDENCY_UNAVAILABLE"
     message = "Зависимость сервиса недоступна, повторите попытку позже"
+    retriable = True
 
 
 class StorageUnavailable(DependencyUnavailable):
@@ -125,6 +137,43 @@ class StorageUnavailable(DependencyUnavailable):
 class DatabaseUnavailable(DependencyUnavailable):
     reason = "DATABASE_UNAVAILABLE"
     message = "База данных недоступна, повторите попытку позже"
+
+
+class PublisherUnavailable(DependencyUnavailable):
+    """Kafka could not be reached or did not acknowledge in time (the relay's)."""
+
+    reason = "KAFKA_UNAVAILABLE"
+    message = "Kafka недоступна, повторите попытку позже"
+
+
+class DeadlineExceeded(ServiceError):
+    """An operation ran out of time: the server's own bound, or a dependency's deadline."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+    message = "Операция не завершилась вовремя, повторите попытку"
+    retriable = True
+
+
+class DatabaseTimeout(DeadlineExceeded):
+    reason = "DATABASE_TIMEOUT"
+    message = "База данных не успела выполнить операцию, повторите попытку"
+
+
+class DatabaseError(ServiceError):
+    """The database refused an operation for a reason a retry does not change (a bug or a
+    misconfiguration: the log has the vendor's error)."""
+
+    reason = "DATABASE_ERROR"
+    message = "База данных отклонила операцию"
+
+
+class StorageError(ServiceError):
+    """Object storage refused a request for a reason a retry does not change (credentials,
+    permissions, a missing bucket: the log has the vendor's error)."""
+
+    reason = "STORAGE_ERROR"
+    message = "Объектное хранилище отклонило запрос"
 
 
 # --- Statuses, results, requests ------------------------------------------------------------
@@ -204,3 +253,59 @@ class ShuttingDown(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "SHUTTING_DOWN"
     message = "Сервер останавливается, подключитесь заново"
+    retriable = True
+
+
+def from_exception(exc: BaseException) -> ServiceError:
+    """The ServiceError a client sees for `exc`: itself, DEADLINE_EXCEEDED for a timeout
+    that nothing translated, else a generic INTERNAL (the caller logs the traceback)."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return DeadlineExceeded()
+    return ServiceError()
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether trying again can help: a ServiceError that says so."""
+    return isinstance(exc, ServiceError) and exc.retriable
+
+
+# --- REST upload bodies -----------------------------------------------------------------------
+
+
+class MissingFile(InvalidArgument):
+    reason = "MISSING_FILE"
+    message = "В запросе multipart/form-data нет части file"
+
+
+class InvalidForm(InvalidArgument):
+    reason = "INVALID_FORM"
+    message = "Некорректное тело multipart/form-data"
+
+
+# --- Outcomes that ports report to their callers (never sent to clients as such) ---------------
+
+
+class ObjectTooLarge(Exception):
+    """An object is larger than the caller allows; `size_bytes` is its size."""
+
+    def __init__(self, size_bytes: int) -> None:
+        super().__init__(size_bytes)
+        self.size_bytes = size_bytes
+
+
+class DuplicateIdempotencyKey(Exception):
+    """Another event already holds this idempotency key; `existing` is that event."""
+
+    def __init__(self, existing: OutboxEvent) -> None:
+        super().__init__(existing.event_id)
+        self.existing = existing
+
+
+class EnvelopeError(ValueError):
+    """An outbox event cannot be turned into a Kafka message (permanent, for that event)."""
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed (at start-up); the message names the variable."""

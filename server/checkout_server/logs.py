@@ -6,13 +6,15 @@ Context (the request id of the current call, and whatever `extra=` a call passes
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from .interceptors import request_id_var
+# The id of the call being handled (set by the API's interceptor), for every log line.
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 # Attributes every LogRecord has; anything else came from `extra=` and is logged as a field.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}

@@ -1,8 +1,9 @@
 """Ports: what the service needs from its backends, as typing.Protocols.
 
 Each method states its contract. Adapters (one module per backend under `adapters/`)
-implement them and translate vendor errors into the errors named here at their boundary,
-so nothing above this line imports a vendor library.
+implement them and translate every vendor error into the errors named here (all in
+errors.py) at their boundary, so nothing above this line imports a vendor library. The
+relay's own ports are in `relay/ports.py`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class ObjectWriter(Protocol):
 
 
 class ObjectStorage(Protocol):
-    """S3-style object storage. Errors: StorageUnavailable for any backend failure."""
+    """S3-style object storage. Errors: StorageUnavailable for a failure a retry may mend,
+    StorageError for a refusal it cannot (credentials, permissions, a missing bucket)."""
 
     async def ensure_bucket(self, bucket: str) -> None:
         """Create the bucket if it does not exist."""
@@ -47,37 +49,23 @@ class ObjectStorage(Protocol):
         """Size and modification time of `key`, or None when it does not exist."""
 
     async def read(self, bucket: str, key: str, *, max_bytes: int) -> bytes | None:
-        """The whole object, or None when it does not exist. Raises ObjectTooLarge when it
-        is larger than `max_bytes` (nothing beyond that is read)."""
+        """The whole object, or None when it does not exist. Raises errors.ObjectTooLarge
+        when it is larger than `max_bytes` (nothing beyond that is read)."""
 
     async def delete_prefix(self, bucket: str, prefix: str) -> int:
         """Delete every object whose key starts with `prefix`; returns how many."""
 
 
-class ObjectTooLarge(Exception):
-    """An object is larger than the caller allows; `size_bytes` is its size."""
-
-    def __init__(self, size_bytes: int) -> None:
-        super().__init__(size_bytes)
-        self.size_bytes = size_bytes
-
-
-class DuplicateIdempotencyKey(Exception):
-    """Another event already holds this idempotency key; `existing` is that event."""
-
-    def __init__(self, existing: OutboxEvent) -> None:
-        super().__init__(existing.event_id)
-        self.existing = existing
-
-
 class Outbox(Protocol):
-    """The transactional outbox: one document per event. Errors: DatabaseUnavailable."""
+    """The transactional outbox as the API sees it: per event an outbox message and a status
+    record (outbox/document.py). Errors: any DatabaseUnavailable, DatabaseTimeout or
+    DatabaseError (adapters/mongo_errors.py says which vendor error becomes which)."""
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the service and the relay rely on (idempotent)."""
 
     async def add(self, event: OutboxEvent) -> None:
-        """Insert a new event. Raises DuplicateIdempotencyKey when its idempotency key is
+        """Insert a new event. Raises errors.DuplicateIdempotencyKey when its idempotency key is
         already used by another event (atomic on MongoDB and FerretDB: a unique index)."""
 
     async def get(self, event_id: str) -> OutboxEvent | None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -24,15 +22,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
-from checkout_server.app import App, create_app
-from checkout_server.config import MiB, Settings
+from checkout_server.config import MiB, ServerSettings
+from checkout_server.outbox.document import Document
+from checkout_server.wiring.server import App, create_app
 from devstack import FerretDB, Kafka, MinIO, free_port
 from devstack._stack import LocalStack, StackPorts
 
 # The admin token of the whole-stack server (`stack` fixture).
 STACK_ADMIN_TOKEN = "stack-admin-token"
-
-Document = dict[str, Any]
 
 
 @pytest.fixture(scope="session")
@@ -74,8 +71,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 @pytest.fixture(scope="session")
-def base_settings(ferretdb: FerretDB, minio: MinIO) -> Settings:
-    return Settings(
+def base_settings(ferretdb: FerretDB, minio: MinIO) -> ServerSettings:
+    return ServerSettings(
         grpc_addr="127.0.0.1:0",
         minio_endpoint=minio.endpoint,
         mongo_uri=ferretdb.uri,
@@ -91,12 +88,11 @@ def base_settings(ferretdb: FerretDB, minio: MinIO) -> Settings:
 
 
 @pytest.fixture
-def settings(base_settings: Settings) -> Settings:
+def settings(base_settings: ServerSettings) -> ServerSettings:
     """Per-test settings: a database and buckets of its own, so tests never see each other's
     events or objects. The second allowed bucket is `other-<same suffix>`."""
     suffix = uuid.uuid4().hex[:12]
-    return replace(
-        base_settings,
+    return base_settings.replace(
         mongo_db=f"t_{suffix}",
         default_bucket=f"videos-{suffix}",
         allowed_buckets=frozenset({f"videos-{suffix}", f"other-{suffix}"}),
@@ -104,17 +100,17 @@ def settings(base_settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def bucket(settings: Settings) -> str:
+def bucket(settings: ServerSettings) -> str:
     return settings.default_bucket
 
 
 @pytest.fixture
-def other_bucket(settings: Settings) -> str:
+def other_bucket(settings: ServerSettings) -> str:
     return next(b for b in settings.allowed_buckets if b != settings.default_bucket)
 
 
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[App]:
+async def app(settings: ServerSettings) -> AsyncIterator[App]:
     app = await create_app(settings)
     await app.start()
     yield app
@@ -141,7 +137,7 @@ async def s3(minio: MinIO) -> AsyncIterator[Minio]:
 
 
 @pytest.fixture
-async def mongo_database(settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
+async def mongo_database(settings: ServerSettings) -> AsyncIterator[AsyncDatabase[Document]]:
     """A test-side client of this test's database."""
     client: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
     yield client[settings.mongo_db]
@@ -150,7 +146,7 @@ async def mongo_database(settings: Settings) -> AsyncIterator[AsyncDatabase[Docu
 
 @pytest.fixture
 def outbox_collection(
-    settings: Settings, mongo_database: AsyncDatabase[Document]
+    settings: ServerSettings, mongo_database: AsyncDatabase[Document]
 ) -> AsyncCollection[Document]:
     """A test-side view of this test's outbox collection."""
     return mongo_database[settings.mongo_outbox_collection]
@@ -158,7 +154,7 @@ def outbox_collection(
 
 @pytest.fixture
 def status_collection(
-    settings: Settings, mongo_database: AsyncDatabase[Document]
+    settings: ServerSettings, mongo_database: AsyncDatabase[Document]
 ) -> AsyncCollection[Document]:
     """A test-side view of this test's status records."""
     return mongo_database[settings.mongo_status_collection]

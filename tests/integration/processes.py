@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from checkout_server.config import MiB, Settings
+from checkout_server.config import MiB, ServerSettings
 
 
-def server_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
+def server_env(settings: ServerSettings, port: int, **extra: str) -> dict[str, str]:
     """The variables that make `python -m checkout_server` match `settings` on `port`."""
     return {
         **os.environ,

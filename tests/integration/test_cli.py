@@ -23,7 +23,7 @@ from checkout_client.cli import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from checkout_server.app import App
+from checkout_server.wiring.server import App
 from devstack import free_port
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
 from tests.integration.storage_checks import object_sha256

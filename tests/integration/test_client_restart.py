@@ -16,7 +16,7 @@ from miniopy_async.api import Minio
 from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_client import AsyncCheckoutClient, RetryPolicy, Unavailable, UploadProgress
-from checkout_server.config import Settings
+from checkout_server.config import ServerSettings
 from devstack import free_port
 from tests.helpers import MiB, mp4_bytes, sha256_hex
 from tests.integration.processes import server_env
@@ -32,7 +32,7 @@ ServerStarter = Callable[[], Awaitable[asyncio.subprocess.Process]]
 
 @pytest.fixture
 async def server_process(
-    settings: Settings, tmp_path: Path
+    settings: ServerSettings, tmp_path: Path
 ) -> AsyncIterator[tuple[int, ServerStarter]]:
     """A port and a function that starts a real server process on it (again and again)."""
     port = free_port()

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,8 @@ from checkout_client import (
     Upload,
 )
 from checkout_client.cli import EXIT_NOT_FOUND, EXIT_OK
-from checkout_server.app import App, create_app
-from checkout_server.config import Settings
+from checkout_server.config import ServerSettings
+from checkout_server.wiring.server import App, create_app
 from tests.helpers import MiB, mp4_bytes
 from tests.integration.storage_checks import object_keys, wait_until
 
@@ -172,8 +171,8 @@ async def test_request_makes_a_new_event_for_a_stored_video(client: AsyncCheckou
 
 
 @pytest.fixture
-async def admin_app(settings: Settings) -> AsyncIterator[App]:
-    app = await create_app(replace(settings, admin_token="s3cret"))
+async def admin_app(settings: ServerSettings) -> AsyncIterator[App]:
+    app = await create_app(settings.replace(admin_token="s3cret"))
     await app.start()
     yield app
     await app.stop(grace_s=1.0)

@@ -27,7 +27,7 @@ from checkout_client import (
     UploadProgress,
 )
 from checkout_server import errors
-from checkout_server.app import App
+from checkout_server.wiring.server import App
 from devstack import free_port
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
 from tests.integration.storage_checks import object_keys, object_sha256

@@ -13,9 +13,10 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.adapters.mongo_outbox import MongoOutbox, status_document, to_document
+from checkout_server.adapters.mongo_outbox import MongoOutbox
 from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
 from checkout_server.domain import input_object_key
+from checkout_server.outbox.document import status_document, to_document
 from tests.integration.storage_checks import object_keys
 from tests.integration.test_relay import new_event
 from tests.integration.test_status import upload

@@ -2,7 +2,7 @@
 has them, with the agreed key, envelope and headers; several relays never publish the same
 event; a killed relay's events are published after a restart.
 
-Relays run as real processes (`python -m checkout_server.relay`), so they can be killed.
+Relays run as real processes (`python -m checkout_server.wiring.relay`), so they can be killed.
 """
 
 from __future__ import annotations
@@ -21,16 +21,14 @@ from aiokafka import AIOKafkaConsumer
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
-from checkout_server.adapters.mongo_outbox import to_document
-from checkout_server.config import Settings
+from checkout_server.config import ServerSettings
 from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
+from checkout_server.outbox.document import Document, to_document
 from devstack import Kafka, free_port
 from devstack._stack import PythonService
 from tests.integration.storage_checks import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-Document = dict[str, Any]
 
 
 def new_event(bucket: str = "videos") -> OutboxEvent:
@@ -63,7 +61,7 @@ def topic() -> str:
 
 
 @pytest.fixture
-async def outbox(settings: Settings) -> AsyncIterator[AsyncCollection[Document]]:
+async def outbox(settings: ServerSettings) -> AsyncIterator[AsyncCollection[Document]]:
     client: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
     yield client[settings.mongo_db][settings.mongo_outbox_collection]
     await client.close()
@@ -72,7 +70,7 @@ async def outbox(settings: Settings) -> AsyncIterator[AsyncCollection[Document]]
 class Relays:
     """Relay processes of one test, stopped at its end."""
 
-    def __init__(self, settings: Settings, kafka: Kafka, topic: str, log_dir: Path) -> None:
+    def __init__(self, settings: ServerSettings, kafka: Kafka, topic: str, log_dir: Path) -> None:
         self.settings = settings
         self.kafka = kafka
         self.topic = topic
@@ -83,7 +81,7 @@ class Relays:
         port = free_port()
         relay = PythonService(
             name=name,
-            module="checkout_server.relay",
+            module="checkout_server.wiring.relay",
             port=port,
             env={
                 "MONGO_URI": self.settings.mongo_uri,
@@ -111,7 +109,7 @@ class Relays:
 
 
 @pytest.fixture
-def relays(settings: Settings, kafka: Kafka, topic: str, tmp_path: Path) -> Iterator[Relays]:
+def relays(settings: ServerSettings, kafka: Kafka, topic: str, tmp_path: Path) -> Iterator[Relays]:
     group = Relays(settings, kafka, topic, tmp_path)
     yield group
     group.stop_all()

@@ -7,7 +7,7 @@
 - SIGTERM mid-burst: the relay exits 0 soon, what it published is `sent`, and its released
   leases let the next relay take over at once instead of after the lease TTL.
 
-Relays run as real processes (`python -m checkout_server.relay`), so they can be signalled.
+Relays run as real processes (`python -m checkout_server.wiring.relay`), so they can be signalled.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.config import Settings
+from checkout_server.config import ServerSettings
+from checkout_server.outbox.document import Document
 from devstack import Kafka, free_port
 from devstack._stack import PythonService
 from tests.helpers import mp4_bytes
@@ -40,7 +41,6 @@ from tests.integration.test_relay import Relays, new_document
 
 pytestmark = pytest.mark.integration
 
-Document = dict[str, Any]
 SHARDS = 16  # the relay's default RELAY_SHARDS
 
 
@@ -53,14 +53,16 @@ def topic() -> str:
 
 
 @pytest.fixture
-async def database(settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
+async def database(settings: ServerSettings) -> AsyncIterator[AsyncDatabase[Document]]:
     client: AsyncMongoClient[Document] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
     yield client[settings.mongo_db]
     await client.close()
 
 
 @pytest.fixture
-def outbox(database: AsyncDatabase[Document], settings: Settings) -> AsyncCollection[Document]:
+def outbox(
+    database: AsyncDatabase[Document], settings: ServerSettings
+) -> AsyncCollection[Document]:
     return database[settings.mongo_outbox_collection]
 
 
@@ -78,20 +80,22 @@ def own_kafka(tmp_path: Path) -> Iterator[Kafka]:
     server.stop()
 
 
-def relay_group(settings: Settings, kafka: Kafka, topic: str, log_dir: Path) -> Iterator[Relays]:
+def relay_group(
+    settings: ServerSettings, kafka: Kafka, topic: str, log_dir: Path
+) -> Iterator[Relays]:
     group = Relays(settings, kafka, topic, log_dir)
     yield group
     group.stop_all()
 
 
 @pytest.fixture
-def relays(settings: Settings, kafka: Kafka, topic: str, tmp_path: Path) -> Iterator[Relays]:
+def relays(settings: ServerSettings, kafka: Kafka, topic: str, tmp_path: Path) -> Iterator[Relays]:
     yield from relay_group(settings, kafka, topic, tmp_path)
 
 
 @pytest.fixture
 def own_relays(
-    settings: Settings, own_kafka: Kafka, topic: str, tmp_path: Path
+    settings: ServerSettings, own_kafka: Kafka, topic: str, tmp_path: Path
 ) -> Iterator[Relays]:
     yield from relay_group(settings, own_kafka, topic, tmp_path)
 
@@ -355,7 +359,7 @@ async def test_paused_relay_is_taken_over_and_stops_on_resume(
 async def test_sigterm_finishes_batch_and_releases_leases(
     outbox: AsyncCollection[Document],
     database: AsyncDatabase[Document],
-    settings: Settings,
+    settings: ServerSettings,
     relays: Relays,
     kafka: Kafka,
     topic: str,

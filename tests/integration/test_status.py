@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +16,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.app import App, create_app
-from checkout_server.config import Settings
+from checkout_server.config import ServerSettings
+from checkout_server.wiring.server import App, create_app
 from tests.helpers import error_details, has_cyrillic, mp4_bytes
 from tests.integration.storage_checks import object_keys
 
@@ -210,8 +209,8 @@ async def test_cleanup_is_disabled_without_a_token(stub: Stub) -> None:
 
 
 @pytest.fixture
-async def admin_app(settings: Settings) -> AsyncIterator[App]:
-    app = await create_app(replace(settings, admin_token="s3cret-token"))
+async def admin_app(settings: ServerSettings) -> AsyncIterator[App]:
+    app = await create_app(settings.replace(admin_token="s3cret-token"))
     await app.start()
     yield app
     await app.stop(grace_s=1)
@@ -256,10 +255,10 @@ async def test_cleanup_needs_the_token_and_wipes_the_service_data(
         assert await status_collection.count_documents({}) == 0
 
 
-async def test_a_restarted_server_starts_on_existing_data(settings: Settings) -> None:
+async def test_a_restarted_server_starts_on_existing_data(settings: ServerSettings) -> None:
     # FerretDB 1.24 fails one createIndexes of several existing indexes: the second start
     # would never serve (regression test).
     for _ in range(2):
-        app = await create_app(replace(settings, startup_timeout_s=5))
+        app = await create_app(settings.replace(startup_timeout_s=5))
         await app.start()
         await app.stop(grace_s=0)

@@ -14,7 +14,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.app import App
+from checkout_server.wiring.server import App
 from tests.helpers import MiB, error_details, error_info, has_cyrillic, mp4_bytes, sha256_hex
 from tests.integration.storage_checks import (
     object_keys,

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ from pymongo import AsyncMongoClient
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.app import create_app
-from checkout_server.config import Settings
+from checkout_server.config import ServerSettings
+from checkout_server.wiring.server import create_app
 from devstack import FerretDB, MinIO, free_port
 from tests.helpers import MiB, error_details, mp4_bytes
 from tests.integration.processes import server_env
@@ -55,7 +54,7 @@ def s3_client(minio: MinIO) -> Minio:
     return Minio(minio.endpoint, access_key="minioadmin", secret_key="minioadmin", secure=False)
 
 
-async def count_events(settings: Settings) -> int:
+async def count_events(settings: ServerSettings) -> int:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri)
     try:
         return await client[settings.mongo_db][settings.mongo_outbox_collection].count_documents({})
@@ -76,8 +75,8 @@ async def stream(
         yield pb.UploadVideoRequest(chunk=then[start : start + CHUNK])
 
 
-async def test_storage_killed_mid_stream(settings: Settings, own_minio: MinIO) -> None:
-    settings = replace(settings, minio_endpoint=own_minio.endpoint)
+async def test_storage_killed_mid_stream(settings: ServerSettings, own_minio: MinIO) -> None:
+    settings = settings.replace(minio_endpoint=own_minio.endpoint)
     app = await create_app(settings)
     await app.start()
     s3 = s3_client(own_minio)
@@ -113,9 +112,9 @@ async def test_storage_killed_mid_stream(settings: Settings, own_minio: MinIO) -
 
 
 async def test_database_down_when_object_complete(
-    settings: Settings, own_ferretdb: FerretDB, s3: Minio
+    settings: ServerSettings, own_ferretdb: FerretDB, s3: Minio
 ) -> None:
-    settings = replace(settings, mongo_uri=own_ferretdb.uri, mongo_timeout_ms=1_500)
+    settings = settings.replace(mongo_uri=own_ferretdb.uri, mongo_timeout_ms=1_500)
     app = await create_app(settings)
     await app.start()
     bucket = settings.default_bucket
@@ -161,7 +160,7 @@ async def wait_serving(channel: grpc.aio.Channel) -> None:
 
 
 async def test_sigterm_lets_uploads_finish_within_grace_and_aborts_the_rest(
-    settings: Settings, s3: Minio, tmp_path: Path
+    settings: ServerSettings, s3: Minio, tmp_path: Path
 ) -> None:
     port = free_port()
     with (tmp_path / "server.log").open("wb") as log:

@@ -14,7 +14,7 @@ from miniopy_async.api import Minio
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
-from checkout_server.app import App
+from checkout_server.wiring.server import App
 from tests.helpers import error_details
 from tests.integration.storage_checks import wait_until
 from tests.integration.test_status import upload, write_result

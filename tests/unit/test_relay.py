@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from checkout_server.adapters.mongo_outbox import to_document
+from checkout_client.backoff import Backoff
 from checkout_server.domain import EventStatus, OutboxEvent
-from checkout_server.relay.envelope import EnvelopeError, build_message
-from checkout_server.relay.leases import LeaseManager
-from checkout_server.relay.ports import Lease, PendingEvent
-from checkout_server.relay.relay import Backoff
-from checkout_server.relay.sharding import (
+from checkout_server.errors import EnvelopeError
+from checkout_server.outbox.document import to_document
+from checkout_server.outbox.sharding import (
     SLOTS,
     relay_slot,
     shard_of_slot,
     shard_slots,
     slot_ranges,
 )
+from checkout_server.relay.envelope import build_message
+from checkout_server.relay.leases import LeaseManager
+from checkout_server.relay.ports import Lease, PendingEvent
+from tests.fakes import T0, FakeClock, FakeLeaseStore
 
 pytestmark = pytest.mark.timeout(10)
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("shards", [1, 3, 16, 1000, SLOTS])
@@ -87,78 +83,12 @@ def test_unserialisable_event_is_a_permanent_error() -> None:
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
-    backoff = Backoff(0.5, 4.0, random.Random(1))
-    delays = [backoff.next_delay() for _ in range(8)]
+    backoff = Backoff(0.5, 4.0)
+    delays = [backoff.delay_s(failures) for failures in range(1, 9)]
     for delay, ceiling in zip(delays, [0.5, 1, 2, 4, 4, 4, 4, 4], strict=True):
         assert ceiling / 2 <= delay <= ceiling
-    backoff.reset()
-    assert backoff.next_delay() <= 0.5
-
-
-@dataclass
-class FakeClock:
-    now: datetime = T0
-    mono: float = 1000.0
-
-    def wall(self) -> datetime:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-        self.mono += seconds
-
-
-@dataclass
-class FakeLeaseStore:
-    """In-memory leases: `insert_lease` is the only claim, unique by (shard, epoch)."""
-
-    leases: dict[tuple[int, int], Lease] = field(default_factory=dict)
-    heartbeats: dict[str, datetime] = field(default_factory=dict)
-
-    async def ensure_indexes(self) -> None:
-        return None
-
-    async def latest(self, shards: object) -> dict[int, Lease]:
-        wanted = set(shards)  # type: ignore[call-overload]
-        newest: dict[int, Lease] = {}
-        for (shard, epoch), lease in self.leases.items():
-            if shard in wanted and (shard not in newest or epoch > newest[shard].epoch):
-                newest[shard] = lease
-        return newest
-
-    async def insert_lease(self, lease: Lease) -> bool:
-        key = (lease.shard, lease.epoch)
-        if key in self.leases:
-            return False
-        self.leases[key] = lease
-        return True
-
-    async def renew(self, leases: Sequence[Lease], expires_at: datetime) -> None:
-        for lease in leases:
-            key = (lease.shard, lease.epoch)
-            if key in self.leases:
-                self.leases[key] = replace(self.leases[key], expires_at=expires_at)
-
-    async def release(self, lease: Lease, now: datetime) -> None:
-        key = (lease.shard, lease.epoch)
-        if key in self.leases:
-            self.leases[key] = replace(self.leases[key], released=True, expires_at=now)
-
-    async def prune(self, shard: int, below_epoch: int) -> None:
-        for key in [k for k in self.leases if k[0] == shard and k[1] < below_epoch]:
-            del self.leases[key]
-
-    async def heartbeat(self, member: str, expires_at: datetime) -> None:
-        self.heartbeats[member] = expires_at
-
-    async def members(self, alive_at: datetime) -> list[str]:
-        return [m for m, t in self.heartbeats.items() if t > alive_at]
-
-    async def leave(self, member: str) -> None:
-        self.heartbeats.pop(member, None)
+    # The count restarts after a success: the first failure waits the least again.
+    assert backoff.delay_s(1) <= 0.5
 
 
 def _manager(store: FakeLeaseStore, clock: FakeClock, member: str) -> LeaseManager:

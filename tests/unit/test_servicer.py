@@ -9,12 +9,13 @@ import pytest
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.app import create_server
-from checkout_server.health import DependencyMonitor, new_health_servicer
-from checkout_server.servicer import CheckoutServicer
-from checkout_server.status import StatusService, StatusSettings
-from checkout_server.upload import UploadLimits, UploadPipeline
-from checkout_server.watch import WatchHub
+from checkout_server.api.health import DependencyMonitor, new_health_servicer
+from checkout_server.api.servicer import CheckoutServicer
+from checkout_server.status.service import StatusService, StatusSettings
+from checkout_server.status.watch import WatchHub
+from checkout_server.supervisor import Supervisor
+from checkout_server.upload.pipeline import UploadLimits, UploadPipeline
+from checkout_server.wiring.server import create_server
 from tests.fakes import FakeOutbox, FakeStorage
 from tests.helpers import MiB, error_details, has_cyrillic, mp4_bytes, sha256_hex
 
@@ -36,10 +37,12 @@ class Harness:
             ),
         )
         health_servicer = new_health_servicer()
+        self.supervisor = Supervisor()
         self.monitor = DependencyMonitor(
             {"storage": self.storage.ping, "database": self.outbox.ping},
             health_servicer,
             interval_s=60,
+            supervisor=self.supervisor,
         )
         self.status = StatusService(
             storage=self.storage,
@@ -54,8 +57,8 @@ class Harness:
         )
         self.hub = WatchHub(
             outbox=self.outbox,
-            storage=self.storage,
             status=self.status,
+            supervisor=self.supervisor,
             poll_interval_s=0.05,
             result_check_interval_s=0.05,
             reconcile_interval_s=60,
@@ -155,6 +158,21 @@ async def test_unexpected_error_is_internal_with_a_generic_message(
     code, reason, message = error_details(caught.value)
     assert (code, reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
     assert "secret" not in message
+    assert has_cyrillic(message)
+    assert harness.storage.objects == {}
+
+
+async def test_an_untranslated_timeout_is_deadline_exceeded(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def hangs(*args: object) -> None:
+        raise TimeoutError
+
+    monkeypatch.setattr(harness.outbox, "add", hangs)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await harness.stub.UploadVideo(upload_messages(mp4_bytes(1000)))
+    code, reason, message = error_details(caught.value)
+    assert (code, reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED")
     assert has_cyrillic(message)
     assert harness.storage.objects == {}
 

@@ -8,7 +8,7 @@ import pytest
 
 from checkout_server import errors
 from checkout_server.domain import EventStatus, OutboxEvent
-from checkout_server.status import StatusService, StatusSettings
+from checkout_server.status.service import StatusService, StatusSettings
 from tests.fakes import NOW, FakeOutbox, FakeStorage
 
 pytestmark = pytest.mark.timeout(10)

@@ -10,8 +10,8 @@ import pytest
 
 from checkout_server import errors
 from checkout_server.domain import EventStatus, UploadRequest
-from checkout_server.upload import UploadLimits, UploadPipeline
-from tests.fakes import FakeOutbox, FakeStorage
+from checkout_server.upload.pipeline import UploadLimits, UploadPipeline
+from tests.fakes import FakeOutbox, FakeStorage, FakeWriter
 from tests.helpers import MiB, mp4_bytes, sha256_hex
 
 pytestmark = pytest.mark.timeout(10)
@@ -143,6 +143,34 @@ async def test_storage_failure_mid_stream_aborts() -> None:
         await pipeline.upload(UploadRequest(), chunked(mp4_bytes(4 * PART)))
     assert storage.writers[0].aborted
     assert_nothing_left(storage, outbox)
+
+
+async def test_a_cleanup_that_outlives_shutdown_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    storage = FakeStorage(fail_after_parts=1)
+    pipeline = UploadPipeline(
+        storage=storage, outbox=FakeOutbox(), limits=LIMITS, cleanup_wait_s=0.01
+    )
+    aborting, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def hangs(self: object) -> None:  # storage unreachable: the abort keeps retrying
+        aborting.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    monkeypatch.setattr(FakeWriter, "abort", hangs)
+    with pytest.raises(errors.StorageUnavailable):  # the client is answered at once
+        await pipeline.upload(UploadRequest(), chunked(mp4_bytes(4 * PART)))
+    await asyncio.wait_for(aborting.wait(), 5)
+
+    await pipeline.drain_cleanups(timeout_s=0.01)
+
+    # It must not run on after the storage client is closed (it would open a new session).
+    assert cancelled.is_set()
 
 
 async def test_database_failure_removes_the_object() -> None:

@@ -27,7 +27,8 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
 )
 
-from ..relay.ports import Delivery, Message, Outcome, PublisherUnavailable
+from ..errors import PublisherUnavailable
+from ..relay.ports import Delivery, Message, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,11 @@ class KafkaPublisher:
         self._timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._topic_ready = False
-        self.restarts = 0
+        self._restarts = 0
+
+    @property
+    def restarts(self) -> int:
+        return self._restarts
 
     async def start(self) -> None:
         await self._ready_producer()
@@ -162,7 +167,7 @@ class KafkaPublisher:
         producer, self._producer = self._producer, None
         if producer is None:
             return
-        self.restarts += 1
+        self._restarts += 1
         log.warning("recreating the Kafka producer: %s", why)
         await self._stop(producer)
 

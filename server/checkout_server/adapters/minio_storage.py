@@ -10,10 +10,8 @@ cancellation (miniopy-async only aborts on `Exception`, not on `CancelledError`)
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,24 +22,42 @@ from miniopy_async.datatypes import MultipartUploader
 from miniopy_async.deleteobjects import DeleteObject
 from miniopy_async.error import MinioException, S3Error
 
+from checkout_client.backoff import Backoff
+
 from ..domain import StoredObject
-from ..errors import StorageUnavailable
-from ..ports import ObjectTooLarge
+from ..errors import ObjectTooLarge, ServiceError, StorageError, StorageUnavailable
+from ..supervisor import retry_until
 
 log = logging.getLogger(__name__)
 
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
+# S3 error codes that no retry changes: the server's credentials, permissions or buckets
+# are wrong. Every other S3 error, and every network failure, may pass.
+_PERMANENT_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket"}
+)
 _DELETE_BATCH = 1000  # the most one S3 DeleteObjects request takes
+
+
+def translate(exc: Exception) -> ServiceError:
+    """The service error of a storage failure: StorageError when S3 refused for good,
+    else StorageUnavailable (network errors and timeouts included: the store is what is
+    unreachable, so retrying later is the advice)."""
+    if isinstance(exc, S3Error) and exc.code in _PERMANENT_CODES:
+        return StorageError()
+    return StorageUnavailable()
 
 
 @contextmanager
 def _translated(action: str) -> Iterator[None]:
-    """Turn vendor and network errors into StorageUnavailable at the adapter boundary."""
+    """Turn vendor and network errors into the service's errors at the adapter boundary
+    (miniopy-async raises ValueError for answers it cannot parse)."""
     try:
         yield
     except (TimeoutError, MinioException, aiohttp.ClientError, OSError, ValueError) as exc:
-        log.warning("storage %s failed: %r", action, exc)
-        raise StorageUnavailable() from exc
+        error = translate(exc)
+        log.warning("storage %s failed: %r", action, exc, extra={"reason": error.reason})
+        raise error from exc
 
 
 class MinioStorage:
@@ -127,6 +143,9 @@ class MinioStorage:
             await self._client.list_buckets()
 
 
+_ABORT_BACKOFF = Backoff(initial_s=0.2, max_s=10.0)
+
+
 class MinioObjectWriter:
     """Implements ports.ObjectWriter for one object."""
 
@@ -178,20 +197,16 @@ class MinioObjectWriter:
     async def abort(self) -> None:
         # Storage may be the very thing that failed: retry with backoff for a while. MinIO's
         # own expiry of stale multipart uploads (24 h by default) is the last backstop.
-        delay = 0.2
-        deadline = time.monotonic() + self._abort_retry_s
-        while True:
-            try:
-                await self._abort_once()
-            except Exception as exc:
-                if time.monotonic() + delay > deadline:
-                    log.error("giving up abort of %s/%s: %r", self._bucket, self._key, exc)
-                    return
-                log.warning("abort of %s/%s failed, retrying: %r", self._bucket, self._key, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            else:
-                return
+        try:
+            await retry_until(
+                self._abort_once,
+                timeout_s=self._abort_retry_s,
+                what=f"abort of {self._bucket}/{self._key}",
+                retry_if=lambda exc: True,
+                backoff=_ABORT_BACKOFF,
+            )
+        except Exception as exc:
+            log.error("giving up abort of %s/%s: %r", self._bucket, self._key, exc)
 
     async def _abort_once(self) -> None:
         if self._uploader is not None and not self._done:

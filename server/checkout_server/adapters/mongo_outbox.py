@@ -1,20 +1,12 @@
-"""Events on MongoDB (or FerretDB 1.24) through PyMongo's native async API.
+"""The server's outbox and status records on MongoDB (or FerretDB 1.24), via PyMongo async.
 
-Two collections:
-- the **outbox**: one message per event for the relay to publish. Its insert is the commit
-  point of an upload; the relay marks it `sent`, and `sent` messages are deleted after a
-  retention period, so this collection stays as small as the recent traffic;
-- the **status records** (MONGO_STATUS_COLLECTION): one per event, kept until Cleanup; what
-  the status API lists and watches. The relay mirrors `sent`/`failed` into them, and writes
-  a record itself when one is missing (a server that stopped between the two inserts).
-
-There are no multi-document transactions on FerretDB 1.24, so the two inserts are ordered
-so that a crash between them loses nothing: the outbox message first (the relay heals the
-missing status record), then the status record. Only features both servers support are
-used: single-document inserts and reads, unique and compound indexes. Uniqueness of
-idempotency keys rests on unique indexes over `dedup_key` (in both collections, since outbox
-messages expire), which holds the client's key or, when it sent none, the event id: every
-document has a distinct value, so the index needs no sparse/partial support.
+The two documents of an event and their fields are described in `outbox/document.py`; this
+module stores and queries them. There are no multi-document transactions on FerretDB 1.24,
+so the two inserts of an event are ordered so that a crash between them loses nothing: the
+outbox message first (the commit point; the relay heals a missing status record), then the
+status record. Only features both servers support are used: single-document inserts and
+reads, unique and compound indexes. Uniqueness of idempotency keys rests on unique indexes
+over `dedup_key` in both collections (outbox messages are swept; the records stay).
 """
 
 from __future__ import annotations
@@ -23,56 +15,36 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import (
-    ConnectionFailure,
-    DuplicateKeyError,
-    ExecutionTimeout,
-    PyMongoError,
-    WTimeoutError,
-)
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..domain import EventStatus, OutboxEvent, Page
-from ..errors import DatabaseUnavailable, InvalidPageToken
-from ..ports import DuplicateIdempotencyKey
-from ..relay.sharding import relay_slot
-from ._mongo_indexes import ensure_indexes
+from ..errors import DuplicateIdempotencyKey, InvalidPageToken
+from ..outbox import document as f
+from ..outbox.document import Document, from_document, status_document, to_document
+from .mongo_errors import translated
+from .mongo_indexes import ensure_indexes
 
 log = logging.getLogger(__name__)
 
-Document = dict[str, Any]
-
-
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    try:
-        yield
-    except (ConnectionFailure, ExecutionTimeout, WTimeoutError) as exc:
-        log.warning("outbox %s failed: %r", action, exc)
-        raise DatabaseUnavailable() from exc
-
-
-_DEDUP_INDEX = IndexModel([("dedup_key", ASCENDING)], unique=True, name="dedup_key_unique")
+_DEDUP_INDEX = IndexModel([(f.DEDUP_KEY, ASCENDING)], unique=True, name="dedup_key_unique")
 _OUTBOX_INDEXES = [_DEDUP_INDEX]  # the relay adds its own (see mongo_relay_store)
 _STATUS_INDEXES = [
     _DEDUP_INDEX,
     # Listing, newest first (the _id breaks ties for stable pages).
-    IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="created"),
+    IndexModel([(f.CREATED_AT, DESCENDING), (f.ID, DESCENDING)], name="created"),
     # Listing by status.
     IndexModel(
-        [("status", ASCENDING), ("ready_at", ASCENDING), ("created_at", DESCENDING)],
+        [(f.STATUS, ASCENDING), (f.READY_AT, ASCENDING), (f.CREATED_AT, DESCENDING)],
         name="status_created",
     ),
     # The status change feed.
-    IndexModel([("updated_at", ASCENDING)], name="updated"),
+    IndexModel([(f.UPDATED_AT, ASCENDING)], name="updated"),
     # Events still waiting for their result.
-    IndexModel([("ready_at", ASCENDING), ("created_at", DESCENDING)], name="unready"),
+    IndexModel([(f.READY_AT, ASCENDING), (f.CREATED_AT, DESCENDING)], name="unready"),
 ]
 
 
@@ -87,29 +59,29 @@ class MongoOutbox:
         self._statuses = statuses
 
     async def ensure_indexes(self) -> None:
-        with _translated("ensure_indexes"):
+        with translated("ensure_indexes"):
             await ensure_indexes(self._outbox, _OUTBOX_INDEXES)
             await ensure_indexes(self._statuses, _STATUS_INDEXES)
 
     async def add(self, event: OutboxEvent) -> None:
         message = to_document(event)
-        with _translated("add"):
+        with translated("add"):
             try:
                 await self._outbox.insert_one(message)
             except DuplicateKeyError:
-                raise await self._duplicate(message["dedup_key"]) from None
+                raise await self._duplicate(message[f.DEDUP_KEY]) from None
         # Committed: the relay will publish the message whatever happens below.
         try:
             await self._statuses.insert_one(status_document(message))
         except DuplicateKeyError:
-            with _translated("add"):
-                if await self._statuses.find_one({"_id": event.event_id}, {"_id": 1}):
+            with translated("add"):
+                if await self._statuses.find_one({f.ID: event.event_id}, {f.ID: 1}):
                     return  # the relay was quicker and wrote the record itself
                 # The key was used before the outbox message of that use expired: withdraw
                 # ours (a crash before this line publishes it; the relay then finds the key
                 # taken and leaves the older record alone).
-                await self._outbox.delete_one({"_id": event.event_id})
-                raise await self._duplicate(message["dedup_key"]) from None
+                await self._outbox.delete_one({f.ID: event.event_id})
+                raise await self._duplicate(message[f.DEDUP_KEY]) from None
         except PyMongoError as exc:
             log.warning(
                 "status record not written; the relay writes it",
@@ -118,7 +90,7 @@ class MongoOutbox:
 
     async def _duplicate(self, dedup_key: str) -> Exception:
         """The error for an insert refused on `dedup_key`: the event holding that key."""
-        existing = await self._find_one({"dedup_key": dedup_key})
+        existing = await self._find_one({f.DEDUP_KEY: dedup_key})
         if existing is None:  # the duplicate was the _id itself: a bug, not a retry
             return RuntimeError(f"duplicate event id for key {dedup_key!r}")
         return DuplicateIdempotencyKey(existing)
@@ -131,12 +103,12 @@ class MongoOutbox:
         return None if document is None else from_document(document)
 
     async def get(self, event_id: str) -> OutboxEvent | None:
-        with _translated("get"):
-            return await self._find_one({"_id": event_id})
+        with translated("get"):
+            return await self._find_one({f.ID: event_id})
 
     async def find_by_idempotency_key(self, key: str) -> OutboxEvent | None:
-        with _translated("find_by_idempotency_key"):
-            document = await self._statuses.find_one({"dedup_key": key})
+        with translated("find_by_idempotency_key"):
+            document = await self._statuses.find_one({f.DEDUP_KEY: key})
         return None if document is None else from_document(document)
 
     async def list_page(self, *, status: EventStatus | None, cursor: str, limit: int) -> Page:
@@ -146,16 +118,16 @@ class MongoOutbox:
             created_at, event_id = _decode_cursor(cursor)
             after = {
                 "$or": [
-                    {"created_at": {"$lt": created_at}},
-                    {"created_at": created_at, "_id": {"$lt": event_id}},
+                    {f.CREATED_AT: {"$lt": created_at}},
+                    {f.CREATED_AT: created_at, f.ID: {"$lt": event_id}},
                 ]
             }
             page_query = {"$and": [query, after]} if query else after
-        with _translated("list_page"):
+        with translated("list_page"):
             total = await self._statuses.count_documents(query)
             cursor_ = (
                 self._statuses.find(page_query)
-                .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+                .sort([(f.CREATED_AT, DESCENDING), (f.ID, DESCENDING)])
                 .limit(limit + 1)
             )
             documents = await cursor_.to_list()
@@ -166,26 +138,26 @@ class MongoOutbox:
         )
 
     async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
-        with _translated("changed_since"):
-            found = self._statuses.find({"updated_at": {"$gte": since}})
-            documents = await found.sort([("updated_at", ASCENDING)]).limit(limit).to_list()
+        with translated("changed_since"):
+            found = self._statuses.find({f.UPDATED_AT: {"$gte": since}})
+            documents = await found.sort([(f.UPDATED_AT, ASCENDING)]).limit(limit).to_list()
         return [from_document(d) for d in documents]
 
     async def mark_ready(self, event_id: str, at: datetime) -> bool:
-        with _translated("mark_ready"):
+        with translated("mark_ready"):
             result = await self._statuses.update_one(
-                {"_id": event_id, "ready_at": None}, {"$set": {"ready_at": at, "updated_at": at}}
+                {f.ID: event_id, f.READY_AT: None}, {"$set": {f.READY_AT: at, f.UPDATED_AT: at}}
             )
         return result.modified_count > 0
 
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
-        with _translated("unready"):
-            found = self._statuses.find({"ready_at": None})
-            documents = await found.sort([("created_at", DESCENDING)]).limit(limit).to_list()
+        with translated("unready"):
+            found = self._statuses.find({f.READY_AT: None})
+            documents = await found.sort([(f.CREATED_AT, DESCENDING)]).limit(limit).to_list()
         return [from_document(d) for d in documents]
 
     async def delete_all(self) -> int:
-        with _translated("delete_all"):
+        with translated("delete_all"):
             # Messages first: no message may outlive its record and be published after it.
             messages = await self._outbox.delete_many({})
             records = await self._statuses.delete_many({})
@@ -193,77 +165,16 @@ class MongoOutbox:
         return max(records.deleted_count, messages.deleted_count)
 
     async def ping(self) -> None:
-        with _translated("ping"):
+        with translated("ping"):
             await self._statuses.database.command("ping")
-
-
-def to_document(event: OutboxEvent) -> Document:
-    """The outbox message: the seed's `_id`/`payload`/`status`/`created_at`, plus the relay's
-    fields; `status_document` makes the status record from it."""
-    return {
-        "_id": event.event_id,
-        "video_id": event.video_id,
-        "payload": {
-            "video_id": event.video_id,
-            "bucket": event.bucket,
-            "object_key": event.object_key,
-            "filename": event.filename,
-            "content_type": event.content_type,
-            "size_bytes": event.size_bytes,
-            "sha256": event.sha256,
-        },
-        "status": event.status.value,
-        "created_at": event.created_at,
-        "updated_at": event.updated_at,
-        "dedup_key": event.idempotency_key or event.event_id,
-        "idempotency_key": event.idempotency_key or None,
-        # For the relay: publish attempts so far, and when the next one is due.
-        "attempts": 0,
-        "next_attempt_at": event.created_at,
-        "error": event.error or None,
-        # The relay's shard slot (a hash of the id), so relays can select their shards.
-        "relay_slot": relay_slot(event.event_id),
-        # Set once the detection result is seen in object storage (the API status is then
-        # `ready`); kept apart from `status`, which belongs to the relay.
-        "ready_at": event.ready_at,
-    }
-
-
-# The relay's bookkeeping, which the status records do not carry.
-_RELAY_FIELDS = ("attempts", "next_attempt_at", "relay_slot")
-
-
-def status_document(message: Mapping[str, Any]) -> Document:
-    """The status record of an outbox message (also how the relay writes a missing one)."""
-    return {k: v for k, v in message.items() if k not in _RELAY_FIELDS}
-
-
-def from_document(document: Mapping[str, Any]) -> OutboxEvent:
-    payload = document.get("payload") or {}
-    return OutboxEvent(
-        event_id=str(document["_id"]),
-        video_id=str(document.get("video_id") or payload.get("video_id") or document["_id"]),
-        bucket=str(payload.get("bucket", "")),
-        object_key=str(payload.get("object_key", "")),
-        filename=str(payload.get("filename", "")),
-        content_type=str(payload.get("content_type", "")),
-        size_bytes=int(payload.get("size_bytes", 0)),
-        sha256=str(payload.get("sha256", "")),
-        status=EventStatus(document.get("status", EventStatus.NEW.value)),
-        created_at=_utc(document["created_at"]),
-        updated_at=_utc(document.get("updated_at") or document["created_at"]),
-        idempotency_key=str(document.get("idempotency_key") or ""),
-        error=str(document.get("error") or ""),
-        ready_at=_utc(document["ready_at"]) if document.get("ready_at") else None,
-    )
 
 
 def _status_query(status: EventStatus | None) -> Document:
     if status is None:
         return {}
     if status is EventStatus.READY:
-        return {"ready_at": {"$ne": None}}
-    return {"status": status.value, "ready_at": None}
+        return {f.READY_AT: {"$ne": None}}
+    return {f.STATUS: status.value, f.READY_AT: None}
 
 
 def _encode_cursor(event: OutboxEvent) -> str:
@@ -281,7 +192,3 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromtimestamp(millis / 1000, UTC), event_id
     except (ValueError, TypeError, binascii.Error):
         raise InvalidPageToken() from None
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -14,50 +14,31 @@ loses a race (marking `sent` twice, rescheduling an event another relay already 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from ..domain import EventStatus
-from ..errors import DatabaseUnavailable
+from ..outbox import document as f
+from ..outbox.document import FAILED, NEW, SENT, Document, status_document, utc
+from ..outbox.sharding import relay_slot
 from ..relay.ports import Lease, PendingEvent
-from ..relay.sharding import relay_slot
-from ._mongo_indexes import ensure_indexes
-from .mongo_outbox import status_document
+from .mongo_errors import translated
+from .mongo_indexes import ensure_indexes
 
 log = logging.getLogger(__name__)
 
-Document = dict[str, Any]
-
-NEW, SENT, FAILED = EventStatus.NEW.value, EventStatus.SENT.value, EventStatus.FAILED.value
 # FerretDB 1.24 (SQLite) writes each matched document separately, at a cost that grows with
-# the collection (measured: 15-25 ms per document at a few thousand documents), so updates
-# are split into chunks that each finish well within the socket timeout.
+# the collection (docs/relay.md has the measurements), so updates are split into chunks that
+# each finish well within the socket timeout.
 UPDATE_CHUNK = 50
+_DUPLICATE_KEY = 11000
 
 
 def _chunks(ids: Sequence[str]) -> list[list[str]]:
     return [list(ids[i : i + UPDATE_CHUNK]) for i in range(0, len(ids), UPDATE_CHUNK)]
-
-
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    try:
-        yield
-    except DuplicateKeyError:
-        raise
-    except PyMongoError as exc:
-        log.warning("relay store %s failed: %r", action, exc)
-        raise DatabaseUnavailable() from exc
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class MongoOutboxRelayStore:
@@ -70,14 +51,14 @@ class MongoOutboxRelayStore:
         self._statuses = statuses
 
     async def ensure_indexes(self) -> None:
-        with _translated("ensure_indexes"):
+        with translated("ensure_indexes"):
             await ensure_indexes(
                 self._outbox,
                 [
                     IndexModel(
-                        [("status", ASCENDING), ("relay_slot", ASCENDING)], name="relay_due"
+                        [(f.STATUS, ASCENDING), (f.RELAY_SLOT, ASCENDING)], name="relay_due"
                     ),
-                    IndexModel([("status", ASCENDING), ("sent_at", ASCENDING)], name="relay_sweep"),
+                    IndexModel([(f.STATUS, ASCENDING), (f.SENT_AT, ASCENDING)], name="relay_sweep"),
                 ],
             )
 
@@ -86,76 +67,71 @@ class MongoOutboxRelayStore:
     ) -> list[PendingEvent]:
         if not slot_ranges:
             return []
-        slots = [{"relay_slot": {"$gte": low, "$lt": high}} for low, high in slot_ranges]
-        query: Document = {"status": NEW, "next_attempt_at": {"$lte": now}}
+        slots = [{f.RELAY_SLOT: {"$gte": low, "$lt": high}} for low, high in slot_ranges]
+        query: Document = {f.STATUS: NEW, f.NEXT_ATTEMPT_AT: {"$lte": now}}
         if len(slots) == 1:
             query.update(slots[0])
         else:
             query["$or"] = slots
-        with _translated("due"):
+        with translated("due"):
             found = self._outbox.find(
                 query,
-                {"video_id": 1, "payload": 1, "created_at": 1, "attempts": 1, "relay_slot": 1},
+                dict.fromkeys((f.VIDEO_ID, f.PAYLOAD, f.CREATED_AT, f.ATTEMPTS, f.RELAY_SLOT), 1),
             )
-            documents = await found.sort([("next_attempt_at", ASCENDING)]).limit(limit).to_list()
+            documents = await found.sort([(f.NEXT_ATTEMPT_AT, ASCENDING)]).limit(limit).to_list()
         return [
             PendingEvent(
-                event_id=str(d["_id"]),
-                video_id=str(d.get("video_id") or d["_id"]),
-                payload=d.get("payload") or {},
-                created_at=_utc(d["created_at"]),
-                attempts=int(d.get("attempts") or 0),
-                slot=d.get("relay_slot"),
+                event_id=str(d[f.ID]),
+                video_id=str(d.get(f.VIDEO_ID) or d[f.ID]),
+                payload=d.get(f.PAYLOAD) or {},
+                created_at=utc(d[f.CREATED_AT]),
+                attempts=int(d.get(f.ATTEMPTS) or 0),
+                slot=d.get(f.RELAY_SLOT),
             )
             for d in documents
         ]
 
     async def mark_sent(self, event_ids: Sequence[str], now: datetime) -> None:
         for chunk in _chunks(event_ids):
-            with _translated("mark_sent"):
-                await self._mirror(chunk, {"status": SENT, "sent_at": now, "updated_at": now})
+            with translated("mark_sent"):
+                outcome = {f.STATUS: SENT, f.SENT_AT: now, f.UPDATED_AT: now}
+                await self._mirror(chunk, outcome)
                 await self._outbox.update_many(
-                    {"_id": {"$in": chunk}, "status": NEW},
-                    {
-                        "$set": {"status": SENT, "sent_at": now, "updated_at": now},
-                        "$inc": {"attempts": 1},
-                    },
+                    {f.ID: {"$in": chunk}, f.STATUS: NEW},
+                    {"$set": outcome, "$inc": {f.ATTEMPTS: 1}},
                 )
 
     async def reschedule(
         self, event_ids: Sequence[str], next_attempt_at: datetime, now: datetime
     ) -> None:
         for chunk in _chunks(event_ids):
-            with _translated("reschedule"):
+            with translated("reschedule"):
                 await self._outbox.update_many(
-                    {"_id": {"$in": chunk}, "status": NEW},
-                    {"$set": {"next_attempt_at": next_attempt_at}, "$inc": {"attempts": 1}},
+                    {f.ID: {"$in": chunk}, f.STATUS: NEW},
+                    {"$set": {f.NEXT_ATTEMPT_AT: next_attempt_at}, "$inc": {f.ATTEMPTS: 1}},
                 )
 
     async def mark_failed(self, event_id: str, reason: str, now: datetime) -> None:
-        with _translated("mark_failed"):
-            await self._mirror([event_id], {"status": FAILED, "error": reason, "updated_at": now})
+        with translated("mark_failed"):
+            outcome = {f.STATUS: FAILED, f.ERROR: reason, f.UPDATED_AT: now}
+            await self._mirror([event_id], outcome)
             await self._outbox.update_one(
-                {"_id": event_id, "status": NEW},
-                {
-                    "$set": {"status": FAILED, "error": reason, "updated_at": now},
-                    "$inc": {"attempts": 1},
-                },
+                {f.ID: event_id, f.STATUS: NEW}, {"$set": outcome, "$inc": {f.ATTEMPTS: 1}}
             )
 
     async def _mirror(self, event_ids: list[str], fields: Document) -> None:
         """Set the outcome on the events' status records that are still `new`, and write
         the records that are missing from their outbox messages."""
-        query = {"_id": {"$in": event_ids}, "status": NEW}
+        query = {f.ID: {"$in": event_ids}, f.STATUS: NEW}
         result = await self._statuses.update_many(query, {"$set": fields})
         if result.matched_count >= len(event_ids):
             return
         # Not matched: past `new` already (another relay, a replay), or not written yet (the
         # server stopped between its two inserts, or is just now between them).
-        found = self._statuses.find({"_id": {"$in": event_ids}}, {"_id": 1})
-        present = {d["_id"] async for d in found}
+        found = self._statuses.find({f.ID: {"$in": event_ids}}, {f.ID: 1})
+        present = {d[f.ID] async for d in found}
         missing = [i for i in event_ids if i not in present]
-        messages = await self._outbox.find({"_id": {"$in": missing}}).to_list() if missing else []
+        messages = await self._outbox.find({f.ID: {"$in": missing}}).to_list() if missing else []
         records = [status_document(m) | fields for m in messages]
         if records:
             log.info("writing missing status records", extra={"events": len(records)})
@@ -164,17 +140,17 @@ class MongoOutboxRelayStore:
             except BulkWriteError as exc:
                 # Written meanwhile by the server (updated below), or the idempotency key
                 # belongs to an older record (a withdrawn duplicate, left as it is).
-                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                if any(e.get("code") != _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
                     raise
         # Records the server wrote after the first update (every record that exists now
         # existed when the presence check or the insert above saw it): update them too.
         await self._statuses.update_many(query, {"$set": fields})
 
     async def backfill_slots(self, limit: int) -> int:
-        with _translated("backfill_slots"):
+        with translated("backfill_slots"):
             found = self._outbox.find(
-                {"status": NEW, "relay_slot": {"$exists": False}},
-                {"_id": 1, "created_at": 1, "next_attempt_at": 1},
+                {f.STATUS: NEW, f.RELAY_SLOT: {"$exists": False}},
+                dict.fromkeys((f.ID, f.CREATED_AT, f.NEXT_ATTEMPT_AT), 1),
             )
             documents = await found.limit(limit).to_list()
             if not documents:
@@ -183,11 +159,11 @@ class MongoOutboxRelayStore:
             await self._outbox.bulk_write(
                 [
                     UpdateOne(
-                        {"_id": d["_id"]},
+                        {f.ID: d[f.ID]},
                         {
                             "$set": {
-                                "relay_slot": relay_slot(str(d["_id"])),
-                                "next_attempt_at": d.get("next_attempt_at") or d["created_at"],
+                                f.RELAY_SLOT: relay_slot(str(d[f.ID])),
+                                f.NEXT_ATTEMPT_AT: d.get(f.NEXT_ATTEMPT_AT) or d[f.CREATED_AT],
                             }
                         },
                     )
@@ -198,20 +174,20 @@ class MongoOutboxRelayStore:
         return len(documents)
 
     async def oldest_unsent_created_at(self) -> datetime | None:
-        with _translated("oldest_unsent"):
-            found = self._outbox.find({"status": NEW}, {"created_at": 1})
-            documents = await found.sort([("created_at", ASCENDING)]).limit(1).to_list()
-        return _utc(documents[0]["created_at"]) if documents else None
+        with translated("oldest_unsent"):
+            found = self._outbox.find({f.STATUS: NEW}, {f.CREATED_AT: 1})
+            documents = await found.sort([(f.CREATED_AT, ASCENDING)]).limit(1).to_list()
+        return utc(documents[0][f.CREATED_AT]) if documents else None
 
     async def sweep_sent(self, sent_before: datetime, limit: int) -> int:
-        with _translated("sweep_sent"):
-            found = self._outbox.find({"status": SENT, "sent_at": {"$lt": sent_before}}, {"_id": 1})
-            ids = [d["_id"] for d in await found.limit(limit).to_list()]
+        with translated("sweep_sent"):
+            found = self._outbox.find({f.STATUS: SENT, f.SENT_AT: {"$lt": sent_before}}, {f.ID: 1})
+            ids = [d[f.ID] for d in await found.limit(limit).to_list()]
             if not ids:
                 return 0
             # The status filter again: FerretDB may not re-check it, but a `sent` event never
             # becomes unsent, so what the query matched is still safe to delete.
-            result = await self._outbox.delete_many({"_id": {"$in": ids}, "status": SENT})
+            result = await self._outbox.delete_many({f.ID: {"$in": ids}, f.STATUS: SENT})
         return len(ids) if result.deleted_count is None else int(result.deleted_count)
 
 
@@ -226,14 +202,14 @@ class MongoLeaseStore:
         self._members = members
 
     async def ensure_indexes(self) -> None:
-        with _translated("ensure_lease_indexes"):
+        with translated("ensure_lease_indexes"):
             await ensure_indexes(
                 self._leases,
                 [IndexModel([("shard", ASCENDING), ("epoch", DESCENDING)], name="shard_epoch")],
             )
 
     async def latest(self, shards: Sequence[int]) -> dict[int, Lease]:
-        with _translated("latest"):
+        with translated("latest"):
             documents = await self._leases.find({"shard": {"$in": list(shards)}}).to_list()
         newest: dict[int, Lease] = {}
         for d in documents:
@@ -241,7 +217,7 @@ class MongoLeaseStore:
                 shard=int(d["shard"]),
                 epoch=int(d["epoch"]),
                 owner=str(d.get("owner", "")),
-                expires_at=_utc(d["expires_at"]),
+                expires_at=utc(d["expires_at"]),
                 released=bool(d.get("released", False)),
             )
             if lease.shard not in newest or lease.epoch > newest[lease.shard].epoch:
@@ -249,7 +225,7 @@ class MongoLeaseStore:
         return newest
 
     async def insert_lease(self, lease: Lease) -> bool:
-        with _translated("insert_lease"):
+        with translated("insert_lease"):
             try:
                 await self._leases.insert_one(
                     {
@@ -268,34 +244,34 @@ class MongoLeaseStore:
     async def renew(self, leases: Sequence[Lease], expires_at: datetime) -> None:
         if not leases:
             return
-        with _translated("renew"):
+        with translated("renew"):
             await self._leases.update_many(
                 {"_id": {"$in": [f"{lease.shard}:{lease.epoch}" for lease in leases]}},
                 {"$set": {"expires_at": expires_at}},
             )
 
     async def release(self, lease: Lease, now: datetime) -> None:
-        with _translated("release"):
+        with translated("release"):
             await self._leases.update_one(
                 {"_id": f"{lease.shard}:{lease.epoch}"},
                 {"$set": {"released": True, "expires_at": now}},
             )
 
     async def prune(self, shard: int, below_epoch: int) -> None:
-        with _translated("prune"):
+        with translated("prune"):
             await self._leases.delete_many({"shard": shard, "epoch": {"$lt": below_epoch}})
 
     async def heartbeat(self, member: str, expires_at: datetime) -> None:
-        with _translated("heartbeat"):
+        with translated("heartbeat"):
             await self._members.update_one(
                 {"_id": member}, {"$set": {"expires_at": expires_at}}, upsert=True
             )
 
     async def members(self, alive_at: datetime) -> list[str]:
-        with _translated("members"):
+        with translated("members"):
             documents = await self._members.find({"expires_at": {"$gt": alive_at}}).to_list()
         return [str(d["_id"]) for d in documents]
 
     async def leave(self, member: str) -> None:
-        with _translated("leave"):
+        with translated("leave"):
             await self._members.delete_one({"_id": member})

@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 from datetime import UTC
 
+from ..errors import EnvelopeError
+from ..outbox import document as f
 from .ports import Message, PendingEvent
 
 ENVELOPE_VERSION = 1
 EVENT_TYPE = "checkout.video.uploaded"
-
-
-class EnvelopeError(ValueError):
-    """The event cannot be turned into a message (a permanent, per-event failure)."""
 
 
 def build_message(event: PendingEvent) -> Message:
@@ -27,10 +25,10 @@ def build_message(event: PendingEvent) -> Message:
             "event_id": event.event_id,
             "type": EVENT_TYPE,
             "video_id": event.video_id,
-            "bucket": str(payload["bucket"]),
-            "object_key": str(payload["object_key"]),
-            "size_bytes": int(payload["size_bytes"]),
-            "sha256": str(payload.get("sha256") or ""),
+            "bucket": str(payload[f.BUCKET]),
+            "object_key": str(payload[f.OBJECT_KEY]),
+            "size_bytes": int(payload[f.SIZE_BYTES]),
+            "sha256": str(payload.get(f.SHA256) or ""),
             "created_at": event.created_at.astimezone(UTC).isoformat(timespec="milliseconds"),
         }
         encoded = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()

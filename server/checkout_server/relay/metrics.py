@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +21,13 @@ class RelayMetrics:
     failures_total: int = 0  # events marked failed (non-retriable)
     retries_total: int = 0  # events rescheduled after a transient failure
     publish_errors_total: int = 0  # batches that failed transiently
-    producer_restarts_total: int = 0
+    producer_restarts_total: int = 0  # Kafka producers discarded and recreated
     leases_lost_total: int = 0
     swept_total: int = 0  # old sent events deleted
     shards_held: int = 0
     oldest_unsent_age_s: float = 0.0  # the relay's lag (0 when nothing waits)
+    # Failed rounds per background loop (the supervisor's count, shared by reference).
+    loop_failures: Counter[str] = field(default_factory=Counter)
 
     def render(self) -> str:
         rows = [
@@ -46,6 +49,12 @@ class RelayMetrics:
                 f"# TYPE {full} {kind}",
                 f"{full} {getattr(self, name)}",
             ]
+        full = "checkout_relay_loop_failures_total"
+        lines += [
+            f"# HELP {full} Rounds of a background loop that raised (then retried).",
+            f"# TYPE {full} counter",
+        ]
+        lines += [f'{full}{{loop="{n}"}} {c}' for n, c in sorted(self.loop_failures.items())]
         return "\n".join(lines) + "\n"
 
 

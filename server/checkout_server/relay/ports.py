@@ -1,10 +1,11 @@
 """Ports of the relay: what it needs from the outbox store, the lease store and Kafka.
 
 Adapters (`adapters/mongo_relay_store.py`, `adapters/kafka_publisher.py`) implement them
-and translate vendor errors into the errors named here at their boundary.
+and translate every vendor error into errors.py's classes at their boundary: a store method
+may raise any of the database errors, a publisher PublisherUnavailable. The relay decides by
+their `retriable`; its loops back off and try again in either case, forever.
 
-Errors: every store method may raise `checkout_server.errors.DatabaseUnavailable`; the relay
-treats it as transient (it backs off and tries again, forever).
+Field names (`status`, `next_attempt_at`, ...) are those of `outbox/document.py`.
 """
 
 from __future__ import annotations
@@ -120,10 +121,6 @@ class LeaseStore(Protocol):
         """Withdraw `member`'s heartbeat (graceful stop)."""
 
 
-class PublisherUnavailable(Exception):
-    """Kafka could not be reached or did not acknowledge in time: retry later."""
-
-
 class Outcome(enum.Enum):
     DELIVERED = "delivered"  # acknowledged by all in-sync replicas
     RETRY = "retry"  # transient: publish again later
@@ -149,14 +146,19 @@ class Publisher(Protocol):
     """Publishes to one topic with an idempotent producer and acks from all replicas."""
 
     async def start(self) -> None:
-        """Connect and create the topic if it is missing. Raises PublisherUnavailable."""
+        """Connect and create the topic if it is missing. Raises errors.PublisherUnavailable."""
 
     async def publish(self, messages: Sequence[Message]) -> list[Delivery]:
         """Send the messages and wait for their acknowledgements, in a bounded time; one
         Delivery per message, in order. A transient failure of the whole batch may also be
-        raised as PublisherUnavailable. A message reported RETRY may still have been
+        raised as errors.PublisherUnavailable. A message reported RETRY may still have been
         written (at least once); DELIVERED only after the broker acknowledged it. Fatal
         producer states are handled inside (the producer is recreated)."""
+
+    @property
+    def restarts(self) -> int:
+        """How many times a producer was discarded and recreated (after a timeout or a
+        fatal producer error)."""
 
     async def close(self) -> None:
         """Flush and stop, in a bounded time; never raises."""

@@ -9,15 +9,16 @@ marked `sent` only after Kafka acknowledged it; a crash between the two republis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ..errors import DatabaseUnavailable
-from .envelope import EnvelopeError, build_message
+from checkout_client.backoff import Backoff
+
+from ..errors import EnvelopeError, PublisherUnavailable, ServiceError
+from ..outbox.sharding import relay_slot, shard_of_slot, slot_ranges
+from ..supervisor import Supervisor
+from .envelope import build_message
 from .leases import Clock, LeaseManager
 from .metrics import RelayMetrics
 from .ports import (
@@ -27,9 +28,7 @@ from .ports import (
     Outcome,
     PendingEvent,
     Publisher,
-    PublisherUnavailable,
 )
-from .sharding import relay_slot, shard_of_slot, slot_ranges
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +48,6 @@ class RelayConfig:
     sweep_batch: int = 1_000
 
 
-class Backoff:
-    """Capped exponential backoff with full jitter: uniform in [d/2, d], d doubling."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self._initial = initial_s
-        self._max = max_s
-        self._rng = rng or random.Random()
-        self._failures = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self._max, self._initial * 2 ** min(self._failures, 30))
-        self._failures += 1
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self._failures = 0
-
-
 class Relay:
     def __init__(
         self,
@@ -77,6 +58,7 @@ class Relay:
         metrics: RelayMetrics,
         config: RelayConfig,
         clock: Clock,
+        supervisor: Supervisor,
     ) -> None:
         self._store = store
         self._leases = leases
@@ -84,25 +66,28 @@ class Relay:
         self._metrics = metrics
         self._config = config
         self._clock = clock
-        self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
-        self._db_backoff = Backoff(0.2, 5.0)
+        self._supervisor = supervisor
+        self._publish_backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
+        self._publish_failures = 0  # batches in a row that failed transiently
+        self._idle_s = IDLE_POLL_MIN_S
+        self._next_rebalance = 0.0
         # Messages without a slot come only from before slots existed (the seed service's
         # outbox): backfill them at start-up until none is left, then never query again.
         self._backfilled = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set; then finish the batch in flight, flush the producer
-        and release the leases. Never returns early for a transient error."""
+        and release the leases. A failing round (the outbox or Kafka unreachable, or a bug)
+        is logged and retried with backoff: this returns only once `stop` is set."""
+        supervisor = self._supervisor
         helpers = [
-            asyncio.create_task(self._every(self._leases.renew_interval_s, stop, self._renew)),
-            asyncio.create_task(self._every(LAG_INTERVAL_S, stop, self._measure_lag)),
+            supervisor.spawn("relay-renew", self._renew),
+            supervisor.spawn("relay-lag", self._measure_lag),
         ]
         if self._config.sent_retention_s > 0:
-            helpers.append(
-                asyncio.create_task(self._every(self._config.sweep_interval_s, stop, self.sweep))
-            )
+            helpers.append(supervisor.spawn("relay-sweep", self._sweep_round))
         try:
-            await self._loop(stop)
+            await supervisor.run("relay-loop", self.round, stop)
         finally:
             for task in helpers:
                 task.cancel()
@@ -110,55 +95,60 @@ class Relay:
             await self._publisher.close()
             try:
                 await self._leases.release_all()
-            except DatabaseUnavailable:
-                log.warning("could not release leases; they expire on their own")
+            except ServiceError as exc:
+                log.warning("could not release leases; they expire on their own: %s", exc.text)
             self._metrics.shards_held = 0
             log.info("relay stopped")
 
-    async def _loop(self, stop: asyncio.Event) -> None:
-        idle_s = IDLE_POLL_MIN_S
-        next_rebalance = 0.0
-        while not stop.is_set():
-            pause = 0.0
-            try:
-                if self._clock.monotonic() >= next_rebalance:
-                    await self._leases.rebalance()
-                    if not self._backfilled:
-                        found = await self._store.backfill_slots(self._config.batch_size)
-                        self._backfilled = found == 0
-                    next_rebalance = self._clock.monotonic() + self._leases.renew_interval_s
-                    self._metrics.shards_held = len(self._leases.valid_shards())
-                    self._metrics.leases_lost_total = self._leases.lost_total
-                handled, pause = await self.step()
-                self._db_backoff.reset()
-            except DatabaseUnavailable:
-                pause = self._db_backoff.next_delay()
-                log.warning("outbox unreachable; retrying", extra={"retry_in_s": round(pause, 2)})
-                handled = 0
-            if handled:
-                # More may be waiting: look again at once (after a failure's pause).
-                idle_s = IDLE_POLL_MIN_S
-                await _wait(stop, pause)
-            else:
-                # Idle: back off from 10 ms to RELAY_POLL_INTERVAL_S (the latency bound).
-                await _wait(stop, max(pause, idle_s))
-                idle_s = min(idle_s * 2, self._config.poll_interval_s)
+    async def round(self) -> float:
+        """One round of the publishing loop: rebalance when due, then one batch. Returns the
+        seconds to wait before the next round: none after a full batch, else a poll delay
+        that grows from 10 ms to RELAY_POLL_INTERVAL_S while idle (the latency bound)."""
+        if self._clock.monotonic() >= self._next_rebalance:
+            await self._leases.rebalance()
+            if not self._backfilled:
+                found = await self._store.backfill_slots(self._config.batch_size)
+                self._backfilled = found == 0
+            self._next_rebalance = self._clock.monotonic() + self._leases.renew_interval_s
+            self._metrics.shards_held = len(self._leases.valid_shards())
+            self._metrics.leases_lost_total = self._leases.lost_total
+        handled, pause = await self.step()
+        if handled:
+            # More may be waiting: look again at once (after a failure's pause).
+            self._idle_s = IDLE_POLL_MIN_S
+            return pause
+        wait = max(pause, self._idle_s)
+        self._idle_s = min(self._idle_s * 2, self._config.poll_interval_s)
+        return wait
 
     async def step(self) -> tuple[int, float]:
-        """One batch. Returns (events handled, seconds to pause before the next batch)."""
+        """One batch: the due events of the shards still held are published, then marked.
+        Returns (events handled, seconds to pause before the next batch)."""
+        events = await self._claim()
+        if not events:
+            return 0, 0.0
+        publishable, deliveries = await self._publish(events)
+        return len(events), await self._record(publishable, deliveries)
+
+    async def _claim(self) -> list[PendingEvent]:
+        """The due events of the held shards whose lease is confirmed right now (fencing:
+        a shard another relay took over is dropped before anything of it is published)."""
         shards = self._leases.valid_shards()
         if not shards:
-            return 0, 0.0
+            return []
         events = await self._store.due(
             slot_ranges(shards, self._config.shards), self._clock.wall(), self._config.batch_size
         )
         if not events:
-            return 0, 0.0
+            return []
         confirmed = await self._leases.confirm(self._shard(e) for e in events)
-        events = [e for e in events if self._shard(e) in confirmed]
-        if not events:
-            return 0, 0.0
+        return [e for e in events if self._shard(e) in confirmed]
 
+    async def _publish(
+        self, events: list[PendingEvent]
+    ) -> tuple[list[PendingEvent], list[Delivery]]:
+        """Publish the events that make a message (the others fail for good at once); one
+        Delivery per published event. Kafka being unreachable is a RETRY of all of them."""
         messages: list[Message] = []
         publishable: list[PendingEvent] = []
         for event in events:
@@ -170,35 +160,37 @@ class Relay:
         try:
             deliveries = await self._publisher.publish(messages) if messages else []
         except PublisherUnavailable as exc:
-            log.warning("kafka unavailable: %s", exc)
-            deliveries = [Delivery(Outcome.RETRY, str(exc))] * len(messages)
+            log.warning("kafka unavailable: %s", exc.detail or exc.text)
+            deliveries = [Delivery(Outcome.RETRY, exc.detail or exc.text)] * len(messages)
+        self._metrics.producer_restarts_total = self._publisher.restarts
+        return publishable, deliveries
 
+    async def _record(self, events: list[PendingEvent], deliveries: list[Delivery]) -> float:
+        """Mark each event by its outcome: `sent`, `failed`, or due again after a backoff
+        (the seconds returned, 0 when nothing is to be retried)."""
         now = self._clock.wall()
-        sent = [e.event_id for e, d in zip(publishable, deliveries, strict=True) if _ok(d)]
-        retry = [
-            e.event_id
-            for e, d in zip(publishable, deliveries, strict=True)
-            if d.outcome is Outcome.RETRY
-        ]
+        outcomes = list(zip(events, deliveries, strict=True))
+        sent = [e.event_id for e, d in outcomes if d.outcome is Outcome.DELIVERED]
+        retry = [e.event_id for e, d in outcomes if d.outcome is Outcome.RETRY]
         if sent:
             await self._store.mark_sent(sent, now)
             self._metrics.published_total += len(sent)
-        for event, delivery in zip(publishable, deliveries, strict=True):
+        for event, delivery in outcomes:
             if delivery.outcome is Outcome.REJECTED:
                 await self._fail(event, delivery.reason)
-        pause = 0.0
-        if retry:
-            pause = self._backoff.next_delay()
-            self._metrics.retries_total += len(retry)
-            self._metrics.publish_errors_total += 1
-            await self._store.reschedule(retry, now + timedelta(seconds=pause), now)
-            log.warning(
-                "publish failed; events stay new",
-                extra={"events": len(retry), "retry_in_s": round(pause, 2)},
-            )
-        else:
-            self._backoff.reset()
-        return len(events), pause
+        if not retry:
+            self._publish_failures = 0
+            return 0.0
+        self._publish_failures += 1
+        pause = self._publish_backoff.delay_s(self._publish_failures)
+        self._metrics.retries_total += len(retry)
+        self._metrics.publish_errors_total += 1
+        await self._store.reschedule(retry, now + timedelta(seconds=pause), now)
+        log.warning(
+            "publish failed; events stay new",
+            extra={"events": len(retry), "retry_in_s": round(pause, 2)},
+        )
+        return pause
 
     async def sweep(self) -> None:
         """Delete `sent` events older than the retention, in bounded batches."""
@@ -218,35 +210,18 @@ class Relay:
         slot = relay_slot(event.event_id) if event.slot is None else event.slot
         return shard_of_slot(slot, self._config.shards)
 
-    async def _renew(self) -> None:
+    async def _sweep_round(self) -> float:
+        await self.sweep()
+        return self._config.sweep_interval_s
+
+    async def _renew(self) -> float:
         await self._leases.renew()
         self._metrics.shards_held = len(self._leases.valid_shards())
         self._metrics.leases_lost_total = self._leases.lost_total
+        return self._leases.renew_interval_s
 
-    async def _measure_lag(self) -> None:
+    async def _measure_lag(self) -> float:
         oldest = await self._store.oldest_unsent_created_at()
         age = 0.0 if oldest is None else (self._clock.wall() - oldest).total_seconds()
         self._metrics.oldest_unsent_age_s = round(max(age, 0.0), 3)
-
-    async def _every(
-        self, interval_s: float, stop: asyncio.Event, job: Callable[[], Awaitable[None]]
-    ) -> None:
-        while not stop.is_set():
-            try:
-                await job()
-            except DatabaseUnavailable:
-                log.warning("outbox unreachable in %s", getattr(job, "__name__", "job"))
-            except Exception:  # a helper must not die: the loop relies on renewals
-                log.exception("relay helper failed")
-            await _wait(stop, interval_s)
-
-
-def _ok(delivery: Delivery) -> bool:
-    return delivery.outcome is Outcome.DELIVERED
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    if seconds <= 0:
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        return LAG_INTERVAL_S

@@ -22,22 +22,13 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 
-from . import errors
-from .domain import UploadRequest
+from .. import errors
+from ..domain import UploadRequest
+from ..errors import InvalidForm, MissingFile
 
 FILE_FIELD = "file"
 TEXT_FIELDS = frozenset({"bucket", "filename", "sha256", "idempotency_key", "size_bytes"})
 MAX_FIELD_BYTES = 1024
-
-
-class MissingFile(errors.InvalidArgument):
-    reason = "MISSING_FILE"
-    message = "В запросе multipart/form-data нет части file"
-
-
-class InvalidForm(errors.InvalidArgument):
-    reason = "INVALID_FORM"
-    message = "Некорректное тело multipart/form-data"
 
 
 @dataclass

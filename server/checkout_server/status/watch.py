@@ -1,15 +1,16 @@
 """Status changes, watched once per server process and fanned out to every watcher.
 
 One change feed per process, whatever the number of watchers:
-- a poller reads the outbox for documents whose `updated_at` moved (only while someone
-  watches), so MongoDB sees the same query rate for one watcher or a thousand;
+- a poller reads the status records whose `updated_at` moved (only while someone watches),
+  so MongoDB sees the same query rate for one watcher or a thousand;
 - the events that single-event watchers follow are checked for their result often
   (`result_check_interval_s`): one storage request per watched event, however many watch it;
 - a slower reconcile checks every event still waiting for a result, so listings and
   all-events watchers learn of results nobody was watching for.
-Ready marks are written to the outbox, so they reach watchers through the same poller.
-(MinIO bucket notifications would be the natural fast path, but the listen request of this
-MinIO build never answered here; see the README.)
+Ready marks are written to the status records, so they reach watchers through the same
+poller. (MinIO bucket notifications would be the natural fast path; the README says why
+results are polled instead.) The three loops run under the process's Supervisor: a round
+that raises anything is logged, counted and retried, so the feed never ends silently.
 
 Each watcher has a bounded mailbox that keeps only the latest change per event: publishing
 never waits for a watcher, a slow watcher cannot hold up the others, and one that falls
@@ -25,10 +26,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 
-from .domain import OutboxEvent
-from .errors import ServiceError
-from .ports import ObjectStorage, Outbox
-from .status import StatusService
+from ..domain import OutboxEvent
+from ..ports import Outbox
+from ..supervisor import Supervisor
+from .service import StatusService
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +82,16 @@ class WatchHub:
         self,
         *,
         outbox: Outbox,
-        storage: ObjectStorage,
         status: StatusService,
+        supervisor: Supervisor,
         poll_interval_s: float,
         result_check_interval_s: float,
         reconcile_interval_s: float,
         max_pending: int,
     ) -> None:
         self._outbox = outbox
-        self._storage = storage
         self._status = status
+        self._supervisor = supervisor
         self._poll_interval_s = poll_interval_s
         self._result_check_interval_s = result_check_interval_s
         self._reconcile_interval_s = reconcile_interval_s
@@ -137,11 +138,12 @@ class WatchHub:
             subscription.offer(event)
 
     def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._poll_forever(), name="watch-poller"))
-        self._tasks.append(asyncio.create_task(self._reconcile_forever(), name="result-reconcile"))
-        self._tasks.append(
-            asyncio.create_task(self._check_watched_forever(), name="result-check-watched")
-        )
+        spawn = self._supervisor.spawn
+        self._tasks += [
+            spawn("watch-poller", self._poll_round),
+            spawn("result-reconcile", self._reconcile_round),
+            spawn("result-check-watched", self._check_watched_round),
+        ]
 
     def close_subscriptions(self) -> None:
         """Ask every watcher to end (at shutdown, so streams do not hold the grace period)."""
@@ -157,18 +159,12 @@ class WatchHub:
 
     # --- the outbox poller -------------------------------------------------------------------
 
-    async def _poll_forever(self) -> None:
-        while True:
-            if not self._watched.is_set():
-                self._cursor = None  # nobody watched: start afresh when someone does
-                await self._watched.wait()
-            try:
-                full = await self.poll_once()
-            except ServiceError as exc:
-                log.warning("status poll failed: %s", exc.text)
-                full = False
-            if not full:
-                await asyncio.sleep(self._poll_interval_s)
+    async def _poll_round(self) -> float:
+        if not self._watched.is_set():
+            self._cursor = None  # nobody watched: start afresh when someone does
+            await self._watched.wait()
+        full = await self.poll_once()
+        return 0.0 if full else self._poll_interval_s
 
     async def poll_once(self) -> bool:
         """Publish what changed since the last poll; True if there may be more right away."""
@@ -193,27 +189,19 @@ class WatchHub:
 
     # --- results in storage --------------------------------------------------------------
 
-    async def _check_watched_forever(self) -> None:
-        while True:
-            await self._watched.wait()
-            try:
-                await self.check_watched_once()
-            except ServiceError as exc:
-                log.warning("result check of watched events failed: %s", exc.text)
-            await asyncio.sleep(self._result_check_interval_s)
+    async def _check_watched_round(self) -> float:
+        await self._watched.wait()
+        await self.check_watched_once()
+        return self._result_check_interval_s
 
     async def check_watched_once(self) -> None:
         """Look for the results of the events someone watches and that are not ready."""
         waiting = [e for e in self._tracked.values() if e.ready_at is None]
         await self._refresh_all(waiting)
 
-    async def _reconcile_forever(self) -> None:
-        while True:
-            try:
-                await self.reconcile_once()
-            except ServiceError as exc:
-                log.warning("result reconcile failed: %s", exc.text)
-            await asyncio.sleep(self._reconcile_interval_s)
+    async def _reconcile_round(self) -> float:
+        await self.reconcile_once()
+        return self._reconcile_interval_s
 
     async def reconcile_once(self) -> None:
         """Check storage for the results of events still waiting for one."""

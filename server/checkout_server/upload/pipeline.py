@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import errors
-from .domain import (
+from .. import errors
+from ..domain import (
     VIDEO_CONTENT_TYPE,
     EventStatus,
     OutboxEvent,
@@ -33,7 +33,9 @@ from .domain import (
     UploadResult,
     input_object_key,
 )
-from .ports import DuplicateIdempotencyKey, ObjectStorage, ObjectWriter, Outbox
+from ..errors import DuplicateIdempotencyKey
+from ..ports import ObjectStorage, ObjectWriter, Outbox
+from .memory import MemoryBudget
 
 log = logging.getLogger(__name__)
 
@@ -54,31 +56,6 @@ class UploadLimits:
     # What all uploads together may buffer; each active upload reserves two parts (the one
     # being collected and, briefly, its joined copy).
     memory_budget_bytes: int = 256 * 1024 * 1024
-
-
-class MemoryBudget:
-    """A byte count shared by all uploads; `reserve` waits until enough is free."""
-
-    def __init__(self, limit_bytes: int) -> None:
-        self._limit = limit_bytes
-        self._used = 0
-        self._changed = asyncio.Condition()
-
-    @property
-    def used_bytes(self) -> int:
-        return self._used
-
-    async def reserve(self, amount: int) -> None:
-        amount = min(amount, self._limit)  # one upload alone always fits
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._used + amount <= self._limit)
-            self._used += amount
-
-    async def release(self, amount: int) -> None:
-        amount = min(amount, self._limit)
-        async with self._changed:
-            self._used -= amount
-            self._changed.notify_all()
 
 
 def _utcnow() -> datetime:
@@ -266,9 +243,17 @@ class UploadPipeline:
         await asyncio.wait({task}, timeout=self._cleanup_wait_s)
 
     async def drain_cleanups(self, timeout_s: float | None = None) -> None:
-        """Wait for cleanups still running (at shutdown, and in tests)."""
-        if self._cleanups:
-            await asyncio.wait(set(self._cleanups), timeout=timeout_s)
+        """Wait for cleanups still running (at shutdown, and in tests); those still running
+        after `timeout_s` are cancelled, so none outlives the storage client it uses. Their
+        multipart uploads are left to the store's own expiry of stale uploads."""
+        if not self._cleanups:
+            return
+        _, pending = await asyncio.wait(set(self._cleanups), timeout=timeout_s)
+        if pending:
+            log.warning("abandoning unfinished upload cleanups", extra={"count": len(pending)})
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _check_ftyp(head: bytes | bytearray) -> None:

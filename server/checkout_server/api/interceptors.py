@@ -2,14 +2,15 @@
 
 Every handler kind (unary/stream in, unary/stream out) is wrapped the same way:
 - a ServiceError becomes its gRPC code, its Russian message and a google.rpc.ErrorInfo;
-- an unexpected exception becomes INTERNAL with a generic message and a logged traceback;
+- any other exception becomes what errors.from_exception says (a TimeoutError nothing
+  translated becomes DEADLINE_EXCEEDED, anything else INTERNAL with a generic message), and
+  its traceback is logged;
 - an abort already raised by the handler passes through untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 import uuid
@@ -22,7 +23,9 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from .errors import ERROR_DOMAIN, ServiceError
+from .. import errors
+from ..errors import ERROR_DOMAIN, ServiceError
+from ..logs import request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,6 @@ if TYPE_CHECKING:  # generic only in grpc-stubs
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
-
-# The id of the call being handled, for log lines (see logs.py).
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 
 def rich_status(error: ServiceError) -> grpc.Status:
@@ -116,9 +116,9 @@ class _CallLog:
         request_id_var.reset(self.token)
 
 
-def _internal(method: str, exc: BaseException) -> ServiceError:
+def _unexpected(method: str, exc: BaseException) -> ServiceError:
     log.error("unexpected error in %s", method, exc_info=exc)
-    return ServiceError()
+    return errors.from_exception(exc)
 
 
 @asynccontextmanager
@@ -137,7 +137,7 @@ async def _outcome(method: str, context: _Context) -> AsyncIterator[None]:
         call.done(grpc.StatusCode.CANCELLED)
         raise
     except Exception as exc:
-        error = _internal(method, exc)
+        error = _unexpected(method, exc)
         call.done(error.code, error.reason)
         await _abort(context, error)
     else:

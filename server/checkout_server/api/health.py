@@ -11,7 +11,8 @@ from typing import Protocol
 
 from grpc_health.v1 import health, health_pb2
 
-from .errors import ServiceError
+from ..errors import ServiceError
+from ..supervisor import Supervisor
 
 
 class HealthReporter(Protocol):
@@ -43,11 +44,13 @@ class DependencyMonitor:
         servicer: HealthReporter,
         *,
         interval_s: float,
+        supervisor: Supervisor,
         timeout_s: float = 3.0,
     ) -> None:
         self._probes = dict(probes)
         self._servicer = servicer
         self._interval_s = interval_s
+        self._supervisor = supervisor
         self._timeout_s = timeout_s
         self._results: dict[str, str] = dict.fromkeys(self._probes, "unknown")
         self._task: asyncio.Task[None] | None = None
@@ -96,7 +99,7 @@ class DependencyMonitor:
         return "ok"
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dependency-monitor")
+        self._task = self._supervisor.spawn("dependency-monitor", self._round)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -104,7 +107,7 @@ class DependencyMonitor:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            await self.check_now()
+    async def _round(self) -> float:
+        await asyncio.sleep(self._interval_s)
+        await self.check_now()
+        return 0.0

@@ -1,51 +1,38 @@
-"""Wiring of the relay: the one place that builds its clients (MongoDB, Kafka), adapters,
-the health and metrics endpoints, and the relay itself."""
+"""Wiring of the relay process (`checkout-relay`): builds its clients (MongoDB, Kafka),
+adapters, the health and metrics endpoints and the relay itself, and runs it until
+SIGTERM/SIGINT (then it finishes and marks the batch in flight, flushes the producer and
+releases the leases)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import signal
 import socket
+import sys
 from dataclasses import dataclass
 
 import grpc
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pymongo import AsyncMongoClient
 
+from .. import logs
 from ..adapters.kafka_publisher import KafkaPublisher
-from ..adapters.mongo_relay_store import Document, MongoLeaseStore, MongoOutboxRelayStore
-from ..clients import mongo_client
-from ..config import ConfigError, Settings
-from ..errors import DatabaseUnavailable
-from ..health import HealthReporter, new_health_servicer
-from .leases import LeaseManager, SystemClock
-from .metrics import MetricsServer, RelayMetrics
-from .ports import PublisherUnavailable
-from .relay import Relay, RelayConfig
-from .sharding import SLOTS
+from ..adapters.mongo_relay_store import MongoLeaseStore, MongoOutboxRelayStore
+from ..api.health import HealthReporter, new_health_servicer
+from ..config import RelaySettings
+from ..errors import ConfigError, PublisherUnavailable, ServiceError
+from ..outbox.document import Document
+from ..relay.leases import LeaseManager, SystemClock
+from ..relay.metrics import MetricsServer, RelayMetrics
+from ..relay.relay import Relay, RelayConfig
+from ..supervisor import Supervisor, retry_until
+from .clients import kafka_admin, kafka_producer, mongo_client
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("checkout_server.relay")
 
 SERVICE_NAME = "checkout.v1.OutboxRelay"
-# The envelope is small; this leaves room, and larger records are refused per event.
-MAX_REQUEST_BYTES = 1024 * 1024
-
-
-def check_settings(settings: Settings) -> None:
-    """The relay's own checks of its settings (raises ConfigError naming the variable)."""
-    if not 1 <= settings.relay_shards <= SLOTS:
-        raise ConfigError(f"RELAY_SHARDS must be between 1 and {SLOTS}")
-    if settings.relay_lease_ttl_s <= 2 * settings.relay_clock_skew_s:
-        raise ConfigError("RELAY_LEASE_TTL_S must be more than twice RELAY_CLOCK_SKEW_S")
-    if settings.relay_batch_size < 1 or settings.relay_sweep_batch < 1:
-        raise ConfigError("RELAY_BATCH_SIZE and RELAY_SWEEP_BATCH must be positive")
-    if settings.relay_poll_interval_s <= 0 or settings.relay_send_timeout_s <= 0:
-        raise ConfigError("RELAY_POLL_INTERVAL_S and RELAY_SEND_TIMEOUT_S must be positive")
-    if not 0 < settings.relay_backoff_initial_s <= settings.relay_backoff_max_s:
-        raise ConfigError("need 0 < RELAY_BACKOFF_INITIAL_S <= RELAY_BACKOFF_MAX_S")
 
 
 @dataclass
@@ -87,9 +74,8 @@ def _split_addr(addr: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
-async def create_relay(settings: Settings) -> RelayApp:
+async def create_relay(settings: RelaySettings) -> RelayApp:
     """Build the relay (not started); binds the health port (0 picks a free one)."""
-    check_settings(settings)
     member = settings.relay_id or f"{socket.gethostname()}-{os.getpid()}"
     mongo = mongo_client(settings, appname="checkout-relay")
     database = mongo[settings.mongo_db]
@@ -99,29 +85,9 @@ async def create_relay(settings: Settings) -> RelayApp:
         database[f"{outbox_name}_relay_leases"], database[f"{outbox_name}_relay_members"]
     )
 
-    def producer() -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            client_id=f"checkout-relay-{member}",
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=settings.kafka_linger_ms,
-            max_batch_size=256 * 1024,
-            max_request_size=MAX_REQUEST_BYTES,
-            request_timeout_ms=int(settings.relay_send_timeout_s * 1000),
-            retry_backoff_ms=200,
-        )
-
-    def admin() -> AIOKafkaAdminClient:
-        return AIOKafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            client_id=f"checkout-relay-admin-{member}",
-            request_timeout_ms=int(settings.relay_send_timeout_s * 1000),
-        )
-
     publisher = KafkaPublisher(
-        producer_factory=producer,
-        admin_factory=admin,
+        producer_factory=lambda: kafka_producer(settings, member=member),
+        admin_factory=lambda: kafka_admin(settings, member=member),
         topic=settings.kafka_topic,
         partitions=settings.kafka_topic_partitions,
         replication_factor=settings.kafka_replication_factor,
@@ -136,7 +102,8 @@ async def create_relay(settings: Settings) -> RelayApp:
         skew_s=settings.relay_clock_skew_s,
         clock=clock,
     )
-    metrics = RelayMetrics()
+    supervisor = Supervisor()
+    metrics = RelayMetrics(loop_failures=supervisor.failures)
     relay = Relay(
         store=store,
         leases=leases,
@@ -153,6 +120,7 @@ async def create_relay(settings: Settings) -> RelayApp:
             sweep_batch=settings.relay_sweep_batch,
         ),
         clock=clock,
+        supervisor=supervisor,
     )
 
     health_servicer = new_health_servicer()
@@ -177,28 +145,49 @@ async def create_relay(settings: Settings) -> RelayApp:
 
 
 async def _prepare(
-    settings: Settings,
+    settings: RelaySettings,
     store: MongoOutboxRelayStore,
     lease_store: MongoLeaseStore,
     publisher: KafkaPublisher,
 ) -> None:
     """Indexes (waiting for MongoDB up to STARTUP_TIMEOUT_S) and a first Kafka connection;
     Kafka being down is not fatal: events wait and the relay keeps trying."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.startup_timeout_s
-    delay = 0.2
-    while True:
-        try:
-            await store.ensure_indexes()
-            await lease_store.ensure_indexes()
-            break
-        except DatabaseUnavailable:
-            if loop.time() + delay > deadline:
-                raise
-            log.warning("relay start-up waits for MongoDB")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+
+    async def indexes() -> None:
+        await store.ensure_indexes()
+        await lease_store.ensure_indexes()
+
+    await retry_until(
+        indexes, timeout_s=settings.startup_timeout_s, what="relay start-up waits for MongoDB"
+    )
     try:
         await publisher.start()
     except PublisherUnavailable as exc:
-        log.warning("kafka not reachable at start-up; will keep trying: %s", exc)
+        log.warning("kafka not reachable at start-up; will keep trying: %s", exc.detail)
+
+
+async def serve(settings: RelaySettings) -> None:
+    app = await create_relay(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.run(stop)
+
+
+def main() -> None:
+    """Entry point (`checkout-relay`, `python -m checkout_server.wiring.relay`)."""
+    try:
+        settings = RelaySettings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"checkout-relay: configuration error: {exc}")
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except ServiceError as exc:
+        log.error("could not start: %s", exc.text)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 
 The API status of an event is `ready` once its detection result exists in object storage,
 else the outbox status (`new`, `sent`, `failed`). Once a result is seen it is recorded in the
-outbox (`ready_at`), so listings never ask storage once per event.
+event's status record (`ready_at`), so listings never ask storage once per event.
 
 A result counts for an event only if it was written after the event was created (with a
 margin for clock skew): a re-request of a video that already has a result is not `ready`
@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import errors
-from .domain import (
+from .. import errors
+from ..domain import (
     VIDEO_CONTENT_TYPE,
     EventStatus,
     OutboxEvent,
@@ -29,7 +29,8 @@ from .domain import (
     input_object_key,
     result_key,
 )
-from .ports import ObjectStorage, ObjectTooLarge, Outbox
+from ..errors import ObjectTooLarge
+from ..ports import ObjectStorage, Outbox
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 
-from . import errors
-from .domain import EventStatus, OutboxEvent, UploadRequest, UploadResult
+from .. import errors
+from ..domain import EventStatus, OutboxEvent, UploadRequest, UploadResult
+from ..status.service import StatusService, parse_uuid
+from ..status.watch import Subscription, WatchHub
+from ..upload.pipeline import UploadPipeline
 from .health import DependencyMonitor
 from .http_upload import open_http_upload
-from .status import StatusService, parse_uuid
-from .upload import UploadPipeline
-from .watch import Subscription, WatchHub
 
 Context = grpc.aio.ServicerContext[object, object]
 TERMINAL = frozenset({EventStatus.READY, EventStatus.FAILED})

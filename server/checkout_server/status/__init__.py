@@ -1,0 +1,1 @@
+"""Statuses, results, re-requests and cleanup, and the watch hub that fans changes out."""

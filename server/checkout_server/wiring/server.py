@@ -1,0 +1,239 @@
+"""Wiring of the server process: builds its clients, adapters, services and the gRPC server.
+
+Each dependency gets one client, created here and shared by every request; adapters receive
+them. `create_app` is what the entry point (`main`) and the tests call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from miniopy_async.api import Minio
+from pymongo import AsyncMongoClient
+
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+
+from .. import logs
+from ..adapters.minio_storage import MinioStorage
+from ..adapters.mongo_outbox import MongoOutbox
+from ..api.health import DependencyMonitor, HealthReporter, new_health_servicer
+from ..api.interceptors import ErrorInterceptor
+from ..api.servicer import CheckoutServicer
+from ..config import MiB, ServerSettings
+from ..errors import ConfigError, ServiceError
+from ..outbox.document import Document
+from ..status.service import StatusService, StatusSettings
+from ..status.watch import WatchHub
+from ..supervisor import Supervisor, retry_until
+from ..upload.pipeline import UploadLimits, UploadPipeline
+from .clients import minio_client, mongo_client
+
+log = logging.getLogger("checkout_server")
+
+# Chunks of up to 4 MiB plus framing; larger messages are refused by gRPC itself.
+MAX_MESSAGE_BYTES = 4 * MiB + 64 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Keep idle streams (WatchStatus) alive through proxies and detect dead peers.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # A fixed 4 MiB receive window per stream instead of BDP probing, which grows windows
+    # (and so what gRPC buffers for uploads the server is not reading yet) without bound on
+    # fast links; 4 MiB still fills 400 MB/s at 10 ms RTT. README, Performance: the RSS.
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 4 * MiB),
+]
+
+
+@dataclass
+class App:
+    """A built server and what must be closed with it."""
+
+    settings: ServerSettings
+    server: grpc.aio.Server
+    port: int
+    health: HealthReporter
+    monitor: DependencyMonitor
+    pipeline: UploadPipeline
+    hub: WatchHub
+    supervisor: Supervisor
+    mongo: AsyncMongoClient[Document]
+    minio: Minio
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.monitor.start()
+        self.hub.start()
+        log.info("serving", extra={"port": self.port})
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful stop: report NOT_SERVING, refuse new calls, let in-flight calls finish
+        for the grace period, cancel the rest (their uploads are aborted), close clients."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        await self.monitor.stop()
+        self.hub.close_subscriptions()  # watch streams end now; uploads get the grace period
+        await self.server.stop(grace)
+        await self.hub.stop()
+        await self.supervisor.stop()
+        await self.pipeline.drain_cleanups(timeout_s=grace)
+        await self.minio.close_session()  # type: ignore[no-untyped-call]
+        await self.mongo.close()
+        log.info("stopped")
+
+
+def create_server(
+    address: str, servicer: CheckoutServicer, health_servicer: HealthReporter
+) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server with the checkout, health and reflection services, bound to `address`
+    (port 0 picks a free port, returned), not started."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+    pb_grpc.add_CheckoutServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            pb.DESCRIPTOR.services_by_name["CheckoutService"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(address)
+    return server, port
+
+
+async def create_app(settings: ServerSettings) -> App:
+    """Build the server (not started), once MinIO and MongoDB answer (buckets and indexes are
+    made then). Binds the port, so a port of 0 picks a free one. If start-up fails, the
+    clients it built are closed again."""
+    minio = minio_client(settings)
+    mongo = mongo_client(settings, appname="checkout")
+    try:
+        app, storage, outbox = _build(settings, minio, mongo)
+
+        async def prepare() -> None:
+            for bucket in sorted(settings.allowed_buckets):
+                await storage.ensure_bucket(bucket)
+            await outbox.ensure_indexes()
+
+        await retry_until(
+            prepare, timeout_s=settings.startup_timeout_s, what="start-up waits for a dependency"
+        )
+        await app.monitor.check_now()
+    except BaseException:
+        await minio.close_session()  # type: ignore[no-untyped-call]
+        await mongo.close()
+        raise
+    return app
+
+
+def _build(
+    settings: ServerSettings, minio: Minio, mongo: AsyncMongoClient[Document]
+) -> tuple[App, MinioStorage, MongoOutbox]:
+    """The adapters, services and gRPC server over these clients."""
+    supervisor = Supervisor()
+    storage = MinioStorage(minio, abort_retry_s=settings.storage_abort_retry_s)
+    database = mongo[settings.mongo_db]
+    outbox = MongoOutbox(
+        database[settings.mongo_outbox_collection], database[settings.mongo_status_collection]
+    )
+    pipeline = UploadPipeline(storage=storage, outbox=outbox, limits=_upload_limits(settings))
+    status = StatusService(storage=storage, outbox=outbox, settings=_status_settings(settings))
+    hub = WatchHub(
+        outbox=outbox,
+        status=status,
+        supervisor=supervisor,
+        poll_interval_s=settings.watch_poll_interval_s,
+        result_check_interval_s=settings.watch_result_check_interval_s,
+        reconcile_interval_s=settings.result_reconcile_interval_s,
+        max_pending=settings.watch_max_pending,
+    )
+    health_servicer = new_health_servicer()
+    monitor = DependencyMonitor(
+        {"storage": storage.ping, "database": outbox.ping},
+        health_servicer,
+        interval_s=settings.health_interval_s,
+        supervisor=supervisor,
+    )
+    servicer = CheckoutServicer(
+        pipeline=pipeline,
+        status=status,
+        hub=hub,
+        monitor=monitor,
+        heartbeat_s=settings.watch_heartbeat_s,
+        default_bucket=settings.default_bucket,
+    )
+    server, port = create_server(settings.grpc_addr, servicer, health_servicer)
+    app = App(
+        settings=settings,
+        server=server,
+        port=port,
+        health=health_servicer,
+        monitor=monitor,
+        pipeline=pipeline,
+        hub=hub,
+        supervisor=supervisor,
+        mongo=mongo,
+        minio=minio,
+    )
+    return app, storage, outbox
+
+
+def _upload_limits(settings: ServerSettings) -> UploadLimits:
+    return UploadLimits(
+        default_bucket=settings.default_bucket,
+        allowed_buckets=settings.allowed_buckets,
+        max_bytes=settings.upload_max_bytes,
+        part_bytes=settings.upload_part_bytes,
+        memory_budget_bytes=settings.upload_memory_budget_bytes,
+    )
+
+
+def _status_settings(settings: ServerSettings) -> StatusSettings:
+    return StatusSettings(
+        default_bucket=settings.default_bucket,
+        allowed_buckets=settings.allowed_buckets,
+        result_key_template=settings.result_key_template,
+        result_max_bytes=settings.result_max_bytes,
+        admin_token=settings.admin_token,
+    )
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Serve until SIGTERM/SIGINT, then stop gracefully."""
+    app = await create_app(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_s": settings.shutdown_grace_s})
+    await app.stop()
+
+
+def main() -> None:
+    """Entry point (`checkout-server`, `python -m checkout_server`): settings from the
+    environment, logging, serve until SIGTERM/SIGINT, then a graceful stop."""
+    try:
+        settings = ServerSettings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"checkout-server: configuration error: {exc}")
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except ServiceError as exc:
+        log.error("could not start: %s", exc.text)
+        sys.exit(1)

@@ -1,0 +1,130 @@
+"""The watch hub with in-memory fakes: fan-out, a slow watcher, and a feed that survives a
+failing query."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from checkout_client.backoff import Backoff
+from checkout_server.domain import EventStatus, OutboxEvent
+from checkout_server.status.service import StatusService, StatusSettings
+from checkout_server.status.watch import WatchHub
+from checkout_server.supervisor import Supervisor
+from tests.fakes import FakeOutbox, FakeStorage
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def event(event_id: str, status: EventStatus = EventStatus.NEW) -> OutboxEvent:
+    now = datetime.now(UTC)
+    return OutboxEvent(
+        event_id=event_id,
+        video_id=event_id,
+        bucket="videos",
+        object_key=f"input/{event_id}.mp4",
+        filename="",
+        content_type="video/mp4",
+        size_bytes=1,
+        sha256="",
+        status=status,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+class FlakyOutbox(FakeOutbox):
+    """Its change feed query raises `errors` first, one per call."""
+
+    def __init__(self, errors: list[BaseException]) -> None:
+        super().__init__()
+        self.errors = errors
+        self.feed_queries = 0
+
+    async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
+        self.feed_queries += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return await super().changed_since(since, limit=limit)
+
+
+def build_hub(outbox: FakeOutbox, supervisor: Supervisor, max_pending: int = 100) -> WatchHub:
+    storage = FakeStorage()
+    status = StatusService(
+        storage=storage,
+        outbox=outbox,
+        settings=StatusSettings(
+            default_bucket="videos",
+            allowed_buckets=frozenset({"videos"}),
+            result_key_template="output/{video_id}.json",
+            result_max_bytes=1000,
+            admin_token="",
+        ),
+    )
+    return WatchHub(
+        outbox=outbox,
+        status=status,
+        supervisor=supervisor,
+        poll_interval_s=0.01,
+        result_check_interval_s=0.01,
+        reconcile_interval_s=60,
+        max_pending=max_pending,
+    )
+
+
+@pytest.fixture
+async def supervisor() -> AsyncIterator[Supervisor]:
+    supervisor = Supervisor(backoff=Backoff(0.01, 0.02))
+    yield supervisor
+    await supervisor.stop()
+
+
+async def test_a_slow_watcher_overflows_alone(supervisor: Supervisor) -> None:
+    hub = build_hub(FakeOutbox(), supervisor, max_pending=3)
+    with hub.subscribe(None) as slow, hub.subscribe(None) as fast:
+        for i in range(5):
+            hub.publish(event(f"e{i}"))
+            # The fast watcher reads each change at once; the slow one reads nothing.
+            assert [e.event_id for e in await fast.next(1.0)] == [f"e{i}"]
+        assert slow.overflowed
+        assert not fast.overflowed
+        # What the slow one keeps is bounded and the newest: it is told to re-subscribe.
+        assert [e.event_id for e in await slow.next(0)] == ["e2", "e3", "e4"]
+
+
+async def test_a_watcher_keeps_only_the_latest_change_per_event(supervisor: Supervisor) -> None:
+    hub = build_hub(FakeOutbox(), supervisor)
+    first = event("one")
+    with hub.subscribe("one") as watcher:
+        hub.publish(first)
+        hub.publish(replace(first, status=EventStatus.SENT))
+        hub.publish(event("other"))  # not this watcher's event
+        changes = await watcher.next(1.0)
+    assert [(e.event_id, e.status) for e in changes] == [("one", EventStatus.SENT)]
+
+
+async def test_the_feed_survives_a_query_that_raises_anything(
+    supervisor: Supervisor, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = FlakyOutbox([RuntimeError("driver bug"), KeyError("status")])
+    hub = build_hub(outbox, supervisor)
+    hub.start()
+    try:
+        with hub.subscribe(None) as watcher, caplog.at_level(logging.ERROR):
+            changed = event("after-errors")
+            outbox.events[changed.event_id] = changed
+            delivered: list[str] = []
+            async with asyncio.timeout(5):
+                while "after-errors" not in delivered:
+                    delivered += [e.event_id for e in await watcher.next(1.0)]
+    finally:
+        await hub.stop()
+    assert supervisor.failures["watch-poller"] == 2
+    assert outbox.feed_queries >= 3
+    tracebacks = [r for r in caplog.records if r.exc_info and "watch-poller" in r.getMessage()]
+    assert len(tracebacks) == 2  # logged with its traceback, not swallowed
