@@ -74,6 +74,27 @@ def _split_addr(addr: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+def _relay_config(settings: RelaySettings) -> RelayConfig:
+    return RelayConfig(
+        shards=settings.relay_shards,
+        batch_size=settings.relay_batch_size,
+        poll_interval_s=settings.relay_poll_interval_s,
+        backoff_initial_s=settings.relay_backoff_initial_s,
+        backoff_max_s=settings.relay_backoff_max_s,
+        sent_retention_s=settings.relay_sent_retention_s,
+        sweep_interval_s=settings.relay_sweep_interval_s,
+        sweep_batch=settings.relay_sweep_batch,
+    )
+
+
+def _metrics_server(settings: RelaySettings, metrics: RelayMetrics) -> MetricsServer | None:
+    """The Prometheus endpoint on RELAY_METRICS_ADDR, or None when it is set empty."""
+    if not settings.relay_metrics_addr:
+        return None
+    host, port = _split_addr(settings.relay_metrics_addr)
+    return MetricsServer(metrics, host, port)
+
+
 async def create_relay(settings: RelaySettings) -> RelayApp:
     """Build the relay (not started); binds the health port (0 picks a free one)."""
     member = settings.relay_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -109,16 +130,7 @@ async def create_relay(settings: RelaySettings) -> RelayApp:
         leases=leases,
         publisher=publisher,
         metrics=metrics,
-        config=RelayConfig(
-            shards=settings.relay_shards,
-            batch_size=settings.relay_batch_size,
-            poll_interval_s=settings.relay_poll_interval_s,
-            backoff_initial_s=settings.relay_backoff_initial_s,
-            backoff_max_s=settings.relay_backoff_max_s,
-            sent_retention_s=settings.relay_sent_retention_s,
-            sweep_interval_s=settings.relay_sweep_interval_s,
-            sweep_batch=settings.relay_sweep_batch,
-        ),
+        config=_relay_config(settings),
         clock=clock,
         supervisor=supervisor,
     )
@@ -127,10 +139,7 @@ async def create_relay(settings: RelaySettings) -> RelayApp:
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(settings.relay_health_addr)
-    metrics_server = None
-    if settings.relay_metrics_addr:
-        host, metrics_port = _split_addr(settings.relay_metrics_addr)
-        metrics_server = MetricsServer(metrics, host, metrics_port)
+    metrics_server = _metrics_server(settings, metrics)
 
     await _prepare(settings, store, lease_store, publisher)
     return RelayApp(
