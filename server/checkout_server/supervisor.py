@@ -57,6 +57,10 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if _being_cancelled():
+                    # A library turned our cancellation into an error of its own (PyMongo's
+                    # async API raises an AutoReconnect subclass): stop as asked.
+                    raise asyncio.CancelledError from exc
                 failures += 1
                 self.failures[name] += 1
                 pause = self._backoff.delay_s(failures)
@@ -65,12 +69,22 @@ class Supervisor:
                 failures = 0
             await _pause(stop, pause)
 
-    async def stop(self) -> None:
-        """Cancel every spawned loop and wait for them to end."""
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Cancel every spawned loop and wait for them to end (at most `timeout_s`; a loop
+        still running then is left behind and logged)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            log.error("background loop did not stop", extra={"loop": task.get_name()})
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _log_failure(name: str, exc: Exception, retry_in_s: float) -> None:

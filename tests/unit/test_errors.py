@@ -124,6 +124,25 @@ async def test_a_supervised_loop_logs_counts_and_goes_on(
     assert error.exc_info is not None
 
 
+async def test_a_loop_stops_even_when_a_library_swallows_the_cancellation() -> None:
+    supervisor = Supervisor(backoff=Backoff(0.01, 0.02))
+    querying = asyncio.Event()
+
+    async def round_() -> float:
+        querying.set()
+        try:
+            await asyncio.Event().wait()  # a database query in flight
+        except asyncio.CancelledError:
+            raise AutoReconnect("operation cancelled") from None  # as PyMongo async does
+        return 0.0
+
+    task = supervisor.spawn("swallowing", round_)
+    await asyncio.wait_for(querying.wait(), 5)
+    await asyncio.wait_for(supervisor.stop(), 5)
+    assert task.cancelled()
+    assert supervisor.failures["swallowing"] == 0  # a stop, not a failure
+
+
 async def test_a_supervised_loop_ends_after_its_round_when_stopped() -> None:
     supervisor = Supervisor()
     stop = asyncio.Event()
