@@ -41,6 +41,7 @@ install: $(INSTALLED) proto stack
 proto: $(GENERATED)
 
 # FerretDB, MinIO, Kafka jars, grpcurl, buf (pinned; skipped when already there).
+# Also composecheck, built from tools/composecheck (compose-go loads docker-compose.yml in `lint`).
 stack: $(INSTALLED)
 	$(PY) -m devstack install
 
@@ -58,6 +59,8 @@ lint: $(INSTALLED) proto stack
 	$(BIN)/lint-imports
 	.stack/bin/buf lint
 	$(PY) -m devstack validate-envoy
+	.stack/bin/composecheck docker-compose.yml .env.example
+	$(BIN)/hadolint deploy/Dockerfile
 
 unit: $(INSTALLED) proto
 	$(BIN)/pytest tests/unit
