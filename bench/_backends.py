@@ -38,6 +38,7 @@ def started(work: Path) -> Iterator[Backends]:
         port=port,
         env={
             "GRPC_ADDR": f"127.0.0.1:{port}",
+            "METRICS_ADDR": "",  # not measured here; never collides with a running stack
             "MINIO_ENDPOINT": minio.endpoint,
             "MONGO_URI": ferretdb.uri,
             "LOG_LEVEL": "WARNING",

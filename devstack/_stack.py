@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import grpc
@@ -71,10 +71,11 @@ class StackPorts:
     kafka_controller: int = 9093
     relay_health: int = 50052
     relay_metrics: int = 9464
+    metrics: int = 9463
 
     @classmethod
     def free(cls) -> StackPorts:
-        return cls(*(free_port() for _ in range(10)))
+        return cls(*(free_port() for _ in fields(cls)))
 
 
 @dataclass
@@ -144,6 +145,7 @@ class LocalStack:
         p = self.ports
         env = {
             "GRPC_ADDR": f"127.0.0.1:{p.grpc}",
+            "METRICS_ADDR": f"127.0.0.1:{p.metrics}",
             "MINIO_ENDPOINT": f"127.0.0.1:{p.minio}",
             "MINIO_ACCESS_KEY": "minioadmin",
             "MINIO_SECRET_KEY": "minioadmin",
@@ -178,7 +180,8 @@ class LocalStack:
                 f"  MinIO       http://127.0.0.1:{p.minio}   (minioadmin / minioadmin)",
                 f"  MinIO UI    http://127.0.0.1:{p.minio_console}",
                 f"  Kafka       127.0.0.1:{p.kafka}",
-                f"  relay       metrics http://127.0.0.1:{p.relay_metrics}/metrics",
+                f"  metrics     server http://127.0.0.1:{p.metrics}/metrics, "
+                f"relay http://127.0.0.1:{p.relay_metrics}/metrics",
                 f"  logs        {self.data_dir / 'logs'}",
             ]
         )

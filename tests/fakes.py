@@ -149,6 +149,10 @@ class FakeOutbox:
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
         return [e for e in self.events.values() if e.ready_at is None][:limit]
 
+    async def oldest_unsent_created_at(self) -> datetime | None:
+        waiting = [e.created_at for e in self.events.values() if e.status is EventStatus.NEW]
+        return min(waiting, default=None)
+
     async def delete_all(self) -> int:
         count = len(self.events)
         self.events.clear()

@@ -66,6 +66,11 @@ class RetryPolicy:
         schedule = Backoff(self.initial_backoff_s, self.max_backoff_s, self.multiplier)
         return schedule.delay_s(failed_attempts)
 
+    def delay_s(self, failed_attempts: int, retry_after_s: float | None) -> float:
+        """The wait before the next attempt: the backoff, or the server's retry hint when it
+        asks for longer."""
+        return max(self.backoff_s(failed_attempts), retry_after_s or 0.0)
+
 
 NO_RETRY = RetryPolicy(attempts=1)
 
@@ -91,26 +96,38 @@ def open_channel(
     *,
     tls: bool = False,
     root_certificates: bytes | None = None,
+    certificate_chain: bytes | None = None,
+    private_key: bytes | None = None,
     token: str | None = None,
     options: Sequence[tuple[str, int | str]] = (),
 ) -> grpc.aio.Channel:
     """A grpc.aio channel to `address` with CHANNEL_OPTIONS (then `options`, which win).
 
-    TLS is used when `tls` is set or `root_certificates` (PEM) are given; without them the
-    system roots verify the server. A `token` is sent as a bearer call credential, which gRPC
-    only sends over TLS: asking for one on a plaintext channel is a ValueError rather than a
-    token leaked in clear text.
+    TLS is used when `tls` is set or `root_certificates` (PEM) or a client certificate are
+    given; without `root_certificates` the system roots verify the server. For mTLS pass the
+    client's `certificate_chain` and its `private_key` (PEM, both or neither, else a
+    ValueError): the server asks for them when it requires client certificates. A `token` is
+    sent as a bearer call credential, which gRPC only sends over TLS: asking for one on a
+    plaintext channel is a ValueError rather than a token leaked in clear text.
     """
     merged = dict(CHANNEL_OPTIONS)
     merged.update(dict(options))
     channel_options = list(merged.items())
-    if root_certificates is not None:
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError(
+            "a client certificate needs its key: pass certificate_chain and private_key"
+        )
+    if root_certificates is not None or certificate_chain is not None:
         tls = True
     if not tls:
         if token:
             raise ValueError("a token needs TLS: pass tls=True (and root_certificates)")
         return grpc.aio.insecure_channel(address, options=channel_options)
-    credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root_certificates,
+        private_key=private_key,
+        certificate_chain=certificate_chain,
+    )
     if token:
         credentials = grpc.composite_channel_credentials(
             credentials, grpc.metadata_call_credentials(_BearerToken(token), name="bearer")

@@ -53,6 +53,8 @@ class AsyncCheckoutClient:
     Args:
         address: ``host:port``; default `CHECKOUT_ADDR` or ``localhost:50051``.
         tls, root_certificates, token: see `open_channel` (a token needs TLS).
+        certificate_chain, private_key: the client certificate for mTLS (PEM, both or
+            neither; imply TLS): see `open_channel`.
         timeout_s: default deadline of unary calls (None: no deadline).
         retry: retries of UNAVAILABLE for uploads and read-only calls.
         channel: an existing grpc.aio channel to use instead (not closed by `close()`).
@@ -65,6 +67,8 @@ class AsyncCheckoutClient:
         *,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
         token: str | None = None,
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen, shared safely)
@@ -77,6 +81,8 @@ class AsyncCheckoutClient:
             self.address,
             tls=tls,
             root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
             token=token,
             options=options,
         )
@@ -171,7 +177,7 @@ class AsyncCheckoutClient:
                     # The whole file was read: the retry declares its hash, so the server
                     # checks that a replayed key names the same file.
                     declared = reader.digest.hexdigest()
-                await asyncio.sleep(self._retry.backoff_s(number))
+                await asyncio.sleep(self._retry.delay_s(number, error.retry_after_s))
                 src.rewind()
         finally:
             src.close()
@@ -314,4 +320,4 @@ class AsyncCheckoutClient:
                 error = from_grpc_error(e)
                 if not (error.retriable and number < retry.attempts):
                     raise error from e
-            await asyncio.sleep(retry.backoff_s(number))
+            await asyncio.sleep(retry.delay_s(number, error.retry_after_s))

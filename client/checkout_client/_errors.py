@@ -29,19 +29,33 @@ class CheckoutError(Exception):
         reason: the ErrorInfo reason, e.g. ``"NOT_MP4"``; empty when the status had none
             (a proxy's or grpc's own error).
         metadata: the ErrorInfo metadata (may be empty).
-        retriable: whether the same call may succeed if repeated (transient codes only).
+        retry_after_s: the server's hint of when to try again (google.rpc.RetryInfo), or
+            None when it sent none.
+        retriable: whether the same call may succeed if repeated: a transient code
+            (UNAVAILABLE), or any error the server sent a retry hint with (e.g.
+            RESOURCE_EXHAUSTED ``TOO_MANY_UPLOADS``).
     """
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
-    retriable: ClassVar[bool] = False
+    transient: ClassVar[bool] = False  # the code alone makes a retry worth it
 
     def __init__(
-        self, message: str, *, reason: str = "", metadata: Mapping[str, str] | None = None
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         self.message = message
         self.reason = reason
         self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_after_s = retry_after_s
         super().__init__(message)
+
+    @property
+    def retriable(self) -> bool:
+        return self.transient or self.retry_after_s is not None
 
     def __str__(self) -> str:
         return f"{self.message} ({self.reason})" if self.reason else self.message
@@ -114,7 +128,7 @@ class Unavailable(CheckoutError):
     (e.g. ``STORAGE_UNAVAILABLE``, or no reason when the server itself is unreachable)."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    retriable = True
+    transient = True
 
 
 class DataLoss(CheckoutError):
@@ -167,6 +181,7 @@ def from_grpc_error(error: grpc.aio.AioRpcError) -> CheckoutError:
     message = error.details() or error.code().name
     reason = ""
     metadata: dict[str, str] = {}
+    retry_after_s: float | None = None
     trailers = cast(Iterable[tuple[str, str | bytes]], error.trailing_metadata() or ())
     for key, value in trailers:
         if key != _DETAILS_KEY or not isinstance(value, bytes):
@@ -178,8 +193,11 @@ def from_grpc_error(error: grpc.aio.AioRpcError) -> CheckoutError:
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
                 reason, metadata = info.reason, dict(info.metadata)
-                break
-    return cls(message, reason=reason, metadata=metadata)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                hint = error_details_pb2.RetryInfo()
+                detail.Unpack(hint)
+                retry_after_s = hint.retry_delay.ToTimedelta().total_seconds()
+    return cls(message, reason=reason, metadata=metadata, retry_after_s=retry_after_s)
 
 
 def _lost_in_transport(error: grpc.aio.AioRpcError) -> bool:

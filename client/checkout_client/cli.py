@@ -371,6 +371,14 @@ def _connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     group.add_argument(
         "--ca-cert", default=default(None), help="PEM file of root certificates (implies --tls)"
     )
+    group.add_argument(
+        "--cert",
+        default=default(None),
+        help="PEM file of the client certificate chain, for mTLS (needs --key; implies --tls)",
+    )
+    group.add_argument(
+        "--key", default=default(None), help="PEM file of the client certificate's private key"
+    )
     group.add_argument("--json", action="store_true", default=default(False), help="JSON output")
 
 
@@ -430,16 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_local_files(args: argparse.Namespace) -> None:
     """Checks and reads local files before the event loop starts (blocking calls)."""
-    args.root_certificates = None
-    if args.ca_cert:
-        try:
-            args.root_certificates = Path(args.ca_cert).read_bytes()
-        except OSError as e:
-            raise CliError(
-                f"Не удалось прочитать {args.ca_cert}: {e.strerror or e}",
-                reason="CA_CERT_UNREADABLE",
-                exit_code=EXIT_USAGE,
-            ) from e
+    args.root_certificates = _read_pem(args.ca_cert, "CA_CERT_UNREADABLE")
+    if bool(args.cert) != bool(args.key):
+        raise CliError(
+            "Для mTLS нужны оба файла: --cert и --key",
+            reason="CLIENT_CERT_NEEDS_KEY",
+            exit_code=EXIT_USAGE,
+        )
+    args.certificate_chain = _read_pem(args.cert, "CLIENT_CERT_UNREADABLE")
+    args.private_key = _read_pem(args.key, "CLIENT_KEY_UNREADABLE")
     if args.command == "upload":
         path = Path(args.file)
         if not path.is_file():
@@ -449,9 +456,21 @@ def read_local_files(args: argparse.Namespace) -> None:
         args.file, args.file_size = path, path.stat().st_size
 
 
+def _read_pem(path: str | None, reason: str) -> bytes | None:
+    """The bytes of a certificate or key file given on the command line (None if not given)."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise CliError(
+            f"Не удалось прочитать {path}: {e.strerror or e}", reason=reason, exit_code=EXIT_USAGE
+        ) from e
+
+
 async def run(args: argparse.Namespace, out: Output) -> int:
     token = os.environ.get(TOKEN_ENV) or None
-    if token and not (args.tls or args.ca_cert):
+    if token and not (args.tls or args.ca_cert or args.cert):
         raise CliError(
             f"{TOKEN_ENV} передаётся только по TLS: добавьте --tls или --ca-cert",
             reason="TOKEN_NEEDS_TLS",
@@ -461,6 +480,8 @@ async def run(args: argparse.Namespace, out: Output) -> int:
         args.addr,
         tls=args.tls,
         root_certificates=args.root_certificates,
+        certificate_chain=args.certificate_chain,
+        private_key=args.private_key,
         token=token,
         timeout_s=args.timeout or None,
         retry=RetryPolicy(),

@@ -120,6 +120,22 @@ class GrpcSection(Section):
     """HEALTH_INTERVAL_S: how often dependencies are probed for the health service."""
     admin_token: Secret = ""
     """ADMIN_TOKEN: bearer token for Cleanup (secret); empty disables Cleanup."""
+    tls_cert_file: str = ""
+    """TLS_CERT_FILE: PEM certificate chain of the gRPC server (the server's certificate
+    first); with TLS_KEY_FILE the server serves TLS, else plaintext."""
+    tls_key_file: str = ""
+    """TLS_KEY_FILE: PEM private key of TLS_CERT_FILE."""
+    tls_client_ca_file: str = ""
+    """TLS_CLIENT_CA_FILE: PEM certificates of the CAs that sign client certificates; when set
+    (with TLS_CERT_FILE), clients must present a certificate they sign (mTLS)."""
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        return self
 
 
 class StorageSection(Section):
@@ -157,6 +173,9 @@ class UploadSection(Section):
     storage_abort_retry_s: float = 300.0
     """STORAGE_ABORT_RETRY_S: how long a failed upload keeps retrying to abort its multipart
     upload while storage is unreachable (in the background; the client is answered at once)."""
+    upload_max_concurrent: int = 64
+    """UPLOAD_MAX_CONCURRENT: uploads one process streams at once (default 64); one more is
+    refused with RESOURCE_EXHAUSTED TOO_MANY_UPLOADS and a retry hint."""
 
     @model_validator(mode="after")
     def _check_upload(self) -> Self:
@@ -170,7 +189,17 @@ class UploadSection(Section):
             raise ConfigError("UPLOAD_MEMORY_BUDGET_BYTES must hold two parts (UPLOAD_PART_BYTES)")
         if self.upload_max_bytes <= 0:
             raise ConfigError("UPLOAD_MAX_BYTES must be positive")
+        if self.upload_max_concurrent < 1:
+            raise ConfigError("UPLOAD_MAX_CONCURRENT must be at least 1")
         return self
+
+
+class MetricsSection(Section):
+    metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "0.0.0.0:9463"
+    """METRICS_ADDR: Prometheus metrics over HTTP (`GET /metrics`); set empty to disable."""
+    outbox_lag_interval_s: float = 10.0
+    """OUTBOX_LAG_INTERVAL_S: how often the server measures the age of the oldest unsent
+    outbox message (checkout_outbox_oldest_unsent_seconds)."""
 
 
 class StatusSection(Section):
@@ -326,6 +355,7 @@ class ServerSettings(
     MongoSection,
     UploadSection,
     StatusSection,
+    MetricsSection,
     StartupSection,
     LoggingSection,
 ):

@@ -33,6 +33,9 @@ class ServiceError(Exception):
     message: ClassVar[str] = "Внутренняя ошибка сервиса"
     retriable: ClassVar[bool] = False
 
+    # A hint for clients of when to try again (sent as google.rpc.RetryInfo), or None.
+    retry_after_s: float | None = None
+
     def __init__(self, detail: str = "", **metadata: str) -> None:
         # `detail` adds specifics to the Russian message; `metadata` goes into ErrorInfo.
         self.detail = detail
@@ -226,6 +229,16 @@ class ResultTooLarge(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "RESULT_TOO_LARGE"
     message = "Результат детекции слишком велик для ответа"
+
+
+class TooManyUploads(ServiceError):
+    """The process streams UPLOAD_MAX_CONCURRENT uploads already."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_UPLOADS"
+    message = "Сервер принимает слишком много загрузок одновременно, повторите попытку позже"
+    retriable = True
+    retry_after_s = 1.0
 
 
 class WatcherTooSlow(ServiceError):

@@ -90,6 +90,10 @@ class Outbox(Protocol):
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
         """Events whose result has not been seen yet, newest first, at most `limit`."""
 
+    async def oldest_unsent_created_at(self) -> datetime | None:
+        """`created_at` of the oldest outbox message still `new` (not yet on Kafka), or
+        None when the relay has caught up."""
+
     async def delete_all(self) -> int:
         """Delete every event; returns how many."""
 

@@ -84,6 +84,7 @@ def base_settings(ferretdb: FerretDB, minio: MinIO) -> ServerSettings:
         health_interval_s=0.2,
         storage_abort_retry_s=60.0,
         startup_timeout_s=20.0,
+        metrics_addr="",  # many servers at once: the metrics test opens its own port
     )
 
 

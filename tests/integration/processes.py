@@ -19,5 +19,6 @@ def server_env(settings: ServerSettings, port: int, **extra: str) -> dict[str, s
         "ALLOWED_BUCKETS": ",".join(settings.allowed_buckets),
         "UPLOAD_PART_BYTES": str(5 * MiB),
         "LOG_FORMAT": "json",
+        "METRICS_ADDR": "127.0.0.1:0",  # several servers at once
         **extra,
     }

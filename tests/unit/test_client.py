@@ -68,6 +68,27 @@ def test_rich_status_becomes_a_typed_error() -> None:
     assert not error.retriable
 
 
+def test_a_retry_hint_makes_an_error_retriable_and_sets_the_wait() -> None:
+    info, hint = any_pb2.Any(), any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="TOO_MANY_UPLOADS", domain="checkout.v1"))
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromSeconds(7)
+    hint.Pack(retry)
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = status_pb2.Status(code=code.value[0], message="много", details=[info, hint])
+    trailers = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    call = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, "много", "")
+    error = from_grpc_error(call)
+
+    assert (error.reason, error.retry_after_s, error.retriable) == ("TOO_MANY_UPLOADS", 7, True)
+    policy = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
+    assert policy.delay_s(1, error.retry_after_s) == 7  # the server asks for longer
+    assert policy.delay_s(1, None) <= 0.01
+    # Without a hint, RESOURCE_EXHAUSTED (e.g. WATCHER_TOO_SLOW) is not retried as such.
+    plain = from_grpc_error(rich_error(code, "медленно", "WATCHER_TOO_SLOW"))
+    assert (plain.retry_after_s, plain.retriable) == (None, False)
+
+
 def test_plain_status_has_no_reason() -> None:
     plain = grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down", ""

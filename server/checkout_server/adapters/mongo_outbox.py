@@ -24,7 +24,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from ..domain import EventStatus, OutboxEvent, Page
 from ..errors import DuplicateIdempotencyKey, InvalidPageToken
 from ..outbox import document as f
-from ..outbox.document import Document, from_document, status_document, to_document
+from ..outbox.document import Document, from_document, status_document, to_document, utc
 from .mongo_errors import translated
 from .mongo_indexes import ensure_indexes
 
@@ -155,6 +155,12 @@ class MongoOutbox:
             found = self._statuses.find({f.READY_AT: None})
             documents = await found.sort([(f.CREATED_AT, DESCENDING)]).limit(limit).to_list()
         return [from_document(d) for d in documents]
+
+    async def oldest_unsent_created_at(self) -> datetime | None:
+        with translated("oldest_unsent"):
+            found = self._outbox.find({f.STATUS: f.NEW}, {f.CREATED_AT: 1})
+            documents = await found.sort([(f.CREATED_AT, ASCENDING)]).limit(1).to_list()
+        return utc(documents[0][f.CREATED_AT]) if documents else None
 
     async def delete_all(self) -> int:
         with translated("delete_all"):

@@ -16,7 +16,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -41,13 +42,22 @@ else:
 
 
 def rich_status(error: ServiceError) -> grpc.Status:
-    """The google.rpc.Status for `error`, with an ErrorInfo carrying its reason."""
+    """The google.rpc.Status for `error`: an ErrorInfo carrying its reason, and a RetryInfo
+    when the error has a retry hint."""
     info = error_details_pb2.ErrorInfo(
         reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
     )
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=error.code.value[0], message=error.text, details=[detail])
+    details = [info]
+    if error.retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromTimedelta(timedelta(seconds=error.retry_after_s))
+        details.append(retry)
+    packed = []
+    for detail in details:
+        any_detail = any_pb2.Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    status = status_pb2.Status(code=error.code.value[0], message=error.text, details=packed)
     return rpc_status.to_status(status)
 
 
@@ -56,8 +66,22 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceErro
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+class CallObserver(Protocol):
+    """Told of every call's start and outcome (the server's gRPC metrics)."""
+
+    def started(self, method: str, rpc_type: str) -> None:
+        """`method` is the full name (/package.Service/Method); `rpc_type` one of unary,
+        client_stream, server_stream, bidi_stream."""
+
+    def handled(self, method: str, rpc_type: str, code: grpc.StatusCode, seconds: float) -> None:
+        """The call ended with `code` after `seconds`."""
+
+
 class ErrorInterceptor(_ServerInterceptor):
-    """Maps exceptions to statuses and writes one log line per call."""
+    """Maps exceptions to statuses, writes one log line per call and tells `observer`."""
+
+    def __init__(self, observer: CallObserver | None = None) -> None:
+        self._observer = observer
 
     async def intercept_service(
         self,
@@ -69,28 +93,30 @@ class ErrorInterceptor(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
+        method, observer = handler_call_details.method, self._observer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, cast(_Unary, handler.unary_unary)),
+                _wrap_unary(method, "unary", observer, cast(_Unary, handler.unary_unary)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(method, cast(_Unary, handler.stream_unary)),
+                _wrap_unary(method, "client_stream", observer, cast(_Unary, handler.stream_unary)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, cast(_Stream, handler.unary_stream)),
+                _wrap_stream(
+                    method, "server_stream", observer, cast(_Stream, handler.unary_stream)
+                ),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(method, cast(_Stream, handler.stream_stream)),
+                _wrap_stream(method, "bidi_stream", observer, cast(_Stream, handler.stream_stream)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -98,21 +124,32 @@ class ErrorInterceptor(_ServerInterceptor):
 
 
 class _CallLog:
-    """Collects what the single log line of a call says."""
+    """Collects what the single log line of a call says, and tells the observer."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, rpc_type: str, observer: CallObserver | None) -> None:
         self.method = method
+        self.rpc_type = rpc_type
+        self.observer = observer
         self.started = time.monotonic()
         self.token = request_id_var.set(uuid.uuid4().hex[:16])
+        if observer is not None:
+            observer.started(method, rpc_type)
 
     def done(self, code: grpc.StatusCode, reason: str = "") -> None:
-        elapsed_ms = round((time.monotonic() - self.started) * 1000, 1)
+        elapsed = time.monotonic() - self.started
         level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO
         log.log(
             level,
             "rpc finished",
-            extra={"method": self.method, "code": code.name, "reason": reason, "ms": elapsed_ms},
+            extra={
+                "method": self.method,
+                "code": code.name,
+                "reason": reason,
+                "ms": round(elapsed * 1000, 1),
+            },
         )
+        if self.observer is not None:
+            self.observer.handled(self.method, self.rpc_type, code, elapsed)
         request_id_var.reset(self.token)
 
 
@@ -122,9 +159,11 @@ def _unexpected(method: str, exc: BaseException) -> ServiceError:
 
 
 @asynccontextmanager
-async def _outcome(method: str, context: _Context) -> AsyncIterator[None]:
+async def _outcome(
+    method: str, rpc_type: str, observer: CallObserver | None, context: _Context
+) -> AsyncIterator[None]:
     """Logs the call's outcome and turns its exceptions into statuses."""
-    call = _CallLog(method)
+    call = _CallLog(method, rpc_type, observer)
     try:
         yield
     except ServiceError as exc:
@@ -144,17 +183,21 @@ async def _outcome(method: str, context: _Context) -> AsyncIterator[None]:
         call.done(grpc.StatusCode.OK)
 
 
-def _wrap_unary(method: str, behavior: _Unary) -> _Unary:
+def _wrap_unary(
+    method: str, rpc_type: str, observer: CallObserver | None, behavior: _Unary
+) -> _Unary:
     async def wrapper(request: Any, context: _Context) -> Any:
-        async with _outcome(method, context):
+        async with _outcome(method, rpc_type, observer, context):
             return await behavior(request, context)
 
     return wrapper
 
 
-def _wrap_stream(method: str, behavior: _Stream) -> _Stream:
+def _wrap_stream(
+    method: str, rpc_type: str, observer: CallObserver | None, behavior: _Stream
+) -> _Stream:
     async def wrapper(request: Any, context: _Context) -> AsyncIterator[Any]:
-        async with _outcome(method, context):
+        async with _outcome(method, rpc_type, observer, context):
             async for response in behavior(request, context):
                 yield response
 

@@ -56,6 +56,8 @@ class UploadLimits:
     # What all uploads together may buffer; each active upload reserves two parts (the one
     # being collected and, briefly, its joined copy).
     memory_budget_bytes: int = 256 * 1024 * 1024
+    # Uploads streamed at once; one more is refused (TooManyUploads), not queued.
+    max_concurrent: int = 64
 
 
 def _utcnow() -> datetime:
@@ -87,6 +89,10 @@ class UploadPipeline:
         self._new_id = new_id
         self._cleanups: set[asyncio.Task[None]] = set()
         self.memory = MemoryBudget(limits.memory_budget_bytes)
+        # For the metrics: uploads streaming now, bytes received, uploads refused as too many.
+        self.in_flight = 0
+        self.bytes_received_total = 0
+        self.refused_total = 0
 
     async def upload(self, request: UploadRequest, chunks: AsyncIterator[bytes]) -> UploadResult:
         bucket = self._validate(request)
@@ -97,6 +103,19 @@ class UploadPipeline:
                 log.info("upload replayed", extra={"event_id": existing.event_id})
                 return UploadResult(event=existing, deduplicated=True)
 
+        if self.in_flight >= self._limits.max_concurrent:
+            self.refused_total += 1
+            raise errors.TooManyUploads(limit=str(self._limits.max_concurrent))
+        self.in_flight += 1
+        try:
+            return await self._store(request, chunks, bucket)
+        finally:
+            self.in_flight -= 1
+
+    async def _store(
+        self, request: UploadRequest, chunks: AsyncIterator[bytes], bucket: str
+    ) -> UploadResult:
+        """Stream the video into storage, then write its event; all or nothing."""
         video_id = self._new_id()
         key = input_object_key(video_id)
         writer = self._storage.open_writer(bucket, key, VIDEO_CONTENT_TYPE)
@@ -172,6 +191,7 @@ class UploadPipeline:
             if not chunk:
                 continue
             total += len(chunk)
+            self.bytes_received_total += len(chunk)
             if total > limits.max_bytes:
                 raise errors.FileTooLarge(
                     f"больше {limits.max_bytes} байт", max_bytes=str(limits.max_bytes)

@@ -11,11 +11,13 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from miniopy_async.api import Minio
+from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
@@ -25,11 +27,13 @@ from .. import logs
 from ..adapters.minio_storage import MinioStorage
 from ..adapters.mongo_outbox import MongoOutbox
 from ..api.health import DependencyMonitor, HealthReporter, new_health_servicer
-from ..api.interceptors import ErrorInterceptor
+from ..api.interceptors import CallObserver, ErrorInterceptor
+from ..api.metrics import GrpcMetrics, MetricsEndpoint, ServiceCollector
 from ..api.servicer import CheckoutServicer
 from ..config import MiB, ServerSettings
 from ..errors import ConfigError, ServiceError
 from ..outbox.document import Document
+from ..status.lag import OutboxLag
 from ..status.service import StatusService, StatusSettings
 from ..status.watch import WatchHub
 from ..supervisor import Supervisor, retry_until
@@ -69,13 +73,18 @@ class App:
     pipeline: UploadPipeline
     hub: WatchHub
     supervisor: Supervisor
+    lag: OutboxLag
+    metrics: MetricsEndpoint | None
     mongo: AsyncMongoClient[Document]
     minio: Minio
 
     async def start(self) -> None:
         await self.server.start()
+        if self.metrics is not None:
+            self.metrics.start()
         self.monitor.start()
         self.hub.start()
+        self.supervisor.spawn("outbox-lag", self.lag.round)
         log.info("serving", extra={"port": self.port})
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -89,17 +98,60 @@ class App:
         await self.hub.stop()
         await self.supervisor.stop()
         await self.pipeline.drain_cleanups(timeout_s=grace)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)  # waits for its serving thread
         await self.minio.close_session()  # type: ignore[no-untyped-call]
         await self.mongo.close()
         log.info("stopped")
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """The gRPC server's TLS material, PEM: its private key and certificate chain and, for
+    mTLS, the CA certificates that every client's certificate must chain to."""
+
+    private_key: bytes
+    certificate_chain: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> ServerTLS | None:
+        """The files TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE name (None without
+        TLS_CERT_FILE: plaintext); an unreadable or non-PEM file is a ConfigError naming its
+        variable."""
+        if not settings.tls_cert_file:
+            return None
+        ca_file = settings.tls_client_ca_file
+        return cls(
+            certificate_chain=_read_pem("TLS_CERT_FILE", settings.tls_cert_file, "CERTIFICATE"),
+            private_key=_read_pem("TLS_KEY_FILE", settings.tls_key_file, "PRIVATE KEY"),
+            client_ca=_read_pem("TLS_CLIENT_CA_FILE", ca_file, "CERTIFICATE") if ca_file else None,
+        )
+
+
+def _read_pem(variable: str, path: str, label: str) -> bytes:
+    """The file's bytes, which must hold a PEM block of this label ("-----BEGIN <label>")."""
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror or exc}") from exc
+    if f"{label}-----".encode() not in pem:
+        raise ConfigError(f"{variable}: {path} holds no PEM {label}")
+    return pem
+
+
 def create_server(
-    address: str, servicer: CheckoutServicer, health_servicer: HealthReporter
+    address: str,
+    servicer: CheckoutServicer,
+    health_servicer: HealthReporter,
+    *,
+    tls: ServerTLS | None = None,
+    observer: CallObserver | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server with the checkout, health and reflection services, bound to `address`
-    (port 0 picks a free port, returned), not started."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+    (port 0 picks a free port, returned), not started: plaintext without `tls`, else TLS,
+    and mTLS (client certificates required and verified) when `tls` has a client CA."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(observer)], options=SERVER_OPTIONS)
     pb_grpc.add_CheckoutServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -110,7 +162,24 @@ def create_server(
         ],
         server,
     )
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+        transport = "plaintext"
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.private_key, tls.certificate_chain)],
+            root_certificates=tls.client_ca,
+            require_client_auth=tls.client_ca is not None,
+        )
+        try:
+            port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # gRPC says no more than that (its own log says why)
+            raise ConfigError(
+                f"cannot serve TLS on {address}: is TLS_KEY_FILE the key of TLS_CERT_FILE "
+                f"(and the address free)? {exc}"
+            ) from exc
+        transport = "tls" if tls.client_ca is None else "mtls"
+    log.info("grpc transport: %s", transport, extra={"transport": transport, "port": port})
     return server, port
 
 
@@ -175,7 +244,16 @@ def _build(
         heartbeat_s=settings.watch_heartbeat_s,
         default_bucket=settings.default_bucket,
     )
-    server, port = create_server(settings.grpc_addr, servicer, health_servicer)
+    registry = CollectorRegistry()
+    lag = OutboxLag(outbox, interval_s=settings.outbox_lag_interval_s)
+    registry.register(ServiceCollector(pipeline, hub, lag))
+    server, port = create_server(
+        settings.grpc_addr,
+        servicer,
+        health_servicer,
+        tls=ServerTLS.from_settings(settings),
+        observer=GrpcMetrics(registry),
+    )
     app = App(
         settings=settings,
         server=server,
@@ -185,6 +263,8 @@ def _build(
         pipeline=pipeline,
         hub=hub,
         supervisor=supervisor,
+        lag=lag,
+        metrics=MetricsEndpoint(registry, settings.metrics_addr) if settings.metrics_addr else None,
         mongo=mongo,
         minio=minio,
     )
@@ -198,6 +278,7 @@ def _upload_limits(settings: ServerSettings) -> UploadLimits:
         max_bytes=settings.upload_max_bytes,
         part_bytes=settings.upload_part_bytes,
         memory_budget_bytes=settings.upload_memory_budget_bytes,
+        max_concurrent=settings.upload_max_concurrent,
     )
 
 
@@ -234,6 +315,8 @@ def main() -> None:
     logs.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
+    except ConfigError as exc:  # found while building: an unreadable TLS file, say
+        sys.exit(f"checkout-server: configuration error: {exc}")
     except ServiceError as exc:
         log.error("could not start: %s", exc.text)
         sys.exit(1)

@@ -1,0 +1,142 @@
+"""The server's Prometheus metrics (prometheus-client), on a registry of the App's own.
+
+gRPC series follow go-grpc-prometheus / py-grpc-prometheus: `grpc_server_started_total`,
+`grpc_server_handled_total` and `grpc_server_handling_seconds`, labelled `grpc_type`,
+`grpc_service`, `grpc_method` (and `grpc_code`, the status code's name as py-grpc-prometheus
+writes it: OK, INVALID_ARGUMENT, ...). The service's own series are read from the objects
+that keep them at scrape time, so the upload and status layers know nothing of Prometheus.
+`MetricsEndpoint` serves them with prometheus-client's HTTP server (a thread of its own, so
+a scrape never waits on the event loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..status.lag import OutboxLag
+from ..status.watch import WatchHub
+from ..upload.pipeline import UploadPipeline
+
+log = logging.getLogger(__name__)
+
+# go-grpc-prometheus's default buckets, and longer ones for uploads and watches.
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, float("inf"))
+
+
+class GrpcMetrics:
+    """The interceptor's CallObserver: counts and times every call."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self._started = Counter(
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            labels,
+            registry=registry,
+        )
+        self._handled = Counter(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            [*labels, "grpc_code"],
+            registry=registry,
+        )
+        self._seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            labels,
+            registry=registry,
+            buckets=_BUCKETS,
+        )
+
+    def started(self, method: str, rpc_type: str) -> None:
+        self._started.labels(rpc_type, *_split(method)).inc()
+
+    def handled(self, method: str, rpc_type: str, code: grpc.StatusCode, seconds: float) -> None:
+        service, name = _split(method)
+        self._handled.labels(rpc_type, service, name, code.name).inc()
+        self._seconds.labels(rpc_type, service, name).observe(seconds)
+
+
+def _split(method: str) -> tuple[str, str]:
+    """'/checkout.v1.CheckoutService/UploadVideo' -> ('checkout.v1.CheckoutService',
+    'UploadVideo')."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+class ServiceCollector(Collector):
+    """The service's own series, read from the pipeline, the watch hub and the lag probe."""
+
+    def __init__(self, pipeline: UploadPipeline, hub: WatchHub, lag: OutboxLag) -> None:
+        self._pipeline = pipeline
+        self._hub = hub
+        self._lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        pipeline = self._pipeline
+        yield CounterMetricFamily(
+            "checkout_upload_bytes",
+            "Bytes of video received by uploads (gRPC and REST), kept or not.",
+            value=pipeline.bytes_received_total,
+        )
+        yield CounterMetricFamily(
+            "checkout_uploads_refused",
+            "Uploads refused because UPLOAD_MAX_CONCURRENT were streaming already.",
+            value=pipeline.refused_total,
+        )
+        yield GaugeMetricFamily(
+            "checkout_uploads_in_flight", "Uploads streaming now.", value=pipeline.in_flight
+        )
+        yield GaugeMetricFamily(
+            "checkout_upload_memory_budget_bytes_used",
+            "Bytes of UPLOAD_MEMORY_BUDGET_BYTES reserved by uploads now.",
+            value=pipeline.memory.used_bytes,
+        )
+        yield GaugeMetricFamily(
+            "checkout_watchers", "WatchStatus streams open now.", value=self._hub.watchers
+        )
+        yield GaugeMetricFamily(
+            "checkout_outbox_oldest_unsent_seconds",
+            "Age of the oldest outbox message not yet on Kafka (0 when none waits), as of the "
+            "last measurement (every OUTBOX_LAG_INTERVAL_S).",
+            value=self._lag.oldest_unsent_s,
+        )
+
+
+class MetricsEndpoint:
+    """`GET /metrics` of `registry` on `addr` (host:port; port 0 picks a free one)."""
+
+    def __init__(self, registry: CollectorRegistry, addr: str) -> None:
+        self._registry = registry
+        host, _, port = addr.rpartition(":")
+        self._host = host or "0.0.0.0"
+        self._port = int(port)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port if self._server is None else int(self._server.server_port)
+
+    def start(self) -> None:
+        self._server, self._thread = start_http_server(
+            self._port, addr=self._host, registry=self._registry
+        )
+        log.info("metrics", extra={"metrics_port": self.port})
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None

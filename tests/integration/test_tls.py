@@ -1,0 +1,324 @@
+"""TLS and mTLS on the gRPC server, against the in-process server with certificates the tests
+make themselves (a CA, a server certificate for 127.0.0.1 and localhost, client certificates
+from that CA and from another one): TLS calls succeed, plaintext ones fail; with mTLS only a
+client certificate from the configured CA gets through, through the SDK and the CLI alike."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from checkout_client import AsyncCheckoutClient, open_channel
+from checkout_client.cli import EXIT_OK, EXIT_UNAVAILABLE
+from checkout_server.config import ServerSettings
+from checkout_server.errors import ConfigError
+from checkout_server.wiring.server import App, create_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+CALL_TIMEOUT_S = 10.0
+CHECKOUT = str(Path(sys.executable).with_name("checkout"))  # the installed console script
+
+
+# --- certificates -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate and its key, PEM, also written to `<name>.pem` and `<name>.key`."""
+
+    cert: bytes
+    key: bytes
+    cert_file: Path
+    key_file: Path
+    certificate: x509.Certificate
+    private_key: ec.EllipticCurvePrivateKey
+
+
+def _issue(
+    folder: Path,
+    name: str,
+    *,
+    issuer: Issued | None = None,
+    usage: x509.ObjectIdentifier | None = None,
+    san: list[x509.GeneralName] | None = None,
+) -> Issued:
+    """A CA certificate (no `issuer`: self-signed) or a leaf signed by `issuer`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.certificate.subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if issuer is None:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    else:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.private_key.public_key()),
+            critical=False,
+        )
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    certificate = builder.sign(issuer.private_key if issuer else key, hashes.SHA256())
+    cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    cert_file, key_file = folder / f"{name}.pem", folder / f"{name}.key"
+    cert_file.write_bytes(cert_pem)
+    key_file.write_bytes(key_pem)
+    return Issued(cert_pem, key_pem, cert_file, key_file, certificate, key)
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Issued
+    server: Issued
+    client: Issued  # signed by `ca`
+    other_client: Issued  # signed by another CA the server does not trust
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    ca = _issue(tmp_path, "ca")
+    other_ca = _issue(tmp_path, "other-ca")
+    server = _issue(
+        tmp_path,
+        "server",
+        issuer=ca,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))],
+    )
+    client = _issue(tmp_path, "client", issuer=ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    other = _issue(tmp_path, "other-client", issuer=other_ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    return Pki(ca=ca, server=server, client=client, other_client=other)
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serving(settings: ServerSettings) -> AsyncIterator[App]:
+    app = await create_app(settings)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace_s=1.0)
+
+
+def tls_settings(settings: ServerSettings, pki: Pki, *, mtls: bool) -> ServerSettings:
+    return settings.replace(
+        tls_cert_file=str(pki.server.cert_file),
+        tls_key_file=str(pki.server.key_file),
+        tls_client_ca_file=str(pki.ca.cert_file) if mtls else "",
+    )
+
+
+@pytest.fixture
+async def tls_app(
+    settings: ServerSettings, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[App]:
+    caplog.set_level(logging.INFO, logger="checkout_server")  # for the start-up log line
+    async with serving(tls_settings(settings, pki, mtls=False)) as app:
+        yield app
+
+
+@pytest.fixture
+async def mtls_app(
+    settings: ServerSettings, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[App]:
+    caplog.set_level(logging.INFO, logger="checkout_server")
+    async with serving(tls_settings(settings, pki, mtls=True)) as app:
+        yield app
+
+
+def logged_transports(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The transports start-up logged ("plaintext", "tls" or "mtls")."""
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    return [str(vars(r)["transport"]) for r in records if "transport" in vars(r)]
+
+
+def address(app: App) -> str:
+    return f"127.0.0.1:{app.port}"
+
+
+async def health_check(channel: grpc.aio.Channel) -> health_pb2.HealthCheckResponse.ServingStatus:
+    """grpc.health.v1 Check of the whole server, closing the channel afterwards."""
+    async with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S)
+        return response.status
+
+
+async def refused(channel: grpc.aio.Channel) -> grpc.StatusCode:
+    """The status code of a health Check that must fail."""
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await health_check(channel)
+    return failure.value.code()
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+async def test_tls_call_succeeds_with_the_ca(
+    tls_app: App, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert logged_transports(caplog) == ["tls"]
+    channel = open_channel(address(tls_app), root_certificates=pki.ca.cert)
+    assert await health_check(channel) == health_pb2.HealthCheckResponse.SERVING
+    # The SDK's own Health RPC, through the same kind of channel; and by host name.
+    async with AsyncCheckoutClient(
+        f"localhost:{tls_app.port}", root_certificates=pki.ca.cert
+    ) as client:
+        health = await client.health()
+    assert set(health.dependencies) == {"storage", "database"}
+
+
+async def test_plaintext_call_to_the_tls_port_is_unavailable(tls_app: App) -> None:
+    channel = grpc.aio.insecure_channel(address(tls_app))
+    assert await refused(channel) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_tls_client_that_does_not_trust_the_ca_is_refused(tls_app: App) -> None:
+    channel = open_channel(address(tls_app), tls=True)  # system roots: our CA is not among them
+    assert await refused(channel) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_server_without_tls_settings_serves_and_logs_plaintext(
+    settings: ServerSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="checkout_server")
+    async with serving(settings) as app:
+        channel = grpc.aio.insecure_channel(address(app))
+        assert await health_check(channel) == health_pb2.HealthCheckResponse.SERVING
+    assert logged_transports(caplog) == ["plaintext"]
+
+
+async def test_unreadable_certificate_fails_start_up(
+    settings: ServerSettings, pki: Pki, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.pem"
+    configured = settings.replace(tls_cert_file=str(missing), tls_key_file=str(pki.server.key_file))
+    with pytest.raises(ConfigError, match=r"TLS_CERT_FILE: cannot read .*missing\.pem"):
+        await create_app(configured)
+
+
+async def test_key_of_another_certificate_fails_start_up(
+    settings: ServerSettings, pki: Pki
+) -> None:
+    configured = settings.replace(
+        tls_cert_file=str(pki.server.cert_file), tls_key_file=str(pki.client.key_file)
+    )
+    with pytest.raises(ConfigError, match="is TLS_KEY_FILE the key of TLS_CERT_FILE"):
+        await create_app(configured)
+
+
+# --- mTLS ---------------------------------------------------------------------------------------
+
+
+async def test_mtls_call_with_a_client_certificate_of_the_ca_succeeds(
+    mtls_app: App, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert logged_transports(caplog) == ["mtls"]
+    channel = open_channel(
+        address(mtls_app),
+        root_certificates=pki.ca.cert,
+        certificate_chain=pki.client.cert,
+        private_key=pki.client.key,
+    )
+    assert await health_check(channel) == health_pb2.HealthCheckResponse.SERVING
+    async with AsyncCheckoutClient(
+        address(mtls_app),
+        root_certificates=pki.ca.cert,
+        certificate_chain=pki.client.cert,
+        private_key=pki.client.key,
+    ) as client:
+        health = await client.health()
+    assert set(health.dependencies) == {"storage", "database"}
+
+
+async def test_mtls_call_without_a_client_certificate_fails(mtls_app: App, pki: Pki) -> None:
+    channel = open_channel(address(mtls_app), root_certificates=pki.ca.cert)
+    assert await refused(channel) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mtls_call_with_a_certificate_of_another_ca_fails(mtls_app: App, pki: Pki) -> None:
+    channel = open_channel(
+        address(mtls_app),
+        root_certificates=pki.ca.cert,
+        certificate_chain=pki.other_client.cert,
+        private_key=pki.other_client.key,
+    )
+    assert await refused(channel) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mtls_plaintext_call_is_unavailable(mtls_app: App) -> None:
+    channel = grpc.aio.insecure_channel(address(mtls_app))
+    assert await refused(channel) == grpc.StatusCode.UNAVAILABLE
+
+
+async def checkout(*args: str) -> tuple[int, str, str]:
+    """Runs the console script with pipes and no stdin; its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        CHECKOUT,
+        *args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_cli_with_cert_and_key_passes_mtls(mtls_app: App, pki: Pki) -> None:
+    common = ["health", "--json", "--addr", address(mtls_app), "--ca-cert", str(pki.ca.cert_file)]
+    code, stdout, stderr = await checkout(
+        *common, "--cert", str(pki.client.cert_file), "--key", str(pki.client.key_file)
+    )
+    assert code == EXIT_OK, stderr
+    assert '"storage"' in stdout
+    code, _, stderr = await checkout(*common)  # no client certificate
+    assert code == EXIT_UNAVAILABLE, stderr
