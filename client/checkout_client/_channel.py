@@ -58,13 +58,16 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError("attempts must be at least 1")
+        self._schedule()  # bad backoff bounds fail here, not at the first retry
+
+    def _schedule(self) -> Backoff:
+        return Backoff(self.initial_backoff_s, self.max_backoff_s, self.multiplier)
 
     def backoff_s(self, failed_attempts: int) -> float:
         """The wait after the `failed_attempts`-th failure (1-based): `Backoff`'s equal
         jitter, so the attempts of a default policy span about 12-25 s, enough for a server
         restart, while clients still spread out."""
-        schedule = Backoff(self.initial_backoff_s, self.max_backoff_s, self.multiplier)
-        return schedule.delay_s(failed_attempts)
+        return self._schedule().delay_s(failed_attempts)
 
     def delay_s(self, failed_attempts: int, retry_after_s: float | None) -> float:
         """The wait before the next attempt: the backoff, or the server's retry hint when it

@@ -292,3 +292,8 @@ def test_a_stream_broken_in_transport_is_retriable() -> None:
         debug_error_string="INTERNAL:Внутренняя ошибка сервиса",
     )
     assert type(from_grpc_error(server_bug)) is Internal
+
+
+def test_a_retry_policy_with_bad_bounds_fails_when_made() -> None:
+    with pytest.raises(ValueError, match="initial_s <= max_s"):
+        RetryPolicy(initial_backoff_s=5, max_backoff_s=1)
