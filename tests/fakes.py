@@ -254,7 +254,9 @@ class FakeRelayStore:
     calls: int = 0
     sent: asyncio.Event = field(default_factory=asyncio.Event)  # set by every mark_sent
 
-    def add(self, event_id: str, *, created_at: datetime = T0, **payload: object) -> None:
+    def add(
+        self, event_id: str, *, created_at: datetime = T0, traceparent: str = "", **payload: object
+    ) -> None:
         base: dict[str, object] = {
             "bucket": "videos",
             "object_key": f"input/{event_id}.mp4",
@@ -267,6 +269,7 @@ class FakeRelayStore:
             payload={**base, **payload},
             created_at=created_at,
             slot=relay_slot(event_id),
+            traceparent=traceparent,
         )
         self.messages[event_id] = StoredMessage(event, next_attempt_at=created_at)
 

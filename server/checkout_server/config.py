@@ -108,6 +108,13 @@ class LoggingSection(Section):
     """LOG_FORMAT: json | console (default: console on a terminal, else json)."""
 
 
+class TracingSection(Section):
+    otel_exporter_otlp_endpoint: str = ""
+    """OTEL_EXPORTER_OTLP_ENDPOINT: where spans are exported over OTLP/gRPC (e.g.
+    `http://otel-collector:4317`); empty (the default): traces are kept in-process only, nothing
+    is exported."""
+
+
 # --- The server's sections ----------------------------------------------------------------------
 
 
@@ -358,12 +365,19 @@ class ServerSettings(
     MetricsSection,
     StartupSection,
     LoggingSection,
+    TracingSection,
 ):
     """The server's (`checkout-server`) settings."""
 
 
 class RelaySettings(
-    ProcessSettings, RelaySection, KafkaSection, MongoSection, StartupSection, LoggingSection
+    ProcessSettings,
+    RelaySection,
+    KafkaSection,
+    MongoSection,
+    StartupSection,
+    LoggingSection,
+    TracingSection,
 ):
     """The outbox relay's (`checkout-relay`) settings."""
 

@@ -67,6 +67,9 @@ class OutboxEvent:
     error: str = ""
     # When the detection result was first seen in object storage.
     ready_at: datetime | None = None
+    # The W3C `traceparent` of the request that made the event ("" if none): the relay's
+    # publish span continues that trace.
+    traceparent: str = ""
 
     @property
     def api_status(self) -> EventStatus:

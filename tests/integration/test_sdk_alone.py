@@ -34,6 +34,8 @@ SERVER_ONLY = {
     "python-multipart",
     "pydantic-settings",
     "pydantic",
+    "prometheus-client",
+    "opentelemetry-sdk",
     "grpcio-health-checking",
     "grpcio-reflection",
 }

@@ -76,7 +76,10 @@ class MongoOutboxRelayStore:
         with translated("due"):
             found = self._outbox.find(
                 query,
-                dict.fromkeys((f.VIDEO_ID, f.PAYLOAD, f.CREATED_AT, f.ATTEMPTS, f.RELAY_SLOT), 1),
+                dict.fromkeys(
+                    (f.VIDEO_ID, f.PAYLOAD, f.CREATED_AT, f.ATTEMPTS, f.RELAY_SLOT, f.TRACEPARENT),
+                    1,
+                ),
             )
             documents = await found.sort([(f.NEXT_ATTEMPT_AT, ASCENDING)]).limit(limit).to_list()
         return [
@@ -87,6 +90,7 @@ class MongoOutboxRelayStore:
                 created_at=utc(d[f.CREATED_AT]),
                 attempts=int(d.get(f.ATTEMPTS) or 0),
                 slot=d.get(f.RELAY_SLOT),
+                traceparent=str(d.get(f.TRACEPARENT) or ""),
             )
             for d in documents
         ]

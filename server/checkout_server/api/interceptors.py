@@ -6,6 +6,10 @@ Every handler kind (unary/stream in, unary/stream out) is wrapped the same way:
   translated becomes DEADLINE_EXCEEDED, anything else INTERNAL with a generic message), and
   its traceback is logged;
 - an abort already raised by the handler passes through untouched.
+
+With a tracer, every call is a SERVER span that continues the caller's W3C trace (a
+`traceparent` in the metadata, which Envoy passes on from REST) or else starts a new one; the
+handler runs inside it, so what it stores (an upload's outbox event) can carry its context.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -23,10 +28,12 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 
 from .. import errors
 from ..errors import ERROR_DOMAIN, ServiceError
 from ..logs import request_id_var
+from ..tracing import context_from_headers
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +85,14 @@ class CallObserver(Protocol):
 
 
 class ErrorInterceptor(_ServerInterceptor):
-    """Maps exceptions to statuses, writes one log line per call and tells `observer`."""
+    """Maps exceptions to statuses, writes one log line per call, tells `observer` and, with
+    a `tracer`, makes a span of every call."""
 
-    def __init__(self, observer: CallObserver | None = None) -> None:
+    def __init__(
+        self, observer: CallObserver | None = None, tracer: trace.Tracer | None = None
+    ) -> None:
         self._observer = observer
+        self._tracer = tracer
 
     async def intercept_service(
         self,
@@ -93,7 +104,7 @@ class ErrorInterceptor(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method, observer = handler_call_details.method, self._observer
+        method, observer = handler_call_details.method, _Observers(self._observer, self._tracer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(method, "unary", observer, cast(_Unary, handler.unary_unary)),
@@ -123,6 +134,14 @@ class ErrorInterceptor(_ServerInterceptor):
         return handler
 
 
+@dataclass(frozen=True)
+class _Observers:
+    """Who is told of a call: the metrics observer and the tracer (each optional)."""
+
+    metrics: CallObserver | None
+    tracer: trace.Tracer | None
+
+
 class _CallLog:
     """Collects what the single log line of a call says, and tells the observer."""
 
@@ -132,6 +151,7 @@ class _CallLog:
         self.observer = observer
         self.started = time.monotonic()
         self.token = request_id_var.set(uuid.uuid4().hex[:16])
+        self.span: trace.Span | None = None
         if observer is not None:
             observer.started(method, rpc_type)
 
@@ -150,7 +170,26 @@ class _CallLog:
         )
         if self.observer is not None:
             self.observer.handled(self.method, self.rpc_type, code, elapsed)
+        if self.span is not None:
+            self.span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if reason:
+                self.span.set_attribute("error.type", reason)
+            if code in _SERVER_ERRORS:
+                self.span.set_status(trace.StatusCode.ERROR, reason or code.name)
         request_id_var.reset(self.token)
+
+
+# The codes that mark a server span as failed (OpenTelemetry's gRPC conventions).
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 
 
 def _unexpected(method: str, exc: BaseException) -> ServiceError:
@@ -160,10 +199,37 @@ def _unexpected(method: str, exc: BaseException) -> ServiceError:
 
 @asynccontextmanager
 async def _outcome(
-    method: str, rpc_type: str, observer: CallObserver | None, context: _Context
+    method: str, rpc_type: str, observers: _Observers, context: _Context
 ) -> AsyncIterator[None]:
-    """Logs the call's outcome and turns its exceptions into statuses."""
+    """Runs the call in its span (with a tracer), logs its outcome and turns its exceptions
+    into statuses."""
+    if observers.tracer is None:
+        async with _logged(method, rpc_type, observers.metrics, context, None):
+            yield
+        return
+    service, _, name = method.lstrip("/").rpartition("/")
+    with observers.tracer.start_as_current_span(
+        method.lstrip("/"),
+        context=context_from_headers(context.invocation_metadata() or ()),
+        kind=trace.SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        async with _logged(method, rpc_type, observers.metrics, context, span):
+            yield
+
+
+@asynccontextmanager
+async def _logged(
+    method: str,
+    rpc_type: str,
+    observer: CallObserver | None,
+    context: _Context,
+    span: trace.Span | None,
+) -> AsyncIterator[None]:
     call = _CallLog(method, rpc_type, observer)
+    call.span = span
     try:
         yield
     except ServiceError as exc:
@@ -183,9 +249,7 @@ async def _outcome(
         call.done(grpc.StatusCode.OK)
 
 
-def _wrap_unary(
-    method: str, rpc_type: str, observer: CallObserver | None, behavior: _Unary
-) -> _Unary:
+def _wrap_unary(method: str, rpc_type: str, observer: _Observers, behavior: _Unary) -> _Unary:
     async def wrapper(request: Any, context: _Context) -> Any:
         async with _outcome(method, rpc_type, observer, context):
             return await behavior(request, context)
@@ -193,9 +257,7 @@ def _wrap_unary(
     return wrapper
 
 
-def _wrap_stream(
-    method: str, rpc_type: str, observer: CallObserver | None, behavior: _Stream
-) -> _Stream:
+def _wrap_stream(method: str, rpc_type: str, observer: _Observers, behavior: _Stream) -> _Stream:
     async def wrapper(request: Any, context: _Context) -> AsyncIterator[Any]:
         async with _outcome(method, rpc_type, observer, context):
             async for response in behavior(request, context):

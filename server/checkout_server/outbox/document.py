@@ -34,6 +34,9 @@ DEDUP_KEY: Final = "dedup_key"
 IDEMPOTENCY_KEY: Final = "idempotency_key"  # the client's key, or None
 ERROR: Final = "error"  # why the event failed for good, or None
 READY_AT: Final = "ready_at"  # when the detection result was first seen, or None
+# The W3C trace context (`00-<trace id>-<span id>-<flags>`) of the request that made the
+# event, or None: the relay's publish span continues that trace.
+TRACEPARENT: Final = "traceparent"
 
 # --- Inside `payload` --------------------------------------------------------------------------
 BUCKET: Final = "bucket"
@@ -81,6 +84,7 @@ def to_document(event: OutboxEvent) -> Document:
         ERROR: event.error or None,
         RELAY_SLOT: relay_slot(event.event_id),
         READY_AT: event.ready_at,
+        TRACEPARENT: event.traceparent or None,
     }
 
 
@@ -108,6 +112,7 @@ def from_document(document: Mapping[str, Any]) -> OutboxEvent:
         idempotency_key=str(document.get(IDEMPOTENCY_KEY) or ""),
         error=str(document.get(ERROR) or ""),
         ready_at=utc(document[READY_AT]) if document.get(READY_AT) else None,
+        traceparent=str(document.get(TRACEPARENT) or ""),
     )
 
 

@@ -27,6 +27,7 @@ class PendingEvent:
     created_at: datetime
     attempts: int = 0
     slot: int | None = None  # None: stored before slots existed (see backfill_slots)
+    traceparent: str = ""  # the W3C trace context stored with the event, or ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,6 +4,10 @@ One loop per relay, one batch at a time (bounded by RELAY_BATCH_SIZE): fetch the
 events of the held shards, confirm the leases, publish, then mark the outcome. An event is
 marked `sent` only after Kafka acknowledged it; a crash between the two republishes the batch
 (at least once; consumers deduplicate by event id).
+
+Each event is published in a PRODUCER span `publish` whose parent is the trace context stored
+with it (the upload's span), so an upload and its publishing are one trace; the message's
+`traceparent` header carries the publish span's context on to consumers.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from opentelemetry import trace
+
 from checkout_client.backoff import Backoff
 
 from ..errors import EnvelopeError, PublisherUnavailable, ServiceError
 from ..outbox.sharding import relay_slot, shard_of_slot, slot_ranges
 from ..supervisor import Supervisor
+from ..tracing import context_from_traceparent, traceparent_of
 from .envelope import build_message
 from .leases import Clock, LeaseManager
 from .metrics import RelayMetrics
@@ -59,7 +66,13 @@ class Relay:
         config: RelayConfig,
         clock: Clock,
         supervisor: Supervisor,
+        tracer: trace.Tracer | None = None,
+        topic: str = "",
     ) -> None:
+        """`tracer` makes the publish spans (default: none are recorded); `topic` names the
+        destination in them."""
+        self._tracer = tracer or trace.NoOpTracer()
+        self._topic = topic
         self._store = store
         self._leases = leases
         self._publisher = publisher
@@ -151,19 +164,48 @@ class Relay:
         Delivery per published event. Kafka being unreachable is a RETRY of all of them."""
         messages: list[Message] = []
         publishable: list[PendingEvent] = []
+        spans: list[trace.Span] = []
         for event in events:
+            span = self._publish_span(event)
             try:
-                messages.append(build_message(event))
-                publishable.append(event)
+                messages.append(build_message(event, traceparent_of(span)))
             except EnvelopeError as exc:
+                _end_span(span, Outcome.REJECTED, str(exc))
                 await self._fail(event, str(exc))
+                continue
+            publishable.append(event)
+            spans.append(span)
         try:
             deliveries = await self._publisher.publish(messages) if messages else []
         except PublisherUnavailable as exc:
             log.warning("kafka unavailable: %s", exc.detail or exc.text)
             deliveries = [Delivery(Outcome.RETRY, exc.detail or exc.text)] * len(messages)
-        self._metrics.producer_restarts_total = self._publisher.restarts
+        except BaseException as exc:
+            for span in spans:
+                _end_span(span, Outcome.RETRY, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self._metrics.producer_restarts_total = self._publisher.restarts
+        for span, delivery in zip(spans, deliveries, strict=True):
+            _end_span(span, delivery.outcome, delivery.reason)
         return publishable, deliveries
+
+    def _publish_span(self, event: PendingEvent) -> trace.Span:
+        """The event's `publish` span, a child of the context stored with it (a new trace
+        without one); ended by `_end_span` once the outcome is known."""
+        return self._tracer.start_span(
+            "publish",
+            context=context_from_traceparent(event.traceparent),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": self._topic,
+                "messaging.message.id": event.event_id,
+                "messaging.kafka.message.key": event.event_id,
+                "checkout.attempt": event.attempts + 1,
+            },
+        )
 
     async def _record(self, events: list[PendingEvent], deliveries: list[Delivery]) -> float:
         """Mark each event by its outcome: `sent`, `failed`, or due again after a backoff
@@ -225,3 +267,10 @@ class Relay:
         age = 0.0 if oldest is None else (self._clock.wall() - oldest).total_seconds()
         self._metrics.oldest_unsent_age_s = round(max(age, 0.0), 3)
         return LAG_INTERVAL_S
+
+
+def _end_span(span: trace.Span, outcome: Outcome, reason: str) -> None:
+    span.set_attribute("checkout.outcome", outcome.value)
+    if outcome is not Outcome.DELIVERED:
+        span.set_status(trace.StatusCode.ERROR, reason or outcome.value)
+    span.end()

@@ -91,11 +91,15 @@ class StatusService:
         outbox: Outbox,
         settings: StatusSettings,
         clock: Callable[[], datetime] = _utcnow,
+        traceparent: Callable[[], str] = lambda: "",
     ) -> None:
+        """`traceparent` returns the W3C trace context of the current request ("" if none),
+        stored with a re-request's event (as with an upload's)."""
         self._storage = storage
         self._outbox = outbox
         self._settings = settings
         self._clock = clock
+        self._traceparent = traceparent
 
     def result_key(self, event: OutboxEvent) -> str:
         return result_key(
@@ -178,6 +182,7 @@ class StatusService:
             status=EventStatus.NEW,
             created_at=now,
             updated_at=now,
+            traceparent=self._traceparent(),
         )
         await self._outbox.add(event)
         log.info("re-processing requested", extra={"event_id": event.event_id})

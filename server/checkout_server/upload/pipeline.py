@@ -68,6 +68,10 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _no_trace() -> str:
+    return ""
+
+
 class UploadPipeline:
     """Turns one validated stream of chunks into a stored video and its `new` event."""
 
@@ -80,8 +84,12 @@ class UploadPipeline:
         clock: Callable[[], datetime] = _utcnow,
         new_id: Callable[[], str] = _new_id,
         cleanup_wait_s: float = 5.0,
+        traceparent: Callable[[], str] = _no_trace,
     ) -> None:
+        """`traceparent` returns the W3C trace context of the current request ("" if none),
+        stored with the event so that its publishing continues the upload's trace."""
         self._cleanup_wait_s = cleanup_wait_s
+        self._traceparent = traceparent
         self._storage = storage
         self._outbox = outbox
         self._limits = limits
@@ -135,6 +143,7 @@ class UploadPipeline:
                 created_at=now,
                 updated_at=now,
                 idempotency_key=request.idempotency_key,
+                traceparent=self._traceparent(),
             )
             await self._outbox.add(event)
         except DuplicateIdempotencyKey as duplicate:

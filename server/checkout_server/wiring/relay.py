@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 from pymongo import AsyncMongoClient
 
 from .. import logs
@@ -29,6 +31,7 @@ from ..relay.metrics import MetricsServer, RelayMetrics
 from ..relay.relay import Relay, RelayConfig
 from ..supervisor import Supervisor, retry_until
 from .clients import kafka_admin, kafka_producer, mongo_client
+from .tracing import INSTRUMENTATION, tracer_provider
 
 log = logging.getLogger("checkout_server.relay")
 
@@ -44,6 +47,8 @@ class RelayApp:
     health: HealthReporter
     metrics_server: MetricsServer | None
     mongo: AsyncMongoClient[Document]
+    # Shut down (flushing its spans) at the end when the relay built it.
+    tracer_provider: TracerProvider | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve health and metrics, relay until `stop`, then stop gracefully."""
@@ -67,6 +72,8 @@ class RelayApp:
                 await self.metrics_server.stop()
             await self.health_server.stop(1.0)
             await self.mongo.close()
+            if self.tracer_provider is not None:
+                await asyncio.to_thread(self.tracer_provider.shutdown)
 
 
 def _split_addr(addr: str) -> tuple[str, int]:
@@ -95,8 +102,12 @@ def _metrics_server(settings: RelaySettings, metrics: RelayMetrics) -> MetricsSe
     return MetricsServer(metrics, host, port)
 
 
-async def create_relay(settings: RelaySettings) -> RelayApp:
-    """Build the relay (not started); binds the health port (0 picks a free one)."""
+async def create_relay(
+    settings: RelaySettings, *, tracing: trace.TracerProvider | None = None
+) -> RelayApp:
+    """Build the relay (not started); binds the health port (0 picks a free one). Its
+    publish spans go to `tracing` (the caller's to shut down), by default to a provider of
+    its own (`wiring/tracing.py`)."""
     member = settings.relay_id or f"{socket.gethostname()}-{os.getpid()}"
     mongo = mongo_client(settings, appname="checkout-relay")
     database = mongo[settings.mongo_db]
@@ -125,6 +136,8 @@ async def create_relay(settings: RelaySettings) -> RelayApp:
     )
     supervisor = Supervisor()
     metrics = RelayMetrics(loop_failures=supervisor.failures)
+    owned = tracer_provider(settings, "checkout-relay") if tracing is None else None
+    provider: trace.TracerProvider = owned or tracing or trace.NoOpTracerProvider()
     relay = Relay(
         store=store,
         leases=leases,
@@ -133,6 +146,8 @@ async def create_relay(settings: RelaySettings) -> RelayApp:
         config=_relay_config(settings),
         clock=clock,
         supervisor=supervisor,
+        tracer=provider.get_tracer(INSTRUMENTATION),
+        topic=settings.kafka_topic,
     )
 
     health_servicer = new_health_servicer()
@@ -150,6 +165,7 @@ async def create_relay(settings: RelaySettings) -> RelayApp:
         health=health_servicer,
         metrics_server=metrics_server,
         mongo=mongo,
+        tracer_provider=owned,
     )
 
 

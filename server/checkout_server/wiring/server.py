@@ -17,6 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from miniopy_async.api import Minio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
 
@@ -37,8 +39,10 @@ from ..status.lag import OutboxLag
 from ..status.service import StatusService, StatusSettings
 from ..status.watch import WatchHub
 from ..supervisor import Supervisor, retry_until
+from ..tracing import current_traceparent
 from ..upload.pipeline import UploadLimits, UploadPipeline
 from .clients import minio_client, mongo_client
+from .tracing import INSTRUMENTATION, tracer_provider
 
 log = logging.getLogger("checkout_server")
 
@@ -77,6 +81,8 @@ class App:
     metrics: MetricsEndpoint | None
     mongo: AsyncMongoClient[Document]
     minio: Minio
+    # Shut down (flushing its spans) at stop when the app built it.
+    tracer_provider: TracerProvider | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -102,6 +108,8 @@ class App:
             await asyncio.to_thread(self.metrics.stop)  # waits for its serving thread
         await self.minio.close_session()  # type: ignore[no-untyped-call]
         await self.mongo.close()
+        if self.tracer_provider is not None:
+            await asyncio.to_thread(self.tracer_provider.shutdown)  # bounded by the exporter
         log.info("stopped")
 
 
@@ -147,11 +155,14 @@ def create_server(
     *,
     tls: ServerTLS | None = None,
     observer: CallObserver | None = None,
+    tracer: trace.Tracer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server with the checkout, health and reflection services, bound to `address`
     (port 0 picks a free port, returned), not started: plaintext without `tls`, else TLS,
     and mTLS (client certificates required and verified) when `tls` has a client CA."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(observer)], options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(observer, tracer)], options=SERVER_OPTIONS
+    )
     pb_grpc.add_CheckoutServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -183,14 +194,20 @@ def create_server(
     return server, port
 
 
-async def create_app(settings: ServerSettings) -> App:
+async def create_app(
+    settings: ServerSettings, *, tracing: trace.TracerProvider | None = None
+) -> App:
     """Build the server (not started), once MinIO and MongoDB answer (buckets and indexes are
     made then). Binds the port, so a port of 0 picks a free one. If start-up fails, the
-    clients it built are closed again."""
+    clients it built are closed again. Spans go to `tracing` (the caller's to shut down), by
+    default to a provider of its own (`wiring/tracing.py`)."""
     minio = minio_client(settings)
     mongo = mongo_client(settings, appname="checkout")
+    owned = tracer_provider(settings, "checkout-server") if tracing is None else None
+    provider: trace.TracerProvider = owned or tracing or trace.NoOpTracerProvider()
     try:
-        app, storage, outbox = _build(settings, minio, mongo)
+        app, storage, outbox = _build(settings, minio, mongo, provider)
+        app.tracer_provider = owned
 
         async def prepare() -> None:
             for bucket in sorted(settings.allowed_buckets):
@@ -204,12 +221,17 @@ async def create_app(settings: ServerSettings) -> App:
     except BaseException:
         await minio.close_session()  # type: ignore[no-untyped-call]
         await mongo.close()
+        if owned is not None:
+            owned.shutdown()
         raise
     return app
 
 
 def _build(
-    settings: ServerSettings, minio: Minio, mongo: AsyncMongoClient[Document]
+    settings: ServerSettings,
+    minio: Minio,
+    mongo: AsyncMongoClient[Document],
+    tracing: trace.TracerProvider,
 ) -> tuple[App, MinioStorage, MongoOutbox]:
     """The adapters, services and gRPC server over these clients."""
     supervisor = Supervisor()
@@ -218,8 +240,18 @@ def _build(
     outbox = MongoOutbox(
         database[settings.mongo_outbox_collection], database[settings.mongo_status_collection]
     )
-    pipeline = UploadPipeline(storage=storage, outbox=outbox, limits=_upload_limits(settings))
-    status = StatusService(storage=storage, outbox=outbox, settings=_status_settings(settings))
+    pipeline = UploadPipeline(
+        storage=storage,
+        outbox=outbox,
+        limits=_upload_limits(settings),
+        traceparent=current_traceparent,
+    )
+    status = StatusService(
+        storage=storage,
+        outbox=outbox,
+        settings=_status_settings(settings),
+        traceparent=current_traceparent,
+    )
     hub = WatchHub(
         outbox=outbox,
         status=status,
@@ -253,6 +285,7 @@ def _build(
         health_servicer,
         tls=ServerTLS.from_settings(settings),
         observer=GrpcMetrics(registry),
+        tracer=tracing.get_tracer(INSTRUMENTATION),
     )
     app = App(
         settings=settings,
