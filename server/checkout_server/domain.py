@@ -77,6 +77,14 @@ class OutboxEvent:
         return EventStatus.READY if self.ready_at is not None else self.status
 
 
+def age_s(since: datetime | None, now: datetime) -> float:
+    """Seconds from `since` to `now`, to the millisecond; 0 for None (nothing waits) or a
+    time after `now` (clock skew between writers)."""
+    if since is None:
+        return 0.0
+    return round(max((now - since).total_seconds(), 0.0), 3)
+
+
 def result_key(template: str, *, video_id: str, event_id: str) -> str:
     """Where the detection runner writes the result of an event (RESULT_KEY_TEMPLATE)."""
     return template.format(video_id=video_id, event_id=event_id)

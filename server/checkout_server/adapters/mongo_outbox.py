@@ -157,10 +157,7 @@ class MongoOutbox:
         return [from_document(d) for d in documents]
 
     async def oldest_unsent_created_at(self) -> datetime | None:
-        with translated("oldest_unsent"):
-            found = self._outbox.find({f.STATUS: f.NEW}, {f.CREATED_AT: 1})
-            documents = await found.sort([(f.CREATED_AT, ASCENDING)]).limit(1).to_list()
-        return utc(documents[0][f.CREATED_AT]) if documents else None
+        return await oldest_unsent_created_at(self._outbox)
 
     async def delete_all(self) -> int:
         with translated("delete_all"):
@@ -173,6 +170,15 @@ class MongoOutbox:
     async def ping(self) -> None:
         with translated("ping"):
             await self._statuses.database.command("ping")
+
+
+async def oldest_unsent_created_at(outbox: AsyncCollection[Document]) -> datetime | None:
+    """`created_at` of the oldest `new` message of this outbox collection, or None: the lag
+    the server reports and the relay measures (both ports promise this query)."""
+    with translated("oldest_unsent"):
+        found = outbox.find({f.STATUS: f.NEW}, {f.CREATED_AT: 1})
+        documents = await found.sort([(f.CREATED_AT, ASCENDING)]).limit(1).to_list()
+    return utc(documents[0][f.CREATED_AT]) if documents else None
 
 
 def _status_query(status: EventStatus | None) -> Document:

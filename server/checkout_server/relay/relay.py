@@ -21,6 +21,7 @@ from opentelemetry import trace
 
 from checkout_client.backoff import Backoff
 
+from ..domain import age_s
 from ..errors import EnvelopeError, PublisherUnavailable, ServiceError
 from ..outbox.sharding import relay_slot, shard_of_slot, slot_ranges
 from ..supervisor import Supervisor
@@ -264,8 +265,7 @@ class Relay:
 
     async def _measure_lag(self) -> float:
         oldest = await self._store.oldest_unsent_created_at()
-        age = 0.0 if oldest is None else (self._clock.wall() - oldest).total_seconds()
-        self._metrics.oldest_unsent_age_s = round(max(age, 0.0), 3)
+        self._metrics.oldest_unsent_age_s = age_s(oldest, self._clock.wall())
         return LAG_INTERVAL_S
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from ..domain import age_s
 from ..ports import Outbox
 
 
@@ -25,7 +26,5 @@ class OutboxLag:
         self.oldest_unsent_s = 0.0  # 0 when nothing waits
 
     async def round(self) -> float:
-        oldest = await self._outbox.oldest_unsent_created_at()
-        age = 0.0 if oldest is None else (self._clock() - oldest).total_seconds()
-        self.oldest_unsent_s = round(max(age, 0.0), 3)
+        self.oldest_unsent_s = age_s(await self._outbox.oldest_unsent_created_at(), self._clock())
         return self._interval_s
