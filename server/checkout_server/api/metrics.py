@@ -5,27 +5,21 @@ gRPC series follow go-grpc-prometheus / py-grpc-prometheus: `grpc_server_started
 `grpc_service`, `grpc_method` (and `grpc_code`, the status code's name as py-grpc-prometheus
 writes it: OK, INVALID_ARGUMENT, ...). The service's own series are read from the objects
 that keep them at scrape time, so the upload and status layers know nothing of Prometheus.
-`MetricsEndpoint` serves them with prometheus-client's HTTP server (a thread of its own, so
-a scrape never waits on the event loop).
+wiring/metrics.py serves the registry over HTTP.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Iterator
-from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..status.lag import OutboxLag
 from ..status.watch import WatchHub
 from ..upload.pipeline import UploadPipeline
-
-log = logging.getLogger(__name__)
 
 # go-grpc-prometheus's default buckets, and longer ones for uploads and watches.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, float("inf"))
@@ -110,33 +104,3 @@ class ServiceCollector(Collector):
             "last measurement (every OUTBOX_LAG_INTERVAL_S).",
             value=self._lag.oldest_unsent_s,
         )
-
-
-class MetricsEndpoint:
-    """`GET /metrics` of `registry` on `addr` (host:port; port 0 picks a free one)."""
-
-    def __init__(self, registry: CollectorRegistry, addr: str) -> None:
-        self._registry = registry
-        host, _, port = addr.rpartition(":")
-        self._host = host or "0.0.0.0"
-        self._port = int(port)
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return self._port if self._server is None else int(self._server.server_port)
-
-    def start(self) -> None:
-        self._server, self._thread = start_http_server(
-            self._port, addr=self._host, registry=self._registry
-        )
-        log.info("metrics", extra={"metrics_port": self.port})
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None

@@ -27,10 +27,11 @@ from ..config import RelaySettings
 from ..errors import ConfigError, PublisherUnavailable, ServiceError
 from ..outbox.document import Document
 from ..relay.leases import LeaseManager, SystemClock
-from ..relay.metrics import MetricsServer, RelayMetrics
+from ..relay.metrics import RelayMetrics
 from ..relay.relay import Relay, RelayConfig
 from ..supervisor import Supervisor, retry_until
 from .clients import kafka_admin, kafka_producer, mongo_client
+from .metrics import MetricsEndpoint
 from .tracing import INSTRUMENTATION, tracer_provider
 
 log = logging.getLogger("checkout_server.relay")
@@ -45,7 +46,7 @@ class RelayApp:
     health_server: grpc.aio.Server
     health_port: int
     health: HealthReporter
-    metrics_server: MetricsServer | None
+    metrics_server: MetricsEndpoint | None
     mongo: AsyncMongoClient[Document]
     # Shut down (flushing its spans) at the end when the relay built it.
     tracer_provider: TracerProvider | None = None
@@ -54,7 +55,7 @@ class RelayApp:
         """Serve health and metrics, relay until `stop`, then stop gracefully."""
         await self.health_server.start()
         if self.metrics_server is not None:
-            await self.metrics_server.start()
+            self.metrics_server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -69,16 +70,11 @@ class RelayApp:
         finally:
             await self.health.enter_graceful_shutdown()
             if self.metrics_server is not None:
-                await self.metrics_server.stop()
+                await asyncio.to_thread(self.metrics_server.stop)  # waits for its thread
             await self.health_server.stop(1.0)
             await self.mongo.close()
             if self.tracer_provider is not None:
                 await asyncio.to_thread(self.tracer_provider.shutdown)
-
-
-def _split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host or "0.0.0.0", int(port)
 
 
 def _relay_config(settings: RelaySettings) -> RelayConfig:
@@ -94,12 +90,11 @@ def _relay_config(settings: RelaySettings) -> RelayConfig:
     )
 
 
-def _metrics_server(settings: RelaySettings, metrics: RelayMetrics) -> MetricsServer | None:
+def _metrics_server(settings: RelaySettings, metrics: RelayMetrics) -> MetricsEndpoint | None:
     """The Prometheus endpoint on RELAY_METRICS_ADDR, or None when it is set empty."""
     if not settings.relay_metrics_addr:
         return None
-    host, port = _split_addr(settings.relay_metrics_addr)
-    return MetricsServer(metrics, host, port)
+    return MetricsEndpoint(metrics.registry(), settings.relay_metrics_addr)
 
 
 async def create_relay(

@@ -30,7 +30,7 @@ from ..adapters.minio_storage import MinioStorage
 from ..adapters.mongo_outbox import MongoOutbox
 from ..api.health import DependencyMonitor, HealthReporter, new_health_servicer
 from ..api.interceptors import CallObserver, ErrorInterceptor
-from ..api.metrics import GrpcMetrics, MetricsEndpoint, ServiceCollector
+from ..api.metrics import GrpcMetrics, ServiceCollector
 from ..api.servicer import CheckoutServicer
 from ..config import MiB, ServerSettings
 from ..errors import ConfigError, ServiceError
@@ -42,6 +42,7 @@ from ..supervisor import Supervisor, retry_until
 from ..tracing import current_traceparent
 from ..upload.pipeline import UploadLimits, UploadPipeline
 from .clients import minio_client, mongo_client
+from .metrics import MetricsEndpoint
 from .tracing import INSTRUMENTATION, tracer_provider
 
 log = logging.getLogger("checkout_server")

@@ -1,0 +1,43 @@
+"""`GET /metrics` of a process's Prometheus registry (the server's and the relay's alike),
+with prometheus-client's HTTP server: a thread of its own, so a scrape never waits on the
+event loop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+log = logging.getLogger(__name__)
+
+
+class MetricsEndpoint:
+    """`GET /metrics` of `registry` on `addr` (host:port; port 0 picks a free one)."""
+
+    def __init__(self, registry: CollectorRegistry, addr: str) -> None:
+        self._registry = registry
+        host, _, port = addr.rpartition(":")
+        self._host = host or "0.0.0.0"
+        self._port = int(port)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port if self._server is None else int(self._server.server_port)
+
+    def start(self) -> None:
+        self._server, self._thread = start_http_server(
+            self._port, addr=self._host, registry=self._registry
+        )
+        log.info("metrics", extra={"metrics_port": self.port})
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
