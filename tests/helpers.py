@@ -5,12 +5,36 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
+
 MiB = 1024 * 1024
+
+
+def outbox_event(event_id: str, *, at: datetime | None = None, **changes: Any) -> OutboxEvent:
+    """A `new` event of a 1-byte video of the same id in `videos`, created and updated `at`
+    (default: now); `changes` set any other field."""
+    at = at or datetime.now(UTC)
+    video_id = changes.pop("video_id", event_id)
+    fields: dict[str, Any] = {
+        "event_id": event_id,
+        "video_id": video_id,
+        "bucket": "videos",
+        "object_key": input_object_key(video_id),
+        "filename": "",
+        "content_type": "video/mp4",
+        "size_bytes": 1,
+        "sha256": "",
+        "status": EventStatus.NEW,
+        "created_at": at,
+        "updated_at": at,
+    }
+    return OutboxEvent(**(fields | changes))
 
 
 def mp4_bytes(size: int, *, seed: int = 0) -> bytes:

@@ -12,7 +12,6 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,11 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_server.config import ServerSettings
-from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
+from checkout_server.domain import OutboxEvent
 from checkout_server.outbox.document import Document, to_document
 from devstack import Kafka, free_port
 from devstack._stack import PythonService
+from tests.helpers import outbox_event
 from tests.integration.storage_checks import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -33,20 +33,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 def new_event(bucket: str = "videos") -> OutboxEvent:
     """A `new` event of a video stored just now, as the server makes it."""
-    video_id = str(uuid.uuid4())
-    now = datetime.now(UTC)
-    return OutboxEvent(
-        event_id=video_id,
-        video_id=video_id,
-        bucket=bucket,
-        object_key=input_object_key(video_id),
-        filename="clip.mp4",
-        content_type="video/mp4",
-        size_bytes=4321,
-        sha256="ab" * 32,
-        status=EventStatus.NEW,
-        created_at=now,
-        updated_at=now,
+    return outbox_event(
+        str(uuid.uuid4()), bucket=bucket, filename="clip.mp4", size_bytes=4321, sha256="ab" * 32
     )
 
 

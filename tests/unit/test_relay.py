@@ -7,7 +7,6 @@ import json
 import pytest
 
 from checkout_client.backoff import Backoff
-from checkout_server.domain import EventStatus, OutboxEvent
 from checkout_server.errors import EnvelopeError
 from checkout_server.outbox.document import to_document
 from checkout_server.outbox.sharding import (
@@ -21,6 +20,7 @@ from checkout_server.relay.envelope import build_message
 from checkout_server.relay.leases import LeaseManager
 from checkout_server.relay.ports import Lease, PendingEvent
 from tests.fakes import T0, FakeClock, FakeLeaseStore
+from tests.helpers import outbox_event
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -38,18 +38,13 @@ def test_adjacent_ranges_merge() -> None:
 
 
 def test_stored_slot_matches_the_relay() -> None:
-    event = OutboxEvent(
-        event_id="7b0c9c1e-0000-4000-8000-000000000001",
+    event = outbox_event(
+        "7b0c9c1e-0000-4000-8000-000000000001",
         video_id="v",
         bucket="b",
         object_key="k",
         filename="f",
-        content_type="video/mp4",
-        size_bytes=1,
-        sha256="",
-        status=EventStatus.NEW,
-        created_at=T0,
-        updated_at=T0,
+        at=T0,
     )
     assert to_document(event)["relay_slot"] == relay_slot(event.event_id)
 

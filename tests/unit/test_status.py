@@ -10,6 +10,7 @@ from checkout_server import errors
 from checkout_server.domain import EventStatus, OutboxEvent
 from checkout_server.status.service import StatusService, StatusSettings
 from tests.fakes import NOW, FakeOutbox, FakeStorage
+from tests.helpers import outbox_event
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -34,19 +35,7 @@ def service(
 
 
 def event(event_id: str = VIDEO, created: timedelta = timedelta()) -> OutboxEvent:
-    return OutboxEvent(
-        event_id=event_id,
-        video_id=VIDEO,
-        bucket="videos",
-        object_key=f"input/{VIDEO}.mp4",
-        filename="",
-        content_type="video/mp4",
-        size_bytes=1,
-        sha256="",
-        status=EventStatus.SENT,
-        created_at=NOW + created,
-        updated_at=NOW + created,
-    )
+    return outbox_event(event_id, video_id=VIDEO, status=EventStatus.SENT, at=NOW + created)
 
 
 async def test_a_result_written_after_the_event_makes_it_ready() -> None:

@@ -4,7 +4,6 @@ with the event, and its message carries the `traceparent` header."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import pytest
 from opentelemetry import trace
@@ -13,7 +12,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from checkout_client.backoff import Backoff
-from checkout_server.domain import EventStatus, OutboxEvent
 from checkout_server.outbox.document import TRACEPARENT, from_document, status_document, to_document
 from checkout_server.relay.leases import LeaseManager
 from checkout_server.relay.metrics import RelayMetrics
@@ -21,6 +19,7 @@ from checkout_server.relay.relay import Relay, RelayConfig
 from checkout_server.supervisor import Supervisor
 from checkout_server.tracing import context_from_headers, current_traceparent
 from tests.fakes import FakeClock, FakeLeaseStore, FakePublisher, FakeRelayStore
+from tests.helpers import outbox_event
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -129,21 +128,7 @@ def test_an_incoming_traceparent_is_the_parent_of_the_current_span() -> None:
 
 
 def test_the_outbox_documents_carry_the_traceparent() -> None:
-    now = datetime.now(UTC)
-    event = OutboxEvent(
-        event_id="e",
-        video_id="e",
-        bucket="videos",
-        object_key="input/e.mp4",
-        filename="v.mp4",
-        content_type="video/mp4",
-        size_bytes=5,
-        sha256="",
-        status=EventStatus.NEW,
-        created_at=now,
-        updated_at=now,
-        traceparent=STORED,
-    )
+    event = outbox_event("e", filename="v.mp4", size_bytes=5, traceparent=STORED)
     message = to_document(event)
     assert message[TRACEPARENT] == STORED
     assert status_document(message)[TRACEPARENT] == STORED

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 
@@ -17,25 +17,13 @@ from checkout_server.status.service import StatusService, StatusSettings
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
 from tests.fakes import FakeOutbox, FakeStorage
+from tests.helpers import outbox_event
 
 pytestmark = pytest.mark.timeout(10)
 
 
 def event(event_id: str, status: EventStatus = EventStatus.NEW) -> OutboxEvent:
-    now = datetime.now(UTC)
-    return OutboxEvent(
-        event_id=event_id,
-        video_id=event_id,
-        bucket="videos",
-        object_key=f"input/{event_id}.mp4",
-        filename="",
-        content_type="video/mp4",
-        size_bytes=1,
-        sha256="",
-        status=status,
-        created_at=now,
-        updated_at=now,
-    )
+    return outbox_event(event_id, status=status)
 
 
 class FlakyOutbox(FakeOutbox):
