@@ -3,16 +3,96 @@ tests and the docker compose image). Standard library only: it also runs in the 
 
     python tools/render_envoy.py OUT --listen-port 8080 --admin-port 9901 \
         --upstream-host checkout --upstream-port 50051 --descriptor /etc/envoy/checkout.pb \
-        --openapi /etc/envoy/openapi.yaml
+        --openapi /etc/envoy/openapi.yaml \
+        [--listen-tls-cert FILE --listen-tls-key FILE] \
+        [--upstream-tls-ca FILE [--upstream-sni NAME] \
+         [--upstream-tls-cert FILE --upstream-tls-key FILE]]
+
+Without the TLS options Envoy serves plaintext and talks plaintext (HTTP/2 cleartext) to the
+server. The files are read by Envoy when it starts, not here: in the image they are the
+paths where docker compose mounts its secrets.
+
+The template is YAML with `${NAME}` placeholders (string.Template) and two kinds of lines
+for this script only: `## ...` notes, never rendered, and `#if NAME` ... `#endif` around a
+section that is rendered only when NAME (a key of SECTIONS) is on.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "envoy" / "envoy.template.yaml"
+
+# The template's optional sections.
+SECTIONS = ("LISTEN_TLS", "UPSTREAM_TLS", "UPSTREAM_CLIENT_CERT")
+
+_IF = re.compile(r"^\s*#if (\w+)\s*$")
+_ENDIF = re.compile(r"^\s*#endif\s*$")
+_NOTE = re.compile(r"^\s*##")
+
+
+@dataclass(frozen=True)
+class ListenerTls:
+    """TLS on Envoy's listener: its certificate chain and private key (PEM files)."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    """TLS from Envoy to the server. `ca` is the PEM file of the CA(s) the server's
+    certificate must chain to; `sni` the DNS name sent as SNI, which the certificate's
+    subject alternative names must contain. `cert` and `key` (both or neither) are Envoy's
+    client certificate, for a server that requires mTLS."""
+
+    ca: Path
+    sni: str
+    cert: Path | None = None
+    key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("the upstream client certificate needs both its cert and its key")
+        if not self.sni:
+            raise ValueError("upstream TLS needs the server's name (SNI)")
+        try:
+            ipaddress.ip_address(self.sni)
+        except ValueError:
+            return
+        raise ValueError(
+            f"upstream SNI {self.sni!r} is an IP address: give the DNS name in the server's "
+            "certificate (--upstream-sni)"
+        )
+
+
+def render_template(text: str, on: set[str], values: dict[str, str]) -> str:
+    """`text` without its notes and the sections that are not `on`, placeholders filled in
+    from `values` (a placeholder without a value raises KeyError)."""
+    unknown = on - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown template sections: {sorted(unknown)}")
+    kept: list[str] = []
+    open_sections: list[bool] = []  # one per enclosing #if: whether it is on
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        if match := _IF.match(line):
+            if match[1] not in SECTIONS:
+                raise ValueError(f"template line {number}: unknown section {match[1]}")
+            open_sections.append(match[1] in on)
+        elif _ENDIF.match(line):
+            if not open_sections:
+                raise ValueError(f"template line {number}: #endif without #if")
+            open_sections.pop()
+        elif not _NOTE.match(line) and all(open_sections):
+            kept.append(line)
+    if open_sections:
+        raise ValueError("template: #if without #endif")
+    return string.Template("".join(kept)).substitute(values)
 
 
 def render_envoy_config(
@@ -26,25 +106,52 @@ def render_envoy_config(
     upstream_host: str = "127.0.0.1",
     listen_address: str = "127.0.0.1",
     admin_address: str = "127.0.0.1",
+    listener_tls: ListenerTls | None = None,
+    upstream_tls: UpstreamTls | None = None,
 ) -> Path:
     """Write the rendered config to `out` and return it."""
-    text = string.Template(TEMPLATE.read_text()).substitute(
-        ADMIN_ADDRESS=admin_address,
-        ADMIN_PORT=admin_port,
-        LISTEN_ADDRESS=listen_address,
-        LISTEN_PORT=listen_port,
-        DESCRIPTOR=str(descriptor),
-        OPENAPI=str(openapi),
-        UPSTREAM_HOST=upstream_host,
-        UPSTREAM_PORT=upstream_port,
-    )
+    on: set[str] = set()
+    values: dict[str, str] = {
+        "ADMIN_ADDRESS": admin_address,
+        "ADMIN_PORT": str(admin_port),
+        "LISTEN_ADDRESS": listen_address,
+        "LISTEN_PORT": str(listen_port),
+        "DESCRIPTOR": str(descriptor),
+        "OPENAPI": str(openapi),
+        "UPSTREAM_HOST": upstream_host,
+        "UPSTREAM_PORT": str(upstream_port),
+        "UPSTREAM_TRANSPORT": "HTTP/2 cleartext",
+    }
+    if listener_tls is not None:
+        on.add("LISTEN_TLS")
+        values |= {
+            "LISTEN_TLS_CERT": str(listener_tls.cert),
+            "LISTEN_TLS_KEY": str(listener_tls.key),
+        }
+    if upstream_tls is not None:
+        on.add("UPSTREAM_TLS")
+        values |= {
+            "UPSTREAM_TRANSPORT": "HTTP/2 with TLS",
+            "UPSTREAM_TLS_CA": str(upstream_tls.ca),
+            "UPSTREAM_SNI": upstream_tls.sni,
+        }
+        if upstream_tls.cert is not None and upstream_tls.key is not None:
+            on.add("UPSTREAM_CLIENT_CERT")
+            values |= {
+                "UPSTREAM_TRANSPORT": "HTTP/2 with mTLS",
+                "UPSTREAM_TLS_CERT": str(upstream_tls.cert),
+                "UPSTREAM_TLS_KEY": str(upstream_tls.key),
+            }
+    text = render_template(TEMPLATE.read_text(), on, values)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path)
     parser.add_argument("--listen-port", type=int, default=8080)
     parser.add_argument("--listen-address", default="127.0.0.1")
@@ -54,7 +161,42 @@ def main() -> None:
     parser.add_argument("--upstream-port", type=int, default=50051)
     parser.add_argument("--descriptor", type=Path, required=True)
     parser.add_argument("--openapi", type=Path, required=True)
+    tls = parser.add_argument_group("TLS (each file is a PEM file Envoy reads at start-up)")
+    tls.add_argument("--listen-tls-cert", type=Path, help="the listener's certificate chain")
+    tls.add_argument("--listen-tls-key", type=Path, help="the listener's private key")
+    tls.add_argument(
+        "--upstream-tls-ca", type=Path, help="talk TLS to the server, trusting these CAs"
+    )
+    tls.add_argument(
+        "--upstream-sni",
+        help="the server's DNS name, sent as SNI and required in its certificate "
+        "(default: --upstream-host)",
+    )
+    tls.add_argument("--upstream-tls-cert", type=Path, help="Envoy's client certificate (mTLS)")
+    tls.add_argument("--upstream-tls-key", type=Path, help="its private key")
     args = parser.parse_args()
+
+    listener_tls = None
+    if args.listen_tls_cert or args.listen_tls_key:
+        if not (args.listen_tls_cert and args.listen_tls_key):
+            parser.error("--listen-tls-cert and --listen-tls-key go together")
+        listener_tls = ListenerTls(cert=args.listen_tls_cert, key=args.listen_tls_key)
+    upstream_tls = None
+    if args.upstream_tls_ca:
+        try:
+            upstream_tls = UpstreamTls(
+                ca=args.upstream_tls_ca,
+                sni=args.upstream_sni or args.upstream_host,
+                cert=args.upstream_tls_cert,
+                key=args.upstream_tls_key,
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif args.upstream_sni or args.upstream_tls_cert or args.upstream_tls_key:
+        parser.error(
+            "--upstream-sni, --upstream-tls-cert and --upstream-tls-key need --upstream-tls-ca"
+        )
+
     render_envoy_config(
         args.out,
         listen_port=args.listen_port,
@@ -65,6 +207,8 @@ def main() -> None:
         upstream_port=args.upstream_port,
         descriptor=args.descriptor,
         openapi=args.openapi,
+        listener_tls=listener_tls,
+        upstream_tls=upstream_tls,
     )
 
 
