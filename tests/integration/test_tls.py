@@ -13,15 +13,12 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from checkout_client import AsyncCheckoutClient, open_channel
@@ -29,6 +26,7 @@ from checkout_client.cli import EXIT_OK, EXIT_UNAVAILABLE
 from checkout_server.config import ServerSettings
 from checkout_server.errors import ConfigError
 from checkout_server.wiring.server import App, create_app
+from tools.make_dev_certs import Issued, issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -37,78 +35,6 @@ CHECKOUT = str(Path(sys.executable).with_name("checkout"))  # the installed cons
 
 
 # --- certificates -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Issued:
-    """A certificate and its key, PEM, also written to `<name>.pem` and `<name>.key`."""
-
-    cert: bytes
-    key: bytes
-    cert_file: Path
-    key_file: Path
-    certificate: x509.Certificate
-    private_key: ec.EllipticCurvePrivateKey
-
-
-def _issue(
-    folder: Path,
-    name: str,
-    *,
-    issuer: Issued | None = None,
-    usage: x509.ObjectIdentifier | None = None,
-    san: list[x509.GeneralName] | None = None,
-) -> Issued:
-    """A CA certificate (no `issuer`: self-signed) or a leaf signed by `issuer`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.certificate.subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if issuer is None:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    else:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.private_key.public_key()),
-            critical=False,
-        )
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    certificate = builder.sign(issuer.private_key if issuer else key, hashes.SHA256())
-    cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    cert_file, key_file = folder / f"{name}.pem", folder / f"{name}.key"
-    cert_file.write_bytes(cert_pem)
-    key_file.write_bytes(key_pem)
-    return Issued(cert_pem, key_pem, cert_file, key_file, certificate, key)
 
 
 @dataclass(frozen=True)
@@ -121,17 +47,17 @@ class Pki:
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
-    ca = _issue(tmp_path, "ca")
-    other_ca = _issue(tmp_path, "other-ca")
-    server = _issue(
+    ca = issue(tmp_path, "ca")
+    other_ca = issue(tmp_path, "other-ca")
+    server = issue(
         tmp_path,
         "server",
         issuer=ca,
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
         san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))],
     )
-    client = _issue(tmp_path, "client", issuer=ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
-    other = _issue(tmp_path, "other-client", issuer=other_ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    client = issue(tmp_path, "client", issuer=ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    other = issue(tmp_path, "other-client", issuer=other_ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     return Pki(ca=ca, server=server, client=client, other_client=other)
 
 
