@@ -15,7 +15,7 @@
 //     `docker compose up` would only find out at start);
 //   - a `build` whose context, Dockerfile or target stage does not exist.
 //
-// Usage: composecheck [-print] COMPOSE_FILE ENV_FILE...   (or composecheck -version)
+// Usage: composecheck [-print | -json] COMPOSE_FILE ENV_FILE...   (or composecheck -version)
 package main
 
 import (
@@ -48,9 +48,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("composecheck", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	printConfig := flags.Bool("print", false, "print the resolved configuration, as `docker compose config` does")
+	printJSON := flags.Bool("json", false, "print it as JSON, as `docker compose config --format json` does")
 	version := flags.Bool("version", false, "print the compose-go version built in, and exit")
 	flags.Usage = func() {
-		fmt.Fprintln(stderr, "usage: composecheck [-print] COMPOSE_FILE ENV_FILE...")
+		fmt.Fprintln(stderr, "usage: composecheck [-print | -json] COMPOSE_FILE ENV_FILE...")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
@@ -73,8 +74,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	if *printConfig {
-		out, err := project.MarshalYAML()
+	if *printConfig || *printJSON {
+		marshal := project.MarshalYAML
+		if *printJSON {
+			marshal = project.MarshalJSON
+		}
+		out, err := marshal()
 		if err != nil {
 			fmt.Fprintf(stderr, "composecheck: %s: %v\n", composeFile, err)
 			return 1
