@@ -1,19 +1,29 @@
 """docker-compose.yml as `docker compose` loads it: the composecheck tool (tools/composecheck,
 on compose-go, the loader of docker compose itself) on the repository's file and on broken
-copies of it. No Docker engine and no servers needed."""
+copies of it, and the loaded model: TLS and authentication on, every secret path mounted.
+No Docker engine needed; one test runs the checkout healthcheck's command against the real
+server serving TLS with the certificates of tools/make_dev_certs.py."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from checkout_server.config import ServerSettings
+from checkout_server.wiring.server import App, create_app
 from devstack._install import COMPOSECHECK, install_composecheck
 from devstack._paths import REPO_ROOT
+from tools.make_dev_certs import issue, make_compose_certs, subject_alt_names
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
@@ -25,7 +35,11 @@ SECRETS = (
     "MINIO_ACCESS_KEY",
     "MINIO_SECRET_KEY",
     "ADMIN_TOKEN",
+    "TLS_DIR",  # not secrets, but where they are: no default either
+    "API_KEYS_FILE",
 )
+# Where compose mounts the secrets in a container.
+SECRETS_DIR = "/run/secrets/"
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +162,115 @@ def test_stale_env_variable_fails(composecheck: Path, tmp_path: Path) -> None:
     res = run_check(composecheck, COMPOSE, env)
     assert res.returncode == 1
     assert "variable NOT_READ_BY_COMPOSE is defined in" in res.stderr
+
+
+# --- the loaded model ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(composecheck: Path) -> dict[str, Any]:
+    """The project as docker compose loads it with .env.example (`config --format json`)."""
+    res = subprocess.run(
+        [str(composecheck), "-json", str(COMPOSE), str(ENV_EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    loaded: dict[str, Any] = json.loads(res.stdout)
+    return loaded
+
+
+def mounted(model: dict[str, Any], service: str) -> dict[str, str]:
+    """The secrets `service` mounts: container path -> host file."""
+    files = {name: secret["file"] for name, secret in model["secrets"].items()}
+    return {s["target"]: files[s["source"]] for s in model["services"][service]["secrets"]}
+
+
+@pytest.mark.timeout(30)
+def test_checkout_serves_tls_and_requires_api_keys(model: dict[str, Any]) -> None:
+    env = model["services"]["checkout"]["environment"]
+    secrets = mounted(model, "checkout")
+    tls_dir = REPO_ROOT / "secrets" / "tls"  # TLS_DIR of .env.example
+    assert secrets[env["TLS_CERT_FILE"]] == str(tls_dir / "server.pem")
+    assert secrets[env["TLS_KEY_FILE"]] == str(tls_dir / "server.key")
+    assert "TLS_CLIENT_CA_FILE" not in env  # TLS, not mTLS: see the comment in the file
+    assert env["AUTH_ENABLED"] == "true"
+    assert secrets[env["AUTH_KEYS_FILE"]] == str(REPO_ROOT / "secrets" / "api-keys.toml")
+    # Every file the server is given is mounted.
+    for name, value in env.items():
+        if name.endswith("_FILE"):
+            assert value in secrets, name
+    check = " ".join(model["services"]["checkout"]["healthcheck"]["test"])
+    assert "ssl_channel_credentials" in check
+    assert "insecure_channel" not in check
+
+
+@pytest.mark.timeout(30)
+def test_envoy_serves_https_with_the_files_its_image_reads(model: dict[str, Any]) -> None:
+    envoy = model["services"]["envoy"]
+    assert [(p["target"], p["published"]) for p in envoy["ports"]] == [(8443, "8443")]
+    secrets = mounted(model, "envoy")
+    tls_dir = REPO_ROOT / "secrets" / "tls"
+    # The paths the Envoy config in the image reads (deploy/Dockerfile renders it).
+    render = DOCKERFILE.read_text().partition("tools/render_envoy.py")[2].partition("&& pip")[0]
+    options = dict(re.findall(r"--([a-z-]+) (\S+)", render))
+    assert options["listen-port"] == "8443"
+    assert secrets[options["listen-tls-cert"]] == str(tls_dir / "envoy.pem")
+    assert secrets[options["listen-tls-key"]] == str(tls_dir / "envoy.key")
+    assert secrets[options["upstream-tls-ca"]] == str(tls_dir / "ca.pem")
+    assert options["upstream-host"] == "checkout"  # also the name checked in the certificate
+    assert "--upstream-sni" not in render
+
+
+# --- the checkout healthcheck against a real TLS server -----------------------------------------
+
+
+@asynccontextmanager
+async def tls_server(settings: ServerSettings, cert: Path, key: Path) -> AsyncIterator[App]:
+    app = await create_app(settings.replace(tls_cert_file=str(cert), tls_key_file=str(key)))
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace_s=1.0)
+
+
+async def run_healthcheck(model: dict[str, Any], port: int, ca: Path) -> tuple[int, str]:
+    """The checkout service's healthcheck command, with this test's CA and port: its exit
+    code and stderr. The venv has the image's grpcio and grpcio-health-checking."""
+    command = model["services"]["checkout"]["healthcheck"]["test"]
+    assert command[:3] == ["CMD", "python", "-c"]
+    code = command[3]
+    assert f"{SECRETS_DIR}tls_ca" in code
+    assert "127.0.0.1:50051" in code
+    code = code.replace(f"{SECRETS_DIR}tls_ca", str(ca)).replace("50051", str(port))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
+
+
+@pytest.mark.timeout(60)
+async def test_checkout_healthcheck_passes_with_the_dev_certificates(
+    model: dict[str, Any], settings: ServerSettings, tmp_path: Path
+) -> None:
+    make_compose_certs(tmp_path)
+    async with tls_server(settings, tmp_path / "server.pem", tmp_path / "server.key") as app:
+        code, stderr = await run_healthcheck(model, app.port, tmp_path / "ca.pem")
+    assert code == 0, stderr
+
+
+@pytest.mark.timeout(60)
+async def test_checkout_healthcheck_fails_for_a_certificate_without_the_service_name(
+    model: dict[str, Any], settings: ServerSettings, tmp_path: Path
+) -> None:
+    ca = issue(tmp_path, "ca")
+    # Signed by the CA the healthcheck trusts, but naming localhost only, not "checkout".
+    server = issue(tmp_path, "server", issuer=ca, san=subject_alt_names("localhost", "127.0.0.1"))
+    async with tls_server(settings, server.cert_file, server.key_file) as app:
+        code, stderr = await run_healthcheck(model, app.port, ca.cert_file)
+    assert code != 0
+    assert "StatusCode.UNAVAILABLE" in stderr
