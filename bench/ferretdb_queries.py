@@ -69,17 +69,19 @@ async def measure(client: AsyncMongoClient[Document], count: int) -> dict[str, f
         await database["event_statuses"].insert_many([status_document(m) for m in messages])
     some = made[count // 3]
     unsent = [e.event_id for e in made[-UNSENT:]]
-    first = await outbox.list_page(status=None, cursor="", limit=50)
+    first = await outbox.list_page(status=None, owner=None, cursor="", limit=50)
     now = datetime.now(UTC)
     queries: dict[str, Callable[[], Awaitable[object]]] = {
         "GetStatus (_id)": lambda: outbox.get(some.event_id),
-        "idempotency key lookup": lambda: outbox.find_by_idempotency_key(some.event_id),
-        "ListStatuses first page": lambda: outbox.list_page(status=None, cursor="", limit=50),
+        "idempotency key lookup": lambda: outbox.find_by_idempotency_key(some.event_id, owner=""),
+        "ListStatuses first page": lambda: outbox.list_page(
+            status=None, owner=None, cursor="", limit=50
+        ),
         "ListStatuses next page": lambda: outbox.list_page(
-            status=None, cursor=first.next_cursor, limit=50
+            status=None, owner=None, cursor=first.next_cursor, limit=50
         ),
         "ListStatuses status=sent": lambda: outbox.list_page(
-            status=EventStatus.SENT, cursor="", limit=50
+            status=EventStatus.SENT, owner=None, cursor="", limit=50
         ),
         "watch feed (updated_at)": lambda: outbox.changed_since(
             now - timedelta(seconds=5), limit=500

@@ -108,23 +108,35 @@ class FakeOutbox:
     async def add(self, event: OutboxEvent) -> None:
         if self.down:
             raise DatabaseUnavailable()
-        key = event.idempotency_key or event.event_id
+        key = _dedup(event)
         for existing in self.events.values():
-            if (existing.idempotency_key or existing.event_id) == key:
+            if _dedup(existing) == key:
                 raise DuplicateIdempotencyKey(existing)
         self.events[event.event_id] = event
 
     async def get(self, event_id: str) -> OutboxEvent | None:
         return self.events.get(event_id)
 
-    async def find_by_idempotency_key(self, key: str) -> OutboxEvent | None:
+    async def find_by_idempotency_key(self, key: str, *, owner: str) -> OutboxEvent | None:
         if self.down:
             raise DatabaseUnavailable()
-        return next((e for e in self.events.values() if e.idempotency_key == key), None)
+        return next(
+            (e for e in self.events.values() if e.idempotency_key == key and e.owner == owner),
+            None,
+        )
 
-    async def list_page(self, *, status: EventStatus | None, cursor: str, limit: int) -> Page:
+    async def owns_video(self, video_id: str, owner: str) -> bool:
+        return any(e.video_id == video_id and e.owner == owner for e in self.events.values())
+
+    async def list_page(
+        self, *, status: EventStatus | None, owner: str | None, cursor: str, limit: int
+    ) -> Page:
         events = sorted(
-            (e for e in self.events.values() if status is None or e.api_status is status),
+            (
+                e
+                for e in self.events.values()
+                if (status is None or e.api_status is status) and owner in (None, e.owner)
+            ),
             key=lambda e: (e.created_at, e.event_id),
             reverse=True,
         )
@@ -161,6 +173,25 @@ class FakeOutbox:
     async def ping(self) -> None:
         if self.down:
             raise DatabaseUnavailable()
+
+
+def _dedup(event: OutboxEvent) -> tuple[str, str]:
+    return (event.owner, event.idempotency_key or event.event_id)
+
+
+@dataclass
+class FakeRateLimit:
+    """Admits `allowed` uploads per client, then tells them to wait `retry_after_s`."""
+
+    allowed: int
+    retry_after_s: float = 12.5
+    admitted: dict[str, int] = field(default_factory=dict)
+
+    async def admit(self, client: str) -> float | None:
+        if self.admitted.get(client, 0) >= self.allowed:
+            return self.retry_after_s
+        self.admitted[client] = self.admitted.get(client, 0) + 1
+        return None
 
 
 # --- The relay's ports -------------------------------------------------------------------------

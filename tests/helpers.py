@@ -80,3 +80,13 @@ def error_details(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, str]
 
 def has_cyrillic(text: str) -> bool:
     return any("а" <= c.lower() <= "я" for c in text)
+
+
+def retry_delay_s(exc: grpc.aio.AioRpcError) -> float:
+    """The seconds of the one google.rpc.RetryInfo of a failed call."""
+    status, _ = error_info(exc)
+    hints = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert len(hints) == 1, f"no RetryInfo in {exc!r}"
+    retry = error_details_pb2.RetryInfo()
+    hints[0].Unpack(retry)
+    return float(retry.retry_delay.ToTimedelta().total_seconds())

@@ -145,6 +145,32 @@ class GrpcSection(Section):
         return self
 
 
+class AuthSection(Section):
+    auth_enabled: Flag = False
+    """AUTH_ENABLED: require an API key (`authorization: Bearer <key>`) on every call but the
+    health and reflection services; off by default (the local stack, with a warning at start),
+    on in docker-compose.yml."""
+    auth_keys_file: str = ""
+    """AUTH_KEYS_FILE: the TOML file of hashed API keys, their clients and roles (README,
+    Authentication; `checkout-keys new` makes a key); re-read when it changes."""
+    auth_reload_interval_s: float = 2.0
+    """AUTH_RELOAD_INTERVAL_S: how often AUTH_KEYS_FILE is checked for changes."""
+    upload_rate_per_minute: int = 60
+    """UPLOAD_RATE_PER_MINUTE: uploads one authenticated client may start in any 60 seconds,
+    per server process (0: no limit); one more is refused with RESOURCE_EXHAUSTED
+    UPLOAD_RATE_LIMITED and a retry hint."""
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Self:
+        if self.auth_enabled and not self.auth_keys_file:
+            raise ConfigError("AUTH_ENABLED needs AUTH_KEYS_FILE (the hashed API keys)")
+        if self.auth_reload_interval_s <= 0:
+            raise ConfigError("AUTH_RELOAD_INTERVAL_S must be positive")
+        if self.upload_rate_per_minute < 0:
+            raise ConfigError("UPLOAD_RATE_PER_MINUTE must be 0 (no limit) or more")
+        return self
+
+
 class StorageSection(Section):
     minio_endpoint: str = "minio:9000"
     """MINIO_ENDPOINT: the object storage, as in the seed service."""
@@ -358,6 +384,7 @@ class ProcessSettings(BaseSettings):
 class ServerSettings(
     ProcessSettings,
     GrpcSection,
+    AuthSection,
     StorageSection,
     MongoSection,
     UploadSection,

@@ -34,6 +34,8 @@ class UploadRequest:
     size_bytes: int = 0  # 0 = unknown
     sha256: str = ""  # lowercase hex or empty
     idempotency_key: str = ""
+    # The authenticated client that uploads ("" with authentication off).
+    owner: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,11 +72,46 @@ class OutboxEvent:
     # The W3C `traceparent` of the request that made the event ("" if none): the relay's
     # publish span continues that trace.
     traceparent: str = ""
+    # The authenticated client that made the event ("" when authentication was off).
+    owner: str = ""
 
     @property
     def api_status(self) -> EventStatus:
         """What clients see: `ready` once the result exists, else the outbox status."""
         return EventStatus.READY if self.ready_at is not None else self.status
+
+
+class Role(enum.StrEnum):
+    """What an authenticated client may do (API keys file, `role`)."""
+
+    UPLOADER = "uploader"  # upload; its own events' statuses and results; re-request its videos
+    READER = "reader"  # every event's status and result
+    ADMIN = "admin"  # everything, Cleanup included
+
+
+@dataclass(frozen=True, kw_only=True)
+class Principal:
+    """Who makes a call: an authenticated client and its role, or ANONYMOUS when
+    authentication is off (everything is allowed but Cleanup, which ADMIN_TOKEN guards)."""
+
+    client: str
+    role: Role | None  # None: authentication is off
+
+    @property
+    def authenticated(self) -> bool:
+        return self.role is not None
+
+    @property
+    def owner_filter(self) -> str | None:
+        """The owner whose events this caller sees, or None when it sees every event."""
+        return self.client if self.role is Role.UPLOADER else None
+
+    def may_see(self, event: OutboxEvent) -> bool:
+        owner = self.owner_filter
+        return owner is None or event.owner == owner
+
+
+ANONYMOUS = Principal(client="", role=None)
 
 
 def age_s(since: datetime | None, now: datetime) -> float:

@@ -247,13 +247,36 @@ class WatcherTooSlow(ServiceError):
     message = "Клиент читает поток статусов слишком медленно, подпишитесь заново"
 
 
-# --- Admin ------------------------------------------------------------------------------------
+class UploadRateLimited(ServiceError):
+    """The client has used its UPLOAD_RATE_PER_MINUTE; `retry_after_s` says when a slot frees."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "UPLOAD_RATE_LIMITED"
+    message = "Превышен лимит загрузок для этого клиента, повторите попытку позже"
+    retriable = True
+
+    def __init__(self, retry_after_s: float, **metadata: str) -> None:
+        super().__init__(**metadata)
+        self.retry_after_s = retry_after_s
+
+
+# --- Authentication and roles -----------------------------------------------------------------
 
 
 class Unauthenticated(ServiceError):
+    """No token, or one the server does not know (the detail says which)."""
+
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
-    message = "Нужен токен администратора (authorization: Bearer <токен>)"
+    message = "Нужен действительный токен (authorization: Bearer <токен>)"
+
+
+class PermissionDenied(ServiceError):
+    """The token is valid, but its role may not make this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+    message = "Роли этого токена не разрешён этот вызов"
 
 
 class CleanupDisabled(ServiceError):

@@ -71,14 +71,20 @@ class Outbox(Protocol):
     async def get(self, event_id: str) -> OutboxEvent | None:
         """The event with this id, or None."""
 
-    async def find_by_idempotency_key(self, key: str) -> OutboxEvent | None:
-        """The event created with this idempotency key, or None."""
+    async def find_by_idempotency_key(self, key: str, *, owner: str) -> OutboxEvent | None:
+        """The event `owner` created with this idempotency key, or None (keys are scoped to
+        their owner: outbox/document.dedup_key)."""
 
-    async def list_page(self, *, status: EventStatus | None, cursor: str, limit: int) -> Page:
+    async def list_page(
+        self, *, status: EventStatus | None, owner: str | None, cursor: str, limit: int
+    ) -> Page:
         """Events newest first (by creation time, then id), at most `limit`, starting after
         `cursor` (a previous page's `next_cursor`; empty for the first page); only those
-        whose API status is `status` when given. Raises InvalidPageToken for a cursor this
-        outbox did not make."""
+        whose API status is `status` and only those `owner` made, when given (`total` counts
+        the same events). Raises InvalidPageToken for a cursor this outbox did not make."""
+
+    async def owns_video(self, video_id: str, owner: str) -> bool:
+        """Whether `owner` made an event of this video (uploaded or re-requested it)."""
 
     async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
         """Events whose `updated_at` is at or after `since`, oldest change first."""
@@ -99,3 +105,11 @@ class Outbox(Protocol):
 
     async def ping(self) -> None:
         """Raise DatabaseUnavailable unless the database answers."""
+
+
+class UploadRateLimit(Protocol):
+    """How many uploads one client may start per time window (per process)."""
+
+    async def admit(self, client: str) -> float | None:
+        """Count one upload of `client`: None when it is within its limit, else the seconds
+        until it may start another (nothing is counted then)."""

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from checkout_server import errors
-from checkout_server.domain import EventStatus, OutboxEvent
+from checkout_server.domain import ANONYMOUS, EventStatus, OutboxEvent
 from checkout_server.status.service import StatusService, StatusSettings
 from tests.fakes import NOW, FakeOutbox, FakeStorage
 from tests.helpers import outbox_event
@@ -44,7 +44,7 @@ async def test_a_result_written_after_the_event_makes_it_ready() -> None:
     storage.objects[("videos", f"output/{VIDEO}.json")] = b'{"a": 1}'
     storage.modified[("videos", f"output/{VIDEO}.json")] = NOW + timedelta(seconds=30)
 
-    got = await service(storage, outbox).get(VIDEO)
+    got = await service(storage, outbox).get(VIDEO, ANONYMOUS)
 
     assert got.api_status is EventStatus.READY
     assert outbox.events[VIDEO].ready_at is not None  # recorded for listings
@@ -57,7 +57,7 @@ async def test_an_older_result_does_not_count_for_a_re_request() -> None:
     storage.objects[("videos", f"output/{VIDEO}.json")] = b"{}"
     storage.modified[("videos", f"output/{VIDEO}.json")] = NOW  # from the first run
 
-    got = await service(storage, outbox).get(re_request)
+    got = await service(storage, outbox).get(re_request, ANONYMOUS)
 
     assert got.api_status is EventStatus.SENT
 
@@ -68,7 +68,7 @@ async def test_result_too_large_is_a_clear_error() -> None:
     storage.objects[("videos", f"output/{VIDEO}.json")] = b"{" + b" " * 2000 + b"}"
     storage.modified[("videos", f"output/{VIDEO}.json")] = NOW
     with pytest.raises(errors.ResultTooLarge):
-        await service(storage, outbox).result(VIDEO)
+        await service(storage, outbox).result(VIDEO, ANONYMOUS)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,7 @@ async def test_cleanup_is_guarded(
     storage, outbox = FakeStorage(), FakeOutbox()
     await outbox.add(event())
     with pytest.raises(error):
-        await service(storage, outbox, token=token).cleanup(authorization)
+        await service(storage, outbox, token=token).cleanup(authorization, ANONYMOUS)
     assert len(outbox.events) == 1
 
 
@@ -94,8 +94,12 @@ async def test_page_size_is_capped() -> None:
     storage, outbox = FakeStorage(), FakeOutbox()
     for i in range(3):
         await outbox.add(event(f"00000000-0000-4000-8000-00000000000{i}", timedelta(seconds=i)))
-    page = await service(storage, outbox).list(status="", page_size=2, page_token="")
+    page = await service(storage, outbox).list(
+        status="", page_size=2, page_token="", viewer=ANONYMOUS
+    )
     assert [e.event_id[-1] for e in page.events] == ["2", "1"]
     assert page.total == 3
     with pytest.raises(errors.InvalidStatusFilter):
-        await service(storage, outbox).list(status="done", page_size=0, page_token="")
+        await service(storage, outbox).list(
+            status="done", page_size=0, page_token="", viewer=ANONYMOUS
+        )

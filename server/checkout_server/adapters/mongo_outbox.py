@@ -41,6 +41,11 @@ _STATUS_INDEXES = [
         [(f.STATUS, ASCENDING), (f.READY_AT, ASCENDING), (f.CREATED_AT, DESCENDING)],
         name="status_created",
     ),
+    # An uploader's listing (authentication on): its own events, newest first.
+    IndexModel(
+        [(f.OWNER, ASCENDING), (f.CREATED_AT, DESCENDING), (f.ID, DESCENDING)],
+        name="owner_created",
+    ),
     # The status change feed.
     IndexModel([(f.UPDATED_AT, ASCENDING)], name="updated"),
     # Events still waiting for their result.
@@ -106,13 +111,22 @@ class MongoOutbox:
         with translated("get"):
             return await self._find_one({f.ID: event_id})
 
-    async def find_by_idempotency_key(self, key: str) -> OutboxEvent | None:
+    async def find_by_idempotency_key(self, key: str, *, owner: str) -> OutboxEvent | None:
         with translated("find_by_idempotency_key"):
-            document = await self._statuses.find_one({f.DEDUP_KEY: key})
+            document = await self._statuses.find_one({f.DEDUP_KEY: f.dedup_key(key, owner=owner)})
         return None if document is None else from_document(document)
 
-    async def list_page(self, *, status: EventStatus | None, cursor: str, limit: int) -> Page:
+    async def owns_video(self, video_id: str, owner: str) -> bool:
+        with translated("owns_video"):
+            found = await self._statuses.find_one({f.VIDEO_ID: video_id, f.OWNER: owner}, {f.ID: 1})
+        return found is not None
+
+    async def list_page(
+        self, *, status: EventStatus | None, owner: str | None, cursor: str, limit: int
+    ) -> Page:
         query = _status_query(status)
+        if owner is not None:
+            query = {**query, f.OWNER: owner}
         page_query = query
         if cursor:
             created_at, event_id = _decode_cursor(cursor)

@@ -104,34 +104,43 @@ class ErrorInterceptor(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method, observer = handler_call_details.method, _Observers(self._observer, self._tracer)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, "unary", observer, cast(_Unary, handler.unary_unary)),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(method, "client_stream", observer, cast(_Unary, handler.stream_unary)),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(
-                    method, "server_stream", observer, cast(_Stream, handler.unary_stream)
-                ),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(method, "bidi_stream", observer, cast(_Stream, handler.stream_stream)),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        method, observers = handler_call_details.method, _Observers(self._observer, self._tracer)
+        return rewrap(
+            handler,
+            lambda rpc_type, behavior: _wrap_unary(method, rpc_type, observers, behavior),
+            lambda rpc_type, behavior: _wrap_stream(method, rpc_type, observers, behavior),
+        )
+
+
+def rewrap(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    unary: Callable[[str, _Unary], _Unary],
+    stream: Callable[[str, _Stream], _Stream],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with its behaviour wrapped: by `unary(rpc_type, behaviour)` when it returns
+    one response, by `stream(...)` when it streams them. `rpc_type` is unary, client_stream,
+    server_stream or bidi_stream."""
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary("unary", cast(_Unary, handler.unary_unary)), **serializers
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            unary("client_stream", cast(_Unary, handler.stream_unary)), **serializers
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            stream("server_stream", cast(_Stream, handler.unary_stream)), **serializers
+        )
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            stream("bidi_stream", cast(_Stream, handler.stream_stream)), **serializers
+        )
+    return handler
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..auth.keys import KeyRing
 from ..status.lag import OutboxLag
 from ..status.watch import WatchHub
 from ..upload.pipeline import UploadPipeline
@@ -70,10 +71,13 @@ def _split(method: str) -> tuple[str, str]:
 class ServiceCollector(Collector):
     """The service's own series, read from the pipeline, the watch hub and the lag probe."""
 
-    def __init__(self, pipeline: UploadPipeline, hub: WatchHub, lag: OutboxLag) -> None:
+    def __init__(
+        self, pipeline: UploadPipeline, hub: WatchHub, lag: OutboxLag, keys: KeyRing | None = None
+    ) -> None:
         self._pipeline = pipeline
         self._hub = hub
         self._lag = lag
+        self._keys = keys
 
     def collect(self) -> Iterator[Metric]:
         pipeline = self._pipeline
@@ -86,6 +90,11 @@ class ServiceCollector(Collector):
             "checkout_uploads_refused",
             "Uploads refused because UPLOAD_MAX_CONCURRENT were streaming already.",
             value=pipeline.refused_total,
+        )
+        yield CounterMetricFamily(
+            "checkout_uploads_rate_limited",
+            "Uploads refused because their client had used its UPLOAD_RATE_PER_MINUTE.",
+            value=pipeline.rate_limited_total,
         )
         yield GaugeMetricFamily(
             "checkout_uploads_in_flight", "Uploads streaming now.", value=pipeline.in_flight
@@ -104,3 +113,13 @@ class ServiceCollector(Collector):
             "last measurement (every OUTBOX_LAG_INTERVAL_S).",
             value=self._lag.oldest_unsent_s,
         )
+        if self._keys is not None:
+            yield GaugeMetricFamily(
+                "checkout_auth_keys", "API keys in force (AUTH_KEYS_FILE).", value=len(self._keys)
+            )
+            yield CounterMetricFamily(
+                "checkout_auth_keys_reload_errors",
+                "Changes of AUTH_KEYS_FILE that could not be read or parsed (the keys in force "
+                "stay).",
+                value=self._keys.reload_errors_total,
+            )

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime
 
 import grpc
@@ -24,6 +26,7 @@ from ..domain import EventStatus, OutboxEvent, UploadRequest, UploadResult
 from ..status.service import StatusService, parse_uuid
 from ..status.watch import Subscription, WatchHub
 from ..upload.pipeline import UploadPipeline
+from .auth import current_principal
 from .health import DependencyMonitor
 from .http_upload import open_http_upload
 
@@ -73,6 +76,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
             size_bytes=meta.size_bytes,
             sha256=meta.sha256.lower(),
             idempotency_key=meta.idempotency_key,
+            owner=current_principal().client,
         )
         return await self._upload(request, chunks(), messages)
 
@@ -90,6 +94,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         except errors.ServiceError:
             await _drain(messages)
             raise
+        request = replace(request, owner=current_principal().client)
         return await self._upload(request, chunks, messages)
 
     async def _upload(
@@ -116,7 +121,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         event_id = parse_uuid(request.event_id, errors.InvalidEventId)
         # Subscribe before reading the current state, so no change falls in between.
         with self._hub.subscribe(event_id) as subscription:
-            event = await self._status.get(event_id)
+            event = await self._status.get(event_id, current_principal())
             self._hub.track(event)
             yield status_update(event)
             while event.api_status not in TERMINAL:
@@ -133,20 +138,31 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
                 event = changed
 
     async def _watch_all(self) -> AsyncIterator[pb.StatusUpdate]:
+        """Every change this caller may see (an uploader: of its own events), and a heartbeat
+        after `heartbeat_s` without one."""
+        viewer = current_principal()
+        quiet_since = time.monotonic()
         with self._hub.subscribe(None) as subscription:
             while True:
                 changes = await subscription.next(self._heartbeat_s)
                 _check(subscription)
-                if not changes:
+                visible = [event for event in changes if viewer.may_see(event)]
+                if visible:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= self._heartbeat_s or not changes:
+                    quiet_since = time.monotonic()
                     yield pb.StatusUpdate(heartbeat=True)
-                for event in changes:
+                for event in visible:
                     yield status_update(event)
 
     async def ListStatuses(  # noqa: N802 (gRPC method name)
         self, request: pb.ListStatusesRequest, context: Context
     ) -> pb.ListStatusesResponse:
         page = await self._status.list(
-            status=request.status, page_size=request.page_size, page_token=request.page_token
+            status=request.status,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            viewer=current_principal(),
         )
         return pb.ListStatusesResponse(
             operations=[operation(e) for e in page.events],
@@ -157,12 +173,13 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def GetStatus(  # noqa: N802 (gRPC method name)
         self, request: pb.GetStatusRequest, context: Context
     ) -> pb.GetStatusResponse:
-        return pb.GetStatusResponse(operation=operation(await self._status.get(request.event_id)))
+        event = await self._status.get(request.event_id, current_principal())
+        return pb.GetStatusResponse(operation=operation(event))
 
     async def GetResult(  # noqa: N802 (gRPC method name)
         self, request: pb.GetResultRequest, context: Context
     ) -> pb.GetResultResponse:
-        result = await self._status.result(request.event_id)
+        result = await self._status.result(request.event_id, current_principal())
         response = pb.GetResultResponse(
             event_id=result.event.event_id,
             status=result.event.api_status.value,
@@ -175,7 +192,9 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def CreateRequest(  # noqa: N802 (gRPC method name)
         self, request: pb.CreateRequestRequest, context: Context
     ) -> pb.CreateRequestResponse:
-        event = await self._status.create_request(video_id=request.video_id, bucket=request.bucket)
+        event = await self._status.create_request(
+            video_id=request.video_id, bucket=request.bucket, viewer=current_principal()
+        )
         return pb.CreateRequestResponse(
             status="ok", event_id=event.event_id, video_id=event.video_id
         )
@@ -185,7 +204,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     ) -> pb.CleanupResponse:
         metadata = dict(context.invocation_metadata() or ())
         authorization = metadata.get("authorization", "")
-        report = await self._status.cleanup(str(authorization))
+        report = await self._status.cleanup(str(authorization), current_principal())
         return pb.CleanupResponse(
             status="ok",
             deleted_objects=report.deleted_objects,

@@ -37,6 +37,9 @@ READY_AT: Final = "ready_at"  # when the detection result was first seen, or Non
 # The W3C trace context (`00-<trace id>-<span id>-<flags>`) of the request that made the
 # event, or None: the relay's publish span continues that trace.
 TRACEPARENT: Final = "traceparent"
+# The authenticated client that made the event, or None (authentication off): uploaders see
+# only their own events.
+OWNER: Final = "owner"
 
 # --- Inside `payload` --------------------------------------------------------------------------
 BUCKET: Final = "bucket"
@@ -77,7 +80,7 @@ def to_document(event: OutboxEvent) -> Document:
         STATUS: event.status.value,
         CREATED_AT: event.created_at,
         UPDATED_AT: event.updated_at,
-        DEDUP_KEY: event.idempotency_key or event.event_id,
+        DEDUP_KEY: dedup_key(event.idempotency_key, owner=event.owner) or event.event_id,
         IDEMPOTENCY_KEY: event.idempotency_key or None,
         ATTEMPTS: 0,
         NEXT_ATTEMPT_AT: event.created_at,
@@ -85,7 +88,17 @@ def to_document(event: OutboxEvent) -> Document:
         RELAY_SLOT: relay_slot(event.event_id),
         READY_AT: event.ready_at,
         TRACEPARENT: event.traceparent or None,
+        OWNER: event.owner or None,
     }
+
+
+def dedup_key(idempotency_key: str, *, owner: str) -> str:
+    """The stored `dedup_key` of a client's idempotency key: scoped to its owner, so one
+    client's key never finds another client's upload (the key alone without an owner, as
+    before authentication existed). Owners (client names) never contain ':'."""
+    if not idempotency_key:
+        return ""
+    return f"{owner}:{idempotency_key}" if owner else idempotency_key
 
 
 def status_document(message: Mapping[str, Any]) -> Document:
@@ -113,6 +126,7 @@ def from_document(document: Mapping[str, Any]) -> OutboxEvent:
         error=str(document.get(ERROR) or ""),
         ready_at=utc(document[READY_AT]) if document.get(READY_AT) else None,
         traceparent=str(document.get(TRACEPARENT) or ""),
+        owner=str(document.get(OWNER) or ""),
     )
 
 

@@ -7,6 +7,10 @@ event's status record (`ready_at`), so listings never ask storage once per event
 A result counts for an event only if it was written after the event was created (with a
 margin for clock skew): a re-request of a video that already has a result is not `ready`
 until the runner writes a new one.
+
+Every read takes the caller (`Principal`): an uploader sees only the events its client made,
+and another client's event is "not found" to it, exactly as a missing one (its existence is
+not revealed). Readers and admins, and every caller when authentication is off, see all.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from ..domain import (
     EventStatus,
     OutboxEvent,
     Page,
+    Principal,
+    Role,
     input_object_key,
     result_key,
 )
@@ -106,10 +112,10 @@ class StatusService:
             self._settings.result_key_template, video_id=event.video_id, event_id=event.event_id
         )
 
-    async def get(self, event_id: str) -> OutboxEvent:
+    async def get(self, event_id: str, viewer: Principal) -> OutboxEvent:
         """The event with its API status, checking storage for a result not yet recorded."""
         event = await self._outbox.get(parse_uuid(event_id, errors.InvalidEventId))
-        if event is None:
+        if event is None or not viewer.may_see(event):
             raise errors.EventNotFound(event_id=event_id)
         return await self.refresh(event)
 
@@ -128,16 +134,21 @@ class StatusService:
         log.info("result ready", extra={"event_id": event.event_id})
         return _with_ready(event, now)
 
-    async def list(self, *, status: str, page_size: int, page_token: str) -> Page:
+    async def list(
+        self, *, status: str, page_size: int, page_token: str, viewer: Principal
+    ) -> Page:
         if page_size < 0:
             raise errors.InvalidPageSize()
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         return await self._outbox.list_page(
-            status=parse_status(status), cursor=page_token, limit=limit
+            status=parse_status(status),
+            owner=viewer.owner_filter,
+            cursor=page_token,
+            limit=limit,
         )
 
-    async def result(self, event_id: str) -> Result:
-        event = await self.get(event_id)
+    async def result(self, event_id: str, viewer: Principal) -> Result:
+        event = await self.get(event_id, viewer)
         if event.ready_at is None:
             return Result(event=event, prediction=None)
         key = self.result_key(event)
@@ -159,12 +170,16 @@ class StatusService:
             raise errors.ResultInvalid(key=key)
         return Result(event=event, prediction=prediction)
 
-    async def create_request(self, *, video_id: str, bucket: str) -> OutboxEvent:
-        """A new `new` event for a video that is already stored (re-processing)."""
+    async def create_request(self, *, video_id: str, bucket: str, viewer: Principal) -> OutboxEvent:
+        """A new `new` event for a video that is already stored (re-processing). An uploader
+        may re-request only a video its client uploaded (else: not found)."""
         video_id = parse_uuid(video_id, errors.InvalidVideoId)
         bucket = bucket or self._settings.default_bucket
         if bucket not in self._settings.allowed_buckets:
             raise errors.BucketNotAllowed(bucket[:64], bucket=bucket[:64])
+        owner = viewer.owner_filter
+        if owner is not None and not await self._outbox.owns_video(video_id, owner):
+            raise errors.VideoNotFound(video_id=video_id, bucket=bucket)
         key = input_object_key(video_id)
         found = await self._storage.stat(bucket, key)
         if found is None:
@@ -183,13 +198,15 @@ class StatusService:
             created_at=now,
             updated_at=now,
             traceparent=self._traceparent(),
+            owner=viewer.client,
         )
         await self._outbox.add(event)
         log.info("re-processing requested", extra={"event_id": event.event_id})
         return event
 
     def check_admin(self, authorization: str) -> None:
-        """Cleanup is refused without the configured admin token, and disabled without one."""
+        """With authentication off, Cleanup is refused without the configured admin token,
+        and disabled without one."""
         expected = self._settings.admin_token
         if not expected:
             raise errors.CleanupDisabled()
@@ -197,11 +214,16 @@ class StatusService:
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             token.strip().encode(), expected.encode()
         ):
-            raise errors.Unauthenticated()
+            raise errors.Unauthenticated("нужен токен администратора (ADMIN_TOKEN)")
 
-    async def cleanup(self, authorization: str) -> CleanupReport:
-        """Delete every input and output object of the allowed buckets and every event."""
-        self.check_admin(authorization)
+    async def cleanup(self, authorization: str, viewer: Principal) -> CleanupReport:
+        """Delete every input and output object of the allowed buckets and every event. An
+        authenticated caller was admitted by its role (only admins may call it); without
+        authentication the ADMIN_TOKEN guards it."""
+        if not viewer.authenticated:
+            self.check_admin(authorization)
+        elif viewer.role is not Role.ADMIN:  # the interceptor refuses it first
+            raise errors.PermissionDenied("очистку может вызвать только роль admin")
         objects = 0
         output_prefix = result_prefix(self._settings.result_key_template)
         for bucket in sorted(self._settings.allowed_buckets):

@@ -34,7 +34,7 @@ from ..domain import (
     input_object_key,
 )
 from ..errors import DuplicateIdempotencyKey
-from ..ports import ObjectStorage, ObjectWriter, Outbox
+from ..ports import ObjectStorage, ObjectWriter, Outbox, UploadRateLimit
 from .memory import MemoryBudget
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,13 @@ class UploadPipeline:
         new_id: Callable[[], str] = _new_id,
         cleanup_wait_s: float = 5.0,
         traceparent: Callable[[], str] = _no_trace,
+        rate_limit: UploadRateLimit | None = None,
     ) -> None:
         """`traceparent` returns the W3C trace context of the current request ("" if none),
-        stored with the event so that its publishing continues the upload's trace."""
+        stored with the event so that its publishing continues the upload's trace.
+        `rate_limit` bounds the uploads each authenticated client (`UploadRequest.owner`)
+        starts; uploads without an owner (authentication off) are not limited by it."""
+        self._rate_limit = rate_limit
         self._cleanup_wait_s = cleanup_wait_s
         self._traceparent = traceparent
         self._storage = storage
@@ -101,11 +105,14 @@ class UploadPipeline:
         self.in_flight = 0
         self.bytes_received_total = 0
         self.refused_total = 0
+        self.rate_limited_total = 0
 
     async def upload(self, request: UploadRequest, chunks: AsyncIterator[bytes]) -> UploadResult:
         bucket = self._validate(request)
         if request.idempotency_key:
-            existing = await self._outbox.find_by_idempotency_key(request.idempotency_key)
+            existing = await self._outbox.find_by_idempotency_key(
+                request.idempotency_key, owner=request.owner
+            )
             if existing is not None:
                 _check_same_file(request, existing)
                 log.info("upload replayed", extra={"event_id": existing.event_id})
@@ -114,6 +121,7 @@ class UploadPipeline:
         if self.in_flight >= self._limits.max_concurrent:
             self.refused_total += 1
             raise errors.TooManyUploads(limit=str(self._limits.max_concurrent))
+        await self._admit(request.owner)
         self.in_flight += 1
         try:
             return await self._store(request, chunks, bucket)
@@ -144,6 +152,7 @@ class UploadPipeline:
                 updated_at=now,
                 idempotency_key=request.idempotency_key,
                 traceparent=self._traceparent(),
+                owner=request.owner,
             )
             await self._outbox.add(event)
         except DuplicateIdempotencyKey as duplicate:
@@ -259,6 +268,15 @@ class UploadPipeline:
         if request.idempotency_key and not _IDEMPOTENCY_KEY.fullmatch(request.idempotency_key):
             raise errors.InvalidIdempotencyKey("1–128 печатных символов ASCII без пробелов")
         return bucket
+
+    async def _admit(self, owner: str) -> None:
+        """Count the upload against its owner's rate limit, or refuse it with a retry hint."""
+        if self._rate_limit is None or not owner:
+            return
+        wait_s = await self._rate_limit.admit(owner)
+        if wait_s is not None:
+            self.rate_limited_total += 1
+            raise errors.UploadRateLimited(round(wait_s, 3), client=owner)
 
     async def _cleanup(self, cleanup: Coroutine[Any, Any, None]) -> None:
         """Run a cleanup in its own task, so it finishes even if the caller is cancelled.

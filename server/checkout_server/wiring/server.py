@@ -12,6 +12,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -28,10 +29,13 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from .. import logs
 from ..adapters.minio_storage import MinioStorage
 from ..adapters.mongo_outbox import MongoOutbox
+from ..adapters.rate_limits import MemoryUploadRateLimit
+from ..api.auth import Authenticator, AuthInterceptor
 from ..api.health import DependencyMonitor, HealthReporter, new_health_servicer
 from ..api.interceptors import CallObserver, ErrorInterceptor
 from ..api.metrics import GrpcMetrics, ServiceCollector
 from ..api.servicer import CheckoutServicer
+from ..auth.keys import KeyRing
 from ..config import MiB, ServerSettings
 from ..errors import ConfigError, ServiceError
 from ..outbox.document import Document
@@ -82,6 +86,8 @@ class App:
     metrics: MetricsEndpoint | None
     mongo: AsyncMongoClient[Document]
     minio: Minio
+    # The API keys when authentication is on, kept current by a loop of their own.
+    keys: KeyRing | None = None
     # Shut down (flushing its spans) at stop when the app built it.
     tracer_provider: TracerProvider | None = None
 
@@ -92,6 +98,8 @@ class App:
         self.monitor.start()
         self.hub.start()
         self.supervisor.spawn("outbox-lag", self.lag.round)
+        if self.keys is not None:
+            self.supervisor.spawn("api-keys", self.keys.round)
         log.info("serving", extra={"port": self.port})
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -157,13 +165,22 @@ def create_server(
     tls: ServerTLS | None = None,
     observer: CallObserver | None = None,
     tracer: trace.Tracer | None = None,
+    auth: Authenticator | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server with the checkout, health and reflection services, bound to `address`
     (port 0 picks a free port, returned), not started: plaintext without `tls`, else TLS,
-    and mTLS (client certificates required and verified) when `tls` has a client CA."""
-    server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(observer, tracer)], options=SERVER_OPTIONS
-    )
+    and mTLS (client certificates required and verified) when `tls` has a client CA. With
+    `auth`, every call but health and reflection needs an API key `auth` knows (api/auth.py);
+    its refusals pass through the ErrorInterceptor like any error."""
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [ErrorInterceptor(observer, tracer)]
+    if auth is None:
+        log.warning(
+            "authentication is off (AUTH_ENABLED=false): anyone who reaches the port may "
+            "upload, read every event and result; turn it on outside a local stack"
+        )
+    else:
+        interceptors.append(AuthInterceptor(auth))
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     pb_grpc.add_CheckoutServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -207,7 +224,8 @@ async def create_app(
     owned = tracer_provider(settings, "checkout-server") if tracing is None else None
     provider: trace.TracerProvider = owned or tracing or trace.NoOpTracerProvider()
     try:
-        app, storage, outbox = _build(settings, minio, mongo, provider)
+        keys = await _load_keys(settings)
+        app, storage, outbox = _build(settings, minio, mongo, provider, keys)
         app.tracer_provider = owned
 
         async def prepare() -> None:
@@ -233,8 +251,10 @@ def _build(
     minio: Minio,
     mongo: AsyncMongoClient[Document],
     tracing: trace.TracerProvider,
+    keys: KeyRing | None,
 ) -> tuple[App, MinioStorage, MongoOutbox]:
-    """The adapters, services and gRPC server over these clients."""
+    """The adapters, services and gRPC server over these clients (and, with authentication
+    on, these keys)."""
     supervisor = Supervisor()
     storage = MinioStorage(minio, abort_retry_s=settings.storage_abort_retry_s)
     database = mongo[settings.mongo_db]
@@ -246,6 +266,11 @@ def _build(
         outbox=outbox,
         limits=_upload_limits(settings),
         traceparent=current_traceparent,
+        rate_limit=(
+            MemoryUploadRateLimit(settings.upload_rate_per_minute)
+            if keys is not None and settings.upload_rate_per_minute
+            else None
+        ),
     )
     status = StatusService(
         storage=storage,
@@ -279,7 +304,7 @@ def _build(
     )
     registry = CollectorRegistry()
     lag = OutboxLag(outbox, interval_s=settings.outbox_lag_interval_s)
-    registry.register(ServiceCollector(pipeline, hub, lag))
+    registry.register(ServiceCollector(pipeline, hub, lag, keys))
     server, port = create_server(
         settings.grpc_addr,
         servicer,
@@ -287,6 +312,7 @@ def _build(
         tls=ServerTLS.from_settings(settings),
         observer=GrpcMetrics(registry),
         tracer=tracing.get_tracer(INSTRUMENTATION),
+        auth=keys,
     )
     app = App(
         settings=settings,
@@ -301,8 +327,19 @@ def _build(
         metrics=MetricsEndpoint(registry, settings.metrics_addr) if settings.metrics_addr else None,
         mongo=mongo,
         minio=minio,
+        keys=keys,
     )
     return app, storage, outbox
+
+
+async def _load_keys(settings: ServerSettings) -> KeyRing | None:
+    """The API keys when authentication is on (read off the event loop); ConfigError when
+    AUTH_KEYS_FILE cannot be read or is invalid."""
+    if not settings.auth_enabled:
+        return None
+    return await asyncio.to_thread(
+        KeyRing, Path(settings.auth_keys_file), reload_interval_s=settings.auth_reload_interval_s
+    )
 
 
 def _upload_limits(settings: ServerSettings) -> UploadLimits:

@@ -1,0 +1,33 @@
+"""Per-client upload rate limits in this process's memory, with the `limits` library.
+
+A moving window: at most `per_minute` uploads started in any 60 seconds. A refused client is
+told when the oldest upload in its window leaves it. The counts live in one process: with
+several server replicas a client may start up to `per_minute` on each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+# The soonest retry a refused client is told, so it never spins on a window just leaving.
+MIN_RETRY_AFTER_S = 0.05
+
+
+class MemoryUploadRateLimit:
+    """Implements ports.UploadRateLimit."""
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.time) -> None:
+        self._item = RateLimitItemPerMinute(per_minute)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._clock = clock
+
+    async def admit(self, client: str) -> float | None:
+        if await self._limiter.hit(self._item, "upload", client):
+            return None
+        stats = await self._limiter.get_window_stats(self._item, "upload", client)
+        return max(stats.reset_time - self._clock(), MIN_RETRY_AFTER_S)
