@@ -34,7 +34,6 @@ SECRETS = (
     "MONGO_INITDB_ROOT_PASSWORD",
     "MINIO_ACCESS_KEY",
     "MINIO_SECRET_KEY",
-    "ADMIN_TOKEN",
     "TLS_DIR",  # not secrets, but where they are: no default either
     "API_KEYS_FILE",
 )
@@ -96,12 +95,12 @@ def test_missing_required_variable_fails(composecheck: Path, tmp_path: Path) -> 
         "".join(
             line
             for line in ENV_EXAMPLE.read_text().splitlines(keepends=True)
-            if not line.startswith("ADMIN_TOKEN=")
+            if not line.startswith("MINIO_SECRET_KEY=")
         )
     )
     res = run_check(composecheck, COMPOSE, env)
     assert res.returncode == 1
-    assert "required variable ADMIN_TOKEN is missing a value" in res.stderr
+    assert "required variable MINIO_SECRET_KEY is missing a value" in res.stderr
 
 
 BROKEN: list[tuple[str, Callable[[str], str], str]] = [
@@ -196,6 +195,7 @@ def test_checkout_serves_tls_and_requires_api_keys(model: dict[str, Any]) -> Non
     assert secrets[env["TLS_KEY_FILE"]] == str(tls_dir / "server.key")
     assert "TLS_CLIENT_CA_FILE" not in env  # TLS, not mTLS: see the comment in the file
     assert env["AUTH_ENABLED"] == "true"
+    assert "ADMIN_TOKEN" not in env  # with authentication on an admin key calls Cleanup
     assert secrets[env["AUTH_KEYS_FILE"]] == str(REPO_ROOT / "secrets" / "api-keys.toml")
     # Every file the server is given is mounted.
     for name, value in env.items():
