@@ -6,7 +6,8 @@ Through Envoy's TLS listener, HTTPS REST (HTTP/1.1 and HTTP/2), grpc-web and nat
 the TLS server; a plaintext request to that listener gets no answer; an upstream certificate
 of another CA, or without the name Envoy asks for, gives 503; Envoy's client certificate
 passes an mTLS server. The Authorization header reaches the server as gRPC metadata from all
-three protocols: Cleanup succeeds with the admin token and is UNAUTHENTICATED with another.
+three protocols: Cleanup succeeds with the admin token and is UNAUTHENTICATED with another;
+with authentication on (as in docker compose) API keys get through Envoy as well.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.auth.keys import hash_key, new_key
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from devstack import Envoy, free_port
@@ -76,14 +78,18 @@ def certs(tmp_path: Path) -> Certs:
 
 
 @asynccontextmanager
-async def tls_server(settings: ServerSettings, certs: Certs, *, mtls: bool) -> AsyncIterator[App]:
-    """The server with the admin token, serving TLS (mTLS: client certificates of the CA)."""
+async def tls_server(
+    settings: ServerSettings, certs: Certs, *, mtls: bool, **changes: Any
+) -> AsyncIterator[App]:
+    """The server with the admin token, serving TLS (mTLS: client certificates of the CA),
+    with any other `changes` to its settings."""
     app = await create_app(
         settings.replace(
             admin_token=ADMIN_TOKEN,
             tls_cert_file=str(certs.server.cert_file),
             tls_key_file=str(certs.server.key_file),
             tls_client_ca_file=str(certs.ca.cert_file) if mtls else "",
+            **changes,
         )
     )
     await app.start()
@@ -390,3 +396,34 @@ async def test_native_grpc_authorization_reaches_the_server(front: Front, certs:
             timeout=CALL_TIMEOUT_S,
         )
     assert response.status == "ok"
+
+
+async def test_api_keys_through_envoy_with_authentication_on(
+    settings: ServerSettings, certs: Certs, tmp_path: Path
+) -> None:
+    """docker compose's setting: TLS on both sides and AUTH_ENABLED."""
+    reader, admin = new_key(), new_key()
+    keys = tmp_path / "api-keys.toml"
+    keys.write_text(
+        "".join(
+            f'[[keys]]\nclient = "{client}"\nrole = "{client}"\nsha256 = "{hash_key(key)}"\n'
+            for client, key in (("reader", reader), ("admin", admin))
+        )
+    )
+    async with (
+        tls_server(settings, certs, mtls=False, auth_enabled=True, auth_keys_file=str(keys)) as app,
+        envoy(tmp_path, app, listener=certs.listener, upstream_tls=trusting(certs)) as front,
+    ):
+        reply = await https(front, certs, "/api/status/all")
+        assert reply.status == 401, reply.body
+        assert reply.json()["details"][0]["reason"] == "UNAUTHENTICATED"
+        reply = await https(front, certs, "/api/status/all", "-H", bearer(reader))
+        assert reply.status == 200, reply.body
+        assert reply.json()["total"] == 0
+        cleanup = ["/api/cleanup/all", "-X", "DELETE"]
+        reply = await https(front, certs, *cleanup, "-H", bearer(reader))
+        assert reply.status == 403, reply.body
+        assert reply.json()["details"][0]["reason"] == "PERMISSION_DENIED"
+        reply = await https(front, certs, *cleanup, "-H", bearer(admin))
+        assert reply.status == 200, reply.body
+        assert reply.json()["status"] == "ok"
