@@ -65,7 +65,7 @@ EPILOG = f"""\
 environment:
   {ADDR_ENV}        server address (default {DEFAULT_ADDR})
   {TOKEN_ENV}       bearer token for every call (needs --tls)
-  {ADMIN_TOKEN_ENV} admin token for `cleanup`
+  {ADMIN_TOKEN_ENV} admin token for `cleanup` (else the key in {TOKEN_ENV})
 
 exit codes:
   {EXIT_OK}   ok
@@ -295,10 +295,13 @@ async def cmd_request(client: AsyncCheckoutClient, args: argparse.Namespace, out
 
 
 async def cmd_cleanup(client: AsyncCheckoutClient, args: argparse.Namespace, out: Output) -> int:
-    token = args.admin_token or os.environ.get(ADMIN_TOKEN_ENV, "")
+    # The admin token, or else the caller's own key (an `admin` key when the server
+    # authenticates every call).
+    token = args.admin_token or os.environ.get(ADMIN_TOKEN_ENV, "") or os.environ.get(TOKEN_ENV, "")
     if not token:
         raise CliError(
-            f"Нужен токен администратора: --admin-token или {ADMIN_TOKEN_ENV}",
+            f"Нужен токен администратора: --admin-token, {ADMIN_TOKEN_ENV} или ключ admin в "
+            f"{TOKEN_ENV}",
             reason="ADMIN_TOKEN_REQUIRED",
             exit_code=EXIT_USAGE,
         )
@@ -430,7 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
         "cleanup", parents=[common], help="delete every video and event (admin)"
     )
     cleanup.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    cleanup.add_argument("--admin-token", default="", help=f"admin token (or ${ADMIN_TOKEN_ENV})")
+    cleanup.add_argument(
+        "--admin-token",
+        default="",
+        help=f"admin token (or ${ADMIN_TOKEN_ENV}, else the key in ${TOKEN_ENV})",
+    )
 
     commands.add_parser("health", parents=[common], help="the service's dependency health")
     return parser

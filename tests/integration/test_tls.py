@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,11 +22,13 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from checkout_client import AsyncCheckoutClient, open_channel
-from checkout_client.cli import EXIT_OK, EXIT_UNAVAILABLE
+from checkout_client import AsyncCheckoutClient, PermissionDenied, Unauthenticated, open_channel
+from checkout_client.cli import EXIT_DENIED, EXIT_OK, EXIT_UNAVAILABLE
+from checkout_server.auth.keys import hash_key, new_key
 from checkout_server.config import ServerSettings
 from checkout_server.errors import ConfigError
 from checkout_server.wiring.server import App, create_app
+from tests.helpers import mp4_bytes
 from tools.make_dev_certs import Issued, issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -225,11 +228,13 @@ async def test_mtls_plaintext_call_is_unavailable(mtls_app: App) -> None:
     assert await refused(channel) == grpc.StatusCode.UNAVAILABLE
 
 
-async def checkout(*args: str) -> tuple[int, str, str]:
-    """Runs the console script with pipes and no stdin; its exit code, stdout and stderr."""
+async def checkout(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Runs the console script with pipes and no stdin (and `env` added to the environment);
+    its exit code, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
         CHECKOUT,
         *args,
+        env={**os.environ, **(env or {})},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -248,3 +253,55 @@ async def test_cli_with_cert_and_key_passes_mtls(mtls_app: App, pki: Pki) -> Non
     assert '"storage"' in stdout
     code, _, stderr = await checkout(*common)  # no client certificate
     assert code == EXIT_UNAVAILABLE, stderr
+
+
+# --- API keys over TLS (the SDK sends a token only over TLS) -------------------------------------
+
+
+async def test_sdk_and_cli_authenticate_with_an_api_key_over_tls(
+    settings: ServerSettings, pki: Pki, tmp_path: Path
+) -> None:
+    uploader, reader, admin = new_key(), new_key(), new_key()
+    keys_file = tmp_path / "api-keys.toml"
+    keys_file.write_text(
+        "".join(
+            f'[[keys]]\nclient = "{client}"\nrole = "{role}"\nsha256 = "{hash_key(key)}"\n'
+            for client, role, key in [
+                ("camera", "uploader", uploader),
+                ("dashboard", "reader", reader),
+                ("ops", "admin", admin),
+            ]
+        )
+    )
+    configured = tls_settings(settings, pki, mtls=False).replace(
+        auth_enabled=True, auth_keys_file=str(keys_file)
+    )
+    video = tmp_path / "v.mp4"
+    video.write_bytes(mp4_bytes(3000))
+    async with serving(configured) as app:
+        ca = pki.ca.cert
+        async with AsyncCheckoutClient(address(app), root_certificates=ca, token=uploader) as sdk:
+            uploaded = await sdk.upload(video)
+            assert (await sdk.status(uploaded.event_id)).status == "new"
+        async with AsyncCheckoutClient(address(app), root_certificates=ca, token=reader) as sdk:
+            with pytest.raises(PermissionDenied):
+                await sdk.upload(video)
+            assert [o.event_id async for o in sdk.list_statuses()] == [uploaded.event_id]
+        async with AsyncCheckoutClient(address(app), root_certificates=ca, token=new_key()) as sdk:
+            with pytest.raises(Unauthenticated):
+                await sdk.status(uploaded.event_id)
+
+        common = ["--json", "--addr", address(app), "--ca-cert", str(pki.ca.cert_file)]
+        code, stdout, stderr = await checkout(
+            "status", uploaded.event_id, *common, env={"CHECKOUT_TOKEN": reader}
+        )
+        assert code == EXIT_OK, stderr
+        assert uploaded.event_id in stdout
+        code, _, stderr = await checkout("status", uploaded.event_id, *common)
+        assert code == EXIT_DENIED, stderr
+        # The admin key in CHECKOUT_TOKEN is enough for cleanup.
+        code, stdout, stderr = await checkout(
+            "cleanup", "--yes", *common, env={"CHECKOUT_TOKEN": admin}
+        )
+        assert code == EXIT_OK, stderr
+        assert '"deleted_events": 1' in stdout
