@@ -72,24 +72,41 @@ def _cmd_run(_args: argparse.Namespace) -> int:
 
 
 def _cmd_validate_envoy(_args: argparse.Namespace) -> int:
-    """Render the Envoy config as `run` would and check it with `envoy --mode validate`."""
-    from tools.render_envoy import render_envoy_config
+    """Render the Envoy config as `run` would, and with TLS on both sides as the compose image
+    does (with fresh dev certificates), and check both with `envoy --mode validate`."""
+    from tools.make_dev_certs import make_compose_certs
+    from tools.render_envoy import ListenerTls, UpstreamTls, render_envoy_config
 
     from ._envoy import validate_envoy_config
     from ._paths import REPO_ROOT
     from ._stack import DESCRIPTOR, OPENAPI
 
     with tempfile.TemporaryDirectory(prefix="devstack-envoy-") as tmp:
-        config = render_envoy_config(
-            Path(tmp) / "envoy.yaml",
+        folder = Path(tmp)
+        certs = folder / "tls"
+        make_compose_certs(certs)
+        plain = render_envoy_config(
+            folder / "envoy.yaml",
             listen_port=8080,
             admin_port=9901,
             upstream_port=50051,
             descriptor=DESCRIPTOR,
             openapi=OPENAPI,
         )
-        validate_envoy_config(config, cwd=REPO_ROOT)
-    print("envoy config OK")
+        validate_envoy_config(plain, cwd=REPO_ROOT)
+        tls = render_envoy_config(
+            folder / "envoy-tls.yaml",
+            listen_port=8443,
+            admin_port=9901,
+            upstream_host="checkout",
+            upstream_port=50051,
+            descriptor=DESCRIPTOR,
+            openapi=OPENAPI,
+            listener_tls=ListenerTls(cert=certs / "envoy.pem", key=certs / "envoy.key"),
+            upstream_tls=UpstreamTls(ca=certs / "ca.pem", sni="checkout"),
+        )
+        validate_envoy_config(tls, cwd=REPO_ROOT)
+    print("envoy config OK (plaintext, and TLS on the listener and to the server)")
     return 0
 
 
