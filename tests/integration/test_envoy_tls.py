@@ -294,7 +294,9 @@ async def test_upstream_certificate_envoy_must_not_trust_gives_503(
     ):
         reply = await https(front, certs, "/api/health")
         assert reply.status == 503, reply.body
-        assert "CERTIFICATE_VERIFY_FAILED" in reply.json()["reason"]
+        assert (
+            "CERTIFICATE_VERIFY_FAILED" in reply.json()["details"][0]["metadata"]["envoy_details"]
+        )
         assert await envoy_stat(front, f"cluster.checkout_grpc.ssl.{failure}") >= 1
         assert await envoy_stat(front, "cluster.checkout_grpc.ssl.handshake") == 0
 

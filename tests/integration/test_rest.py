@@ -18,11 +18,14 @@ from miniopy_async.api import Minio
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from devstack._stack import LocalStack
+from devstack import Envoy, free_port
+from devstack._paths import REPO_ROOT
+from devstack._stack import DESCRIPTOR, OPENAPI, LocalStack
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
 from tests.integration.conftest import STACK_ADMIN_TOKEN
 from tests.integration.storage_checks import object_sha256, wait_until
 from tools import gen_openapi
+from tools.render_envoy import render_envoy_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -236,13 +239,86 @@ def test_errors_are_json_with_russian_messages(
     assert body["details"][0]["reason"] == reason
 
 
-def test_envoy_own_errors_are_json(base: str) -> None:
-    status, body = curl(f"{base}/api/unknown")
-    assert status == 404
-    assert body["code"] == 404
-    status, body = curl("-X", "POST", f"{base}/api/request", "-d", "{not json")
-    assert status == 400
-    assert "message" in body
+def envoy_error(body: Any) -> tuple[int, str]:
+    """(gRPC code, reason) of an error Envoy answered itself, checked for the service's one
+    shape: a google.rpc.Status with a Russian message and one ErrorInfo that keeps Envoy's
+    own detail."""
+    assert set(body) == {"code", "message", "details"}, body
+    assert has_cyrillic(body["message"]), body
+    (info,) = body["details"]
+    assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert info["domain"] == "checkout.v1"
+    assert set(info["metadata"]) == {"envoy_message", "envoy_details"}
+    return body["code"], info["reason"]
+
+
+@pytest.mark.parametrize(
+    ("args", "http_status", "code", "reason"),
+    [
+        (["/api/unknown"], 404, 5, "ROUTE_NOT_FOUND"),
+        (["-X", "DELETE", "/api/status/all"], 404, 5, "ROUTE_NOT_FOUND"),
+        (["-X", "POST", "/api/request", "-d", "{not json"], 400, 3, "INVALID_REQUEST"),
+        (["/api/status/all?colour=red"], 400, 3, "INVALID_REQUEST"),
+        (["-X", "POST", "/api/request", "-d", "video_id=1"], 400, 3, "INVALID_REQUEST"),
+    ],
+)
+def test_envoy_own_errors_have_the_one_shape(
+    base: str, args: list[str], http_status: int, code: int, reason: str
+) -> None:
+    filled = [f"{base}{a}" if a.startswith("/api") else a for a in args]
+    status, body = curl(*filled)
+    assert status == http_status
+    assert envoy_error(body) == (code, reason)
+
+
+def test_an_unreachable_service_is_503_in_the_one_shape(tmp_path: Path) -> None:
+    dead, listen, admin = free_port(), free_port(), free_port()  # nothing serves `dead`
+    config = render_envoy_config(
+        tmp_path / "envoy.yaml",
+        listen_port=listen,
+        admin_port=admin,
+        upstream_port=dead,
+        descriptor=DESCRIPTOR,
+        openapi=OPENAPI,
+    )
+    envoy = Envoy(
+        config_path=config, admin_port=admin, base_id=13, cwd=REPO_ROOT, log_path=tmp_path / "log"
+    )
+    envoy.start(60)
+    try:
+        status, body = curl(f"http://127.0.0.1:{listen}/api/status/all")
+        assert status == 503
+        assert envoy_error(body) == (14, "UPSTREAM_UNAVAILABLE")
+        assert "connection" in body["details"][0]["metadata"]["envoy_details"]
+        # A native gRPC client through the same Envoy keeps its plain gRPC status.
+        grpc_status = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--http2-prior-knowledge",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                "--data-binary",
+                "@/dev/null",
+                f"http://127.0.0.1:{listen}/checkout.v1.CheckoutService/Health",
+                "-D",
+                "-",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert "grpc-status: 14" in grpc_status.stdout
+        assert "google.rpc.ErrorInfo" not in grpc_status.stdout
+    finally:
+        envoy.stop()
 
 
 def test_large_multipart_upload_streams_with_bounded_memory(
