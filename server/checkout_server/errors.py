@@ -213,6 +213,12 @@ class EventNotFound(ServiceError):
     message = "Событие не найдено"
 
 
+class EventNotInBucket(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "EVENT_NOT_IN_BUCKET"
+    message = "Событие не найдено в этом бакете"
+
+
 class VideoNotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "VIDEO_NOT_FOUND"

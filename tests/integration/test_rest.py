@@ -94,6 +94,9 @@ def test_seed_curl_examples(base: str, video: Path, tmp_path: Path) -> None:
     assert status == 200
     assert body["event_id"] == event_id
     assert body["status"] in {"new", "sent"}
+    status, body = curl(f"{base}/api/result_video/{event_id}?bucket=videos")
+    assert status == 200
+    assert body["event_id"] == event_id
     assert "prediction" not in body
 
 
@@ -146,6 +149,12 @@ def test_result_becomes_ready_and_watch_streams_ndjson(
             watcher.stdout.close()
     status, body = curl(f"{base}/api/result_video/{event_id}")
     assert (status, body["status"], body["prediction"]) == (200, "ready", prediction)
+    # The original service's `?bucket=`: the event's own bucket, or 404 for another one.
+    status, body = curl(f"{base}/api/result_video/{event_id}?bucket=videos")
+    assert (status, body["status"], body["prediction"]) == (200, "ready", prediction)
+    status, body = curl(f"{base}/api/result_video/{event_id}?bucket=archive")
+    assert (status, body["details"][0]["reason"]) == (404, "EVENT_NOT_IN_BUCKET")
+    assert has_cyrillic(body["message"])
 
 
 def test_the_stacks_relay_marks_an_upload_sent(base: str, video: Path) -> None:

@@ -71,6 +71,19 @@ async def test_result_too_large_is_a_clear_error() -> None:
         await service(storage, outbox).result(VIDEO, ANONYMOUS)
 
 
+async def test_result_in_the_events_own_bucket_or_another_one() -> None:
+    storage, outbox = FakeStorage(), FakeOutbox()
+    await outbox.add(event())
+    storage.objects[("videos", f"output/{VIDEO}.json")] = b'{"objects": []}'
+    storage.modified[("videos", f"output/{VIDEO}.json")] = NOW
+    status = service(storage, outbox)
+    for bucket in ("", "videos"):
+        got = await status.result(VIDEO, ANONYMOUS, bucket=bucket)
+        assert got.prediction == {"objects": []}
+    with pytest.raises(errors.EventNotInBucket):
+        await status.result(VIDEO, ANONYMOUS, bucket="archive")
+
+
 @pytest.mark.parametrize(
     ("token", "authorization", "error"),
     [

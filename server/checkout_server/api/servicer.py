@@ -179,7 +179,9 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def GetResult(  # noqa: N802 (gRPC method name)
         self, request: pb.GetResultRequest, context: Context
     ) -> pb.GetResultResponse:
-        result = await self._status.result(request.event_id, current_principal())
+        result = await self._status.result(
+            request.event_id, current_principal(), bucket=request.bucket
+        )
         response = pb.GetResultResponse(
             event_id=result.event.event_id,
             status=result.event.api_status.value,

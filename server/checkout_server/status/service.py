@@ -147,8 +147,12 @@ class StatusService:
             limit=limit,
         )
 
-    async def result(self, event_id: str, viewer: Principal) -> Result:
+    async def result(self, event_id: str, viewer: Principal, *, bucket: str = "") -> Result:
+        """The event and, once ready, its detection JSON. A `bucket` other than the event's
+        is EventNotInBucket (empty: the event's own)."""
         event = await self.get(event_id, viewer)
+        if bucket and bucket != event.bucket:
+            raise errors.EventNotInBucket(bucket[:64], event_id=event.event_id, bucket=bucket[:64])
         if event.ready_at is None:
             return Result(event=event, prediction=None)
         key = self.result_key(event)
