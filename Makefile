@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GENERATED := build/checkout.pb
 
-.PHONY: all install proto stack run test lint unit integration bench clean openapi
+.PHONY: all install proto stack run test lint unit integration bench clean openapi release-contract
 
 all: test
 
@@ -52,12 +52,17 @@ run: install
 openapi: $(INSTALLED) proto stack
 	$(PY) tools/gen_openapi.py
 
+# After a release: the current protos become the contract `make lint` checks against.
+release-contract: $(INSTALLED) proto stack
+	$(PY) tools/contract.py release
+
 lint: $(INSTALLED) proto stack
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	.stack/bin/buf lint
+	$(PY) tools/contract.py check
 	$(PY) -m devstack validate-envoy
 	.stack/bin/composecheck docker-compose.yml .env.example
 	$(BIN)/hadolint deploy/Dockerfile
