@@ -230,9 +230,27 @@ class UploadSection(Section):
 class MetricsSection(Section):
     metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "0.0.0.0:9463"
     """METRICS_ADDR: Prometheus metrics over HTTP (`GET /metrics`); set empty to disable."""
-    outbox_lag_interval_s: float = 10.0
+    outbox_lag_interval_s: float = 30.0
     """OUTBOX_LAG_INTERVAL_S: how often the server measures the age of the oldest unsent
-    outbox message (checkout_outbox_oldest_unsent_seconds)."""
+    outbox message (checkout_outbox_oldest_unsent_seconds); one query that FerretDB answers by
+    reading the whole outbox, so not often (the relay reports the same lag every 15 s)."""
+
+
+class OutboxWakeSection(Section):
+    relay_wake_targets: Names = frozenset()
+    """RELAY_WAKE_TARGETS: comma-separated `host:port` UDP addresses of the relays'
+    RELAY_WAKE_ADDR; the server sends each of them a wake-up after every outbox message it
+    writes, so an idle relay publishes at once instead of at its safety-net poll (empty, the
+    default: none are sent)."""
+
+    @field_validator("relay_wake_targets")
+    @classmethod
+    def _check_targets(cls, targets: frozenset[str]) -> frozenset[str]:
+        for target in targets:
+            host, _, port = target.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"RELAY_WAKE_TARGETS: {target!r} is not host:port")
+        return targets
 
 
 class StatusSection(Section):
@@ -299,11 +317,15 @@ class RelaySection(Section):
     """RELAY_CLOCK_SKEW_S: assumed worst clock difference between relays."""
     relay_batch_size: int = 200
     """RELAY_BATCH_SIZE: events claimed, published and marked per round trip."""
-    relay_poll_interval_s: float = 0.2
-    """RELAY_POLL_INTERVAL_S: the longest an idle relay waits before looking again (it polls
-    at once after a full batch and backs off from 10 ms to this when idle): the pick-up delay
-    of an event that arrives at an idle relay, traded against the idle CPU of polling
-    (docs/relay.md has the measurements)."""
+    relay_poll_interval_s: float = 2.0
+    """RELAY_POLL_INTERVAL_S: the safety net: the longest an idle relay waits before looking
+    again without a wake-up (RELAY_WAKE_ADDR). New events normally come with one, so this bounds
+    only the pick-up of events whose writer sent none or whose wake-up was lost; without
+    wake-ups (`off`) it polls at once after a batch and backs off from 10 ms to this."""
+    relay_wake_addr: str = ""
+    """RELAY_WAKE_ADDR: where the relay receives wake-ups (UDP datagrams from the servers, one
+    per new outbox message; see RELAY_WAKE_TARGETS); empty (the default): the host and port of
+    RELAY_HEALTH_ADDR, over UDP; `off`: none, the relay polls."""
     relay_backoff_initial_s: float = 0.5
     """RELAY_BACKOFF_INITIAL_S: first retry delay after a transient publish failure (doubling,
     with jitter, up to RELAY_BACKOFF_MAX_S; retried forever)."""
@@ -312,12 +334,14 @@ class RelaySection(Section):
     relay_send_timeout_s: float = 15.0
     """RELAY_SEND_TIMEOUT_S: our bound on a batch's send/flush/stop (aiokafka's idempotent
     producer has none of its own); past it the producer is recreated."""
-    relay_sent_retention_s: float = 3600.0
-    """RELAY_SENT_RETENTION_S: `sent` outbox messages older than this are deleted by the sweeper
-    (default 1 hour; 0 disables). Statuses live in their own records, so this only bounds the
-    outbox (which every relay poll reads: on FerretDB, which uses no index, its cost grows with
-    the collection)."""
-    relay_sweep_interval_s: float = 60.0
+    relay_sent_retention_s: float = 0.0
+    """RELAY_SENT_RETENTION_S: how long `sent` outbox messages stay (then the sweeper deletes
+    them); 0 (the default): they are deleted as they are marked, one delete per batch. Their
+    status records keep everything a client sees, `sent_at` included, so this only bounds the
+    outbox, which every relay poll reads: FerretDB 1.24 uses no index for it, so each poll and
+    each write costs time in proportion to the collection (docs/relay.md). Set it to look at
+    sent messages while debugging."""
+    relay_sweep_interval_s: float = 5.0
     """RELAY_SWEEP_INTERVAL_S: how often the sweeper runs."""
     relay_sweep_batch: int = 1_000
     """RELAY_SWEEP_BATCH: outbox messages the sweeper deletes at a time."""
@@ -390,6 +414,7 @@ class ServerSettings(
     UploadSection,
     StatusSection,
     MetricsSection,
+    OutboxWakeSection,
     StartupSection,
     LoggingSection,
     TracingSection,

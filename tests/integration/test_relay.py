@@ -82,6 +82,8 @@ class Relays:
                 "RELAY_LEASE_TTL_S": "6",
                 "RELAY_CLOCK_SKEW_S": "1",
                 "RELAY_BACKOFF_MAX_S": "2",
+                # The tests read the `sent` outbox messages: keep them for the whole test.
+                "RELAY_SENT_RETENTION_S": "3600",
                 "LOG_FORMAT": "json",
                 **env,
             },

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -12,7 +13,7 @@ from checkout_client.backoff import Backoff
 from checkout_server.errors import DatabaseUnavailable
 from checkout_server.relay.leases import LeaseManager
 from checkout_server.relay.metrics import RelayMetrics
-from checkout_server.relay.ports import Lease
+from checkout_server.relay.ports import Delivery, Lease, Message
 from checkout_server.relay.relay import Relay, RelayConfig
 from checkout_server.supervisor import Supervisor
 from tests.fakes import T0, FakeClock, FakeLeaseStore, FakePublisher, FakeRelayStore, ids
@@ -165,3 +166,79 @@ async def test_the_loop_survives_failing_rounds_and_stops_on_request(harness: Ha
     assert harness.publisher.closed
     assert harness.lease_store.heartbeats == {}  # left on a graceful stop
     assert 'checkout_relay_loop_failures_total{loop="relay-loop"} 2' in harness.metrics.render()
+
+
+def _pushed(harness: Harness) -> Relay:
+    """The harness's stores under a relay that waits for wake-ups, with a safety-net poll far
+    longer than the tests' bounds (so only a wake-up can explain a quick pick-up)."""
+    relay = Relay(
+        store=harness.store,
+        leases=harness.leases,
+        publisher=harness.publisher,
+        metrics=harness.metrics,
+        config=RelayConfig(shards=SHARDS, batch_size=50, poll_interval_s=60),
+        clock=harness.clock,
+        supervisor=harness.supervisor,
+    )
+    relay.push = True
+    return relay
+
+
+async def test_a_wake_up_ends_an_idle_wait_at_once(harness: Harness) -> None:
+    relay = _pushed(harness)
+    stop = asyncio.Event()
+    run = asyncio.create_task(relay.run(stop))
+    try:
+        # Idle: the loop polled once, found nothing, and waits (the next rebalance is 2 s of
+        # the fake clock away, which never moves: it waits for the safety net or a wake-up).
+        await asyncio.wait_for(_until(lambda: harness.store.calls >= 1), 5)
+        harness.store.add("woken")
+        started = asyncio.get_running_loop().time()
+        relay.wake()
+        await asyncio.wait_for(harness.store.sent.wait(), 1.0)
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert harness.store.status_of("woken") == "sent"
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 5)
+
+
+async def test_a_wake_up_during_a_round_is_not_lost(harness: Harness) -> None:
+    relay = _pushed(harness)
+    harness.store.add("first")
+    # The wake-up for "second" comes while the round that publishes "first" is running:
+    # after that round the loop must look again instead of waiting for the safety net.
+    original = harness.publisher.publish
+
+    async def publish_and_meanwhile_write(messages: Sequence[Message]) -> list[Delivery]:
+        if "second" not in harness.store.messages:
+            harness.store.add("second")
+            relay.wake()
+        return await original(messages)
+
+    harness.publisher.publish = publish_and_meanwhile_write  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    run = asyncio.create_task(relay.run(stop))
+    try:
+        await asyncio.wait_for(_until(lambda: harness.store.status_of("second") == "sent"), 1.0)
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 5)
+
+
+async def test_a_wake_up_never_shortens_a_failure_pause(harness: Harness) -> None:
+    relay = _pushed(harness)
+    harness.store.add("down")
+    harness.publisher.unavailable = True
+    handled, pause = await relay.step()
+    assert handled == 1
+    assert pause > 0
+    assert not relay._idle_wait  # what the loop's wait obeys: no wake-up ends this pause
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    """Readiness wait on the fakes' state (the caller bounds it with wait_for)."""
+    for _ in range(100_000):
+        if check():
+            return
+        await asyncio.sleep(0.005)

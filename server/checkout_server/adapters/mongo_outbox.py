@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -58,10 +59,17 @@ class MongoOutbox:
     shared)."""
 
     def __init__(
-        self, outbox: AsyncCollection[Document], statuses: AsyncCollection[Document]
+        self,
+        outbox: AsyncCollection[Document],
+        statuses: AsyncCollection[Document],
+        *,
+        on_added: Callable[[], None] | None = None,
     ) -> None:
+        """`on_added` is called after each outbox message is committed (to wake the relays;
+        it must not block or raise)."""
         self._outbox = outbox
         self._statuses = statuses
+        self._on_added = on_added
 
     async def ensure_indexes(self) -> None:
         with translated("ensure_indexes"):
@@ -76,6 +84,8 @@ class MongoOutbox:
             except DuplicateKeyError:
                 raise await self._duplicate(message[f.DEDUP_KEY]) from None
         # Committed: the relay will publish the message whatever happens below.
+        if self._on_added is not None:
+            self._on_added()
         try:
             await self._statuses.insert_one(status_document(message))
         except DuplicateKeyError:

@@ -31,9 +31,11 @@ from .mongo_outbox import oldest_unsent_created_at
 
 log = logging.getLogger(__name__)
 
-# FerretDB 1.24 (SQLite) writes each matched document separately, at a cost that grows with
-# the collection (docs/relay.md has the measurements), so updates are split into chunks that
-# each finish well within the socket timeout.
+# FerretDB 1.24 writes each matched document of an update separately, and over SQLite each
+# of those writes scans the table (about 7 us per stored document here): an update of 200
+# documents over 5,000 took 6-7 s, past the socket timeout when relays contend, and a batch
+# that timed out after Kafka had it was published again. So updates go in chunks that stay
+# well inside the timeout. A delete is one statement for all its ids (one scan).
 UPDATE_CHUNK = 50
 _DUPLICATE_KEY = 11000
 
@@ -46,10 +48,18 @@ class MongoOutboxRelayStore:
     """Implements relay.ports.OutboxRelayStore over the outbox and the status records."""
 
     def __init__(
-        self, outbox: AsyncCollection[Document], statuses: AsyncCollection[Document]
+        self,
+        outbox: AsyncCollection[Document],
+        statuses: AsyncCollection[Document],
+        *,
+        keep_sent: bool = True,
     ) -> None:
+        """`keep_sent`: sent messages stay in the outbox, `sent`, until the sweeper deletes
+        them; otherwise they are deleted as they are marked (their status records keep
+        `sent_at`), which keeps the outbox, read by every poll, as small as the backlog."""
         self._outbox = outbox
         self._statuses = statuses
+        self._keep_sent = keep_sent
 
     async def ensure_indexes(self) -> None:
         with translated("ensure_indexes"):
@@ -82,7 +92,10 @@ class MongoOutboxRelayStore:
                     1,
                 ),
             )
-            documents = await found.sort([(f.NEXT_ATTEMPT_AT, ASCENDING)]).limit(limit).to_list()
+            # One round trip: the whole batch in the first reply (PyMongo's first batch is
+            # 101 documents otherwise, and the rest costs a getMore).
+            found = found.sort([(f.NEXT_ATTEMPT_AT, ASCENDING)]).limit(limit).batch_size(limit)
+            documents = await found.to_list()
         return [
             PendingEvent(
                 event_id=str(d[f.ID]),
@@ -97,10 +110,16 @@ class MongoOutboxRelayStore:
         ]
 
     async def mark_sent(self, event_ids: Sequence[str], now: datetime) -> None:
-        for chunk in _chunks(event_ids):
-            with translated("mark_sent"):
-                outcome = {f.STATUS: SENT, f.SENT_AT: now, f.UPDATED_AT: now}
+        # The status records first (see the module's docstring), then the outbox messages.
+        outcome = {f.STATUS: SENT, f.SENT_AT: now, f.UPDATED_AT: now}
+        with translated("mark_sent"):
+            for chunk in _chunks(event_ids):
                 await self._mirror(chunk, outcome)
+            if not self._keep_sent:
+                # One statement for the batch; the filter again, as in sweep_sent.
+                await self._outbox.delete_many({f.ID: {"$in": list(event_ids)}, f.STATUS: NEW})
+                return
+            for chunk in _chunks(event_ids):
                 await self._outbox.update_many(
                     {f.ID: {"$in": chunk}, f.STATUS: NEW},
                     {"$set": outcome, "$inc": {f.ATTEMPTS: 1}},
@@ -109,8 +128,8 @@ class MongoOutboxRelayStore:
     async def reschedule(
         self, event_ids: Sequence[str], next_attempt_at: datetime, now: datetime
     ) -> None:
-        for chunk in _chunks(event_ids):
-            with translated("reschedule"):
+        with translated("reschedule"):
+            for chunk in _chunks(event_ids):
                 await self._outbox.update_many(
                     {f.ID: {"$in": chunk}, f.STATUS: NEW},
                     {"$set": {f.NEXT_ATTEMPT_AT: next_attempt_at}, "$inc": {f.ATTEMPTS: 1}},

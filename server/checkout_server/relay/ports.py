@@ -61,7 +61,9 @@ class OutboxRelayStore(Protocol):
         `next_attempt_at` is not after `now`, oldest due first. No ranges: no events."""
 
     async def mark_sent(self, event_ids: Sequence[str], now: datetime) -> None:
-        """Mark these `new` events `sent` (`sent_at` = `updated_at` = now, attempts + 1)."""
+        """Mark these `new` events `sent` (`sent_at` = `updated_at` = now, attempts + 1) in
+        their status records, and in the outbox, or delete them there when the store keeps
+        no sent messages (then `sweep_sent` finds none)."""
 
     async def reschedule(
         self, event_ids: Sequence[str], next_attempt_at: datetime, now: datetime

@@ -5,6 +5,13 @@ events of the held shards, confirm the leases, publish, then mark the outcome. A
 marked `sent` only after Kafka acknowledged it; a crash between the two republishes the batch
 (at least once; consumers deduplicate by event id).
 
+Idle, the loop waits for a wake-up (`wake()`: the server announces each new outbox message)
+and otherwise looks again only at the next lease rebalance or after RELAY_POLL_INTERVAL_S (the
+safety net for lost wake-ups and for writers that send none). A wake-up only ends an idle
+wait: it never shortens a failure's backoff pause, and one that arrives during a round makes
+the loop look again right after it, so none is lost. A wake-up publishes nothing by itself:
+every batch still goes through the held, confirmed leases.
+
 Each event is published in a PRODUCER span `publish` whose parent is the trace context stored
 with it (the upload's span), so an upload and its publishing are one trace; the message's
 `traceparent` header carries the publish span's context on to consumers.
@@ -41,18 +48,19 @@ from .ports import (
 log = logging.getLogger(__name__)
 
 IDLE_POLL_MIN_S = 0.01
-LAG_INTERVAL_S = 5.0
+# The lag query reads the whole outbox on FerretDB: a gauge for dashboards needs no more.
+LAG_INTERVAL_S = 15.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class RelayConfig:
     shards: int
     batch_size: int = 200
-    poll_interval_s: float = 0.2
+    poll_interval_s: float = 2.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
-    sent_retention_s: float = 3600.0
-    sweep_interval_s: float = 60.0
+    sent_retention_s: float = 0.0  # 0: the store deletes sent messages as it marks them
+    sweep_interval_s: float = 5.0
     sweep_batch: int = 1_000
 
 
@@ -85,6 +93,11 @@ class Relay:
         self._publish_failures = 0  # batches in a row that failed transiently
         self._idle_s = IDLE_POLL_MIN_S
         self._next_rebalance = 0.0
+        self._woken = asyncio.Event()  # a wake-up came since the current round began
+        self._idle_wait = False  # the last round's wait may be cut short by a wake-up
+        # Wake-ups arrive (the wiring listens for them): idle, wait for one instead of
+        # polling faster after activity.
+        self.push = False
         # Messages without a slot come only from before slots existed (the seed service's
         # outbox): backfill them at start-up until none is left, then never query again.
         self._backfilled = False
@@ -100,8 +113,16 @@ class Relay:
         ]
         if self._config.sent_retention_s > 0:
             helpers.append(supervisor.spawn("relay-sweep", self._sweep_round))
+
+        async def loop_round() -> float:
+            self._woken.clear()  # from here on, a wake-up means: look again
+            wait = await self.round()
+            if wait > 0:
+                await self._wait(stop, wait, wakeable=self._idle_wait)
+            return 0.0
+
         try:
-            await supervisor.run("relay-loop", self.round, stop)
+            await supervisor.run("relay-loop", loop_round, stop)
         finally:
             for task in helpers:
                 task.cancel()
@@ -130,10 +151,33 @@ class Relay:
         if handled:
             # More may be waiting: look again at once (after a failure's pause).
             self._idle_s = IDLE_POLL_MIN_S
+            self._idle_wait = False
             return pause
+        self._idle_wait = True
+        if self.push:
+            # Wake-ups bring new events; look again anyway at the next rebalance (shards may
+            # come free) and at the safety-net interval.
+            until_rebalance = self._next_rebalance - self._clock.monotonic()
+            return max(IDLE_POLL_MIN_S, min(self._config.poll_interval_s, until_rebalance))
         wait = max(pause, self._idle_s)
         self._idle_s = min(self._idle_s * 2, self._config.poll_interval_s)
         return wait
+
+    def wake(self) -> None:
+        """New events may be due: end an idle wait now (never a failure's pause). Safe to
+        call any number of times, from the event loop's thread."""
+        self._woken.set()
+
+    async def _wait(self, stop: asyncio.Event, seconds: float, *, wakeable: bool) -> None:
+        """Wait `seconds`, or less if `stop` is set or, when `wakeable`, a wake-up comes (also
+        one that came during the round just finished)."""
+        events = [stop, self._woken] if wakeable else [stop]
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def step(self) -> tuple[int, float]:
         """One batch: the due events of the shards still held are published, then marked.

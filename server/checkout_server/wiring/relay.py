@@ -22,6 +22,7 @@ from pymongo import AsyncMongoClient
 from .. import logs
 from ..adapters.kafka_publisher import KafkaPublisher
 from ..adapters.mongo_relay_store import MongoLeaseStore, MongoOutboxRelayStore
+from ..adapters.udp_wake import WakeListener
 from ..api.health import HealthReporter, new_health_servicer
 from ..config import RelaySettings
 from ..errors import ConfigError, PublisherUnavailable, ServiceError
@@ -50,10 +51,13 @@ class RelayApp:
     mongo: AsyncMongoClient[Document]
     # Shut down (flushing its spans) at the end when the relay built it.
     tracer_provider: TracerProvider | None = None
+    # Where wake-ups arrive: "" is the health address over UDP, "off" none.
+    wake_addr: str = "off"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve health and metrics, relay until `stop`, then stop gracefully."""
         await self.health_server.start()
+        listener = await self._listen_for_wake_ups()
         if self.metrics_server is not None:
             self.metrics_server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -68,6 +72,8 @@ class RelayApp:
         try:
             await self.relay.run(stop)
         finally:
+            if listener is not None:
+                listener.close()
             await self.health.enter_graceful_shutdown()
             if self.metrics_server is not None:
                 await asyncio.to_thread(self.metrics_server.stop)  # waits for its thread
@@ -75,6 +81,28 @@ class RelayApp:
             await self.mongo.close()
             if self.tracer_provider is not None:
                 await asyncio.to_thread(self.tracer_provider.shutdown)
+
+    async def _listen_for_wake_ups(self) -> WakeListener | None:
+        """Listen for the servers' wake-ups; without them (`off`, or the address taken) the
+        relay polls as it did before wake-ups existed."""
+        if self.wake_addr == "off":
+            return None
+        try:
+            listener = await WakeListener.open(self.wake_addr, self.relay.wake)
+        except OSError as exc:
+            log.warning("cannot listen for wake-ups on %s; polling: %s", self.wake_addr, exc)
+            return None
+        self.relay.push = True
+        log.info("listening for wake-ups", extra={"wake_addr": self.wake_addr})
+        return listener
+
+
+def _wake_addr(settings: RelaySettings, health_port: int) -> str:
+    """RELAY_WAKE_ADDR, by default the health service's host and (bound) port."""
+    if settings.relay_wake_addr:
+        return settings.relay_wake_addr
+    host = settings.relay_health_addr.rpartition(":")[0]
+    return f"{host}:{health_port}"
 
 
 def _relay_config(settings: RelaySettings) -> RelayConfig:
@@ -107,7 +135,11 @@ async def create_relay(
     mongo = mongo_client(settings, appname="checkout-relay")
     database = mongo[settings.mongo_db]
     outbox_name = settings.mongo_outbox_collection
-    store = MongoOutboxRelayStore(database[outbox_name], database[settings.mongo_status_collection])
+    store = MongoOutboxRelayStore(
+        database[outbox_name],
+        database[settings.mongo_status_collection],
+        keep_sent=settings.relay_sent_retention_s > 0,
+    )
     lease_store = MongoLeaseStore(
         database[f"{outbox_name}_relay_leases"], database[f"{outbox_name}_relay_members"]
     )
@@ -161,6 +193,7 @@ async def create_relay(
         metrics_server=metrics_server,
         mongo=mongo,
         tracer_provider=owned,
+        wake_addr=_wake_addr(settings, port),
     )
 
 

@@ -30,6 +30,7 @@ from .. import logs
 from ..adapters.minio_storage import MinioStorage
 from ..adapters.mongo_outbox import MongoOutbox
 from ..adapters.rate_limits import MemoryUploadRateLimit
+from ..adapters.udp_wake import WakeSender
 from ..api.auth import Authenticator, AuthInterceptor
 from ..api.health import DependencyMonitor, HealthReporter, new_health_servicer
 from ..api.interceptors import CallObserver, ErrorInterceptor
@@ -90,6 +91,8 @@ class App:
     keys: KeyRing | None = None
     # Shut down (flushing its spans) at stop when the app built it.
     tracer_provider: TracerProvider | None = None
+    # Wakes the relays after each outbox message (RELAY_WAKE_TARGETS), closed at stop.
+    wake_relays: WakeSender | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -117,6 +120,8 @@ class App:
             await asyncio.to_thread(self.metrics.stop)  # waits for its serving thread
         await self.minio.close_session()  # type: ignore[no-untyped-call]
         await self.mongo.close()
+        if self.wake_relays is not None:
+            self.wake_relays.close()
         if self.tracer_provider is not None:
             await asyncio.to_thread(self.tracer_provider.shutdown)  # bounded by the exporter
         log.info("stopped")
@@ -258,8 +263,11 @@ def _build(
     supervisor = Supervisor()
     storage = MinioStorage(minio, abort_retry_s=settings.storage_abort_retry_s)
     database = mongo[settings.mongo_db]
+    wake_relays = WakeSender(settings.relay_wake_targets) if settings.relay_wake_targets else None
     outbox = MongoOutbox(
-        database[settings.mongo_outbox_collection], database[settings.mongo_status_collection]
+        database[settings.mongo_outbox_collection],
+        database[settings.mongo_status_collection],
+        on_added=wake_relays,
     )
     pipeline = UploadPipeline(
         storage=storage,
@@ -328,6 +336,7 @@ def _build(
         mongo=mongo,
         minio=minio,
         keys=keys,
+        wake_relays=wake_relays,
     )
     return app, storage, outbox
 
