@@ -24,32 +24,46 @@ T0 = NOW
 
 @dataclass
 class FakeWriter:
+    """Checks the ObjectWriter contract: calls one at a time, `finish` or `abort` last."""
+
     storage: FakeStorage
     bucket: str
     key: str
     parts: list[bytes] = field(default_factory=list)
     finished: bool = False
     aborted: bool = False
+    writing: bool = False  # a write_part is running
 
-    async def write_part(self, data: bytes) -> None:
+    async def write_part(self, chunks: Sequence[bytes]) -> None:
+        data = b"".join(chunks)
         assert not self.finished
         assert not self.aborted
-        if (
-            self.storage.fail_after_parts is not None
-            and len(self.parts) >= self.storage.fail_after_parts
-        ):
-            raise StorageUnavailable()
-        self.parts.append(data)
-        self.storage.max_part_bytes = max(self.storage.max_part_bytes, len(data))
+        assert not self.writing, "write_part while another write_part runs"
+        self.writing = True
+        try:
+            if self.storage.part_gate is not None:
+                self.storage.parts_waiting += 1
+                await self.storage.part_gate.wait()
+            if (
+                self.storage.fail_after_parts is not None
+                and len(self.parts) >= self.storage.fail_after_parts
+            ):
+                raise StorageUnavailable()
+            self.parts.append(data)
+            self.storage.max_part_bytes = max(self.storage.max_part_bytes, len(data))
+        finally:
+            self.writing = False
 
-    async def finish(self, last: bytes) -> None:
+    async def finish(self, last: Sequence[bytes]) -> None:
         assert not self.finished
         assert not self.aborted
-        self.parts.append(last)
+        assert not self.writing, "finish while a write_part runs"
+        self.parts.append(b"".join(last))
         self.storage.objects[(self.bucket, self.key)] = b"".join(self.parts)
         self.finished = True
 
     async def abort(self) -> None:
+        assert not self.writing, "abort while a write_part runs"
         self.aborted = True
         self.storage.objects.pop((self.bucket, self.key), None)
 
@@ -61,6 +75,9 @@ class FakeStorage:
     writers: list[FakeWriter] = field(default_factory=list)
     fail_after_parts: int | None = None
     max_part_bytes: int = 0
+    # When set, every write_part waits for it (counted in parts_waiting): a slow store.
+    part_gate: asyncio.Event | None = None
+    parts_waiting: int = 0
 
     async def ensure_bucket(self, bucket: str) -> None:
         return None

@@ -8,6 +8,7 @@ relay's own ports are in `relay/ports.py`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -17,19 +18,27 @@ from .domain import EventStatus, OutboxEvent, Page, StoredObject
 class ObjectWriter(Protocol):
     """One object being written, part by part, in order. Nothing is visible until `finish`.
 
-    Either `finish` or `abort` must be called exactly once; after `abort` no object and no
-    pending multipart upload remains. Errors: StorageUnavailable.
+    Calls are sequential: no call starts while another runs (a cancelled `write_part` has
+    stopped before `abort` starts). Either `finish` or `abort` must be called exactly once;
+    after `abort` no object and no pending multipart upload remains. Bodies are given as the
+    chunks they were received in, never joined; the writer reads them only during the call.
+    Every body is checked by the storage against a checksum the writer sends with it, so a
+    body damaged on the way is refused, not stored. Errors: StorageUnavailable.
     """
 
-    async def write_part(self, data: bytes) -> None:
-        """Append one full part (at least the storage's minimum part size)."""
+    async def write_part(self, chunks: Sequence[bytes]) -> None:
+        """Append one full part: `chunks` together are at least the storage's minimum part
+        size."""
 
-    async def finish(self, last: bytes) -> None:
-        """Append the last (possibly short or empty) part and make the object visible."""
+    async def finish(self, last: Sequence[bytes]) -> None:
+        """Append the last (possibly short or empty) part and make the object visible. When
+        no `write_part` came before, the whole object goes up in this one request."""
 
     async def abort(self) -> None:
         """Discard everything written, including an object `finish` made visible; safe to
-        call at any point, never raises (it retries while the storage is unreachable)."""
+        call at any point after the previous call returned, even if it failed or was
+        cancelled (also during a multipart upload's creation); never raises (it retries
+        while the storage is unreachable)."""
 
 
 class ObjectStorage(Protocol):

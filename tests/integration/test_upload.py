@@ -4,12 +4,17 @@ faults that leave nothing behind."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import base64
+import io
+import zlib
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import grpc
 import pytest
 from miniopy_async.api import Minio
+from miniopy_async.error import S3Error
+from miniopy_async.helpers import DictType
 from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
@@ -128,6 +133,16 @@ BAD_INPUT = [
         "CHECKSUM_MISMATCH",
         id="sha256-mismatch",
     ),
+    pytest.param(  # one part: the single PUT must not happen before the hash is checked
+        list(messages(mp4_bytes(7_800), _meta(sha256="ab" * 32))),
+        "CHECKSUM_MISMATCH",
+        id="sha256-mismatch-one-part",
+    ),
+    pytest.param(
+        list(messages(mp4_bytes(3 * MiB), _meta(size_bytes=2 * MiB))),
+        "SIZE_MISMATCH",
+        id="size-over-one-part",
+    ),
     pytest.param(
         list(messages(mp4_bytes(100), _meta(bucket="secret"))), "BUCKET_NOT_ALLOWED", id="bucket"
     ),
@@ -244,3 +259,64 @@ async def _has_pending(s3: Minio, bucket: str) -> bool:
 
 async def _nothing_pending(s3: Minio, bucket: str, key: str = "") -> bool:
     return await pending_uploads(s3, bucket, key) == 0
+
+
+def _crc32_header(data: bytes) -> str:
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+async def test_a_video_of_one_part_is_one_put_carrying_its_checksum(
+    stub: pb_grpc.CheckoutServiceAsyncStub, s3: Minio, bucket: str
+) -> None:
+    data = mp4_bytes(7_800)
+    response = await stub.UploadVideo(messages(data, pb.UploadMetadata(sha256=sha256_hex(data))))
+
+    stat = await s3.stat_object(
+        bucket, response.object_key, extra_headers={"x-amz-checksum-mode": "ENABLED"}
+    )
+    # A multipart object's ETag ends in -<parts>; a single PUT's is the plain MD5.
+    assert stat.etag is not None
+    assert "-" not in stat.etag
+    # MinIO kept the CRC32 it verified the body against: the PUT carried the header.
+    assert isinstance(stat.metadata, Mapping)
+    headers = {str(name).lower(): value for name, value in stat.metadata.items()}
+    assert headers.get("x-amz-checksum-crc32") == _crc32_header(data)
+
+
+async def test_a_multipart_video_is_stored_in_parts(
+    app: App, stub: pb_grpc.CheckoutServiceAsyncStub, s3: Minio, bucket: str
+) -> None:
+    part = app.settings.upload_part_bytes
+    data = mp4_bytes(2 * part + 123)
+    response = await stub.UploadVideo(messages(data))
+    stat = await s3.stat_object(bucket, response.object_key)
+    assert stat.etag is not None
+    assert stat.etag.endswith("-3")  # two full parts, then the rest, sent as it came
+    assert await object_sha256(s3, bucket, response.object_key) == (len(data), sha256_hex(data))
+
+
+async def test_storage_refuses_a_body_that_does_not_match_its_checksum(
+    app: App, s3: Minio, bucket: str
+) -> None:
+    """What the upload's integrity rests on, now that part bodies are sent unsigned: MinIO
+    checks each body against its x-amz-checksum-crc32 (over plain HTTP, with the server's own
+    client) and stores nothing on a mismatch."""
+    data = mp4_bytes(7_800)
+    headers: DictType = {"x-amz-checksum-crc32": _crc32_header(data + b"?")}
+    with pytest.raises(S3Error) as caught:
+        await app.minio._put_object(bucket, "input/corrupt.mp4", io.BytesIO(data), headers)
+    assert caught.value.code == "XAmzContentChecksumMismatch"
+    assert await object_keys(s3, bucket) == []
+
+
+async def test_client_cancel_of_a_one_part_upload_leaves_nothing(
+    stub: pb_grpc.CheckoutServiceAsyncStub, s3: Minio, outbox_collection: Collection, bucket: str
+) -> None:
+    reached, hold = asyncio.Event(), asyncio.Event()
+    call = stub.UploadVideo(_stream_then_wait(mp4_bytes(1 * MiB), reached, hold))
+    await reached.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    # The client sent the whole video but never ended the stream: nothing may be stored.
+    await assert_nothing_left(s3, outbox_collection, bucket)

@@ -283,3 +283,107 @@ async def test_memory_is_returned_when_an_upload_fails() -> None:
     with pytest.raises(errors.NotAVideo):
         await pipeline.upload(UploadRequest(), chunked(b"garbage" * 100))
     assert pipeline.memory.used_bytes == 0
+
+
+class CountedChunks:
+    """A client stream of `size` bytes in 1 MiB chunks that counts the chunks pulled from it
+    and sets `reached` once `until` have been pulled; with `stall`, it then goes quiet."""
+
+    def __init__(self, size: int, *, until: int = 0, stall: bool = False) -> None:
+        self.data = mp4_bytes(size)
+        self.pulled = 0
+        self.until = until
+        self.stall = stall
+        self.reached = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in chunked(self.data, MiB):
+            await asyncio.sleep(0)  # as a network stream does, let other tasks run
+            self.pulled += 1
+            if self.pulled == self.until:
+                self.reached.set()
+            yield chunk
+        if self.stall:
+            self.reached.set()
+            await asyncio.Event().wait()
+
+
+async def let_others_run() -> None:
+    """Give every runnable task its turn (not a timed wait: nothing else is pending)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_collects_the_next_part_while_one_is_stored_and_no_further() -> None:
+    storage = FakeStorage(part_gate=asyncio.Event())
+    pipeline, storage, outbox = make_pipeline(storage=storage)
+    per_part = PART // MiB
+    stream = CountedChunks(4 * PART, until=2 * per_part)
+    task = asyncio.create_task(pipeline.upload(UploadRequest(), stream.__aiter__()))
+
+    # The first part is in flight (held at the gate) while the second is read...
+    await asyncio.wait_for(stream.reached.wait(), 5)
+    await let_others_run()
+    assert storage.parts_waiting == 1
+    # ...and reading stops there: two parts in memory at most, the budget's reservation.
+    assert stream.pulled == 2 * per_part
+
+    assert storage.part_gate is not None
+    storage.part_gate.set()
+    result = await task
+    assert storage.objects[("videos", result.event.object_key)] == stream.data
+    assert result.event.sha256 == sha256_hex(stream.data)
+    assert len(outbox.events) == 1
+
+
+async def test_cancel_stops_the_part_in_flight_before_abort() -> None:
+    storage = FakeStorage(part_gate=asyncio.Event())  # the store never answers
+    pipeline, storage, outbox = make_pipeline(storage=storage)
+    stream = CountedChunks(PART + MiB, stall=True)
+    task = asyncio.create_task(pipeline.upload(UploadRequest(), stream.__aiter__()))
+    await asyncio.wait_for(stream.reached.wait(), 5)
+    await let_others_run()
+    assert storage.parts_waiting == 1
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await pipeline.drain_cleanups()
+
+    # FakeWriter.abort asserts that no write_part still runs: abort came after it stopped.
+    assert storage.writers[0].aborted
+    assert not storage.writers[0].writing
+    assert_nothing_left(storage, outbox)
+
+
+async def test_a_part_failing_in_flight_stops_reading_at_once() -> None:
+    storage = FakeStorage(fail_after_parts=0)
+    pipeline, storage, outbox = make_pipeline(storage=storage)
+    stream = CountedChunks(6 * PART)
+    with pytest.raises(errors.StorageUnavailable):
+        await pipeline.upload(UploadRequest(), stream.__aiter__())
+    # The first part failed while the second was collected: reading stopped at the next chunk.
+    assert stream.pulled <= PART // MiB + 2
+    assert storage.writers[0].aborted
+    assert_nothing_left(storage, outbox)
+
+
+async def test_a_video_of_one_part_is_written_once_after_its_hash_is_checked() -> None:
+    pipeline, storage, _ = make_pipeline()
+    data = mp4_bytes(PART - 1)
+    result = await pipeline.upload(UploadRequest(sha256=sha256_hex(data)), chunked(data))
+    writer = storage.writers[0]
+    assert writer.parts == [data]  # no write_part: finish alone, one request to the store
+    assert writer.finished
+    assert storage.objects[("videos", result.event.object_key)] == data
+
+
+@pytest.mark.parametrize("size", [7_800, PART - 1])
+async def test_a_bad_hash_of_one_part_reaches_no_store(size: int) -> None:
+    pipeline, storage, outbox = make_pipeline()
+    with pytest.raises(errors.ChecksumMismatch):
+        await pipeline.upload(UploadRequest(sha256="0" * 64), chunked(mp4_bytes(size)))
+    writer = storage.writers[0]
+    assert writer.parts == []  # nothing was sent at all, so nothing could become visible
+    assert not writer.finished
+    assert_nothing_left(storage, outbox)

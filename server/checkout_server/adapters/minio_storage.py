@@ -1,26 +1,45 @@
 """ObjectStorage on MinIO / S3 through miniopy-async.
 
-Bodies are passed as BytesIO so aiohttp streams them instead of writing one large buffer.
+A part's body is the list of chunks the pipeline collected, written to the socket one after
+the other (`_ChunksBody`): never joined into one buffer, never copied again on the way.
 
 Large objects go through an S3 multipart upload whose parts arrive in order from the
 upload pipeline, one at a time, so the server holds about one part per upload. An object
 smaller than one part is written with a single PUT. Abort is explicit and also runs on
-cancellation (miniopy-async only aborts on `Exception`, not on `CancelledError`).
+cancellation.
+
+Integrity without hashing every byte twice: every part and every single PUT carries an
+`x-amz-checksum-crc32` header, which MinIO (and S3) verify before storing anything
+(`XAmzContentChecksumMismatch` otherwise), and its payload is sent as `UNSIGNED-PAYLOAD`
+instead of an S3 v4 payload signature (a SHA-256 of the body, which MinIO would compute
+again). The headers, the checksum among them, stay signed. The whole file's SHA-256 is the
+upload pipeline's. miniopy-async offers neither a per-part header nor an unsigned payload over
+plain HTTP, so `ChecksummedMinio` adds the second and the writer calls the client's S3 API
+methods (`_create_multipart_upload`, `_upload_part`, ...) directly; miniopy-async is pinned.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import io
 import logging
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import BinaryIO, cast
 
 import aiohttp
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
+from aiohttp.typedefs import LooseHeaders
 from miniopy_async.api import Minio
-from miniopy_async.datatypes import MultipartUploader
+from miniopy_async.credentials.credentials import Credentials
+from miniopy_async.datatypes import Part
 from miniopy_async.deleteobjects import DeleteObject
 from miniopy_async.error import MinioException, S3Error
+from miniopy_async.helpers import DictType
 
 from checkout_client.backoff import Backoff
 
@@ -37,6 +56,11 @@ _PERMANENT_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket"}
 )
 _DELETE_BATCH = 1000  # the most one S3 DeleteObjects request takes
+CHECKSUM_HEADER = "x-amz-checksum-crc32"
+_UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+# Bodies at least this large are checksummed in a worker thread (zlib releases the GIL), so
+# the event loop goes on receiving the next part meanwhile; smaller ones are not worth a hop.
+_THREAD_CHECKSUM_BYTES = 1024 * 1024
 
 
 def translate(exc: Exception) -> ServiceError:
@@ -60,10 +84,93 @@ def _translated(action: str) -> Iterator[None]:
         raise error from exc
 
 
+class ChecksummedMinio(Minio):
+    """A Minio client that sends a request body carrying an `x-amz-checksum-crc32` header with
+    `UNSIGNED-PAYLOAD` instead of hashing it for the signature (miniopy-async does so only
+    over HTTPS, and adds a Content-MD5 there). Every other request is signed as before."""
+
+    async def _build_headers(
+        self,
+        host: str,
+        headers: LooseHeaders | DictType | None,
+        body: bytes | BinaryIO | None,
+        creds: Credentials | None,
+    ) -> tuple[dict[str, str], datetime]:
+        if body is None or not isinstance(headers, dict) or CHECKSUM_HEADER not in headers:
+            return await super()._build_headers(host, headers, body, creds)
+        built, date = await super()._build_headers(host, headers, None, creds)
+        built["Content-Length"] = str(_body_length(body))
+        if creds:
+            built["x-amz-content-sha256"] = _UNSIGNED_PAYLOAD
+        return built, date
+
+
+def _body_length(body: bytes | BinaryIO) -> int:
+    if isinstance(body, _ChunksBody):
+        return body.size
+    if isinstance(body, io.BytesIO):
+        return body.getbuffer().nbytes
+    if isinstance(body, bytes):
+        return len(body)
+    raise TypeError("a checksummed body is bytes, BytesIO or chunks")
+
+
+class _ChunksBody(Payload):
+    """A request body made of the chunks as they were received, written one after another
+    (aiohttp waits for the socket to drain between them). Stateless, so a retry resends it."""
+
+    _autoclose = True  # holds no resources
+
+    def __init__(self, chunks: Sequence[bytes]) -> None:
+        super().__init__(chunks)
+        self._chunks = chunks
+        self._size = sum(len(chunk) for chunk in chunks)
+
+    @property
+    def size(self) -> int:
+        return self._size or 0
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._chunks).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        for chunk in self._chunks:
+            await writer.write(chunk)
+
+
+def _crc32(chunks: Sequence[bytes]) -> int:
+    crc = 0
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+async def _checksum_headers(chunks: Sequence[bytes], size: int) -> DictType:
+    """The `x-amz-checksum-crc32` header of the body (base64 of the big-endian CRC32)."""
+    if size >= _THREAD_CHECKSUM_BYTES:
+        crc = await asyncio.to_thread(_crc32, chunks)
+    else:
+        crc = _crc32(chunks)
+    return {CHECKSUM_HEADER: base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")}
+
+
+def _body(chunks: Sequence[bytes]) -> BinaryIO:
+    # miniopy-async's signature says bytes or a file; ChecksummedMinio measures this body
+    # itself and aiohttp takes any Payload.
+    return cast(BinaryIO, _ChunksBody(chunks))
+
+
 class MinioStorage:
     """Implements ports.ObjectStorage. The Minio client is built by the wiring and shared."""
 
     def __init__(self, client: Minio, *, abort_retry_s: float = 300.0) -> None:
+        if not isinstance(client, ChecksummedMinio):  # only it can send the writers' bodies
+            raise TypeError("MinioStorage needs a ChecksummedMinio (wiring.clients.minio_client)")
         self._client = client
         self._abort_retry_s = abort_retry_s
 
@@ -78,6 +185,7 @@ class MinioStorage:
                     raise
 
     def open_writer(self, bucket: str, key: str, content_type: str) -> MinioObjectWriter:
+        """A writer whose bodies only ChecksummedMinio can send (see `_ChunksBody`)."""
         return MinioObjectWriter(self._client, bucket, key, content_type, self._abort_retry_s)
 
     async def delete(self, bucket: str, key: str) -> None:
@@ -157,41 +265,57 @@ class MinioObjectWriter:
         self._bucket = bucket
         self._key = key
         self._content_type = content_type
-        self._uploader: MultipartUploader | None = None
-        self._parts = 0
+        self._upload_id: str | None = None
+        self._creating: asyncio.Future[str] | None = None
+        self._parts: list[Part] = []
         # Set before the request that makes the object visible: if that request fails
         # ambiguously (timeout after the server committed), abort must delete the object.
         self._may_exist = False
         self._done = False
 
-    async def write_part(self, data: bytes) -> None:
+    async def write_part(self, chunks: Sequence[bytes]) -> None:
         with _translated("upload_part"):
-            if self._uploader is None:
-                self._uploader = self._client.multipart_uploader(
-                    self._bucket, self._key, content_type=self._content_type
-                )
-            self._parts += 1
-            await self._uploader.upload_part(io.BytesIO(data), self._parts)
+            if self._upload_id is None:
+                if self._creating is None:
+                    self._creating = asyncio.ensure_future(
+                        self._client._create_multipart_upload(
+                            self._bucket, self._key, {"Content-Type": self._content_type}
+                        )
+                    )
+                # Shielded: a write cancelled meanwhile still learns the upload id, so that
+                # abort can remove the upload MinIO may have created already.
+                self._upload_id = await asyncio.shield(self._creating)
+            await self._upload_part(chunks)
 
-    async def finish(self, last: bytes) -> None:
+    async def _upload_part(self, chunks: Sequence[bytes]) -> None:
+        assert self._upload_id is not None
+        number = len(self._parts) + 1
+        size = sum(len(chunk) for chunk in chunks)
+        etag = await self._client._upload_part(
+            self._bucket,
+            self._key,
+            _body(chunks),  # type: ignore[arg-type]
+            await _checksum_headers(chunks, size),
+            self._upload_id,
+            number,
+        )
+        self._parts.append(Part(number, etag))
+
+    async def finish(self, last: Sequence[bytes]) -> None:
         with _translated("finish"):
             self._may_exist = True
-            if self._uploader is None:
-                # Smaller than one part: one PUT (part_size == length takes miniopy-async's
-                # single-request path, never its parallel multipart path).
-                await self._client.put_object(
-                    self._bucket,
-                    self._key,
-                    io.BytesIO(last),
-                    len(last),
-                    content_type=self._content_type,
-                    part_size=len(last),
-                )
+            size = sum(len(chunk) for chunk in last)
+            if self._upload_id is None:
+                # Smaller than one part: one PUT, the only request of the whole upload.
+                headers = await _checksum_headers(last, size)
+                headers["Content-Type"] = self._content_type
+                await self._client._put_object(self._bucket, self._key, _body(last), headers)
             else:
-                if last:
-                    self._parts += 1
-                    await self._uploader.upload_part(io.BytesIO(last), self._parts)
-                await self._uploader.complete()
+                if size:
+                    await self._upload_part(last)
+                await self._client._complete_multipart_upload(
+                    self._bucket, self._key, self._upload_id, self._parts
+                )
         self._done = True
 
     async def abort(self) -> None:
@@ -209,9 +333,14 @@ class MinioObjectWriter:
             log.error("giving up abort of %s/%s: %r", self._bucket, self._key, exc)
 
     async def _abort_once(self) -> None:
-        if self._uploader is not None and not self._done:
+        if self._upload_id is None and self._creating is not None:
             try:
-                await self._uploader.abort()  # type: ignore[no-untyped-call]
+                self._upload_id = await self._creating
+            except Exception:  # no upload was created (or MinIO expires it)
+                self._creating = None
+        if self._upload_id is not None and not self._done:
+            try:
+                await self._client._abort_multipart_upload(self._bucket, self._key, self._upload_id)
             except S3Error as exc:
                 if exc.code != "NoSuchUpload":  # already aborted or completed
                     raise

@@ -10,9 +10,9 @@ import aiohttp
 from aiohttp_retry import ExponentialRetry, RetryClient
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from miniopy_async.api import Minio
 from pymongo import AsyncMongoClient
 
+from ..adapters.minio_storage import ChecksummedMinio
 from ..config import MongoSection, RelaySettings, StorageSection
 from ..outbox.document import Document
 
@@ -33,10 +33,11 @@ def mongo_client(settings: MongoSection, *, appname: str) -> AsyncMongoClient[Do
     )
 
 
-def minio_client(settings: StorageSection) -> Minio:
+def minio_client(settings: StorageSection) -> ChecksummedMinio:
     """The server's MinIO client, on a session of our own: bounded connect/read timeouts (the
     library's default waits 5 minutes to connect) and retries of 5xx answers only (part
-    bodies are bytes, safe to resend)."""
+    bodies are bytes, safe to resend). A ChecksummedMinio: parts carry a CRC32 checksum
+    instead of a payload signature (adapters/minio_storage.py)."""
     session = RetryClient(
         aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64),
@@ -44,7 +45,7 @@ def minio_client(settings: StorageSection) -> Minio:
         ),
         retry_options=ExponentialRetry(attempts=3, factor=0.2, statuses={500, 502, 503, 504}),
     )
-    return Minio(
+    return ChecksummedMinio(
         settings.minio_endpoint,
         access_key=settings.minio_access_key,
         secret_key=settings.minio_secret_key,
