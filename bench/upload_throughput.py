@@ -7,8 +7,9 @@ server's memory can be read from /proc: its peak RSS is reset before each upload
 
     python bench/upload_throughput.py [--sizes-mib 256 1024] [--rounds 3]
 
-Prints per-size median throughput of both paths, their ratio, the server's peak RSS growth,
-and then 32 concurrent 16 MiB uploads. Loopback only; numbers vary with machine load, so
+Prints per-size median throughput of both paths, the median and range of the per-round
+ratios (gRPC / direct, each round's pair run back to back), the server's peak RSS growth, and
+then 32 concurrent 16 MiB uploads. Loopback only; numbers vary with machine load, so
 compare the ratio, not the absolute values.
 """
 
@@ -105,23 +106,26 @@ async def measure(args: argparse.Namespace, work: Path, backends: Backends) -> N
             await direct(s3, warm, 16 * MiB)
             idle_kib = rss_kib(pid, "VmRSS")
             print(f"server idle RSS: {idle_kib / 1024:.1f} MiB (pid {pid})")
-            header = ("size", "gRPC MiB/s", "direct MiB/s", "ratio", "peak RSS growth")
-            print("{:>8} {:>11} {:>13} {:>6} {:>16}".format(*header))
+            header = ("size", "gRPC MiB/s", "direct MiB/s", "ratio", "(range)", "peak RSS growth")
+            print("{:>8} {:>11} {:>13} {:>6} {:>11} {:>16}".format(*header))
             for size_mib in args.sizes_mib:
                 path = work / f"video-{size_mib}.mp4"
                 make_file(path, size_mib * MiB)
-                grpc_s, direct_s, growth = [], [], []
+                grpc_s, direct_s, ratios, growth = [], [], [], []
                 for _ in range(args.rounds):
                     before = rss_kib(pid, "VmRSS")
                     reset_peak(pid)
                     grpc_s.append(await via_grpc(stub, path, size_mib * MiB))
                     growth.append(rss_kib(pid, "VmHWM") - before)
                     direct_s.append(await direct(s3, path, size_mib * MiB))
+                    # Each round's pair ran back to back, under about the same machine load.
+                    ratios.append(direct_s[-1] / grpc_s[-1])
                 g = size_mib / statistics.median(grpc_s)
                 d = size_mib / statistics.median(direct_s)
+                spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
                 print(
-                    f"{size_mib:>5} MiB {g:>11.1f} {d:>13.1f} {g / d:>6.2f} "
-                    f"{max(growth) / 1024:>12.1f} MiB"
+                    f"{size_mib:>5} MiB {g:>11.1f} {d:>13.1f} {statistics.median(ratios):>6.2f} "
+                    f"{spread:>11} {max(growth) / 1024:>12.1f} MiB"
                 )
                 path.unlink()
 
