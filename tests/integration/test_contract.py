@@ -40,12 +40,12 @@ def test_the_working_tree_keeps_the_released_contract() -> None:
     ("old", "new", "says"),
     [
         (  # a removed field
-            "message GetResultRequest {\n  string event_id = 1;",
+            "message GetResultRequest {\n  // The event (a UUID).\n  string event_id = 1;",
             "message GetResultRequest {\n  reserved 1;",
             'Previously present field "1" with name "event_id" on message "GetResultRequest"',
         ),
         (  # a renumbered field
-            "message GetStatusRequest {\n  string event_id = 1;",
+            "message GetStatusRequest {\n  // The event (a UUID).\n  string event_id = 1;",
             "message GetStatusRequest {\n  string event_id = 7;",
             'on message "GetStatusRequest"',
         ),
@@ -68,8 +68,9 @@ def test_an_added_field_passes_the_check(tmp_path: Path) -> None:
     ws = workspace(tmp_path)
     edit(
         ws,
-        "message GetStatusRequest {\n  string event_id = 1;",
-        "message GetStatusRequest {\n  string event_id = 1;\n  string view = 9;",
+        "message GetStatusRequest {\n  // The event (a UUID).\n  string event_id = 1;",
+        "message GetStatusRequest {\n  // The event (a UUID).\n  string event_id = 1;\n"
+        "  string view = 9;",
     )
     result = contract.breaking(ws)
     assert result.returncode == 0, result.stdout + result.stderr
