@@ -70,6 +70,8 @@ def project_version() -> str:
 
 def merge(base: Any, overlay: Any, where: str = "") -> Any:
     """`overlay` merged into `base` by the rules in tools/openapi_overlay.yaml."""
+    if isinstance(overlay, dict) and "$ref" in overlay:
+        return overlay  # a reference is a whole schema
     if isinstance(overlay, dict) and isinstance(base, dict):
         merged = dict(base)
         for key, value in overlay.items():

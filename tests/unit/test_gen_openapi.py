@@ -42,6 +42,13 @@ def test_mappings_merge_and_null_deletes() -> None:
     }
 
 
+def test_a_reference_replaces_the_whole_schema() -> None:
+    base = {"schema": {"type": "object", "properties": {"result": {"$ref": "#/definitions/A"}}}}
+    assert merge(base, {"schema": {"$ref": "#/definitions/A"}}) == {
+        "schema": {"$ref": "#/definitions/A"}
+    }
+
+
 def test_parameters_match_on_name_and_location() -> None:
     document = merge(
         plugin_like(),
