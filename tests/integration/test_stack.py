@@ -71,7 +71,8 @@ def test_unknown_rest_path_is_a_json_404(stack: LocalStack) -> None:
     status, content_type, body = http("GET", f"http://127.0.0.1:{stack.ports.rest}/api/nope")
     assert status == 404
     assert content_type.startswith("application/json")
-    assert body["code"] == 404
+    assert body["code"] == 5  # NOT_FOUND, in the service's one error shape
+    assert body["details"][0]["reason"] == "ROUTE_NOT_FOUND"
 
 
 def test_envoy_config_is_rendered_from_the_template(stack: LocalStack) -> None:
