@@ -69,20 +69,20 @@ async def measure(client: AsyncMongoClient[Document], count: int) -> dict[str, f
         await database["event_statuses"].insert_many([status_document(m) for m in messages])
     some = made[count // 3]
     unsent = [e.event_id for e in made[-UNSENT:]]
-    first = await outbox.list_page(status=None, owner=None, cursor="", limit=50)
+
+    async def page(status: EventStatus | None = None, after: str = "") -> list[OutboxEvent]:
+        """One ListStatuses page as the service reads it: the count, then 50 events."""
+        await outbox.count(status=status, owner=None)
+        return [e async for e in outbox.scan(status=status, owner=None, after=after, limit=51)]
+
+    second = outbox.cursor_of((await page())[49])
     now = datetime.now(UTC)
     queries: dict[str, Callable[[], Awaitable[object]]] = {
         "GetStatus (_id)": lambda: outbox.get(some.event_id),
         "idempotency key lookup": lambda: outbox.find_by_idempotency_key(some.event_id, owner=""),
-        "ListStatuses first page": lambda: outbox.list_page(
-            status=None, owner=None, cursor="", limit=50
-        ),
-        "ListStatuses next page": lambda: outbox.list_page(
-            status=None, owner=None, cursor=first.next_cursor, limit=50
-        ),
-        "ListStatuses status=sent": lambda: outbox.list_page(
-            status=EventStatus.SENT, owner=None, cursor="", limit=50
-        ),
+        "ListStatuses first page": lambda: page(),
+        "ListStatuses next page": lambda: page(after=second),
+        "ListStatuses status=sent": lambda: page(EventStatus.SENT),
         "watch feed (updated_at)": lambda: outbox.changed_since(
             now - timedelta(seconds=5), limit=500
         ),

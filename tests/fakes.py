@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from checkout_server.domain import EventStatus, OutboxEvent, Page, StoredObject
+from checkout_server.domain import EventStatus, OutboxEvent, StoredObject
 from checkout_server.errors import (
     DatabaseUnavailable,
     DuplicateIdempotencyKey,
@@ -145,10 +145,8 @@ class FakeOutbox:
     async def owns_video(self, video_id: str, owner: str) -> bool:
         return any(e.video_id == video_id and e.owner == owner for e in self.events.values())
 
-    async def list_page(
-        self, *, status: EventStatus | None, owner: str | None, cursor: str, limit: int
-    ) -> Page:
-        events = sorted(
+    def _listed(self, status: EventStatus | None, owner: str | None) -> list[OutboxEvent]:
+        return sorted(
             (
                 e
                 for e in self.events.values()
@@ -157,10 +155,20 @@ class FakeOutbox:
             key=lambda e: (e.created_at, e.event_id),
             reverse=True,
         )
-        start = int(cursor) if cursor else 0
-        page = events[start : start + limit]
-        more = start + limit < len(events)
-        return Page(events=page, total=len(events), next_cursor=str(start + limit) if more else "")
+
+    async def count(self, *, status: EventStatus | None, owner: str | None) -> int:
+        return len(self._listed(status, owner))
+
+    async def scan(
+        self, *, status: EventStatus | None, owner: str | None, after: str, limit: int
+    ) -> AsyncGenerator[OutboxEvent, None]:
+        events = self._listed(status, owner)
+        start = next(i + 1 for i, e in enumerate(events) if e.event_id == after) if after else 0
+        for event in events[start : start + limit]:
+            yield event
+
+    def cursor_of(self, event: OutboxEvent) -> str:
+        return event.event_id
 
     async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
         changed = sorted(

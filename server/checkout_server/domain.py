@@ -137,15 +137,6 @@ class StoredObject:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Page:
-    """One page of a listing, newest first."""
-
-    events: list[OutboxEvent]
-    total: int
-    next_cursor: str  # empty on the last page
-
-
-@dataclass(frozen=True, kw_only=True)
 class UploadResult:
     event: OutboxEvent
     # True when the result replays an earlier upload with the same idempotency key.

@@ -8,11 +8,11 @@ relay's own ports are in `relay/ports.py`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from .domain import EventStatus, OutboxEvent, Page, StoredObject
+from .domain import EventStatus, OutboxEvent, StoredObject
 
 
 class ObjectWriter(Protocol):
@@ -84,13 +84,21 @@ class Outbox(Protocol):
         """The event `owner` created with this idempotency key, or None (keys are scoped to
         their owner: outbox/document.dedup_key)."""
 
-    async def list_page(
-        self, *, status: EventStatus | None, owner: str | None, cursor: str, limit: int
-    ) -> Page:
-        """Events newest first (by creation time, then id), at most `limit`, starting after
-        `cursor` (a previous page's `next_cursor`; empty for the first page); only those
-        whose API status is `status` and only those `owner` made, when given (`total` counts
-        the same events). Raises InvalidPageToken for a cursor this outbox did not make."""
+    async def count(self, *, status: EventStatus | None, owner: str | None) -> int:
+        """How many events `scan` would yield from the start: those whose API status is
+        `status` and those `owner` made, when given."""
+
+    def scan(
+        self, *, status: EventStatus | None, owner: str | None, after: str, limit: int
+    ) -> AsyncGenerator[OutboxEvent, None]:
+        """Events newest first (by creation time, then id), filtered as for `count`, at most
+        `limit`, starting after the cursor `after` (`cursor_of` an event yielded before;
+        empty: from the newest). Streamed from the database cursor, never collected; closing
+        the iterator early closes that cursor. Raises InvalidPageToken for a cursor this
+        outbox did not make."""
+
+    def cursor_of(self, event: OutboxEvent) -> str:
+        """The opaque cursor that makes `scan` go on after `event`."""
 
     async def owns_video(self, video_id: str, owner: str) -> bool:
         """Whether `owner` made an event of this video (uploaded or re-requested it)."""

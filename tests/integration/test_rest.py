@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import subprocess
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,15 @@ from typing import Any
 import grpc
 import pytest
 from miniopy_async.api import Minio
+from pymongo import AsyncMongoClient
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.outbox.document import status_document, to_document
 from devstack import Envoy, free_port
 from devstack._paths import REPO_ROOT
 from devstack._stack import DESCRIPTOR, OPENAPI, LocalStack
-from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
+from tests.helpers import MiB, has_cyrillic, mp4_bytes, outbox_event, sha256_hex
 from tests.integration.conftest import STACK_ADMIN_TOKEN
 from tests.integration.storage_checks import object_sha256, wait_until
 from tools import gen_openapi
@@ -98,6 +101,36 @@ def test_seed_curl_examples(base: str, video: Path, tmp_path: Path) -> None:
     assert status == 200
     assert body["event_id"] == event_id
     assert "prediction" not in body
+
+
+def test_status_all_lists_every_operation_as_the_original_did(base: str, stack: LocalStack) -> None:
+    # More operations than one default page (100): an old client that counts or scans
+    # `operations` must see them all, with no paging parameter.
+    made = [outbox_event(str(uuid.uuid4())) for _ in range(150)]
+
+    async def records(insert: bool) -> None:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            f"mongodb://127.0.0.1:{stack.ports.mongo}/"
+        )
+        try:
+            statuses = client["main_db"]["event_statuses"]
+            if insert:
+                await statuses.insert_many([status_document(to_document(e)) for e in made])
+            else:
+                await statuses.delete_many({"_id": {"$in": [e.event_id for e in made]}})
+        finally:
+            await client.close()
+
+    asyncio.run(records(insert=True))
+    try:
+        status, body = curl(f"{base}/api/status/all")
+    finally:
+        asyncio.run(records(insert=False))
+    assert status == 200
+    listed = {op["event_id"] for op in body["operations"]}
+    assert {e.event_id for e in made} <= listed
+    assert int(body["total"]) == len(body["operations"])
+    assert body["next_page_token"] == ""
 
 
 def test_raw_body_upload(base: str, video: Path, stack: LocalStack) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 
 import grpc
 import pytest
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.api import servicer
 from checkout_server.api.health import DependencyMonitor, new_health_servicer
 from checkout_server.api.servicer import CheckoutServicer
 from checkout_server.status.service import StatusService, StatusSettings
@@ -16,8 +18,8 @@ from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
 from checkout_server.upload.pipeline import UploadLimits, UploadPipeline
 from checkout_server.wiring.server import create_server
-from tests.fakes import FakeOutbox, FakeStorage
-from tests.helpers import MiB, error_details, has_cyrillic, mp4_bytes, sha256_hex
+from tests.fakes import NOW, FakeOutbox, FakeStorage
+from tests.helpers import MiB, error_details, has_cyrillic, mp4_bytes, outbox_event, sha256_hex
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -187,3 +189,33 @@ async def test_health_reports_dependencies(harness: Harness) -> None:
     response = await harness.stub.Health(pb.HealthRequest())
     assert response.status == "degraded"
     assert response.dependencies["database"] == "database_unavailable"
+
+
+async def test_listing_pages_and_stops_before_the_response_grows_too_large(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(5):
+        event_id = f"00000000-0000-4000-8000-00000000000{i}"
+        await harness.outbox.add(outbox_event(event_id, at=NOW + timedelta(seconds=i)))
+    everything = await harness.stub.ListStatuses(pb.ListStatusesRequest())
+    assert [o.event_id[-1] for o in everything.operations] == ["4", "3", "2", "1", "0"]
+    assert (everything.total, everything.next_page_token) == (5, "")
+
+    first = await harness.stub.ListStatuses(pb.ListStatusesRequest(page_size=2))
+    assert [o.event_id[-1] for o in first.operations] == ["4", "3"]
+    rest = await harness.stub.ListStatuses(
+        pb.ListStatusesRequest(page_size=10, page_token=first.next_page_token)
+    )
+    assert [o.event_id[-1] for o in rest.operations] == ["2", "1", "0"]
+    assert rest.next_page_token == ""
+
+    # A response about to outgrow LIST_MAX_BYTES ends early, with a token for the rest.
+    one = everything.operations[0].ByteSize() + servicer.LIST_ITEM_FRAMING
+    monkeypatch.setattr(servicer, "LIST_MAX_BYTES", 2 * one)
+    bounded = await harness.stub.ListStatuses(pb.ListStatusesRequest())
+    assert [o.event_id[-1] for o in bounded.operations] == ["4", "3", "2"]
+    assert bounded.next_page_token
+    after = await harness.stub.ListStatuses(
+        pb.ListStatusesRequest(page_token=bounded.next_page_token)
+    )
+    assert [o.event_id[-1] for o in after.operations] == ["1", "0"]

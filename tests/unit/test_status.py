@@ -103,15 +103,37 @@ async def test_cleanup_is_guarded(
     assert len(outbox.events) == 1
 
 
-async def test_page_size_is_capped() -> None:
+@pytest.mark.parametrize(
+    ("page_size", "page_token", "limit"),
+    [
+        (2, "", 2),
+        (1000, "", 1000),
+        (1001, "", 1000),  # capped, not refused
+        (2**31 - 1, "", 1000),
+        (0, "", 10_000),  # the original `status/all`: everything, up to LIST_ALL_MAX
+        (0, "00000000-0000-4000-8000-000000000002", 100),  # a next page of the default size
+    ],
+)
+async def test_the_listing_limit_follows_the_paging_parameters(
+    page_size: int, page_token: str, limit: int
+) -> None:
     storage, outbox = FakeStorage(), FakeOutbox()
     for i in range(3):
         await outbox.add(event(f"00000000-0000-4000-8000-00000000000{i}", timedelta(seconds=i)))
-    page = await service(storage, outbox).list(
-        status="", page_size=2, page_token="", viewer=ANONYMOUS
+    listing = await service(storage, outbox).list(
+        status="", page_size=page_size, page_token=page_token, viewer=ANONYMOUS
     )
-    assert [e.event_id[-1] for e in page.events] == ["2", "1"]
-    assert page.total == 3
+    assert (listing.limit, listing.total) == (limit, 3)
+    shown = [e.event_id[-1] async for e in listing.events]
+    assert shown == (["1", "0"] if page_token else ["2", "1", "0"][: limit + 1])
+
+
+async def test_listing_refuses_bad_paging_parameters() -> None:
+    storage, outbox = FakeStorage(), FakeOutbox()
+    with pytest.raises(errors.InvalidPageSize):
+        await service(storage, outbox).list(
+            status="", page_size=-1, page_token="", viewer=ANONYMOUS
+        )
     with pytest.raises(errors.InvalidStatusFilter):
         await service(storage, outbox).list(
             status="done", page_size=0, page_token="", viewer=ANONYMOUS

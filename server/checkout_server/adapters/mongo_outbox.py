@@ -15,14 +15,14 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from ..domain import EventStatus, OutboxEvent, Page
+from ..domain import EventStatus, OutboxEvent
 from ..errors import DuplicateIdempotencyKey, InvalidPageToken
 from ..outbox import document as f
 from ..outbox.document import Document, from_document, status_document, to_document, utc
@@ -131,35 +131,37 @@ class MongoOutbox:
             found = await self._statuses.find_one({f.VIDEO_ID: video_id, f.OWNER: owner}, {f.ID: 1})
         return found is not None
 
-    async def list_page(
-        self, *, status: EventStatus | None, owner: str | None, cursor: str, limit: int
-    ) -> Page:
-        query = _status_query(status)
-        if owner is not None:
-            query = {**query, f.OWNER: owner}
-        page_query = query
-        if cursor:
-            created_at, event_id = _decode_cursor(cursor)
-            after = {
+    async def count(self, *, status: EventStatus | None, owner: str | None) -> int:
+        with translated("count"):
+            return await self._statuses.count_documents(_listing_query(status, owner))
+
+    async def scan(
+        self, *, status: EventStatus | None, owner: str | None, after: str, limit: int
+    ) -> AsyncGenerator[OutboxEvent, None]:
+        query = _listing_query(status, owner)
+        if after:
+            created_at, event_id = _decode_cursor(after)
+            older = {
                 "$or": [
                     {f.CREATED_AT: {"$lt": created_at}},
                     {f.CREATED_AT: created_at, f.ID: {"$lt": event_id}},
                 ]
             }
-            page_query = {"$and": [query, after]} if query else after
-        with translated("list_page"):
-            total = await self._statuses.count_documents(query)
-            cursor_ = (
-                self._statuses.find(page_query)
-                .sort([(f.CREATED_AT, DESCENDING), (f.ID, DESCENDING)])
-                .limit(limit + 1)
-            )
-            documents = await cursor_.to_list()
-        events = [from_document(d) for d in documents[:limit]]
-        more = len(documents) > limit
-        return Page(
-            events=events, total=total, next_cursor=_encode_cursor(events[-1]) if more else ""
+            query = {"$and": [query, older]} if query else older
+        found = (
+            self._statuses.find(query)
+            .sort([(f.CREATED_AT, DESCENDING), (f.ID, DESCENDING)])
+            .limit(limit)
         )
+        try:
+            with translated("scan"):
+                async for document in found:
+                    yield from_document(document)
+        finally:
+            await found.close()
+
+    def cursor_of(self, event: OutboxEvent) -> str:
+        return _encode_cursor(event)
 
     async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
         with translated("changed_since"):
@@ -205,12 +207,15 @@ async def oldest_unsent_created_at(outbox: AsyncCollection[Document]) -> datetim
     return utc(documents[0][f.CREATED_AT]) if documents else None
 
 
-def _status_query(status: EventStatus | None) -> Document:
-    if status is None:
-        return {}
+def _listing_query(status: EventStatus | None, owner: str | None) -> Document:
+    query: Document = {}
     if status is EventStatus.READY:
-        return {f.READY_AT: {"$ne": None}}
-    return {f.STATUS: status.value, f.READY_AT: None}
+        query = {f.READY_AT: {"$ne": None}}
+    elif status is not None:
+        query = {f.STATUS: status.value, f.READY_AT: None}
+    if owner is not None:
+        query[f.OWNER] = owner
+    return query
 
 
 def _encode_cursor(event: OutboxEvent) -> str:

@@ -158,17 +158,25 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def ListStatuses(  # noqa: N802 (gRPC method name)
         self, request: pb.ListStatusesRequest, context: Context
     ) -> pb.ListStatusesResponse:
-        page = await self._status.list(
+        listing = await self._status.list(
             status=request.status,
             page_size=request.page_size,
             page_token=request.page_token,
             viewer=current_principal(),
         )
-        return pb.ListStatusesResponse(
-            operations=[operation(e) for e in page.events],
-            total=page.total,
-            next_page_token=page.next_cursor,
-        )
+        response = pb.ListStatusesResponse(total=listing.total)
+        size, last = 0, None
+        async with contextlib.aclosing(listing.events) as events:
+            async for event in events:
+                if len(response.operations) == listing.limit or size > LIST_MAX_BYTES:
+                    assert last is not None
+                    response.next_page_token = listing.cursor_of(last)  # more follow
+                    break
+                shown = response.operations.add()
+                shown.CopyFrom(operation(event))
+                size += shown.ByteSize() + LIST_ITEM_FRAMING
+                last = event
+        return response
 
     async def GetStatus(  # noqa: N802 (gRPC method name)
         self, request: pb.GetStatusRequest, context: Context
@@ -220,6 +228,12 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
             status="ok" if self._monitor.healthy else "degraded",
             dependencies=dict(self._monitor.results),
         )
+
+
+# A listing stops before its response outgrows this (well under the 4 MiB gRPC message limit
+# and Envoy's transcoding buffer) and gives a next_page_token instead.
+LIST_MAX_BYTES = 3 * 1024 * 1024
+LIST_ITEM_FRAMING = 4  # tag and length of one repeated message field
 
 
 # When an upload is refused mid-stream, the rest of the client's stream is read and dropped

@@ -19,7 +19,7 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +29,6 @@ from ..domain import (
     VIDEO_CONTENT_TYPE,
     EventStatus,
     OutboxEvent,
-    Page,
     Principal,
     Role,
     input_object_key,
@@ -40,8 +39,11 @@ from ..ports import ObjectStorage, Outbox
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 100  # with a page token but no page size
 MAX_PAGE_SIZE = 1000
+# Without page size and token (the original service's `status/all`): every event up to this
+# many, then a next_page_token (README, Statuses).
+LIST_ALL_MAX = 10_000
 # A result written this long before its event was created still counts (clock skew between
 # the runner's storage writes and this server).
 RESULT_CLOCK_SKEW = timedelta(seconds=5)
@@ -60,6 +62,18 @@ class StatusSettings:
 class Result:
     event: OutboxEvent
     prediction: dict[str, Any] | None  # None until ready
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listing:
+    """What a listing shows: `total` matching events, and `events` newest first, streamed from
+    the database: at most `limit + 1`, where the one beyond `limit` only tells that another
+    page follows (its token: `cursor_of` the last event shown). Close `events` when done."""
+
+    total: int
+    limit: int
+    events: AsyncGenerator[OutboxEvent, None]
+    cursor_of: Callable[[OutboxEvent], str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,15 +150,23 @@ class StatusService:
 
     async def list(
         self, *, status: str, page_size: int, page_token: str, viewer: Principal
-    ) -> Page:
+    ) -> Listing:
+        """The events a listing shows, newest first. Without `page_size` and `page_token` (as
+        the original service's `status/all` was called) every event, up to LIST_ALL_MAX;
+        else pages of `page_size` (default DEFAULT_PAGE_SIZE, at most MAX_PAGE_SIZE)."""
         if page_size < 0:
             raise errors.InvalidPageSize()
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        return await self._outbox.list_page(
-            status=parse_status(status),
-            owner=viewer.owner_filter,
-            cursor=page_token,
+        if page_size:
+            limit = min(page_size, MAX_PAGE_SIZE)
+        else:
+            limit = DEFAULT_PAGE_SIZE if page_token else LIST_ALL_MAX
+        wanted, owner = parse_status(status), viewer.owner_filter
+        total = await self._outbox.count(status=wanted, owner=owner)
+        return Listing(
+            total=total,
             limit=limit,
+            events=self._outbox.scan(status=wanted, owner=owner, after=page_token, limit=limit + 1),
+            cursor_of=self._outbox.cursor_of,
         )
 
     async def result(self, event_id: str, viewer: Principal, *, bucket: str = "") -> Result:
