@@ -401,6 +401,35 @@ def install_composecheck() -> str:
     )
 
 
+# Debian's PostgreSQL 15, FerretDB's backend where it is installed (see _servers.FerretDB).
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+POSTGRES_PACKAGE = "postgresql-15"
+
+
+def postgres_available() -> bool:
+    return (POSTGRES_BIN / "postgres").is_file() and (POSTGRES_BIN / "initdb").is_file()
+
+
+def install_postgresql() -> str:
+    """Debian's PostgreSQL 15 through apt when it is missing (root only). Not fatal: without
+    it FerretDB runs over SQLite, slower (docs/relay.md)."""
+    if postgres_available():
+        return f"postgresql: {POSTGRES_BIN / 'postgres'} (Debian {POSTGRES_PACKAGE})"
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        return "postgresql: missing and not installable here (needs root and apt); SQLite is used"
+    log_path = LOG_DIR / "postgresql-install.log"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    with log_path.open("w") as log:
+        for argv in ([apt, "update", "-q"], [apt, "install", "-y", "-q", POSTGRES_PACKAGE]):
+            done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+            if done.returncode != 0:
+                return f"postgresql: apt failed (see {log_path}); SQLite is used"
+    if not postgres_available():
+        return f"postgresql: {POSTGRES_PACKAGE} installed but {POSTGRES_BIN} is missing; SQLite"
+    return f"postgresql: installed {POSTGRES_PACKAGE} with apt"
+
+
 def check_envoy() -> str:
     from ._envoy import envoy_binary  # local import: keeps module graph acyclic
 
@@ -417,6 +446,7 @@ def install_all() -> None:
     steps: list[Callable[[], str]] = [install_kafka]
     steps += [functools.partial(install_go_tool, t) for t in GO_TOOLS]
     steps.append(install_composecheck)
+    steps.append(install_postgresql)
     steps.append(check_envoy)
     with (STACK_DIR / ".install.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -1,20 +1,24 @@
-"""FerretDB (SQLite), MinIO and Kafka (KRaft) as ServerProcess subclasses."""
+"""FerretDB (over PostgreSQL or SQLite), MinIO and Kafka (KRaft) as ServerProcess subclasses."""
 
 from __future__ import annotations
 
+import atexit
 import base64
 import os
 import shutil
 import socket
+import stat
 import struct
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from ._install import tool_path
+from ._install import POSTGRES_BIN, postgres_available, tool_path
 from ._paths import KAFKA_LIBS_DIR, STACK_DIR
-from ._process import ServerError, ServerProcess, http_status, port_open
+from ._process import ServerError, ServerProcess, free_port, http_status, port_open
 
 
 def _require_binary(path: Path) -> str:
@@ -23,19 +27,164 @@ def _require_binary(path: Path) -> str:
     return str(path)
 
 
+POSTGRES_USER = "postgres"  # the server refuses to run as root; this user runs it then
+# FerretDB's backend in the dev stack and the tests: CHECKOUT_FERRETDB_BACKEND=sqlite|postgresql.
+BACKEND_VARIABLE = "CHECKOUT_FERRETDB_BACKEND"
+
+
+def default_backend() -> str:
+    """FerretDB's backend: CHECKOUT_FERRETDB_BACKEND if set, else PostgreSQL where it is
+    installed (it updates by `_id` through an index; SQLite scans: docs/relay.md), else SQLite."""
+    chosen = os.environ.get(BACKEND_VARIABLE, "").strip().lower()
+    if chosen:
+        if chosen not in {"sqlite", "postgresql"}:
+            raise ServerError(f"{BACKEND_VARIABLE} must be sqlite or postgresql, not {chosen!r}")
+        return chosen
+    return "postgresql" if postgres_available() else "sqlite"
+
+
+def _as_postgres_user() -> dict[str, Any]:
+    """Popen arguments that run a PostgreSQL program as POSTGRES_USER when we are root."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": POSTGRES_USER, "group": POSTGRES_USER, "extra_groups": []}
+
+
+def _reachable_by_postgres(data_dir: Path) -> Path:
+    """`data_dir`, or when we are root and POSTGRES_USER cannot reach it (pytest's temporary
+    folders are private to root) a private folder of that user's in the temporary directory,
+    removed when this process exits."""
+    if os.geteuid() != 0 or all(
+        p.stat().st_mode & stat.S_IXOTH for p in data_dir.resolve().parents if p.exists()
+    ):
+        return data_dir
+    private = Path(tempfile.mkdtemp(prefix="devstack-postgresql-"))
+    shutil.chown(private, POSTGRES_USER, POSTGRES_USER)
+    atexit.register(shutil.rmtree, private, True)
+    return private
+
+
+class PostgreSQL(ServerProcess):
+    """A PostgreSQL cluster of its own in ``data_dir`` (made by initdb on first start), on
+    127.0.0.1 only, with trust authentication for the user ``ferretdb``: a dev-only database.
+    Commits do not wait for the disk (`synchronous_commit=off`): a crash of the machine may
+    lose the last moments, never corrupt the data (what the dev stack needs)."""
+
+    def __init__(self, *, port: int, data_dir: Path, log_path: Path | None = None) -> None:
+        super().__init__(name="postgresql", port=port, log_path=log_path)
+        self.data_dir = _reachable_by_postgres(data_dir)
+
+    @property
+    def url(self) -> str:
+        return f"postgres://ferretdb@127.0.0.1:{self.port}/postgres"
+
+    def _prepare(self) -> None:
+        if not postgres_available():
+            raise ServerError(
+                f"PostgreSQL 15 is missing ({POSTGRES_BIN}): run `python -m devstack install`"
+                f" or set {BACKEND_VARIABLE}=sqlite"
+            )
+        cluster = self.data_dir / "cluster"
+        if (cluster / "PG_VERSION").is_file():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.data_dir, POSTGRES_USER, POSTGRES_USER)
+        done = subprocess.run(
+            [
+                str(POSTGRES_BIN / "initdb"),
+                f"--pgdata={cluster}",
+                "--username=ferretdb",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            **_as_postgres_user(),
+        )
+        if done.returncode != 0:
+            raise ServerError(f"initdb failed:\n{done.stdout}\n{done.stderr}")
+
+    def _command(self) -> Sequence[str]:
+        argv = [
+            str(POSTGRES_BIN / "postgres"),
+            "-D",
+            str(self.data_dir / "cluster"),
+            "-p",
+            str(self.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={self.data_dir}",
+            "-c",
+            "synchronous_commit=off",
+        ]
+        if os.geteuid() == 0:  # ServerProcess spawns directly: switch user through setpriv
+            return [
+                "setpriv",
+                f"--reuid={POSTGRES_USER}",
+                f"--regid={POSTGRES_USER}",
+                "--init-groups",
+                "--",
+                *argv,
+            ]
+        return argv
+
+    def _probe(self) -> bool:
+        if not port_open(self.port):
+            return False
+        done = subprocess.run(
+            [str(POSTGRES_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
+            check=False,
+        )
+        return done.returncode == 0
+
+
 class FerretDB(ServerProcess):
-    """FerretDB v1 with the SQLite backend; databases live in ``data_dir``."""
+    """FerretDB v1 over PostgreSQL (a cluster of its own in ``data_dir``, started and stopped
+    with it) or SQLite (files in ``data_dir``); `backend` defaults to `default_backend()`."""
 
     def __init__(
-        self, *, port: int, data_dir: Path, log_path: Path | None = None, log_level: str = "info"
+        self,
+        *,
+        port: int,
+        data_dir: Path,
+        log_path: Path | None = None,
+        log_level: str = "info",
+        backend: str | None = None,
     ) -> None:
         super().__init__(name="ferretdb", port=port, log_path=log_path)
         self.data_dir = data_dir
         self.log_level = log_level
+        self.backend = backend or default_backend()
+        self.postgres: PostgreSQL | None = None
+        if self.backend == "postgresql":
+            pg_log = None if log_path is None else log_path.with_name("postgresql.log")
+            self.postgres = PostgreSQL(
+                port=free_port(), data_dir=data_dir / "postgresql", log_path=pg_log
+            )
 
     @property
     def uri(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}/"
+
+    def start(self, timeout_s: float = 60) -> None:
+        if self.postgres is not None:
+            self.postgres.start(timeout_s)
+        super().start(timeout_s)
+
+    def stop(self, timeout_s: float = 15) -> None:
+        super().stop(timeout_s)
+        if self.postgres is not None:
+            self.postgres.stop(timeout_s)
+
+    def kill(self) -> None:
+        super().kill()
+        if self.postgres is not None:
+            self.postgres.kill()
 
     def _prepare(self) -> None:
         (self.data_dir / "state").mkdir(parents=True, exist_ok=True)
@@ -45,12 +194,16 @@ class FerretDB(ServerProcess):
         env["DO_NOT_TRACK"] = "1"
         return env
 
+    def _backend_flags(self) -> list[str]:
+        if self.postgres is not None:
+            return ["--handler=postgresql", f"--postgresql-url={self.postgres.url}"]
+        # the URI must name a directory, with a trailing slash
+        return ["--handler=sqlite", f"--sqlite-url=file:{self.data_dir.resolve()}/"]
+
     def _command(self) -> Sequence[str]:
         return [
             _require_binary(tool_path("ferretdb")),
-            "--handler=sqlite",
-            # the URI must name a directory, with a trailing slash
-            f"--sqlite-url=file:{self.data_dir.resolve()}/",
+            *self._backend_flags(),
             f"--state-dir={(self.data_dir / 'state').resolve()}",
             f"--listen-addr=127.0.0.1:{self.port}",
             "--debug-addr=-",  # default 127.0.0.1:8088 would clash between instances

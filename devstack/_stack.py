@@ -109,7 +109,8 @@ class LocalStack:
             name="checkout-server",
             module="checkout_server",
             port=p.grpc,
-            env=self.environment(),
+            # Wake-ups go to the relay's health port, over UDP (its RELAY_WAKE_ADDR default).
+            env={**self.environment(), "RELAY_WAKE_TARGETS": f"127.0.0.1:{p.relay_health}"},
             log_path=logs / "checkout-server.log",
         )
         # The outbox relay; ready when its gRPC health service answers SERVING.
@@ -121,6 +122,9 @@ class LocalStack:
                 **self.environment(),
                 "RELAY_HEALTH_ADDR": f"127.0.0.1:{p.relay_health}",
                 "RELAY_METRICS_ADDR": f"127.0.0.1:{p.relay_metrics}",
+                # Over PostgreSQL FerretDB writes by index: a batch in one update (any batch
+                # size up to 1000).
+                **({"RELAY_UPDATE_CHUNK": "1000"} if self.ferretdb.backend == "postgresql" else {}),
             },
             log_path=logs / "checkout-relay.log",
         )

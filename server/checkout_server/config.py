@@ -317,6 +317,11 @@ class RelaySection(Section):
     """RELAY_CLOCK_SKEW_S: assumed worst clock difference between relays."""
     relay_batch_size: int = 200
     """RELAY_BATCH_SIZE: events claimed, published and marked per round trip."""
+    relay_update_chunk: int = 50
+    """RELAY_UPDATE_CHUNK: the most events one database update names (marking a batch takes
+    ceil(RELAY_BATCH_SIZE / this) updates per collection). FerretDB over SQLite writes every
+    document with a scan of the table, so large updates there outlast the socket timeout:
+    keep 50; over PostgreSQL (or MongoDB) set it to RELAY_BATCH_SIZE (devstack does)."""
     relay_poll_interval_s: float = 2.0
     """RELAY_POLL_INTERVAL_S: the safety net: the longest an idle relay waits before looking
     again without a wake-up (RELAY_WAKE_ADDR). New events normally come with one, so this bounds
@@ -359,6 +364,8 @@ class RelaySection(Section):
             raise ConfigError("RELAY_LEASE_TTL_S must be more than twice RELAY_CLOCK_SKEW_S")
         if self.relay_batch_size < 1 or self.relay_sweep_batch < 1:
             raise ConfigError("RELAY_BATCH_SIZE and RELAY_SWEEP_BATCH must be positive")
+        if self.relay_update_chunk < 1:
+            raise ConfigError("RELAY_UPDATE_CHUNK must be positive")
         if self.relay_poll_interval_s <= 0 or self.relay_send_timeout_s <= 0:
             raise ConfigError("RELAY_POLL_INTERVAL_S and RELAY_SEND_TIMEOUT_S must be positive")
         if not 0 < self.relay_backoff_initial_s <= self.relay_backoff_max_s:

@@ -34,14 +34,13 @@ log = logging.getLogger(__name__)
 # FerretDB 1.24 writes each matched document of an update separately, and over SQLite each
 # of those writes scans the table (about 7 us per stored document here): an update of 200
 # documents over 5,000 took 6-7 s, past the socket timeout when relays contend, and a batch
-# that timed out after Kafka had it was published again. So updates go in chunks that stay
-# well inside the timeout. A delete is one statement for all its ids (one scan).
+# that timed out after Kafka had it was published again; a long write also holds SQLite's
+# only write lock, so lease renewals wait. Updates therefore go in chunks (`update_chunk`,
+# RELAY_UPDATE_CHUNK). Over PostgreSQL the writes go by index and an update's cost is its one
+# scan of the collection (the `$in` filter runs in FerretDB's Go code): there one update per
+# batch is fastest. A delete is one statement for all its ids, on both.
 UPDATE_CHUNK = 50
 _DUPLICATE_KEY = 11000
-
-
-def _chunks(ids: Sequence[str]) -> list[list[str]]:
-    return [list(ids[i : i + UPDATE_CHUNK]) for i in range(0, len(ids), UPDATE_CHUNK)]
 
 
 class MongoOutboxRelayStore:
@@ -53,13 +52,20 @@ class MongoOutboxRelayStore:
         statuses: AsyncCollection[Document],
         *,
         keep_sent: bool = True,
+        update_chunk: int = UPDATE_CHUNK,
     ) -> None:
         """`keep_sent`: sent messages stay in the outbox, `sent`, until the sweeper deletes
         them; otherwise they are deleted as they are marked (their status records keep
-        `sent_at`), which keeps the outbox, read by every poll, as small as the backlog."""
+        `sent_at`), which keeps the outbox, read by every poll, as small as the backlog.
+        `update_chunk`: the most documents one update names (see UPDATE_CHUNK)."""
         self._outbox = outbox
         self._statuses = statuses
         self._keep_sent = keep_sent
+        self._update_chunk = update_chunk
+
+    def _chunks(self, ids: Sequence[str]) -> list[list[str]]:
+        size = self._update_chunk
+        return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
     async def ensure_indexes(self) -> None:
         with translated("ensure_indexes"):
@@ -113,13 +119,13 @@ class MongoOutboxRelayStore:
         # The status records first (see the module's docstring), then the outbox messages.
         outcome = {f.STATUS: SENT, f.SENT_AT: now, f.UPDATED_AT: now}
         with translated("mark_sent"):
-            for chunk in _chunks(event_ids):
+            for chunk in self._chunks(event_ids):
                 await self._mirror(chunk, outcome)
             if not self._keep_sent:
                 # One statement for the batch; the filter again, as in sweep_sent.
                 await self._outbox.delete_many({f.ID: {"$in": list(event_ids)}, f.STATUS: NEW})
                 return
-            for chunk in _chunks(event_ids):
+            for chunk in self._chunks(event_ids):
                 await self._outbox.update_many(
                     {f.ID: {"$in": chunk}, f.STATUS: NEW},
                     {"$set": outcome, "$inc": {f.ATTEMPTS: 1}},
@@ -129,7 +135,7 @@ class MongoOutboxRelayStore:
         self, event_ids: Sequence[str], next_attempt_at: datetime, now: datetime
     ) -> None:
         with translated("reschedule"):
-            for chunk in _chunks(event_ids):
+            for chunk in self._chunks(event_ids):
                 await self._outbox.update_many(
                     {f.ID: {"$in": chunk}, f.STATUS: NEW},
                     {"$set": {f.NEXT_ATTEMPT_AT: next_attempt_at}, "$inc": {f.ATTEMPTS: 1}},

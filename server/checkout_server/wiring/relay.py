@@ -139,6 +139,7 @@ async def create_relay(
         database[outbox_name],
         database[settings.mongo_status_collection],
         keep_sent=settings.relay_sent_retention_s > 0,
+        update_chunk=settings.relay_update_chunk,
     )
     lease_store = MongoLeaseStore(
         database[f"{outbox_name}_relay_leases"], database[f"{outbox_name}_relay_members"]
