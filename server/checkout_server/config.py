@@ -315,8 +315,10 @@ class RelaySection(Section):
     third of it."""
     relay_clock_skew_s: float = 2.0
     """RELAY_CLOCK_SKEW_S: assumed worst clock difference between relays."""
-    relay_batch_size: int = 200
-    """RELAY_BATCH_SIZE: events claimed, published and marked per round trip."""
+    relay_batch_size: int = 500
+    """RELAY_BATCH_SIZE: events claimed, published and marked per round trip (each batch costs
+    FerretDB a few scans of the collections whatever its size, so larger batches drain a burst
+    faster: docs/relay.md)."""
     relay_update_chunk: int = 50
     """RELAY_UPDATE_CHUNK: the most events one database update names (marking a batch takes
     ceil(RELAY_BATCH_SIZE / this) updates per collection). FerretDB over SQLite writes every

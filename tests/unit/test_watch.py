@@ -12,7 +12,7 @@ from datetime import datetime
 import pytest
 
 from checkout_client.backoff import Backoff
-from checkout_server.domain import EventStatus, OutboxEvent
+from checkout_server.domain import EventStatus, OutboxEvent, StoredObject
 from checkout_server.status.service import StatusService, StatusSettings
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
@@ -41,8 +41,13 @@ class FlakyOutbox(FakeOutbox):
         return await super().changed_since(since, limit=limit)
 
 
-def build_hub(outbox: FakeOutbox, supervisor: Supervisor, max_pending: int = 100) -> WatchHub:
-    storage = FakeStorage()
+def build_hub(
+    outbox: FakeOutbox,
+    supervisor: Supervisor,
+    max_pending: int = 100,
+    storage: FakeStorage | None = None,
+) -> WatchHub:
+    storage = storage or FakeStorage()
     status = StatusService(
         storage=storage,
         outbox=outbox,
@@ -116,3 +121,30 @@ async def test_the_feed_survives_a_query_that_raises_anything(
     assert outbox.feed_queries >= 3
     tracebacks = [r for r in caplog.records if r.exc_info and "watch-poller" in r.getMessage()]
     assert len(tracebacks) == 2  # logged with its traceback, not swallowed
+
+
+class CountingStorage(FakeStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats: list[str] = []
+
+    async def stat(self, bucket: str, key: str) -> StoredObject | None:
+        self.stats.append(key)
+        return await super().stat(bucket, key)
+
+
+async def test_the_reconcile_checks_a_waiting_event_again_only_after_its_interval(
+    supervisor: Supervisor,
+) -> None:
+    outbox = FakeOutbox()
+    await outbox.add(event("waiting"))
+    storage = CountingStorage()
+    hub = build_hub(outbox, supervisor, storage=storage)
+
+    await hub.reconcile_once()
+    await hub.reconcile_once()  # at once again: not due (the interval is 60 s here)
+
+    assert storage.stats == ["output/waiting.json"]
+    await outbox.add(event("newer"))
+    await hub.reconcile_once()  # a new waiting event is checked at its first sight
+    assert storage.stats == ["output/waiting.json", "output/newer.json"]

@@ -55,7 +55,7 @@ LAG_INTERVAL_S = 15.0
 @dataclass(frozen=True, kw_only=True)
 class RelayConfig:
     shards: int
-    batch_size: int = 200
+    batch_size: int = 500
     poll_interval_s: float = 2.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
