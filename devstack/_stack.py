@@ -180,7 +180,8 @@ class LocalStack:
                 f"  gRPC        127.0.0.1:{p.grpc}   (grpcurl -plaintext 127.0.0.1:{p.grpc} list)",
                 f"  REST        http://127.0.0.1:{p.rest}/api/health   (Envoy; gRPC, grpc-web too)",
                 f"  Envoy admin http://127.0.0.1:{p.envoy_admin}/",
-                f"  MongoDB     mongodb://127.0.0.1:{p.mongo}/   (FerretDB over SQLite)",
+                f"  MongoDB     mongodb://127.0.0.1:{p.mongo}/"
+                f"   (FerretDB over {self.ferretdb.backend})",
                 f"  MinIO       http://127.0.0.1:{p.minio}   (minioadmin / minioadmin)",
                 f"  MinIO UI    http://127.0.0.1:{p.minio_console}",
                 f"  Kafka       127.0.0.1:{p.kafka}",

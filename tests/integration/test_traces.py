@@ -94,6 +94,7 @@ async def test_an_upload_and_its_publishing_are_one_trace(
         relay_shards=1,
         relay_health_addr="127.0.0.1:0",
         relay_metrics_addr="",
+        relay_sent_retention_s=3600,  # the check below reads the sent outbox message
         startup_timeout_s=20.0,
     )
     relay = await create_relay(relay_settings, tracing=provider)
