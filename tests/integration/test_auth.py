@@ -47,6 +47,13 @@ class Keys:
     path: Path
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Change the keys file as the README advises: a new file renamed over the old one."""
+    new = path.with_suffix(".new")
+    new.write_text(text)
+    new.replace(path)
+
+
 def _entry(client: str, role: str, key: str) -> str:
     return f'[[keys]]\nclient = "{client}"\nrole = "{role}"\nsha256 = "{hash_key(key)}"\n'
 
@@ -297,7 +304,7 @@ async def test_keys_added_and_removed_count_without_a_restart(
     stub: Stub, keys: Keys, secured: App
 ) -> None:
     late = new_key()
-    keys.path.write_text(keys.path.read_text() + _entry("late-camera", "uploader", late))
+    replace_file(keys.path, keys.path.read_text() + _entry("late-camera", "uploader", late))
 
     async def accepted() -> bool:
         try:
@@ -309,7 +316,7 @@ async def test_keys_added_and_removed_count_without_a_restart(
         return True
 
     await wait_until(accepted, what="the added key to be accepted")
-    keys.path.write_text(_entry("ops", "admin", keys.admin))
+    replace_file(keys.path, _entry("ops", "admin", keys.admin))
 
     async def camera_a_refused() -> bool:
         try:
@@ -327,6 +334,7 @@ async def test_a_broken_keys_file_keeps_the_keys_in_force(
     stub: Stub, keys: Keys, secured: App, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert secured.keys is not None
+    # Written in place (truncated, then filled): the server may read it empty, then broken.
     keys.path.write_text('[[keys]]\nclient = "x"\nrole = "owner"\nsha256 = "00"\n')
 
     async def reload_failed() -> bool:

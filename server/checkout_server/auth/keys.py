@@ -15,7 +15,9 @@ nothing to guess in these. A token is checked by hashing it and looking the hash
 The server reads the file at start (a missing or invalid file stops it), then checks it every
 AUTH_RELOAD_INTERVAL_S and reads it again when its modification time, size or inode changed:
 a key added or removed counts within that interval, no restart needed. A file that became
-invalid is logged and the keys read before stay in force until it is mended.
+invalid (or empty) is logged and the keys read before stay in force until it is mended.
+Change it atomically where you can (write a new file, then rename it over the old one), so
+the server never reads half of it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def parse_keys(text: str, *, source: str) -> dict[str, Principal]:
             f"AUTH_KEYS_FILE: {source} must hold only [[keys]] tables "
             f"(found {sorted(unknown) or type(entries).__name__})"
         )
+    if not entries:  # also what a reader sees while an editor truncates and rewrites it
+        raise ConfigError(f"AUTH_KEYS_FILE: {source} holds no keys")
     by_hash: dict[str, Principal] = {}
     for number, entry in enumerate(entries, start=1):
         digest, principal = _parse_entry(entry, where=f"{source}, key {number}")
