@@ -26,6 +26,11 @@ from checkout_api.checkout.v1 import checkout_pb2 as pb
 from .. import errors
 from ..domain import ANONYMOUS, Principal, Role
 from .interceptors import rewrap
+from .streams import drain
+
+# What a refused caller's upload stream may make the server read and drop (api/streams.py):
+# enough for the refusal to reach a client that streams quickly, little for one that abuses it.
+REFUSED_DRAIN_MAX_BYTES = 8 * 1024 * 1024
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _Unary = Callable[[Any, _Context], Awaitable[Any]]
@@ -132,7 +137,7 @@ class AuthInterceptor(_ServerInterceptor):
             return handler
         return rewrap(
             handler,
-            lambda _, behavior: self._unary(method, permission, behavior),
+            lambda rpc_type, behavior: self._unary(method, permission, rpc_type, behavior),
             lambda _, behavior: self._stream(method, permission, behavior),
         )
 
@@ -149,9 +154,17 @@ class AuthInterceptor(_ServerInterceptor):
             )
         return principal
 
-    def _unary(self, method: str, permission: Permission, behavior: _Unary) -> _Unary:
+    def _unary(
+        self, method: str, permission: Permission, rpc_type: str, behavior: _Unary
+    ) -> _Unary:
         async def wrapper(request: Any, context: _Context) -> Any:
-            token = _principal.set(self.admit(method, permission, context))
+            try:
+                principal = self.admit(method, permission, context)
+            except errors.ServiceError:
+                if rpc_type == "client_stream":  # an upload: its status must reach the client
+                    await drain(request, max_bytes=REFUSED_DRAIN_MAX_BYTES)
+                raise
+            token = _principal.set(principal)
             try:
                 return await behavior(request, context)
             finally:

@@ -7,7 +7,6 @@ ErrorInterceptor.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from ..upload.pipeline import UploadPipeline
 from .auth import current_principal
 from .health import DependencyMonitor
 from .http_upload import open_http_upload
+from .streams import drain
 
 Context = grpc.aio.ServicerContext[object, object]
 TERMINAL = frozenset({EventStatus.READY, EventStatus.FAILED})
@@ -92,7 +92,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
                 first, messages, default_bucket=self._default_bucket
             )
         except errors.ServiceError:
-            await _drain(messages)
+            await drain(messages)
             raise
         request = replace(request, owner=current_principal().client)
         return await self._upload(request, chunks, messages)
@@ -107,7 +107,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         try:
             result = await self._pipeline.upload(request, chunks)
         except errors.ServiceError:
-            await _drain(messages)
+            await drain(messages)
             raise
         return upload_response(result)
 
@@ -234,28 +234,6 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
 # and Envoy's transcoding buffer) and gives a next_page_token instead.
 LIST_MAX_BYTES = 3 * 1024 * 1024
 LIST_ITEM_FRAMING = 4  # tag and length of one repeated message field
-
-
-# When an upload is refused mid-stream, the rest of the client's stream is read and dropped
-# (up to these bounds) before the error is sent. grpc-python's asyncio client otherwise may
-# report its own INTERNAL "execute_batch" error instead of our status when its next write
-# meets the closed stream (grpc/grpc#36066). Nothing read here is stored.
-DRAIN_MAX_BYTES = 64 * 1024 * 1024
-DRAIN_MAX_S = 5.0
-
-
-async def _drain(messages: AsyncIterator[Message]) -> None:
-    drained = 0
-
-    async def read_rest() -> None:
-        nonlocal drained
-        async for message in messages:
-            drained += message.ByteSize()
-            if drained > DRAIN_MAX_BYTES:
-                return
-
-    with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, errors.ServiceError):
-        await asyncio.wait_for(read_rest(), DRAIN_MAX_S)
 
 
 def upload_response(result: UploadResult) -> pb.UploadVideoResponse:
