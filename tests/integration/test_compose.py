@@ -125,7 +125,9 @@ BROKEN: list[tuple[str, Callable[[str], str], str]] = [
     ),
     (
         "healthy-without-healthcheck",  # envoy has none
-        lambda s: s.replace(
+        lambda s: s.replace(  # (and checkout no longer waits for the relay: no cycle)
+            "      relay: { condition: service_started }\n", ""
+        ).replace(
             "kafka: { condition: service_healthy }",
             "kafka: { condition: service_healthy }\n      envoy: { condition: service_healthy }",
         ),
@@ -274,3 +276,14 @@ async def test_checkout_healthcheck_fails_for_a_certificate_without_the_service_
         code, stderr = await run_healthcheck(model, app.port, ca.cert_file)
     assert code != 0
     assert "StatusCode.UNAVAILABLE" in stderr
+
+
+def test_the_server_wakes_the_relays_it_waits_for(model: dict[str, Any]) -> None:
+    checkout, relay = model["services"]["checkout"], model["services"]["relay"]
+    host, _, port = checkout["environment"]["RELAY_WAKE_TARGETS"].partition(":")
+    assert host == "relay"
+    # The relays listen for wake-ups on their health address's port (RELAY_WAKE_ADDR unset).
+    assert "RELAY_WAKE_ADDR" not in relay["environment"]
+    assert relay["environment"]["RELAY_HEALTH_ADDR"].endswith(f":{port}")
+    # The name is resolved once, at the server's start: the relays must exist by then.
+    assert checkout["depends_on"]["relay"]["condition"] == "service_started"

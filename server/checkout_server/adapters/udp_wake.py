@@ -30,7 +30,7 @@ def _address(target: str) -> tuple[str, int]:
 class WakeSender:
     """Sends a wake-up to every target, without waiting and without failing: a datagram that
     cannot be sent is dropped (the relays' safety-net poll covers it). The targets' names are
-    resolved once, when made (call it at start-up)."""
+    resolved once, when made (call it at start-up), each to all its addresses."""
 
     def __init__(self, targets: Iterable[str]) -> None:
         self._addresses: list[tuple[int, tuple[str, int]]] = []
@@ -41,8 +41,11 @@ class WakeSender:
             except OSError as exc:
                 log.warning("wake-up target not resolved; none sent to it: %s: %s", target, exc)
                 continue
-            family, address = int(infos[0][0]), infos[0][4]
-            self._addresses.append((family, (str(address[0]), int(address[1]))))
+            # Every address of the name: a compose service of several replicas has one each.
+            for family, address in dict.fromkeys(
+                (int(i[0]), (str(i[4][0]), int(i[4][1]))) for i in infos
+            ):
+                self._addresses.append((family, address))
         self._sockets: dict[int, socket.socket] = {}
         for family, _ in self._addresses:
             if family not in self._sockets:
