@@ -21,7 +21,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.auth.keys import hash_key, new_key
+from checkout_server.auth.keys import entry, hash_key, new_key
 from checkout_server.config import ServerSettings
 from checkout_server.errors import ConfigError
 from checkout_server.wiring.server import App, create_app
@@ -54,18 +54,14 @@ def replace_file(path: Path, text: str) -> None:
     new.replace(path)
 
 
-def _entry(client: str, role: str, key: str) -> str:
-    return f'[[keys]]\nclient = "{client}"\nrole = "{role}"\nsha256 = "{hash_key(key)}"\n'
-
-
 @pytest.fixture
 def keys(tmp_path: Path) -> Keys:
     made = Keys(new_key(), new_key(), new_key(), new_key(), tmp_path / "api-keys.toml")
     made.path.write_text(
-        _entry("camera-a", "uploader", made.camera_a)
-        + _entry("camera-b", "uploader", made.camera_b)
-        + _entry("dashboard", "reader", made.reader)
-        + _entry("ops", "admin", made.admin)
+        entry("camera-a", "uploader", made.camera_a)
+        + entry("camera-b", "uploader", made.camera_b)
+        + entry("dashboard", "reader", made.reader)
+        + entry("ops", "admin", made.admin)
     )
     return made
 
@@ -304,7 +300,7 @@ async def test_keys_added_and_removed_count_without_a_restart(
     stub: Stub, keys: Keys, secured: App
 ) -> None:
     late = new_key()
-    replace_file(keys.path, keys.path.read_text() + _entry("late-camera", "uploader", late))
+    replace_file(keys.path, keys.path.read_text() + entry("late-camera", "uploader", late))
 
     async def accepted() -> bool:
         try:
@@ -316,7 +312,7 @@ async def test_keys_added_and_removed_count_without_a_restart(
         return True
 
     await wait_until(accepted, what="the added key to be accepted")
-    replace_file(keys.path, _entry("ops", "admin", keys.admin))
+    replace_file(keys.path, entry("ops", "admin", keys.admin))
 
     async def camera_a_refused() -> bool:
         try:

@@ -30,7 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.auth.keys import hash_key, new_key
+from checkout_server.auth.keys import entry, new_key
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from devstack import Envoy, free_port
@@ -408,7 +408,7 @@ async def test_api_keys_through_envoy_with_authentication_on(
     keys = tmp_path / "api-keys.toml"
     keys.write_text(
         "".join(
-            f'[[keys]]\nclient = "{client}"\nrole = "{client}"\nsha256 = "{hash_key(key)}"\n'
+            entry(client, role=client, key=key)
             for client, key in (("reader", reader), ("admin", admin))
         )
     )

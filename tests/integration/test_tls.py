@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from checkout_client import AsyncCheckoutClient, PermissionDenied, Unauthenticated, open_channel
 from checkout_client.cli import EXIT_DENIED, EXIT_OK, EXIT_UNAVAILABLE
-from checkout_server.auth.keys import hash_key, new_key
+from checkout_server.auth.keys import entry, new_key
 from checkout_server.config import ServerSettings
 from checkout_server.errors import ConfigError
 from checkout_server.wiring.server import App, create_app
@@ -265,7 +265,7 @@ async def test_sdk_and_cli_authenticate_with_an_api_key_over_tls(
     keys_file = tmp_path / "api-keys.toml"
     keys_file.write_text(
         "".join(
-            f'[[keys]]\nclient = "{client}"\nrole = "{role}"\nsha256 = "{hash_key(key)}"\n'
+            entry(client, role, key)
             for client, role, key in [
                 ("camera", "uploader", uploader),
                 ("dashboard", "reader", reader),

@@ -161,7 +161,8 @@ class KeyRing:
         log.info("api keys reloaded", extra={"keys": len(by_hash), "path": str(self._path)})
 
 
-def _entry(client: str, role: str, key: str) -> str:
+def entry(client: str, role: str, key: str) -> str:
+    """The [[keys]] table of AUTH_KEYS_FILE that admits `key` for `client` with `role`."""
     return f'[[keys]]\nclient = "{client}"\nrole = "{role}"\nsha256 = "{hash_key(key)}"\n'
 
 
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         key = sys.stdin.readline().strip()
         if not key:
             parser.error("no key on stdin")
-    sys.stdout.write(_entry(args.client, args.role, key))
+    sys.stdout.write(entry(args.client, args.role, key))
     sys.stdout.flush()
     return os.EX_OK
 
