@@ -169,6 +169,20 @@ def relay_store(
     return MongoOutboxRelayStore(outbox_collection, status_collection)
 
 
+@pytest.fixture
+def own_kafka(tmp_path: Path) -> Iterator[Kafka]:
+    """A broker of this test's own, so stopping it disturbs no other test."""
+    server = Kafka(
+        port=free_port(),
+        controller_port=free_port(),
+        data_dir=tmp_path / "kafka",
+        log_path=tmp_path / "kafka.log",
+    )
+    server.start(120)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def kafka(stack_dir: Path) -> Iterator[Kafka]:
     """One Kafka broker (KRaft) for the session, on free ports; the relay's tests use it."""

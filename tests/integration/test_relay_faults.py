@@ -66,20 +66,6 @@ def outbox(
     return database[settings.mongo_outbox_collection]
 
 
-@pytest.fixture
-def own_kafka(tmp_path: Path) -> Iterator[Kafka]:
-    """A broker of this test's own, so stopping it disturbs no other test."""
-    server = Kafka(
-        port=free_port(),
-        controller_port=free_port(),
-        data_dir=tmp_path / "kafka",
-        log_path=tmp_path / "kafka.log",
-    )
-    server.start(120)
-    yield server
-    server.stop()
-
-
 def relay_group(
     settings: ServerSettings, kafka: Kafka, topic: str, log_dir: Path
 ) -> Iterator[Relays]:

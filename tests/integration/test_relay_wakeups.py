@@ -23,7 +23,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
 from checkout_server.outbox.document import Document
 from checkout_server.wiring.server import App, create_app
-from devstack import Kafka, free_port
+from devstack import Kafka
 from tests.integration.storage_checks import wait_until
 from tests.integration.test_relay import Relays
 from tests.integration.test_relay_faults import count_status, key_counts, read_topic, upload
@@ -42,20 +42,6 @@ AFTER_OUTAGE_WITHIN_S = 30.0
 @pytest.fixture
 def topic() -> str:
     return f"relay-wakeups-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def own_kafka(tmp_path: Path) -> Iterator[Kafka]:
-    """A broker of this test's own, so stopping it disturbs no other test."""
-    server = Kafka(
-        port=free_port(),
-        controller_port=free_port(),
-        data_dir=tmp_path / "kafka",
-        log_path=tmp_path / "kafka.log",
-    )
-    server.start(120)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
