@@ -32,7 +32,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -474,7 +473,6 @@ def main() -> None:
                 args.work / "stack",
                 StackPorts.free(),
                 app_env={"LOG_LEVEL": "WARNING"},
-                envoy_base_id=int(uuid.uuid4().int % 1000) + 100,
             )
             try:
                 stack.start()

@@ -396,7 +396,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="checkout-bench-") as tmp:
         work = Path(tmp)
-        stack = LocalStack(work / "stack", StackPorts.free(), envoy_base_id=11)
+        stack = LocalStack(work / "stack", StackPorts.free())
         stack.start()
         try:
             if args.small:

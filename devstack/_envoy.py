@@ -63,8 +63,9 @@ def validate_envoy_config(config_path: Path, cwd: Path) -> None:
 class Envoy(ServerProcess):
     """Envoy with a static bootstrap config; ready when the admin ``/ready`` returns 200.
 
-    ``admin_port`` must be the admin listener port of ``config_path``. Each instance
-    running at the same time needs its own ``base_id`` (hot-restart shared memory).
+    ``admin_port`` must be the admin listener port of ``config_path``. Hot restart is off: it
+    is never used here, and its shared memory (named by a base id) made Envoys started at the
+    same time by different runs collide.
     """
 
     def __init__(
@@ -72,7 +73,6 @@ class Envoy(ServerProcess):
         *,
         config_path: Path,
         admin_port: int,
-        base_id: int,
         cwd: Path,
         log_path: Path | None = None,
         log_level: str = "info",
@@ -81,7 +81,6 @@ class Envoy(ServerProcess):
         super().__init__(name="envoy", port=admin_port, log_path=log_path, cwd=cwd)
         self.config_path = config_path
         self.admin_port = admin_port
-        self.base_id = base_id
         self.log_level = log_level
         self.concurrency = concurrency
 
@@ -94,8 +93,7 @@ class Envoy(ServerProcess):
             str(envoy_binary()),
             "-c",
             str(self.config_path),
-            "--base-id",
-            str(self.base_id),
+            "--disable-hot-restart",
             "--concurrency",
             str(self.concurrency),
             "--log-level",

@@ -85,7 +85,6 @@ class LocalStack:
     data_dir: Path
     ports: StackPorts = field(default_factory=StackPorts)
     app_env: Mapping[str, str] = field(default_factory=dict)
-    envoy_base_id: int = 0
 
     def __post_init__(self) -> None:
         d, p = self.data_dir, self.ports
@@ -139,7 +138,6 @@ class LocalStack:
         self.envoy = Envoy(
             config_path=config,
             admin_port=p.envoy_admin,
-            base_id=self.envoy_base_id,
             cwd=REPO_ROOT,
             log_path=logs / "envoy.log",
         )

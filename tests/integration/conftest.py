@@ -61,7 +61,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         tmp_path_factory.mktemp("local-stack"),
         StackPorts.free(),
         app_env={"ADMIN_TOKEN": STACK_ADMIN_TOKEN, "LOG_FORMAT": "json"},
-        envoy_base_id=7,
     )
     try:
         stack.start()

@@ -45,7 +45,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 ADMIN_TOKEN = "envoy-tls-admin-token"
 # Envoy's hot-restart shared memory: not the stack fixture's 7, `make run`'s 0 or the REST
 # bench's 11, so this file runs beside them.
-ENVOY_BASE_ID = 12
 CALL_TIMEOUT_S = 10.0
 
 
@@ -130,7 +129,6 @@ async def envoy(
     process = Envoy(
         config_path=config,
         admin_port=front.admin_port,
-        base_id=ENVOY_BASE_ID,
         cwd=REPO_ROOT,
         log_path=folder / "envoy.log",
     )

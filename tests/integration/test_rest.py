@@ -323,9 +323,7 @@ def test_an_unreachable_service_is_503_in_the_one_shape(tmp_path: Path) -> None:
         descriptor=DESCRIPTOR,
         openapi=OPENAPI,
     )
-    envoy = Envoy(
-        config_path=config, admin_port=admin, base_id=13, cwd=REPO_ROOT, log_path=tmp_path / "log"
-    )
+    envoy = Envoy(config_path=config, admin_port=admin, cwd=REPO_ROOT, log_path=tmp_path / "log")
     envoy.start(60)
     try:
         status, body = curl(f"http://127.0.0.1:{listen}/api/status/all")
