@@ -22,7 +22,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -159,9 +159,13 @@ class UploadPipeline:
             )
             await self._outbox.add(event)
         except DuplicateIdempotencyKey as duplicate:
-            # A concurrent upload with the same key won the race: keep its result only.
+            # A concurrent upload with the same key won the race: keep its result only, if it
+            # is of the same file (the bytes are known now, declared or not).
             await self._cleanup(writer.abort())
-            _check_same_file(request, duplicate.existing)
+            _check_same_file(
+                replace(request, size_bytes=stored.size_bytes, sha256=stored.sha256),
+                duplicate.existing,
+            )
             return UploadResult(event=duplicate.existing, deduplicated=True)
         except BaseException as exc:
             if isinstance(exc, errors.ServiceError):
