@@ -63,8 +63,8 @@ async def checkout(
         stderr=subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return Run(process.returncode, stdout.decode(), stderr.decode())
+    code = await process.wait()  # the exit status (communicate() has reaped the process)
+    return Run(code, stdout.decode(), stderr.decode())
 
 
 def in_terminal(args: list[str], *, address: str, cwd: Path) -> tuple[int, str]:

@@ -214,8 +214,8 @@ async def checkout(address: str, *args: str, **env: str) -> tuple[int, str, str]
         stderr=subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    code = await process.wait()  # the exit status (communicate() has reaped the process)
+    return code, stdout.decode(), stderr.decode()
 
 
 async def test_cli_status_table_and_json(app: App, client: AsyncCheckoutClient) -> None:

@@ -251,8 +251,7 @@ async def run_healthcheck(model: dict[str, Any], port: int, ca: Path) -> tuple[i
         sys.executable, "-c", code, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, stderr.decode()
+    return await process.wait(), stderr.decode()
 
 
 @pytest.mark.timeout(60)

@@ -198,7 +198,7 @@ async def curl(url: str, *args: str, front: Front | None = None) -> Reply:
         )
         body, stderr = await asyncio.wait_for(process.communicate(), 30)
         head = header_file.read_bytes().decode(errors="replace") if header_file.exists() else ""
-    assert process.returncode is not None
+    code = await process.wait()  # the exit status (communicate() has reaped the process)
     err, _, summary = stderr.decode().rpartition("\n")
     status, _, version = summary.partition(" ")
     headers: dict[str, str] = {}  # of the last response (after any 100 Continue)
@@ -208,7 +208,7 @@ async def curl(url: str, *args: str, front: Front | None = None) -> Reply:
             headers = {}
         elif colon:
             headers[name.strip().lower()] = value.strip()
-    return Reply(process.returncode, int(status or 0), version, headers, body, err)
+    return Reply(code, int(status or 0), version, headers, body, err)
 
 
 async def https(front: Front, certs: Certs, path: str, *args: str) -> Reply:

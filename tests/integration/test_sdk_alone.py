@@ -142,8 +142,7 @@ async def test_sdk_checkout_command_talks_to_the_server(sdk_venv: SdkVenv, app: 
             stderr=subprocess.PIPE,
         )
         stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode is not None
-        return process.returncode, stdout.decode(), stderr.decode()
+        return await process.wait(), stdout.decode(), stderr.decode()
 
     code, stdout, stderr = await checkout("health")
     assert code == EXIT_OK, stderr

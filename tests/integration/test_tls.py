@@ -240,8 +240,7 @@ async def checkout(*args: str, env: dict[str, str] | None = None) -> tuple[int, 
         stderr=subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    return await process.wait(), stdout.decode(), stderr.decode()
 
 
 async def test_cli_with_cert_and_key_passes_mtls(mtls_app: App, pki: Pki) -> None:

@@ -138,3 +138,20 @@ async def test_listing_refuses_bad_paging_parameters() -> None:
         await service(storage, outbox).list(
             status="done", page_size=0, page_token="", viewer=ANONYMOUS
         )
+
+
+@pytest.mark.parametrize("page_size", [1001, 2**31 - 1])
+async def test_page_size_is_capped(page_size: int) -> None:
+    cap = 1000  # README: pages of at most 1000
+    # More events than the cap: the scan asks for the cap and one more (to know that more
+    # follow), never for what the caller asked.
+    storage, outbox = FakeStorage(), FakeOutbox()
+    for i in range(cap + 5):
+        await outbox.add(event(f"00000000-0000-4000-8000-{i:012d}", timedelta(seconds=i)))
+    listing = await service(storage, outbox).list(
+        status="", page_size=page_size, page_token="", viewer=ANONYMOUS
+    )
+    shown = [e.event_id async for e in listing.events]
+    assert listing.limit == cap
+    assert len(shown) == cap + 1
+    assert shown[0] == f"00000000-0000-4000-8000-{cap + 4:012d}"  # newest first
