@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Iterable
@@ -12,6 +13,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
+from checkout_server.errors import DuplicateIdempotencyKey
+from checkout_server.ports import Outbox
 
 MiB = 1024 * 1024
 
@@ -90,3 +93,39 @@ def retry_delay_s(exc: grpc.aio.AioRpcError) -> float:
     retry = error_details_pb2.RetryInfo()
     hints[0].Unpack(retry)
     return float(retry.retry_delay.ToTimedelta().total_seconds())
+
+
+class RacingOutbox:
+    """A decorator of an Outbox port that forces the idempotency race: every
+    `find_by_idempotency_key` answers only once `parties` callers have looked up (so none of
+    them sees another's event, and only the insert's unique index can decide), and `add`
+    counts the inserts it let through and the DuplicateIdempotencyKey refusals. Everything
+    else goes to the real outbox unchanged."""
+
+    def __init__(self, inner: Outbox, parties: int, *, timeout_s: float = 30) -> None:
+        self._inner = inner
+        self._parties = parties
+        self._timeout_s = timeout_s
+        self._looked_up = 0
+        self._all_looked_up = asyncio.Event()
+        self.added = 0
+        self.duplicates = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def find_by_idempotency_key(self, key: str, *, owner: str) -> OutboxEvent | None:
+        found = await self._inner.find_by_idempotency_key(key, owner=owner)
+        self._looked_up += 1
+        if self._looked_up >= self._parties:
+            self._all_looked_up.set()
+        await asyncio.wait_for(self._all_looked_up.wait(), self._timeout_s)
+        return found
+
+    async def add(self, event: OutboxEvent) -> None:
+        try:
+            await self._inner.add(event)
+        except DuplicateIdempotencyKey:
+            self.duplicates += 1
+            raise
+        self.added += 1

@@ -20,7 +20,15 @@ from pymongo.asynchronous.collection import AsyncCollection
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.wiring.server import App
-from tests.helpers import MiB, error_details, error_info, has_cyrillic, mp4_bytes, sha256_hex
+from tests.helpers import (
+    MiB,
+    RacingOutbox,
+    error_details,
+    error_info,
+    has_cyrillic,
+    mp4_bytes,
+    sha256_hex,
+)
 from tests.integration.storage_checks import (
     object_keys,
     object_sha256,
@@ -197,16 +205,77 @@ async def test_idempotent_retry_stores_once(
     assert await outbox_collection.count_documents({}) == 1
 
 
+def race(app: App, parties: int) -> RacingOutbox:
+    """Make the next `parties` uploads with an idempotency key all miss each other in the
+    look-up, so that the unique index of the insert decides (a decorator of the real port)."""
+    racing = RacingOutbox(app.pipeline._outbox, parties)
+    app.pipeline._outbox = racing
+    return racing
+
+
 async def test_concurrent_uploads_with_one_key_store_once(
-    stub: pb_grpc.CheckoutServiceAsyncStub, s3: Minio, outbox_collection: Collection, bucket: str
+    app: App,
+    stub: pb_grpc.CheckoutServiceAsyncStub,
+    s3: Minio,
+    outbox_collection: Collection,
+    bucket: str,
 ) -> None:
+    racing = race(app, 4)
     data = mp4_bytes(7 * MiB)
     meta = pb.UploadMetadata(idempotency_key="race-1")
     results = await asyncio.gather(*(stub.UploadVideo(messages(data, meta)) for _ in range(4)))
+    # The look-up found nothing for any of them: the unique index refused three inserts.
+    assert (racing.added, racing.duplicates) == (1, 3)
     assert len({r.event_id for r in results}) == 1
     assert sum(not r.deduplicated for r in results) == 1
+    assert {(r.size_bytes, r.sha256) for r in results} == {(len(data), sha256_hex(data))}
     assert await object_keys(s3, bucket) == [results[0].object_key]
+    assert await object_sha256(s3, bucket, results[0].object_key) == (len(data), sha256_hex(data))
     assert await outbox_collection.count_documents({}) == 1
+    await wait_until(lambda: _nothing_pending(s3, bucket, ""), what="the losers' uploads aborted")
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["sha256-declared", "undeclared"])
+async def test_one_key_used_at_once_for_two_files_keeps_one_and_refuses_the_other(
+    app: App,
+    stub: pb_grpc.CheckoutServiceAsyncStub,
+    s3: Minio,
+    outbox_collection: Collection,
+    bucket: str,
+    declared: bool,
+) -> None:
+    racing = race(app, 2)
+    files = [mp4_bytes(6 * MiB, seed=1), mp4_bytes(6 * MiB, seed=2)]
+
+    async def send(data: bytes) -> pb.UploadVideoResponse | grpc.aio.AioRpcError:
+        meta = pb.UploadMetadata(
+            idempotency_key="two-files", sha256=sha256_hex(data) if declared else ""
+        )
+        try:
+            return await stub.UploadVideo(messages(data, meta))
+        except grpc.aio.AioRpcError as exc:
+            return exc
+
+    outcomes = await asyncio.gather(*(send(data) for data in files))
+    assert (racing.added, racing.duplicates) == (1, 1)
+    won = [
+        (o, d)
+        for o, d in zip(outcomes, files, strict=True)
+        if isinstance(o, pb.UploadVideoResponse)
+    ]
+    lost = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(won) == 1, outcomes
+    assert len(lost) == 1, outcomes
+    winner, data = won[0]
+    assert not winner.deduplicated
+    # The loser's file is not the key's file: it is refused, never answered with the other.
+    code, reason, message = error_details(lost[0])
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "IDEMPOTENCY_KEY_REUSED")
+    assert has_cyrillic(message)
+    assert await object_keys(s3, bucket) == [winner.object_key]
+    assert await object_sha256(s3, bucket, winner.object_key) == (len(data), sha256_hex(data))
+    assert await outbox_collection.count_documents({}) == 1
+    await wait_until(lambda: _nothing_pending(s3, bucket, ""), what="the loser's upload aborted")
 
 
 async def _stream_then_wait(

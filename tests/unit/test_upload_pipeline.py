@@ -12,7 +12,7 @@ from checkout_server import errors
 from checkout_server.domain import EventStatus, UploadRequest
 from checkout_server.upload.pipeline import UploadLimits, UploadPipeline
 from tests.fakes import FakeOutbox, FakeStorage, FakeWriter
-from tests.helpers import MiB, mp4_bytes, sha256_hex
+from tests.helpers import MiB, RacingOutbox, mp4_bytes, sha256_hex
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -229,24 +229,37 @@ async def test_idempotency_key_reused_for_another_file() -> None:
 
 
 async def test_concurrent_uploads_with_one_key_keep_one() -> None:
-    pipeline, storage, outbox = make_pipeline()
+    storage, outbox = FakeStorage(), FakeOutbox()
+    racing = RacingOutbox(outbox, 2)  # both miss each other in the look-up
+    pipeline = UploadPipeline(storage=storage, outbox=racing, limits=LIMITS)
     data = mp4_bytes(3 * MiB)
-    gate = asyncio.Event()
-
-    async def gated() -> AsyncIterator[bytes]:
-        await gate.wait()  # both uploads have passed the idempotency look-up
-        async for chunk in chunked(data):
-            yield chunk
-
-    tasks = [
-        asyncio.create_task(pipeline.upload(UploadRequest(idempotency_key="same"), gated()))
-        for _ in range(2)
-    ]
-    await asyncio.sleep(0)
-    gate.set()
-    results = await asyncio.gather(*tasks)
+    results = await asyncio.gather(
+        *(pipeline.upload(UploadRequest(idempotency_key="same"), chunked(data)) for _ in range(2))
+    )
+    assert (racing.added, racing.duplicates) == (1, 1)  # the unique index decided
     assert {r.event.event_id for r in results} == set(outbox.events)
     assert sorted(r.deduplicated for r in results) == [False, True]
+    await pipeline.drain_cleanups()
+    assert len(storage.objects) == 1
+    assert sum(w.aborted for w in storage.writers) == 1
+
+
+async def test_one_key_used_at_once_for_another_file_is_refused() -> None:
+    # Neither upload declares its size or hash: the loser's bytes, known by now, decide.
+    storage, outbox = FakeStorage(), FakeOutbox()
+    racing = RacingOutbox(outbox, 2)
+    pipeline = UploadPipeline(storage=storage, outbox=racing, limits=LIMITS)
+    files = [mp4_bytes(3 * MiB, seed=1), mp4_bytes(3 * MiB, seed=2)]
+    outcomes = await asyncio.gather(
+        *(pipeline.upload(UploadRequest(idempotency_key="k"), chunked(f)) for f in files),
+        return_exceptions=True,
+    )
+    assert (racing.added, racing.duplicates) == (1, 1)
+    assert sum(isinstance(o, errors.IdempotencyKeyReused) for o in outcomes) == 1
+    (won,) = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert not won.deduplicated
+    await pipeline.drain_cleanups()
+    assert list(outbox.events) == [won.event.event_id]
     assert len(storage.objects) == 1
 
 
