@@ -121,6 +121,8 @@ class LocalStack:
                 **self.environment(),
                 "RELAY_HEALTH_ADDR": f"127.0.0.1:{p.relay_health}",
                 "RELAY_METRICS_ADDR": f"127.0.0.1:{p.relay_metrics}",
+                # Wake-ups for the server's watchers: its gRPC port, over UDP (WATCH_WAKE_ADDR).
+                "WATCH_WAKE_TARGETS": f"127.0.0.1:{p.grpc}",
                 # Over PostgreSQL FerretDB writes by index: a batch in one update (any batch
                 # size up to 1000).
                 **({"RELAY_UPDATE_CHUNK": "1000"} if self.ferretdb.backend == "postgresql" else {}),

@@ -236,6 +236,14 @@ class MetricsSection(Section):
     reading the whole outbox, so not often (the relay reports the same lag every 15 s)."""
 
 
+def _check_udp_targets(name: str, targets: frozenset[str]) -> frozenset[str]:
+    for target in targets:
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{name}: {target!r} is not host:port")
+    return targets
+
+
 class OutboxWakeSection(Section):
     relay_wake_targets: Names = frozenset()
     """RELAY_WAKE_TARGETS: comma-separated `host:port` UDP addresses of the relays'
@@ -246,11 +254,21 @@ class OutboxWakeSection(Section):
     @field_validator("relay_wake_targets")
     @classmethod
     def _check_targets(cls, targets: frozenset[str]) -> frozenset[str]:
-        for target in targets:
-            host, _, port = target.rpartition(":")
-            if not host or not port.isdigit():
-                raise ConfigError(f"RELAY_WAKE_TARGETS: {target!r} is not host:port")
-        return targets
+        return _check_udp_targets("RELAY_WAKE_TARGETS", targets)
+
+
+class WatchWakeSection(Section):
+    watch_wake_targets: Names = frozenset()
+    """WATCH_WAKE_TARGETS: comma-separated `host:port` UDP addresses of the servers'
+    WATCH_WAKE_ADDR; this process sends each of them a wake-up after every status change it
+    writes (the relay: events marked sent or failed; a server: new events and results), so their
+    watchers learn of it at once instead of at WATCH_POLL_INTERVAL_S (empty, the default: none
+    are sent; a server always wakes its own watchers)."""
+
+    @field_validator("watch_wake_targets")
+    @classmethod
+    def _check_targets(cls, targets: frozenset[str]) -> frozenset[str]:
+        return _check_udp_targets("WATCH_WAKE_TARGETS", targets)
 
 
 class StatusSection(Section):
@@ -263,8 +281,18 @@ class StatusSection(Section):
     result_reconcile_interval_s: float = 10.0
     """RESULT_RECONCILE_INTERVAL_S: how often every event still waiting is checked for a result
     (watched events are checked every WATCH_RESULT_CHECK_INTERVAL_S)."""
-    watch_poll_interval_s: float = 0.25
-    """WATCH_POLL_INTERVAL_S: how often the process looks for status changes while watched."""
+    watch_poll_interval_s: float = 2.0
+    """WATCH_POLL_INTERVAL_S: the safety net: while someone watches, the longest the process
+    goes without looking for status changes. Changes normally come with a wake-up (its own,
+    or over WATCH_WAKE_ADDR from the relays and other servers), which starts a look at once;
+    this bounds only changes whose writer sent none or whose wake-up was lost."""
+    watch_poll_min_gap_s: float = 0.1
+    """WATCH_POLL_MIN_GAP_S: the least time between two looks, so a flood of wake-ups (a
+    burst of uploads) costs the database at most one query per this interval."""
+    watch_wake_addr: str = ""
+    """WATCH_WAKE_ADDR: where the server receives wake-ups for its watchers (UDP datagrams, see
+    WATCH_WAKE_TARGETS); empty (the default): the host and port of GRPC_ADDR, over UDP;
+    `off`: none, the server finds other processes' changes by polling."""
     watch_result_check_interval_s: float = 0.5
     """WATCH_RESULT_CHECK_INTERVAL_S: how often the events someone watches are checked for
     their result (one storage request per watched event, not per watcher)."""
@@ -272,6 +300,12 @@ class StatusSection(Section):
     """WATCH_HEARTBEAT_S: a watch stream with no change for this long gets a keep-alive."""
     watch_max_pending: int = 1000
     """WATCH_MAX_PENDING: changes a watcher may fall behind before it must re-subscribe."""
+
+    @model_validator(mode="after")
+    def _check_watch(self) -> Self:
+        if not 0 < self.watch_poll_min_gap_s <= self.watch_poll_interval_s:
+            raise ConfigError("need 0 < WATCH_POLL_MIN_GAP_S <= WATCH_POLL_INTERVAL_S")
+        return self
 
     @field_validator("result_key_template")
     @classmethod
@@ -424,6 +458,7 @@ class ServerSettings(
     StatusSection,
     MetricsSection,
     OutboxWakeSection,
+    WatchWakeSection,
     StartupSection,
     LoggingSection,
     TracingSection,
@@ -436,6 +471,7 @@ class RelaySettings(
     RelaySection,
     KafkaSection,
     MongoSection,
+    WatchWakeSection,
     StartupSection,
     LoggingSection,
     TracingSection,

@@ -286,3 +286,12 @@ def test_the_server_wakes_the_relays_it_waits_for(model: dict[str, Any]) -> None
     assert relay["environment"]["RELAY_HEALTH_ADDR"].endswith(f":{port}")
     # The name is resolved once, at the server's start: the relays must exist by then.
     assert checkout["depends_on"]["relay"]["condition"] == "service_started"
+
+
+def test_the_relays_wake_the_servers_watchers(model: dict[str, Any]) -> None:
+    checkout, relay = model["services"]["checkout"], model["services"]["relay"]
+    host, _, port = relay["environment"]["WATCH_WAKE_TARGETS"].partition(":")
+    assert host == "checkout"
+    # The server listens for them on its gRPC address's port (WATCH_WAKE_ADDR unset).
+    assert "WATCH_WAKE_ADDR" not in checkout["environment"]
+    assert checkout["environment"].get("GRPC_ADDR", "0.0.0.0:50051").endswith(f":{port}")

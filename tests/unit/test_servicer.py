@@ -62,6 +62,7 @@ class Harness:
             status=self.status,
             supervisor=self.supervisor,
             poll_interval_s=0.05,
+            poll_min_gap_s=0.05,
             result_check_interval_s=0.05,
             reconcile_interval_s=60,
             max_pending=100,

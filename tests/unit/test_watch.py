@@ -64,6 +64,7 @@ def build_hub(
         status=status,
         supervisor=supervisor,
         poll_interval_s=0.01,
+        poll_min_gap_s=0.01,
         result_check_interval_s=0.01,
         reconcile_interval_s=60,
         max_pending=max_pending,

@@ -64,12 +64,19 @@ class MongoOutbox:
         statuses: AsyncCollection[Document],
         *,
         on_added: Callable[[], None] | None = None,
+        on_status_changed: Callable[[], None] | None = None,
     ) -> None:
-        """`on_added` is called after each outbox message is committed (to wake the relays;
-        it must not block or raise)."""
+        """`on_added` is called after each outbox message is committed (to wake the relays),
+        `on_status_changed` after each status record written or marked ready (to wake
+        the watchers); neither may block or raise."""
         self._outbox = outbox
         self._statuses = statuses
         self._on_added = on_added
+        self._on_status_changed = on_status_changed
+
+    def _status_changed(self) -> None:
+        if self._on_status_changed is not None:
+            self._on_status_changed()
 
     async def ensure_indexes(self) -> None:
         with translated("ensure_indexes"):
@@ -102,6 +109,8 @@ class MongoOutbox:
                 "status record not written; the relay writes it",
                 extra={"event_id": event.event_id, "error": repr(exc)},
             )
+        else:
+            self._status_changed()
 
     async def _duplicate(self, dedup_key: str) -> Exception:
         """The error for an insert refused on `dedup_key`: the event holding that key."""
@@ -174,7 +183,10 @@ class MongoOutbox:
             result = await self._statuses.update_one(
                 {f.ID: event_id, f.READY_AT: None}, {"$set": {f.READY_AT: at, f.UPDATED_AT: at}}
             )
-        return result.modified_count > 0
+        if result.modified_count == 0:
+            return False
+        self._status_changed()
+        return True
 
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
         with translated("unready"):

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -27,35 +28,72 @@ def _address(target: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+# How often the targets' names are resolved again (WakeSender.refresh).
+REFRESH_S = 30.0
+
+Address = tuple[int, tuple[str, int]]  # socket family, (host, port)
+
+
+def _addresses(infos: list[tuple[Any, ...]]) -> list[Address]:
+    # Every address of the name, once: a compose service of several replicas has one each.
+    return list(dict.fromkeys((int(i[0]), (str(i[4][0]), int(i[4][1]))) for i in infos))
+
+
 class WakeSender:
     """Sends a wake-up to every target, without waiting and without failing: a datagram that
-    cannot be sent is dropped (the relays' safety-net poll covers it). The targets' names are
-    resolved once, when made (call it at start-up), each to all its addresses."""
+    cannot be sent is dropped (the receivers' safety-net poll covers it).
+
+    Each target's name is resolved to all its addresses when made, and again by `refresh`
+    (run it as a Supervisor round): replicas come and go, and a name may not resolve yet at
+    start (a compose service that starts after this one)."""
 
     def __init__(self, targets: Iterable[str]) -> None:
-        self._addresses: list[tuple[int, tuple[str, int]]] = []
-        for target in sorted(targets):
+        self._targets = sorted(targets)
+        self._resolved: dict[str, list[Address]] = {}
+        self._sockets: dict[int, socket.socket] = {}
+        self.sent = 0
+        for target in self._targets:
             host, port = _address(target)
             try:
                 infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             except OSError as exc:
-                log.warning("wake-up target not resolved; none sent to it: %s: %s", target, exc)
+                log.warning(
+                    "wake-up target not resolved yet; none sent to it until it is "
+                    "(tried again every %.0f s): %s: %s",
+                    REFRESH_S,
+                    target,
+                    exc,
+                )
                 continue
-            # Every address of the name: a compose service of several replicas has one each.
-            for family, address in dict.fromkeys(
-                (int(i[0]), (str(i[4][0]), int(i[4][1]))) for i in infos
-            ):
-                self._addresses.append((family, address))
-        self._sockets: dict[int, socket.socket] = {}
-        for family, _ in self._addresses:
+            self._update(target, infos)
+
+    def _update(self, target: str, infos: list[tuple[Any, ...]]) -> None:
+        addresses = _addresses(infos)
+        for family, _ in addresses:
             if family not in self._sockets:
                 sock = socket.socket(family, socket.SOCK_DGRAM)
                 sock.setblocking(False)
                 self._sockets[family] = sock
-        self.sent = 0
+        self._resolved[target] = addresses
+
+    async def refresh(self) -> float:
+        """Resolve every target again, off the event loop; one that fails keeps the addresses
+        it had. Returns the seconds until the next refresh (a Supervisor round)."""
+        loop = asyncio.get_running_loop()
+        for target in self._targets:
+            host, port = _address(target)
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as exc:
+                log.debug("wake-up target not resolved: %s: %s", target, exc)
+                continue
+            if _addresses(infos) != self._resolved.get(target):
+                log.info("wake-up target resolved", extra={"target": target})
+            self._update(target, infos)
+        return REFRESH_S
 
     def __call__(self) -> None:
-        for family, address in self._addresses:
+        for family, address in dict.fromkeys(a for v in self._resolved.values() for a in v):
             try:
                 self._sockets[family].sendto(WAKE, address)
                 self.sent += 1
@@ -66,6 +104,7 @@ class WakeSender:
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
+        self._resolved.clear()
 
 
 class _WakeProtocol(asyncio.DatagramProtocol):

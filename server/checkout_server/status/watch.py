@@ -2,7 +2,11 @@
 
 One change feed per process, whatever the number of watchers:
 - a poller reads the status records whose `updated_at` moved (only while someone watches),
-  so MongoDB sees the same query rate for one watcher or a thousand;
+  so MongoDB sees the same query rate for one watcher or a thousand. It looks when woken
+  (`wake()`: this process wrote a change, or a relay or another server said it did, over
+  UDP), at most once per `poll_min_gap_s`, and otherwise only every `poll_interval_s`, the
+  safety net for lost wake-ups: a watched stack with nothing happening costs no queries
+  between those;
 - the events that single-event watchers follow are checked for their result often
   (`result_check_interval_s`): one storage request per watched event, however many watch it;
 - a slower reconcile checks every event still waiting for a result, so listings and
@@ -90,6 +94,7 @@ class WatchHub:
         status: StatusService,
         supervisor: Supervisor,
         poll_interval_s: float,
+        poll_min_gap_s: float,
         result_check_interval_s: float,
         reconcile_interval_s: float,
         max_pending: int,
@@ -98,6 +103,8 @@ class WatchHub:
         self._status = status
         self._supervisor = supervisor
         self._poll_interval_s = poll_interval_s
+        self._poll_min_gap_s = poll_min_gap_s
+        self._woken = asyncio.Event()  # a change was announced since the last poll began
         self._result_check_interval_s = result_check_interval_s
         self._reconcile_interval_s = reconcile_interval_s
         self._max_pending = max_pending
@@ -144,6 +151,11 @@ class WatchHub:
         for subscription in self._subscriptions:
             subscription.offer(event)
 
+    def wake(self) -> None:
+        """A status change was written (here or elsewhere): look soon, if anyone watches.
+        Never blocks; a wake-up is a hint, and one lost costs latency, never a change."""
+        self._woken.set()
+
     def start(self) -> None:
         spawn = self._supervisor.spawn
         self._tasks += [
@@ -170,8 +182,14 @@ class WatchHub:
         if not self._watched.is_set():
             self._cursor = None  # nobody watched: start afresh when someone does
             await self._watched.wait()
-        full = await self.poll_once()
-        return 0.0 if full else self._poll_interval_s
+        self._woken.clear()  # from here on, a wake-up means: look again
+        began = time.monotonic()
+        if await self.poll_once():
+            return 0.0  # a full batch: there is more now
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), self._poll_interval_s)
+        # Woken (or the safety net is due): look again, but no sooner than the gap allows.
+        return max(0.0, began + self._poll_min_gap_s - time.monotonic())
 
     async def poll_once(self) -> bool:
         """Publish what changed since the last poll; True if there may be more right away."""

@@ -22,7 +22,7 @@ from pymongo import AsyncMongoClient
 from .. import logs
 from ..adapters.kafka_publisher import KafkaPublisher
 from ..adapters.mongo_relay_store import MongoLeaseStore, MongoOutboxRelayStore
-from ..adapters.udp_wake import WakeListener
+from ..adapters.udp_wake import WakeListener, WakeSender
 from ..api.health import HealthReporter, new_health_servicer
 from ..config import RelaySettings
 from ..errors import ConfigError, PublisherUnavailable, ServiceError
@@ -53,6 +53,10 @@ class RelayApp:
     tracer_provider: TracerProvider | None = None
     # Where wake-ups arrive: "" is the health address over UDP, "off" none.
     wake_addr: str = "off"
+    # Wakes the servers' watchers after each batch marked (WATCH_WAKE_TARGETS); its names
+    # are resolved again by a loop of `supervisor`'s.
+    wake_watchers: WakeSender | None = None
+    supervisor: Supervisor | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve health and metrics, relay until `stop`, then stop gracefully."""
@@ -60,6 +64,9 @@ class RelayApp:
         listener = await self._listen_for_wake_ups()
         if self.metrics_server is not None:
             self.metrics_server.start()
+        refresh = None
+        if self.wake_watchers is not None and self.supervisor is not None:
+            refresh = self.supervisor.spawn("wake-targets-watchers", self.wake_watchers.refresh)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -72,6 +79,9 @@ class RelayApp:
         try:
             await self.relay.run(stop)
         finally:
+            if refresh is not None:
+                refresh.cancel()
+                await asyncio.gather(refresh, return_exceptions=True)
             if listener is not None:
                 listener.close()
             await self.health.enter_graceful_shutdown()
@@ -79,6 +89,8 @@ class RelayApp:
                 await asyncio.to_thread(self.metrics_server.stop)  # waits for its thread
             await self.health_server.stop(1.0)
             await self.mongo.close()
+            if self.wake_watchers is not None:
+                self.wake_watchers.close()
             if self.tracer_provider is not None:
                 await asyncio.to_thread(self.tracer_provider.shutdown)
 
@@ -135,11 +147,13 @@ async def create_relay(
     mongo = mongo_client(settings, appname="checkout-relay")
     database = mongo[settings.mongo_db]
     outbox_name = settings.mongo_outbox_collection
+    wake_watchers = WakeSender(settings.watch_wake_targets) if settings.watch_wake_targets else None
     store = MongoOutboxRelayStore(
         database[outbox_name],
         database[settings.mongo_status_collection],
         keep_sent=settings.relay_sent_retention_s > 0,
         update_chunk=settings.relay_update_chunk,
+        on_status_changed=wake_watchers,
     )
     lease_store = MongoLeaseStore(
         database[f"{outbox_name}_relay_leases"], database[f"{outbox_name}_relay_members"]
@@ -195,6 +209,8 @@ async def create_relay(
         mongo=mongo,
         tracer_provider=owned,
         wake_addr=_wake_addr(settings, port),
+        wake_watchers=wake_watchers,
+        supervisor=supervisor,
     )
 
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from .. import logs
 from ..adapters.minio_storage import MinioStorage
 from ..adapters.mongo_outbox import MongoOutbox
 from ..adapters.rate_limits import MemoryUploadRateLimit
-from ..adapters.udp_wake import WakeSender
+from ..adapters.udp_wake import WakeListener, WakeSender
 from ..api.auth import Authenticator, AuthInterceptor
 from ..api.health import DependencyMonitor, HealthReporter, new_health_servicer
 from ..api.interceptors import CallObserver, ErrorInterceptor
@@ -93,17 +94,40 @@ class App:
     tracer_provider: TracerProvider | None = None
     # Wakes the relays after each outbox message (RELAY_WAKE_TARGETS), closed at stop.
     wake_relays: WakeSender | None = None
+    # Wakes the other servers' watchers after each status change (WATCH_WAKE_TARGETS).
+    wake_watchers: WakeSender | None = None
+    # Where this server's watchers are woken by the relays and the other servers, over UDP
+    # (WATCH_WAKE_ADDR; empty: GRPC_ADDR's host and bound port; `off`: nowhere).
+    watch_wake_addr: str = "off"
+    watch_listener: WakeListener | None = None
 
     async def start(self) -> None:
         await self.server.start()
         if self.metrics is not None:
             self.metrics.start()
         self.monitor.start()
+        self.watch_listener = await self._listen_for_watch_wake_ups()
         self.hub.start()
         self.supervisor.spawn("outbox-lag", self.lag.round)
+        for name, sender in (("relays", self.wake_relays), ("watchers", self.wake_watchers)):
+            if sender is not None:
+                self.supervisor.spawn(f"wake-targets-{name}", sender.refresh)
         if self.keys is not None:
             self.supervisor.spawn("api-keys", self.keys.round)
         log.info("serving", extra={"port": self.port})
+
+    async def _listen_for_watch_wake_ups(self) -> WakeListener | None:
+        """Without them (`off`, or the address taken) the watchers learn of the relays' and
+        the other servers' changes at the safety-net poll."""
+        if self.watch_wake_addr == "off":
+            return None
+        try:
+            listener = await WakeListener.open(self.watch_wake_addr, self.hub.wake)
+        except OSError as exc:
+            log.warning("cannot listen for wake-ups on %s; polling: %s", self.watch_wake_addr, exc)
+            return None
+        log.info("listening for watch wake-ups", extra={"wake_addr": self.watch_wake_addr})
+        return listener
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful stop: report NOT_SERVING, refuse new calls, let in-flight calls finish
@@ -120,8 +144,9 @@ class App:
             await asyncio.to_thread(self.metrics.stop)  # waits for its serving thread
         await self.minio.close_session()  # type: ignore[no-untyped-call]
         await self.mongo.close()
-        if self.wake_relays is not None:
-            self.wake_relays.close()
+        for closable in (self.wake_relays, self.wake_watchers, self.watch_listener):
+            if closable is not None:
+                closable.close()
         if self.tracer_provider is not None:
             await asyncio.to_thread(self.tracer_provider.shutdown)  # bounded by the exporter
         log.info("stopped")
@@ -264,10 +289,13 @@ def _build(
     storage = MinioStorage(minio, abort_retry_s=settings.storage_abort_retry_s)
     database = mongo[settings.mongo_db]
     wake_relays = WakeSender(settings.relay_wake_targets) if settings.relay_wake_targets else None
+    wake_watchers = WakeSender(settings.watch_wake_targets) if settings.watch_wake_targets else None
+    status_changed = _Callbacks()  # the hub is built after the outbox it reads
     outbox = MongoOutbox(
         database[settings.mongo_outbox_collection],
         database[settings.mongo_status_collection],
         on_added=wake_relays,
+        on_status_changed=status_changed,
     )
     pipeline = UploadPipeline(
         storage=storage,
@@ -291,10 +319,14 @@ def _build(
         status=status,
         supervisor=supervisor,
         poll_interval_s=settings.watch_poll_interval_s,
+        poll_min_gap_s=settings.watch_poll_min_gap_s,
         result_check_interval_s=settings.watch_result_check_interval_s,
         reconcile_interval_s=settings.result_reconcile_interval_s,
         max_pending=settings.watch_max_pending,
     )
+    status_changed.add(hub.wake)
+    if wake_watchers is not None:
+        status_changed.add(wake_watchers)
     health_servicer = new_health_servicer()
     monitor = DependencyMonitor(
         {"storage": storage.ping, "database": outbox.ping},
@@ -337,8 +369,33 @@ def _build(
         minio=minio,
         keys=keys,
         wake_relays=wake_relays,
+        wake_watchers=wake_watchers,
+        watch_wake_addr=_watch_wake_addr(settings, port),
     )
     return app, storage, outbox
+
+
+class _Callbacks:
+    """Calls each callback added, in order: a hook given to an adapter before what it must
+    call exists."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def __call__(self) -> None:
+        for callback in self._callbacks:
+            callback()
+
+
+def _watch_wake_addr(settings: ServerSettings, grpc_port: int) -> str:
+    """WATCH_WAKE_ADDR, by default the gRPC address's host and (bound) port."""
+    if settings.watch_wake_addr:
+        return settings.watch_wake_addr
+    host = settings.grpc_addr.rpartition(":")[0]
+    return f"{host}:{grpc_port}"
 
 
 async def _load_keys(settings: ServerSettings) -> KeyRing | None:
