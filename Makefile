@@ -82,6 +82,7 @@ bench: install
 	$(PY) bench/rest_upload.py
 	$(PY) bench/status_watch.py --events 10000
 	$(PY) bench/relay_throughput.py --events 2000 --rate 50 --seconds 5 --batch 200
+	$(PY) bench/relay_throughput.py --stack --rate 20 --seconds 30 --idle-seconds 30
 	$(PY) bench/ferretdb_queries.py --events 100000
 
 clean:

@@ -19,7 +19,8 @@ separate process, then
 1. steady: `--rate` real uploads per second (UploadVideo, gRPC) for `--seconds`, with a Kafka
    consumer; latency = the message's arrival at the consumer minus the upload's answer;
 2. idle: then, 10 s later, the CPU of FerretDB, the relay and the server over
-   `--idle-seconds` (from /proc), with the steady phase's events still in the stack.
+   `--idle-seconds` (from /proc), with the steady phase's events still in the stack;
+3. idle, watched: the same with one WatchStatus stream of every event open.
 """
 
 from __future__ import annotations
@@ -428,14 +429,28 @@ async def stack_mode(args: argparse.Namespace, stack: LocalStack) -> None:
     # the events are waiting for results (no detection runner here), nothing else happens.
     await asyncio.sleep(10)
     running = {name: pid for name, pid in pids.items() if pid}
+    await measure_idle("idle", running, args.idle_seconds)
+
+    # The same with one watcher of every event: its change feed reads only when woken (or
+    # at its 2 s safety net), so this is the peer of the line above, not 4 queries a second.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.grpc}") as channel:
+        stub = pb_grpc.CheckoutServiceStub(channel)
+        call = stub.WatchStatus(pb.WatchStatusRequest())
+        await call.wait_for_connection()
+        await asyncio.sleep(2)  # the first look at the status records is done
+        await measure_idle("idle, watched", running, args.idle_seconds)
+        call.cancel()
+
+
+async def measure_idle(what: str, running: dict[str, int], seconds: float) -> None:
     cpu0 = {name: tree_cpu_seconds(pid) for name, pid in running.items()}
     t0 = time.monotonic()
-    await asyncio.sleep(args.idle_seconds)
+    await asyncio.sleep(seconds)
     elapsed = time.monotonic() - t0
     idle = {n: (tree_cpu_seconds(pid) - cpu0[n]) / elapsed * 100 for n, pid in running.items()}
     print(
-        f"idle over {elapsed:.0f} s: FerretDB + relay + server {sum(idle.values()):.2f} % of a core"
-        f" ({', '.join(f'{n} {v:.2f} %' for n, v in idle.items())})"
+        f"{what} over {elapsed:.0f} s: FerretDB + relay + server {sum(idle.values()):.2f} %"
+        f" of a core ({', '.join(f'{n} {v:.2f} %' for n, v in idle.items())})"
     )
 
 
