@@ -475,6 +475,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="steady phase length")
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --stack: a setting of the server and the relay (repeatable), e.g. "
+        "WATCH_POLL_INTERVAL_S=0.25 WATCH_POLL_MIN_GAP_S=0.25 for the feed's former polling",
+    )
+    parser.add_argument(
         "--backend", choices=["sqlite", "postgresql"], help="FerretDB's (default: devstack's)"
     )
     args = parser.parse_args()
@@ -487,7 +495,7 @@ def main() -> None:
             stack = LocalStack(
                 args.work / "stack",
                 StackPorts.free(),
-                app_env={"LOG_LEVEL": "WARNING"},
+                app_env={"LOG_LEVEL": "WARNING", **dict(e.split("=", 1) for e in args.env)},
             )
             try:
                 stack.start()

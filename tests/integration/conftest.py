@@ -84,6 +84,9 @@ def base_settings(ferretdb: FerretDB, minio: MinIO) -> ServerSettings:
         storage_abort_retry_s=60.0,
         startup_timeout_s=20.0,
         metrics_addr="",  # many servers at once: the metrics test opens its own port
+        # Tests that play the relay (`relay_store`) send the watchers no wake-up: they see
+        # its marks at the safety-net poll, 10 s by default (test_watch_wakeups: woken ones).
+        watch_poll_interval_s=1.0,
     )
 
 
