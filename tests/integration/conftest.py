@@ -10,8 +10,9 @@ server keeps running meanwhile.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import grpc
 import pytest
@@ -27,6 +28,7 @@ from checkout_server.outbox.document import Document
 from checkout_server.wiring.server import App, create_app
 from devstack import FerretDB, Kafka, MinIO, free_port
 from devstack._stack import LocalStack, StackPorts
+from tests.integration.session_servers import SessionServers
 
 # The admin token of the whole-stack server (`stack` fixture).
 STACK_ADMIN_TOKEN = "stack-admin-token"
@@ -37,36 +39,107 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stack")
 
 
-@pytest.fixture(scope="session")
-def ferretdb(stack_dir: Path) -> Iterator[FerretDB]:
-    server = FerretDB(port=free_port(), data_dir=stack_dir / "ferretdb")
-    server.start()
-    yield server
-    server.stop()
+# --- the session's shared servers: started before the first test (session_servers.py) -------
 
 
-@pytest.fixture(scope="session")
-def minio(stack_dir: Path) -> Iterator[MinIO]:
-    server = MinIO(port=free_port(), console_port=free_port(), data_dir=stack_dir / "minio")
-    server.start()
-    yield server
-    server.stop()
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The whole stack as `make run` starts it (server as a process, Envoy in front), on free
-    ports; shared by the tests that need Envoy or a real server process."""
+S = TypeVar("S", bound=_Stoppable)
+
+
+def _start_ferretdb(base: Path) -> FerretDB:
+    server = FerretDB(port=free_port(), data_dir=base / "ferretdb")
+    return _started(server, lambda: server.start(60))
+
+
+def _start_minio(base: Path) -> MinIO:
+    server = MinIO(port=free_port(), console_port=free_port(), data_dir=base / "minio")
+    return _started(server, lambda: server.start(60))
+
+
+def _start_kafka(base: Path) -> Kafka:
+    server = Kafka(
+        port=free_port(),
+        controller_port=free_port(),
+        data_dir=base / "kafka",
+        log_path=base / "kafka.log",
+    )
+    return _started(server, lambda: server.start(120))
+
+
+def _start_stack(base: Path) -> LocalStack:
     stack = LocalStack(
-        tmp_path_factory.mktemp("local-stack"),
+        base / "local-stack",
         StackPorts.free(),
         app_env={"ADMIN_TOKEN": STACK_ADMIN_TOKEN, "LOG_FORMAT": "json"},
     )
+    return _started(stack, stack.start)
+
+
+def _started(server: S, start: Callable[[], None]) -> S:
     try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
+        start()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+_SERVERS = pytest.StashKey[SessionServers]()
+
+
+def _session_servers(config: pytest.Config) -> SessionServers:
+    servers = config.stash.get(_SERVERS, None)
+    if servers is None:
+        # The folder the tmp_path_factory fixture would give (kept like every test's).
+        base = config._tmp_path_factory.mktemp("stack")  # type: ignore[attr-defined]
+        servers = SessionServers(
+            {
+                "ferretdb": lambda: _start_ferretdb(base),
+                "minio": lambda: _start_minio(base),
+                "kafka": lambda: _start_kafka(base),
+                "stack": lambda: _start_stack(base),
+            }
+        )
+        config.stash[_SERVERS] = servers
+    return servers
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the shared servers the collected tests use, all at once, before the first test."""
+    if session.config.option.collectonly:
+        return
+    servers = _session_servers(session.config)
+    needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    servers.start(needed & servers.names)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    servers = session.config.stash.get(_SERVERS, None)
+    if servers is not None:
+        servers.stop()
+
+
+@pytest.fixture(scope="session")
+def ferretdb(request: pytest.FixtureRequest) -> FerretDB:
+    server: FerretDB = _session_servers(request.config).get("ferretdb")
+    return server
+
+
+@pytest.fixture(scope="session")
+def minio(request: pytest.FixtureRequest) -> MinIO:
+    server: MinIO = _session_servers(request.config).get("minio")
+    return server
+
+
+@pytest.fixture(scope="session")
+def stack(request: pytest.FixtureRequest) -> LocalStack:
+    """The whole stack as `make run` starts it (server as a process, Envoy in front), on free
+    ports; shared by the tests that need Envoy or a real server process."""
+    server: LocalStack = _session_servers(request.config).get("stack")
+    return server
 
 
 @pytest.fixture(scope="session")
@@ -186,14 +259,7 @@ def own_kafka(tmp_path: Path) -> Iterator[Kafka]:
 
 
 @pytest.fixture(scope="session")
-def kafka(stack_dir: Path) -> Iterator[Kafka]:
+def kafka(request: pytest.FixtureRequest) -> Kafka:
     """One Kafka broker (KRaft) for the session, on free ports; the relay's tests use it."""
-    server = Kafka(
-        port=free_port(),
-        controller_port=free_port(),
-        data_dir=stack_dir / "kafka",
-        log_path=stack_dir / "kafka.log",
-    )
-    server.start(120)
-    yield server
-    server.stop()
+    server: Kafka = _session_servers(request.config).get("kafka")
+    return server
