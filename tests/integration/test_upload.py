@@ -312,7 +312,9 @@ async def test_deadline_mid_stream_leaves_nothing(
     stub: pb_grpc.CheckoutServiceAsyncStub, s3: Minio, outbox_collection: Collection, bucket: str
 ) -> None:
     reached, hold = asyncio.Event(), asyncio.Event()
-    call = stub.UploadVideo(_stream_then_wait(mp4_bytes(11 * MiB), reached, hold), timeout=5)
+    # The deadline must not pass before the open multipart upload is seen (with a margin
+    # for a loaded machine); the stream then waits for it.
+    call = stub.UploadVideo(_stream_then_wait(mp4_bytes(11 * MiB), reached, hold), timeout=10)
     await reached.wait()
     await wait_until(lambda: _has_pending(s3, bucket), what="a multipart upload to open")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
