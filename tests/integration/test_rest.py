@@ -10,6 +10,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,12 @@ from devstack._paths import REPO_ROOT
 from devstack._stack import DESCRIPTOR, OPENAPI, LocalStack
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, outbox_event, sha256_hex
 from tests.integration.conftest import STACK_ADMIN_TOKEN
-from tests.integration.storage_checks import object_sha256, wait_until
+from tests.integration.storage_checks import (
+    object_keys,
+    object_sha256,
+    pending_uploads,
+    wait_until,
+)
 from tools import gen_openapi
 from tools.render_envoy import render_envoy_config
 
@@ -269,16 +275,72 @@ def test_request_and_cleanup(base: str, video: Path) -> None:
     ],
 )
 def test_errors_are_json_with_russian_messages(
-    base: str, video: Path, tmp_path: Path, args: list[str], http_status: int, reason: str
+    base: str,
+    stack: LocalStack,
+    video: Path,
+    tmp_path: Path,
+    args: list[str],
+    http_status: int,
+    reason: str,
 ) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("это не видео\n" * 1000)
     filled = [a.format(text=text, video=video) if "{" in a and "@" in a else a for a in args]
     filled = [f"{base}{a}" if a.startswith("/api") else a for a in filled]
+    before = stack_contents(stack)
     status, body = curl(*filled)
     assert status == http_status
     assert has_cyrillic(body["message"])
     assert body["details"][0]["reason"] == reason
+    # Nothing of a refused request is left in the stack's MinIO or database.
+    assert_unchanged(stack, before)
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What the stack's backends hold: objects under input/, open multipart uploads, outbox
+    messages and status records (the tests run one at a time: only a request of the test
+    itself can change these)."""
+
+    objects: frozenset[str]
+    pending: int
+    outbox: frozenset[str]
+    statuses: frozenset[str]
+
+
+def stack_contents(stack: LocalStack) -> Contents:
+    async def objects(s3: Minio) -> tuple[frozenset[str], int]:
+        return frozenset(await object_keys(s3, "videos")), await pending_uploads(s3, "videos")
+
+    async def documents() -> tuple[frozenset[str], frozenset[str]]:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            f"mongodb://127.0.0.1:{stack.ports.mongo}/"
+        )
+        try:
+            database = client["main_db"]
+            outbox = await database["outbox"].distinct("_id")
+            statuses = await database["event_statuses"].distinct("_id")
+        finally:
+            await client.close()
+        return frozenset(map(str, outbox)), frozenset(map(str, statuses))
+
+    keys, pending = with_s3(stack, objects)
+    outbox, statuses = asyncio.run(documents())
+    return Contents(keys, pending, outbox, statuses)
+
+
+def assert_unchanged(stack: LocalStack, before: Contents) -> None:
+    """No new object, outbox message or status record, and no open multipart upload (an
+    abort may still be under way when the error is answered: waited for)."""
+
+    async def settled() -> bool:
+        return (await asyncio.to_thread(stack_contents, stack)).pending == 0
+
+    asyncio.run(wait_until(settled, timeout_s=30, what="no open multipart upload"))
+    after = stack_contents(stack)
+    assert after.objects <= before.objects, after.objects - before.objects
+    assert after.outbox <= before.outbox, after.outbox - before.outbox
+    assert after.statuses <= before.statuses, after.statuses - before.statuses
 
 
 def envoy_error(body: Any) -> tuple[int, str]:
