@@ -227,6 +227,43 @@ class UploadSection(Section):
         return self
 
 
+class ResumableSection(Section):
+    """Resumable upload sessions (StartResumableUpload, WriteUpload)."""
+
+    mongo_upload_sessions_collection: str = "upload_sessions"
+    """MONGO_UPLOAD_SESSIONS_COLLECTION: one document per resumable upload session."""
+    mongo_upload_facts_collection: str = "upload_facts"
+    """MONGO_UPLOAD_FACTS_COLLECTION: what happened to each session (its multipart upload,
+    committed parts, leases, terminal marker), one insert-once document per fact."""
+    upload_session_ttl_s: float = 12 * 3600.0
+    """UPLOAD_SESSION_TTL_S: how long a resumable upload session may stay unfinished (default
+    12 h); then it expires (NOT_FOUND) and the sweeper aborts its multipart upload. Keep it
+    below MinIO's stale multipart cleanup (`api stale_uploads_expiry`, 24 h by default,
+    counted from the upload's start and checked every 6 h)."""
+    upload_lease_ttl_s: float = 10.0
+    """UPLOAD_LEASE_TTL_S: a session's write lease not renewed for this long (plus
+    UPLOAD_CLOCK_SKEW_S) may be taken by another stream; the holder renews it, and looks for
+    a request to let go, every third of it."""
+    upload_clock_skew_s: float = 2.0
+    """UPLOAD_CLOCK_SKEW_S: assumed worst clock difference between servers (leases only;
+    no commit rests on clocks)."""
+    upload_takeover_wait_s: float = 15.0
+    """UPLOAD_TAKEOVER_WAIT_S: how long a stream waits for the stream that writes a session
+    to let go before it is refused with ABORTED UPLOAD_BUSY."""
+
+    @model_validator(mode="after")
+    def _check_resumable(self) -> Self:
+        if self.upload_session_ttl_s <= 0:
+            raise ConfigError("UPLOAD_SESSION_TTL_S must be positive")
+        if self.upload_lease_ttl_s <= 2 * self.upload_clock_skew_s:
+            raise ConfigError("UPLOAD_LEASE_TTL_S must be more than twice UPLOAD_CLOCK_SKEW_S")
+        if self.upload_takeover_wait_s <= self.upload_lease_ttl_s / 3:
+            raise ConfigError(
+                "UPLOAD_TAKEOVER_WAIT_S must be longer than a third of UPLOAD_LEASE_TTL_S"
+            )
+        return self
+
+
 class MetricsSection(Section):
     metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "0.0.0.0:9463"
     """METRICS_ADDR: Prometheus metrics over HTTP (`GET /metrics`); set empty to disable."""
@@ -458,6 +495,7 @@ class ServerSettings(
     StorageSection,
     MongoSection,
     UploadSection,
+    ResumableSection,
     StatusSection,
     MetricsSection,
     OutboxWakeSection,

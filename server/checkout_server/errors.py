@@ -20,6 +20,7 @@ import grpc
 
 if TYPE_CHECKING:
     from .domain import OutboxEvent
+    from .ports import UploadSession
 
 ERROR_DOMAIN = "checkout.v1"
 
@@ -326,6 +327,108 @@ class InvalidForm(InvalidArgument):
     message = "Некорректное тело multipart/form-data"
 
 
+# --- Resumable uploads -----------------------------------------------------------------------
+
+
+class UploadSizeRequired(InvalidArgument):
+    reason = "UPLOAD_SIZE_REQUIRED"
+    message = "Для возобновляемой загрузки нужно указать размер файла (size_bytes)"
+
+
+class InvalidUploadId(InvalidArgument):
+    reason = "INVALID_UPLOAD_ID"
+    message = "Некорректный идентификатор сессии загрузки"
+
+
+class UploadNotFound(ServiceError):
+    """No such session: never started, cancelled, expired, or not the caller's."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "UPLOAD_NOT_FOUND"
+    message = "Сессия загрузки не найдена: она не начиналась, отменена или истекла"
+
+
+class UploadOffsetOutOfRange(ServiceError):
+    """The first offset of a stream is beyond what is stored, or bytes go beyond the declared
+    size. `persisted_size` (ErrorInfo metadata) is where to write from."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    reason = "UPLOAD_OFFSET_OUT_OF_RANGE"
+    message = "Смещение записи вне допустимого диапазона"
+
+    def __init__(self, detail: str, *, persisted_size: int, **metadata: str) -> None:
+        super().__init__(detail, persisted_size=str(persisted_size), **metadata)
+
+
+class UploadBeyondSize(UploadOffsetOutOfRange):
+    reason = "UPLOAD_BEYOND_SIZE"
+    message = "Данные не совпадают с заявленным размером файла"
+
+
+class UploadOffsetNotContiguous(InvalidArgument):
+    reason = "UPLOAD_OFFSET_NOT_CONTIGUOUS"
+    message = "Смещения сообщений потока должны идти подряд"
+
+
+class UploadAlreadyFinishing(InvalidArgument):
+    reason = "UPLOAD_DATA_AFTER_FINISH"
+    message = "После сообщения с finish_write данных быть не должно"
+
+
+class ChunkChecksumMismatch(ServiceError):
+    """A chunk's CRC32C does not match its bytes: nothing of it was kept, the session stays
+    resumable from `persisted_size`."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    reason = "CHUNK_CHECKSUM_MISMATCH"
+    message = "Контрольная сумма CRC32C фрагмента не совпадает, отправьте его заново"
+    retriable = True
+
+    def __init__(self, *, persisted_size: int, offset: int) -> None:
+        super().__init__(persisted_size=str(persisted_size), offset=str(offset))
+
+
+class FileChecksumMismatch(ServiceError):
+    """The whole file's CRC32C is not the declared one: the session is cancelled."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    reason = "FILE_CRC32C_MISMATCH"
+    message = "Контрольная сумма CRC32C файла не совпадает с заявленной"
+
+
+class UploadBusy(ServiceError):
+    """Another stream writes the session and did not let go in time."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "UPLOAD_BUSY"
+    message = "Сессию загрузки пишет другой поток, повторите попытку позже"
+    retriable = True
+    retry_after_s = 1.0
+
+
+class UploadTakenOver(ServiceError):
+    """This stream lost the session to another one (it asked, or this one's lease ran out)."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "UPLOAD_TAKEN_OVER"
+    message = "Запись сессии перешла к другому потоку"
+    retriable = True
+
+
+class UploadPartConflict(ServiceError):
+    """Two writers stored different bytes for one part: detected, never accepted."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "UPLOAD_PART_CONFLICT"
+    message = "Другой поток записал в эту часть другие данные"
+
+
+class UploadFinished(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "UPLOAD_FINISHED"
+    message = "Загрузка уже завершена, её нельзя отменить"
+
+
 # --- Outcomes that ports report to their callers (never sent to clients as such) ---------------
 
 
@@ -351,3 +454,15 @@ class EnvelopeError(ValueError):
 
 class ConfigError(ValueError):
     """A setting is missing or malformed (at start-up); the message names the variable."""
+
+
+class DuplicateUploadSession(Exception):
+    """Another session already holds this idempotency key; `existing` is that session."""
+
+    def __init__(self, existing: UploadSession) -> None:
+        super().__init__(existing.upload_id)
+        self.existing = existing
+
+
+class MultipartUploadMissing(Exception):
+    """The storage no longer holds this multipart upload (completed, aborted or expired)."""

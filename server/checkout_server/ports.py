@@ -8,7 +8,9 @@ relay's own ports are in `relay/ports.py`.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -130,3 +132,171 @@ class UploadRateLimit(Protocol):
     async def admit(self, client: str) -> float | None:
         """Count one upload of `client`: None when it is within its limit, else the seconds
         until it may start another (nothing is counted then)."""
+
+
+# --- Resumable uploads ------------------------------------------------------------------------
+
+
+class MultipartStorage(Protocol):
+    """S3 multipart uploads driven part by part across streams and processes (a resumable
+    upload session owns one). Errors: StorageUnavailable, StorageError (as ObjectStorage)."""
+
+    async def create_multipart(self, bucket: str, key: str, content_type: str) -> str:
+        """Open a multipart upload of `key`; returns its S3 upload id."""
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, chunks: Sequence[bytes]
+    ) -> str:
+        """Store part `number` (1-based) from `chunks` (never joined), checked by the storage
+        against a checksum sent with it; returns its ETag. Uploading a number again replaces
+        that part. Raises errors.MultipartUploadMissing when the upload is gone."""
+
+    async def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+    ) -> None:
+        """Make the object of these (number, ETag) parts visible. Raises
+        errors.MultipartUploadMissing when the upload is gone (completed or aborted before:
+        the caller tells which by looking at the object)."""
+
+    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        """Discard the upload and its parts; an upload already gone is no error."""
+
+    async def list_multipart(self, bucket: str, prefix: str) -> list[OpenMultipart]:
+        """Every multipart upload still open under `prefix`."""
+
+    async def object_sha256(self, bucket: str, key: str) -> tuple[int, str] | None:
+        """(size, lowercase hex SHA-256) of the object, streamed (never whole in memory), or
+        None when it does not exist."""
+
+    async def object_size(self, bucket: str, key: str) -> int | None:
+        """The object's size, or None when it does not exist."""
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        """Delete `key`; deleting a missing key succeeds."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenMultipart:
+    """A multipart upload the storage still holds."""
+
+    bucket: str
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadSession:
+    """A resumable upload session as started: the insert-once fact every other one refers to."""
+
+    upload_id: str
+    video_id: str
+    bucket: str
+    object_key: str
+    filename: str
+    size_bytes: int
+    sha256: str  # declared, lowercase hex or ""
+    crc32c: int | None  # declared CRC32C of the whole file
+    idempotency_key: str
+    owner: str
+    part_bytes: int  # every part but the last is this long; part n starts at (n-1) * this
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartCommit:
+    """A durable part: stored in the multipart upload and recorded once."""
+
+    number: int  # 1-based
+    offset: int
+    size_bytes: int
+    etag: str
+    crc32c: int  # of this part
+    running_crc32c: int  # of the file from byte 0 to the end of this part
+
+
+class Terminal(enum.StrEnum):
+    """How a session ended; the first recorded wins, so these exclude each other."""
+
+    FINALIZING = "finalizing"  # finish began: the object is being (or was) completed
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteLease:
+    """The right of one stream to write a session: epoch n of the session's leases."""
+
+    upload_id: str
+    epoch: int
+    holder: str  # the holding process and stream, for logs and release requests
+    expires_at: datetime  # renewed by the holder; others may take over after it (plus skew)
+    released: bool = False
+
+
+class UploadSessionStore(Protocol):
+    """The facts of resumable upload sessions. Every fact is inserted once under a unique key
+    (the first insert wins, on MongoDB and FerretDB 1.24 alike: never a conditional update);
+    only a lease's holder changes its lease (renewal, release). Errors: DatabaseUnavailable,
+    DatabaseTimeout, DatabaseError."""
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes the store relies on (idempotent)."""
+
+    async def create(self, session: UploadSession) -> None:
+        """Record a new session. Raises errors.DuplicateUploadSession (with the session that
+        holds it) when its owner's idempotency key names a session already."""
+
+    async def get(self, upload_id: str) -> UploadSession | None:
+        """The session, or None."""
+
+    async def find_by_idempotency_key(self, key: str, *, owner: str) -> UploadSession | None:
+        """The session `owner` started with this idempotency key, or None."""
+
+    async def record_multipart(self, upload_id: str, multipart_id: str) -> str:
+        """Record the session's S3 upload id; returns the one recorded first (this one, or
+        another's that won)."""
+
+    async def multipart_of(self, upload_id: str) -> str | None:
+        """The session's recorded S3 upload id, or None."""
+
+    async def commit_part(self, upload_id: str, part: PartCommit) -> PartCommit:
+        """Record a durable part; returns the commit recorded first for its number (this one,
+        or another writer's: the caller compares ETags)."""
+
+    async def parts(self, upload_id: str) -> list[PartCommit]:
+        """The session's committed parts by number."""
+
+    async def end(self, upload_id: str, terminal: Terminal, at: datetime) -> Terminal:
+        """Record how the session ends; returns the terminal recorded first."""
+
+    async def terminal(self, upload_id: str) -> Terminal | None:
+        """How the session ended, or None while it is open."""
+
+    async def latest_lease(self, upload_id: str) -> WriteLease | None:
+        """The lease of the highest epoch, or None when none was ever taken."""
+
+    async def take_lease(self, lease: WriteLease) -> bool:
+        """Insert the lease of a new epoch; False when another stream took that epoch."""
+
+    async def renew_lease(self, lease: WriteLease, expires_at: datetime) -> None:
+        """Extend the holder's own lease."""
+
+    async def release_lease(self, lease: WriteLease) -> None:
+        """Mark the holder's own lease released: the next stream may take over at once."""
+
+    async def ask_release(self, upload_id: str, epoch: int, by: str) -> None:
+        """Ask the holder of `epoch` to let go (idempotent)."""
+
+    async def release_asked(self, upload_id: str, epoch: int) -> bool:
+        """Whether another stream asked the holder of `epoch` to let go."""
+
+    async def expired(self, now: datetime, *, limit: int) -> list[UploadSession]:
+        """Sessions whose `expires_at` is before `now`, oldest first, at most `limit`."""
+
+    async def open_multipart_ids(self, multipart_ids: Sequence[str]) -> set[str]:
+        """Of these S3 upload ids, those recorded by a session that still exists."""
+
+    async def delete(self, upload_id: str) -> None:
+        """Remove every fact of the session (the terminal marker last)."""

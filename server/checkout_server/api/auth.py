@@ -61,6 +61,11 @@ SERVICE = pb.DESCRIPTOR.services_by_name["CheckoutService"]
 METHOD_PERMISSIONS: Mapping[str, Permission] = {
     "UploadVideo": Permission.UPLOAD,
     "UploadVideoHttp": Permission.UPLOAD,
+    "StartResumableUpload": Permission.UPLOAD,
+    "WriteUpload": Permission.UPLOAD,
+    "WriteUploadHttp": Permission.UPLOAD,
+    "QueryUploadStatus": Permission.UPLOAD,
+    "CancelUpload": Permission.UPLOAD,
     "WatchStatus": Permission.READ,
     "ListStatuses": Permission.READ,
     "GetStatus": Permission.READ,

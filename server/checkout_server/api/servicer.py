@@ -25,6 +25,8 @@ from ..domain import EventStatus, OutboxEvent, UploadRequest, UploadResult
 from ..status.service import StatusService, parse_uuid
 from ..status.watch import Subscription, WatchHub
 from ..upload.pipeline import UploadPipeline
+from ..upload.resumable import ResumableUploads
+from . import resumable as rpb
 from .auth import current_principal
 from .health import DependencyMonitor
 from .http_upload import open_http_upload
@@ -44,7 +46,9 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         monitor: DependencyMonitor,
         heartbeat_s: float = 15.0,
         default_bucket: str = "videos",
+        resumable: ResumableUploads | None = None,
     ) -> None:
+        self._resumable = resumable
         self._default_bucket = default_bucket
         self._pipeline = pipeline
         self._status = status
@@ -110,6 +114,76 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
             await drain(messages)
             raise
         return upload_response(result)
+
+    @property
+    def resumable(self) -> ResumableUploads:
+        if self._resumable is None:  # only unit tests build a servicer without
+            raise errors.ServiceError("resumable uploads are not wired")
+        return self._resumable
+
+    async def StartResumableUpload(  # noqa: N802 (gRPC method name)
+        self, request: pb.StartResumableUploadRequest, context: Context
+    ) -> pb.StartResumableUploadResponse:
+        meta = request.metadata
+        upload = UploadRequest(
+            filename=meta.filename,
+            content_type=meta.content_type,
+            bucket=meta.bucket,
+            size_bytes=meta.size_bytes,
+            sha256=meta.sha256.lower(),
+            idempotency_key=meta.idempotency_key,
+            owner=current_principal().client,
+        )
+        crc32c = request.crc32c if request.HasField("crc32c") else None
+        return rpb.start_response(await self.resumable.start(upload, crc32c=crc32c))
+
+    async def WriteUpload(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.WriteUploadRequest], context: Context
+    ) -> pb.WriteUploadResponse:
+        messages = aiter(request_iterator)
+        try:
+            first = await anext(messages, None)
+            if first is None or not first.upload_id:
+                raise errors.InvalidUploadId("первое сообщение должно назвать сессию")
+            state = await self.resumable.write(
+                first.upload_id,
+                rpb.grpc_chunks(first, messages),
+                owner=current_principal().client,
+            )
+        except errors.ServiceError:
+            await drain(messages)
+            raise
+        return rpb.write_response(state)
+
+    async def WriteUploadHttp(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.WriteUploadHttpRequest], context: Context
+    ) -> pb.WriteUploadResponse:
+        messages = aiter(request_iterator)
+        try:
+            first = await anext(messages, None)
+            if first is None or not first.upload_id:
+                raise errors.InvalidUploadId("сессия не указана")
+            state = await self.resumable.write(
+                first.upload_id,
+                rpb.http_chunks(first, messages),
+                owner=current_principal().client,
+            )
+        except errors.ServiceError:
+            await drain(messages)
+            raise
+        return rpb.write_response(state)
+
+    async def QueryUploadStatus(  # noqa: N802 (gRPC method name)
+        self, request: pb.QueryUploadStatusRequest, context: Context
+    ) -> pb.QueryUploadStatusResponse:
+        state = await self.resumable.status(request.upload_id, owner=current_principal().client)
+        return rpb.status_response(state)
+
+    async def CancelUpload(  # noqa: N802 (gRPC method name)
+        self, request: pb.CancelUploadRequest, context: Context
+    ) -> pb.CancelUploadResponse:
+        await self.resumable.cancel(request.upload_id, owner=current_principal().client)
+        return pb.CancelUploadResponse(status="ok")
 
     async def WatchStatus(  # noqa: N802 (gRPC method name)
         self, request: pb.WatchStatusRequest, context: Context
@@ -237,17 +311,7 @@ LIST_ITEM_FRAMING = 4  # tag and length of one repeated message field
 
 
 def upload_response(result: UploadResult) -> pb.UploadVideoResponse:
-    event = result.event
-    return pb.UploadVideoResponse(
-        status="ok",
-        event_id=event.event_id,
-        video_id=event.video_id,
-        bucket=event.bucket,
-        object_key=event.object_key,
-        size_bytes=event.size_bytes,
-        sha256=event.sha256,
-        deduplicated=result.deduplicated,
-    )
+    return rpb.result_message(result)
 
 
 def _check(subscription: Subscription) -> None:

@@ -110,6 +110,23 @@ class UploadPipeline:
         self.refused_total = 0
         self.rate_limited_total = 0
 
+    @property
+    def part_bytes(self) -> int:
+        return self._limits.part_bytes
+
+    @property
+    def max_concurrent(self) -> int:
+        return self._limits.max_concurrent
+
+    def validate(self, request: UploadRequest) -> str:
+        """The bucket of a valid request; raises the InvalidArgument it breaks (resumable
+        sessions are checked by the same rules)."""
+        return self._validate(request)
+
+    async def admit(self, owner: str) -> None:
+        """Count one upload against its owner's rate limit, or raise UploadRateLimited."""
+        await self._admit(owner)
+
     async def upload(self, request: UploadRequest, chunks: AsyncIterator[bytes]) -> UploadResult:
         bucket = self._validate(request)
         if request.idempotency_key:
@@ -398,3 +415,10 @@ def _check_same_file(request: UploadRequest, existing: OutboxEvent) -> None:
         request.sha256 and request.sha256 != existing.sha256
     ):
         raise errors.IdempotencyKeyReused(event_id=existing.event_id)
+
+
+# Shared with the resumable sessions (upload/session_writer.py, upload/resumable.py).
+FTYP_HEADER_BYTES = _FTYP_HEADER_BYTES
+check_ftyp = _check_ftyp
+check_same_file = _check_same_file
+hash_chunks = _hash

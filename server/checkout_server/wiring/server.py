@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +31,10 @@ from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 
 from .. import logs
+from ..adapters.minio_multipart import MinioMultipart
 from ..adapters.minio_storage import MinioStorage
 from ..adapters.mongo_outbox import MongoOutbox
+from ..adapters.mongo_upload_sessions import MongoUploadSessions
 from ..adapters.rate_limits import MemoryUploadRateLimit
 from ..adapters.udp_wake import WakeListener, WakeSender
 from ..api.auth import Authenticator, AuthInterceptor
@@ -46,7 +51,9 @@ from ..status.service import StatusService, StatusSettings
 from ..status.watch import WatchHub
 from ..supervisor import Supervisor, retry_until
 from ..tracing import current_traceparent
+from ..upload.lease import LeaseTimes, WriteLeases
 from ..upload.pipeline import UploadLimits, UploadPipeline
+from ..upload.resumable import ResumableUploads
 from .clients import minio_client, mongo_client
 from .metrics import MetricsEndpoint
 from .tracing import INSTRUMENTATION, tracer_provider
@@ -257,11 +264,13 @@ async def create_app(
         keys = await _load_keys(settings)
         app, storage, outbox = _build(settings, minio, mongo, provider, keys)
         app.tracer_provider = owned
+        sessions = _upload_sessions(settings, mongo)
 
         async def prepare() -> None:
             for bucket in sorted(settings.allowed_buckets):
                 await storage.ensure_bucket(bucket)
             await outbox.ensure_indexes()
+            await sessions.ensure_indexes()
 
         await retry_until(
             prepare, timeout_s=settings.startup_timeout_s, what="start-up waits for a dependency"
@@ -308,6 +317,23 @@ def _build(
             else None
         ),
     )
+    resumable = ResumableUploads(
+        sessions=_upload_sessions(settings, mongo),
+        storage=MinioMultipart(minio),
+        outbox=outbox,
+        pipeline=pipeline,
+        leases=WriteLeases(
+            _upload_sessions(settings, mongo),
+            process=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            times=LeaseTimes(
+                ttl_s=settings.upload_lease_ttl_s,
+                skew_s=settings.upload_clock_skew_s,
+                takeover_wait_s=settings.upload_takeover_wait_s,
+            ),
+        ),
+        session_ttl_s=settings.upload_session_ttl_s,
+        traceparent=current_traceparent,
+    )
     status = StatusService(
         storage=storage,
         outbox=outbox,
@@ -341,6 +367,7 @@ def _build(
         monitor=monitor,
         heartbeat_s=settings.watch_heartbeat_s,
         default_bucket=settings.default_bucket,
+        resumable=resumable,
     )
     registry = CollectorRegistry()
     lag = OutboxLag(outbox, interval_s=settings.outbox_lag_interval_s)
@@ -405,6 +432,16 @@ async def _load_keys(settings: ServerSettings) -> KeyRing | None:
         return None
     return await asyncio.to_thread(
         KeyRing, Path(settings.auth_keys_file), reload_interval_s=settings.auth_reload_interval_s
+    )
+
+
+def _upload_sessions(
+    settings: ServerSettings, mongo: AsyncMongoClient[Document]
+) -> MongoUploadSessions:
+    database = mongo[settings.mongo_db]
+    return MongoUploadSessions(
+        database[settings.mongo_upload_sessions_collection],
+        database[settings.mongo_upload_facts_collection],
     )
 
 

@@ -1,0 +1,383 @@
+"""Resumable uploads: sessions that any replica can continue from their last durable byte,
+modelled on the Cloud Storage v2 write API (StartResumableWrite, WriteObject with
+`write_offset` and `finish_write`, QueryWriteStatus, CancelResumableWrite).
+
+A session is a set of insert-once facts (ports.UploadSessionStore): the session, its S3
+multipart upload id, one commit per durable part, and a terminal marker. Finishing is
+idempotent and ends in the same outbox event as UploadVideo (`_id` = video id, so one event
+however often finish is retried):
+
+1. every part committed, the declared CRC32C (if any) checked against the running one;
+2. the terminal marker `finalizing` (it excludes cancel and expiry from then on);
+3. the multipart upload completed (or, after a crash, found complete: the object exists with
+   the declared size; an upload that vanished with no object is never taken for finished);
+4. the SHA-256: this process's digest when it saw every byte, else the object read back;
+   a mismatch with the declared one removes the object and the session;
+5. the outbox event.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from .. import errors
+from ..domain import (
+    VIDEO_CONTENT_TYPE,
+    EventStatus,
+    OutboxEvent,
+    UploadRequest,
+    UploadResult,
+    input_object_key,
+)
+from ..errors import DuplicateIdempotencyKey, DuplicateUploadSession, MultipartUploadMissing
+from ..ports import MultipartStorage, Outbox, Terminal, UploadSession, UploadSessionStore
+from .lease import HeldLease, WriteLeases
+from .pipeline import UploadPipeline, check_same_file
+from .session_writer import SessionWriter, WriteChunk, persisted_size
+
+log = logging.getLogger(__name__)
+
+S3_MAX_PARTS = 10_000
+_MiB = 1024 * 1024
+# In-process SHA-256 states kept for sessions that may come back to this process.
+MAX_DIGESTS = 1024
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _no_trace() -> str:
+    return ""
+
+
+def part_bytes_for(size_bytes: int, minimum: int) -> int:
+    """The session's part size: at least `minimum`, in whole MiB, under 10,000 parts."""
+    needed = math.ceil(size_bytes / S3_MAX_PARTS)
+    return max(minimum, math.ceil(needed / _MiB) * _MiB)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionState:
+    """What a client learns of a session: where to write from, or the finished upload."""
+
+    session: UploadSession | None  # None for a result an UploadVideo made with the key
+    persisted_size: int
+    result: UploadResult | None = None
+
+
+@dataclass
+class _Digest:
+    offset: int
+    digest: hashlib._Hash
+
+
+class ResumableUploads:
+    """Starts, writes, reports and cancels resumable upload sessions."""
+
+    def __init__(
+        self,
+        *,
+        sessions: UploadSessionStore,
+        storage: MultipartStorage,
+        outbox: Outbox,
+        pipeline: UploadPipeline,
+        leases: WriteLeases,
+        session_ttl_s: float,
+        clock: Callable[[], datetime] = _utcnow,
+        traceparent: Callable[[], str] = _no_trace,
+    ) -> None:
+        self._sessions = sessions
+        self._storage = storage
+        self._outbox = outbox
+        self._pipeline = pipeline
+        self._leases = leases
+        self._ttl = timedelta(seconds=session_ttl_s)
+        self._clock = clock
+        self._traceparent = traceparent
+        self._digests: collections.OrderedDict[str, _Digest] = collections.OrderedDict()
+        self.in_flight = 0
+        self.bytes_received_total = 0
+
+    # --- Start, status, cancel ------------------------------------------------------------
+
+    async def start(self, request: UploadRequest, *, crc32c: int | None) -> SessionState:
+        """A new session, or the session (or finished upload) of a repeated idempotency key."""
+        if request.size_bytes <= 0:
+            raise errors.UploadSizeRequired()
+        bucket = self._pipeline.validate(request)
+        if request.idempotency_key:
+            replay = await self._replay(request)
+            if replay is not None:
+                return replay
+        await self._pipeline.admit(request.owner)
+        now = self._clock()
+        video_id = str(uuid.uuid4())
+        session = UploadSession(
+            upload_id=str(uuid.uuid4()),
+            video_id=video_id,
+            bucket=bucket,
+            object_key=input_object_key(video_id),
+            filename=request.filename,
+            size_bytes=request.size_bytes,
+            sha256=request.sha256,
+            crc32c=crc32c,
+            idempotency_key=request.idempotency_key,
+            owner=request.owner,
+            part_bytes=part_bytes_for(request.size_bytes, self._pipeline.part_bytes),
+            created_at=now,
+            expires_at=now + self._ttl,
+        )
+        try:
+            await self._sessions.create(session)
+        except DuplicateUploadSession as duplicate:  # a concurrent start with the same key
+            return await self._same_session(request, duplicate.existing)
+        log.info("upload session started", extra={"upload_id": session.upload_id})
+        return SessionState(session=session, persisted_size=0)
+
+    async def _replay(self, request: UploadRequest) -> SessionState | None:
+        key, owner = request.idempotency_key, request.owner
+        event = await self._outbox.find_by_idempotency_key(key, owner=owner)
+        session = await self._sessions.find_by_idempotency_key(key, owner=owner)
+        if event is not None:
+            check_same_file(request, event)
+            return SessionState(
+                session=session,
+                persisted_size=event.size_bytes,
+                result=UploadResult(event=event, deduplicated=True),
+            )
+        if session is None:
+            return None
+        return await self._same_session(request, session)
+
+    async def _same_session(self, request: UploadRequest, session: UploadSession) -> SessionState:
+        if (request.size_bytes != session.size_bytes) or (
+            request.sha256 and request.sha256 != session.sha256
+        ):
+            raise errors.IdempotencyKeyReused(upload_id=session.upload_id)
+        return await self._state(session)
+
+    async def status(self, upload_id: str, *, owner: str) -> SessionState:
+        return await self._state(await self._load(upload_id, owner))
+
+    async def _state(self, session: UploadSession) -> SessionState:
+        terminal = await self._sessions.terminal(session.upload_id)
+        if terminal in (Terminal.CANCELLED, Terminal.EXPIRED):
+            raise errors.UploadNotFound()
+        event = await self._outbox.get(session.video_id)
+        if event is not None:
+            return SessionState(
+                session=session, persisted_size=session.size_bytes, result=UploadResult(event=event)
+            )
+        if terminal is None and self._clock() >= session.expires_at:
+            raise errors.UploadNotFound("срок сессии истёк")
+        parts = await self._sessions.parts(session.upload_id)
+        return SessionState(session=session, persisted_size=persisted_size(parts))
+
+    async def cancel(self, upload_id: str, *, owner: str) -> None:
+        session = await self._load(upload_id, owner)
+        if await self._outbox.get(session.video_id) is not None:
+            raise errors.UploadFinished()
+        terminal = await self._sessions.end(upload_id, Terminal.CANCELLED, self._clock())
+        if terminal is Terminal.FINALIZING:
+            raise errors.UploadFinished("загрузка завершается")
+        if terminal is Terminal.EXPIRED:
+            raise errors.UploadNotFound()
+        await self.discard(session)
+        log.info("upload session cancelled", extra={"upload_id": upload_id})
+
+    async def discard(self, session: UploadSession) -> None:
+        """Abort the session's multipart upload and remove its facts (after its marker)."""
+        multipart_id = await self._sessions.multipart_of(session.upload_id)
+        if multipart_id is not None:
+            await self._storage.abort_multipart(session.bucket, session.object_key, multipart_id)
+        self._digests.pop(session.upload_id, None)
+        await self._sessions.delete(session.upload_id)
+
+    async def _load(self, upload_id: str, owner: str) -> UploadSession:
+        try:
+            uuid.UUID(upload_id)
+        except ValueError:
+            raise errors.InvalidUploadId() from None
+        session = await self._sessions.get(upload_id)
+        if session is None or session.owner != owner:
+            raise errors.UploadNotFound()
+        return session
+
+    # --- Writing --------------------------------------------------------------------------
+
+    async def write(
+        self, upload_id: str, chunks: AsyncIterator[WriteChunk], *, owner: str
+    ) -> SessionState:
+        """Write one stream; the new state (with the result when it finished the upload)."""
+        session = await self._load(upload_id, owner)
+        first = await anext(chunks, None)
+        if first is None:
+            return await self._state(session)
+        if self.in_flight + self._pipeline.in_flight >= self._pipeline.max_concurrent:
+            raise errors.TooManyUploads(limit=str(self._pipeline.max_concurrent))
+        self.in_flight += 1
+        try:
+            async with self._leases.hold(upload_id) as held:
+                return await held.run(self._write(session, held, first, chunks))
+        finally:
+            self.in_flight -= 1
+
+    async def _write(
+        self,
+        session: UploadSession,
+        held: HeldLease,
+        first: WriteChunk,
+        chunks: AsyncIterator[WriteChunk],
+    ) -> SessionState:
+        upload_id = session.upload_id
+        state = await self._state(session)
+        if state.result is not None:
+            return SessionState(
+                session=session,
+                persisted_size=state.persisted_size,
+                result=UploadResult(event=state.result.event, deduplicated=True),
+            )
+        if await self._sessions.terminal(upload_id) is Terminal.FINALIZING:
+            return await self._finish(session, held)  # a finish that broke off: go on
+        parts = await self._sessions.parts(upload_id)
+        persisted = persisted_size(parts)
+        writer = SessionWriter(
+            session=session,
+            sessions=self._sessions,
+            storage=self._storage,
+            parts=parts,
+            multipart_id=await self._sessions.multipart_of(upload_id),
+            digest=self._digest_at(upload_id, persisted),
+            confirm=lambda: self._leases.confirm(held),
+            content_type=VIDEO_CONTENT_TYPE,
+        )
+        reserved = 2 * min(session.part_bytes, session.size_bytes)
+        await self._pipeline.memory.reserve(reserved)
+        try:
+            finished = await writer.write(first, chunks)
+        finally:
+            await self._pipeline.memory.release(reserved)
+            self.bytes_received_total += writer.received_bytes
+            self._keep_digest(upload_id, writer.persisted, writer.digest)
+        if not finished:
+            return SessionState(session=session, persisted_size=writer.persisted)
+        return await self._finish(session, held)
+
+    def _digest_at(self, upload_id: str, offset: int) -> hashlib._Hash | None:
+        if offset == 0:
+            return hashlib.sha256()
+        kept = self._digests.get(upload_id)
+        if kept is None or kept.offset != offset:
+            return None  # another process wrote some bytes: the object is read back
+        return kept.digest.copy()
+
+    def _keep_digest(self, upload_id: str, offset: int, digest: hashlib._Hash | None) -> None:
+        self._digests.pop(upload_id, None)
+        if digest is not None:
+            self._digests[upload_id] = _Digest(offset, digest)
+            while len(self._digests) > MAX_DIGESTS:
+                self._digests.popitem(last=False)
+
+    # --- Finishing ------------------------------------------------------------------------
+
+    async def _finish(self, session: UploadSession, held: HeldLease) -> SessionState:
+        held.finishing = True  # from here this stream never lets go when asked
+        upload_id = session.upload_id
+        parts = await self._sessions.parts(upload_id)
+        if persisted_size(parts) != session.size_bytes:
+            raise errors.UploadBeyondSize(
+                "не все части записаны", persisted_size=persisted_size(parts)
+            )
+        parts = [p for p in parts if p.offset < session.size_bytes]
+        if session.crc32c is not None and parts[-1].running_crc32c != session.crc32c:
+            await self._end_and_discard(session)
+            raise errors.FileChecksumMismatch()
+        kept = self._digests.get(upload_id)
+        sha256 = kept.digest.hexdigest() if kept and kept.offset == session.size_bytes else ""
+        if sha256 and session.sha256 and sha256 != session.sha256:
+            await self._end_and_discard(session)
+            raise errors.ChecksumMismatch(declared=session.sha256, received=sha256)
+        terminal = await self._sessions.end(upload_id, Terminal.FINALIZING, self._clock())
+        if terminal is not Terminal.FINALIZING:
+            raise errors.UploadNotFound()
+        await self._complete(session, [(p.number, p.etag) for p in parts])
+        if not sha256:
+            found = await self._storage.object_sha256(session.bucket, session.object_key)
+            if found is None:
+                raise errors.UploadNotFound("объект исчез")
+            sha256 = found[1]
+            if session.sha256 and sha256 != session.sha256:
+                await self._storage.delete_object(session.bucket, session.object_key)
+                await self.discard(session)
+                raise errors.ChecksumMismatch(declared=session.sha256, received=sha256)
+        result = await self._record(session, sha256)
+        self._digests.pop(upload_id, None)
+        return SessionState(session=session, persisted_size=session.size_bytes, result=result)
+
+    async def _end_and_discard(self, session: UploadSession) -> None:
+        if await self._sessions.end(session.upload_id, Terminal.CANCELLED, self._clock()) is (
+            Terminal.CANCELLED
+        ):
+            await self.discard(session)
+
+    async def _complete(self, session: UploadSession, parts: list[tuple[int, str]]) -> None:
+        multipart_id = await self._sessions.multipart_of(session.upload_id)
+        if multipart_id is not None:
+            try:
+                await self._storage.complete_multipart(
+                    session.bucket, session.object_key, multipart_id, parts
+                )
+                return
+            except MultipartUploadMissing:
+                pass  # completed before a crash, or gone: the object tells
+        size = await self._storage.object_size(session.bucket, session.object_key)
+        if size != session.size_bytes:
+            log.error("multipart upload vanished", extra={"upload_id": session.upload_id})
+            raise errors.UploadNotFound("данные сессии исчезли из хранилища")
+
+    async def _record(self, session: UploadSession, sha256: str) -> UploadResult:
+        existing = await self._outbox.get(session.video_id)
+        if existing is not None:
+            return UploadResult(event=existing, deduplicated=True)
+        now = self._clock()
+        event = OutboxEvent(
+            event_id=session.video_id,
+            video_id=session.video_id,
+            bucket=session.bucket,
+            object_key=session.object_key,
+            filename=session.filename,
+            content_type=VIDEO_CONTENT_TYPE,
+            size_bytes=session.size_bytes,
+            sha256=sha256,
+            status=EventStatus.NEW,
+            created_at=now,
+            updated_at=now,
+            idempotency_key=session.idempotency_key,
+            traceparent=self._traceparent(),
+            owner=session.owner,
+        )
+        try:
+            await self._outbox.add(event)
+        except DuplicateIdempotencyKey as duplicate:
+            if duplicate.existing.event_id == session.video_id:  # our own, from a retry
+                return UploadResult(event=duplicate.existing, deduplicated=True)
+            # An UploadVideo with the same key finished first: keep its result only.
+            await self._storage.delete_object(session.bucket, session.object_key)
+            return UploadResult(event=duplicate.existing, deduplicated=True)
+        log.info(
+            "video stored",
+            extra={
+                "event_id": event.event_id,
+                "size_bytes": event.size_bytes,
+                "upload_id": session.upload_id,
+            },
+        )
+        return UploadResult(event=event)
