@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import google_crc32c
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from miniopy_async.api import Minio
 from pymongo.asynchronous.database import AsyncDatabase
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
+from devstack import free_port
 from tests.helpers import sha256_hex
-from tests.integration.storage_checks import object_keys, object_sha256, pending_uploads
+from tests.integration.processes import server_env
+from tests.integration.storage_checks import (
+    object_keys,
+    object_sha256,
+    pending_uploads,
+    wait_until,
+)
 
 CHUNK = 256 * 1024
 
@@ -25,7 +38,7 @@ def metadata(data: bytes, **fields: Any) -> pb.UploadMetadata:
     )
 
 
-def write_messages(
+def write_list(
     upload_id: str,
     data: bytes,
     start: int,
@@ -56,23 +69,53 @@ def write_messages(
     return out
 
 
+def write_messages(
+    upload_id: str,
+    data: bytes,
+    start: int,
+    end: int | None = None,
+    *,
+    finish: bool = False,
+    chunk: int = CHUNK,
+    crc: bool = True,
+) -> Iterator[pb.WriteUploadRequest]:
+    """`write_list` as the iterator a stub call takes."""
+    return iter(write_list(upload_id, data, start, end, finish=finish, chunk=chunk, crc=crc))
+
+
 async def cut_write(
-    stub: pb_grpc.CheckoutServiceAsyncStub, upload_id: str, data: bytes, start: int, cut: int
+    stub: pb_grpc.CheckoutServiceAsyncStub,
+    upload_id: str,
+    data: bytes,
+    start: int,
+    cut: int,
+    *,
+    part_bytes: int,
 ) -> None:
-    """Send data[start:cut], then break the stream off (the client cancels the call)."""
+    """Send data[start:cut] and break the stream off (the client cancels the call) once the
+    server has made every whole part of it durable: a connection lost right after byte
+    `cut` arrived."""
     sent = asyncio.Event()
 
     async def requests() -> AsyncIterator[pb.WriteUploadRequest]:
-        for message in write_messages(upload_id, data, start, cut):
+        for message in write_list(upload_id, data, start, cut):
             yield message
         sent.set()
         await asyncio.Event().wait()  # never ends by itself
 
     call = stub.WriteUpload(requests())
-    waiting = asyncio.ensure_future(sent.wait())
-    await asyncio.wait({waiting, asyncio.ensure_future(call)}, return_when=asyncio.FIRST_COMPLETED)
-    call.cancel()  # wherever the bytes are now: on the wire, read or stored
-    waiting.cancel()
+    durable = cut // part_bytes * part_bytes
+
+    async def stored() -> bool:
+        if not sent.is_set():
+            return False
+        query = pb.QueryUploadStatusRequest(upload_id=upload_id)
+        return (await stub.QueryUploadStatus(query)).persisted_size >= durable
+
+    try:
+        await wait_until(stored, timeout_s=30, what=f"bytes up to {durable} stored")
+    finally:
+        call.cancel()
 
 
 async def assert_one_video(
@@ -92,3 +135,60 @@ async def assert_one_video(
     outbox = database[settings.mongo_outbox_collection]
     events = await outbox.find({}, {"_id": 1}).to_list()
     assert events == [{"_id": result.event_id}]
+
+
+@dataclass
+class ServerProcess:
+    """A real `python -m checkout_server` and a channel to it."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    channel: grpc.aio.Channel
+
+    @property
+    def stub(self) -> pb_grpc.CheckoutServiceAsyncStub:
+        return pb_grpc.CheckoutServiceStub(self.channel)
+
+
+class ServerProcesses:
+    """Starts real server processes over one test's settings; `close` kills what is left."""
+
+    def __init__(self, settings: ServerSettings, log_dir: Path) -> None:
+        self._settings = settings
+        self._log_dir = log_dir
+        self._started: list[ServerProcess] = []
+
+    async def start(
+        self, port: int | None = None, env: dict[str, str] | None = None
+    ) -> ServerProcess:
+        port = port or free_port()
+        log_path = self._log_dir / f"server-{len(self._started)}.log"
+        with log_path.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "checkout_server",
+                env=server_env(self._settings, port, **(env or {})),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        server = ServerProcess(process, port, grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+        self._started.append(server)
+        health = health_pb2_grpc.HealthStub(server.channel)
+
+        async def serving() -> bool:
+            try:
+                response = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.aio.AioRpcError:
+                return False
+            return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+        await wait_until(serving, timeout_s=30, what=f"the server on {port} to serve")
+        return server
+
+    async def close(self) -> None:
+        for server in self._started:
+            if server.process.returncode is None:
+                server.process.kill()
+                await server.process.wait()
+            await server.channel.close(None)

@@ -4,11 +4,14 @@ for its bytes (SHA-256 of the object), exactly one outbox event and nothing left
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 import google_crc32c
 import grpc
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from miniopy_async.api import Minio
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -20,13 +23,15 @@ from tests.integration.resumable_helpers import (
     assert_one_video,
     cut_write,
     metadata,
+    write_list,
     write_messages,
 )
 from tests.integration.storage_checks import object_keys, pending_uploads, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-Stub = "pb_grpc.CheckoutServiceAsyncStub"
+if TYPE_CHECKING:  # the async stub exists only in the type stubs
+    Stub = pb_grpc.CheckoutServiceAsyncStub
 Database = AsyncDatabase[dict[str, Any]]
 PART = 5 * MiB  # the tests' UPLOAD_PART_BYTES
 
@@ -86,9 +91,9 @@ async def test_a_cut_stream_resumes_from_persisted_size(
 ) -> None:
     data = mp4_bytes(16 * MiB, seed=3)
     upload_id = (await start(stub, data)).upload_id
-    await cut_write(stub, upload_id, data, 0, 11 * MiB)
-    persisted = (await status(stub, upload_id)).persisted_size
-    assert persisted % PART == 0 and persisted <= 11 * MiB
+    await cut_write(stub, upload_id, data, 0, 11 * MiB, part_bytes=PART)
+    assert (await status(stub, upload_id)).persisted_size == 2 * PART
+    persisted = 2 * PART
 
     response = await stub.WriteUpload(write_messages(upload_id, data, persisted, finish=True))
     await assert_one_video(s3, mongo_database, settings, response.result, data)
@@ -115,10 +120,10 @@ async def test_an_offset_beyond_persisted_size_is_out_of_range_with_the_size(
 async def test_offsets_within_a_stream_must_be_contiguous(stub: Stub) -> None:
     data = mp4_bytes(6 * MiB, seed=5)
     upload_id = (await start(stub, data)).upload_id
-    messages = write_messages(upload_id, data, 0, finish=True)
+    messages = write_list(upload_id, data, 0, finish=True)
     del messages[3]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.WriteUpload(messages)
+        await stub.WriteUpload(iter(messages))
     code, reason, _ = error_details(caught.value)
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "UPLOAD_OFFSET_NOT_CONTIGUOUS")
     assert (await status(stub, upload_id)).persisted_size == 0
@@ -145,12 +150,12 @@ async def test_a_chunk_crc32c_mismatch_is_data_loss_and_the_session_resumes(
 ) -> None:
     data = mp4_bytes(13 * MiB, seed=7)
     upload_id = (await start(stub, data)).upload_id
-    messages = write_messages(upload_id, data, 0, finish=True)
+    messages = write_list(upload_id, data, 0, finish=True)
     bad = 6 * MiB // len(messages[0].checksummed_data.content)
     messages[bad].checksummed_data.crc32c ^= 1
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.WriteUpload(messages)
+        await stub.WriteUpload(iter(messages))
     code, reason, message = error_details(caught.value)
     assert (code, reason) == (grpc.StatusCode.DATA_LOSS, "CHUNK_CHECKSUM_MISMATCH")
     assert has_cyrillic(message)
@@ -318,4 +323,50 @@ async def _no_pending(s3: Minio, bucket: str) -> bool:
     return await pending_uploads(s3, bucket) == 0
 
 
+HYPOTHESIS_DATA = mp4_bytes(16 * MiB + 12345, seed=99)
+BACKS = st.sampled_from([0, 1, 1000, PART // 2, PART, 2 * PART + 17])
 
+
+@pytest.mark.timeout(600)
+async def test_cuts_at_random_offsets_then_resumes_give_the_file_once(
+    stub: Stub, s3: Minio, mongo_database: Database, settings: ServerSettings, bucket: str
+) -> None:
+    """Property: however a file is cut (1 to 3 cuts anywhere) and resumed (from
+    persisted_size, or from an earlier offset), it is stored once, byte for byte, with one
+    event and no multipart upload left open."""
+    loop = asyncio.get_running_loop()
+    data = HYPOTHESIS_DATA
+
+    async def scenario(cuts: list[int], backs: list[int]) -> None:
+        upload_id = (await start(stub, data)).upload_id
+        offset = persisted = 0
+        for cut, back in zip(sorted(cuts), backs, strict=True):
+            expected = persisted
+            if cut > offset:
+                await cut_write(stub, upload_id, data, offset, cut, part_bytes=PART)
+                expected = max(persisted, cut // PART * PART)
+            persisted = (await status(stub, upload_id)).persisted_size
+            # Never decreasing, and only whole parts: at most the part being collected is lost.
+            assert persisted == expected
+            offset = max(0, persisted - back)
+        response = await stub.WriteUpload(write_messages(upload_id, data, offset, finish=True))
+        await assert_one_video(s3, mongo_database, settings, response.result, data)
+        # The next example starts from an empty bucket and outbox.
+        await s3.remove_object(bucket, response.result.object_key)
+        await mongo_database[settings.mongo_outbox_collection].delete_many({})
+
+    @hypothesis.settings(max_examples=8, deadline=None, database=None)
+    @hypothesis.given(
+        cuts=st.lists(
+            st.integers(1, len(data) - 1)
+            | st.sampled_from([n * PART + d for n in (1, 2, 3) for d in (-1, 0, 1)]),
+            min_size=1,
+            max_size=3,
+        ),
+        backs=st.lists(BACKS, min_size=3, max_size=3),
+    )
+    def prop(cuts: list[int], backs: list[int]) -> None:
+        future = asyncio.run_coroutine_threadsafe(scenario(cuts, backs[: len(cuts)]), loop)
+        future.result(timeout=120)
+
+    await asyncio.to_thread(prop)
