@@ -44,14 +44,48 @@ class OverlayError(ValueError):
     """The overlay names something the plugin's output does not have."""
 
 
+# A client-streaming RPC bound to a path with variables (PATCH /api/uploads/{upload_id}):
+# Envoy transcodes it, but the plugin refuses it ("cannot use path parameter in client
+# streaming"). It is given a copy of the protos where such variables are literal
+# placeholders, and `_restore_stream_path_variables` turns them back into path parameters.
+_STREAM_BINDING = re.compile(
+    r"(rpc \w+\(stream [^)]*\)[^{]*\{\s*option \(google\.api\.http\) = \{\s*\w+: \")([^\"]*)"
+)
+_PATH_VARIABLE = re.compile(r"\{(\w+)\}")
+_PLACEHOLDER = re.compile(r"__var_(\w+)__")
+
+
+def _hide_stream_path_variables(text: str) -> str:
+    return _STREAM_BINDING.sub(
+        lambda m: m.group(1) + _PATH_VARIABLE.sub(r"__var_\1__", m.group(2)), text
+    )
+
+
+def _restore_stream_path_variables(document: dict[str, Any]) -> None:
+    for path in [p for p in document["paths"] if _PLACEHOLDER.search(p)]:
+        names = _PLACEHOLDER.findall(path)
+        operations = document["paths"].pop(path)
+        for operation in operations.values():
+            kept = [p for p in operation.get("parameters", []) if p["name"] not in names]
+            variables = [
+                {"name": n, "in": "path", "required": True, "type": "string"} for n in names
+            ]
+            operation["parameters"] = variables + kept
+        document["paths"].setdefault(_PLACEHOLDER.sub(r"{\1}", path), {}).update(operations)
+
+
 def plugin_document() -> dict[str, Any]:
     """protoc-gen-openapiv2's document for every proto under protos/."""
     sources = sorted(p.relative_to(PROTOS).as_posix() for p in PROTOS.rglob("*.proto"))
     # The plugin wants a Go import path for each file; any path will do for OpenAPI output.
     go_paths = ",".join(f"M{s}=checkout.invalid/{Path(s).parent}" for s in sources)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as copy:
+        for source in sources:
+            target = Path(copy) / source
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(_hide_stream_path_variables((PROTOS / source).read_text()))
         protoc(
-            f"-I{PROTOS}",
+            f"-I{copy}",
             *include_dirs(),
             f"--plugin=protoc-gen-openapiv2={tool_path('protoc-gen-openapiv2')}",
             f"--openapiv2_out={tmp}",
@@ -60,6 +94,7 @@ def plugin_document() -> dict[str, Any]:
             *sources,
         )
         document: dict[str, Any] = yaml.safe_load((Path(tmp) / "checkout.swagger.yaml").read_text())
+    _restore_stream_path_variables(document)
     return document
 
 

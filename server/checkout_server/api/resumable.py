@@ -95,5 +95,5 @@ async def http_chunks(
             yield WriteChunk(offset=offset, data=data)
             offset += len(data)
         message = await anext(rest, None)
-    if first.finish:
-        yield WriteChunk(offset=offset, data=b"", finish=True)
+    if first.finish or offset == first.offset:  # an empty body still has its offset checked
+        yield WriteChunk(offset=offset, data=b"", finish=first.finish)

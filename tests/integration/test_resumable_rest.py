@@ -1,0 +1,220 @@
+"""Resumable uploads over REST through a real Envoy: POST /api/uploads, PATCH with a raw body
+from `?offset=` (cut mid-body by curl itself, then resumed), GET and DELETE, errors in the one
+JSON shape; and the README's curl walk-through, run as written but for the port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from miniopy_async.api import Minio
+from pymongo.asynchronous.database import AsyncDatabase
+
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_server.config import ServerSettings
+from checkout_server.wiring.server import App
+from devstack import Envoy, free_port
+from devstack._paths import REPO_ROOT
+from devstack._stack import DESCRIPTOR, OPENAPI
+from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
+from tests.integration.resumable_helpers import assert_one_video
+from tools.render_envoy import render_envoy_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+Database = AsyncDatabase[dict[str, Any]]
+PART = 5 * MiB
+
+
+@dataclass(frozen=True)
+class Front:
+    url: str
+
+
+@pytest.fixture
+async def front(app: App, tmp_path: Path) -> AsyncIterator[Front]:
+    """A plaintext Envoy in front of the in-process server."""
+    port, admin = free_port(), free_port()
+    config = render_envoy_config(
+        tmp_path / "envoy.yaml",
+        listen_port=port,
+        admin_port=admin,
+        upstream_port=app.port,
+        descriptor=DESCRIPTOR,
+        openapi=OPENAPI,
+    )
+    envoy = Envoy(
+        config_path=config, admin_port=admin, cwd=REPO_ROOT, log_path=tmp_path / "envoy.log"
+    )
+    await asyncio.to_thread(envoy.start, 60)
+    try:
+        yield Front(f"http://localhost:{port}")
+    finally:
+        await asyncio.to_thread(envoy.stop)
+
+
+async def curl(*args: str) -> tuple[int, Any, int]:
+    """(HTTP status, JSON body, curl's exit code) of curl as a person types it."""
+    process = await asyncio.create_subprocess_exec(
+        "curl",
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        *args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 120)
+    body, _, status = out.decode().rpartition("\n")
+    return int(status or 0), json.loads(body) if body.strip() else None, process.returncode or 0
+
+
+def result_of(body: dict[str, Any]) -> pb.UploadVideoResponse:
+    result = body["result"]
+    return pb.UploadVideoResponse(
+        status=result["status"],
+        event_id=result["event_id"],
+        video_id=result["video_id"],
+        bucket=result["bucket"],
+        object_key=result["object_key"],
+        size_bytes=int(result["size_bytes"]),
+        sha256=result["sha256"],
+    )
+
+
+async def test_a_curl_upload_cut_mid_body_resumes_with_patch_offset(
+    front: Front,
+    tmp_path: Path,
+    s3: Minio,
+    mongo_database: Database,
+    settings: ServerSettings,
+) -> None:
+    data = mp4_bytes(14 * MiB + 99, seed=31)
+    video = tmp_path / "video.mp4"
+    video.write_bytes(data)
+    status, started, _ = await curl(
+        "-X",
+        "POST",
+        f"{front.url}/api/uploads",
+        "-d",
+        json.dumps(
+            {"filename": "video.mp4", "size_bytes": str(len(data)), "sha256": sha256_hex(data)}
+        ),
+    )
+    assert status == 200, started
+    upload_id = started["upload_id"]
+    assert (started["persisted_size"], started["part_size_bytes"]) == ("0", str(PART))
+
+    # curl gives up part way through the body (at 4 MB/s for 2 s: about 8 MB of 14).
+    status, body, code = await curl(
+        "-X",
+        "PATCH",
+        f"{front.url}/api/uploads/{upload_id}?offset=0",
+        "-T",
+        str(video),
+        "--limit-rate",
+        "4M",
+        "--max-time",
+        "2",
+    )
+    assert code == 28  # curl's "operation timed out": the cut
+    status, body, _ = await curl(f"{front.url}/api/uploads/{upload_id}")
+    assert status == 200, body
+    offset = int(body["persisted_size"])
+    assert offset in {PART, 2 * PART}, body  # whole parts only
+
+    # Past what is stored: OUT_OF_RANGE (400), with the stored size in the details.
+    status, body, _ = await curl(
+        "-X",
+        "PATCH",
+        f"{front.url}/api/uploads/{upload_id}?offset={offset + 1}",
+        "--data-binary",
+        "@-",
+    )
+    assert status == 400, body
+    assert body["code"] == 11
+    assert has_cyrillic(body["message"])
+    info = body["details"][0]
+    assert info["reason"] == "UPLOAD_OFFSET_OUT_OF_RANGE"
+    assert int(info["metadata"]["persisted_size"]) >= offset
+
+    rest = tmp_path / "rest.bin"
+    rest.write_bytes(data[offset:])
+    status, body, _ = await curl(
+        "-X",
+        "PATCH",
+        f"{front.url}/api/uploads/{upload_id}?offset={offset}&finish=true",
+        "-T",
+        str(rest),
+    )
+    assert status == 200, body
+    result = result_of(body)
+    await assert_one_video(s3, mongo_database, settings, result, data)
+
+    status, body, _ = await curl(f"{front.url}/api/uploads/{upload_id}")
+    assert (status, body["result"]["event_id"]) == (200, result.event_id)
+
+
+async def test_delete_cancels_and_later_calls_are_not_found(
+    front: Front, tmp_path: Path, s3: Minio, bucket: str
+) -> None:
+    data = mp4_bytes(6 * MiB, seed=32)
+    piece = tmp_path / "piece.bin"
+    piece.write_bytes(data[:PART])
+    status, started, _ = await curl(
+        "-X", "POST", f"{front.url}/api/uploads", "-d", json.dumps({"size_bytes": len(data)})
+    )
+    upload_id = started["upload_id"]
+    status, body, _ = await curl(
+        "-X", "PATCH", f"{front.url}/api/uploads/{upload_id}?offset=0", "-T", str(piece)
+    )
+    assert (status, body) == (200, {"persisted_size": str(PART)})
+
+    status, body, _ = await curl("-X", "DELETE", f"{front.url}/api/uploads/{upload_id}")
+    assert (status, body) == (200, {"status": "ok"})
+    status, body, _ = await curl(f"{front.url}/api/uploads/{upload_id}")
+    assert status == 404
+    assert body["details"][0]["reason"] == "UPLOAD_NOT_FOUND"
+    assert [o async for o in s3.list_objects(bucket, recursive=True)] == []
+
+
+def readme_blocks() -> list[str]:
+    """The ```sh blocks of the README's section on resumable uploads with curl."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("### Resumable uploads\n", 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+
+
+async def test_the_readme_walk_through_cuts_and_resumes_with_curl(
+    front: Front,
+    tmp_path: Path,
+    s3: Minio,
+    mongo_database: Database,
+    settings: ServerSettings,
+) -> None:
+    data = mp4_bytes(17 * MiB + 5, seed=33)
+    (tmp_path / "video.mp4").write_bytes(data)
+    script = "\n".join(readme_blocks()).replace("http://localhost:8080", front.url)
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script,
+        cwd=tmp_path,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()
+    last = json.loads(out.decode().strip().splitlines()[-1])
+    await assert_one_video(s3, mongo_database, settings, result_of(last), data)
