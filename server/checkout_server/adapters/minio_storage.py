@@ -218,10 +218,14 @@ class MinioStorage:
                 size = response.content_length or 0
                 if size > max_bytes:
                     raise ObjectTooLarge(size)
-                data = await response.content.read(max_bytes + 1)
-                if len(data) > max_bytes:
-                    raise ObjectTooLarge(len(data))
-                return data
+                # StreamReader.read(n) returns what has arrived, up to n bytes: read to the
+                # end, never more than one byte past the limit.
+                data = bytearray()
+                while chunk := await response.content.read(max_bytes + 1 - len(data)):
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise ObjectTooLarge(len(data))
+                return bytes(data)
             finally:
                 response.close()
 
