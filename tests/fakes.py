@@ -176,11 +176,13 @@ class FakeOutbox:
         )
         return changed[:limit]
 
-    async def mark_ready(self, event_id: str, at: datetime) -> bool:
+    async def mark_ready(self, event_id: str, at: datetime, *, error: str = "") -> bool:
         event = self.events.get(event_id)
         if event is None or event.ready_at is not None:
             return False
-        self.events[event_id] = replace(event, ready_at=at, updated_at=at)
+        self.events[event_id] = replace(
+            event, ready_at=at, updated_at=at, error=error or event.error
+        )
         return True
 
     async def unready(self, *, limit: int) -> list[OutboxEvent]:

@@ -13,7 +13,9 @@ class EventStatus(enum.StrEnum):
     NEW = "new"  # stored, waiting for the relay
     SENT = "sent"  # published to Kafka
     READY = "ready"  # the detection result exists in object storage
-    FAILED = "failed"  # publishing failed for good; `error` says why
+    # Publishing failed for good, or the runner's result says the video cannot be processed
+    # (a failure result); `error` says why.
+    FAILED = "failed"
 
 
 VIDEO_CONTENT_TYPE = "video/mp4"
@@ -66,8 +68,9 @@ class OutboxEvent:
     updated_at: datetime
     # The client's idempotency key, if it sent one.
     idempotency_key: str = ""
+    # Why the event failed: the relay's reason, or `REASON: message` of a failure result.
     error: str = ""
-    # When the detection result was first seen in object storage.
+    # When the detection result (or a failure result) was first seen in object storage.
     ready_at: datetime | None = None
     # The W3C `traceparent` of the request that made the event ("" if none): the relay's
     # publish span continues that trace.
@@ -77,8 +80,11 @@ class OutboxEvent:
 
     @property
     def api_status(self) -> EventStatus:
-        """What clients see: `ready` once the result exists, else the outbox status."""
-        return EventStatus.READY if self.ready_at is not None else self.status
+        """What clients see: once a result exists `ready`, or `failed` when it is a failure
+        result (its reason is in `error`); before that the outbox status."""
+        if self.ready_at is not None:
+            return EventStatus.FAILED if self.error else EventStatus.READY
+        return self.status
 
 
 class Role(enum.StrEnum):

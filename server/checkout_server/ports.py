@@ -108,9 +108,10 @@ class Outbox(Protocol):
     async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
         """Events whose `updated_at` is at or after `since`, oldest change first."""
 
-    async def mark_ready(self, event_id: str, at: datetime) -> bool:
-        """Record that the event's result exists (sets `ready_at` and `updated_at` once);
-        False when it was already marked or does not exist."""
+    async def mark_ready(self, event_id: str, at: datetime, *, error: str = "") -> bool:
+        """Record that the event's result exists (sets `ready_at` and `updated_at` once, and
+        `error` when the result is a failure result: the event is then `failed`); False when
+        it was already marked or does not exist."""
 
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
         """Events whose result has not been seen yet, newest first, at most `limit`."""

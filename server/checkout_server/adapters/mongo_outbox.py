@@ -178,10 +178,13 @@ class MongoOutbox:
             documents = await found.sort([(f.UPDATED_AT, ASCENDING)]).limit(limit).to_list()
         return [from_document(d) for d in documents]
 
-    async def mark_ready(self, event_id: str, at: datetime) -> bool:
+    async def mark_ready(self, event_id: str, at: datetime, *, error: str = "") -> bool:
+        outcome: Document = {f.READY_AT: at, f.UPDATED_AT: at}
+        if error:
+            outcome[f.ERROR] = error
         with translated("mark_ready"):
             result = await self._statuses.update_one(
-                {f.ID: event_id, f.READY_AT: None}, {"$set": {f.READY_AT: at, f.UPDATED_AT: at}}
+                {f.ID: event_id, f.READY_AT: None}, {"$set": outcome}
             )
         if result.modified_count == 0:
             return False
@@ -222,7 +225,15 @@ async def oldest_unsent_created_at(outbox: AsyncCollection[Document]) -> datetim
 def _listing_query(status: EventStatus | None, owner: str | None) -> Document:
     query: Document = {}
     if status is EventStatus.READY:
-        query = {f.READY_AT: {"$ne": None}}
+        query = {f.READY_AT: {"$ne": None}, f.ERROR: None}
+    elif status is EventStatus.FAILED:
+        # Failed publishing (the relay's), or a failure result (the runner's).
+        query = {
+            "$or": [
+                {f.STATUS: status.value, f.READY_AT: None},
+                {f.READY_AT: {"$ne": None}, f.ERROR: {"$ne": None}},
+            ]
+        }
     elif status is not None:
         query = {f.STATUS: status.value, f.READY_AT: None}
     if owner is not None:

@@ -32,8 +32,10 @@ UPDATED_AT: Final = "updated_at"  # moves whenever `status`, `error` or `ready_a
 # so a plain unique index over it decides races without sparse or partial indexes.
 DEDUP_KEY: Final = "dedup_key"
 IDEMPOTENCY_KEY: Final = "idempotency_key"  # the client's key, or None
-ERROR: Final = "error"  # why the event failed for good, or None
-READY_AT: Final = "ready_at"  # when the detection result was first seen, or None
+# Why the event failed for good, or None: the relay's reason (with `status: failed`), or the
+# reason and message of the runner's failure result (with `ready_at`).
+ERROR: Final = "error"
+READY_AT: Final = "ready_at"  # when the detection (or failure) result was first seen, or None
 # The W3C trace context (`00-<trace id>-<span id>-<flags>`) of the request that made the
 # event, or None: the relay's publish span continues that trace.
 TRACEPARENT: Final = "traceparent"

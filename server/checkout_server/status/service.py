@@ -2,7 +2,9 @@
 
 The API status of an event is `ready` once its detection result exists in object storage,
 else the outbox status (`new`, `sent`, `failed`). Once a result is seen it is recorded in the
-event's status record (`ready_at`), so listings never ask storage once per event.
+event's status record (`ready_at`), so listings never ask storage once per event. A failure
+result (`"status": "failed"`, README's result contract) makes the event `failed` instead, its
+`error` the result's reason and message: it is read once, when the result is first seen.
 
 A result counts for an event only if it was written after the event was created (with a
 margin for clock skew): a re-request of a video that already has a result is not `ready`
@@ -47,6 +49,10 @@ LIST_ALL_MAX = 10_000
 # A result written this long before its event was created still counts (clock skew between
 # the runner's storage writes and this server).
 RESULT_CLOCK_SKEW = timedelta(seconds=5)
+# A result whose FAILURE_FIELD is FAILURE_VALUE is a failure result: the video could not be
+# processed, and `error` ({"reason", "message"}) says why (README, the result contract).
+FAILURE_FIELD, FAILURE_VALUE = "status", "failed"
+FAILURE_TEXT_MAX = 500  # characters of `REASON: message` kept in the status record
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,13 +146,36 @@ class StatusService:
         found = await self._storage.stat(event.bucket, self.result_key(event))
         if found is None or found.last_modified < event.created_at - RESULT_CLOCK_SKEW:
             return event
-        return await self._mark_ready(event)
+        return await self._mark_ready(event, error=await self._failure_of(event))
 
-    async def _mark_ready(self, event: OutboxEvent) -> OutboxEvent:
+    async def _failure_of(self, event: OutboxEvent) -> str:
+        """`REASON: message` when the event's result is a failure result, else "". A result
+        that cannot be read as JSON counts as a result here: GetResult reports what is wrong
+        with it (RESULT_INVALID, RESULT_TOO_LARGE)."""
+        try:
+            data = await self._storage.read(
+                event.bucket, self.result_key(event), max_bytes=self._settings.result_max_bytes
+            )
+            result = json.loads(data) if data is not None else None
+        except (ObjectTooLarge, ValueError, UnicodeDecodeError):
+            return ""
+        if not isinstance(result, dict) or result.get(FAILURE_FIELD) != FAILURE_VALUE:
+            return ""
+        error = result.get("error")
+        error = error if isinstance(error, dict) else {}
+        reason = str(error.get("reason") or "FAILED")[:64]
+        message = str(error.get("message") or "")
+        text = f"{reason}: {message}" if message else reason
+        return text[:FAILURE_TEXT_MAX]
+
+    async def _mark_ready(self, event: OutboxEvent, *, error: str = "") -> OutboxEvent:
         now = self._clock()
-        await self._outbox.mark_ready(event.event_id, now)
-        log.info("result ready", extra={"event_id": event.event_id})
-        return _with_ready(event, now)
+        await self._outbox.mark_ready(event.event_id, now, error=error)
+        if error:
+            log.info("failure result", extra={"event_id": event.event_id, "error": error})
+        else:
+            log.info("result ready", extra={"event_id": event.event_id})
+        return _with_ready(event, now, error=error)
 
     async def list(
         self, *, status: str, page_size: int, page_token: str, viewer: Principal
@@ -260,8 +289,8 @@ class StatusService:
         return CleanupReport(deleted_objects=objects, deleted_events=events)
 
 
-def _with_ready(event: OutboxEvent, at: datetime) -> OutboxEvent:
-    return replace(event, ready_at=at, updated_at=at)
+def _with_ready(event: OutboxEvent, at: datetime, *, error: str = "") -> OutboxEvent:
+    return replace(event, ready_at=at, updated_at=at, error=error or event.error)
 
 
 def result_prefix(template: str) -> str:
