@@ -1,6 +1,6 @@
-"""The whole local stack: FerretDB, MinIO, Kafka, the checkout server, the outbox relay and
-Envoy, started in dependency order for `make run` (fixed, documented ports) or for tests
-(free ports)."""
+"""The whole local stack: FerretDB, MinIO, Kafka, the checkout server, the outbox relay,
+Envoy and (for `make run`) the detection runner, started in dependency order for `make run`
+(fixed, documented ports) or for tests (free ports)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tools.render_envoy import render_envoy_config
 
 from ._envoy import Envoy
 from ._paths import REPO_ROOT, STACK_DIR
-from ._process import ServerProcess, free_port
+from ._process import ServerProcess, free_port, http_status
 from ._servers import FerretDB, Kafka, MinIO
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,25 @@ class PythonService(ServerProcess):
         return grpc_serving(self.port)
 
 
+class RunnerService(ServerProcess):
+    """The detection runner (`python -m checkout_runner`); ready when its metrics endpoint
+    answers (it then joins the consumer group: `checkout_runner_assigned_partitions`)."""
+
+    def __init__(self, *, name: str, port: int, env: Mapping[str, str], log_path: Path) -> None:
+        super().__init__(
+            name=name,
+            port=port,
+            log_path=log_path,
+            env={**env, "RUNNER_METRICS_ADDR": f"127.0.0.1:{port}"},
+        )
+
+    def _command(self) -> Sequence[str]:
+        return [sys.executable, "-m", "checkout_runner"]
+
+    def _probe(self) -> bool:
+        return http_status(f"http://127.0.0.1:{self.port}/metrics") == 200
+
+
 @dataclass(frozen=True)
 class StackPorts:
     grpc: int = 50051
@@ -72,6 +91,7 @@ class StackPorts:
     relay_health: int = 50052
     relay_metrics: int = 9464
     metrics: int = 9463
+    runner_metrics: int = 9465
 
     @classmethod
     def free(cls) -> StackPorts:
@@ -85,6 +105,8 @@ class LocalStack:
     data_dir: Path
     ports: StackPorts = field(default_factory=StackPorts)
     app_env: Mapping[str, str] = field(default_factory=dict)
+    # The detection runner makes events `ready`; tests of the rest keep them `sent`.
+    with_runner: bool = False
 
     def __post_init__(self) -> None:
         d, p = self.data_dir, self.ports
@@ -129,6 +151,12 @@ class LocalStack:
             },
             log_path=logs / "checkout-relay.log",
         )
+        self.runner = RunnerService(
+            name="checkout-runner",
+            port=p.runner_metrics,
+            env=self.environment(),
+            log_path=logs / "checkout-runner.log",
+        )
         config = render_envoy_config(
             d / "envoy.yaml",
             listen_port=p.rest,
@@ -166,11 +194,21 @@ class LocalStack:
             for future in [pool.submit(s.start, 120) for s in backends]:
                 future.result()
         self.server.start(timeout_s=60)
-        self.relay.start(timeout_s=60)
+        self.relay.start(timeout_s=60)  # creates the topic, with its partitions
+        if self.with_runner:
+            self.runner.start(timeout_s=60)
         self.envoy.start(timeout_s=60)
 
     def stop(self) -> None:
-        for server in (self.envoy, self.relay, self.server, self.kafka, self.minio, self.ferretdb):
+        for server in (
+            self.envoy,
+            self.runner,
+            self.relay,
+            self.server,
+            self.kafka,
+            self.minio,
+            self.ferretdb,
+        ):
             server.stop()
 
     def endpoints(self) -> str:
@@ -186,7 +224,12 @@ class LocalStack:
                 f"  MinIO UI    http://127.0.0.1:{p.minio_console}",
                 f"  Kafka       127.0.0.1:{p.kafka}",
                 f"  metrics     server http://127.0.0.1:{p.metrics}/metrics, "
-                f"relay http://127.0.0.1:{p.relay_metrics}/metrics",
+                f"relay http://127.0.0.1:{p.relay_metrics}/metrics"
+                + (
+                    f", runner http://127.0.0.1:{p.runner_metrics}/metrics"
+                    if self.with_runner
+                    else ""
+                ),
                 f"  logs        {self.data_dir / 'logs'}",
             ]
         )
@@ -195,13 +238,16 @@ class LocalStack:
 def run_foreground(data_dir: Path | None = None) -> int:
     """`make run`: start everything on the documented ports, wait for Ctrl-C or SIGTERM,
     stop everything."""
-    stack = LocalStack(data_dir or STACK_DIR / "run", app_env={"LOG_FORMAT": "json"})
+    stack = LocalStack(
+        data_dir or STACK_DIR / "run", app_env={"LOG_FORMAT": "json"}, with_runner=True
+    )
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     try:
         print(
-            "starting FerretDB, MinIO, Kafka, checkout-server, checkout-relay, Envoy ...",
+            "starting FerretDB, MinIO, Kafka, checkout-server, checkout-relay, checkout-runner,"
+            " Envoy ...",
             flush=True,
         )
         stack.start()
