@@ -263,3 +263,21 @@ def kafka(request: pytest.FixtureRequest) -> Kafka:
     """One Kafka broker (KRaft) for the session, on free ports; the relay's tests use it."""
     server: Kafka = _session_servers(request.config).get("kafka")
     return server
+
+
+@pytest.fixture
+def own_minio(tmp_path: Path) -> Iterator[MinIO]:
+    """A MinIO of this test's own, so stopping it disturbs no other test."""
+    server = MinIO(port=free_port(), console_port=free_port(), data_dir=tmp_path / "minio")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_ferretdb(tmp_path: Path) -> Iterator[FerretDB]:
+    """A FerretDB of this test's own, so stopping it disturbs no other test."""
+    server = FerretDB(port=free_port(), data_dir=tmp_path / "ferretdb")
+    server.start()
+    yield server
+    server.stop()

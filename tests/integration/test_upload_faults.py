@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +36,6 @@ CHUNK = 512 * 1024
 # The server's grace period in the SIGTERM test: long enough for the upload that completes
 # in it to send 6 MiB and complete on a loaded machine; the stalled one waits all of it.
 GRACE_S = 10
-
-
-@pytest.fixture
-def own_minio(tmp_path: Path) -> Iterator[MinIO]:
-    server = MinIO(port=free_port(), console_port=free_port(), data_dir=tmp_path / "minio")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def own_ferretdb(tmp_path: Path) -> Iterator[FerretDB]:
-    server = FerretDB(port=free_port(), data_dir=tmp_path / "ferretdb")
-    server.start()
-    yield server
-    server.stop()
 
 
 def s3_client(minio: MinIO) -> Minio:
