@@ -13,6 +13,7 @@ from pathlib import Path
 from ._install import InstallError, install_all
 from ._process import ServerError, ServerProcess, free_port
 from ._servers import FerretDB, Kafka, MinIO
+from ._toxiproxy import Toxiproxy
 
 
 def _cmd_install(_args: argparse.Namespace) -> int:
@@ -37,6 +38,7 @@ def _selfcheck_servers(tmp: Path) -> list[Callable[[], ServerProcess]]:
             data_dir=tmp / "kafka",
             log_path=tmp / "kafka.log",
         ),
+        lambda: Toxiproxy(port=free_port(), log_path=tmp / "toxiproxy.log"),
     ]
 
 
@@ -116,7 +118,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p_install = sub.add_parser("install", help="install Go tools and Kafka jars (idempotent)")
     p_install.set_defaults(func=_cmd_install)
-    p_check = sub.add_parser("selfcheck", help="start/stop FerretDB, MinIO, Kafka; print timings")
+    p_check = sub.add_parser(
+        "selfcheck", help="start/stop FerretDB, MinIO, Kafka, toxiproxy; timings"
+    )
     p_check.add_argument("--timeout", type=float, default=90.0, help="readiness timeout (s)")
     p_check.set_defaults(func=_cmd_selfcheck)
     p_run = sub.add_parser("run", help="run the whole local stack in the foreground")

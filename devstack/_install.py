@@ -63,12 +63,21 @@ class GoTool:
     def stamp(self) -> str:
         return f"{self.package}@{self.version}"
 
+    @property
+    def installed_name(self) -> str:
+        """The binary's name as `go install` writes it: the last element of the package path
+        (``.../cmd/server`` gives ``server``), renamed to `name` when they differ."""
+        return self.package.rsplit("/", 1)[-1]
+
 
 FERRETDB_VERSION = "v1.24.2"
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
 GRPCURL_VERSION = "v1.9.4"
 BUF_VERSION = "v1.75.0"
 OPENAPIV2_VERSION = "v2.33.0"
+# v2.5.0 is the release the Go module proxy serves for the v2 module path; it reports its
+# version as "git" (the release builds stamp it with -ldflags, `go install` does not).
+TOXIPROXY_VERSION = "v2.5.0"
 
 GO_TOOLS: tuple[GoTool, ...] = (
     GoTool(
@@ -108,13 +117,24 @@ GO_TOOLS: tuple[GoTool, ...] = (
         version=OPENAPIV2_VERSION,
         version_args=("--version",),
     ),
+    # A TCP proxy that injects network faults (latency, cuts, slow links) on demand, through
+    # its HTTP API (devstack.Toxiproxy, devstack.ToxiproxyClient): the soak scenarios put it
+    # between the server or the relay and each backend.
+    GoTool(
+        name="toxiproxy-server",
+        module="github.com/Shopify/toxiproxy/v2",
+        package="github.com/Shopify/toxiproxy/v2/cmd/server",
+        version=TOXIPROXY_VERSION,
+        version_args=("-version",),
+    ),
 )
 
 _TOOLS_BY_NAME: dict[str, GoTool] = {t.name: t for t in GO_TOOLS}
 
 
 def tool_path(name: str) -> Path:
-    """Path of an installed Go tool (``ferretdb``, ``minio``, ``grpcurl``, ``buf``)."""
+    """Path of an installed Go tool (``ferretdb``, ``minio``, ``grpcurl``, ``buf``,
+    ``toxiproxy-server``...)."""
     if name not in _TOOLS_BY_NAME:
         raise KeyError(f"unknown devstack tool {name!r}; known: {sorted(_TOOLS_BY_NAME)}")
     return BIN_DIR / name
@@ -250,6 +270,26 @@ def _build_from_module_copy(go: str, tool: GoTool, log_path: Path) -> None:
     )
 
 
+def _install_renamed(go: str, tool: GoTool, log_path: Path) -> None:
+    """`go install` into a staging folder of its own, then move the binary to its `name`
+    (a generic ``server`` in .stack/bin would say nothing, and could clash)."""
+    staging = BIN_DIR / f".staging-{tool.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    env = _go_env()
+    env["GOBIN"] = str(staging)
+    try:
+        _run_logged(
+            [go, "install", f"{tool.package}@{tool.version}"],
+            log_path=log_path,
+            env=env,
+            step=f"go install {tool.stamp}",
+        )
+        (staging / tool.installed_name).replace(tool_path(tool.name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _make_writable(root: Path) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for n in (*dirnames, *filenames):
@@ -275,6 +315,8 @@ def install_go_tool(tool: GoTool) -> str:
     _stamp_path(tool.name).unlink(missing_ok=True)
     if tool.version_file is not None:
         _build_from_module_copy(go, tool, log_path)
+    elif tool.installed_name != tool.name:
+        _install_renamed(go, tool, log_path)
     else:
         _run_logged(
             [go, "install", f"{tool.package}@{tool.version}"],

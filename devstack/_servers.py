@@ -332,8 +332,14 @@ class Kafka(ServerProcess):
         log_path: Path | None = None,
         num_partitions: int = 1,
         auto_create_topics: bool = True,
+        proxied_listener: tuple[int, int] | None = None,
     ) -> None:
+        """`proxied_listener` (listen port, advertised port) adds a second listener whose
+        clients are told to reach the broker at the advertised port: a proxy's (toxiproxy's)
+        in front of it, so that what they send after the bootstrap goes through that proxy
+        too, while clients of `port` reach the broker directly."""
         super().__init__(name="kafka", port=port, log_path=log_path)
+        self.proxied_listener = proxied_listener
         self.controller_port = controller_port
         self.data_dir = data_dir
         self.heap_mb = heap_mb
@@ -352,18 +358,29 @@ class Kafka(ServerProcess):
     def _server_properties(self) -> Path:
         return self.data_dir / "server.properties"
 
+    def _listeners(self) -> dict[str, str]:
+        listeners = f"PLAINTEXT://127.0.0.1:{self.port}"
+        advertised = f"PLAINTEXT://127.0.0.1:{self.port}"
+        protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        if self.proxied_listener is not None:
+            listen_port, advertised_port = self.proxied_listener
+            listeners += f",PROXIED://127.0.0.1:{listen_port}"
+            advertised += f",PROXIED://127.0.0.1:{advertised_port}"
+            protocols += ",PROXIED:PLAINTEXT"
+        return {
+            "listeners": f"{listeners},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": advertised,
+            "listener.security.protocol.map": protocols,
+        }
+
     def _properties(self) -> str:
         props = {
             "process.roles": "broker,controller",
             "node.id": str(self.NODE_ID),
             "controller.quorum.voters": f"{self.NODE_ID}@127.0.0.1:{self.controller_port}",
-            "listeners": (
-                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
-            ),
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            **self._listeners(),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self._log_dirs.resolve()),
             "num.partitions": str(self.num_partitions),
             "auto.create.topics.enable": str(self.auto_create_topics).lower(),
