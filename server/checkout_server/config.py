@@ -247,6 +247,14 @@ class ResumableSection(Section):
     upload_clock_skew_s: float = 2.0
     """UPLOAD_CLOCK_SKEW_S: assumed worst clock difference between servers (leases only;
     no commit rests on clocks)."""
+    upload_max_duration_s: float = 4 * 3600.0
+    """UPLOAD_MAX_DURATION_S: the longest one UploadVideo stream may last (default 4 h); it is
+    cut then (DEADLINE_EXCEEDED UPLOAD_TOO_LONG). The sweeper aborts a multipart upload under
+    `input/` that no session recorded once it is older than this: what a crashed server's
+    uploads leave. Keep it below MinIO's stale multipart cleanup (24 h)."""
+    upload_sweep_interval_s: float = 60.0
+    """UPLOAD_SWEEP_INTERVAL_S: how often each server sweeps expired sessions and orphaned
+    multipart uploads (every server does; sweeps are safe to run at once)."""
     upload_takeover_wait_s: float = 15.0
     """UPLOAD_TAKEOVER_WAIT_S: how long a stream waits for the stream that writes a session
     to let go before it is refused with ABORTED UPLOAD_BUSY."""
@@ -255,6 +263,8 @@ class ResumableSection(Section):
     def _check_resumable(self) -> Self:
         if self.upload_session_ttl_s <= 0:
             raise ConfigError("UPLOAD_SESSION_TTL_S must be positive")
+        if self.upload_max_duration_s <= 0 or self.upload_sweep_interval_s <= 0:
+            raise ConfigError("UPLOAD_MAX_DURATION_S and UPLOAD_SWEEP_INTERVAL_S must be positive")
         if self.upload_lease_ttl_s <= 2 * self.upload_clock_skew_s:
             raise ConfigError("UPLOAD_LEASE_TTL_S must be more than twice UPLOAD_CLOCK_SKEW_S")
         if self.upload_takeover_wait_s <= self.upload_lease_ttl_s / 3:

@@ -423,6 +423,14 @@ class UploadPartConflict(ServiceError):
     message = "Другой поток записал в эту часть другие данные"
 
 
+class UploadTooLong(ServiceError):
+    """An UploadVideo stream outlasted UPLOAD_MAX_DURATION_S (use a resumable session)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "UPLOAD_TOO_LONG"
+    message = "Загрузка длится слишком долго: используйте возобновляемую загрузку"
+
+
 class UploadFinished(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "UPLOAD_FINISHED"

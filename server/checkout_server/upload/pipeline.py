@@ -61,6 +61,9 @@ class UploadLimits:
     memory_budget_bytes: int = 256 * 1024 * 1024
     # Uploads streamed at once; one more is refused (TooManyUploads), not queued.
     max_concurrent: int = 64
+    # The longest one UploadVideo stream may last (then it is cut: UPLOAD_TOO_LONG); the
+    # sweeper takes an unrecorded multipart upload older than this for a crashed one.
+    max_duration_s: float | None = None
 
 
 def _utcnow() -> datetime:
@@ -144,7 +147,15 @@ class UploadPipeline:
         await self._admit(request.owner)
         self.in_flight += 1
         try:
-            return await self._store(request, chunks, bucket)
+            async with asyncio.timeout(self._limits.max_duration_s) as deadline:
+                return await self._store(request, chunks, bucket)
+        except TimeoutError:
+            if deadline.expired():
+                raise errors.UploadTooLong(
+                    f"дольше {self._limits.max_duration_s:g} с",
+                    max_duration_s=f"{self._limits.max_duration_s:g}",
+                ) from None
+            raise
         finally:
             self.in_flight -= 1
 

@@ -155,6 +155,17 @@ class ResumableUploads:
             )
         if session is None:
             return None
+        if self._clock() >= session.expires_at:
+            await self.expire(session)  # a new session may take the key now...
+            event = await self._outbox.find_by_idempotency_key(key, owner=owner)
+            if event is None:
+                return None
+            check_same_file(request, event)  # ...unless it finished on the way out
+            return SessionState(
+                session=None,
+                persisted_size=event.size_bytes,
+                result=UploadResult(event=event, deduplicated=True),
+            )
         return await self._same_session(request, session)
 
     async def _same_session(self, request: UploadRequest, session: UploadSession) -> SessionState:
@@ -192,6 +203,31 @@ class ResumableUploads:
             raise errors.UploadNotFound()
         await self.discard(session)
         log.info("upload session cancelled", extra={"upload_id": upload_id})
+
+    async def expire(self, session: UploadSession) -> bool:
+        """End a session past its TTL (the sweeper, and a start that meets one): True when it
+        is expired and was removed now (by this call; another sweeper may have removed it
+        too, which is harmless). One that began finishing is finished instead, once its
+        writer has let go (its client asked for it; an upload that vanished is not)."""
+        terminal = await self._sessions.end(session.upload_id, Terminal.EXPIRED, self._clock())
+        if terminal is Terminal.FINALIZING:
+            if await self._outbox.get(session.video_id) is None:
+                try:
+                    async with self._leases.hold(session.upload_id) as held:
+                        await held.run(self._finish(session, held))
+                except errors.ServiceError as exc:
+                    log.warning(
+                        "finishing an abandoned upload failed: %s",
+                        exc,
+                        extra={"upload_id": session.upload_id, "reason": exc.reason},
+                    )
+                    if not isinstance(exc, errors.UploadNotFound):
+                        return False  # the next round tries again
+            await self._sessions.delete(session.upload_id)  # finished: the event remains
+            return False
+        await self.discard(session)
+        log.info("upload session expired", extra={"upload_id": session.upload_id})
+        return terminal is Terminal.EXPIRED
 
     async def discard(self, session: UploadSession) -> None:
         """Abort the session's multipart upload and remove its facts (after its marker)."""
@@ -256,7 +292,7 @@ class ResumableUploads:
             parts=parts,
             multipart_id=await self._sessions.multipart_of(upload_id),
             digest=self._digest_at(upload_id, persisted),
-            confirm=lambda: self._leases.confirm(held),
+            confirm=lambda: self._confirm(held, upload_id),
             content_type=VIDEO_CONTENT_TYPE,
         )
         reserved = 2 * min(session.part_bytes, session.size_bytes)
@@ -270,6 +306,15 @@ class ResumableUploads:
         if not finished:
             return SessionState(session=session, persisted_size=writer.persisted)
         return await self._finish(session, held)
+
+    async def _confirm(self, held: HeldLease, upload_id: str) -> None:
+        """Before each commit: the lease is still this stream's and the session still open
+        (an extra guard against wasted work; commits are safe without it)."""
+        await self._leases.confirm(held)
+        if await self._sessions.get(upload_id) is None or await self._sessions.terminal(
+            upload_id
+        ) in (Terminal.CANCELLED, Terminal.EXPIRED):
+            raise errors.UploadNotFound()
 
     def _digest_at(self, upload_id: str, offset: int) -> hashlib._Hash | None:
         if offset == 0:

@@ -54,6 +54,7 @@ from ..tracing import current_traceparent
 from ..upload.lease import LeaseTimes, WriteLeases
 from ..upload.pipeline import UploadLimits, UploadPipeline
 from ..upload.resumable import ResumableUploads
+from ..upload.sweeper import UploadSweeper
 from .clients import minio_client, mongo_client
 from .metrics import MetricsEndpoint
 from .tracing import INSTRUMENTATION, tracer_provider
@@ -107,6 +108,8 @@ class App:
     # (WATCH_WAKE_ADDR; empty: GRPC_ADDR's host and bound port; `off`: nowhere).
     watch_wake_addr: str = "off"
     watch_listener: WakeListener | None = None
+    # Sweeps expired resumable sessions and orphaned multipart uploads.
+    sweeper: UploadSweeper | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -116,6 +119,8 @@ class App:
         self.watch_listener = await self._listen_for_watch_wake_ups()
         self.hub.start()
         self.supervisor.spawn("outbox-lag", self.lag.round)
+        if self.sweeper is not None:
+            self.supervisor.spawn("upload-sweeper", self.sweeper.round)
         for name, sender in (("relays", self.wake_relays), ("watchers", self.wake_watchers)):
             if sender is not None:
                 self.supervisor.spawn(f"wake-targets-{name}", sender.refresh)
@@ -317,13 +322,15 @@ def _build(
             else None
         ),
     )
+    sessions = _upload_sessions(settings, mongo)
+    multipart = MinioMultipart(minio)
     resumable = ResumableUploads(
-        sessions=_upload_sessions(settings, mongo),
-        storage=MinioMultipart(minio),
+        sessions=sessions,
+        storage=multipart,
         outbox=outbox,
         pipeline=pipeline,
         leases=WriteLeases(
-            _upload_sessions(settings, mongo),
+            sessions,
             process=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
             times=LeaseTimes(
                 ttl_s=settings.upload_lease_ttl_s,
@@ -333,6 +340,14 @@ def _build(
         ),
         session_ttl_s=settings.upload_session_ttl_s,
         traceparent=current_traceparent,
+    )
+    sweeper = UploadSweeper(
+        resumable=resumable,
+        sessions=sessions,
+        storage=multipart,
+        buckets=settings.allowed_buckets,
+        orphan_age_s=settings.upload_max_duration_s,
+        interval_s=settings.upload_sweep_interval_s,
     )
     status = StatusService(
         storage=storage,
@@ -398,6 +413,7 @@ def _build(
         wake_relays=wake_relays,
         wake_watchers=wake_watchers,
         watch_wake_addr=_watch_wake_addr(settings, port),
+        sweeper=sweeper,
     )
     return app, storage, outbox
 
@@ -453,6 +469,7 @@ def _upload_limits(settings: ServerSettings) -> UploadLimits:
         part_bytes=settings.upload_part_bytes,
         memory_budget_bytes=settings.upload_memory_budget_bytes,
         max_concurrent=settings.upload_max_concurrent,
+        max_duration_s=settings.upload_max_duration_s,
     )
 
 
