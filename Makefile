@@ -91,12 +91,7 @@ test: install lint
 
 # Benchmarks (minutes; numbers vary with machine load: compare the printed ratios).
 bench: install
-	$(PY) bench/upload_throughput.py
-	$(PY) bench/rest_upload.py
-	$(PY) bench/status_watch.py --events 10000
-	$(PY) bench/relay_throughput.py --events 2000 --rate 50 --seconds 5 --batch 200
-	$(PY) bench/relay_throughput.py --stack --rate 20 --seconds 30 --idle-seconds 30
-	$(PY) bench/ferretdb_queries.py --events 100000
+	$(PY) -m bench.report --out BENCHMARKS.md
 
 clean:
 	rm -rf build client/checkout_api .pytest_cache .mypy_cache .ruff_cache

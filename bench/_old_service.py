@@ -63,7 +63,8 @@ def make_app(*, mongo_uri: str, minio_endpoint: str) -> web.Application:
     async def close(_: web.Application) -> None:
         await s3.close_session()  # type: ignore[no-untyped-call]
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    # No limit of its own below checkout's UPLOAD_MAX_BYTES (4 GiB): the seed's FastAPI had none.
+    app = web.Application(client_max_size=4 * 1024**3)
     app.router.add_post("/api/upload_video", upload_video)
     app.router.add_get("/api/health", lambda _: _ok())
     app.on_cleanup.append(close)

@@ -1,7 +1,7 @@
 """REST uploads through Envoy against their peers, in one run on one local stack.
 
     python bench/rest_upload.py [--small 200] [--parallel 16] [--rounds 3] [--drain 2000]
-                                [--size-mib 1024]
+                                [--size-mib 64 256 1024]
 
 1. Small uploads (the seed's clients: `curl -F file=@... -F bucket=videos`, a 7.8 KB MP4,
    `--parallel` at once, curl's own --parallel): checkout's REST through Envoy against the
@@ -15,8 +15,9 @@
 3. What one small upload costs: MinIO requests and MongoDB commands, counted on a server
    built in this process (the same wiring; PyMongo command monitoring, and the MinIO
    client's requests).
-4. One `--size-mib` file (0 skips it) with `curl -F` through Envoy, through UploadVideo and
-   with a direct put_object, with the server's peak RSS growth per upload.
+4. Each `--size-mib` file (0 skips them) with `curl -F` through Envoy, with `curl -F` to the
+   old-service way, through UploadVideo and with a direct put_object, with the peak RSS
+   growth of the process that took it (the server, or the peer for its own path).
 
 Starts the whole local stack (devstack LocalStack) on free ports, and the peer beside it.
 """
@@ -311,24 +312,45 @@ async def native(stack: LocalStack, path: Path, size: int) -> float:
         return await via_grpc(stub, path, size)
 
 
-def large(stack: LocalStack, work: Path, size_mib: int) -> None:
+def large(stack: LocalStack, work: Path, sizes_mib: list[int]) -> None:
+    """Each size through every path, one after the other, with the peak RSS growth of the
+    process that took it (the server; the old-service way's own process for its path)."""
+    peer, peer_port = start_peer(stack, work)
+    try:
+        print(f"{'size':>8} {'path':>22} {'MiB/s':>8} {'peak RSS growth':>16}")
+        for size_mib in sizes_mib:
+            large_one(stack, work / "video.mp4", size_mib, peer.pid, peer_port)
+    finally:
+        peer.terminate()
+        peer.wait(timeout=10)
+
+
+def large_one(stack: LocalStack, path: Path, size_mib: int, peer_pid: int, peer_port: int) -> None:
+    server = stack.server.pid
+    assert server is not None
     size = size_mib * MiB
-    path = work / "video.mp4"
     make_file(path, size)
-    pid = stack.server.pid
-    assert pid is not None
-    print(f"{'path':>22} {'MiB/s':>8} {'peak RSS growth':>16}")
-    runs: dict[str, Callable[[], float]] = {
-        "REST via Envoy (curl)": lambda: rest_upload(stack.ports.rest, path),
-        "UploadVideo (gRPC)": lambda: asyncio.run(native(stack, path, size)),
-        "direct put_object": lambda: asyncio.run(direct(stack, path, size)),
+    # The process whose memory each path grows (a direct put runs in this one: not shown).
+    runs: dict[str, tuple[int | None, Callable[[], float]]] = {
+        "REST via Envoy (curl)": (server, lambda: rest_upload(stack.ports.rest, path)),
+        "old-service way (curl)": (peer_pid, lambda: rest_upload(peer_port, path)),
+        "UploadVideo (gRPC)": (server, lambda: asyncio.run(native(stack, path, size))),
+        "direct put_object": (None, lambda: asyncio.run(direct(stack, path, size))),
     }
-    for name, run in runs.items():
-        before = rss_kib(pid, "VmRSS")
-        reset_peak(pid)
+    rates: dict[str, float] = {}
+    for name, (pid, run) in runs.items():
+        before = rss_kib(pid, "VmRSS") if pid else 0
+        if pid:
+            reset_peak(pid)
         seconds = run()
-        growth = (rss_kib(pid, "VmHWM") - before) / 1024
-        print(f"{name:>22} {size_mib / seconds:>8.1f} {growth:>12.1f} MiB")
+        growth = f"{(rss_kib(pid, 'VmHWM') - before) / 1024:.1f} MiB" if pid else "-"
+        rates[name] = size_mib / seconds
+        print(f"{size_mib:>4} MiB {name:>22} {rates[name]:>8.1f} {growth:>16}")
+    print(
+        f"{size_mib:>4} MiB ratios: REST / old-service way "
+        f"{rates['REST via Envoy (curl)'] / rates['old-service way (curl)']:.2f}, "
+        f"UploadVideo / direct put {rates['UploadVideo (gRPC)'] / rates['direct put_object']:.2f}"
+    )
     path.unlink()
 
 
@@ -392,7 +414,13 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drain", type=int, default=2000, help="backlog for the relay; 0: skip")
-    parser.add_argument("--size-mib", type=int, default=1024, help="the large file; 0: skip")
+    parser.add_argument(
+        "--size-mib",
+        type=int,
+        nargs="*",
+        default=[1024],
+        help="the large files' sizes (none, or 0: skip)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="checkout-bench-") as tmp:
         work = Path(tmp)
@@ -401,8 +429,9 @@ def main() -> None:
         try:
             if args.small:
                 small(stack, work, args)
-            if args.size_mib:
-                large(stack, work, args.size_mib)
+            sizes = [size for size in args.size_mib if size > 0]
+            if sizes:
+                large(stack, work, sizes)
         finally:
             stack.stop()
 
