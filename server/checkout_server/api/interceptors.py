@@ -15,6 +15,7 @@ handler runs inside it, so what it stores (an upload's outbox event) can carry i
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -267,6 +268,17 @@ def _wrap_unary(method: str, rpc_type: str, observer: _Observers, behavior: _Una
 
 
 def _wrap_stream(method: str, rpc_type: str, observer: _Observers, behavior: _Stream) -> _Stream:
+    if inspect.iscoroutinefunction(behavior):
+        # A handler that writes its responses with context.write() (grpc_health's Watch)
+        # rather than yielding them: wrapped as a coroutine, as gRPC then expects.
+        writer = cast(_Unary, behavior)
+
+        async def writing(request: Any, context: _Context) -> None:
+            async with _outcome(method, rpc_type, observer, context):
+                await writer(request, context)
+
+        return cast(_Stream, writing)
+
     async def wrapper(request: Any, context: _Context) -> AsyncIterator[Any]:
         async with _outcome(method, rpc_type, observer, context):
             async for response in behavior(request, context):
