@@ -99,6 +99,12 @@ async def test_database_down_degrades_health_and_status_rpcs_then_recovers(
         uploaded = await stub.UploadVideo(iter(upload_messages(mp4_bytes(2000))), timeout=30)
         assert await health_of(stub) == ("ok", {"storage": "ok", "database": "ok"})
         assert await standard_health(channel) == health_pb2.HealthCheckResponse.SERVING
+        # A watch of the standard health service (as load balancers keep one) sees the change.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="checkout.v1.CheckoutService"), timeout=60
+        )
+        changes = aiter(watch)
+        assert (await anext(changes)).status == health_pb2.HealthCheckResponse.SERVING
 
         await asyncio.to_thread(own_ferretdb.stop)
 
@@ -111,6 +117,9 @@ async def test_database_down_degrades_health_and_status_rpcs_then_recovers(
         assert dependencies["storage"] == "ok"
         assert dependencies["database"] in {"database_unavailable", "database_timeout", "timeout"}
         assert await standard_health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+        changed = await asyncio.wait_for(anext(changes), 10)
+        assert changed.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
 
         unavailable = (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
         event_id = uploaded.event_id

@@ -1,0 +1,212 @@
+"""SIGTERM of a real server process under load: dozens of uploads in flight and watchers.
+
+What a graceful stop promises (README, Health and SHUTDOWN_GRACE_S): the health service says
+NOT_SERVING first; watch streams end at once with SHUTTING_DOWN (a clean, retriable end, not a
+broken stream); new calls are refused; uploads that complete within the grace period are
+stored, the rest are cancelled and aborted; nothing is left behind; the process exits 0
+within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from miniopy_async.api import Minio
+from pymongo import AsyncMongoClient
+
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.config import ServerSettings
+from devstack import free_port
+from tests.helpers import MiB, error_details, mp4_bytes, sha256_hex
+from tests.integration.processes import server_env
+from tests.integration.storage_checks import object_keys, object_sha256, pending_uploads, wait_until
+
+if TYPE_CHECKING:
+    Stub = pb_grpc.CheckoutServiceAsyncStub
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+GRACE_S = 12
+CHUNK = 256 * 1024
+
+
+async def gated_upload(
+    data: bytes, first_bytes: int, sent: asyncio.Event, gate: asyncio.Event
+) -> AsyncIterator[pb.UploadVideoRequest]:
+    yield pb.UploadVideoRequest(
+        metadata=pb.UploadMetadata(filename="v.mp4", size_bytes=len(data), sha256=sha256_hex(data))
+    )
+    for start in range(0, first_bytes, CHUNK):
+        yield pb.UploadVideoRequest(chunk=data[start : min(start + CHUNK, first_bytes)])
+    sent.set()
+    await gate.wait()
+    for start in range(first_bytes, len(data), CHUNK):
+        yield pb.UploadVideoRequest(chunk=data[start : start + CHUNK])
+
+
+async def outcome(call: Any) -> Any:
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
+
+
+async def test_sigterm_under_load(settings: ServerSettings, s3: Minio, tmp_path: Path) -> None:
+    port = free_port()
+    bucket = settings.default_bucket
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "checkout_server",
+            env=server_env(settings, port, SHUTDOWN_GRACE_S=str(GRACE_S), WATCH_HEARTBEAT_S="0.5"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def serving() -> bool:
+                try:
+                    got = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                except grpc.aio.AioRpcError:
+                    return False
+                return bool(got.status == health_pb2.HealthCheckResponse.SERVING)
+
+            await wait_until(serving, timeout_s=60, what="the server to serve")
+            stub: Stub = pb_grpc.CheckoutServiceStub(channel)
+
+            # Load: 24 uploads mid-stream (12 will complete in the grace period, 12 never do)
+            # and 30 watchers (all events, and single events).
+            finishing = [mp4_bytes(3 * MiB, seed=i) for i in range(12)]
+            stalled = [mp4_bytes(3 * MiB, seed=100 + i) for i in range(12)]
+            gate_finish, gate_never = asyncio.Event(), asyncio.Event()
+            sent = [asyncio.Event() for _ in range(24)]
+            calls = [
+                stub.UploadVideo(gated_upload(d, MiB, sent[i], gate_finish))
+                for i, d in enumerate(finishing)
+            ] + [
+                stub.UploadVideo(gated_upload(d, MiB, sent[12 + i], gate_never))
+                for i, d in enumerate(stalled)
+            ]
+            uploads = [asyncio.create_task(outcome(c)) for c in calls]
+            for event in sent:
+                await asyncio.wait_for(event.wait(), 60)
+            done_before = await stub.UploadVideo(
+                iter(
+                    [
+                        pb.UploadVideoRequest(metadata=pb.UploadMetadata(filename="a.mp4")),
+                        pb.UploadVideoRequest(chunk=mp4_bytes(5000)),
+                    ]
+                ),
+                timeout=30,
+            )
+            watch_calls = [stub.WatchStatus(pb.WatchStatusRequest()) for _ in range(20)] + [
+                stub.WatchStatus(pb.WatchStatusRequest(event_id=done_before.event_id))
+                for _ in range(10)
+            ]
+
+            subscribed = [asyncio.Event() for _ in watch_calls]
+
+            async def watch(call: Any, first: asyncio.Event) -> Any:
+                try:
+                    async for _ in call:  # the current state, or a heartbeat
+                        first.set()
+                except grpc.aio.AioRpcError as exc:
+                    return exc
+                return None
+
+            watchers = [
+                asyncio.create_task(watch(c, e))
+                for c, e in zip(watch_calls, subscribed, strict=True)
+            ]
+            for event in subscribed:
+                await asyncio.wait_for(event.wait(), 30)
+
+            # A health watch (as a load balancer keeps one): it sees every status change, also
+            # once the listener is closed to new calls (a Check then finds nobody listening).
+            health_watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=GRACE_S + 30)
+            statuses = aiter(health_watch)
+            first = await asyncio.wait_for(anext(statuses), 10)
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+
+            # NOT_SERVING first, while every call in flight still runs.
+            change = await asyncio.wait_for(anext(statuses), GRACE_S / 2)
+            assert change.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not any(u.done() for u in uploads), "an upload ended before NOT_SERVING"
+            assert not any(w.done() for w in watchers), "a watch ended before NOT_SERVING"
+
+            # Watch streams end at once (well before the grace period is over), each with
+            # SHUTTING_DOWN: a clean, retriable end, not a broken stream.
+            ended = await asyncio.wait_for(asyncio.gather(*watchers), GRACE_S / 2)
+            assert time.monotonic() - signalled < GRACE_S / 2
+            assert all(isinstance(e, grpc.aio.AioRpcError) for e in ended), ended
+            assert {error_details(e)[:2] for e in ended} == {
+                (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+            }
+
+            # New calls are refused, on a new channel and on one already connected (the
+            # listener is closed: UNAVAILABLE, which clients retry elsewhere).
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as fresh:
+                refused = [
+                    await outcome(
+                        pb_grpc.CheckoutServiceStub(fresh).Health(pb.HealthRequest(), timeout=5)
+                    ),
+                    await outcome(stub.Health(pb.HealthRequest(), timeout=5)),
+                ]
+            assert all(isinstance(r, grpc.aio.AioRpcError) for r in refused), refused
+            assert [r.code() for r in refused] == [grpc.StatusCode.UNAVAILABLE] * 2
+
+            # The uploads in flight: those that complete within the grace period are stored;
+            # the others are cut when it ends.
+            gate_finish.set()
+            results = await asyncio.wait_for(asyncio.gather(*uploads), GRACE_S + 30)
+            stored = results[:12]
+            assert all(isinstance(r, pb.UploadVideoResponse) for r in stored), stored
+            cut = results[12:]
+            assert all(isinstance(r, grpc.aio.AioRpcError) for r in cut), cut
+            assert {r.code() for r in cut} == {grpc.StatusCode.UNAVAILABLE}
+        code = await asyncio.wait_for(process.wait(), GRACE_S + 30)
+        exited_s = time.monotonic() - signalled
+        print(f"SIGTERM under load: exit {code} after {exited_s:.1f}s (grace {GRACE_S}s)")
+        assert code == 0, log_path.read_text()[-3000:]
+        # The grace period, then the cancelled uploads' aborts and closing the clients: within
+        # the margin the deployment gives (docker-compose stop_grace_period: grace + 10 s).
+        assert exited_s < GRACE_S + 10
+
+        # Nothing left behind: exactly the completed uploads, whole; no open multipart
+        # upload; no event of a cut upload.
+        expected = {r.object_key: d for r, d in zip(stored, finishing, strict=True)}
+        expected[done_before.object_key] = mp4_bytes(5000)
+        assert sorted(await object_keys(s3, bucket)) == sorted(expected)
+        for key, data in expected.items():
+            assert await object_sha256(s3, bucket, key) == (len(data), sha256_hex(data))
+        assert await pending_uploads(s3, bucket) == 0
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri)
+        try:
+            database = client[settings.mongo_db]
+            for collection in (settings.mongo_outbox_collection, settings.mongo_status_collection):
+                ids = await database[collection].distinct("_id")
+                assert sorted(ids) == sorted([r.event_id for r in stored] + [done_before.event_id])
+        finally:
+            await client.close()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
