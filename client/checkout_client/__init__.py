@@ -6,7 +6,13 @@ The generated stubs live in `checkout_api`.
 """
 
 from ._channel import ADDR_ENV, DEFAULT_ADDR, RetryPolicy, default_address, open_channel
-from ._client import DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_S, AsyncCheckoutClient, StatusPage
+from ._client import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_TIMEOUT_S,
+    RESUMABLE_THRESHOLD_BYTES,
+    AsyncCheckoutClient,
+    StatusPage,
+)
 from ._errors import (
     ERROR_DOMAIN,
     Aborted,
@@ -50,6 +56,7 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_TIMEOUT_S",
     "ERROR_DOMAIN",
+    "RESUMABLE_THRESHOLD_BYTES",
     "TERMINAL_STATUSES",
     "Aborted",
     "AlreadyExists",

@@ -17,6 +17,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from ._channel import MAX_CHUNK_BYTES, NO_RETRY, RetryPolicy, default_address, open_channel
 from ._errors import ChecksumMismatch, from_grpc_error
 from ._models import CleanupReport, Health, Operation, Request, Result, StatusUpdate, Upload
+from ._resumable import upload_resumable
 from ._upload import Attempt, HashingReader, ProgressCallback, Source, UploadSource, send_once
 
 DEFAULT_CHUNK_BYTES = 512 * 1024
@@ -24,6 +25,10 @@ DEFAULT_CHUNK_BYTES = 512 * 1024
 within noise (the server's storage path limits it), 64-128 KiB are slower; the client's CPU
 per MiB is lowest at 512 KiB-2 MiB. 512 KiB is one eighth of the 4 MiB message limit, and
 two chunks in flight (one sent, one read ahead) stay cheap."""
+
+RESUMABLE_THRESHOLD_BYTES = 64 * 1024 * 1024
+"""Files at least this large (of a known size) use a resumable session by default: a break
+then costs at most a part (8 MiB by default) instead of the whole file."""
 
 DEFAULT_TIMEOUT_S = 30.0
 """Default deadline of unary calls. Uploads and watches have none by default: their length
@@ -120,8 +125,18 @@ class AsyncCheckoutClient:
         content_type: str = "video/mp4",
         sha256: str | None = None,
         timeout_s: float | None = None,
+        resumable: bool | None = None,
     ) -> Upload:
         """Streams a video in and returns its stored object and event.
+
+        `resumable` True uses a resumable session (StartResumableUpload, WriteUpload): after
+        a break (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED, ABORTED or
+        DATA_LOSS) the client backs off with jitter, asks the server for `persisted_size`,
+        seeks there and goes on; the RetryPolicy's attempts bound the failures in a row
+        without progress. None (the default) does so for files of at least
+        RESUMABLE_THRESHOLD_BYTES; False never. A repeated `idempotency_key` finds the same
+        session again, also from another process, and goes on from what it stored. A
+        resumable upload needs a seekable source of known size (ValueError otherwise).
 
         `source` is a path or a binary file object (read from its current position, never
         closed). It is sent in `chunk_size` pieces (at most 4 MiB) with its size from stat
@@ -146,6 +161,29 @@ class AsyncCheckoutClient:
         key = idempotency_key or str(uuid.uuid4())
         src = Source(source, filename)
         try:
+            if resumable is None:
+                resumable = src.size is not None and src.size >= RESUMABLE_THRESHOLD_BYTES
+            if resumable:
+                if src.size is None or src.start is None or src.size == 0:
+                    raise ValueError("a resumable upload needs a seekable, non-empty file")
+                metadata = pb.UploadMetadata(
+                    filename=src.filename,
+                    content_type=content_type,
+                    bucket=bucket,
+                    size_bytes=src.size,
+                    sha256=sha256 or "",
+                    idempotency_key=key,
+                )
+                return await upload_resumable(
+                    self._stub,
+                    self._unary,
+                    src,
+                    metadata=metadata,
+                    chunk_size=chunk_size,
+                    retry=self._retry,
+                    timeout_s=timeout_s,
+                    on_progress=on_progress,
+                )
             declared = sha256 or ""
             number = 0
             while True:

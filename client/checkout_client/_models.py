@@ -45,11 +45,15 @@ class UploadProgress(_Model):
     """Reported to `on_progress` after each chunk is handed to gRPC.
 
     `sent_bytes` counts from 0 again when a retry starts (`attempt` > 1); `total_bytes` is
-    None for a stream of unknown size."""
+    None for a stream of unknown size. For a resumable upload `sent_bytes` is the position in
+    the file, `resumed_from_bytes` where this attempt began (the server's persisted_size;
+    0 for a fresh start) and `upload_id` the session."""
 
     sent_bytes: int
     total_bytes: int | None
     attempt: int
+    resumed_from_bytes: int = 0
+    upload_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,17 @@ class Upload(_Model):
     deduplicated: bool
     idempotency_key: str
     attempts: int
+    upload_id: str = ""  # the resumable session, when the upload used one
 
     @classmethod
-    def from_pb(cls, m: pb.UploadVideoResponse, *, idempotency_key: str, attempts: int) -> Upload:
+    def from_pb(
+        cls,
+        m: pb.UploadVideoResponse,
+        *,
+        idempotency_key: str,
+        attempts: int,
+        upload_id: str = "",
+    ) -> Upload:
         return cls(
             event_id=m.event_id,
             video_id=m.video_id,
@@ -79,6 +91,7 @@ class Upload(_Model):
             deduplicated=m.deduplicated,
             idempotency_key=idempotency_key,
             attempts=attempts,
+            upload_id=upload_id,
         )
 
 

@@ -94,6 +94,7 @@ class CheckoutClient:
         content_type: str = "video/mp4",
         sha256: str | None = None,
         timeout_s: float | None = None,
+        resumable: bool | None = None,
     ) -> Upload:
         """See `AsyncCheckoutClient.upload`."""
         return self._run(
@@ -107,6 +108,7 @@ class CheckoutClient:
                 content_type=content_type,
                 sha256=sha256,
                 timeout_s=timeout_s,
+                resumable=resumable,
             )
         )
 

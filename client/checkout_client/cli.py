@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -165,15 +166,30 @@ async def cmd_upload(client: AsyncCheckoutClient, args: argparse.Namespace, out:
     )
     task: TaskID = progress.add_task(path.name, total=args.file_size)
 
+    resumed: list[int] = []
+
     def on_progress(p: UploadProgress) -> None:
         label = path.name if p.attempt == 1 else f"{path.name} (попытка {p.attempt})"
+        if p.resumed_from_bytes:
+            label += f" (продолжено с {_size(p.resumed_from_bytes)})"
+            if not resumed or resumed[-1] != p.resumed_from_bytes:
+                resumed.append(p.resumed_from_bytes)
+                if not show_bar and not out.json:  # no bar: say it once per resume
+                    out.err.print(
+                        f"resuming {path.name} at byte {p.resumed_from_bytes}", markup=False
+                    )
         progress.update(task, completed=p.sent_bytes, total=p.total_bytes, description=label)
 
     started = time.monotonic()
     try:
         with progress:
             upload = await client.upload(
-                path, bucket=args.bucket, chunk_size=args.chunk_size, on_progress=on_progress
+                path,
+                bucket=args.bucket,
+                chunk_size=args.chunk_size,
+                on_progress=on_progress,
+                resumable=True if args.resume else None,
+                idempotency_key=resume_key(path) if args.resume else None,
             )
     except OSError as e:
         raise CliError(
@@ -403,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--watch", action="store_true", help="then follow it to ready/failed")
     upload.add_argument("--no-progress", action="store_true", help="no progress bar")
     upload.add_argument(
+        "--resume",
+        action="store_true",
+        help="resumable: an upload of this file broken off before (same path, size and "
+        "modification time) goes on from what the server stored",
+    )
+    upload.add_argument(
         "--chunk-size",
         type=int,
         default=DEFAULT_CHUNK_BYTES,
@@ -441,6 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("health", parents=[common], help="the service's dependency health")
     return parser
+
+
+def resume_key(path: Path) -> str:
+    """The idempotency key of `upload --resume`: the same for the same file (path, size,
+    modification time), so a second run finds the first run's session."""
+    stat = path.stat()
+    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    return "resume-" + hashlib.sha256(identity).hexdigest()[:40]
 
 
 def read_local_files(args: argparse.Namespace) -> None:
