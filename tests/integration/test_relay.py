@@ -169,7 +169,11 @@ async def test_three_relays_publish_each_event_once(
     outbox: AsyncCollection[Document], relays: Relays, kafka: Kafka, topic: str
 ) -> None:
     total = 600
-    await asyncio.gather(*(asyncio.to_thread(relays.start, f"relay-{n}") for n in "abc"))
+    # Zero duplicates holds only while no lease lapses: leases long enough that a relay
+    # starved of CPU for a while on a loaded machine still renews them (nothing here waits
+    # for one to run out).
+    env = {"RELAY_LEASE_TTL_S": "30", "RELAY_CLOCK_SKEW_S": "2"}
+    await asyncio.gather(*(asyncio.to_thread(relays.start, f"relay-{n}", **env) for n in "abc"))
     documents = [new_document() for _ in range(total)]
     for start in range(0, total, 200):
         await outbox.insert_many(documents[start : start + 200])
