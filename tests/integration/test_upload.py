@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -391,3 +392,45 @@ async def test_client_cancel_of_a_one_part_upload_leaves_nothing(
         await call
     # The client sent the whole video but never ended the stream: nothing may be stored.
     await assert_nothing_left(s3, outbox_collection, bucket)
+
+
+async def test_a_refused_upload_is_drained_up_to_the_byte_cap(
+    stub: pb_grpc.CheckoutServiceAsyncStub,
+) -> None:
+    # Refused at its first chunk (not an MP4) while the client goes on sending 128 MiB: the
+    # server reads and drops at most DRAIN_MAX_BYTES (64 MiB, or DRAIN_MAX_S) of the rest, so
+    # the client gets the server's own status, and stops being read once that is sent.
+    sent = 0
+    block = b"\0" * (1 * MiB)
+
+    async def endless() -> AsyncIterator[pb.UploadVideoRequest]:
+        nonlocal sent
+        yield pb.UploadVideoRequest(metadata=pb.UploadMetadata(filename="x.mp4"))
+        for _ in range(128):
+            sent += len(block)
+            yield pb.UploadVideoRequest(chunk=block)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.UploadVideo(endless(), timeout=60)
+    assert error_details(caught.value)[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "NOT_MP4")
+    print(f"refused upload: the client sent {sent / MiB:.0f} MiB before the answer")
+    # 64 MiB drained, plus what flow control let through meanwhile (a 4 MiB stream window).
+    assert sent <= 64 * MiB + 16 * MiB
+
+
+async def test_a_refused_upload_that_stalls_is_answered_after_the_drain_time_cap(
+    stub: pb_grpc.CheckoutServiceAsyncStub,
+) -> None:
+    async def stalls() -> AsyncIterator[pb.UploadVideoRequest]:
+        yield pb.UploadVideoRequest(metadata=pb.UploadMetadata(filename="x.mp4"))
+        yield pb.UploadVideoRequest(chunk=b"not an mp4 at all" * 10)
+        await asyncio.Event().wait()  # never ends its stream
+        yield pb.UploadVideoRequest()
+
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.UploadVideo(stalls(), timeout=60)
+    waited_s = time.monotonic() - started
+    assert error_details(caught.value)[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "NOT_MP4")
+    # DRAIN_MAX_S (5 s), not the call's 60 s deadline.
+    assert 4.5 <= waited_s < 30, waited_s
