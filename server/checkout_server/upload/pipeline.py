@@ -17,6 +17,7 @@ flow control, not an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -185,7 +186,12 @@ class UploadPipeline:
                 traceparent=self._traceparent(),
                 owner=request.owner,
             )
-            await self._outbox.add(event)
+            await self._add_event(event)
+        except _CancelledAfterCommit:
+            # The client went away (or its deadline passed) once the event was written: the
+            # object stays with it, and a retry with the same key is answered with it.
+            log.info("upload cancelled after its event was written", extra={"event_id": video_id})
+            raise
         except DuplicateIdempotencyKey as duplicate:
             # A concurrent upload with the same key won the race: keep its result only, if it
             # is of the same file (the bytes are known now, declared or not).
@@ -205,6 +211,22 @@ class UploadPipeline:
             extra={"event_id": event.event_id, "size_bytes": event.size_bytes, "bucket": bucket},
         )
         return UploadResult(event=event)
+
+    async def _add_event(self, event: OutboxEvent) -> None:
+        """`Outbox.add`, carried to its end even when the upload is cancelled meanwhile: its
+        insert is the commit point, and whether it happened must be known before the object
+        may be removed. Cancelled and written, it raises _CancelledAfterCommit (the object
+        stays); cancelled and not written, the CancelledError (the object is removed)."""
+        adding = asyncio.ensure_future(self._outbox.add(event))
+        try:
+            await asyncio.shield(adding)
+        except asyncio.CancelledError:
+            while not adding.done():  # bounded by the database client's timeouts
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({adding})
+            if not adding.cancelled() and adding.exception() is None:
+                raise _CancelledAfterCommit() from None
+            raise
 
     async def _stream(
         self,
@@ -410,6 +432,10 @@ class _PartSender:
             task, self._in_flight = self._in_flight, None
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+class _CancelledAfterCommit(asyncio.CancelledError):
+    """The upload was cancelled after its event was written: the object must stay."""
 
 
 def _check_ftyp(head: bytes | bytearray) -> None:
