@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -112,9 +112,12 @@ class FakeDetector:
     def __init__(self) -> None:
         self.calls = 0
         self.error: Exception | None = None
+        self.hook: Callable[[], None] | None = None  # called in each detect
 
     def detect(self, frame: Frame) -> Sequence[Detection]:
         self.calls += 1
+        if self.hook is not None:
+            self.hook()
         if self.error is not None:
             raise self.error
         if int(frame[0, 0, 0]) % 2:

@@ -21,6 +21,7 @@ import asyncio
 import enum
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -108,7 +109,10 @@ class Processor:
         outages = 0
         while not stop.is_set():
             try:
-                outcome = await self._attempt(event, outages=outages)
+                outcome = await self._attempt(event, outages=outages, stop=stop)
+            except _Stopped:
+                log.info("stopping: left unfinished", extra={"event_id": event.event_id})
+                return Handled.STOPPED
             except Exception as exc:
                 # Outages pass: they do not count against RUNNER_MAX_ATTEMPTS. Anything else
                 # does, as do crashes (the state record counts every attempt begun).
@@ -130,7 +134,7 @@ class Processor:
             await backoff.wait(stop)
         return Handled.STOPPED
 
-    async def _attempt(self, event: VideoEvent, *, outages: int) -> Handled:
+    async def _attempt(self, event: VideoEvent, *, outages: int, stop: asyncio.Event) -> Handled:
         """One try. `outages`: earlier tries of this delivery that an outage ended (they do
         not count as attempts)."""
         key = self._config.result_key(event)
@@ -165,7 +169,7 @@ class Processor:
                 )
             self._metrics.in_progress.inc()
             try:
-                analysis, truncated = await self._analyse(event)
+                analysis, truncated = await self._analyse(event, stop)
             except RunnerError as exc:
                 if exc.retriable:
                     raise
@@ -214,20 +218,26 @@ class Processor:
         )
         return Handled.OK if outcome is Outcome.OK else Handled.FAILED
 
-    async def _analyse(self, event: VideoEvent) -> tuple[Analysis, bool]:
-        """Download the video to a temporary file and run the detector over its samples."""
+    async def _analyse(self, event: VideoEvent, stop: asyncio.Event) -> tuple[Analysis, bool]:
+        """Download the video to a temporary file and run the detector over its samples; a
+        `stop` meanwhile ends the detection at the next frame (_Stopped)."""
         with tempfile.TemporaryDirectory(dir=self._config.temp_dir, prefix="runner-") as folder:
             path = Path(folder) / "video"
             await self._store.download(
                 event.bucket, event.object_key, path, max_bytes=self._config.max_video_bytes
             )
             detector = await self._idle.get()
+            abort = threading.Event()  # what the worker thread can see of `stop`
+            relay = asyncio.create_task(_set_when(stop, abort))
             try:
-                return await asyncio.to_thread(self._detect_all, path, detector)
+                return await asyncio.to_thread(self._detect_all, path, detector, abort)
             finally:
+                relay.cancel()
                 self._idle.put_nowait(detector)
 
-    def _detect_all(self, path: Path, detector: Detector) -> tuple[Analysis, bool]:
+    def _detect_all(
+        self, path: Path, detector: Detector, abort: threading.Event
+    ) -> tuple[Analysis, bool]:
         """In a worker thread: every sampled frame through the detector, one at a time."""
         info = self._decoder.probe(path)
         frames: list[FrameResult] = []
@@ -235,6 +245,8 @@ class Processor:
         samples = self._decoder.sample(path, every_s=1.0 / self._config.sample_fps)
         try:
             for index, at, image in samples:
+                if abort.is_set():
+                    raise _Stopped()
                 if len(frames) >= self._config.max_sampled_frames:
                     truncated = True
                     break
@@ -246,3 +258,12 @@ class Processor:
         if not frames:
             raise VideoUndecodable("no frame could be decoded")
         return Analysis(video=info, frames=frames), truncated
+
+
+class _Stopped(Exception):
+    """The runner is stopping: the video is left unfinished (uncommitted, delivered again)."""
+
+
+async def _set_when(stop: asyncio.Event, abort: threading.Event) -> None:
+    await stop.wait()
+    abort.set()

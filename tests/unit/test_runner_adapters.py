@@ -61,8 +61,10 @@ def test_what_is_no_video_is_undecodable(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "video"
     path.write_bytes(data)
     decoder = PyAVDecoder()
-    with pytest.raises(VideoUndecodable):
+    with pytest.raises(VideoUndecodable) as caught:
         decoder.probe(path)
+    assert str(tmp_path) not in caught.value.message  # no local path in a result
+    assert caught.value.message.startswith("InvalidDataError: ")
     with pytest.raises(VideoUndecodable):
         list(decoder.sample(path, every_s=0.5))
 

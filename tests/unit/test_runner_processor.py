@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -279,3 +280,25 @@ async def test_detection_stops_at_the_frame_limit_and_says_so() -> None:
 
     assert [f["index"] for f in s.result()["frames"]] == [0, 5, 10]
     assert s.result()["truncated"] is True
+
+
+async def test_stopping_during_detection_leaves_the_video_at_the_next_frame() -> None:
+    s = Setup()
+    s.store.objects[INPUT] = fake_video(frames=60, fps=10)
+    stop, loop = asyncio.Event(), asyncio.get_running_loop()
+    stopped = threading.Event()
+
+    def stop_at_first_frame() -> None:  # in the worker thread, as the detector runs
+        loop.call_soon_threadsafe(stop.set)
+        stopped.wait(5)  # until the loop has passed the stop on to the thread
+
+    s.detector.hook = stop_at_first_frame
+    task = asyncio.create_task(s.processor.handle(record(), stop))
+    await stop.wait()
+    await asyncio.sleep(0)  # the processor's relay of `stop` runs
+    stopped.set()
+
+    assert await asyncio.wait_for(task, 5) is Handled.STOPPED
+    assert s.detector.calls == 1  # not one frame more
+    assert s.store.puts == []
+    assert s.states.records[EVENT]["state"] == "processing"

@@ -20,7 +20,10 @@ from ..ports import Frame
 def _translated() -> Iterator[None]:
     try:
         yield
-    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+    except av.error.FFmpegError as exc:
+        # FFmpeg's own words, without the local file's name (a temporary path of the runner)
+        raise VideoUndecodable(f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
         raise VideoUndecodable(f"{type(exc).__name__}: {exc}") from exc
 
 
