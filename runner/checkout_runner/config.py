@@ -88,6 +88,8 @@ class RunnerSettings(BaseSettings):
     """RUNNER_RETRY_MAX_S: the longest retry delay."""
     runner_metrics_addr: str = "0.0.0.0:9465"
     """RUNNER_METRICS_ADDR: the Prometheus endpoint (GET /metrics); empty disables it."""
+    runner_lag_interval_s: float = 5.0
+    """RUNNER_LAG_INTERVAL_S: how often the consumer lag gauge is measured."""
     kafka_session_timeout_ms: int = 10_000
     """KAFKA_SESSION_TIMEOUT_MS: a member silent this long (killed) loses its partitions."""
     kafka_max_poll_interval_ms: int = 600_000
@@ -104,6 +106,8 @@ class RunnerSettings(BaseSettings):
     def _check(self) -> Self:
         if self.runner_sample_fps <= 0:
             raise ValueError("RUNNER_SAMPLE_FPS must be positive")
+        if self.runner_lag_interval_s <= 0:
+            raise ValueError("RUNNER_LAG_INTERVAL_S must be positive")
         for name in ("runner_concurrency", "runner_max_attempts", "runner_max_sampled_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1")

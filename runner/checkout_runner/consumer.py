@@ -18,7 +18,6 @@ from .processor import Handled, Processor
 log = logging.getLogger(__name__)
 
 _POLL_TIMEOUT_S = 1.0
-_LAG_INTERVAL_S = 5.0
 
 
 class ConsumerLoop:
@@ -31,6 +30,7 @@ class ConsumerLoop:
         concurrency: int,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
+        lag_interval_s: float = 5.0,
     ) -> None:
         self._source = source
         self._processor = processor
@@ -38,6 +38,7 @@ class ConsumerLoop:
         self._concurrency = concurrency
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
+        self._lag_interval_s = lag_interval_s
         metrics.assigned.set_function(source.assigned)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -80,4 +81,4 @@ class ConsumerLoop:
                 self._metrics.lag.set(await self._source.lag())
             except Exception:  # a gauge must never stop the runner
                 log.debug("lag not measured", exc_info=True)
-            await wait_or_stop(stop, _LAG_INTERVAL_S)
+            await wait_or_stop(stop, self._lag_interval_s)

@@ -173,6 +173,7 @@ def create_runner(settings: RunnerSettings) -> RunnerApp:
         concurrency=settings.runner_concurrency,
         retry_initial_s=settings.runner_retry_initial_s,
         retry_max_s=settings.runner_retry_max_s,
+        lag_interval_s=settings.runner_lag_interval_s,
     )
     return RunnerApp(
         settings=settings,

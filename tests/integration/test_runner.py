@@ -131,8 +131,8 @@ class Processes:
         self.started.append(runner)
         return runner
 
-    def start_runner(self, name: str) -> RunnerService:
-        runner = self.runner(name)
+    def start_runner(self, name: str, env: dict[str, str] | None = None) -> RunnerService:
+        runner = self.runner(name, env=env)
         runner.start(timeout_s=90)
         return runner
 
@@ -441,23 +441,12 @@ async def test_processing_continues_the_records_trace(
     event_id = video_id = str(uuid.uuid4())
     data = mp4_bytes(10_000, seed=5)
     await s3.put_object(bucket, f"input/{video_id}.mp4", io.BytesIO(data), len(data))
-    envelope = {
-        "version": 1,
-        "event_id": event_id,
-        "type": "checkout.video.uploaded",
-        "video_id": video_id,
-        "bucket": bucket,
-        "object_key": f"input/{video_id}.mp4",
-        "size_bytes": len(data),
-        "sha256": "",
-        "created_at": "2026-12-01T10:00:00.000+00:00",
-    }
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
     await producer.start()
     try:
         await producer.send_and_wait(
             processes.topic,
-            json.dumps(envelope).encode(),
+            _envelope(event_id, bucket, len(data)),
             key=event_id.encode(),
             headers=[("event_id", event_id.encode()), ("traceparent", TRACEPARENT.encode())],
         )
@@ -490,3 +479,67 @@ async def _the_record(kafka: Kafka, topic: str, event_id: str) -> Any:
                             return record
     finally:
         await consumer.stop()
+
+
+async def test_consumer_lag_counts_the_records_waiting_behind_a_video(
+    app: App,  # makes the bucket
+    processes: Processes,
+    relay: PythonService,
+    kafka: Kafka,
+    s3: Minio,
+    bucket: str,
+    states: AsyncCollection[Document],
+    long_clip: bytes,
+) -> None:
+    """A long video and then three more records on one partition: while the runner works on
+    the video (one at a time), its lag gauge shows the three; then 0."""
+    runner = await asyncio.to_thread(
+        processes.start_runner,
+        "runner-a",
+        {"RUNNER_SAMPLE_FPS": "5", "RUNNER_LAG_INTERVAL_S": "0.2"},
+    )
+    videos = [long_clip] + [mp4_bytes(5_000, seed=i) for i in range(3)]
+    ids = [str(uuid.uuid4()) for _ in videos]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    await producer.start()
+    try:
+        for event_id, data in zip(ids, videos, strict=True):
+            key = f"input/{event_id}.mp4"
+            await s3.put_object(bucket, key, io.BytesIO(data), len(data))
+            await producer.send_and_wait(
+                processes.topic, _envelope(event_id, bucket, len(data)), partition=0
+            )
+    finally:
+        await producer.stop()
+
+    async def lag_of_three() -> bool:
+        return await metric(runner, "checkout_runner_consumer_lag") == 3
+
+    await wait_until(lag_of_three, timeout_s=90, what="three records behind the video")
+    assert await metric(runner, "checkout_runner_videos_in_progress") == 1
+
+    async def all_done() -> bool:
+        return await states.count_documents({"state": "ready"}) == 4
+
+    await wait_until(all_done, timeout_s=120, what="every record processed")
+
+    async def caught_up() -> bool:
+        return await metric(runner, "checkout_runner_consumer_lag") == 0
+
+    await wait_until(caught_up, timeout_s=30, what="no lag")
+
+
+def _envelope(event_id: str, bucket: str, size: int) -> bytes:
+    return json.dumps(
+        {
+            "version": 1,
+            "event_id": event_id,
+            "type": "checkout.video.uploaded",
+            "video_id": event_id,
+            "bucket": bucket,
+            "object_key": f"input/{event_id}.mp4",
+            "size_bytes": size,
+            "sha256": "",
+            "created_at": "2026-12-01T10:00:00.000+00:00",
+        }
+    ).encode()
