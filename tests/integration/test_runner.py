@@ -183,7 +183,9 @@ async def metric(runner: RunnerService, name: str) -> float:
 # --- the API -------------------------------------------------------------------------------
 
 
-async def upload(stub: Stub, data: bytes, filename: str = "clip.mp4") -> pb.UploadVideoResponse:
+async def upload(
+    stub: Stub, data: bytes, filename: str = "clip.mp4", *, traceparent: str = ""
+) -> pb.UploadVideoResponse:
     def messages() -> Iterator[pb.UploadVideoRequest]:
         yield pb.UploadVideoRequest(
             metadata=pb.UploadMetadata(
@@ -193,7 +195,8 @@ async def upload(stub: Stub, data: bytes, filename: str = "clip.mp4") -> pb.Uplo
         for at in range(0, len(data), CHUNK):
             yield pb.UploadVideoRequest(chunk=data[at : at + CHUNK])
 
-    return await stub.UploadVideo(messages())
+    metadata = (("traceparent", traceparent),) if traceparent else None
+    return await stub.UploadVideo(messages(), metadata=metadata)
 
 
 async def watch(stub: Stub, event_id: str, timeout_s: float = 180) -> list[str]:
@@ -237,7 +240,7 @@ async def test_the_clip_reaches_ready_with_every_face_where_it_is(
 ) -> None:
     data, truth = clip
     runner = await asyncio.to_thread(processes.start_runner, "runner-a")
-    uploaded = await upload(stub, data)
+    uploaded = await upload(stub, data, traceparent=TRACEPARENT)
 
     seen = await watch(stub, uploaded.event_id)
 
@@ -280,6 +283,8 @@ async def test_the_clip_reaches_ready_with_every_face_where_it_is(
     assert record is not None
     assert (record["state"], record["outcome"], record["attempts"]) == ("ready", "ok", 1)
     assert record["runner_id"] == "runner-a"
+    # One trace from the client's upload through the relay's publish span to the runner's.
+    assert record["trace_id"] == TRACEPARENT.split("-")[1]
     values = await asyncio.to_thread(metrics_of, runner)
     assert values['checkout_runner_videos_total{outcome="ok"}'] == 1
     assert values["checkout_runner_frames_total"] == 12

@@ -17,6 +17,7 @@ from checkout_runner.config import RunnerSettings
 from checkout_runner.domain import Delivery
 from checkout_runner.errors import ConfigError, EnvelopeError, VideoUndecodable
 from checkout_runner.sample import PHOTOS, Truth, photo, write_sample
+from checkout_runner.wiring import build_detector
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -159,3 +160,10 @@ def test_the_envelope_of_the_relay_parses_with_its_trace() -> None:
     assert event.created_at.isoformat() == "2026-12-01T10:00:00+00:00"
     with pytest.raises(EnvelopeError):
         envelope.parse(Delivery(topic="t", partition=0, offset=0, value=b"[1]"))
+
+
+def test_the_detector_setting_picks_the_adapter() -> None:
+    assert isinstance(build_detector(RunnerSettings.from_env({})), CenterFaceDetector)
+    hog = build_detector(RunnerSettings.from_env({"RUNNER_DETECTOR": "hog-people"}))
+    assert isinstance(hog, HogPeopleDetector)
+    assert hog.name == "hog-people"

@@ -52,7 +52,6 @@ class KafkaEventSource:
         self._consumer = consumer
         self._topic = topic
         self._lock = asyncio.Lock()
-        self._positions: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
         self._consumer.subscribe([self._topic], listener=_HoldBatches(self._lock))
@@ -104,22 +103,25 @@ class KafkaEventSource:
                 return False
             except KafkaError as exc:
                 raise ConsumerUnavailable(f"commit: {type(exc).__name__}: {exc}") from exc
-            self._positions.update(offsets)
             return True
         finally:
             self._lock.release()
 
     async def lag(self) -> int:
+        # The broker's end offsets (one ListOffsets request), not the fetcher's highwater,
+        # which goes stale while fetched records wait in its buffer.
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return 0
+        with _translated("end_offsets"):
+            ends = await self._consumer.end_offsets(assigned)
         total = 0
-        for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            if high is None:
-                continue
+        for tp in assigned:
             try:
                 position = await self._consumer.position(tp)
-            except (KafkaError, IllegalStateError):
+            except IllegalStateError:  # revoked meanwhile
                 continue
-            total += max(0, high - position)
+            total += max(0, ends.get(tp, position) - position)
         return total
 
     def assigned(self) -> int:
