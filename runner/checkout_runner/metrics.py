@@ -33,7 +33,7 @@ class RunnerMetrics:
         )
         self.frames_per_second = Gauge(
             "checkout_runner_last_video_frames_per_second",
-            "Detector throughput on the last video processed: sampled frames per second",
+            "The last video's sampled frames per second of decoding and detection",
             registry=r,
         )
         self.video_seconds = Histogram(

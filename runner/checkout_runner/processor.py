@@ -178,8 +178,7 @@ class Processor:
                 return await self._store_result(event, key, body, Outcome.FAILED, exc.reason)
             finally:
                 self._metrics.in_progress.dec()
-            seconds = max(time.monotonic() - started, 1e-6)
-            self._metrics.frames_per_second.set(round(len(analysis.frames) / seconds, 2))
+            seconds = time.monotonic() - started
             await self._states.advance(
                 event.event_id, VideoState.PREDICTABLE, frames=len(analysis.frames)
             )
@@ -230,7 +229,13 @@ class Processor:
             abort = threading.Event()  # what the worker thread can see of `stop`
             relay = asyncio.create_task(_set_when(stop, abort))
             try:
-                return await asyncio.to_thread(self._detect_all, path, detector, abort)
+                started = time.monotonic()
+                analysis, truncated = await asyncio.to_thread(
+                    self._detect_all, path, detector, abort
+                )
+                elapsed = max(time.monotonic() - started, 1e-6)
+                self._metrics.frames_per_second.set(round(len(analysis.frames) / elapsed, 2))
+                return analysis, truncated
             finally:
                 relay.cancel()
                 self._idle.put_nowait(detector)

@@ -141,6 +141,9 @@ async def test_a_video_gets_its_result_through_the_three_states() -> None:
     assert s.spans.parents == [TRACEPARENT]
     assert s.store.puts == [OUTPUT]
     assert s.count("checkout_runner_frames_total") == 12
+    assert s.count("checkout_runner_last_video_frames_per_second") > 0
+    assert s.count("checkout_runner_video_seconds_count") == 1
+    assert s.count("checkout_runner_videos_in_progress") == 0
     assert s.count("checkout_runner_videos_total", outcome="ok") == 1
 
 
