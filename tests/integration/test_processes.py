@@ -1,0 +1,243 @@
+"""Behaviours of the running processes that other tests check only at store level: the
+relay's retention sweep and its permanent failures (a relay process on the real FerretDB and
+Kafka), and the server's memory budget holding uploads back (a server process, watched
+through its own metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from miniopy_async.api import Minio
+from pymongo.asynchronous.collection import AsyncCollection
+
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.config import ServerSettings
+from checkout_server.outbox.document import Document, status_document
+from devstack import Kafka, free_port
+from tests.helpers import MiB, mp4_bytes, sha256_hex
+from tests.integration.processes import server_env
+from tests.integration.storage_checks import object_sha256, wait_until
+from tests.integration.test_relay import Relays, consume, new_document
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def relays(settings: ServerSettings, kafka: Kafka, tmp_path: Path) -> Iterator[Relays]:
+    group = Relays(settings, kafka, f"processes-{uuid.uuid4().hex[:10]}", tmp_path)
+    yield group
+    group.stop_all()
+
+
+async def insert(
+    outbox: AsyncCollection[Document],
+    statuses: AsyncCollection[Document],
+    documents: list[Document],
+) -> None:
+    """As uploads write them: the status record, then the outbox message."""
+    await statuses.insert_many([status_document(d) for d in documents])
+    await outbox.insert_many(documents)
+
+
+async def test_the_relay_sweeps_sent_messages_after_their_retention(
+    outbox_collection: AsyncCollection[Document],
+    status_collection: AsyncCollection[Document],
+    relays: Relays,
+) -> None:
+    retention_s = 4.0
+    documents = [new_document() for _ in range(20)]
+    ids = {d["_id"] for d in documents}
+    await insert(outbox_collection, status_collection, documents)
+    await asyncio.to_thread(
+        relays.start,
+        "relay-sweep",
+        RELAY_SENT_RETENTION_S=str(retention_s),
+        RELAY_SWEEP_INTERVAL_S="0.5",
+    )
+
+    # Watch each message: when it goes, at least the retention has passed since it was sent.
+    gone_early: list[float] = []
+
+    async def all_swept() -> bool:
+        present = set(await outbox_collection.distinct("_id"))
+        now = time.time()
+        for record in await status_collection.find({"_id": {"$in": list(ids - present)}}).to_list():
+            if record.get("sent_at") is None:
+                gone_early.append(-1.0)  # deleted before it was even sent
+            elif now - record["sent_at"].timestamp() < retention_s - 1:
+                gone_early.append(now - record["sent_at"].timestamp())
+        return not present & ids
+
+    await wait_until(all_swept, timeout_s=90, what="every sent message swept")
+    assert gone_early == []
+    # The status records keep everything a client sees.
+    records = await status_collection.find({"_id": {"$in": list(ids)}}).to_list()
+    assert len(records) == 20
+    assert {r["status"] for r in records} == {"sent"}
+    assert all(r["sent_at"] is not None for r in records)
+
+
+async def test_a_permanent_failure_marks_its_event_failed_and_spares_the_rest(
+    outbox_collection: AsyncCollection[Document],
+    status_collection: AsyncCollection[Document],
+    relays: Relays,
+    kafka: Kafka,
+) -> None:
+    good = [new_document() for _ in range(10)]
+    bad = [new_document() for _ in range(2)]
+    for document in bad:  # an event no Kafka message can be made of
+        document["payload"]["size_bytes"] = "много"
+    await insert(outbox_collection, status_collection, good[:5] + bad + good[5:])
+    relay = await asyncio.to_thread(relays.start, "relay-permanent")
+
+    async def settled() -> bool:
+        records = await status_collection.find({}, {"status": 1}).to_list()
+        return len(records) == 12 and all(r["status"] != "new" for r in records)
+
+    await wait_until(settled, timeout_s=90, what="every event sent or failed")
+    records = {r["_id"]: r for r in await status_collection.find({}).to_list()}
+    assert {i: records[i]["status"] for i in (d["_id"] for d in bad)} == {
+        d["_id"]: "failed" for d in bad
+    }
+    for document in bad:
+        assert (
+            "size_bytes" in records[document["_id"]]["error"] or records[document["_id"]]["error"]
+        ), records[document["_id"]]
+    assert {records[d["_id"]]["status"] for d in good} == {"sent"}
+    # Only the good ones reached Kafka; the failed are not retried (they are not `new`).
+    kafka_records = await consume(kafka, relays.topic, expected=10)
+    assert {r.key.decode() for r in kafka_records} == {d["_id"] for d in good}
+    failed_messages = await outbox_collection.find(
+        {"_id": {"$in": [d["_id"] for d in bad]}}
+    ).to_list()
+    assert all(m["status"] == "failed" and m["attempts"] == 1 for m in failed_messages)
+    assert relay.running
+
+
+# --- the memory budget of a server process ---------------------------------------------------
+
+
+async def server_metrics(port: int) -> dict[str, float]:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    try:
+        writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    values: dict[str, float] = {}
+    for line in raw.partition(b"\r\n\r\n")[2].decode().splitlines():
+        if line.startswith("checkout_") and " " in line:
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+@pytest.fixture
+async def budget_server(settings: ServerSettings, tmp_path: Path) -> AsyncIterator[tuple[int, int]]:
+    """A server process whose uploads may buffer 20 MiB together: two uploads' worth (each
+    reserves two 5 MiB parts). Yields its gRPC and metrics ports."""
+    port, metrics_port = free_port(), free_port()
+    env = server_env(
+        settings,
+        port,
+        UPLOAD_MEMORY_BUDGET_BYTES=str(20 * MiB),
+        METRICS_ADDR=f"127.0.0.1:{metrics_port}",
+    )
+    with (tmp_path / "server.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "checkout_server", env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def serving() -> bool:
+                try:
+                    got = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                except grpc.aio.AioRpcError:
+                    return False
+                return bool(got.status == health_pb2.HealthCheckResponse.SERVING)
+
+            await wait_until(serving, timeout_s=60, what="the server to serve")
+        yield port, metrics_port
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+
+async def test_the_memory_budget_holds_a_third_upload_back_until_one_finishes(
+    budget_server: tuple[int, int], s3: Minio, bucket: str
+) -> None:
+    port, metrics_port = budget_server
+    files = [mp4_bytes(24 * MiB, seed=i) for i in range(3)]
+    gates = [asyncio.Event() for _ in files]
+    yielded = [0, 0, 0]
+
+    async def stream(i: int) -> AsyncIterator[pb.UploadVideoRequest]:
+        data = files[i]
+        yield pb.UploadVideoRequest(
+            metadata=pb.UploadMetadata(filename=f"{i}.mp4", sha256=sha256_hex(data))
+        )
+        for start in range(0, len(data), 256 * 1024):
+            if start >= 2 * MiB:
+                await gates[i].wait()
+            yielded[i] += 256 * 1024
+            yield pb.UploadVideoRequest(chunk=data[start : start + 256 * 1024])
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.CheckoutServiceStub(channel)
+
+        async def used() -> float:
+            return (await server_metrics(metrics_port))["checkout_upload_memory_budget_bytes_used"]
+
+        first = [asyncio.create_task(upload(stub, stream(i))) for i in (0, 1)]
+        await wait_until(lambda: _equals(used, 20 * MiB), what="two uploads holding the budget")
+        third = asyncio.create_task(upload(stub, stream(2)))
+        gates[2].set()  # the third would send all it has: only the budget holds it back
+        await wait_until(
+            lambda: _in_flight(metrics_port, 3), what="the third upload admitted and waiting"
+        )
+        # Admitted and waiting for its share, not refused; the budget is never exceeded (it
+        # would be 30 MiB with the third's two parts reserved).
+        print(f"memory budget: the third upload had sent {yielded[2] / MiB:.1f} MiB of 24")
+        assert not third.done()
+        assert await used() == 20 * MiB
+
+        gates[0].set()  # the first completes and frees its share: the third goes on
+        results = [await asyncio.wait_for(t, 120) for t in first[:1]]
+        results.append(await asyncio.wait_for(third, 120))
+        gates[1].set()
+        results.append(await asyncio.wait_for(first[1], 120))
+    assert yielded[2] == len(files[2])
+    for response, data in zip(results, [files[0], files[2], files[1]], strict=True):
+        assert response.status == "ok"
+        assert await object_sha256(s3, bucket, response.object_key) == (len(data), sha256_hex(data))
+    assert await used() == 0
+
+
+async def upload(stub: Any, requests: AsyncIterator[pb.UploadVideoRequest]) -> Any:
+    return await stub.UploadVideo(requests, timeout=120)
+
+
+async def _equals(value: Any, expected: float) -> bool:
+    try:
+        return bool(await value() == expected)
+    except OSError:
+        return False
+
+
+async def _in_flight(metrics_port: int, n: int) -> bool:
+    return (await server_metrics(metrics_port)).get("checkout_uploads_in_flight") == n
