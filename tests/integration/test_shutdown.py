@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-GRACE_S = 12
+GRACE_S = 8
 CHUNK = 256 * 1024
 
 
