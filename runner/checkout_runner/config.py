@@ -94,7 +94,8 @@ class RunnerSettings(BaseSettings):
     """KAFKA_SESSION_TIMEOUT_MS: a member silent this long (killed) loses its partitions."""
     kafka_max_poll_interval_ms: int = 600_000
     """KAFKA_MAX_POLL_INTERVAL_MS: the longest a batch may take before the group drops this
-    member (one batch is RUNNER_CONCURRENCY videos)."""
+    member (one batch is RUNNER_CONCURRENCY videos); also how long a rebalance waits for a
+    member to finish its batch (the rebalance timeout)."""
     otel_exporter_otlp_endpoint: str = ""
     """OTEL_EXPORTER_OTLP_ENDPOINT: where spans go over OTLP/gRPC; empty: not exported."""
     log_level: str = "INFO"

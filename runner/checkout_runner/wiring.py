@@ -141,6 +141,11 @@ def create_runner(settings: RunnerSettings) -> RunnerApp:
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 3, 100),
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+        # How long the broker waits for every member to rejoin a rebalance: aiokafka's
+        # default is the session timeout, after which a member still finishing its batch
+        # (the rebalance listener waits for it) is dropped and its records go to another
+        # member, processed twice. The batch may take as long as a poll interval.
+        rebalance_timeout_ms=settings.kafka_max_poll_interval_ms,
         max_poll_records=settings.runner_concurrency,
     )
     source = KafkaEventSource(consumer, settings.kafka_topic)

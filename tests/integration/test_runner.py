@@ -548,3 +548,36 @@ def _envelope(event_id: str, bucket: str, size: int) -> bytes:
             "created_at": "2026-12-01T10:00:00.000+00:00",
         }
     ).encode()
+
+
+async def test_a_runner_joining_waits_for_the_video_in_hand(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    states: AsyncCollection[Document],
+    long_clip: bytes,
+) -> None:
+    """A second runner joins while the first is at work: the rebalance waits until the first
+    has stored its result and committed, so the video is not processed twice."""
+    five_a_second = {"RUNNER_SAMPLE_FPS": "5"}
+    first = await asyncio.to_thread(processes.start_runner, "runner-a", five_a_second)
+    uploaded = await upload(stub, long_clip)
+
+    async def detecting() -> bool:
+        return await metric(first, "checkout_runner_frames_total") >= 3
+
+    await wait_until(detecting, timeout_s=120, what="the first runner at work")
+    second = await asyncio.to_thread(processes.start_runner, "runner-b", five_a_second)
+
+    async def shared() -> bool:
+        held = [await metric(r, "checkout_runner_assigned_partitions") for r in (first, second)]
+        return sorted(held) == [1, 2]
+
+    await wait_until(shared, timeout_s=180, what="the partitions shared")
+    assert (await watch(stub, uploaded.event_id))[-1] == "ready"
+    assert await metric(first, "checkout_runner_results_written_total") == 1
+    assert await metric(second, "checkout_runner_results_written_total") == 0
+    record = await states.find_one({"_id": uploaded.event_id})
+    assert record is not None
+    assert (record["runner_id"], record["attempts"]) == ("runner-a", 1)
