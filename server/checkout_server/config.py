@@ -33,6 +33,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigError
 from .outbox.sharding import SLOTS
+from .upload.failpoints import POINTS as FAILPOINTS
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -255,6 +256,10 @@ class ResumableSection(Section):
     upload_sweep_interval_s: float = 60.0
     """UPLOAD_SWEEP_INTERVAL_S: how often each server sweeps expired sessions and orphaned
     multipart uploads (every server does; sweeps are safe to run at once)."""
+    upload_failpoint: str = ""
+    """UPLOAD_FAILPOINT: for crash tests only: the process SIGKILLs itself when a resumable
+    upload reaches this point (`after_part`, `after_commit`, `after_complete`,
+    `after_outbox`; upload/failpoints.py). Empty, the default: never."""
     upload_takeover_wait_s: float = 15.0
     """UPLOAD_TAKEOVER_WAIT_S: how long a stream waits for the stream that writes a session
     to let go before it is refused with ABORTED UPLOAD_BUSY."""
@@ -263,6 +268,8 @@ class ResumableSection(Section):
     def _check_resumable(self) -> Self:
         if self.upload_session_ttl_s <= 0:
             raise ConfigError("UPLOAD_SESSION_TTL_S must be positive")
+        if self.upload_failpoint and self.upload_failpoint not in FAILPOINTS:
+            raise ConfigError(f"UPLOAD_FAILPOINT must be one of {', '.join(sorted(FAILPOINTS))}")
         if self.upload_max_duration_s <= 0 or self.upload_sweep_interval_s <= 0:
             raise ConfigError("UPLOAD_MAX_DURATION_S and UPLOAD_SWEEP_INTERVAL_S must be positive")
         if self.upload_lease_ttl_s <= 2 * self.upload_clock_skew_s:

@@ -38,6 +38,7 @@ from ..domain import (
 )
 from ..errors import DuplicateIdempotencyKey, DuplicateUploadSession, MultipartUploadMissing
 from ..ports import MultipartStorage, Outbox, Terminal, UploadSession, UploadSessionStore
+from .failpoints import Failpoint, no_failpoint
 from .lease import HeldLease, WriteLeases
 from .pipeline import UploadPipeline, check_same_file
 from .session_writer import SessionWriter, WriteChunk, persisted_size
@@ -93,7 +94,10 @@ class ResumableUploads:
         session_ttl_s: float,
         clock: Callable[[], datetime] = _utcnow,
         traceparent: Callable[[], str] = _no_trace,
+        failpoint: Failpoint = no_failpoint,
     ) -> None:
+        """`failpoint` is called at the crash points of upload/failpoints.py (tests)."""
+        self._failpoint = failpoint
         self._sessions = sessions
         self._storage = storage
         self._outbox = outbox
@@ -294,6 +298,7 @@ class ResumableUploads:
             digest=self._digest_at(upload_id, persisted),
             confirm=lambda: self._confirm(held, upload_id),
             content_type=VIDEO_CONTENT_TYPE,
+            failpoint=self._failpoint,
         )
         reserved = 2 * min(session.part_bytes, session.size_bytes)
         await self._pipeline.memory.reserve(reserved)
@@ -354,6 +359,7 @@ class ResumableUploads:
         if terminal is not Terminal.FINALIZING:
             raise errors.UploadNotFound()
         await self._complete(session, [(p.number, p.etag) for p in parts])
+        self._failpoint("after_complete")
         if not sha256:
             found = await self._storage.object_sha256(session.bucket, session.object_key)
             if found is None:
@@ -411,6 +417,7 @@ class ResumableUploads:
         )
         try:
             await self._outbox.add(event)
+            self._failpoint("after_outbox")
         except DuplicateIdempotencyKey as duplicate:
             if duplicate.existing.event_id == session.video_id:  # our own, from a retry
                 return UploadResult(event=duplicate.existing, deduplicated=True)

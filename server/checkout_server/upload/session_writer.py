@@ -24,6 +24,7 @@ import google_crc32c
 from .. import errors
 from ..errors import MultipartUploadMissing
 from ..ports import MultipartStorage, PartCommit, UploadSession, UploadSessionStore
+from .failpoints import Failpoint, no_failpoint
 from .pipeline import FTYP_HEADER_BYTES, check_ftyp, hash_chunks
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ class SessionWriter:
         digest: hashlib._Hash | None,
         confirm: Callable[[], Awaitable[None]],
         content_type: str,
+        failpoint: Failpoint = no_failpoint,
     ) -> None:
+        self._failpoint = failpoint
         self._session = session
         self._sessions = sessions
         self._storage = storage
@@ -214,6 +217,7 @@ class SessionWriter:
         finally:
             if hashing is not None:
                 await hashing
+        self._failpoint("after_part")
         await self._confirm()
         commit = PartCommit(
             number=number,
@@ -224,6 +228,7 @@ class SessionWriter:
             running_crc32c=running,
         )
         recorded = await self._sessions.commit_part(session.upload_id, commit)
+        self._failpoint("after_commit")
         if recorded.etag != etag or recorded.size_bytes != size:
             self.digest = None
             log.error(

@@ -51,6 +51,7 @@ from ..status.service import StatusService, StatusSettings
 from ..status.watch import WatchHub
 from ..supervisor import Supervisor, retry_until
 from ..tracing import current_traceparent
+from ..upload.failpoints import kill_at, no_failpoint
 from ..upload.lease import LeaseTimes, WriteLeases
 from ..upload.pipeline import UploadLimits, UploadPipeline
 from ..upload.resumable import ResumableUploads
@@ -340,6 +341,7 @@ def _build(
         ),
         session_ttl_s=settings.upload_session_ttl_s,
         traceparent=current_traceparent,
+        failpoint=kill_at(settings.upload_failpoint) if settings.upload_failpoint else no_failpoint,
     )
     sweeper = UploadSweeper(
         resumable=resumable,
