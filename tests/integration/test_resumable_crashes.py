@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_server.config import ServerSettings
-from tests.helpers import MiB, mp4_bytes
+from tests.helpers import MiB, error_details, mp4_bytes
 from tests.integration.resumable_helpers import (
     ServerProcesses,
     assert_one_video,
@@ -69,14 +69,22 @@ async def test_a_server_killed_at_a_crash_point_loses_nothing_durable(
     assert await doomed.process.wait() == -9  # SIGKILL: no cleanup ran
 
     again = await servers.start(env=FAST_LEASE)
-    state = await again.stub.QueryUploadStatus(pb.QueryUploadStatusRequest(upload_id=upload_id))
+    try:
+        state = await again.stub.QueryUploadStatus(pb.QueryUploadStatusRequest(upload_id=upload_id))
+    except grpc.aio.AioRpcError as exc:  # say why, with the server's reason
+        raise AssertionError(f"status after the crash: {error_details(exc)}") from exc
     if persisted_after is None:
         assert state.WhichOneof("write_status") == "result"
     else:
         assert state.persisted_size == persisted_after
     offset = state.persisted_size if persisted_after is not None else len(data)
     # The client resumes from what the server says (the dead server's lease runs out first).
-    response = await again.stub.WriteUpload(write_messages(upload_id, data, offset, finish=True))
+    try:
+        response = await again.stub.WriteUpload(
+            write_messages(upload_id, data, offset, finish=True)
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise AssertionError(f"resume after the crash: {error_details(exc)}") from exc
     await assert_one_video(s3, mongo_database, settings, response.result, data)
     if failpoint == "after_outbox":
         assert response.result.deduplicated  # the finish happened before the crash
