@@ -560,15 +560,17 @@ async def test_a_runner_joining_waits_for_the_video_in_hand(
 ) -> None:
     """A second runner joins while the first is at work: the rebalance waits until the first
     has stored its result and committed, so the video is not processed twice."""
-    five_a_second = {"RUNNER_SAMPLE_FPS": "5"}
-    first = await asyncio.to_thread(processes.start_runner, "runner-a", five_a_second)
+    every_frame = {"RUNNER_SAMPLE_FPS": "10"}  # 80 frames: the second starts meanwhile
+    first = await asyncio.to_thread(processes.start_runner, "runner-a", every_frame)
     uploaded = await upload(stub, long_clip)
 
     async def detecting() -> bool:
         return await metric(first, "checkout_runner_frames_total") >= 3
 
     await wait_until(detecting, timeout_s=120, what="the first runner at work")
-    second = await asyncio.to_thread(processes.start_runner, "runner-b", five_a_second)
+    second = await asyncio.to_thread(processes.start_runner, "runner-b", every_frame)
+    # The second has started (its join follows at once) with the video still in hand.
+    assert await metric(first, "checkout_runner_videos_in_progress") == 1
 
     async def shared() -> bool:
         held = [await metric(r, "checkout_runner_assigned_partitions") for r in (first, second)]
