@@ -4,6 +4,9 @@ sampling, CenterFace and HOG through OpenCV, the sample clip, settings, the enve
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +170,32 @@ def test_the_detector_setting_picks_the_adapter() -> None:
     hog = build_detector(RunnerSettings.from_env({"RUNNER_DETECTOR": "hog-people"}))
     assert isinstance(hog, HogPeopleDetector)
     assert hog.name == "hog-people"
+
+
+def test_the_sample_command_writes_the_clip_and_its_truth(tmp_path: Path) -> None:
+    out, truth = tmp_path / "sample.mp4", tmp_path / "truth.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "checkout_runner", "sample", str(out), "--truth", str(truth)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "60 frames of 640x480 at 10 fps, faces in 40" in done.stdout
+    assert PyAVDecoder().probe(out).frame_count == 60
+    assert len(Truth.from_json(truth.read_text()).frames) == 60
+
+
+def test_a_bad_setting_stops_the_runner_naming_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "checkout_runner"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "RUNNER_SAMPLE_FPS": "-1"},
+    )
+    assert done.returncode == 1
+    assert "configuration error" in done.stderr
+    assert "RUNNER_SAMPLE_FPS" in done.stderr
