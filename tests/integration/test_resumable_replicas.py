@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -157,15 +157,19 @@ async def test_a_zombie_writer_paused_past_its_lease_corrupts_nothing(
     rest.set()
 
     # Awake again, the zombie finds the session taken over (or already finished).
-    try:
-        late = await zombie_call
+    (late,) = await asyncio.gather(zombie_call, return_exceptions=True)
+    if isinstance(late, pb.WriteUploadResponse):
         assert late.result.event_id == response.result.event_id
-    except grpc.aio.AioRpcError as exc:
-        code, reason, _ = error_details(exc)
-        assert (code, reason) in {
-            (grpc.StatusCode.ABORTED, "UPLOAD_TAKEN_OVER"),
-            (grpc.StatusCode.NOT_FOUND, "UPLOAD_NOT_FOUND"),
-        }
+    else:
+        assert isinstance(late, grpc.aio.AioRpcError), late
+        trailers = cast(Iterable[tuple[str, bytes]], late.trailing_metadata() or ())
+        if any(key == "grpc-status-details-bin" for key, _ in trailers):
+            assert error_details(late)[:2] in {
+                (grpc.StatusCode.ABORTED, "UPLOAD_TAKEN_OVER"),
+                (grpc.StatusCode.NOT_FOUND, "UPLOAD_NOT_FOUND"),
+            }
+        else:  # the zombie's own client gave up on its transport (grpc/grpc#36066 and kin)
+            assert late.code() in {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE}, late
     await assert_one_video(s3, mongo_database, settings, response.result, data)
 
 
