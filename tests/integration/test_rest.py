@@ -258,6 +258,11 @@ def test_request_and_cleanup(base: str, video: Path) -> None:
             400,
             "BUCKET_NOT_ALLOWED",
         ),
+        (  # several parts are stored before the late field: the multipart upload is aborted
+            ["-X", "POST", "/api/upload_video", "-F", "file=@{big}", "-F", "bucket=secret"],
+            400,
+            "BUCKET_NOT_ALLOWED",
+        ),
         (["/api/status/12345678-1234-4234-8234-123456789012"], 404, "EVENT_NOT_FOUND"),
         (["/api/result_video/not-an-id"], 400, "INVALID_EVENT_ID"),
         (["/api/status/all?status=done"], 400, "INVALID_STATUS"),
@@ -285,7 +290,12 @@ def test_errors_are_json_with_russian_messages(
 ) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("это не видео\n" * 1000)
-    filled = [a.format(text=text, video=video) if "{" in a and "@" in a else a for a in args]
+    big = tmp_path / "big.mp4"
+    if "file=@{big}" in args:
+        big.write_bytes(mp4_bytes(40 * MiB, seed=5))
+    filled = [
+        a.format(text=text, video=video, big=big) if "{" in a and "@" in a else a for a in args
+    ]
     filled = [f"{base}{a}" if a.startswith("/api") else a for a in filled]
     before = stack_contents(stack)
     status, body = curl(*filled)
