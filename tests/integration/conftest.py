@@ -1,5 +1,7 @@
 """Real servers for integration tests: FerretDB, MinIO (and Kafka, Envoy where a test asks),
-started once per session on free ports under a temporary folder, stopped at the end.
+started once per session on free ports under a temporary folder, stopped at the end. The
+shared ones start after collection, before the first test, so their start-up counts against
+no test's timeout (session_servers.py).
 
 The checkout server itself runs in-process on the session's event loop (so tests can reach
 into it), except where a test needs a real process (signals): see `server_process`.
@@ -32,11 +34,6 @@ from tests.integration.session_servers import SessionServers
 
 # The admin token of the whole-stack server (`stack` fixture).
 STACK_ADMIN_TOKEN = "stack-admin-token"
-
-
-@pytest.fixture(scope="session")
-def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("stack")
 
 
 # --- the session's shared servers: started before the first test (session_servers.py) -------
