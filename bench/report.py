@@ -111,6 +111,15 @@ BENCHES = (
         ("bench/ferretdb_queries.py", "--events", "100000"),
         ("bench/ferretdb_queries.py", "--events", "5000"),
     ),
+    Bench(
+        "Resumable uploads: a file cut three times against the same file unbroken",
+        "A 1 GiB session broken off by the client mid-part at about 25, 50 and 75 % and resumed "
+        "from persisted_size, against one unbroken stream: total time and bytes re-sent; "
+        "UploadVideo of the same file beside it; the server's peak RSS growth per stream with "
+        "4 concurrent sessions (target: within two parts, 16 MiB).",
+        ("bench/resumable_upload.py", "--size-mib", "1024", "--streams", "4"),
+        ("bench/resumable_upload.py", "--size-mib", "64", "--streams", "2"),
+    ),
 )
 
 
