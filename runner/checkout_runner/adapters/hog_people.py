@@ -10,15 +10,18 @@ import numpy as np
 
 from ..domain import Box, Detection
 from ..ports import Frame
+from ._sizing import detection_size
 
 
 class HogPeopleDetector:
     name = "hog-people"
 
-    def __init__(self, *, threshold: float = 0.5) -> None:
-        """`threshold`: the least SVM margin a window must have (OpenCV's hitThreshold is 0)."""
+    def __init__(self, *, threshold: float = 0.5, max_side_px: int = 0) -> None:
+        """`threshold`: the least SVM margin a window must have (OpenCV's hitThreshold is 0);
+        `max_side_px`: larger frames are detected at this size (0: full size)."""
         self.version = f"HOG people detector (OpenCV {cv2.__version__})"
         self._threshold = threshold
+        self._max_side_px = max_side_px
         self._hog = cv2.HOGDescriptor()
         weights = np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), dtype=np.float32)
         self._hog.setSVMDetector(weights)
@@ -26,22 +29,27 @@ class HogPeopleDetector:
     def detect(self, frame: Frame) -> Sequence[Detection]:
         height, width = frame.shape[:2]
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        size, scale = detection_size(width, height, self._max_side_px), 1.0
+        if size is not None:
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+            scale = width / size[0]
         rects, weights = self._hog.detectMultiScale(
             gray, winStride=(8, 8), padding=(8, 8), scale=1.05
         )
         found = []
-        for (x, y, w, h), weight in zip(rects, np.ravel(weights), strict=True):
+        for rect, weight in zip(rects, np.ravel(weights), strict=True):
             if float(weight) < self._threshold:
                 continue
+            x, y, w, h = (float(v) * scale for v in rect)
             found.append(
                 Detection(
                     label="person",
                     score=round(float(weight), 4),
                     box=Box(
-                        x1=float(max(x, 0)),
-                        y1=float(max(y, 0)),
-                        x2=float(min(x + w, width)),
-                        y2=float(min(y + h, height)),
+                        x1=round(max(x, 0.0), 1),
+                        y1=round(max(y, 0.0), 1),
+                        x2=round(min(x + w, width), 1),
+                        y2=round(min(y + h, height), 1),
                     ),
                 )
             )
