@@ -496,13 +496,9 @@ async def test_consumer_lag_counts_the_records_waiting_behind_a_video(
     states: AsyncCollection[Document],
     long_clip: bytes,
 ) -> None:
-    """A long video and then three more records on one partition: while the runner works on
-    the video (one at a time), its lag gauge shows the three; then 0."""
-    runner = await asyncio.to_thread(
-        processes.start_runner,
-        "runner-a",
-        {"RUNNER_SAMPLE_FPS": "5", "RUNNER_LAG_INTERVAL_S": "0.2"},
-    )
+    """A long video and then three more records on one partition, all published before the
+    runner starts: while it works on the video (one at a time), its lag gauge shows the
+    three; then 0."""
     videos = [long_clip] + [mp4_bytes(5_000, seed=i) for i in range(3)]
     ids = [str(uuid.uuid4()) for _ in videos]
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
@@ -516,6 +512,11 @@ async def test_consumer_lag_counts_the_records_waiting_behind_a_video(
             )
     finally:
         await producer.stop()
+    runner = await asyncio.to_thread(
+        processes.start_runner,
+        "runner-a",
+        {"RUNNER_SAMPLE_FPS": "5", "RUNNER_LAG_INTERVAL_S": "0.2"},
+    )
 
     async def lag_of_three() -> bool:
         return await metric(runner, "checkout_runner_consumer_lag") == 3
