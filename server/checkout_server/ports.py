@@ -157,7 +157,8 @@ class MultipartStorage(Protocol):
     ) -> None:
         """Make the object of these (number, ETag) parts visible. Raises
         errors.MultipartUploadMissing when the upload is gone (completed or aborted before:
-        the caller tells which by looking at the object)."""
+        the caller tells which by looking at the object), errors.UploadPartConflict when a
+        part's ETag is not that of the part the storage holds."""
 
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
         """Discard the upload and its parts; an upload already gone is no error."""

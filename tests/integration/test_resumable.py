@@ -370,3 +370,51 @@ async def test_cuts_at_random_offsets_then_resumes_give_the_file_once(
         future.result(timeout=120)
 
     await asyncio.to_thread(prop)
+
+
+async def test_a_multipart_upload_that_vanished_is_never_taken_for_a_finished_one(
+    stub: Stub, s3: Minio, mongo_database: Database, settings: ServerSettings, bucket: str
+) -> None:
+    data = mp4_bytes(2 * PART, seed=14)
+    upload_id = (await start(stub, data)).upload_id
+    response = await stub.WriteUpload(write_messages(upload_id, data, 0))
+    assert response.persisted_size == len(data)  # every part durable, not finished
+    # MinIO loses the upload (its own stale-upload expiry, an operator...).
+    listed = await s3._list_multipart_uploads(bucket)
+    (upload,) = listed.uploads
+    assert upload.upload_id is not None
+    await s3._abort_multipart_upload(bucket, upload.object_name, upload.upload_id)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.WriteUpload(write_messages(upload_id, data, len(data), finish=True))
+    assert error_details(caught.value)[:2] == (grpc.StatusCode.NOT_FOUND, "UPLOAD_NOT_FOUND")
+    assert await object_keys(s3, bucket) == []
+    assert await mongo_database[settings.mongo_outbox_collection].count_documents({}) == 0
+
+
+async def test_a_part_committed_with_another_etag_is_detected_never_accepted(
+    stub: Stub, mongo_database: Database, settings: ServerSettings
+) -> None:
+    data = mp4_bytes(3 * PART, seed=15)
+    upload_id = (await start(stub, data)).upload_id
+    # Another writer's commit of part 2, with bytes other than these.
+    await mongo_database[settings.mongo_upload_facts_collection].insert_one(
+        {
+            "_id": f"{upload_id}:part:00002",
+            "upload_id": upload_id,
+            "kind": "part",
+            "number": 2,
+            "offset": PART,
+            "size_bytes": PART,
+            "etag": "0123456789abcdef0123456789abcdef",
+            "crc32c": 0,
+            "running_crc32c": 0,
+        }
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.WriteUpload(write_messages(upload_id, data, 0, finish=True))
+    assert error_details(caught.value)[:2] == (grpc.StatusCode.ABORTED, "UPLOAD_PART_CONFLICT")
+    # Finishing with that commit is refused too: MinIO holds other bytes for part 2.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.WriteUpload(write_messages(upload_id, data, 2 * PART, finish=True))
+    assert error_details(caught.value)[:2] == (grpc.StatusCode.ABORTED, "UPLOAD_PART_CONFLICT")

@@ -19,7 +19,7 @@ from miniopy_async.api import Minio
 from miniopy_async.datatypes import Part
 from miniopy_async.error import S3Error
 
-from ..errors import MultipartUploadMissing
+from ..errors import MultipartUploadMissing, UploadPartConflict
 from ..ports import OpenMultipart
 from .minio_storage import (
     ChecksummedMinio,
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _MISSING_UPLOAD = "NoSuchUpload"
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
+_PART_MISMATCH = frozenset({"InvalidPart", "InvalidPartOrder"})
 # Read back for hashing in blocks of this size; each block is hashed in a worker thread.
 _READ_BLOCK_BYTES = 4 * 1024 * 1024
 
@@ -85,6 +86,8 @@ class MinioMultipart:
             except S3Error as exc:
                 if exc.code == _MISSING_UPLOAD:
                     raise MultipartUploadMissing(upload_id) from exc
+                if exc.code in _PART_MISMATCH:  # a part's ETag is not what the storage holds
+                    raise UploadPartConflict(detail="хранилище отклонило список частей") from exc
                 raise
 
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:

@@ -225,8 +225,10 @@ class ResumableUploads:
                         exc,
                         extra={"upload_id": session.upload_id, "reason": exc.reason},
                     )
-                    if not isinstance(exc, errors.UploadNotFound):
+                    if exc.retriable:
                         return False  # the next round tries again
+                    await self.discard(session)  # it cannot finish (vanished, conflicting)
+                    return True
             await self._sessions.delete(session.upload_id)  # finished: the event remains
             return False
         await self.discard(session)
