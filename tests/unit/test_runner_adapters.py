@@ -208,7 +208,7 @@ def test_large_frames_are_detected_scaled_down_with_boxes_in_full_size() -> None
     assert detection_size(3840, 2160, 1280) == (1280, 720)
     assert detection_size(3840, 2160, 0) is None
     p = PHOTOS[0]
-    big = cv2.resize(photo(p.name), (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    big = cv2.resize(photo(p.name), (1024, 1024), interpolation=cv2.INTER_LINEAR).astype(np.uint8)
     found = CenterFaceDetector(max_side_px=512).detect(big)
     assert len(found) == 1
     box = found[0].box
