@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from checkout_server.domain import EventStatus, OutboxEvent, StoredObject
 from checkout_server.errors import (
@@ -441,3 +442,84 @@ class FakePublisher:
 def ids(prefix: str, count: int) -> Iterable[str]:
     """`count` distinct event ids."""
     return (f"{prefix}-{i:04d}" for i in range(count))
+
+
+@dataclass
+class FakeUploadSessions:
+    """In-memory UploadSessionStore: every fact inserted once under its key, as the adapter."""
+
+    sessions: dict[str, Any] = field(default_factory=dict)
+    multipart: dict[str, str] = field(default_factory=dict)
+    commits: dict[tuple[str, int], Any] = field(default_factory=dict)
+    ends: dict[str, Any] = field(default_factory=dict)
+    leases: dict[tuple[str, int], Any] = field(default_factory=dict)
+    asks: set[tuple[str, int]] = field(default_factory=set)
+
+    async def ensure_indexes(self) -> None:
+        return None
+
+    async def create(self, session: Any) -> None:
+        self.sessions[session.upload_id] = session
+
+    async def get(self, upload_id: str) -> Any:
+        return self.sessions.get(upload_id)
+
+    async def find_by_idempotency_key(self, key: str, *, owner: str) -> Any:
+        found = [s for s in self.sessions.values() if (s.idempotency_key, s.owner) == (key, owner)]
+        return found[0] if found else None
+
+    async def record_multipart(self, upload_id: str, multipart_id: str) -> str:
+        return self.multipart.setdefault(upload_id, multipart_id)
+
+    async def multipart_of(self, upload_id: str) -> str | None:
+        return self.multipart.get(upload_id)
+
+    async def commit_part(self, upload_id: str, part: Any) -> Any:
+        return self.commits.setdefault((upload_id, part.number), part)
+
+    async def parts(self, upload_id: str) -> list[Any]:
+        return [p for (u, _), p in sorted(self.commits.items()) if u == upload_id]
+
+    async def end(self, upload_id: str, terminal: Any, at: datetime) -> Any:
+        return self.ends.setdefault(upload_id, terminal)
+
+    async def terminal(self, upload_id: str) -> Any:
+        return self.ends.get(upload_id)
+
+    async def latest_lease(self, upload_id: str) -> Any:
+        mine = [(e, lease) for (u, e), lease in self.leases.items() if u == upload_id]
+        return max(mine, key=lambda pair: pair[0])[1] if mine else None
+
+    async def take_lease(self, lease: Any) -> bool:
+        key = (lease.upload_id, lease.epoch)
+        if key in self.leases:
+            return False
+        self.leases[key] = lease
+        return True
+
+    async def renew_lease(self, lease: Any, expires_at: datetime) -> None:
+        key = (lease.upload_id, lease.epoch)
+        self.leases[key] = replace(self.leases[key], expires_at=expires_at)
+
+    async def release_lease(self, lease: Any) -> None:
+        key = (lease.upload_id, lease.epoch)
+        self.leases[key] = replace(self.leases[key], released=True)
+
+    async def ask_release(self, upload_id: str, epoch: int, by: str) -> None:
+        self.asks.add((upload_id, epoch))
+
+    async def release_asked(self, upload_id: str, epoch: int) -> bool:
+        return (upload_id, epoch) in self.asks
+
+    async def expired(self, now: datetime, *, limit: int) -> list[Any]:
+        return [s for s in self.sessions.values() if s.expires_at < now][:limit]
+
+    async def open_multipart_ids(self, multipart_ids: Sequence[str]) -> set[str]:
+        return {m for u, m in self.multipart.items() if u in self.sessions} & set(multipart_ids)
+
+    async def delete(self, upload_id: str) -> None:
+        self.sessions.pop(upload_id, None)
+        self.multipart.pop(upload_id, None)
+        self.ends.pop(upload_id, None)
+        for key in [k for k in self.commits if k[0] == upload_id]:
+            del self.commits[key]
