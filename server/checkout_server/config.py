@@ -123,7 +123,12 @@ class GrpcSection(Section):
     grpc_addr: str = "0.0.0.0:50051"
     """GRPC_ADDR: where the gRPC server listens."""
     shutdown_grace_s: float = 30.0
-    """SHUTDOWN_GRACE_S: how long in-flight RPCs may finish after SIGTERM."""
+    """SHUTDOWN_GRACE_S: how long in-flight RPCs may finish after SIGTERM (after the drain)."""
+    shutdown_drain_s: float = 2.0
+    """SHUTDOWN_DRAIN_S: after SIGTERM, how long the server keeps its listener open only to
+    answer new calls UNAVAILABLE SHUTTING_DOWN (health says NOT_SERVING meanwhile), so load
+    balancers and clients go elsewhere before connections are refused; running calls go on.
+    0: none."""
     health_interval_s: float = 5.0
     """HEALTH_INTERVAL_S: how often dependencies are probed for the health service."""
     admin_token: Secret = ""

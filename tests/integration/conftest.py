@@ -150,6 +150,7 @@ def base_settings(ferretdb: FerretDB, minio: MinIO) -> ServerSettings:
         upload_max_bytes=64 * MiB,
         upload_part_bytes=5 * MiB,
         shutdown_grace_s=2.0,
+        shutdown_drain_s=0.0,  # stopped by the tests themselves: no clients to turn away
         health_interval_s=0.2,
         storage_abort_retry_s=60.0,
         startup_timeout_s=20.0,

@@ -2,7 +2,8 @@
 
 What a graceful stop promises (README, Health and SHUTDOWN_GRACE_S): the health service says
 NOT_SERVING first; watch streams end at once with SHUTTING_DOWN (a clean, retriable end, not a
-broken stream); new calls are refused; uploads that complete within the grace period are
+broken stream); for SHUTDOWN_DRAIN_S new calls are answered SHUTTING_DOWN, then connections are
+refused; uploads that complete within the grace period are
 stored, the rest are cancelled and aborted; nothing is left behind; the process exits 0
 within the grace period.
 """
@@ -16,7 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import pytest
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 GRACE_S = 8
+DRAIN_S = 6
 CHUNK = 256 * 1024
 
 
@@ -71,7 +73,13 @@ async def test_sigterm_under_load(settings: ServerSettings, s3: Minio, tmp_path:
             sys.executable,
             "-m",
             "checkout_server",
-            env=server_env(settings, port, SHUTDOWN_GRACE_S=str(GRACE_S), WATCH_HEARTBEAT_S="0.5"),
+            env=server_env(
+                settings,
+                port,
+                SHUTDOWN_GRACE_S=str(GRACE_S),
+                SHUTDOWN_DRAIN_S=str(DRAIN_S),
+                WATCH_HEARTBEAT_S="0.5",
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -161,17 +169,50 @@ async def test_sigterm_under_load(settings: ServerSettings, s3: Minio, tmp_path:
                 (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
             }
 
-            # New calls are refused, on a new channel and on one already connected (the
-            # listener is closed: UNAVAILABLE, which clients retry elsewhere).
+            # During the drain new calls are answered SHUTTING_DOWN, on a new channel and on
+            # one already connected, uploads too; grpc.health.v1 still answers NOT_SERVING.
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as fresh:
                 refused = [
                     await outcome(
                         pb_grpc.CheckoutServiceStub(fresh).Health(pb.HealthRequest(), timeout=5)
                     ),
-                    await outcome(stub.Health(pb.HealthRequest(), timeout=5)),
+                    await outcome(stub.ListStatuses(pb.ListStatusesRequest(), timeout=5)),
+                    await outcome(
+                        stub.UploadVideo(
+                            iter(
+                                [
+                                    pb.UploadVideoRequest(metadata=pb.UploadMetadata()),
+                                    pb.UploadVideoRequest(chunk=mp4_bytes(5000)),
+                                ]
+                            ),
+                            timeout=10,
+                        )
+                    ),
                 ]
+                checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert time.monotonic() - signalled < DRAIN_S, "the checks ran past the drain"
             assert all(isinstance(r, grpc.aio.AioRpcError) for r in refused), refused
-            assert [r.code() for r in refused] == [grpc.StatusCode.UNAVAILABLE] * 2
+            assert [error_details(r)[:2] for r in refused] == [
+                (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+            ] * 3
+            assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+            # After the drain the listener is closed: a new connection is refused (UNAVAILABLE
+            # from the transport, which clients retry elsewhere).
+            async def connection_refused() -> bool:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as late:
+                    got = await outcome(
+                        pb_grpc.CheckoutServiceStub(late).Health(pb.HealthRequest(), timeout=2)
+                    )
+                if not isinstance(got, grpc.aio.AioRpcError):
+                    return False
+                keys = {item[0] for item in cast(Any, got.trailing_metadata() or ())}
+                return got.code() is grpc.StatusCode.UNAVAILABLE and (
+                    "grpc-status-details-bin" not in keys  # the transport's, not the server's
+                )
+
+            await wait_until(connection_refused, timeout_s=DRAIN_S + 10, what="refused")
+            assert time.monotonic() - signalled >= DRAIN_S - 0.5
 
             # The uploads in flight: those that complete within the grace period are stored;
             # the others are cut when it ends.
@@ -186,9 +227,9 @@ async def test_sigterm_under_load(settings: ServerSettings, s3: Minio, tmp_path:
         exited_s = time.monotonic() - signalled
         print(f"SIGTERM under load: exit {code} after {exited_s:.1f}s (grace {GRACE_S}s)")
         assert code == 0, log_path.read_text()[-3000:]
-        # The grace period, then the cancelled uploads' aborts and closing the clients: within
-        # the margin the deployment gives (docker-compose stop_grace_period: grace + 10 s).
-        assert exited_s < GRACE_S + 10
+        # The drain and the grace period, then the cancelled uploads' aborts and closing the
+        # clients: within the margin the deployment gives (compose: drain + grace + 8 s).
+        assert exited_s < DRAIN_S + GRACE_S + 10
 
         # Nothing left behind: exactly the completed uploads, whole; no open multipart
         # upload; no event of a cut upload.

@@ -42,6 +42,7 @@ from ..api.health import DependencyMonitor, HealthReporter, new_health_servicer
 from ..api.interceptors import CallObserver, ErrorInterceptor
 from ..api.metrics import GrpcMetrics, ServiceCollector
 from ..api.servicer import CheckoutServicer
+from ..api.shutdown import ShutdownGate
 from ..auth.keys import KeyRing
 from ..config import MiB, ServerSettings
 from ..errors import ConfigError, ServiceError
@@ -99,6 +100,8 @@ class App:
     minio: Minio
     # The API keys when authentication is on, kept current by a loop of their own.
     keys: KeyRing | None = None
+    # Closed at stop: new calls are refused SHUTTING_DOWN for the drain (api/shutdown.py).
+    gate: ShutdownGate | None = None
     # Shut down (flushing its spans) at stop when the app built it.
     tracer_provider: TracerProvider | None = None
     # Wakes the relays after each outbox message (RELAY_WAKE_TARGETS), closed at stop.
@@ -143,12 +146,19 @@ class App:
         return listener
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Graceful stop: report NOT_SERVING, refuse new calls, let in-flight calls finish
-        for the grace period, cancel the rest (their uploads are aborted), close clients."""
+        """Graceful stop: report NOT_SERVING; for SHUTDOWN_DRAIN_S answer new calls
+        SHUTTING_DOWN while the listener stays open (load balancers and clients notice and go
+        elsewhere); then refuse connections, let in-flight calls finish for the grace period,
+        cancel the rest (their uploads are aborted), close clients."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         await self.monitor.stop()
+        if self.gate is not None:
+            self.gate.close()
         self.hub.close_subscriptions()  # watch streams end now; uploads get the grace period
+        if self.settings.shutdown_drain_s > 0:
+            log.info("draining", extra={"drain_s": self.settings.shutdown_drain_s})
+            await asyncio.sleep(self.settings.shutdown_drain_s)  # the drain period itself
         await self.server.stop(grace)
         await self.hub.stop()
         await self.supervisor.stop()
@@ -209,13 +219,17 @@ def create_server(
     observer: CallObserver | None = None,
     tracer: trace.Tracer | None = None,
     auth: Authenticator | None = None,
+    gate: ShutdownGate | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server with the checkout, health and reflection services, bound to `address`
     (port 0 picks a free port, returned), not started: plaintext without `tls`, else TLS,
     and mTLS (client certificates required and verified) when `tls` has a client CA. With
     `auth`, every call but health and reflection needs an API key `auth` knows (api/auth.py);
-    its refusals pass through the ErrorInterceptor like any error."""
+    its refusals pass through the ErrorInterceptor like any error, as do `gate`'s once it is
+    closed (the drain before a stop, api/shutdown.py)."""
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [ErrorInterceptor(observer, tracer)]
+    if gate is not None:
+        interceptors.append(gate)
     if auth is None:
         log.warning(
             "authentication is off (AUTH_ENABLED=false): anyone who reaches the port may "
@@ -389,6 +403,7 @@ def _build(
     registry = CollectorRegistry()
     lag = OutboxLag(outbox, interval_s=settings.outbox_lag_interval_s)
     registry.register(ServiceCollector(pipeline, hub, lag, keys))
+    gate = ShutdownGate()
     server, port = create_server(
         settings.grpc_addr,
         servicer,
@@ -397,6 +412,7 @@ def _build(
         observer=GrpcMetrics(registry),
         tracer=tracing.get_tracer(INSTRUMENTATION),
         auth=keys,
+        gate=gate,
     )
     app = App(
         settings=settings,
@@ -412,6 +428,7 @@ def _build(
         mongo=mongo,
         minio=minio,
         keys=keys,
+        gate=gate,
         wake_relays=wake_relays,
         wake_watchers=wake_watchers,
         watch_wake_addr=_watch_wake_addr(settings, port),
