@@ -20,5 +20,6 @@ def server_env(settings: ServerSettings, port: int, **extra: str) -> dict[str, s
         "UPLOAD_PART_BYTES": str(5 * MiB),
         "LOG_FORMAT": "json",
         "METRICS_ADDR": "127.0.0.1:0",  # several servers at once
+        "SHUTDOWN_DRAIN_S": "0",  # no load balancer to turn away (test_shutdown sets one)
         **extra,
     }
