@@ -12,7 +12,7 @@ PROTOS := $(shell find protos -name '*.proto')
 GENERATED := build/checkout.pb
 SCIKIT_IMAGE := scikit-image==0.26.0
 
-.PHONY: all install proto stack run test lint unit integration bench clean openapi release-contract sample
+.PHONY: all install proto stack run test lint unit integration bench soak clean openapi release-contract sample
 
 all: test
 
@@ -92,6 +92,12 @@ test: install lint
 # Benchmarks (minutes; numbers vary with machine load: compare the printed ratios).
 bench: install
 	$(PY) -m bench.report --out BENCHMARKS.md
+
+# The whole system under load and faults, the long scenarios (about 15 minutes; `make test`
+# runs the short ones in tests/integration/test_soak.py). One line per scenario; fails on any
+# violation. `.venv/bin/python -m soak --list` names them; `-m soak NAME...` runs some.
+soak: install
+	$(PY) -m soak
 
 clean:
 	rm -rf build client/checkout_api .pytest_cache .mypy_cache .ruff_cache

@@ -119,6 +119,11 @@ class ServerProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def exit_code(self) -> int | None:
+        """The exit code of a process that has exited by itself (and is not reaped yet by
+        stop or kill), else None."""
+        return None if self._proc is None else self._proc.poll()
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self.running and self._proc is not None else None

@@ -1,0 +1,393 @@
+"""The scenarios: one fault each, injected while the load runs, then the audit.
+
+A run of one scenario, on the run's system (server and relays as processes) with a bucket of
+its own: the load for a warm-up, the server's RSS taken as the baseline, the fault (injected
+and undone while the load goes on), a tail of load after it, then the auditor. Each scenario
+also says how its fault showed (`evidence`): a fault that changed nothing proves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from devstack import Toxic, bandwidth, latency, limit_data
+
+from .audit import Audit, Stores, audit
+from .load import Load, LoadConfig, LoadResult
+from .topology import BACKENDS, SERVER_GRACE_S, Backends, Soak, System, rss_bytes
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How long a run takes: the warm-up before the fault, the fault, the load after it, and
+    how long the auditor waits for what settles by itself."""
+
+    warmup_s: float
+    tail_s: float
+    settle_s: float
+    long: bool
+
+
+LONG = Pace(warmup_s=15.0, tail_s=20.0, settle_s=120.0, long=True)
+SHORT = Pace(warmup_s=2.0, tail_s=2.0, settle_s=45.0, long=False)
+# The short runs (`make test`) share two cores with the rest of the suite: a lighter load.
+SHORT_LOAD = LoadConfig(uploaders=3, watchers=2, max_bytes=1024 * 1024)
+
+
+@dataclass
+class Context:
+    """What a fault acts on, and what it noted (seconds since the load started)."""
+
+    backends: Backends
+    system: System
+    load: Load
+    load_started: float
+    notes: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    restarted: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (old, new pid)
+    phases: list[str] = field(default_factory=list)  # toxics applied, one per backend
+    fault_started: float = 0.0
+    fault_ended: float = 0.0
+
+    def at(self) -> float:
+        return time.monotonic() - self.load_started
+
+    def note(self, what: str) -> None:
+        self.notes.append(f"{what} at {self.at():.1f}s")
+
+
+Inject = Callable[[Context, float], Awaitable[None]]
+Evidence = Callable[[Context, LoadResult], str | None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    inject: Inject
+    long_s: float  # how long the fault lasts in `make soak`
+    short_s: float  # and in `make test`
+    evidence: Evidence
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+async def _restart(ctx: Context, name: str, old_pid: int | None, start: Callable[[], None]) -> None:
+    await asyncio.to_thread(start)
+    new = _pid(ctx, name)
+    ctx.restarted[name] = (old_pid or 0, new)
+    ctx.note(f"{name} back")
+
+
+def _pid(ctx: Context, name: str) -> int:
+    services = {"server": ctx.system.server, **{r.name: r for r in ctx.system.relays}}
+    backends = {
+        "kafka": ctx.backends.broker,
+        "minio": ctx.backends.minio,
+        "ferretdb": ctx.backends.ferretdb,
+    }
+    pid = (services | backends)[name].pid
+    assert pid is not None
+    return pid
+
+
+async def kill_server(ctx: Context, down_s: float) -> None:
+    old = ctx.system.server.pid
+    await asyncio.to_thread(ctx.system.server.kill)
+    ctx.note("server killed (SIGKILL)")
+    await asyncio.sleep(down_s)
+    await _restart(ctx, "server", old, lambda: ctx.system.server.start(90))
+
+
+async def kill_relay(ctx: Context, down_s: float) -> None:
+    relay = ctx.system.relays[0]
+    old = relay.pid
+    await asyncio.to_thread(relay.kill)
+    ctx.note(f"{relay.name} killed (SIGKILL)")
+    await asyncio.sleep(down_s)
+    await _restart(ctx, relay.name, old, lambda: relay.start(90))
+
+
+def _stop_backend(name: str) -> Inject:
+    async def inject(ctx: Context, down_s: float) -> None:
+        server = {
+            "kafka": ctx.backends.broker,
+            "minio": ctx.backends.minio,
+            "ferretdb": ctx.backends.ferretdb,
+        }[name]
+        old = server.pid
+        await asyncio.to_thread(server.stop)
+        ctx.note(f"{name} stopped")
+        await asyncio.sleep(down_s)
+        await _restart(ctx, name, old, lambda: server.start(180))
+
+    return inject
+
+
+async def sigterm_server(ctx: Context, _: float) -> None:
+    old = ctx.system.server.pid
+    limit = SERVER_GRACE_S + 10
+    ctx.note("server sent SIGTERM")
+    elapsed, code = await asyncio.to_thread(ctx.system.terminate_server, limit)
+    ctx.note(f"server exited with {code} after {elapsed:.1f}s")
+    if code != 0 or elapsed > SERVER_GRACE_S + 3:
+        ctx.violations.append(
+            f"SIGTERM: exit code {code} after {elapsed:.1f}s (grace {SERVER_GRACE_S:.0f}s)"
+        )
+    await _restart(ctx, "server", old, lambda: ctx.system.server.start(90))
+
+
+async def client_cancels(ctx: Context, seconds: float) -> None:
+    before, ctx.load.cancel_rate = ctx.load.cancel_rate, 0.5
+    ctx.note("half the new uploads cancelled by their client")
+    await asyncio.sleep(seconds)
+    ctx.load.cancel_rate = before
+    ctx.note("cancels back to normal")
+
+
+def _toxic(make: Callable[[], list[Toxic]], what: str) -> Inject:
+    """The toxics of `make` between the system and each backend in turn, for a third of the
+    fault's time each."""
+
+    async def inject(ctx: Context, seconds: float) -> None:
+        api = ctx.backends.api
+        for backend in BACKENDS:
+            toxics = make()
+            names = [await asyncio.to_thread(api.add_toxic, backend, t) for t in toxics]
+            ctx.note(f"{what} to {backend}")
+            await asyncio.sleep(seconds / len(BACKENDS))
+            for name in names:
+                await asyncio.to_thread(api.remove_toxic, backend, name)
+            ctx.phases.append(backend)
+
+    return inject
+
+
+# --- evidence --------------------------------------------------------------------------------
+
+
+def _during_fault(ctx: Context, load: LoadResult, *, ok: bool) -> list[str]:
+    """Outcomes of the uploads that were under way at some moment of the fault."""
+    start, end = ctx.load_started + ctx.fault_started, ctx.load_started + ctx.fault_ended
+    return [
+        c.refusal
+        for c in load.uploads()
+        if c.started <= end and c.started + c.elapsed_s >= start and c.ok == ok
+    ]
+
+
+def restarted(name: str, *, under_way: str) -> Evidence:
+    """`name` was restarted (a new pid), and uploads were under way meanwhile that were
+    `refused`, `accepted` or either (`any`)."""
+
+    def evidence(ctx: Context, load: LoadResult) -> str | None:
+        old, new = ctx.restarted.get(name, (0, 0))
+        if not old or not new or old == new:
+            return f"{name} was not restarted ({old} -> {new})"
+        refused = _during_fault(ctx, load, ok=False)
+        accepted = _during_fault(ctx, load, ok=True)
+        seen = {"refused": refused, "accepted": accepted, "any": refused + accepted}[under_way]
+        if not seen:
+            return f"no upload under way during the fault was {under_way}"
+        return None
+
+    return evidence
+
+
+def cancelled_by_clients(ctx: Context, load: LoadResult) -> str | None:
+    cancelled = [c for c in load.uploads() if c.cancelled_by_client and c.code == "CANCELLED"]
+    return None if len(cancelled) >= 2 else f"only {len(cancelled)} uploads were cancelled"
+
+
+def every_backend(ctx: Context, load: LoadResult) -> str | None:
+    if ctx.phases != list(BACKENDS):
+        return f"toxics applied to {ctx.phases}, not to each of {list(BACKENDS)}"
+    if not _during_fault(ctx, load, ok=True) and not _during_fault(ctx, load, ok=False):
+        return "no upload was under way during the toxics"
+    return None
+
+
+# --- the list ----------------------------------------------------------------------------------
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "kill-server",
+        "kill -9 of the server under load; it is restarted on the same port",
+        kill_server,
+        long_s=2.0,
+        short_s=0.0,
+        evidence=restarted("server", under_way="refused"),
+    ),
+    Scenario(
+        "kill-relay",
+        "kill -9 of one of the two relays; the other takes its leases over; it is restarted",
+        kill_relay,
+        long_s=10.0,
+        short_s=0.0,
+        evidence=restarted("relay-0", under_way="accepted"),
+    ),
+    Scenario(
+        "kafka-down",
+        "Kafka stopped (30 s; short: 3 s) and started again; uploads go on, events wait",
+        _stop_backend("kafka"),
+        long_s=30.0,
+        short_s=3.0,
+        evidence=restarted("kafka", under_way="accepted"),
+    ),
+    Scenario(
+        "minio-down",
+        "MinIO stopped (10 s; short: 2 s) and started again",
+        _stop_backend("minio"),
+        long_s=10.0,
+        short_s=2.0,
+        evidence=restarted("minio", under_way="any"),
+    ),
+    Scenario(
+        "ferretdb-down",
+        "FerretDB (and its PostgreSQL) stopped (10 s; short: 2 s) and started again",
+        _stop_backend("ferretdb"),
+        long_s=10.0,
+        short_s=2.0,
+        evidence=restarted("ferretdb", under_way="any"),
+    ),
+    Scenario(
+        "sigterm-server",
+        "SIGTERM of the server under load: it must exit 0 within its grace; then restarted",
+        sigterm_server,
+        long_s=0.0,
+        short_s=0.0,
+        evidence=restarted("server", under_way="refused"),
+    ),
+    Scenario(
+        "client-cancels",
+        "half the uploads cancelled by their client at a random moment (20 s; short: 3 s)",
+        client_cancels,
+        long_s=20.0,
+        short_s=3.0,
+        evidence=cancelled_by_clients,
+    ),
+    Scenario(
+        "net-latency",
+        "toxiproxy: 300 ms ± 100 ms latency between the system and each backend in turn",
+        _toxic(lambda: [latency(300, jitter_ms=100)], "latency"),
+        long_s=30.0,
+        short_s=3.0,
+        evidence=every_backend,
+    ),
+    Scenario(
+        "net-cut",
+        "toxiproxy: connections to each backend in turn cut after 64 KiB sent, mid-stream",
+        _toxic(lambda: [limit_data(64 * 1024)], "cuts"),
+        long_s=30.0,
+        short_s=3.0,
+        evidence=every_backend,
+    ),
+    Scenario(
+        "net-slow",
+        "toxiproxy: a 128 KB/s link, both ways, between the system and each backend in turn",
+        _toxic(
+            lambda: [bandwidth(128, stream="upstream"), bandwidth(128, stream="downstream")],
+            "a slow link",
+        ),
+        long_s=30.0,
+        short_s=3.0,
+        evidence=every_backend,
+    ),
+)
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    scenario: Scenario
+    audit: Audit
+    context: Context
+    load: LoadResult
+    evidence: str | None  # why the fault did not show, or None
+    took_s: float = 0.0  # the whole run, start to stop
+
+    @property
+    def violations(self) -> list[str]:
+        return [*self.context.violations, *self.audit.violations]
+
+    def line(self) -> str:
+        a = self.audit
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(a.refused.items())) or "none"
+        return (
+            f"soak {self.scenario.name}: uploads accepted {a.accepted}, refused {{{refused}}},"
+            f" events in Kafka {a.kafka_events}/{a.events}, duplicates {a.duplicates},"
+            f" violations {len(self.violations)}"
+            f" | rss {a.rss_baseline / 2**20:.0f}->{a.rss_after / 2**20:.0f} MiB"
+            f" | {self.took_s:.0f}s"
+            f" | {'; '.join(self.context.notes)}"
+            + (f" | NO EVIDENCE: {self.evidence}" if self.evidence else "")
+        )
+
+
+async def run(
+    soak: Soak,
+    scenario: Scenario,
+    *,
+    pace: Pace,
+    config: LoadConfig | None = None,
+    seed: int = 0,
+) -> Outcome:
+    t0 = time.monotonic()
+    backends, system = soak.backends, soak.system
+    bucket = soak.namespace.bucket(scenario.name)
+    try:
+        await asyncio.to_thread(_ready, system)
+        if config is None:
+            config = LoadConfig() if pace.long else SHORT_LOAD
+        load = Load(system.address, bucket, config, seed=seed)
+        stop = asyncio.Event()
+        running = asyncio.create_task(load.run(stop))
+        ctx = Context(backends, system, load, load_started=time.monotonic())
+        await _wait_or_fail(running, pace.warmup_s)
+        baseline = await asyncio.to_thread(rss_bytes, system.server_pid())
+        ctx.fault_started = ctx.at()
+        await scenario.inject(ctx, scenario.long_s if pace.long else scenario.short_s)
+        ctx.fault_ended = ctx.at()
+        await _wait_or_fail(running, pace.tail_s)
+        stop.set()
+        result = await running
+
+        async def rss() -> int:
+            return await asyncio.to_thread(rss_bytes, system.server_pid())
+
+        report = await audit(
+            result,
+            soak.namespace,
+            bucket,
+            Stores(backends.mongo_uri, backends.minio_endpoint, backends.kafka_bootstrap),
+            settle_s=pace.settle_s,
+            rss=rss,
+            rss_baseline=baseline,
+        )
+        outcome = Outcome(scenario, report, ctx, result, scenario.evidence(ctx, result))
+    finally:
+        await asyncio.to_thread(backends.api.reset)
+    outcome.took_s = time.monotonic() - t0
+    return outcome
+
+
+def _ready(system: System) -> None:
+    """Every process of the system running (a scenario before may have failed midway)."""
+    for service in (system.server, *system.relays):
+        if not service.running:
+            service.start(90)
+
+
+async def _wait_or_fail(task: asyncio.Task[LoadResult], seconds: float) -> None:
+    """Let the load run for `seconds`; raise at once if it failed."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        task.result()
+        raise RuntimeError("the load stopped by itself")

@@ -1,0 +1,270 @@
+"""What a soak run starts, once: the backends (FerretDB, MinIO, Kafka) with a toxiproxy proxy in
+front of each, and the system under test (the checkout server and two relays as real
+processes) in a namespace of its own (a database, a topic, a bucket per scenario), reaching
+every backend through its proxy. Every process is restartable on the same ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack import FerretDB, Kafka, MinIO, Proxy, Toxiproxy, ToxiproxyClient, free_port
+from devstack._stack import PythonService
+
+MiB = 1024 * 1024
+# The backends a toxic can come between the system and: the proxies' names.
+BACKENDS = ("mongo", "minio", "kafka")
+SERVER_GRACE_S = 5.0  # SHUTDOWN_GRACE_S of the soak's server
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """The run's own database and Kafka topic, and a bucket of its own for each scenario: the
+    auditor of a scenario looks at its bucket, and at the events and records of its videos."""
+
+    database: str
+    topic: str
+    buckets: tuple[tuple[str, str], ...]  # (scenario, bucket)
+
+    @classmethod
+    def new(cls, scenarios: Iterable[str]) -> Namespace:
+        suffix = uuid.uuid4().hex[:8]
+        return cls(
+            database=f"soak_{suffix}",
+            topic=f"soak.{suffix}",
+            buckets=tuple((name, f"soak-{suffix}-{name}") for name in scenarios),
+        )
+
+    def bucket(self, scenario: str) -> str:
+        return dict(self.buckets)[scenario]
+
+
+class Backends:
+    """FerretDB, MinIO and Kafka under `work`, and toxiproxy with one proxy in front of each
+    (`mongo`, `minio`, `kafka`). Kafka's second listener is advertised at its proxy, so the
+    relay's producer stays behind the proxy after the bootstrap; the auditor reaches every
+    backend directly."""
+
+    def __init__(self, work: Path) -> None:
+        logs = work / "logs"
+        self.work = work
+        self.toxiproxy = Toxiproxy(port=free_port(), log_path=logs / "toxiproxy.log")
+        self.ferretdb = FerretDB(
+            port=free_port(), data_dir=work / "ferretdb", log_path=logs / "ferretdb.log"
+        )
+        self.minio = MinIO(
+            port=free_port(),
+            console_port=free_port(),
+            data_dir=work / "minio",
+            log_path=logs / "minio.log",
+        )
+        self._kafka_proxied_port = free_port()
+        self.kafka: Kafka | None = None
+        self.proxies: dict[str, Proxy] = {}
+        self.api: ToxiproxyClient = self.toxiproxy.client()
+
+    def start(self) -> None:
+        self.toxiproxy.start(30)
+        upstreams = {
+            "mongo": f"127.0.0.1:{self.ferretdb.port}",
+            "minio": f"127.0.0.1:{self.minio.port}",
+            "kafka": f"127.0.0.1:{self._kafka_proxied_port}",
+        }
+        for name, upstream in upstreams.items():
+            self.proxies[name] = self.api.create_proxy(name, upstream=upstream)
+        self.kafka = Kafka(
+            port=free_port(),
+            controller_port=free_port(),
+            data_dir=self.work / "kafka",
+            log_path=self.work / "logs" / "kafka.log",
+            proxied_listener=(self._kafka_proxied_port, self.proxies["kafka"].port),
+        )
+        kafka = self.kafka
+        with ThreadPoolExecutor(3) as pool:
+            starts = [
+                pool.submit(self.ferretdb.start, 120),
+                pool.submit(self.minio.start, 120),
+                pool.submit(kafka.start, 180),
+            ]
+            for future in starts:
+                future.result()
+
+    def stop(self) -> None:
+        for server in (self.kafka, self.minio, self.ferretdb, self.toxiproxy):
+            if server is not None:
+                server.stop()
+
+    @property
+    def broker(self) -> Kafka:
+        assert self.kafka is not None, "start() first"
+        return self.kafka
+
+    # --- what the system is given: the proxies -----------------------------------------------
+    def proxied(self, name: str) -> str:
+        return f"127.0.0.1:{self.proxies[name].port}"
+
+    # --- what the auditor reads: the backends themselves -------------------------------------
+    @property
+    def mongo_uri(self) -> str:
+        return self.ferretdb.uri
+
+    @property
+    def minio_endpoint(self) -> str:
+        return self.minio.endpoint
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+
+class System:
+    """The system under test: one checkout server and `relays` relays, all real processes
+    (`python -m ...`), every backend reached through its proxy."""
+
+    def __init__(self, backends: Backends, namespace: Namespace, work: Path, relays: int = 2):
+        self.backends = backends
+        self.namespace = namespace
+        self.server_port = free_port()
+        relay_ports = [free_port() for _ in range(relays)]
+        logs = work / "logs"
+        self.server = PythonService(
+            name="checkout-server",
+            module="checkout_server",
+            port=self.server_port,
+            env=self._server_env(relay_ports),
+            log_path=logs / "checkout-server.log",
+        )
+        self.relays = [
+            PythonService(
+                name=f"relay-{i}",
+                module="checkout_server.wiring.relay",
+                port=port,
+                env=self._relay_env(f"relay-{i}", port),
+                log_path=logs / f"relay-{i}.log",
+            )
+            for i, port in enumerate(relay_ports)
+        ]
+
+    def _common_env(self) -> dict[str, str]:
+        b, ns = self.backends, self.namespace
+        return {
+            **os.environ,
+            "MONGO_URI": f"mongodb://{b.proxied('mongo')}/",
+            "MONGO_DB": ns.database,
+            "MONGO_TIMEOUT_MS": "3000",
+            "STARTUP_TIMEOUT_S": "60",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "WARNING",
+        }
+
+    def _server_env(self, relay_ports: list[int]) -> dict[str, str]:
+        b, ns = self.backends, self.namespace
+        return {
+            **self._common_env(),
+            "GRPC_ADDR": f"127.0.0.1:{self.server_port}",
+            "METRICS_ADDR": "",
+            "MINIO_ENDPOINT": b.proxied("minio"),
+            "DEFAULT_BUCKET": ns.buckets[0][1],
+            "ALLOWED_BUCKETS": ",".join(bucket for _, bucket in ns.buckets),
+            "UPLOAD_PART_BYTES": str(5 * MiB),
+            "SHUTDOWN_GRACE_S": str(SERVER_GRACE_S),
+            "HEALTH_INTERVAL_S": "1",
+            "STORAGE_ABORT_RETRY_S": "60",
+            "RELAY_WAKE_TARGETS": ",".join(f"127.0.0.1:{p}" for p in relay_ports),
+        }
+
+    def _relay_env(self, name: str, port: int) -> dict[str, str]:
+        b, ns = self.backends, self.namespace
+        env = {
+            **self._common_env(),
+            "KAFKA_BOOTSTRAP_SERVERS": b.proxied("kafka"),
+            "KAFKA_TOPIC": ns.topic,
+            "RELAY_ID": name,
+            "RELAY_HEALTH_ADDR": f"127.0.0.1:{port}",
+            "RELAY_METRICS_ADDR": "",
+            "RELAY_LEASE_TTL_S": "6",
+            "RELAY_CLOCK_SKEW_S": "1",
+            "RELAY_BACKOFF_MAX_S": "2",
+            "WATCH_WAKE_TARGETS": f"127.0.0.1:{self.server_port}",
+        }
+        if b.ferretdb.backend == "postgresql":
+            env["RELAY_UPDATE_CHUNK"] = "1000"  # as devstack's stack: FerretDB writes by index
+        return env
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server_port}"
+
+    def start(self) -> None:
+        with ThreadPoolExecutor(1 + len(self.relays)) as pool:
+            for future in [pool.submit(s.start, 90) for s in (self.server, *self.relays)]:
+                future.result()
+
+    def stop(self) -> None:
+        for service in (self.server, *self.relays):
+            service.stop()
+
+    def server_pid(self) -> int:
+        pid = self.server.pid
+        assert pid is not None, "the server is not running"
+        return pid
+
+    def terminate_server(self, timeout_s: float) -> tuple[float, int | None]:
+        """SIGTERM the server and wait for it to exit by itself: (seconds taken, exit code),
+        or (timeout_s, None) when it had not exited by then (it is killed after)."""
+        pid = self.server_pid()
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        while time.monotonic() - t0 < timeout_s:
+            code = self.server.exit_code()
+            if code is not None:
+                elapsed = time.monotonic() - t0
+                self.server.kill()  # reaps it
+                return elapsed, code
+            time.sleep(0.05)
+        self.server.kill()
+        return timeout_s, None
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of a process, from /proc (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(f"no VmRSS for pid {pid}")
+
+
+class Soak:
+    """The backends and the system of one run, under `work`."""
+
+    def __init__(self, work: Path, scenarios: Iterable[str]) -> None:
+        self.work = work
+        self.namespace = Namespace.new(scenarios)
+        self.backends = Backends(work)
+        self._system: System | None = None
+
+    @property
+    def system(self) -> System:
+        assert self._system is not None, "start() first"
+        return self._system
+
+    def start(self) -> None:
+        """The backends and their proxies, then the system (its settings name the proxies)."""
+        try:
+            self.backends.start()
+            self._system = System(self.backends, self.namespace, self.work)
+            self._system.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self._system is not None:
+            self._system.stop()
+        self.backends.stop()
