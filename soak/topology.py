@@ -21,6 +21,7 @@ MiB = 1024 * 1024
 # The backends a toxic can come between the system and: the proxies' names.
 BACKENDS = ("mongo", "minio", "kafka")
 SERVER_GRACE_S = 5.0  # SHUTDOWN_GRACE_S of the soak's server
+SERVER_DRAIN_S = 1.0  # SHUTDOWN_DRAIN_S: new calls refused SHUTTING_DOWN before the grace
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class System:
             "ALLOWED_BUCKETS": ",".join(bucket for _, bucket in ns.buckets),
             "UPLOAD_PART_BYTES": str(5 * MiB),
             "SHUTDOWN_GRACE_S": str(SERVER_GRACE_S),
+            "SHUTDOWN_DRAIN_S": str(SERVER_DRAIN_S),
             "HEALTH_INTERVAL_S": "1",
             "STORAGE_ABORT_RETRY_S": "60",
             "RELAY_WAKE_TARGETS": ",".join(f"127.0.0.1:{p}" for p in relay_ports),
