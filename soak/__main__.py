@@ -39,6 +39,8 @@ async def _run_all(chosen: list[Scenario], work: Path, *, short: bool, seed: int
             print(outcome.line(), flush=True)
             for violation in outcome.violations:
                 print(f"  violation: {violation}", flush=True)
+            for known in outcome.known:
+                print(f"  known violation (README, Soak): {known}", flush=True)
             failed += bool(outcome.violations or outcome.evidence)
     finally:
         await asyncio.to_thread(soak.stop)

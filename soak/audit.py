@@ -38,6 +38,7 @@ PREFIX = "input/"
 HANG_SLACK_S = 3.0  # a loaded 2-core machine may answer a deadline this late
 RSS_SLACK_BYTES = 48 * 1024 * 1024
 RSS_SLACK_RATIO = 0.25
+ORPHANED_OBJECT = "objects under input/ without an event"
 
 
 @dataclass
@@ -172,7 +173,7 @@ async def _settle_storage(
         await asyncio.sleep(0.5)
     report.violate("accepted uploads without their object", no_object)
     report.violate("accepted uploads without a status record", no_status)
-    report.violate("objects under input/ without an event", orphans)
+    report.violate(ORPHANED_OBJECT, orphans)
     report.violate("events whose object is missing", no_file)
     calls = {e: c for e, c in accepted.items() if e in objects}
     wrong = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from devstack import Toxic, bandwidth, latency, limit_data
 
-from .audit import Audit, Stores, audit
+from .audit import ORPHANED_OBJECT, Audit, Stores, audit
 from .load import Load, LoadConfig, LoadResult
 from .topology import (
     BACKENDS,
@@ -79,6 +79,9 @@ class Scenario:
     long_s: float  # how long the fault lasts in `make soak`
     short_s: float  # and in `make test`
     evidence: Evidence
+    # Violations this scenario is known to find, by the auditor's wording: still checked and
+    # reported (as `known`), not counted against it, until the server is fixed (README).
+    known: tuple[str, ...] = ()
 
 
 # --- faults ---------------------------------------------------------------------------------
@@ -230,6 +233,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         long_s=2.0,
         short_s=0.0,
         evidence=restarted("server", under_way="refused"),
+        # A kill between an object's completion and its outbox insert leaves the object
+        # without an event; nothing removes it yet (README, Soak).
+        known=(ORPHANED_OBJECT,),
     ),
     Scenario(
         "kill-relay",
@@ -323,8 +329,17 @@ class Outcome:
     took_s: float = 0.0  # the whole run, start to stop
 
     @property
-    def violations(self) -> list[str]:
+    def found(self) -> list[str]:
         return [*self.context.violations, *self.audit.violations]
+
+    @property
+    def violations(self) -> list[str]:
+        """What the auditor found, but the scenario's known violations."""
+        return [v for v in self.found if not v.startswith(self.scenario.known)]
+
+    @property
+    def known(self) -> list[str]:
+        return [v for v in self.found if v.startswith(self.scenario.known)]
 
     def line(self) -> str:
         a = self.audit
@@ -333,7 +348,8 @@ class Outcome:
             f"soak {self.scenario.name}: uploads accepted {a.accepted}, refused {{{refused}}},"
             f" events in Kafka {a.kafka_events}/{a.events}, duplicates {a.duplicates},"
             f" violations {len(self.violations)}"
-            f" | rss {a.rss_baseline / 2**20:.0f}->{a.rss_after / 2**20:.0f} MiB"
+            + (f" (known, not counted: {'; '.join(self.known)})" if self.known else "")
+            + f" | rss {a.rss_baseline / 2**20:.0f}->{a.rss_after / 2**20:.0f} MiB"
             f" | {self.took_s:.0f}s"
             f" | {'; '.join(self.context.notes)}"
             + (f" | NO EVIDENCE: {self.evidence}" if self.evidence else "")
