@@ -93,7 +93,7 @@ test: install lint
 bench: install
 	$(PY) -m bench.report --out BENCHMARKS.md
 
-# The whole system under load and faults, the long scenarios (about 15 minutes; `make test`
+# The whole system under load and faults, the long scenarios (about 22 minutes; `make test`
 # runs the short ones in tests/integration/test_soak.py). One line per scenario; fails on any
 # violation. `.venv/bin/python -m soak --list` names them; `-m soak NAME...` runs some.
 soak: install

@@ -39,6 +39,7 @@ HANG_SLACK_S = 3.0  # a loaded 2-core machine may answer a deadline this late
 RSS_SLACK_BYTES = 48 * 1024 * 1024
 RSS_SLACK_RATIO = 0.25
 ORPHANED_OBJECT = "objects under input/ without an event"
+EVENT_WITHOUT_OBJECT = "events whose object is missing"
 
 
 @dataclass
@@ -174,7 +175,7 @@ async def _settle_storage(
     report.violate("accepted uploads without their object", no_object)
     report.violate("accepted uploads without a status record", no_status)
     report.violate(ORPHANED_OBJECT, orphans)
-    report.violate("events whose object is missing", no_file)
+    report.violate(EVENT_WITHOUT_OBJECT, no_file)
     calls = {e: c for e, c in accepted.items() if e in objects}
     wrong = []
     for event_id, call in calls.items():

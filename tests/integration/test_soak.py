@@ -35,7 +35,7 @@ async def test_scenario_short(soak: Soak, scenario: Scenario) -> None:
     outcome = await run(soak, scenario, pace=SHORT)
     print(outcome.line())
     ctx, load = outcome.context, outcome.load
-    assert not outcome.violations, outcome.line()
+    assert not outcome.violations, f"{outcome.line()}: {outcome.violations}"
     # The fault began after the load had run a while and ended before the load did.
     assert load.started < ctx.load_started + ctx.fault_started
     assert ctx.load_started + ctx.fault_ended < load.ended
