@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from devstack import Toxic, bandwidth, latency, limit_data
 
-from .audit import EVENT_WITHOUT_OBJECT, ORPHANED_OBJECT, Audit, Stores, audit
+from .audit import ORPHANED_OBJECT, Audit, Stores, audit
 from .load import Load, LoadConfig, LoadResult
 from .topology import (
     BACKENDS,
@@ -268,10 +268,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         long_s=10.0,
         short_s=2.0,
         evidence=restarted("ferretdb", under_way="any"),
-        # An outbox insert that reached the database just before it stopped, its answer lost:
-        # the server takes it for failed, answers DATABASE_UNAVAILABLE and removes the object,
-        # while the relay publishes the event (README, Soak).
-        known=(EVENT_WITHOUT_OBJECT,),
     ),
     Scenario(
         "sigterm-server",

@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+
+from checkout_client.backoff import Backoff
 
 from .. import errors
 from ..domain import (
@@ -49,6 +53,10 @@ MAX_FILENAME_CHARS = 255
 # An ISO-BMFF file (MP4, MOV, 3GP...) starts with a box header: 4-byte size, then `ftyp`,
 # then a 4-byte major brand and a 4-byte minor version.
 _FTYP_HEADER_BYTES = 16
+# After an insert whose answer was lost (the database went away meanwhile), how long the
+# upload asks whether its event was written before it gives up and keeps the object.
+LOST_INSERT_CHECK_S = 30.0
+_LOST_INSERT_BACKOFF = Backoff(initial_s=0.2, max_s=2.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,6 +175,7 @@ class UploadPipeline:
         video_id = self._new_id()
         key = input_object_key(video_id)
         writer = self._storage.open_writer(bucket, key, VIDEO_CONTENT_TYPE)
+        keep_object = False
         try:
             stored = await self._stream(request, chunks, writer, video_id, bucket, key)
             now = self._clock()
@@ -186,7 +195,19 @@ class UploadPipeline:
                 traceparent=self._traceparent(),
                 owner=request.owner,
             )
-            await self._add_event(event)
+            try:
+                await self._add_event(event)
+            except errors.DatabaseUnavailable:
+                # The insert's answer was lost, but it may have been written all the same:
+                # removing the object then would leave the relay an event without its video.
+                written = await self._lost_insert(video_id)
+                if isinstance(written, OutboxEvent):
+                    log.warning(
+                        "event written although its insert failed", extra={"event_id": video_id}
+                    )
+                    return UploadResult(event=written)
+                keep_object = written is _UNKNOWN
+                raise
         except _CancelledAfterCommit:
             # The client went away (or its deadline passed) once the event was written: the
             # object stays with it, and a retry with the same key is answered with it.
@@ -204,13 +225,34 @@ class UploadPipeline:
         except BaseException as exc:
             if isinstance(exc, errors.ServiceError):
                 exc.metadata.setdefault("video_id", video_id)  # to find leftovers, if any
-            await self._cleanup(writer.abort())
+            if keep_object:
+                log.error(
+                    "object kept: the database never said whether its event was written",
+                    extra={"event_id": video_id, "bucket": bucket, "key": key},
+                )
+            else:
+                await self._cleanup(writer.abort())
             raise
         log.info(
             "video stored",
             extra={"event_id": event.event_id, "size_bytes": event.size_bytes, "bucket": bucket},
         )
         return UploadResult(event=event)
+
+    async def _lost_insert(self, event_id: str) -> OutboxEvent | _Unknown | None:
+        """After an insert whose answer was lost: the event if it was written, None if the
+        database says it was not, _UNKNOWN if it does not answer within LOST_INSERT_CHECK_S."""
+        deadline = time.monotonic() + LOST_INSERT_CHECK_S
+        failures = 0
+        while True:
+            try:
+                return await self._outbox.get(event_id)
+            except errors.DatabaseUnavailable:
+                failures += 1
+                delay = _LOST_INSERT_BACKOFF.delay_s(failures)
+                if time.monotonic() + delay > deadline:
+                    return _UNKNOWN
+                await asyncio.sleep(delay)
 
     async def _add_event(self, event: OutboxEvent) -> None:
         """`Outbox.add`, carried to its end even when the upload is cancelled meanwhile: its
@@ -432,6 +474,13 @@ class _PartSender:
             task, self._in_flight = self._in_flight, None
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+class _Unknown(enum.Enum):
+    UNKNOWN = "unknown"
+
+
+_UNKNOWN = _Unknown.UNKNOWN
 
 
 class _CancelledAfterCommit(asyncio.CancelledError):
