@@ -149,6 +149,46 @@ async def test_protocol_errors_are_rich_statuses(
     assert harness.outbox.events == {}
 
 
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [
+        ([pb.UploadVideoRequest(chunk=mp4_bytes(100))], "MISSING_METADATA"),
+        (
+            [
+                pb.UploadVideoRequest(metadata=pb.UploadMetadata()),
+                pb.UploadVideoRequest(chunk=mp4_bytes(100)),
+                pb.UploadVideoRequest(metadata=pb.UploadMetadata()),
+            ],
+            "DUPLICATE_METADATA",
+        ),
+        ([pb.UploadVideoRequest(metadata=pb.UploadMetadata(bucket="other"))], "BUCKET_NOT_ALLOWED"),
+        (list(upload_messages(b"GIF89a" + b"\0" * 100)), "NOT_MP4"),
+    ],
+    ids=["chunk-first", "duplicate-metadata", "bucket", "not-mp4"],
+)
+async def test_a_refusal_reads_the_rest_of_the_stream_before_it_is_sent(
+    harness: Harness, head: list[pb.UploadVideoRequest], reason: str
+) -> None:
+    """The server reads (and drops) what the client still sends after a refusal, so a client
+    still writing gets the server's status, not grpcio's own INTERNAL for a write that met a
+    closed stream (grpc/grpc#36066). Undrained, the client would stop at the flow-control
+    window (a few MiB) and never finish sending the 16 MiB below."""
+    sent = 0
+
+    async def stream() -> AsyncIterator[pb.UploadVideoRequest]:
+        nonlocal sent
+        for message in head:
+            yield message
+        for _ in range(16):
+            yield pb.UploadVideoRequest(chunk=b"\0" * MiB)
+            sent += 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await harness.stub.UploadVideo(stream())
+    assert error_details(caught.value)[1] == reason
+    assert sent == 16
+
+
 async def test_unexpected_error_is_internal_with_a_generic_message(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

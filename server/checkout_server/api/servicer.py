@@ -64,6 +64,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         if first is None:
             raise errors.MissingMetadata("поток пуст")
         if first.WhichOneof("payload") != "metadata":
+            await drain(messages)
             raise errors.MissingMetadata("получен фрагмент файла до метаданных")
         meta = first.metadata
 
