@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,12 +28,42 @@ class ServerError(RuntimeError):
     """A server failed to start (died or never became ready)."""
 
 
+_FIXED_PORTS = frozenset({27017, 27018, 27019})  # MongoDB's, should a local one run
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that is free right now, and stays likely free until it is bound.
+
+    Chosen at random below the kernel's ephemeral range: a port the OS picks (bind to 0) is an
+    ephemeral one, which any outgoing connection of a busy test run may take before the server
+    given it binds it ("Address already in use"). None is handed out twice by this process.
+    """
+    low, high = 20000, min(_ephemeral_low(), 65536) - 1
+    rng = random.SystemRandom()
+    for _ in range(200) if high - low > 1000 else ():
+        port = rng.randint(low, high)
+        if port in _handed_out or port in _FIXED_PORTS:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no room below: the OS picks
+        s.bind(("127.0.0.1", 0))
+        picked: int = s.getsockname()[1]
+        return picked
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> bool:
