@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 
 import grpc
 import pytest
+from google.api import httpbody_pb2
+from google.protobuf.message import Message
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
@@ -260,3 +262,50 @@ async def test_listing_pages_and_stops_before_the_response_grows_too_large(
         pb.ListStatusesRequest(page_token=bounded.next_page_token)
     )
     assert [o.event_id[-1] for o in after.operations] == ["1", "0"]
+
+
+def _grpc_write(data: bytes, offset: int = 0) -> pb.WriteUploadRequest:
+    return pb.WriteUploadRequest(
+        write_offset=offset, checksummed_data=pb.ChecksummedData(content=data)
+    )
+
+
+def _http_write(data: bytes, offset: int = 0) -> pb.WriteUploadHttpRequest:
+    return pb.WriteUploadHttpRequest(offset=offset, http_body=httpbody_pb2.HttpBody(data=data))
+
+
+@pytest.mark.parametrize(
+    ("rpc", "piece", "count", "message"),
+    [
+        ("WriteUpload", _grpc_write, 0, "первое сообщение должно назвать сессию"),
+        ("WriteUpload", _grpc_write, 16, "первое сообщение должно назвать сессию"),
+        ("WriteUploadHttp", _http_write, 0, "сессия не указана"),
+        ("WriteUploadHttp", _http_write, 16, "сессия не указана"),
+    ],
+    ids=["grpc-empty", "grpc-unnamed", "http-empty", "http-unnamed"],
+)
+async def test_a_write_that_names_no_session_is_refused(
+    harness: Harness,
+    rpc: str,
+    piece: Callable[[bytes], Message],
+    count: int,
+    message: str,
+) -> None:
+    """Each write RPC says in its own words what its stream lacked, after reading the rest of
+    the stream (undrained, 16 MiB would stop at the flow-control window)."""
+    sent = 0
+
+    async def stream() -> AsyncIterator[Message]:
+        nonlocal sent
+        for _ in range(count):
+            yield piece(b"\0" * MiB)
+            sent += 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(harness.stub, rpc)(stream())
+    assert error_details(caught.value) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_UPLOAD_ID",
+        f"Некорректный идентификатор сессии загрузки: {message}",
+    )
+    assert sent == count

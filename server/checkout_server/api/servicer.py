@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -26,6 +27,7 @@ from ..status.service import StatusService, parse_uuid
 from ..status.watch import Subscription, WatchHub
 from ..upload.pipeline import UploadPipeline
 from ..upload.resumable import ResumableUploads
+from ..upload.session_writer import WriteChunk
 from . import resumable as rpb
 from .auth import current_principal
 from .health import DependencyMonitor
@@ -34,6 +36,7 @@ from .streams import drain
 
 Context = grpc.aio.ServicerContext[object, object]
 TERMINAL = frozenset({EventStatus.READY, EventStatus.FAILED})
+_Write = TypeVar("_Write", pb.WriteUploadRequest, pb.WriteUploadHttpRequest)
 
 
 class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
@@ -141,33 +144,33 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def WriteUpload(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.WriteUploadRequest], context: Context
     ) -> pb.WriteUploadResponse:
-        messages = aiter(request_iterator)
-        try:
-            first = await anext(messages, None)
-            if first is None or not first.upload_id:
-                raise errors.InvalidUploadId("первое сообщение должно назвать сессию")
-            state = await self.resumable.write(
-                first.upload_id,
-                rpb.grpc_chunks(first, messages),
-                owner=current_principal().client,
-            )
-        except errors.ServiceError:
-            await drain(messages)
-            raise
-        return rpb.write_response(state)
+        # The session is a field of the stream's first message (the later ones may leave it out).
+        return await self._write(
+            request_iterator, rpb.grpc_chunks, "первое сообщение должно назвать сессию"
+        )
 
     async def WriteUploadHttp(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.WriteUploadHttpRequest], context: Context
     ) -> pb.WriteUploadResponse:
+        # The session is the URL's path segment (Envoy copies it into every message).
+        return await self._write(request_iterator, rpb.http_chunks, "сессия не указана")
+
+    async def _write(
+        self,
+        request_iterator: AsyncIterator[_Write],
+        chunks: Callable[[_Write, AsyncIterator[_Write]], AsyncIterator[WriteChunk]],
+        no_session: str,
+    ) -> pb.WriteUploadResponse:
+        """One WriteUpload stream, its messages read as `chunks`; InvalidUploadId(`no_session`)
+        when the first message names no session. On refusal, the client's stream is drained
+        before the error goes out."""
         messages = aiter(request_iterator)
         try:
             first = await anext(messages, None)
             if first is None or not first.upload_id:
-                raise errors.InvalidUploadId("сессия не указана")
+                raise errors.InvalidUploadId(no_session)
             state = await self.resumable.write(
-                first.upload_id,
-                rpb.http_chunks(first, messages),
-                owner=current_principal().client,
+                first.upload_id, chunks(first, messages), owner=current_principal().client
             )
         except errors.ServiceError:
             await drain(messages)
