@@ -26,12 +26,13 @@ from .minio_storage import (
     _body,
     _checksum_headers,
     _translated,
+    missing_as_none,
+    object_body,
 )
 
 log = logging.getLogger(__name__)
 
 _MISSING_UPLOAD = "NoSuchUpload"
-_MISSING_KEY_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
 _PART_MISMATCH = frozenset({"InvalidPart", "InvalidPartOrder"})
 # Read back for hashing in blocks of this size; each block is hashed in a worker thread.
 _READ_BLOCK_BYTES = 4 * 1024 * 1024
@@ -126,13 +127,9 @@ class MinioMultipart:
         digest = hashlib.sha256()
         size = 0
         with _translated("object_sha256"):
-            try:
-                response = await self._client.get_object(bucket, key)
-            except S3Error as exc:
-                if exc.code in _MISSING_KEY_CODES:
+            async with object_body(self._client, bucket, key) as response:
+                if response is None:
                     return None
-                raise
-            try:
                 pending: list[bytes] = []
                 pending_bytes = 0
                 async for block in response.content.iter_chunked(_READ_BLOCK_BYTES):
@@ -143,19 +140,12 @@ class MinioMultipart:
                         await asyncio.to_thread(_update, digest, pending)
                         pending, pending_bytes = [], 0
                 _update(digest, pending)
-            finally:
-                response.close()
         return size, digest.hexdigest()
 
     async def object_size(self, bucket: str, key: str) -> int | None:
         with _translated("object_size"):
-            try:
-                found = await self._client.stat_object(bucket, key)
-            except S3Error as exc:
-                if exc.code in _MISSING_KEY_CODES:
-                    return None
-                raise
-        return found.size or 0
+            found = await missing_as_none(self._client.stat_object(bucket, key))
+        return None if found is None else found.size or 0
 
     async def delete_object(self, bucket: str, key: str) -> None:
         with _translated("delete_object"):

@@ -25,10 +25,10 @@ import base64
 import io
 import logging
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
-from typing import BinaryIO, cast
+from typing import BinaryIO, TypeVar, cast
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
@@ -82,6 +82,35 @@ def _translated(action: str) -> Iterator[None]:
         error = translate(exc)
         log.warning("storage %s failed: %r", action, exc, extra={"reason": error.reason})
         raise error from exc
+
+
+_T = TypeVar("_T")
+
+
+async def missing_as_none(request: Awaitable[_T]) -> _T | None:
+    """What the request answers, or None where S3 says there is no such object."""
+    try:
+        return await request
+    except S3Error as exc:
+        if exc.code in _MISSING_KEY_CODES:
+            return None
+        raise
+
+
+@asynccontextmanager
+async def object_body(
+    client: Minio, bucket: str, key: str
+) -> AsyncIterator[aiohttp.ClientResponse | None]:
+    """The object's GET response, closed on leaving the block; None if there is no such
+    object (inside `_translated`, like every call of the client)."""
+    response = await missing_as_none(client.get_object(bucket, key))
+    if response is None:
+        yield None
+        return
+    try:
+        yield response
+    finally:
+        response.close()
 
 
 class ChecksummedMinio(Minio):
@@ -194,12 +223,9 @@ class MinioStorage:
 
     async def stat(self, bucket: str, key: str) -> StoredObject | None:
         with _translated("stat"):
-            try:
-                found = await self._client.stat_object(bucket, key)
-            except S3Error as exc:
-                if exc.code in _MISSING_KEY_CODES:
-                    return None
-                raise
+            found = await missing_as_none(self._client.stat_object(bucket, key))
+        if found is None:
+            return None
         return StoredObject(
             key=key,
             size_bytes=found.size or 0,
@@ -208,13 +234,9 @@ class MinioStorage:
 
     async def read(self, bucket: str, key: str, *, max_bytes: int) -> bytes | None:
         with _translated("read"):
-            try:
-                response = await self._client.get_object(bucket, key)
-            except S3Error as exc:
-                if exc.code in _MISSING_KEY_CODES:
+            async with object_body(self._client, bucket, key) as response:
+                if response is None:
                     return None
-                raise
-            try:
                 size = response.content_length or 0
                 if size > max_bytes:
                     raise ObjectTooLarge(size)
@@ -226,8 +248,6 @@ class MinioStorage:
                     if len(data) > max_bytes:
                         raise ObjectTooLarge(len(data))
                 return bytes(data)
-            finally:
-                response.close()
 
     async def delete_prefix(self, bucket: str, prefix: str) -> int:
         deleted = 0
