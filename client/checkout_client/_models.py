@@ -156,8 +156,9 @@ class StatusUpdate(_Model):
 @dataclass(frozen=True)
 class Result(_Model):
     """The detection result of an event. `prediction` is the runner's JSON as a dict once the
-    status is ``ready``, else None. Numbers come back as floats (a protobuf Struct holds
-    doubles)."""
+    status is ``ready``, else None. A protobuf Struct holds every number as a double; the
+    whole ones come back as ints, as a JSON reader of the same result over REST gets them
+    (``{"index": 10}``, not ``10.0``)."""
 
     event_id: str
     video_id: str
@@ -166,7 +167,11 @@ class Result(_Model):
 
     @classmethod
     def from_pb(cls, m: pb.GetResultResponse) -> Result:
-        prediction = json_format.MessageToDict(m.prediction) if m.HasField("prediction") else None
+        prediction = (
+            _whole_numbers(json_format.MessageToDict(m.prediction))
+            if m.HasField("prediction")
+            else None
+        )
         return cls(event_id=m.event_id, video_id=m.video_id, status=m.status, prediction=prediction)
 
 
@@ -197,3 +202,17 @@ class Health(_Model):
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+_EXACT_INT = 2**53  # beyond it a double no longer holds every whole number
+
+
+def _whole_numbers(value: Any) -> Any:
+    """`value` (a Struct's JSON) with each whole double within ±2**53 made an int."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_INT:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    return value

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
@@ -19,6 +19,7 @@ from checkout_client import (
     AsyncCheckoutClient,
     ChecksumMismatch,
     InvalidArgument,
+    Result,
     RetryPolicy,
     Unavailable,
     Unknown,
@@ -297,3 +298,30 @@ def test_a_stream_broken_in_transport_is_retriable() -> None:
 def test_a_retry_policy_with_bad_bounds_fails_when_made() -> None:
     with pytest.raises(ValueError, match="initial_s <= max_s"):
         RetryPolicy(initial_backoff_s=5, max_backoff_s=1)
+
+
+def test_a_results_whole_numbers_are_ints_as_over_rest() -> None:
+    prediction = struct_pb2.Struct()
+    prediction.update(
+        {
+            "frames": [{"index": 10, "timestamp_s": 1.5, "boxes": [[0, 2.25]]}],
+            "count": 3,
+            "huge": 2.0**60,  # beyond 2**53 a double is not a whole number one can trust
+            "name": "centerface",
+            "empty": None,
+        }
+    )
+    response = pb.GetResultResponse(event_id="e", video_id="v", status="ready")
+    response.prediction.CopyFrom(prediction)
+    got = Result.from_pb(response).prediction
+    assert got == {
+        "frames": [{"index": 10, "timestamp_s": 1.5, "boxes": [[0, 2.25]]}],
+        "count": 3,
+        "huge": 2.0**60,
+        "name": "centerface",
+        "empty": None,
+    }
+    assert type(got["frames"][0]["index"]) is int
+    assert type(got["count"]) is int
+    assert type(got["huge"]) is float
+    assert Result.from_pb(pb.GetResultResponse(status="sent")).prediction is None
