@@ -15,7 +15,8 @@ error shape, counts them and logs them. Neither the token nor its hash is ever l
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,7 +27,7 @@ from checkout_api.checkout.v1 import checkout_pb2 as pb
 from .. import errors
 from ..domain import ANONYMOUS, Principal, Role
 from .interceptors import rewrap
-from .streams import drain
+from .streams import drain, stepwise
 
 # What a refused caller's upload stream may make the server read and drop (api/streams.py):
 # enough for the refusal to reach a client that streams quickly, little for one that abuses it.
@@ -179,11 +180,21 @@ class AuthInterceptor(_ServerInterceptor):
 
     def _stream(self, method: str, permission: Permission, behavior: _Stream) -> _Stream:
         async def wrapper(request: Any, context: _Context) -> AsyncIterator[Any]:
-            token = _principal.set(self.admit(method, permission, context))
+            principal = self.admit(method, permission, context)
+
+            @contextmanager
+            def as_principal() -> Iterator[None]:
+                token = _principal.set(principal)
+                try:
+                    yield
+                finally:
+                    _principal.reset(token)
+
+            responses = stepwise(behavior(request, context), as_principal)
             try:
-                async for response in behavior(request, context):
+                async for response in responses:
                     yield response
             finally:
-                _principal.reset(token)
+                await responses.aclose()
 
         return wrapper

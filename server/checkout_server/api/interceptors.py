@@ -19,22 +19,24 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from .. import errors
 from ..errors import ERROR_DOMAIN, ServiceError
 from ..logs import request_id_var
 from ..tracing import context_from_headers
+from .streams import stepwise
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +154,63 @@ class _Observers:
     tracer: trace.Tracer | None
 
 
-class _CallLog:
-    """Collects what the single log line of a call says, and tells the observer."""
+class _Call:
+    """One call: its request id, its span (with a tracer), its log line and its observer.
 
-    def __init__(self, method: str, rpc_type: str, observer: CallObserver | None) -> None:
+    `scope()` makes the request id and the span current, for a step of the handler at a
+    time: nothing current is held across a yield of a streaming handler, whose end may come
+    from another context (a stream closed by its client is finalized by asyncio in a task of
+    its own), where resetting a token set in the handler's context fails."""
+
+    def __init__(
+        self, method: str, rpc_type: str, observers: _Observers, context: _Context
+    ) -> None:
         self.method = method
         self.rpc_type = rpc_type
-        self.observer = observer
+        self.observer = observers.metrics
+        self.context = context
         self.started = time.monotonic()
-        self.token = request_id_var.set(uuid.uuid4().hex[:16])
+        self.request_id = uuid.uuid4().hex[:16]
         self.span: trace.Span | None = None
-        if observer is not None:
-            observer.started(method, rpc_type)
+        self._trace_context: otel_context.Context | None = None
+        if observers.tracer is not None:
+            service, _, name = method.lstrip("/").rpartition("/")
+            parent = context_from_headers(context.invocation_metadata() or ())
+            self.span = observers.tracer.start_span(
+                method.lstrip("/"),
+                context=parent,
+                kind=trace.SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            )
+            self._trace_context = trace.set_span_in_context(self.span, parent)
+        if self.observer is not None:
+            self.observer.started(method, rpc_type)
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        request_id = request_id_var.set(self.request_id)
+        attached = None if self._trace_context is None else otel_context.attach(self._trace_context)
+        try:
+            yield
+        finally:
+            if attached is not None:
+                otel_context.detach(attached)
+            request_id_var.reset(request_id)
+
+    async def fail(self, exc: BaseException) -> NoReturn:
+        """Log `exc`'s outcome and send it as a status (an abort), or let it pass."""
+        if isinstance(exc, ServiceError):
+            self.done(exc.code, exc.reason)
+            await _abort(self.context, exc)
+        elif isinstance(exc, grpc.aio.AbortError):
+            self.done(self.context.code() or grpc.StatusCode.UNKNOWN)
+        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            self.done(grpc.StatusCode.CANCELLED)
+        elif isinstance(exc, Exception):
+            error = _unexpected(self.method, exc)
+            self.done(error.code, error.reason)
+            await _abort(self.context, error)
+        raise exc
 
     def done(self, code: grpc.StatusCode, reason: str = "") -> None:
         elapsed = time.monotonic() - self.started
@@ -186,7 +233,10 @@ class _CallLog:
                 self.span.set_attribute("error.type", reason)
             if code in _SERVER_ERRORS:
                 self.span.set_status(trace.StatusCode.ERROR, reason or code.name)
-        request_id_var.reset(self.token)
+
+    def end(self) -> None:
+        if self.span is not None:
+            self.span.end()
 
 
 # The codes that mark a server span as failed (OpenTelemetry's gRPC conventions).
@@ -207,81 +257,43 @@ def _unexpected(method: str, exc: BaseException) -> ServiceError:
     return errors.from_exception(exc)
 
 
-@asynccontextmanager
-async def _outcome(
-    method: str, rpc_type: str, observers: _Observers, context: _Context
-) -> AsyncIterator[None]:
-    """Runs the call in its span (with a tracer), logs its outcome and turns its exceptions
-    into statuses."""
-    if observers.tracer is None:
-        async with _logged(method, rpc_type, observers.metrics, context, None):
-            yield
-        return
-    service, _, name = method.lstrip("/").rpartition("/")
-    with observers.tracer.start_as_current_span(
-        method.lstrip("/"),
-        context=context_from_headers(context.invocation_metadata() or ()),
-        kind=trace.SpanKind.SERVER,
-        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        async with _logged(method, rpc_type, observers.metrics, context, span):
-            yield
-
-
-@asynccontextmanager
-async def _logged(
-    method: str,
-    rpc_type: str,
-    observer: CallObserver | None,
-    context: _Context,
-    span: trace.Span | None,
-) -> AsyncIterator[None]:
-    call = _CallLog(method, rpc_type, observer)
-    call.span = span
-    try:
-        yield
-    except ServiceError as exc:
-        call.done(exc.code, exc.reason)
-        await _abort(context, exc)
-    except grpc.aio.AbortError:
-        call.done(context.code() or grpc.StatusCode.UNKNOWN)
-        raise
-    except asyncio.CancelledError:
-        call.done(grpc.StatusCode.CANCELLED)
-        raise
-    except Exception as exc:
-        error = _unexpected(method, exc)
-        call.done(error.code, error.reason)
-        await _abort(context, error)
-    else:
-        call.done(grpc.StatusCode.OK)
-
-
-def _wrap_unary(method: str, rpc_type: str, observer: _Observers, behavior: _Unary) -> _Unary:
+def _wrap_unary(method: str, rpc_type: str, observers: _Observers, behavior: _Unary) -> _Unary:
     async def wrapper(request: Any, context: _Context) -> Any:
-        async with _outcome(method, rpc_type, observer, context):
-            return await behavior(request, context)
+        call = _Call(method, rpc_type, observers, context)
+        try:
+            with call.scope():
+                try:
+                    response = await behavior(request, context)
+                except BaseException as exc:
+                    await call.fail(exc)
+                call.done(grpc.StatusCode.OK)
+                return response
+        finally:
+            call.end()
 
     return wrapper
 
 
-def _wrap_stream(method: str, rpc_type: str, observer: _Observers, behavior: _Stream) -> _Stream:
+def _wrap_stream(method: str, rpc_type: str, observers: _Observers, behavior: _Stream) -> _Stream:
     if inspect.iscoroutinefunction(behavior):
         # A handler that writes its responses with context.write() (grpc_health's Watch)
         # rather than yielding them: wrapped as a coroutine, as gRPC then expects.
-        writer = cast(_Unary, behavior)
-
-        async def writing(request: Any, context: _Context) -> None:
-            async with _outcome(method, rpc_type, observer, context):
-                await writer(request, context)
-
-        return cast(_Stream, writing)
+        return cast(_Stream, _wrap_unary(method, rpc_type, observers, cast(_Unary, behavior)))
 
     async def wrapper(request: Any, context: _Context) -> AsyncIterator[Any]:
-        async with _outcome(method, rpc_type, observer, context):
-            async for response in behavior(request, context):
+        call = _Call(method, rpc_type, observers, context)
+        responses = stepwise(behavior(request, context), call.scope)
+        try:
+            async for response in responses:
                 yield response
+        except BaseException as exc:
+            with call.scope():
+                await responses.aclose()
+                await call.fail(exc)
+        else:
+            with call.scope():
+                call.done(grpc.StatusCode.OK)
+        finally:
+            call.end()
 
     return wrapper
