@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -83,8 +83,11 @@ async def test_a_stream_closed_from_another_context_ends_its_call_cleanly(
         return await AuthInterceptor(Keys()).intercept_service(handler, details)
 
     errors = ErrorInterceptor(observer, provider.get_tracer("test"))
-    wrapped = await errors.intercept_service(authorized, Details(WATCH))
-    stream = wrapped.unary_stream(None, Context())
+    wrapped = await errors.intercept_service(
+        authorized, cast(grpc.HandlerCallDetails, Details(WATCH))
+    )
+    behavior = cast(Callable[[Any, Any], AsyncGenerator[Any, None]], wrapped.unary_stream)
+    stream = behavior(None, Context())
 
     async def first() -> Any:
         return await anext(stream)
