@@ -1,5 +1,14 @@
 """Logging: one line per event on stderr, JSON off a terminal, readable on one; `extra=`
-fields (event_id, trace_id, ...) go into the line."""
+fields (event_id, trace_id, ...) go into the line.
+
+A copy of the server's formatters (server/checkout_server/logs.py), on purpose: the runner
+shares no code with the server or the SDK (import-linter's runner-apart; their contract is
+the Kafka envelope and the result JSON) and installs neither. Sharing these forty lines would
+mean installing checkout-client (grpcio, protobuf, rich) here, or a third distribution to
+build and ship, both worse than the copy. The server's adds the request id of its calls; the
+line is the same (ts, level, logger, msg, the extra fields, exc), which tests/unit/test_logs.py
+checks.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,16 @@
 
 Context (the request id of the current call, and whatever `extra=` a call passes, such as
 `event_id`) is added to every line.
+
+The detection runner has a copy of the formatters (runner/checkout_runner/logs.py), on
+purpose: the runner is a distribution of its own that shares no code with the server or the
+SDK (import-linter's runner-apart; their contract is the Kafka envelope and the result JSON),
+and no distribution of ours is installed under both. A shared home would be checkout-client
+(bringing grpcio, protobuf and rich into the runner's image, and logging into the package of
+the generated stubs) or a third distribution to build and ship everywhere, both worse than
+forty lines twice. What differs is the server's: the request id, the quieter pymongo and
+asyncio. Both write the same line (ts, level, logger, msg, the extra fields, exc), which
+tests/unit/test_logs.py checks.
 """
 
 from __future__ import annotations
