@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from devstack import Toxic, bandwidth, latency, limit_data
+from devstack import ServerProcess, Toxic, bandwidth, latency, limit_data
 
 from .audit import ORPHANED_OBJECT, Audit, Stores, audit
 from .load import Load, LoadConfig, LoadResult
@@ -87,60 +87,51 @@ class Scenario:
 # --- faults ---------------------------------------------------------------------------------
 
 
-async def _restart(ctx: Context, name: str, old_pid: int | None, start: Callable[[], None]) -> None:
-    await asyncio.to_thread(start)
-    new = _pid(ctx, name)
-    ctx.restarted[name] = (old_pid or 0, new)
-    ctx.note(f"{name} back")
-
-
-def _pid(ctx: Context, name: str) -> int:
+def _process(ctx: Context, name: str) -> ServerProcess:
+    """The process a fault acts on: the server, a relay (`relay-0`, ...) or a backend."""
     services = {"server": ctx.system.server, **{r.name: r for r in ctx.system.relays}}
     backends = {
         "kafka": ctx.backends.broker,
         "minio": ctx.backends.minio,
         "ferretdb": ctx.backends.ferretdb,
     }
-    pid = (services | backends)[name].pid
-    assert pid is not None
-    return pid
+    return (services | backends)[name]
 
 
-async def kill_server(ctx: Context, down_s: float) -> None:
-    old = ctx.system.server.pid
-    await asyncio.to_thread(ctx.system.server.kill)
-    ctx.note("server killed (SIGKILL)")
-    await asyncio.sleep(down_s)
-    await _restart(ctx, "server", old, lambda: ctx.system.server.start(90))
+TakeDown = Callable[[Context, str, ServerProcess], Awaitable[None]]
 
 
-async def kill_relay(ctx: Context, down_s: float) -> None:
-    relay = ctx.system.relays[0]
-    old = relay.pid
-    await asyncio.to_thread(relay.kill)
-    ctx.note(f"{relay.name} killed (SIGKILL)")
-    await asyncio.sleep(down_s)
-    await _restart(ctx, relay.name, old, lambda: relay.start(90))
+def outage(name: str, take_down: TakeDown, *, start_s: float) -> Inject:
+    """The one start/stop/restart dance of a process fault: `take_down` the process `name`,
+    leave it down for the fault's time, start it again on the same ports (waiting up to
+    `start_s` for it), and note its pid before and after for the evidence."""
 
-
-def _stop_backend(name: str) -> Inject:
     async def inject(ctx: Context, down_s: float) -> None:
-        server = {
-            "kafka": ctx.backends.broker,
-            "minio": ctx.backends.minio,
-            "ferretdb": ctx.backends.ferretdb,
-        }[name]
-        old = server.pid
-        await asyncio.to_thread(server.stop)
-        ctx.note(f"{name} stopped")
+        process = _process(ctx, name)
+        old = process.pid
+        await take_down(ctx, name, process)
         await asyncio.sleep(down_s)
-        await _restart(ctx, name, old, lambda: server.start(180))
+        await asyncio.to_thread(process.start, start_s)
+        new = process.pid
+        assert new is not None
+        ctx.restarted[name] = (old or 0, new)
+        ctx.note(f"{name} back")
 
     return inject
 
 
-async def sigterm_server(ctx: Context, _: float) -> None:
-    old = ctx.system.server.pid
+async def kill(ctx: Context, name: str, process: ServerProcess) -> None:
+    await asyncio.to_thread(process.kill)
+    ctx.note(f"{name} killed (SIGKILL)")
+
+
+async def stop(ctx: Context, name: str, process: ServerProcess) -> None:
+    await asyncio.to_thread(process.stop)
+    ctx.note(f"{name} stopped")
+
+
+async def sigterm_server(ctx: Context, name: str, process: ServerProcess) -> None:
+    """SIGTERM; a violation unless the server exits 0 within its drain and grace."""
     allowed = SERVER_DRAIN_S + SERVER_GRACE_S + 3  # the drain, the grace, and a loaded machine
     ctx.note("server sent SIGTERM")
     elapsed, code = await asyncio.to_thread(ctx.system.terminate_server, allowed + 10)
@@ -150,7 +141,6 @@ async def sigterm_server(ctx: Context, _: float) -> None:
             f"SIGTERM: exit code {code} after {elapsed:.1f}s (drain {SERVER_DRAIN_S:.0f}s,"
             f" grace {SERVER_GRACE_S:.0f}s)"
         )
-    await _restart(ctx, "server", old, lambda: ctx.system.server.start(90))
 
 
 async def client_cancels(ctx: Context, seconds: float) -> None:
@@ -229,7 +219,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "kill-server",
         "kill -9 of the server under load; it is restarted on the same port",
-        kill_server,
+        outage("server", kill, start_s=90),
         long_s=2.0,
         short_s=0.0,
         evidence=restarted("server", under_way="refused"),
@@ -240,7 +230,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "kill-relay",
         "kill -9 of one of the two relays; the other takes its leases over; it is restarted",
-        kill_relay,
+        outage("relay-0", kill, start_s=90),
         long_s=10.0,
         short_s=0.0,
         evidence=restarted("relay-0", under_way="accepted"),
@@ -248,7 +238,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "kafka-down",
         "Kafka stopped (30 s; short: 3 s) and started again; uploads go on, events wait",
-        _stop_backend("kafka"),
+        outage("kafka", stop, start_s=180),
         long_s=30.0,
         short_s=3.0,
         evidence=restarted("kafka", under_way="accepted"),
@@ -256,7 +246,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "minio-down",
         "MinIO stopped (10 s; short: 2 s) and started again",
-        _stop_backend("minio"),
+        outage("minio", stop, start_s=180),
         long_s=10.0,
         short_s=2.0,
         evidence=restarted("minio", under_way="any"),
@@ -264,7 +254,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "ferretdb-down",
         "FerretDB (and its PostgreSQL) stopped (10 s; short: 2 s) and started again",
-        _stop_backend("ferretdb"),
+        outage("ferretdb", stop, start_s=180),
         long_s=10.0,
         short_s=2.0,
         evidence=restarted("ferretdb", under_way="any"),
@@ -272,7 +262,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "sigterm-server",
         "SIGTERM of the server under load: it exits 0 within drain and grace; restarted",
-        sigterm_server,
+        outage("server", sigterm_server, start_s=90),
         long_s=0.0,
         short_s=0.0,
         evidence=restarted("server", under_way="refused"),
