@@ -79,6 +79,7 @@ class FakeStorage:
     # When set, every write_part waits for it (counted in parts_waiting): a slow store.
     part_gate: asyncio.Event | None = None
     parts_waiting: int = 0
+    list_calls: list[tuple[str, str]] = field(default_factory=list)  # (bucket, start_after)
 
     async def ensure_bucket(self, bucket: str) -> None:
         return None
@@ -110,6 +111,16 @@ class FakeStorage:
         for k in keys:
             del self.objects[k]
         return len(keys)
+
+    async def list_page(
+        self, bucket: str, prefix: str, *, start_after: str, limit: int
+    ) -> list[StoredObject]:
+        assert 1 <= limit <= 1000
+        self.list_calls.append((bucket, start_after))
+        keys = sorted(
+            k for b, k in self.objects if b == bucket and k.startswith(prefix) and k > start_after
+        )
+        return [s for s in [await self.stat(bucket, k) for k in keys[:limit]] if s is not None]
 
     async def ping(self) -> None:
         return None
@@ -145,6 +156,11 @@ class FakeOutbox:
 
     async def owns_video(self, video_id: str, owner: str) -> bool:
         return any(e.video_id == video_id and e.owner == owner for e in self.events.values())
+
+    async def videos_with_events(self, video_ids: Sequence[str]) -> set[str]:
+        if self.down:
+            raise DatabaseUnavailable()
+        return {e.video_id for e in self.events.values()} & set(video_ids)
 
     def _listed(self, status: EventStatus | None, owner: str | None) -> list[OutboxEvent]:
         return sorted(
@@ -516,6 +532,9 @@ class FakeUploadSessions:
 
     async def open_multipart_ids(self, multipart_ids: Sequence[str]) -> set[str]:
         return {m for u, m in self.multipart.items() if u in self.sessions} & set(multipart_ids)
+
+    async def videos_with_sessions(self, video_ids: Sequence[str]) -> set[str]:
+        return {s.video_id for s in self.sessions.values()} & set(video_ids)
 
     async def delete(self, upload_id: str) -> None:
         self.sessions.pop(upload_id, None)

@@ -33,6 +33,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigError
 from .outbox.sharding import SLOTS
+from .upload import pipeline as _pipeline
 from .upload.failpoints import POINTS as FAILPOINTS
 
 MiB = 1024 * 1024
@@ -259,8 +260,16 @@ class ResumableSection(Section):
     `input/` that no session recorded once it is older than this: what a crashed server's
     uploads leave. Keep it below MinIO's stale multipart cleanup (24 h)."""
     upload_sweep_interval_s: float = 60.0
-    """UPLOAD_SWEEP_INTERVAL_S: how often each server sweeps expired sessions and orphaned
-    multipart uploads (every server does; sweeps are safe to run at once)."""
+    """UPLOAD_SWEEP_INTERVAL_S: how often each server sweeps expired sessions, orphaned
+    multipart uploads and one page (1000 keys) per bucket of objects without an event (every
+    server does; sweeps are safe to run at once)."""
+    upload_orphan_object_age_s: float = 3600.0
+    """UPLOAD_ORPHAN_OBJECT_AGE_S: a complete object under `input/` that no event (and no
+    resumable session) names is removed by the sweeper once it is older than this (default
+    1 h): what a server killed between an object's completion and its event's insert leaves.
+    At least the longest an upload takes from its object's completion to knowing whether its
+    event was written (`upload_commit_gap_s`: LOST_INSERT_CHECK_S and three database calls
+    at MONGO_TIMEOUT_MS; 120 s at the defaults), plus 10 s."""
     upload_failpoint: str = ""
     """UPLOAD_FAILPOINT: for crash tests only: the process SIGKILLs itself when a resumable
     upload reaches this point (`after_part`, `after_commit`, `after_complete`,
@@ -510,6 +519,20 @@ class ProcessSettings(BaseSettings):
         return type(self)(**{**dict(self), **changes})
 
 
+def upload_commit_gap_s(mongo_timeout_ms: int) -> float:
+    """The longest an UploadVideo takes from its object's completion to knowing whether its
+    event was written; after it, an object without an event never gets one. Each database
+    call is counted as two attempts (PyMongo retries once), each a server selection of
+    MONGO_TIMEOUT_MS and an answer awaited for twice that: the outbox insert (one call), then,
+    when it got no answer, LOST_INSERT_CHECK_S of asking for the event and the last of those
+    questions (two reads: the status record, the outbox message)."""
+    call_s = 2 * 3 * mongo_timeout_ms / 1000
+    return call_s + _pipeline.LOST_INSERT_CHECK_S + 2 * call_s
+
+
+ORPHAN_AGE_SLACK_S = 10.0
+
+
 class ServerSettings(
     ProcessSettings,
     GrpcSection,
@@ -527,6 +550,17 @@ class ServerSettings(
     TracingSection,
 ):
     """The server's (`checkout-server`) settings."""
+
+    @model_validator(mode="after")
+    def _check_orphan_age(self) -> Self:
+        floor = upload_commit_gap_s(self.mongo_timeout_ms) + ORPHAN_AGE_SLACK_S
+        if self.upload_orphan_object_age_s < floor:
+            raise ConfigError(
+                f"UPLOAD_ORPHAN_OBJECT_AGE_S must be at least {floor:g} s: an upload may take"
+                f" {floor - ORPHAN_AGE_SLACK_S:g} s from its object to its event"
+                " (LOST_INSERT_CHECK_S and three database calls at MONGO_TIMEOUT_MS), plus 10 s"
+            )
+        return self
 
 
 class RelaySettings(

@@ -66,6 +66,14 @@ class ObjectStorage(Protocol):
     async def delete_prefix(self, bucket: str, prefix: str) -> int:
         """Delete every object whose key starts with `prefix`; returns how many."""
 
+    async def list_page(
+        self, bucket: str, prefix: str, *, start_after: str, limit: int
+    ) -> list[StoredObject]:
+        """One page of the objects whose key starts with `prefix`, in key order: at most
+        `limit` (1..1000), from the first key after `start_after` ("": from the first). The
+        next page starts after this one's last key; fewer than `limit` means the end was
+        reached. One storage request, whatever the bucket holds."""
+
 
 class Outbox(Protocol):
     """The transactional outbox as the API sees it: per event an outbox message and a status
@@ -104,6 +112,12 @@ class Outbox(Protocol):
 
     async def owns_video(self, video_id: str, owner: str) -> bool:
         """Whether `owner` made an event of this video (uploaded or re-requested it)."""
+
+    async def videos_with_events(self, video_ids: Sequence[str]) -> set[str]:
+        """Of these video ids, those that an event names: an upload's (its id is the video
+        id) or a re-request's (its own id, the video's id in `video_id`), by its outbox
+        message or its status record. A query per collection, never one per id; a database
+        that does not answer raises (an empty set is the database's answer, never a guess)."""
 
     async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
         """Events whose `updated_at` is at or after `since`, oldest change first."""
@@ -299,6 +313,10 @@ class UploadSessionStore(Protocol):
 
     async def open_multipart_ids(self, multipart_ids: Sequence[str]) -> set[str]:
         """Of these S3 upload ids, those recorded by a session that still exists."""
+
+    async def videos_with_sessions(self, video_ids: Sequence[str]) -> set[str]:
+        """Of these video ids, those of a session that still exists (open, finishing, or
+        finished and not yet removed by its expiry), in one query."""
 
     async def delete(self, upload_id: str) -> None:
         """Remove every fact of the session (the terminal marker last)."""

@@ -56,6 +56,7 @@ _PERMANENT_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket"}
 )
 _DELETE_BATCH = 1000  # the most one S3 DeleteObjects request takes
+_LIST_PAGE_MAX = 1000  # the most keys one S3 ListObjectsV2 answer holds
 CHECKSUM_HEADER = "x-amz-checksum-crc32"
 _UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 # Bodies at least this large are checksummed in a worker thread (zlib releases the GIL), so
@@ -262,6 +263,39 @@ class MinioStorage:
             if batch:
                 deleted += await self._delete_batch(bucket, batch)
         return deleted
+
+    async def list_page(
+        self, bucket: str, prefix: str, *, start_after: str, limit: int
+    ) -> list[StoredObject]:
+        if not 1 <= limit <= _LIST_PAGE_MAX:
+            raise ValueError(f"a page is 1..{_LIST_PAGE_MAX} keys, not {limit}")
+        page: list[StoredObject] = []
+        # The client's ListObjectsV2 generator with `max-keys` = limit: its first request is
+        # the whole page; it is closed before it would ask for the next one.
+        listing = self._client._list_objects(
+            bucket,
+            prefix=prefix,
+            start_after=start_after or None,
+            max_keys=limit,
+            encoding_type="url",
+        )
+        with _translated("list_page"):
+            try:
+                async for found in listing:
+                    if found.object_name and not found.is_dir:
+                        page.append(
+                            StoredObject(
+                                key=found.object_name,
+                                size_bytes=found.size or 0,
+                                # Unknown: taken for new (a sweep leaves it for a later round).
+                                last_modified=found.last_modified or datetime.now(UTC),
+                            )
+                        )
+                    if len(page) == limit:
+                        break
+            finally:
+                await listing.aclose()
+        return page
 
     async def _delete_batch(self, bucket: str, batch: list[DeleteObject]) -> int:
         failed = 0

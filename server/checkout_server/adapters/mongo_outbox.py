@@ -15,7 +15,7 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -32,9 +32,12 @@ from .mongo_indexes import ensure_indexes
 log = logging.getLogger(__name__)
 
 _DEDUP_INDEX = IndexModel([(f.DEDUP_KEY, ASCENDING)], unique=True, name="dedup_key_unique")
-_OUTBOX_INDEXES = [_DEDUP_INDEX]  # the relay adds its own (see mongo_relay_store)
+# The events of a video (its upload's and its re-requests'): ownership, the object sweep.
+_VIDEO_INDEX = IndexModel([(f.VIDEO_ID, ASCENDING)], name="video")
+_OUTBOX_INDEXES = [_DEDUP_INDEX, _VIDEO_INDEX]  # the relay adds its own (mongo_relay_store)
 _STATUS_INDEXES = [
     _DEDUP_INDEX,
+    _VIDEO_INDEX,
     # Listing, newest first (the _id breaks ties for stable pages).
     IndexModel([(f.CREATED_AT, DESCENDING), (f.ID, DESCENDING)], name="created"),
     # Listing by status.
@@ -139,6 +142,26 @@ class MongoOutbox:
         with translated("owns_video"):
             found = await self._statuses.find_one({f.VIDEO_ID: video_id, f.OWNER: owner}, {f.ID: 1})
         return found is not None
+
+    async def videos_with_events(self, video_ids: Sequence[str]) -> set[str]:
+        # The outbox first, then the status records of the rest: a message is deleted only
+        # after its record is written (by `add` or the relay), so an event moving from one
+        # to the other between the two queries is seen in one of them. `_id` finds the
+        # seed's messages too (no top-level `video_id`: an upload's id is its video's).
+        wanted = set(video_ids)
+        named: set[str] = set()
+        with translated("videos_with_events"):
+            for collection in (self._outbox, self._statuses):
+                rest = sorted(wanted - named)
+                if not rest:
+                    break
+                found = collection.find(
+                    {"$or": [{f.ID: {"$in": rest}}, {f.VIDEO_ID: {"$in": rest}}]},
+                    {f.ID: 1, f.VIDEO_ID: 1},
+                )
+                async for document in found:
+                    named |= {str(document[f.ID]), str(document.get(f.VIDEO_ID))} & wanted
+        return named
 
     async def count(self, *, status: EventStatus | None, owner: str | None) -> int:
         with translated("count"):

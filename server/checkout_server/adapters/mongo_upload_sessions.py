@@ -36,6 +36,7 @@ Document = dict[str, Any]
 _SESSION_INDEXES = [
     IndexModel([("dedup_key", ASCENDING)], unique=True, name="dedup_key_unique"),
     IndexModel([("expires_at", ASCENDING)], name="expires"),
+    IndexModel([("video_id", ASCENDING)], name="video"),
 ]
 _FACT_INDEXES = [
     IndexModel([("upload_id", ASCENDING), ("kind", ASCENDING)], name="upload_kind"),
@@ -285,6 +286,15 @@ class MongoUploadSessions:
             live = self._sessions.find({"_id": {"$in": sorted(uploads)}}, {"_id": 1})
             alive = {str(d["_id"]) async for d in live}
         return {str(f["multipart_id"]) for f in facts if str(f["upload_id"]) in alive}
+
+    async def videos_with_sessions(self, video_ids: Sequence[str]) -> set[str]:
+        if not video_ids:
+            return set()
+        with translated("videos_with_sessions"):
+            found = self._sessions.find(
+                {"video_id": {"$in": sorted(set(video_ids))}}, {"video_id": 1}
+            )
+            return {str(d["video_id"]) async for d in found}
 
     async def delete(self, upload_id: str) -> None:
         with translated("delete_session"):

@@ -21,6 +21,7 @@ from ..auth.keys import KeyRing
 from ..status.lag import OutboxLag
 from ..status.watch import WatchHub
 from ..upload.pipeline import UploadPipeline
+from ..upload.sweeper import UploadSweeper
 
 # go-grpc-prometheus's default buckets, and longer ones for uploads and watches.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, float("inf"))
@@ -72,8 +73,14 @@ class ServiceCollector(Collector):
     """The service's own series, read from the pipeline, the watch hub and the lag probe."""
 
     def __init__(
-        self, pipeline: UploadPipeline, hub: WatchHub, lag: OutboxLag, keys: KeyRing | None = None
+        self,
+        pipeline: UploadPipeline,
+        hub: WatchHub,
+        lag: OutboxLag,
+        keys: KeyRing | None = None,
+        sweeper: UploadSweeper | None = None,
     ) -> None:
+        self._sweeper = sweeper
         self._pipeline = pipeline
         self._hub = hub
         self._lag = lag
@@ -113,6 +120,25 @@ class ServiceCollector(Collector):
             "last measurement (every OUTBOX_LAG_INTERVAL_S).",
             value=self._lag.oldest_unsent_s,
         )
+        if self._sweeper is not None:
+            sweeper = self._sweeper
+            yield CounterMetricFamily(
+                "checkout_upload_sessions_expired",
+                "Resumable upload sessions the sweeper ended past UPLOAD_SESSION_TTL_S.",
+                value=sweeper.expired_total,
+            )
+            yield CounterMetricFamily(
+                "checkout_orphan_multipart_uploads_aborted",
+                "Multipart uploads under input/ that no session recorded, aborted by the "
+                "sweeper after UPLOAD_MAX_DURATION_S.",
+                value=sweeper.orphans_aborted_total,
+            )
+            yield CounterMetricFamily(
+                "checkout_orphan_objects_removed",
+                "Complete objects under input/ that no event named, removed by the sweeper "
+                "after UPLOAD_ORPHAN_OBJECT_AGE_S.",
+                value=sweeper.orphan_objects_removed_total,
+            )
         if self._keys is not None:
             yield GaugeMetricFamily(
                 "checkout_auth_keys", "API keys in force (AUTH_KEYS_FILE).", value=len(self._keys)

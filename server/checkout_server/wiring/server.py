@@ -56,7 +56,7 @@ from ..upload.failpoints import kill_at, no_failpoint
 from ..upload.lease import LeaseTimes, WriteLeases
 from ..upload.pipeline import UploadLimits, UploadPipeline
 from ..upload.resumable import ResumableUploads
-from ..upload.sweeper import UploadSweeper
+from ..upload.sweeper import EventlessObjects, UploadSweeper
 from .clients import minio_client, mongo_client
 from .metrics import MetricsEndpoint
 from .tracing import INSTRUMENTATION, tracer_provider
@@ -112,7 +112,7 @@ class App:
     # (WATCH_WAKE_ADDR; empty: GRPC_ADDR's host and bound port; `off`: nowhere).
     watch_wake_addr: str = "off"
     watch_listener: WakeListener | None = None
-    # Sweeps expired resumable sessions and orphaned multipart uploads.
+    # Sweeps expired resumable sessions, orphaned multipart uploads and event-less objects.
     sweeper: UploadSweeper | None = None
 
     async def start(self) -> None:
@@ -364,6 +364,12 @@ def _build(
         buckets=settings.allowed_buckets,
         orphan_age_s=settings.upload_max_duration_s,
         interval_s=settings.upload_sweep_interval_s,
+        objects=EventlessObjects(
+            storage=storage,
+            outbox=outbox,
+            sessions=sessions,
+            min_age_s=settings.upload_orphan_object_age_s,
+        ),
     )
     status = StatusService(
         storage=storage,
@@ -402,7 +408,7 @@ def _build(
     )
     registry = CollectorRegistry()
     lag = OutboxLag(outbox, interval_s=settings.outbox_lag_interval_s)
-    registry.register(ServiceCollector(pipeline, hub, lag, keys))
+    registry.register(ServiceCollector(pipeline, hub, lag, keys, sweeper))
     gate = ShutdownGate()
     server, port = create_server(
         settings.grpc_addr,
