@@ -4,6 +4,7 @@ the event is not there; written, the upload succeeded; never answered, the objec
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -91,3 +92,27 @@ async def test_a_database_that_never_answers_keeps_the_object(
     # (an event without its object would reach the detection runners).
     assert list(storage.objects.values()) == [data]
     assert outbox.reads >= 2
+
+
+async def test_an_upload_cancelled_while_it_asks_for_its_event_keeps_the_object() -> None:
+    """Cancelled (by its client) before the database said whether the event was written:
+    the object stays, as when the database never answers (the event may exist)."""
+    asking = asyncio.Event()
+
+    class Unanswered(LostAnswerOutbox):
+        async def get(self, event_id: str) -> OutboxEvent | None:
+            asking.set()
+            await asyncio.Event().wait()  # the database does not answer (yet)
+            raise AssertionError("unreachable")
+
+    storage, outbox = FakeStorage(), Unanswered(writes=True)
+    pipeline = UploadPipeline(storage=storage, outbox=outbox, limits=LIMITS)
+    data = mp4_bytes(3000)
+    upload = asyncio.create_task(pipeline.upload(UploadRequest(filename="a.mp4"), one_chunk(data)))
+    await asking.wait()
+    upload.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await upload
+    await pipeline.drain_cleanups()
+    (event,) = outbox.events.values()
+    assert storage.objects == {("videos", event.object_key): data}

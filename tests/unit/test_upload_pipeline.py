@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from checkout_server import errors
-from checkout_server.domain import EventStatus, UploadRequest
+from checkout_server.domain import EventStatus, OutboxEvent, UploadRequest
 from checkout_server.upload.pipeline import UploadLimits, UploadPipeline
 from tests.fakes import FakeOutbox, FakeStorage, FakeWriter
 from tests.helpers import MiB, RacingOutbox, mp4_bytes, sha256_hex
@@ -200,6 +200,60 @@ async def test_cancellation_mid_stream_aborts() -> None:
     assert storage.writers[0].parts  # a part had been written...
     assert storage.writers[0].aborted  # ...and was aborted
     assert_nothing_left(storage, outbox)
+
+
+async def test_an_interrupted_upload_is_answered_shutting_down_and_leaves_nothing() -> None:
+    """The end of a stop's grace period: the uploads still streaming are stopped with a
+    retriable SHUTTING_DOWN, their objects aborted; a client's own cancel stays a cancel."""
+    pipeline, storage, outbox = make_pipeline()
+    streaming = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        async for chunk in chunked(mp4_bytes(PART + MiB)):
+            yield chunk
+        streaming.set()
+        await asyncio.Event().wait()
+        yield b""
+
+    interrupted = asyncio.create_task(pipeline.upload(UploadRequest(), stalls()))
+    await streaming.wait()
+    streaming.clear()
+    cancelled = asyncio.create_task(pipeline.upload(UploadRequest(), stalls()))
+    await streaming.wait()
+    cancelled.cancel()  # by its client, before the stop: not answered by the server
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+
+    assert pipeline.interrupt() == 1
+    with pytest.raises(errors.ShuttingDown) as caught:
+        await interrupted
+    assert caught.value.retriable
+    with pytest.raises(errors.ShuttingDown):  # and none starts after it
+        await pipeline.upload(UploadRequest(), chunked(mp4_bytes(1000)))
+    await pipeline.drain_cleanups()
+    assert pipeline.in_flight == 0
+    assert all(w.aborted for w in storage.writers)
+    assert_nothing_left(storage, outbox)
+
+
+async def test_an_upload_interrupted_while_its_event_is_written_is_answered_with_it() -> None:
+    adding, proceed = asyncio.Event(), asyncio.Event()
+
+    class SlowOutbox(FakeOutbox):
+        async def add(self, event: OutboxEvent) -> None:
+            adding.set()
+            await proceed.wait()
+            await super().add(event)
+
+    pipeline, storage, outbox = make_pipeline(outbox=SlowOutbox())
+    data = mp4_bytes(1000)
+    upload = asyncio.create_task(pipeline.upload(UploadRequest(), chunked(data)))
+    await adding.wait()
+    assert pipeline.interrupt() == 1
+    proceed.set()  # the insert, the commit point, completes after the interrupt
+    result = await upload
+    assert outbox.events == {result.event.event_id: result.event}
+    assert storage.objects[("videos", result.event.object_key)] == data
 
 
 async def test_idempotent_retry_returns_first_result() -> None:

@@ -115,6 +115,8 @@ class UploadPipeline:
         self._clock = clock
         self._new_id = new_id
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._streaming: set[asyncio.Task[object]] = set()
+        self._interrupted = False
         self.memory = MemoryBudget(limits.memory_budget_bytes)
         # For the metrics: uploads streaming now, bytes received, uploads refused as too many.
         self.in_flight = 0
@@ -154,8 +156,13 @@ class UploadPipeline:
             self.refused_total += 1
             raise errors.TooManyUploads(limit=str(self._limits.max_concurrent))
         await self._admit(request.owner)
+        task = asyncio.current_task()
+        assert task is not None, "an upload runs in a task"
         self.in_flight += 1
+        self._streaming.add(task)
         try:
+            if self._interrupted:
+                raise errors.ShuttingDown()
             async with asyncio.timeout(self._limits.max_duration_s) as deadline:
                 return await self._store(request, chunks, bucket)
         except TimeoutError:
@@ -165,8 +172,26 @@ class UploadPipeline:
                     max_duration_s=f"{self._limits.max_duration_s:g}",
                 ) from None
             raise
+        except asyncio.CancelledError as cancelled:
+            if not (self._interrupted and task.uncancel() == 0):
+                raise  # cancelled by its client, its deadline or the server's own stop
+            if isinstance(cancelled, _CancelledAfterCommit):
+                return UploadResult(event=cancelled.event)  # stored: it is answered so
+            raise errors.ShuttingDown("загрузка прервана, повторите её") from None
         finally:
+            self._streaming.discard(task)
             self.in_flight -= 1
+
+    def interrupt(self) -> int:
+        """Stop every upload still streaming, and refuse new ones: each is answered
+        UNAVAILABLE SHUTTING_DOWN (retriable, in Russian), its object removed as for any
+        refusal; one whose event was written meanwhile is answered with its result. For the
+        end of a stop's grace period, before the server cancels what is left with a bare
+        status of its own. Returns how many were streaming."""
+        self._interrupted = True
+        for task in self._streaming:
+            task.cancel()
+        return len(self._streaming)
 
     async def _store(
         self, request: UploadRequest, chunks: AsyncIterator[bytes], bucket: str
@@ -200,6 +225,7 @@ class UploadPipeline:
             except errors.DatabaseUnavailable:
                 # The insert's answer was lost, but it may have been written all the same:
                 # removing the object then would leave the relay an event without its video.
+                keep_object = True  # until the database says it was not (cancelled meanwhile)
                 written = await self._lost_insert(video_id)
                 if isinstance(written, OutboxEvent):
                     log.warning(
@@ -267,7 +293,7 @@ class UploadPipeline:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait({adding})
             if not adding.cancelled() and adding.exception() is None:
-                raise _CancelledAfterCommit() from None
+                raise _CancelledAfterCommit(event) from None
             raise
 
     async def _stream(
@@ -485,6 +511,10 @@ _UNKNOWN = _Unknown.UNKNOWN
 
 class _CancelledAfterCommit(asyncio.CancelledError):
     """The upload was cancelled after its event was written: the object must stay."""
+
+    def __init__(self, event: OutboxEvent) -> None:
+        super().__init__()
+        self.event = event
 
 
 def _check_ftyp(head: bytes | bytearray) -> None:

@@ -65,6 +65,9 @@ log = logging.getLogger("checkout_server")
 
 # Chunks of up to 4 MiB plus framing; larger messages are refused by gRPC itself.
 MAX_MESSAGE_BYTES = 4 * MiB + 64 * 1024
+# How long before the end of a stop's grace period the uploads still streaming are answered
+# SHUTTING_DOWN (their status sent before gRPC cancels what is left).
+INTERRUPT_MARGIN_S = 1.0
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -159,7 +162,7 @@ class App:
         if self.settings.shutdown_drain_s > 0:
             log.info("draining", extra={"drain_s": self.settings.shutdown_drain_s})
             await asyncio.sleep(self.settings.shutdown_drain_s)  # the drain period itself
-        await self.server.stop(grace)
+        await self._stop_server(grace)
         await self.hub.stop()
         await self.supervisor.stop()
         await self.pipeline.drain_cleanups(timeout_s=grace)
@@ -173,6 +176,23 @@ class App:
         if self.tracer_provider is not None:
             await asyncio.to_thread(self.tracer_provider.shutdown)  # bounded by the exporter
         log.info("stopped")
+
+    async def _stop_server(self, grace_s: float) -> None:
+        """`grpc.aio.Server.stop(grace_s)`, but the uploads still streaming shortly before the
+        grace period ends are interrupted by the pipeline, so that each is answered
+        SHUTTING_DOWN (retriable, with its reason and a Russian message) rather than with
+        the bare UNAVAILABLE of gRPC's own cancellation."""
+        stopping = asyncio.ensure_future(self.server.stop(grace_s))
+        margin_s = min(INTERRUPT_MARGIN_S, grace_s / 2)
+        done, _ = await asyncio.wait({stopping}, timeout=grace_s - margin_s)
+        if not done:
+            interrupted = self.pipeline.interrupt()
+            if interrupted:
+                log.info(
+                    "uploads interrupted at the end of the grace period",
+                    extra={"uploads": interrupted},
+                )
+        await stopping
 
 
 @dataclass(frozen=True)
