@@ -53,14 +53,25 @@ class FakeStates:
     async def ensure_indexes(self) -> None:
         pass
 
-    async def state_of(self, event_id: str) -> VideoState | None:
+    async def state_of(self, event_id: str, *, created_at: datetime) -> VideoState | None:
         record = self.records.get(event_id)
-        return VideoState(str(record["state"])) if record else None
+        if record is None or record["created_at"] != created_at:
+            return None
+        return VideoState(str(record["state"]))
 
     async def begin(
-        self, event_id: str, *, video_id: str, bucket: str, runner_id: str, trace_id: str
+        self,
+        event_id: str,
+        *,
+        created_at: datetime,
+        video_id: str,
+        bucket: str,
+        runner_id: str,
+        trace_id: str,
     ) -> int:
-        record = self.records.setdefault(event_id, {"attempts": 0})
+        record = self.records.get(event_id)
+        if record is None or record["created_at"] != created_at:  # none, or an earlier event's
+            record = self.records[event_id] = {"attempts": 0, "created_at": created_at}
         attempts = int(str(record["attempts"])) + 1
         record.update(
             state=VideoState.PROCESSING.value,

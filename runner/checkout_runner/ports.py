@@ -69,14 +69,24 @@ class StateStore(Protocol):
     async def ensure_indexes(self) -> None:
         """Create the indexes the runner's queries use (idempotent)."""
 
-    async def state_of(self, event_id: str) -> VideoState | None:
-        """The event's state, or None when no runner has seen it."""
+    async def state_of(self, event_id: str, *, created_at: datetime) -> VideoState | None:
+        """The state of the event `event_id` created at `created_at`, or None when no runner
+        has seen it. A record of an earlier event with the same id (deleted by Cleanup, then
+        recorded again: docs/runner.md, "Cleanup") is not this event's: None."""
 
     async def begin(
-        self, event_id: str, *, video_id: str, bucket: str, runner_id: str, trace_id: str
+        self,
+        event_id: str,
+        *,
+        created_at: datetime,
+        video_id: str,
+        bucket: str,
+        runner_id: str,
+        trace_id: str,
     ) -> int:
         """Record `processing` (a new record, or again after a crash); returns the attempt
-        number (1 for the first)."""
+        number (1 for the first). A record of an earlier event with the same id is replaced:
+        this event's attempts start at 1."""
 
     async def advance(self, event_id: str, state: VideoState, **fields: object) -> None:
         """Move the record to `state`, setting `fields` beside it (outcome, counts)."""

@@ -2,7 +2,8 @@
 
 1. An event whose record says `ready` is skipped (a redelivery). One that says `predictable`
    with a result newer than the event was stored before a crash: it is marked ready, nothing
-   is written again.
+   is written again. A record carries its event's `created_at`: one of an earlier event with
+   the same id (deleted by Cleanup, then recorded again) is not this event's.
 2. `processing`: the video is streamed from storage to a temporary file, decoded with frames
    sampled at RUNNER_SAMPLE_FPS, and each sampled frame runs through the detector, in a worker
    thread (the event loop never decodes or detects).
@@ -138,7 +139,7 @@ class Processor:
         """One try. `outages`: earlier tries of this delivery that an outage ended (they do
         not count as attempts)."""
         key = self._config.result_key(event)
-        state = await self._states.state_of(event.event_id)
+        state = await self._states.state_of(event.event_id, created_at=event.created_at)
         if state is VideoState.READY:
             log.info("already ready: skipped", extra={"event_id": event.event_id})
             return Handled.SKIPPED
@@ -151,6 +152,7 @@ class Processor:
             started = time.monotonic()
             attempt = await self._states.begin(
                 event.event_id,
+                created_at=event.created_at,
                 video_id=event.video_id,
                 bucket=event.bucket,
                 runner_id=self._config.runner_id,

@@ -46,6 +46,13 @@ TERMINAL = {"ready", "failed"}
 # A detected face box matches the truth when they overlap this much (intersection / union).
 MIN_IOU = 0.6
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+ADMIN_TOKEN = "runner-cleanup-token"
+
+
+@pytest.fixture
+def settings(settings: ServerSettings) -> ServerSettings:
+    """With an admin token, for the Cleanup tests (Cleanup is disabled without one)."""
+    return settings.replace(admin_token=ADMIN_TOKEN)
 
 
 # --- the clip ------------------------------------------------------------------------------
@@ -184,12 +191,20 @@ async def metric(runner: RunnerService, name: str) -> float:
 
 
 async def upload(
-    stub: Stub, data: bytes, filename: str = "clip.mp4", *, traceparent: str = ""
+    stub: Stub,
+    data: bytes,
+    filename: str = "clip.mp4",
+    *,
+    traceparent: str = "",
+    idempotency_key: str = "",
 ) -> pb.UploadVideoResponse:
     def messages() -> Iterator[pb.UploadVideoRequest]:
         yield pb.UploadVideoRequest(
             metadata=pb.UploadMetadata(
-                filename=filename, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+                filename=filename,
+                size_bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                idempotency_key=idempotency_key,
             )
         )
         for at in range(0, len(data), CHUNK):
@@ -211,6 +226,12 @@ async def watch(stub: Stub, event_id: str, timeout_s: float = 180) -> list[str]:
             if update.status in TERMINAL:
                 break
     return seen
+
+
+async def cleanup(stub: Stub) -> pb.CleanupResponse:
+    return await stub.Cleanup(
+        pb.CleanupRequest(), metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),)
+    )
 
 
 async def prediction_of(stub: Stub, event_id: str) -> dict[str, Any]:
@@ -584,3 +605,129 @@ async def test_a_runner_joining_waits_for_the_video_in_hand(
     record = await states.find_one({"_id": uploaded.event_id})
     assert record is not None
     assert (record["runner_id"], record["attempts"]) == ("runner-a", 1)
+
+
+async def test_after_cleanup_the_same_video_uploaded_again_is_processed_again(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    states: AsyncCollection[Document],
+    clip: tuple[bytes, Truth],
+) -> None:
+    """Cleanup leaves the runner's records: an upload's event id is new (a uuid4), and the same
+    file with the same idempotency key is a new event once Cleanup took the old one, processed
+    as any other."""
+    data, _ = clip
+    runner = await asyncio.to_thread(processes.start_runner, "runner-a")
+    first = await upload(stub, data, idempotency_key="the-clip")
+    assert (await watch(stub, first.event_id))[-1] == "ready"
+
+    report = await cleanup(stub)
+    assert (report.deleted_events, report.deleted_objects) == (1, 2)  # the video, its result
+    kept = await states.find_one({"_id": first.event_id})
+    assert kept is not None
+    assert kept["state"] == "ready"
+
+    again = await upload(stub, data, idempotency_key="the-clip")
+    assert again.event_id != first.event_id
+    assert not again.deduplicated
+    assert (await watch(stub, again.event_id))[-1] == "ready"
+    prediction = await prediction_of(stub, again.event_id)
+    assert prediction["event_id"] == again.event_id
+    assert len(prediction["frames"]) == 12
+    record = await states.find_one({"_id": again.event_id})
+    assert record is not None
+    assert (record["state"], record["outcome"], record["attempts"]) == ("ready", "ok", 1)
+    values = await asyncio.to_thread(metrics_of, runner)
+    assert values['checkout_runner_videos_total{outcome="ok"}'] == 2
+    assert values.get('checkout_runner_videos_total{outcome="skipped"}', 0.0) == 0
+    assert values["checkout_runner_results_written_total"] == 2
+
+
+async def test_a_record_published_before_cleanup_leaves_a_result_after_it(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    s3: Minio,
+    bucket: str,
+) -> None:
+    """What Cleanup leaves (docs/runner.md): it is no barrier for the runners. A record already
+    in Kafka and taken after it finds its video gone and writes a VIDEO_NOT_FOUND result at
+    its key, an object of no event that the API never shows; the next Cleanup removes it."""
+    uploaded = await upload(stub, mp4_bytes(20_000, seed=5))
+
+    async def sent() -> bool:
+        got = await stub.GetStatus(pb.GetStatusRequest(event_id=uploaded.event_id))
+        return bool(got.operation.status == "sent")
+
+    await wait_until(sent, timeout_s=60, what="the event published")
+    assert (await cleanup(stub)).deleted_events == 1
+    runner = await asyncio.to_thread(processes.start_runner, "runner-a")  # after Cleanup
+
+    async def written() -> bool:
+        return await metric(runner, "checkout_runner_results_written_total") == 1
+
+    await wait_until(written, timeout_s=120, what="the runner's result")
+    key = f"output/{uploaded.video_id}.json"
+    response = await s3.get_object(bucket, key)
+    body = json.loads(await response.read())
+    response.close()
+    assert body["error"]["reason"] == "VIDEO_NOT_FOUND"
+    assert await metric(runner, 'checkout_runner_failures_total{reason="VIDEO_NOT_FOUND"}') == 1
+    assert list((await stub.ListStatuses(pb.ListStatusesRequest())).operations) == []
+    assert (await cleanup(stub)).deleted_objects == 1
+    assert [o.object_name for o in await s3.list_objects(bucket, prefix="output/")] == []
+
+
+async def test_an_event_made_again_after_cleanup_is_processed_again(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    states: AsyncCollection[Document],
+    outbox_collection: AsyncCollection[Document],
+    status_collection: AsyncCollection[Document],
+    s3: Minio,
+    bucket: str,
+) -> None:
+    """The one way an event id comes back: Cleanup (objects first, then events) racing a
+    resumable upload's finish. The video completed after Cleanup listed `input/`, its event
+    was published and processed before Cleanup deleted `output/` and the events; the client's
+    retried finish then records the event again (same id, a later created_at). The runner's
+    record of the first must not make it skip the second: nothing else would ever give it a
+    result. The race's outcome is made by hand here: the result and the event deleted, the
+    video kept, as those steps of Cleanup leave them."""
+    runner = await asyncio.to_thread(processes.start_runner, "runner-a")
+    data = mp4_bytes(20_000, seed=6)  # undecodable: `failed` at once
+    started = await stub.StartResumableUpload(
+        pb.StartResumableUploadRequest(
+            metadata=pb.UploadMetadata(
+                filename="v.mp4", size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
+        )
+    )
+    finish = pb.WriteUploadRequest(
+        upload_id=started.upload_id,
+        write_offset=0,
+        checksummed_data=pb.ChecksummedData(content=data),
+        finish_write=True,
+    )
+    first = (await stub.WriteUpload(iter([finish]))).result
+    assert (await watch(stub, first.event_id))[-1] == "failed"
+
+    await s3.remove_object(bucket, f"output/{first.video_id}.json")
+    await outbox_collection.delete_many({})
+    await status_collection.delete_many({})
+    retried = pb.WriteUploadRequest(
+        upload_id=started.upload_id, write_offset=len(data), finish_write=True
+    )
+    again = (await stub.WriteUpload(iter([retried]))).result
+    assert again.event_id == first.event_id  # the same id, a new event
+
+    assert (await watch(stub, again.event_id, timeout_s=90))[-1] == "failed"
+    record = await states.find_one({"_id": again.event_id})
+    assert record is not None
+    assert (record["state"], record["attempts"]) == ("ready", 1)  # started over
+    assert await metric(runner, "checkout_runner_results_written_total") == 2

@@ -58,6 +58,13 @@ def record(**changes: Any) -> Delivery:
     )
 
 
+async def begun(s: Setup, created_at: datetime = CREATED) -> int:
+    """The event's record `processing`, as a runner that began it left it."""
+    return await s.states.begin(
+        EVENT, created_at=created_at, video_id=VIDEO, bucket="videos", runner_id="a", trace_id=""
+    )
+
+
 class Spans:
     def __init__(self) -> None:
         self.parents: list[str] = []
@@ -159,9 +166,27 @@ async def test_a_redelivery_of_a_ready_event_is_skipped() -> None:
     assert s.count("checkout_runner_videos_total", outcome="skipped") == 1
 
 
+async def test_the_record_of_an_earlier_event_with_the_same_id_is_not_this_ones() -> None:
+    """An event deleted by Cleanup and recorded again (docs/runner.md, "Cleanup") comes with
+    the same id and a later created_at: the old record, ready or worn out by attempts, is not
+    its record; the event is processed from its first attempt."""
+    s = Setup()
+    s.store.objects[INPUT] = fake_video(frames=10)
+    for _ in range(5):  # more attempts than RUNNER_MAX_ATTEMPTS
+        await begun(s, CREATED - timedelta(minutes=10))
+    await s.states.advance(EVENT, VideoState.READY)
+
+    assert await s.handle() is Handled.OK
+
+    assert s.store.puts == [OUTPUT]
+    assert s.result()["status"] == "ok"
+    assert (s.states.records[EVENT]["attempts"], s.states.records[EVENT]["state"]) == (1, "ready")
+    assert await s.handle() is Handled.SKIPPED  # and its own record still skips a redelivery
+
+
 async def test_a_result_stored_before_a_crash_is_not_written_again() -> None:
     s = Setup()
-    await s.states.begin(EVENT, video_id=VIDEO, bucket="videos", runner_id="a", trace_id="")
+    await begun(s)
     await s.states.advance(EVENT, VideoState.PREDICTABLE)
     s.store.objects[OUTPUT] = b"{}"
     s.store.written[OUTPUT] = CREATED + timedelta(minutes=1)
@@ -176,7 +201,7 @@ async def test_an_older_result_is_not_taken_for_the_events() -> None:
     """A re-request's record: the result at the key is from an earlier event of the video."""
     s = Setup()
     s.store.objects[INPUT] = fake_video(frames=10)
-    await s.states.begin(EVENT, video_id=VIDEO, bucket="videos", runner_id="a", trace_id="")
+    await begun(s)
     await s.states.advance(EVENT, VideoState.PREDICTABLE)
     s.store.written[OUTPUT] = CREATED - timedelta(hours=1)
 

@@ -1,8 +1,10 @@
 """StateStore over PyMongo's async API: one record per event in the runner's own collection.
 
-Fields: `_id` (event id), `video_id`, `bucket`, `state` (processing | predictable | ready),
-`attempts`, `runner_id` (the member that worked on it last), `trace_id`, `started_at`,
-`updated_at`, and once done `outcome` (ok | failed), `reason`, `frames`, `result_key`.
+Fields: `_id` (event id), `event_created_at` (the envelope's `created_at`, in UTC, ISO 8601:
+with the id, which event the record is of), `video_id`, `bucket`, `state` (processing |
+predictable | ready), `attempts`, `runner_id` (the member that worked on it last), `trace_id`,
+`started_at`, `updated_at`, and once done `outcome` (ok | failed), `reason`, `frames`,
+`result_key`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def _translated(action: str) -> Iterator[None]:
         raise DatabaseUnavailable(f"{action}: {type(exc).__name__}: {exc}") from exc
 
 
+def _stamp(created_at: datetime) -> str:
+    """The event's `created_at` as stored: one instant, one string."""
+    return created_at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 class MongoStateStore:
     def __init__(self, collection: AsyncCollection[Document]) -> None:
         self._states = collection
@@ -43,34 +50,47 @@ class MongoStateStore:
                 [IndexModel([("state", ASCENDING), ("updated_at", ASCENDING)], name="by_state")]
             )
 
-    async def state_of(self, event_id: str) -> VideoState | None:
+    async def state_of(self, event_id: str, *, created_at: datetime) -> VideoState | None:
         with _translated("state_of"):
-            found = await self._states.find_one({"_id": event_id}, {"state": 1})
+            found = await self._states.find_one(
+                {"_id": event_id, "event_created_at": _stamp(created_at)}, {"state": 1}
+            )
         return VideoState(found["state"]) if found else None
 
     async def begin(
-        self, event_id: str, *, video_id: str, bucket: str, runner_id: str, trace_id: str
+        self,
+        event_id: str,
+        *,
+        created_at: datetime,
+        video_id: str,
+        bucket: str,
+        runner_id: str,
+        trace_id: str,
     ) -> int:
         now = datetime.now(UTC)
+        fields = {
+            "event_created_at": _stamp(created_at),
+            "video_id": video_id,
+            "bucket": bucket,
+            "state": VideoState.PROCESSING.value,
+            "runner_id": runner_id,
+            "trace_id": trace_id,
+            "started_at": now,
+            "updated_at": now,
+        }
         with _translated("begin"):
             found = await self._states.find_one_and_update(
-                {"_id": event_id},
-                {
-                    "$set": {
-                        "video_id": video_id,
-                        "bucket": bucket,
-                        "state": VideoState.PROCESSING.value,
-                        "runner_id": runner_id,
-                        "trace_id": trace_id,
-                        "started_at": now,
-                        "updated_at": now,
-                    },
-                    "$inc": {"attempts": 1},
-                },
-                upsert=True,
+                {"_id": event_id, "event_created_at": fields["event_created_at"]},
+                {"$set": fields, "$inc": {"attempts": 1}},
                 return_document=ReturnDocument.AFTER,
             )
-        return int(found["attempts"]) if found else 1  # upserted: never None
+            if found is not None:
+                return int(found["attempts"])
+            # No record, or one of an earlier event with this id: this event's first attempt.
+            await self._states.replace_one(
+                {"_id": event_id}, {**fields, "attempts": 1}, upsert=True
+            )
+        return 1
 
     async def advance(self, event_id: str, state: VideoState, **fields: object) -> None:
         with _translated("advance"):
