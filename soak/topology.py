@@ -22,6 +22,11 @@ MiB = 1024 * 1024
 BACKENDS = ("mongo", "minio", "kafka")
 SERVER_GRACE_S = 5.0  # SHUTDOWN_GRACE_S of the soak's server
 SERVER_DRAIN_S = 1.0  # SHUTDOWN_DRAIN_S: new calls refused SHUTTING_DOWN before the grace
+# UPLOAD_ORPHAN_OBJECT_AGE_S of the soak's server: the least its settings allow (the server's
+# MONGO_TIMEOUT_MS is the default 5 s), so that the object a kill -9 leaves between its
+# completion and its event is swept before the audit gives up (kill-server).
+SERVER_ORPHAN_AGE_S = 130.0
+SERVER_SWEEP_INTERVAL_S = 10.0  # UPLOAD_SWEEP_INTERVAL_S: each round asks FerretDB per bucket
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,8 @@ class System:
             "UPLOAD_PART_BYTES": str(5 * MiB),
             "SHUTDOWN_GRACE_S": str(SERVER_GRACE_S),
             "SHUTDOWN_DRAIN_S": str(SERVER_DRAIN_S),
+            "UPLOAD_ORPHAN_OBJECT_AGE_S": str(SERVER_ORPHAN_AGE_S),
+            "UPLOAD_SWEEP_INTERVAL_S": str(SERVER_SWEEP_INTERVAL_S),
             "HEALTH_INTERVAL_S": "1",
             "STORAGE_ABORT_RETRY_S": "60",
             "RELAY_WAKE_TARGETS": ",".join(f"127.0.0.1:{p}" for p in relay_ports),
