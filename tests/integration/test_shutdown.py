@@ -3,8 +3,8 @@
 What a graceful stop promises (README, Health and SHUTDOWN_GRACE_S): the health service says
 NOT_SERVING first; watch streams end at once with SHUTTING_DOWN (a clean, retriable end, not a
 broken stream); for SHUTDOWN_DRAIN_S new calls are answered SHUTTING_DOWN, then connections are
-refused; uploads that complete within the grace period are
-stored, the rest are answered SHUTTING_DOWN just before it ends and aborted; nothing is left behind; the process exits 0
+refused; uploads that complete within the grace period are stored, the rest are answered
+SHUTTING_DOWN just before it ends and aborted; nothing is left behind; the process exits 0
 within the grace period.
 """
 
