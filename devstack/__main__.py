@@ -74,8 +74,9 @@ def _cmd_run(_args: argparse.Namespace) -> int:
 
 
 def _cmd_validate_envoy(_args: argparse.Namespace) -> int:
-    """Render the Envoy config as `run` would, and with TLS on both sides as the compose image
-    does (with fresh dev certificates), and check both with `envoy --mode validate`."""
+    """Render the Envoy config as `run` would, with TLS on both sides as the compose image
+    does (with fresh dev certificates), and with two servers as the soak does, and check each
+    with `envoy --mode validate`."""
     from tools.make_dev_certs import make_compose_certs
     from tools.render_envoy import ListenerTls, UpstreamTls, render_envoy_config
 
@@ -108,7 +109,17 @@ def _cmd_validate_envoy(_args: argparse.Namespace) -> int:
             upstream_tls=UpstreamTls(ca=certs / "ca.pem", sni="checkout"),
         )
         validate_envoy_config(tls, cwd=REPO_ROOT)
-    print("envoy config OK (plaintext, and TLS on the listener and to the server)")
+        # As the soak renders it: two servers in the cluster.
+        pair = render_envoy_config(
+            folder / "envoy-pair.yaml",
+            listen_port=8080,
+            admin_port=9901,
+            upstreams=[("127.0.0.1", 50051), ("127.0.0.1", 50061)],
+            descriptor=DESCRIPTOR,
+            openapi=OPENAPI,
+        )
+        validate_envoy_config(pair, cwd=REPO_ROOT)
+    print("envoy config OK (plaintext, TLS on the listener and to the server, two servers)")
     return 0
 
 

@@ -4,9 +4,15 @@ tests and the docker compose image). Standard library only: it also runs in the 
     python tools/render_envoy.py OUT --listen-port 8080 --admin-port 9901 \
         --upstream-host checkout --upstream-port 50051 --descriptor /etc/envoy/checkout.pb \
         --openapi /etc/envoy/openapi.yaml \
+        [--upstream HOST:PORT ...] \
         [--listen-tls-cert FILE --listen-tls-key FILE] \
         [--upstream-tls-ca FILE [--upstream-sni NAME] \
          [--upstream-tls-cert FILE --upstream-tls-key FILE]]
+
+The servers are one upstream (`--upstream-host`, resolved by DNS: every address of the name
+is a server, as docker compose gives a scaled service) or a list (`--upstream HOST:PORT`, once
+per server, instead). Envoy balances them round robin, health-checks them (gRPC health) and
+retries reads (never uploads) on another server; the template says how.
 
 Without the TLS options Envoy serves plaintext and talks plaintext (HTTP/2 cleartext) to the
 server. The files are read by Envoy when it starts, not here: in the image they are the
@@ -23,6 +29,7 @@ import argparse
 import ipaddress
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,21 +102,47 @@ def render_template(text: str, on: set[str], values: dict[str, str]) -> str:
     return string.Template("".join(kept)).substitute(values)
 
 
+def endpoint_lines(upstreams: Sequence[tuple[str, int]]) -> str:
+    """The cluster's `lb_endpoints` entries, one flow-style line per (host, port), joined for
+    the template's placeholder (indented as it is)."""
+    if not upstreams:
+        raise ValueError("the Envoy config needs at least one upstream server")
+    lines = [
+        "- endpoint: { address: { socket_address: "
+        f"{{ address: {host}, port_value: {port} }} }} }}"
+        for host, port in upstreams
+    ]
+    return "\n        ".join(lines)
+
+
+def parse_upstream(text: str) -> tuple[str, int]:
+    """`HOST:PORT` as (host, port)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"upstream {text!r} is not HOST:PORT")
+    return host, int(port)
+
+
 def render_envoy_config(
     out: Path,
     *,
     listen_port: int,
     admin_port: int,
-    upstream_port: int,
     descriptor: Path,
     openapi: Path,
+    upstream_port: int | None = None,
     upstream_host: str = "127.0.0.1",
+    upstreams: Sequence[tuple[str, int]] = (),
     listen_address: str = "127.0.0.1",
     admin_address: str = "127.0.0.1",
     listener_tls: ListenerTls | None = None,
     upstream_tls: UpstreamTls | None = None,
 ) -> Path:
-    """Write the rendered config to `out` and return it."""
+    """Write the rendered config to `out` and return it. The servers are `upstreams`, or
+    the one at `upstream_host` and `upstream_port` (exactly one of the two is given)."""
+    if (upstream_port is None) == (not upstreams):
+        raise ValueError("give either upstream_port (with upstream_host) or upstreams")
+    servers = list(upstreams) if upstreams else [(upstream_host, upstream_port or 0)]
     on: set[str] = set()
     values: dict[str, str] = {
         "ADMIN_ADDRESS": admin_address,
@@ -118,8 +151,7 @@ def render_envoy_config(
         "LISTEN_PORT": str(listen_port),
         "DESCRIPTOR": str(descriptor),
         "OPENAPI": str(openapi),
-        "UPSTREAM_HOST": upstream_host,
-        "UPSTREAM_PORT": str(upstream_port),
+        "UPSTREAM_ENDPOINTS": endpoint_lines(servers),
         "UPSTREAM_TRANSPORT": "HTTP/2 cleartext",
     }
     if listener_tls is not None:
@@ -159,6 +191,13 @@ def main() -> None:
     parser.add_argument("--admin-address", default="127.0.0.1")
     parser.add_argument("--upstream-host", default="127.0.0.1")
     parser.add_argument("--upstream-port", type=int, default=50051)
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a server (once per server), instead of --upstream-host and --upstream-port",
+    )
     parser.add_argument("--descriptor", type=Path, required=True)
     parser.add_argument("--openapi", type=Path, required=True)
     tls = parser.add_argument_group("TLS (each file is a PEM file Envoy reads at start-up)")
@@ -197,6 +236,10 @@ def main() -> None:
             "--upstream-sni, --upstream-tls-cert and --upstream-tls-key need --upstream-tls-ca"
         )
 
+    try:
+        upstreams = [parse_upstream(u) for u in args.upstream]
+    except ValueError as exc:
+        parser.error(str(exc))
     render_envoy_config(
         args.out,
         listen_port=args.listen_port,
@@ -204,7 +247,8 @@ def main() -> None:
         admin_port=args.admin_port,
         admin_address=args.admin_address,
         upstream_host=args.upstream_host,
-        upstream_port=args.upstream_port,
+        upstream_port=None if upstreams else args.upstream_port,
+        upstreams=upstreams,
         descriptor=args.descriptor,
         openapi=args.openapi,
         listener_tls=listener_tls,

@@ -433,6 +433,48 @@ def test_an_unreachable_service_is_503_in_the_one_shape(tmp_path: Path) -> None:
         envoy.stop()
 
 
+def test_envoy_routes_around_a_dead_server(tmp_path: Path, stack: LocalStack, video: Path) -> None:
+    """Two servers in Envoy's cluster, one of them never up: its gRPC health checks fail, so
+    it leaves the rotation, and every read and upload through Envoy reaches the live one."""
+    dead, listen, admin = free_port(), free_port(), free_port()
+    config = render_envoy_config(
+        tmp_path / "envoy.yaml",
+        listen_port=listen,
+        admin_port=admin,
+        upstreams=[("127.0.0.1", dead), ("127.0.0.1", stack.ports.grpc)],
+        descriptor=DESCRIPTOR,
+        openapi=OPENAPI,
+    )
+    envoy = Envoy(config_path=config, admin_port=admin, cwd=REPO_ROOT, log_path=tmp_path / "log")
+    envoy.start(60)
+    try:
+        base = f"http://127.0.0.1:{listen}"
+        # Round robin alone would send every other call to the dead server.
+        for _ in range(6):
+            status, body = curl(f"{base}/api/status/all")
+            assert status == 200, body
+        for _ in range(2):
+            status, body = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
+            assert status == 200, body
+            assert body["sha256"] == sha256_hex(video.read_bytes())
+        clusters = subprocess.run(
+            ["curl", "-sS", f"http://127.0.0.1:{admin}/clusters"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        flags = {
+            line.split("::")[1]: line.rpartition("::")[2]
+            for line in clusters.splitlines()
+            if line.startswith("checkout_grpc::") and "::health_flags::" in line
+        }
+        assert flags[f"127.0.0.1:{stack.ports.grpc}"] == "healthy"
+        assert "failed_active_hc" in flags[f"127.0.0.1:{dead}"]
+    finally:
+        envoy.stop()
+
+
 def test_large_multipart_upload_streams_with_bounded_memory(
     base: str, tmp_path: Path, stack: LocalStack
 ) -> None:
