@@ -77,16 +77,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
                     raise errors.DuplicateMetadata()
                 yield message.chunk
 
-        request = UploadRequest(
-            filename=meta.filename,
-            content_type=meta.content_type,
-            bucket=meta.bucket,
-            size_bytes=meta.size_bytes,
-            sha256=meta.sha256.lower(),
-            idempotency_key=meta.idempotency_key,
-            owner=current_principal().client,
-        )
-        return await self._upload(request, chunks(), messages)
+        return await self._upload(upload_request(meta), chunks(), messages)
 
     async def UploadVideoHttp(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.UploadVideoHttpRequest], context: Context
@@ -128,18 +119,9 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def StartResumableUpload(  # noqa: N802 (gRPC method name)
         self, request: pb.StartResumableUploadRequest, context: Context
     ) -> pb.StartResumableUploadResponse:
-        meta = request.metadata
-        upload = UploadRequest(
-            filename=meta.filename,
-            content_type=meta.content_type,
-            bucket=meta.bucket,
-            size_bytes=meta.size_bytes,
-            sha256=meta.sha256.lower(),
-            idempotency_key=meta.idempotency_key,
-            owner=current_principal().client,
-        )
         crc32c = request.crc32c if request.HasField("crc32c") else None
-        return rpb.start_response(await self.resumable.start(upload, crc32c=crc32c))
+        started = await self.resumable.start(upload_request(request.metadata), crc32c=crc32c)
+        return rpb.start_response(started)
 
     async def WriteUpload(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.WriteUploadRequest], context: Context
@@ -312,6 +294,20 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
 # and Envoy's transcoding buffer) and gives a next_page_token instead.
 LIST_MAX_BYTES = 3 * 1024 * 1024
 LIST_ITEM_FRAMING = 4  # tag and length of one repeated message field
+
+
+def upload_request(meta: pb.UploadMetadata) -> UploadRequest:
+    """An upload's metadata (UploadVideo's first message, StartResumableUpload's) as the
+    domain's request, owned by the caller."""
+    return UploadRequest(
+        filename=meta.filename,
+        content_type=meta.content_type,
+        bucket=meta.bucket,
+        size_bytes=meta.size_bytes,
+        sha256=meta.sha256.lower(),
+        idempotency_key=meta.idempotency_key,
+        owner=current_principal().client,
+    )
 
 
 def upload_response(result: UploadResult) -> pb.UploadVideoResponse:
