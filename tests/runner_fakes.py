@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from checkout_runner.domain import Box, Delivery, Detection, VideoInfo, VideoState
+from checkout_runner.domain import Box, Delivery, Detection, VideoEvent, VideoInfo, VideoState
 from checkout_runner.errors import RunnerError, VideoMissing, VideoUndecodable
 from checkout_runner.ports import Frame
 
@@ -53,25 +53,17 @@ class FakeStates:
     async def ensure_indexes(self) -> None:
         pass
 
-    async def state_of(self, event_id: str, *, created_at: datetime) -> VideoState | None:
-        record = self.records.get(event_id)
-        if record is None or record["created_at"] != created_at:
+    async def state_of(self, event: VideoEvent) -> VideoState | None:
+        record = self.records.get(event.event_id)
+        if record is None or record["created_at"] != event.created_at:
             return None
         return VideoState(str(record["state"]))
 
-    async def begin(
-        self,
-        event_id: str,
-        *,
-        created_at: datetime,
-        video_id: str,
-        bucket: str,
-        runner_id: str,
-        trace_id: str,
-    ) -> int:
+    async def begin(self, event: VideoEvent, *, runner_id: str, trace_id: str) -> int:
+        event_id = event.event_id
         record = self.records.get(event_id)
-        if record is None or record["created_at"] != created_at:  # none, or an earlier event's
-            record = self.records[event_id] = {"attempts": 0, "created_at": created_at}
+        if record is None or record["created_at"] != event.created_at:  # an earlier event's
+            record = self.records[event_id] = {"attempts": 0, "created_at": event.created_at}
         attempts = int(str(record["attempts"])) + 1
         record.update(
             state=VideoState.PROCESSING.value,

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .domain import Delivery, Detection, VideoInfo, VideoState
+from .domain import Delivery, Detection, VideoEvent, VideoInfo, VideoState
 
 # An RGB frame, height x width x 3, uint8.
 Frame = npt.NDArray[np.uint8]
@@ -69,21 +69,12 @@ class StateStore(Protocol):
     async def ensure_indexes(self) -> None:
         """Create the indexes the runner's queries use (idempotent)."""
 
-    async def state_of(self, event_id: str, *, created_at: datetime) -> VideoState | None:
-        """The state of the event `event_id` created at `created_at`, or None when no runner
-        has seen it. A record of an earlier event with the same id (deleted by Cleanup, then
-        recorded again: docs/runner.md, "Cleanup") is not this event's: None."""
+    async def state_of(self, event: VideoEvent) -> VideoState | None:
+        """The event's state, or None when no runner has seen it. A record is of the event
+        with its id and its `created_at`: one of an earlier event with the same id (deleted by
+        Cleanup, then recorded again: docs/runner.md, "Cleanup") is not this event's: None."""
 
-    async def begin(
-        self,
-        event_id: str,
-        *,
-        created_at: datetime,
-        video_id: str,
-        bucket: str,
-        runner_id: str,
-        trace_id: str,
-    ) -> int:
+    async def begin(self, event: VideoEvent, *, runner_id: str, trace_id: str) -> int:
         """Record `processing` (a new record, or again after a crash); returns the attempt
         number (1 for the first). A record of an earlier event with the same id is replaced:
         this event's attempts start at 1."""

@@ -139,7 +139,7 @@ class Processor:
         """One try. `outages`: earlier tries of this delivery that an outage ended (they do
         not count as attempts)."""
         key = self._config.result_key(event)
-        state = await self._states.state_of(event.event_id, created_at=event.created_at)
+        state = await self._states.state_of(event)
         if state is VideoState.READY:
             log.info("already ready: skipped", extra={"event_id": event.event_id})
             return Handled.SKIPPED
@@ -151,12 +151,7 @@ class Processor:
         with self._span(event.traceparent, attributes) as trace_id:
             started = time.monotonic()
             attempt = await self._states.begin(
-                event.event_id,
-                created_at=event.created_at,
-                video_id=event.video_id,
-                bucket=event.bucket,
-                runner_id=self._config.runner_id,
-                trace_id=trace_id,
+                event, runner_id=self._config.runner_id, trace_id=trace_id
             )
             extra = {"event_id": event.event_id, "attempt": attempt, "trace_id": trace_id}
             log.info("processing", extra=extra)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from checkout_runner import envelope
 from checkout_runner.domain import Delivery, VideoState
 from checkout_runner.errors import VideoTooLarge
 from checkout_runner.metrics import RunnerMetrics
@@ -60,9 +61,8 @@ def record(**changes: Any) -> Delivery:
 
 async def begun(s: Setup, created_at: datetime = CREATED) -> int:
     """The event's record `processing`, as a runner that began it left it."""
-    return await s.states.begin(
-        EVENT, created_at=created_at, video_id=VIDEO, bucket="videos", runner_id="a", trace_id=""
-    )
+    event = envelope.parse(record(created_at=created_at.isoformat()))
+    return await s.states.begin(event, runner_id="a", trace_id="")
 
 
 class Spans:

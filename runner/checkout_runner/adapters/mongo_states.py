@@ -19,7 +19,7 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
-from ..domain import VideoState
+from ..domain import VideoEvent, VideoState
 from ..errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,11 @@ def _stamp(created_at: datetime) -> str:
     return created_at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def _of(event: VideoEvent) -> Document:
+    """The filter of the event's own record (not one of an earlier event with its id)."""
+    return {"_id": event.event_id, "event_created_at": _stamp(event.created_at)}
+
+
 class MongoStateStore:
     def __init__(self, collection: AsyncCollection[Document]) -> None:
         self._states = collection
@@ -50,28 +55,17 @@ class MongoStateStore:
                 [IndexModel([("state", ASCENDING), ("updated_at", ASCENDING)], name="by_state")]
             )
 
-    async def state_of(self, event_id: str, *, created_at: datetime) -> VideoState | None:
+    async def state_of(self, event: VideoEvent) -> VideoState | None:
         with _translated("state_of"):
-            found = await self._states.find_one(
-                {"_id": event_id, "event_created_at": _stamp(created_at)}, {"state": 1}
-            )
+            found = await self._states.find_one(_of(event), {"state": 1})
         return VideoState(found["state"]) if found else None
 
-    async def begin(
-        self,
-        event_id: str,
-        *,
-        created_at: datetime,
-        video_id: str,
-        bucket: str,
-        runner_id: str,
-        trace_id: str,
-    ) -> int:
+    async def begin(self, event: VideoEvent, *, runner_id: str, trace_id: str) -> int:
         now = datetime.now(UTC)
         fields = {
-            "event_created_at": _stamp(created_at),
-            "video_id": video_id,
-            "bucket": bucket,
+            "event_created_at": _stamp(event.created_at),
+            "video_id": event.video_id,
+            "bucket": event.bucket,
             "state": VideoState.PROCESSING.value,
             "runner_id": runner_id,
             "trace_id": trace_id,
@@ -80,7 +74,7 @@ class MongoStateStore:
         }
         with _translated("begin"):
             found = await self._states.find_one_and_update(
-                {"_id": event_id, "event_created_at": fields["event_created_at"]},
+                _of(event),
                 {"$set": fields, "$inc": {"attempts": 1}},
                 return_document=ReturnDocument.AFTER,
             )
@@ -88,7 +82,7 @@ class MongoStateStore:
                 return int(found["attempts"])
             # No record, or one of an earlier event with this id: this event's first attempt.
             await self._states.replace_one(
-                {"_id": event_id}, {**fields, "attempts": 1}, upsert=True
+                {"_id": event.event_id}, {**fields, "attempts": 1}, upsert=True
             )
         return 1
 
