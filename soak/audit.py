@@ -1,13 +1,13 @@
 """The auditor: after a scenario, what the backends themselves hold (never the server's word)
 against what the clients were told.
 
-- every upload that returned an event id has its object in MinIO, whose SHA-256 is that of
-  the bytes sent, and its status record in FerretDB;
+- every upload that returned an event id (over gRPC, or in a REST answer's JSON) has its
+  object in MinIO, whose SHA-256 is that of the bytes sent, and its status record in FerretDB;
 - every object under `input/` has its event (an outbox message or a status record), and
   every event its object (all or nothing, both ways);
 - every event reaches Kafka at least once (the topic is consumed from its start);
 - no call outlived its deadline (each was timed by the client);
-- the server's RSS comes back to its baseline after the load.
+- each server's RSS comes back to its baseline after the load.
 
 Conditions that the system settles by itself (a status record the relay heals, a cleanup that
 retries in the background, an event still waiting for Kafka) are waited for, up to a deadline,
@@ -51,8 +51,8 @@ class Audit:
     kafka_events: int = 0
     duplicates: int = 0
     violations: list[str] = field(default_factory=list)
-    rss_baseline: int = 0
-    rss_after: int = 0
+    rss_baseline: dict[str, int] = field(default_factory=dict)  # per server
+    rss_after: dict[str, int] = field(default_factory=dict)
 
     def violate(self, what: str, items: list[str], *, limit: int = 5) -> None:
         if items:
@@ -77,8 +77,8 @@ async def audit(
     stores: Stores,
     *,
     settle_s: float,
-    rss: Callable[[], Awaitable[int]] | None,
-    rss_baseline: int,
+    rss: Callable[[], Awaitable[dict[str, int]]] | None,
+    rss_baseline: dict[str, int],
     rss_settle_s: float = 20.0,
 ) -> Audit:
     report = Audit(rss_baseline=rss_baseline)
@@ -229,16 +229,23 @@ async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
     return True
 
 
-async def _memory(report: Audit, rss: Callable[[], Awaitable[int]], settle_s: float) -> None:
-    limit = report.rss_baseline + max(RSS_SLACK_BYTES, int(report.rss_baseline * RSS_SLACK_RATIO))
+async def _memory(
+    report: Audit, rss: Callable[[], Awaitable[dict[str, int]]], settle_s: float
+) -> None:
+    """Each server's RSS (by name) back under its baseline plus the slack, waited for."""
+    limits = {
+        name: base + max(RSS_SLACK_BYTES, int(base * RSS_SLACK_RATIO))
+        for name, base in report.rss_baseline.items()
+    }
     deadline = time.monotonic() + settle_s
     while True:
         report.rss_after = await rss()
-        if report.rss_after <= limit or time.monotonic() > deadline:
+        above = [n for n, limit in limits.items() if report.rss_after.get(n, 0) > limit]
+        if not above or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
-    if report.rss_after > limit:
+    for name in above:
         report.violations.append(
-            f"server RSS {report.rss_after / 2**20:.0f} MiB stayed above its baseline"
-            f" {report.rss_baseline / 2**20:.0f} MiB (limit {limit / 2**20:.0f} MiB)"
+            f"{name} RSS {report.rss_after[name] / 2**20:.0f} MiB stayed above its baseline"
+            f" {report.rss_baseline[name] / 2**20:.0f} MiB (limit {limits[name] / 2**20:.0f} MiB)"
         )

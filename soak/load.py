@@ -1,9 +1,14 @@
-"""The load generator: concurrent UploadVideo calls of random small videos, a few WatchStatus
-streams and listings, over one grpc.aio channel to the server, until told to stop.
+"""The load generator: concurrent uploads of random small videos, a few WatchStatus streams
+and listings, until told to stop. The gRPC calls are spread over the `targets` (one grpc.aio
+channel to each server directly and one to Envoy's gRPC route): uploader, watcher and lister
+`i` use target `i` modulo their number. REST uploads go through Envoy as the old curl clients
+send them: `POST /api/upload_video`, a multipart form with its `bucket` field and then the
+`file` part (aiohttp, one session, the file streamed from memory).
 
-Every call has a deadline and is timed, so the auditor can tell one that hung past it. Some
-uploads are cancelled by the client at a random moment; some carry an idempotency key and are
-retried once with the same key and bytes when they fail for a reason a retry may cure.
+Every call has a deadline and is timed, so the auditor can tell one that hung past it; each
+records the target it went to. Some gRPC uploads are cancelled by the client at a random
+moment; some uploads (gRPC and REST) carry an idempotency key and are retried once with the
+same key and bytes when they fail for a reason a retry may cure.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
+import json
 import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import aiohttp
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
@@ -43,9 +51,16 @@ RETRYABLE_NAMES = frozenset(
 )
 
 
+# REST answers that are not the service's JSON (a connection error, a cut body): their "code".
+REST_FAILED = "UNAVAILABLE"
+# The gRPC code of each number, as REST error bodies (google.rpc.Status) carry them.
+CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
 @dataclass(frozen=True)
 class LoadConfig:
-    uploaders: int = 6
+    uploaders: int = 6  # gRPC, over the targets in turn
+    rest_uploaders: int = 2  # REST, through Envoy
     watchers: int = 3
     min_bytes: int = 2 * KiB
     max_bytes: int = 3 * MiB  # log-uniform between the two: mostly small, some multipart
@@ -64,6 +79,7 @@ class Call:
     """One RPC as the client saw it."""
 
     kind: str  # upload | watch | list
+    target: str  # where it went: a server's name, `envoy` (gRPC through it) or `rest`
     started: float  # time.monotonic()
     elapsed_s: float
     deadline_s: float
@@ -95,6 +111,13 @@ class LoadResult:
     def uploads(self) -> list[Call]:
         return [c for c in self.calls if c.kind == "upload"]
 
+    def accepted_by_target(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for call in self.uploads():
+            if call.ok:
+                counts[call.target] = counts.get(call.target, 0) + 1
+        return dict(sorted(counts.items()))
+
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:
     """The ErrorInfo reason of a refusal, "" when it carries none (gRPC's own errors)."""
@@ -117,10 +140,20 @@ def video(rng: random.Random, config: LoadConfig) -> bytes:
 
 
 class Load:
-    """Runs the load against `address` until `stop` is set; `calls` collects every call."""
+    """Runs the load until `stop` is set: gRPC calls over `targets` (name: host:port), REST
+    uploads to `rest_base` (Envoy's URL); `result.calls` collects every call."""
 
-    def __init__(self, address: str, bucket: str, config: LoadConfig, *, seed: int = 0) -> None:
-        self.address = address
+    def __init__(
+        self,
+        targets: dict[str, str],
+        rest_base: str,
+        bucket: str,
+        config: LoadConfig,
+        *,
+        seed: int = 0,
+    ) -> None:
+        self.targets = targets
+        self.rest_base = rest_base
         self.bucket = bucket
         self.config = config
         self.rng = random.Random(f"{seed}-{bucket}")
@@ -129,20 +162,32 @@ class Load:
 
     async def run(self, stop: asyncio.Event) -> LoadResult:
         self.result.started = time.monotonic()
-        async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
-            stub = pb_grpc.CheckoutServiceStub(channel)
+        cfg = self.config
+        async with contextlib.AsyncExitStack() as stack:
+            stubs: list[tuple[str, pb_grpc.CheckoutServiceAsyncStub]] = []
+            for name, address in self.targets.items():
+                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                await stack.enter_async_context(channel)
+                stubs.append((name, pb_grpc.CheckoutServiceStub(channel)))
+            session = aiohttp.ClientSession(self.rest_base)
+            await stack.enter_async_context(session)
             async with asyncio.TaskGroup() as group:
-                for i in range(self.config.uploaders):
-                    group.create_task(self._uploader(stub, stop, i))
-                for _ in range(self.config.watchers):
-                    group.create_task(self._watcher(stub, stop))
-                group.create_task(self._lister(stub, stop))
+                for i in range(cfg.uploaders):
+                    group.create_task(self._uploader(stubs[i % len(stubs)], stop, i))
+                for i in range(cfg.rest_uploaders):
+                    group.create_task(self._rest_uploader(session, stop, i))
+                for i in range(cfg.watchers):
+                    group.create_task(self._watcher(stubs[i % len(stubs)], stop))
+                group.create_task(self._lister(stubs, stop))
         self.result.ended = time.monotonic()
         return self.result
 
     # --- uploads -------------------------------------------------------------------------------
     async def _uploader(
-        self, stub: pb_grpc.CheckoutServiceAsyncStub, stop: asyncio.Event, worker: int
+        self,
+        target: tuple[str, pb_grpc.CheckoutServiceAsyncStub],
+        stop: asyncio.Event,
+        worker: int,
     ) -> None:
         rng = random.Random(self.rng.random())
         n = 0
@@ -151,15 +196,19 @@ class Load:
             data = video(rng, self.config)
             key = f"{self.bucket}-{worker}-{n}"  # a key of this run's and scenario's only
             idempotent = rng.random() < self.config.idempotent_rate
-            call = await self._upload(stub, rng, data, key if idempotent else "")
+            call = await self._upload(target, rng, data, key if idempotent else "")
             if not call.ok and call.code in RETRYABLE_NAMES:
                 # What a polite client does: back off a little before it tries again.
                 await _pause(stop, rng.uniform(0.1, 0.4))
                 if idempotent:
-                    await self._upload(stub, rng, data, key)
+                    await self._upload(target, rng, data, key)
 
     async def _upload(
-        self, stub: pb_grpc.CheckoutServiceAsyncStub, rng: random.Random, data: bytes, key: str
+        self,
+        target: tuple[str, pb_grpc.CheckoutServiceAsyncStub],
+        rng: random.Random,
+        data: bytes,
+        key: str,
     ) -> Call:
         cfg = self.config
         sha256 = hashlib.sha256(data).hexdigest()
@@ -186,8 +235,10 @@ class Load:
                     return
                 yield pb.UploadVideoRequest(chunk=data[offset : offset + chunk])
 
+        name, stub = target
         record = Call(
             kind="upload",
+            target=name,
             started=time.monotonic(),
             elapsed_s=0.0,
             deadline_s=cfg.upload_deadline_s,
@@ -215,12 +266,84 @@ class Load:
         self.result.calls.append(record)
         return record
 
+    # --- REST uploads through Envoy ------------------------------------------------------------
+    async def _rest_uploader(
+        self, session: aiohttp.ClientSession, stop: asyncio.Event, worker: int
+    ) -> None:
+        rng = random.Random(self.rng.random())
+        n = 0
+        while not stop.is_set():
+            n += 1
+            data = video(rng, self.config)
+            key = f"{self.bucket}-rest{worker}-{n}"
+            idempotent = rng.random() < self.config.idempotent_rate
+            call = await self._rest_upload(session, rng, data, key if idempotent else "")
+            if not call.ok and call.code in RETRYABLE_NAMES:
+                await _pause(stop, rng.uniform(0.1, 0.4))
+                if idempotent:
+                    await self._rest_upload(session, rng, data, key)
+
+    async def _rest_upload(
+        self, session: aiohttp.ClientSession, rng: random.Random, data: bytes, key: str
+    ) -> Call:
+        """One `POST /api/upload_video` as curl -F sends it: the text fields first (so they
+        set the metadata: the bucket, sometimes the key and the declared sha256), then the
+        file. The answer is the upload's JSON, or a google.rpc.Status JSON with its code."""
+        cfg = self.config
+        sha256 = hashlib.sha256(data).hexdigest()
+        form = aiohttp.FormData()
+        form.add_field("bucket", self.bucket)
+        if key:
+            form.add_field("idempotency_key", key)
+        if rng.random() < 0.5:
+            form.add_field("sha256", sha256)
+        # A file object, not bytes: aiohttp streams it (and warns about large bytes bodies).
+        form.add_field(
+            "file", io.BytesIO(data), filename=f"soak-{sha256[:8]}.mp4", content_type="video/mp4"
+        )
+        record = Call(
+            kind="upload",
+            target="rest",
+            started=time.monotonic(),
+            elapsed_s=0.0,
+            deadline_s=cfg.upload_deadline_s,
+            code="",
+            sha256=sha256,
+            size_bytes=len(data),
+        )
+        try:
+            async with session.post(
+                "/api/upload_video",
+                data=form,
+                timeout=aiohttp.ClientTimeout(total=cfg.upload_deadline_s),
+            ) as response:
+                body = await response.read()
+                status = response.status
+            _rest_answer(record, status, body)
+        except TimeoutError:
+            record.code = grpc.StatusCode.DEADLINE_EXCEEDED.name
+            record.reason = "CLIENT_TIMEOUT"
+        except aiohttp.ClientError as error:
+            record.code = REST_FAILED
+            record.reason = f"HTTP_{type(error).__name__}"
+        record.elapsed_s = time.monotonic() - record.started
+        self.result.calls.append(record)
+        return record
+
     # --- watchers and listings -------------------------------------------------------------------
-    async def _watcher(self, stub: pb_grpc.CheckoutServiceAsyncStub, stop: asyncio.Event) -> None:
+    async def _watcher(
+        self, target: tuple[str, pb_grpc.CheckoutServiceAsyncStub], stop: asyncio.Event
+    ) -> None:
+        name, stub = target
         deadline = self.config.watch_deadline_s
         while not stop.is_set():
             record = Call(
-                kind="watch", started=time.monotonic(), elapsed_s=0, deadline_s=deadline, code=""
+                kind="watch",
+                target=name,
+                started=time.monotonic(),
+                elapsed_s=0,
+                deadline_s=deadline,
+                code="",
             )
             stream = stub.WatchStatus(pb.WatchStatusRequest(), timeout=deadline)
             stopper = asyncio.ensure_future(stop.wait())
@@ -239,11 +362,22 @@ class Load:
             if record.code not in {"OK", grpc.StatusCode.DEADLINE_EXCEEDED.name}:
                 await _pause(stop, 0.5)
 
-    async def _lister(self, stub: pb_grpc.CheckoutServiceAsyncStub, stop: asyncio.Event) -> None:
+    async def _lister(
+        self, stubs: list[tuple[str, pb_grpc.CheckoutServiceAsyncStub]], stop: asyncio.Event
+    ) -> None:
+        """A listing every `list_interval_s`, over each target in turn."""
         deadline = self.config.list_deadline_s
+        n = 0
         while not stop.is_set():
+            name, stub = stubs[n % len(stubs)]
+            n += 1
             record = Call(
-                kind="list", started=time.monotonic(), elapsed_s=0, deadline_s=deadline, code=""
+                kind="list",
+                target=name,
+                started=time.monotonic(),
+                elapsed_s=0,
+                deadline_s=deadline,
+                code="",
             )
             try:
                 request = pb.ListStatusesRequest(page_size=50)
@@ -255,6 +389,30 @@ class Load:
             record.elapsed_s = time.monotonic() - record.started
             self.result.calls.append(record)
             await _pause(stop, self.config.list_interval_s)
+
+
+def _rest_answer(record: Call, status: int, body: bytes) -> None:
+    """Fill `record` in from a REST upload's answer: 200 with the upload's JSON, or an error
+    status with a google.rpc.Status JSON (the code's number, an ErrorInfo's reason)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        record.code = REST_FAILED
+        record.reason = f"HTTP_{status}_NOT_JSON"
+        return
+    if status == 200:
+        record.code = "OK"
+        record.event_id = str(answer.get("event_id", ""))
+        record.response_sha256 = str(answer.get("sha256", ""))
+        record.deduplicated = bool(answer.get("deduplicated", False))
+        return
+    record.code = CODE_NAMES.get(answer.get("code"), f"HTTP_{status}")
+    for detail in answer.get("details") or ():
+        if isinstance(detail, dict) and detail.get("reason"):
+            record.reason = str(detail["reason"])
+            break
 
 
 async def _until(

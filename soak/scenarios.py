@@ -1,9 +1,11 @@
 """The scenarios: one fault each, injected while the load runs, then the audit.
 
-A run of one scenario, on the run's system (server and relays as processes) with a bucket of
-its own: the load for a warm-up, the server's RSS taken as the baseline, the fault (injected
-and undone while the load goes on), a tail of load after it, then the auditor. Each scenario
-also says how its fault showed (`evidence`): a fault that changed nothing proves nothing.
+A run of one scenario, on the run's system (two servers, three relays and Envoy as processes)
+with a bucket of its own: the load for a warm-up, each server's RSS taken as its baseline, the
+fault (injected and undone while the load goes on), a tail of load after it, then the auditor.
+Each scenario also says how its fault showed (`evidence`): a fault that changed nothing proves
+nothing. A server's kill or SIGTERM hits `server-0` only: `server-1` (directly and through
+Envoy) must have accepted uploads meanwhile.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ class Pace:
 LONG = Pace(warmup_s=15.0, tail_s=20.0, settle_s=120.0, long=True)
 SHORT = Pace(warmup_s=2.0, tail_s=2.0, settle_s=45.0, long=False)
 # The short runs (`make test`) share two cores with the rest of the suite: a lighter load.
-SHORT_LOAD = LoadConfig(uploaders=3, watchers=2, max_bytes=1024 * 1024)
+SHORT_LOAD = LoadConfig(uploaders=3, rest_uploaders=1, watchers=2, max_bytes=1024 * 1024)
+# The server the server faults hit, and the one that keeps serving.
+VICTIM, SURVIVOR = "server-0", "server-1"
 
 
 @dataclass
@@ -92,8 +96,9 @@ class Scenario:
 
 
 def _process(ctx: Context, name: str) -> ServerProcess:
-    """The process a fault acts on: the server, a relay (`relay-0`, ...) or a backend."""
-    services = {"server": ctx.system.server, **{r.name: r for r in ctx.system.relays}}
+    """The process a fault acts on: a server (`server-0`, ...), a relay (`relay-0`, ...),
+    Envoy or a backend."""
+    services = {p.name: p for p in ctx.system.processes}
     backends = {
         "kafka": ctx.backends.broker,
         "minio": ctx.backends.minio,
@@ -137,9 +142,9 @@ async def stop(ctx: Context, name: str, process: ServerProcess) -> None:
 async def sigterm_server(ctx: Context, name: str, process: ServerProcess) -> None:
     """SIGTERM; a violation unless the server exits 0 within its drain and grace."""
     allowed = SERVER_DRAIN_S + SERVER_GRACE_S + 3  # the drain, the grace, and a loaded machine
-    ctx.note("server sent SIGTERM")
-    elapsed, code = await asyncio.to_thread(ctx.system.terminate_server, allowed + 10)
-    ctx.note(f"server exited with {code} after {elapsed:.1f}s")
+    ctx.note(f"{name} sent SIGTERM")
+    elapsed, code = await asyncio.to_thread(ctx.system.terminate_server, name, allowed + 10)
+    ctx.note(f"{name} exited with {code} after {elapsed:.1f}s")
     if code != 0 or elapsed > allowed:
         ctx.violations.append(
             f"SIGTERM: exit code {code} after {elapsed:.1f}s (drain {SERVER_DRAIN_S:.0f}s,"
@@ -204,6 +209,29 @@ def restarted(name: str, *, under_way: str) -> Evidence:
     return evidence
 
 
+def served_meanwhile(name: str, *, under_way: str) -> Evidence:
+    """As `restarted(name, ...)`, and uploads begun while `name` was down were accepted by
+    the other server directly and through Envoy (its gRPC route or REST): Envoy routed
+    around it."""
+    was_restarted = restarted(name, under_way=under_way)
+
+    def evidence(ctx: Context, load: LoadResult) -> str | None:
+        if (missing := was_restarted(ctx, load)) is not None:
+            return missing
+        start, end = ctx.load_started + ctx.fault_started, ctx.load_started + ctx.fault_ended
+        begun = [c for c in load.uploads() if start <= c.started <= end and c.ok]
+        direct = [c for c in begun if c.target == SURVIVOR]
+        through_envoy = [c for c in begun if c.target in {"envoy", "rest"}]
+        if not direct or not through_envoy:
+            return (
+                f"while {name} was down, {len(direct)} uploads begun were accepted by"
+                f" {SURVIVOR} directly and {len(through_envoy)} through Envoy (both must be > 0)"
+            )
+        return None
+
+    return evidence
+
+
 def cancelled_by_clients(ctx: Context, load: LoadResult) -> str | None:
     cancelled = [c for c in load.uploads() if c.cancelled_by_client and c.code == "CANCELLED"]
     return None if len(cancelled) >= 2 else f"only {len(cancelled)} uploads were cancelled"
@@ -222,18 +250,18 @@ def every_backend(ctx: Context, load: LoadResult) -> str | None:
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "kill-server",
-        "kill -9 of the server under load; it is restarted on the same port",
-        outage("server", kill, start_s=90),
+        "kill -9 of one server under load (the other and Envoy serve on); restarted",
+        outage(VICTIM, kill, start_s=90),
         long_s=2.0,
         short_s=0.0,
-        evidence=restarted("server", under_way="refused"),
+        evidence=served_meanwhile(VICTIM, under_way="refused"),
         # A kill between an object's completion and its outbox insert leaves the object
         # without an event; the sweeper removes it once it is SERVER_ORPHAN_AGE_S old.
         settle_s=SERVER_ORPHAN_AGE_S + SERVER_SWEEP_INTERVAL_S + 20,
     ),
     Scenario(
         "kill-relay",
-        "kill -9 of one of the two relays; the other takes its leases over; it is restarted",
+        "kill -9 of one of the three relays; the others take its leases over; restarted",
         outage("relay-0", kill, start_s=90),
         long_s=10.0,
         short_s=0.0,
@@ -265,11 +293,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "sigterm-server",
-        "SIGTERM of the server under load: it exits 0 within drain and grace; restarted",
-        outage("server", sigterm_server, start_s=90),
+        "SIGTERM of one server under load: it exits 0 within drain and grace; restarted",
+        outage(VICTIM, sigterm_server, start_s=90),
         long_s=0.0,
         short_s=0.0,
-        evidence=restarted("server", under_way="refused"),
+        evidence=served_meanwhile(VICTIM, under_way="refused"),
     ),
     Scenario(
         "client-cancels",
@@ -338,12 +366,18 @@ class Outcome:
     def line(self) -> str:
         a = self.audit
         refused = ", ".join(f"{k} {v}" for k, v in sorted(a.refused.items())) or "none"
+        routes = ", ".join(f"{k} {v}" for k, v in self.load.accepted_by_target().items())
+        rss = ", ".join(
+            f"{name} {a.rss_baseline[name] / 2**20:.0f}->{a.rss_after.get(name, 0) / 2**20:.0f}"
+            for name in a.rss_baseline
+        )
         return (
-            f"soak {self.scenario.name}: uploads accepted {a.accepted}, refused {{{refused}}},"
+            f"soak {self.scenario.name}: uploads accepted {a.accepted} ({routes}),"
+            f" refused {{{refused}}},"
             f" events in Kafka {a.kafka_events}/{a.events}, duplicates {a.duplicates},"
             f" violations {len(self.violations)}"
             + (f" (known, not counted: {'; '.join(self.known)})" if self.known else "")
-            + f" | rss {a.rss_baseline / 2**20:.0f}->{a.rss_after / 2**20:.0f} MiB"
+            + f" | rss {rss} MiB"
             f" | {self.took_s:.0f}s"
             f" | {'; '.join(self.context.notes)}"
             + (f" | NO EVIDENCE: {self.evidence}" if self.evidence else "")
@@ -365,12 +399,12 @@ async def run(
         await asyncio.to_thread(_ready, system)
         if config is None:
             config = LoadConfig() if pace.long else SHORT_LOAD
-        load = Load(system.address, bucket, config, seed=seed)
+        load = Load(system.targets, system.rest_base, bucket, config, seed=seed)
         stop = asyncio.Event()
         running = asyncio.create_task(load.run(stop))
         ctx = Context(backends, system, load, load_started=time.monotonic())
         await _wait_or_fail(running, pace.warmup_s)
-        baseline = await asyncio.to_thread(rss_bytes, system.server_pid())
+        baseline = await asyncio.to_thread(_rss, system)
         ctx.fault_started = ctx.at()
         await scenario.inject(ctx, scenario.long_s if pace.long else scenario.short_s)
         ctx.fault_ended = ctx.at()
@@ -378,8 +412,8 @@ async def run(
         stop.set()
         result = await running
 
-        async def rss() -> int:
-            return await asyncio.to_thread(rss_bytes, system.server_pid())
+        async def rss() -> dict[str, int]:
+            return await asyncio.to_thread(_rss, system)
 
         report = await audit(
             result,
@@ -399,9 +433,14 @@ async def run(
 
 def _ready(system: System) -> None:
     """Every process of the system running (a scenario before may have failed midway)."""
-    for service in (system.server, *system.relays):
-        if not service.running:
-            service.start(90)
+    for process in system.processes:
+        if not process.running:
+            process.start(90)
+
+
+def _rss(system: System) -> dict[str, int]:
+    """Each server's RSS, by name."""
+    return {s.name: rss_bytes(system.server_pid(s.name)) for s in system.servers}
 
 
 async def _wait_or_fail(task: asyncio.Task[LoadResult], seconds: float) -> None:

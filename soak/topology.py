@@ -1,7 +1,8 @@
 """What a soak run starts, once: the backends (FerretDB, MinIO, Kafka) with a toxiproxy proxy in
-front of each, and the system under test (the checkout server and two relays as real
-processes) in a namespace of its own (a database, a topic, a bucket per scenario), reaching
-every backend through its proxy. Every process is restartable on the same ports."""
+front of each, and the system under test (two checkout servers, three relays and one Envoy in
+front of both servers, all real processes) in a namespace of its own (a database, a topic, a
+bucket per scenario), reaching every backend through its proxy. Every process is restartable
+on the same ports."""
 
 from __future__ import annotations
 
@@ -14,8 +15,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack import FerretDB, Kafka, MinIO, Proxy, Toxiproxy, ToxiproxyClient, free_port
-from devstack._stack import PythonService
+from devstack import (
+    Envoy,
+    FerretDB,
+    Kafka,
+    MinIO,
+    Proxy,
+    ServerProcess,
+    Toxiproxy,
+    ToxiproxyClient,
+    free_port,
+)
+from devstack._paths import REPO_ROOT
+from devstack._stack import DESCRIPTOR, OPENAPI, PythonService
+from tools.render_envoy import render_envoy_config
 
 MiB = 1024 * 1024
 # The backends a toxic can come between the system and: the proxies' names.
@@ -130,32 +143,64 @@ class Backends:
 
 
 class System:
-    """The system under test: one checkout server and `relays` relays, all real processes
-    (`python -m ...`), every backend reached through its proxy."""
+    """The system under test, all real processes (`python -m ...`), every backend reached
+    through its proxy: `servers` checkout servers (`server-0`, ...; each its own gRPC port,
+    metrics port and WATCH_WAKE_ADDR), `relays` relays (`relay-0`, ...; their
+    WATCH_WAKE_TARGETS name every server, and every server's RELAY_WAKE_TARGETS every relay),
+    and one Envoy in front of the servers (tools/render_envoy.py's config with every server in
+    its cluster: REST, native gRPC and grpc-web on one port)."""
 
-    def __init__(self, backends: Backends, namespace: Namespace, work: Path, relays: int = 2):
+    def __init__(
+        self,
+        backends: Backends,
+        namespace: Namespace,
+        work: Path,
+        *,
+        servers: int = 2,
+        relays: int = 3,
+    ) -> None:
         self.backends = backends
         self.namespace = namespace
-        self.server_port = free_port()
+        server_ports = [free_port() for _ in range(servers)]
         relay_ports = [free_port() for _ in range(relays)]
         logs = work / "logs"
-        self.server = PythonService(
-            name="checkout-server",
-            module="checkout_server",
-            port=self.server_port,
-            env=self._server_env(relay_ports),
-            log_path=logs / "checkout-server.log",
-        )
+        self.servers = [
+            PythonService(
+                name=f"server-{i}",
+                module="checkout_server",
+                port=port,
+                env=self._server_env(port, [p for p in server_ports if p != port], relay_ports),
+                log_path=logs / f"server-{i}.log",
+            )
+            for i, port in enumerate(server_ports)
+        ]
         self.relays = [
             PythonService(
                 name=f"relay-{i}",
                 module="checkout_server.wiring.relay",
                 port=port,
-                env=self._relay_env(f"relay-{i}", port),
+                env=self._relay_env(f"relay-{i}", port, server_ports),
                 log_path=logs / f"relay-{i}.log",
             )
             for i, port in enumerate(relay_ports)
         ]
+        self.envoy_port = free_port()
+        envoy_admin = free_port()
+        config = render_envoy_config(
+            work / "envoy.yaml",
+            listen_port=self.envoy_port,
+            admin_port=envoy_admin,
+            upstreams=[("127.0.0.1", port) for port in server_ports],
+            descriptor=DESCRIPTOR,
+            openapi=OPENAPI,
+        )
+        self.envoy = Envoy(
+            config_path=config,
+            admin_port=envoy_admin,
+            cwd=REPO_ROOT,
+            log_path=logs / "envoy.log",
+            log_level="warning",
+        )
 
     def _common_env(self) -> dict[str, str]:
         b, ns = self.backends, self.namespace
@@ -168,12 +213,12 @@ class System:
             "LOG_LEVEL": "WARNING",
         }
 
-    def _server_env(self, relay_ports: list[int]) -> dict[str, str]:
+    def _server_env(self, port: int, others: list[int], relay_ports: list[int]) -> dict[str, str]:
         b, ns = self.backends, self.namespace
         return {
             **self._common_env(),
-            "GRPC_ADDR": f"127.0.0.1:{self.server_port}",
-            "METRICS_ADDR": "",
+            "GRPC_ADDR": f"127.0.0.1:{port}",
+            "METRICS_ADDR": f"127.0.0.1:{free_port()}",
             "MINIO_ENDPOINT": b.proxied("minio"),
             "DEFAULT_BUCKET": ns.buckets[0][1],
             "ALLOWED_BUCKETS": ",".join(bucket for _, bucket in ns.buckets),
@@ -185,9 +230,13 @@ class System:
             "HEALTH_INTERVAL_S": "1",
             "STORAGE_ABORT_RETRY_S": "60",
             "RELAY_WAKE_TARGETS": ",".join(f"127.0.0.1:{p}" for p in relay_ports),
+            # Its watchers' wake-ups (UDP, on its gRPC port, as the default), and the other
+            # servers', so that their watchers learn of this one's new events at once.
+            "WATCH_WAKE_ADDR": f"127.0.0.1:{port}",
+            "WATCH_WAKE_TARGETS": ",".join(f"127.0.0.1:{p}" for p in others),
         }
 
-    def _relay_env(self, name: str, port: int) -> dict[str, str]:
+    def _relay_env(self, name: str, port: int, server_ports: list[int]) -> dict[str, str]:
         b, ns = self.backends, self.namespace
         env = {
             **self._common_env(),
@@ -199,44 +248,63 @@ class System:
             # The shipped lease TTL (10 s) and database timeout (5 s): the first long run, with
             # 6 s and 3 s, counted thousands of duplicates and ~145 leases run out unrenewed.
             "RELAY_BACKOFF_MAX_S": "2",
-            "WATCH_WAKE_TARGETS": f"127.0.0.1:{self.server_port}",
+            "WATCH_WAKE_TARGETS": ",".join(f"127.0.0.1:{p}" for p in server_ports),
         }
         if b.ferretdb.backend == "postgresql":
             env["RELAY_UPDATE_CHUNK"] = "1000"  # as devstack's stack: FerretDB writes by index
         return env
 
     @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server_port}"
+    def processes(self) -> list[ServerProcess]:
+        """Every process of the system, the servers first, Envoy last."""
+        return [*self.servers, *self.relays, self.envoy]
+
+    def server(self, name: str) -> PythonService:
+        return next(s for s in self.servers if s.name == name)
+
+    @property
+    def targets(self) -> dict[str, str]:
+        """Where gRPC clients connect: each server directly, and Envoy (its gRPC route)."""
+        direct = {s.name: f"127.0.0.1:{s.port}" for s in self.servers}
+        return {**direct, "envoy": f"127.0.0.1:{self.envoy_port}"}
+
+    @property
+    def rest_base(self) -> str:
+        """Envoy's REST surface (`POST /api/upload_video`, ...)."""
+        return f"http://127.0.0.1:{self.envoy_port}"
 
     def start(self) -> None:
-        with ThreadPoolExecutor(1 + len(self.relays)) as pool:
-            for future in [pool.submit(s.start, 90) for s in (self.server, *self.relays)]:
+        """The servers and relays at once, then Envoy (its first health checks find them)."""
+        services = [*self.servers, *self.relays]
+        with ThreadPoolExecutor(len(services)) as pool:
+            for future in [pool.submit(s.start, 90) for s in services]:
                 future.result()
+        self.envoy.start(60)
 
     def stop(self) -> None:
-        for service in (self.server, *self.relays):
-            service.stop()
+        for process in reversed(self.processes):
+            process.stop()
 
-    def server_pid(self) -> int:
-        pid = self.server.pid
-        assert pid is not None, "the server is not running"
+    def server_pid(self, name: str) -> int:
+        pid = self.server(name).pid
+        assert pid is not None, f"{name} is not running"
         return pid
 
-    def terminate_server(self, timeout_s: float) -> tuple[float, int | None]:
-        """SIGTERM the server and wait for it to exit by itself: (seconds taken, exit code),
-        or (timeout_s, None) when it had not exited by then (it is killed after)."""
-        pid = self.server_pid()
+    def terminate_server(self, name: str, timeout_s: float) -> tuple[float, int | None]:
+        """SIGTERM the server `name` and wait for it to exit by itself: (seconds taken, exit
+        code), or (timeout_s, None) when it had not exited by then (it is killed after)."""
+        server = self.server(name)
+        pid = self.server_pid(name)
         t0 = time.monotonic()
         os.kill(pid, signal.SIGTERM)
         while time.monotonic() - t0 < timeout_s:
-            code = self.server.exit_code()
+            code = server.exit_code()
             if code is not None:
                 elapsed = time.monotonic() - t0
-                self.server.kill()  # reaps it
+                server.kill()  # reaps it
                 return elapsed, code
             time.sleep(0.05)
-        self.server.kill()
+        server.kill()
         return timeout_s, None
 
 

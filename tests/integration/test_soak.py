@@ -1,9 +1,12 @@
-"""The short version of every soak scenario (`make soak` runs the long ones): the server and
-two relays as real processes, FerretDB, MinIO and Kafka behind toxiproxy, a load of uploads,
-watchers and listings, one fault while it runs, then the auditor against the backends.
+"""The short version of every soak scenario (`make soak` runs the long ones): two servers,
+three relays and Envoy in front of both servers as real processes, FerretDB, MinIO and Kafka
+behind toxiproxy, a load of gRPC uploads (to each server and through Envoy), REST uploads
+through Envoy, watchers and listings, one fault while it runs, then the auditor against the
+backends.
 
 Each asserts that the auditor found no violation and that the fault really happened during
-the load and showed (uploads refused, a process restarted, toxics applied to each backend).
+the load and showed (uploads refused, a process restarted, toxics applied to each backend;
+with one server down, the other accepting uploads directly and through Envoy).
 The backends and the system are the module's own (the scenarios stop and start them); each
 scenario uploads into a bucket of its own, which its audit looks at.
 """
