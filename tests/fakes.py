@@ -536,6 +536,13 @@ class FakeUploadSessions:
     async def videos_with_sessions(self, video_ids: Sequence[str]) -> set[str]:
         return {s.video_id for s in self.sessions.values()} & set(video_ids)
 
+    async def delete_all(self) -> int:
+        count = len(self.sessions)
+        for collection in (self.sessions, self.multipart, self.commits, self.ends, self.leases):
+            collection.clear()
+        self.asks.clear()
+        return count
+
     async def delete(self, upload_id: str) -> None:
         self.sessions.pop(upload_id, None)
         self.multipart.pop(upload_id, None)

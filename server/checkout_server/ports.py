@@ -320,3 +320,6 @@ class UploadSessionStore(Protocol):
 
     async def delete(self, upload_id: str) -> None:
         """Remove every fact of the session (the terminal marker last)."""
+
+    async def delete_all(self) -> int:
+        """Remove every session and all its facts (Cleanup); the number of sessions."""

@@ -22,6 +22,8 @@ from checkout_server.outbox.document import status_document, to_document
 from checkout_server.status.service import LIST_ALL_MAX
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import error_details, has_cyrillic, mp4_bytes, outbox_event
+from tests.integration.resumable_helpers import metadata as resumable_metadata
+from tests.integration.resumable_helpers import write_messages
 from tests.integration.storage_checks import object_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -295,6 +297,36 @@ async def test_cleanup_needs_the_token_and_wipes_the_service_data(
         assert await object_keys(s3, bucket, prefix="keep/") == ["keep/me.txt"]
         assert await outbox_collection.count_documents({}) == 0
         assert await status_collection.count_documents({}) == 0
+
+
+async def test_cleanup_removes_resumable_sessions_so_their_key_starts_afresh(
+    admin_app: App, s3: Minio, bucket: str
+) -> None:
+    """A session finished before Cleanup, its video gone with it, must not answer its
+    idempotency key afterwards (it did: a finished session without its object, unfinishable
+    until it expired)."""
+    data = mp4_bytes(6000, seed=7)
+    meta = resumable_metadata(data, idempotency_key="clip-7")
+    admin = (("authorization", "Bearer s3cret-token"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{admin_app.port}") as channel:
+        stub: Stub = pb_grpc.CheckoutServiceStub(channel)
+        first = await stub.StartResumableUpload(pb.StartResumableUploadRequest(metadata=meta))
+        done = await stub.WriteUpload(write_messages(first.upload_id, data, 0, finish=True))
+        assert done.result.status == "ok"
+
+        await stub.Cleanup(pb.CleanupRequest(), metadata=admin)
+        assert await object_keys(s3, bucket) == []
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.QueryUploadStatus(pb.QueryUploadStatusRequest(upload_id=first.upload_id))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+        again = await stub.StartResumableUpload(pb.StartResumableUploadRequest(metadata=meta))
+        assert again.upload_id != first.upload_id
+        assert again.persisted_size == 0
+        redone = await stub.WriteUpload(write_messages(again.upload_id, data, 0, finish=True))
+        assert redone.result.status == "ok"
+        assert not redone.result.deduplicated
+        assert await object_keys(s3, bucket) == [redone.result.object_key]
 
 
 async def test_a_restarted_server_starts_on_existing_data(settings: ServerSettings) -> None:

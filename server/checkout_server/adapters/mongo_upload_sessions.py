@@ -296,6 +296,12 @@ class MongoUploadSessions:
             )
             return {str(d["video_id"]) async for d in found}
 
+    async def delete_all(self) -> int:
+        with translated("delete_all_sessions"):
+            deleted = await self._sessions.delete_many({})
+            await self._facts.delete_many({})
+        return int(deleted.deleted_count)
+
     async def delete(self, upload_id: str) -> None:
         with translated("delete_session"):
             await self._facts.delete_many(

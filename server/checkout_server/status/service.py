@@ -37,7 +37,7 @@ from ..domain import (
     result_key,
 )
 from ..errors import ObjectTooLarge
-from ..ports import ObjectStorage, Outbox
+from ..ports import ObjectStorage, Outbox, UploadSessionStore
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,14 @@ class StatusService:
         storage: ObjectStorage,
         outbox: Outbox,
         settings: StatusSettings,
+        sessions: UploadSessionStore | None = None,
         clock: Callable[[], datetime] = _utcnow,
         traceparent: Callable[[], str] = lambda: "",
     ) -> None:
         """`traceparent` returns the W3C trace context of the current request ("" if none),
-        stored with a re-request's event (as with an upload's)."""
+        stored with a re-request's event (as with an upload's). `sessions`: the resumable
+        upload sessions, which Cleanup removes too."""
+        self._sessions = sessions
         self._storage = storage
         self._outbox = outbox
         self._settings = settings
@@ -272,9 +275,11 @@ class StatusService:
             raise errors.Unauthenticated("нужен токен администратора (ADMIN_TOKEN)")
 
     async def cleanup(self, authorization: str, viewer: Principal) -> CleanupReport:
-        """Delete every input and output object of the allowed buckets and every event. An
-        authenticated caller was admitted by its role (only admins may call it); without
-        authentication the ADMIN_TOKEN guards it."""
+        """Delete every input and output object of the allowed buckets, every event and every
+        resumable upload session (a session finished before would otherwise still answer its
+        idempotency key, its video gone). An authenticated caller was admitted by its role
+        (only admins may call it); without authentication the ADMIN_TOKEN guards it. The
+        sessions' open multipart uploads are left to the upload sweeper (unrecorded now)."""
         if not viewer.authenticated:
             self.check_admin(authorization)
         elif viewer.role is not Role.ADMIN:  # the interceptor refuses it first
@@ -285,7 +290,15 @@ class StatusService:
             for prefix in sorted({"input/", output_prefix}):
                 objects += await self._storage.delete_prefix(bucket, prefix)
         events = await self._outbox.delete_all()
-        log.warning("cleanup", extra={"deleted_objects": objects, "deleted_events": events})
+        sessions = 0 if self._sessions is None else await self._sessions.delete_all()
+        log.warning(
+            "cleanup",
+            extra={
+                "deleted_objects": objects,
+                "deleted_events": events,
+                "deleted_upload_sessions": sessions,
+            },
+        )
         return CleanupReport(deleted_objects=objects, deleted_events=events)
 
 

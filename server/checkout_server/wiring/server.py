@@ -395,6 +395,7 @@ def _build(
         storage=storage,
         outbox=outbox,
         settings=_status_settings(settings),
+        sessions=sessions,
         traceparent=current_traceparent,
     )
     hub = WatchHub(
