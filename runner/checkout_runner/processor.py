@@ -92,6 +92,9 @@ class Processor:
         self._detector_id = (detectors[0].name, detectors[0].version)
         self._config = config
         self._metrics = metrics
+        # The events being processed now, each with what its end sets (a batch may carry two
+        # records of one event: the relay delivers at least once).
+        self._handling: dict[str, asyncio.Event] = {}
 
     async def handle(self, delivery: Delivery, stop: asyncio.Event) -> Handled:
         """Process one record until its result is stored (or it needs none); STOPPED when
@@ -106,6 +109,24 @@ class Processor:
             )
             self._metrics.videos.labels(Handled.INVALID.value).inc()
             return Handled.INVALID
+        running = self._handling.get(event.event_id)
+        if running is not None:
+            # A second record of an event being processed (in the same batch): it waits for
+            # the first, whose result (or stop) stands for both, and is not processed again.
+            await running.wait()
+            log.info(
+                "a second record of an event in hand: skipped", extra={"event_id": event.event_id}
+            )
+            self._metrics.videos.labels(Handled.SKIPPED.value).inc()
+            return Handled.SKIPPED
+        self._handling[event.event_id] = done = asyncio.Event()
+        try:
+            return await self._handle(event, stop)
+        finally:
+            del self._handling[event.event_id]
+            done.set()
+
+    async def _handle(self, event: VideoEvent, stop: asyncio.Event) -> Handled:
         backoff = Backoff(self._config.retry_initial_s, self._config.retry_max_s)
         outages = 0
         while not stop.is_set():

@@ -330,3 +330,20 @@ async def test_stopping_during_detection_leaves_the_video_at_the_next_frame() ->
     assert s.detector.calls == 1  # not one frame more
     assert s.store.puts == []
     assert s.states.records[EVENT]["state"] == "processing"
+
+
+async def test_two_records_of_one_event_in_a_batch_are_processed_once() -> None:
+    """The relay delivers at least once, so one batch (RUNNER_CONCURRENCY > 1) may hold two
+    records of an event: the second waits for the first and writes no second result."""
+    s = Setup()
+    s.store.objects[INPUT] = fake_video(frames=10)
+    stop = asyncio.Event()
+
+    outcomes = await asyncio.gather(
+        s.processor.handle(record(), stop), s.processor.handle(record(), stop)
+    )
+
+    assert sorted(outcomes) == sorted([Handled.OK, Handled.SKIPPED])
+    assert s.store.puts == [OUTPUT]
+    assert s.states.history.count((EVENT, VideoState.PROCESSING)) == 1
+    assert await s.handle() is Handled.SKIPPED  # and a later redelivery, as before
