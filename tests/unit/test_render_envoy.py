@@ -84,6 +84,8 @@ def test_servers_are_health_checked_and_ejected_on_connect_failures(tmp_path: Pa
     # The gRPC errors the servers answer never eject one.
     assert outliers["enforcing_consecutive_5xx"] == 0
     assert outliers["enforcing_consecutive_gateway_failure"] == 0
+    # Both take effect at once (tests/integration/test_envoy_servers.py failed with 1 s).
+    assert checked["common_lb_config"] == {"update_merge_window": "0s"}
 
 
 def test_only_reads_are_retried(tmp_path: Path) -> None:
