@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,14 +34,21 @@ from checkout_server.upload import pipeline as pipeline_module
 from checkout_server.upload.sweeper import EventlessObjects
 from checkout_server.wiring.clients import minio_client, mongo_client
 from checkout_server.wiring.server import create_app
-from devstack import free_port
+from devstack import FerretDB
 from tests.helpers import MiB, mp4_bytes
+from tests.integration.resumable_helpers import (
+    ServerProcesses,
+    assert_one_video,
+    metadata,
+    write_messages,
+)
 from tests.integration.storage_checks import object_keys, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 Database = AsyncDatabase[dict[str, Any]]
 AGE_S = 3600.0
+FAST_LEASE = {"UPLOAD_LEASE_TTL_S": "3", "UPLOAD_CLOCK_SKEW_S": "0.5"}
 
 
 def later() -> datetime:
@@ -208,25 +216,29 @@ async def test_the_sweep_removes_only_old_objects_nothing_names(
     assert sweep.removed_total == 2
 
 
-async def test_an_unreachable_database_keeps_every_object(
-    settings: ServerSettings, adapters: Adapters, s3: Minio, bucket: str
+async def test_a_database_that_does_not_answer_keeps_every_object(
+    settings: ServerSettings,
+    adapters: Adapters,
+    s3: Minio,
+    bucket: str,
+    own_ferretdb: FerretDB,
 ) -> None:
     orphan = await put(s3, bucket, str(uuid.uuid4()))
-    nowhere = settings.replace(
-        mongo_uri=f"mongodb://127.0.0.1:{free_port()}/", mongo_timeout_ms=300
+    down = settings.replace(mongo_uri=own_ferretdb.uri, mongo_timeout_ms=1_000)
+    mongo = mongo_client(down, appname="test-orphans-down")
+    database = mongo[down.mongo_db]
+    sweep = EventlessObjects(
+        storage=adapters.storage,
+        outbox=MongoOutbox(
+            database[down.mongo_outbox_collection], database[down.mongo_status_collection]
+        ),
+        sessions=adapters.sessions,
+        min_age_s=AGE_S,
+        clock=later,
     )
-    mongo = mongo_client(nowhere, appname="test-orphans-down")
-    database = mongo[nowhere.mongo_db]
     try:
-        sweep = EventlessObjects(
-            storage=adapters.storage,
-            outbox=MongoOutbox(
-                database[nowhere.mongo_outbox_collection], database[nowhere.mongo_status_collection]
-            ),
-            sessions=adapters.sessions,
-            min_age_s=AGE_S,
-            clock=later,
-        )
+        await database.command("ping")
+        await asyncio.to_thread(own_ferretdb.stop)
         with pytest.raises(DatabaseUnavailable):
             await sweep.sweep(bucket)
     finally:
@@ -272,6 +284,63 @@ async def test_a_running_server_removes_an_object_without_event_and_counts_it(
         assert samples["checkout_orphan_objects_removed_total"] == 1
         assert samples["checkout_orphan_multipart_uploads_aborted_total"] == 0
         assert samples["checkout_upload_sessions_expired_total"] == 0
+    finally:
+        await app.stop(grace_s=1.0)
+
+
+async def test_a_killed_sessions_complete_object_outlives_the_age_and_is_finished(
+    settings: ServerSettings,
+    s3: Minio,
+    mongo_database: Database,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server killed after completing a resumable session's object, before its event: the
+    object is older than the age when the next server sweeps, and stays (its session names
+    it); the client's retry then finishes the upload with its one event."""
+    data = mp4_bytes(12 * MiB + 7, seed=62)
+    servers = ServerProcesses(settings, tmp_path)
+    try:
+        doomed = await servers.start(env={**FAST_LEASE, "UPLOAD_FAILPOINT": "after_complete"})
+        started = await doomed.stub.StartResumableUpload(
+            pb.StartResumableUploadRequest(metadata=metadata(data))
+        )
+        with pytest.raises(grpc.aio.AioRpcError):
+            await doomed.stub.WriteUpload(write_messages(started.upload_id, data, 0, finish=True))
+        assert await doomed.process.wait() == -9
+    finally:
+        await servers.close()
+    [completed] = await object_keys(s3, bucket)
+    probe = await put(s3, bucket, str(uuid.uuid4()))  # no event, no session: swept
+
+    monkeypatch.setattr(pipeline_module, "LOST_INSERT_CHECK_S", 1.0)
+    quick = settings.replace(
+        mongo_timeout_ms=500,
+        upload_orphan_object_age_s=20.0,
+        upload_sweep_interval_s=0.5,
+        upload_lease_ttl_s=3.0,
+        upload_clock_skew_s=0.5,
+    )
+    app = await create_app(quick)
+    await app.start()
+    try:
+
+        async def probe_gone() -> bool:
+            return probe not in await object_keys(s3, bucket)
+
+        await wait_until(probe_gone, timeout_s=60, what="the probe swept")
+        assert await object_keys(s3, bucket) == [completed]  # as old as the probe, and kept
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.CheckoutServiceStub(channel)
+            state = await stub.QueryUploadStatus(
+                pb.QueryUploadStatusRequest(upload_id=started.upload_id)
+            )
+            assert state.persisted_size == len(data)
+            response = await stub.WriteUpload(
+                write_messages(started.upload_id, data, len(data), finish=True)
+            )
+        await assert_one_video(s3, mongo_database, quick, response.result, data)
     finally:
         await app.stop(grace_s=1.0)
 
