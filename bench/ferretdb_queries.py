@@ -20,6 +20,7 @@ import asyncio
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,6 +90,11 @@ async def measure(client: AsyncMongoClient[Document], count: int) -> dict[str, f
         "results still awaited": lambda: outbox.unready(limit=1000),
         "relay: due events": lambda: relay.due([(0, 1024)], now, 200),
         "relay: mark 50 sent": lambda: relay.mark_sent(unsent[:50], now),
+        # The sweeper's question for one page of input/ whose videos no event names (the
+        # worst case: both collections are asked, nothing is found).
+        "sweep: 1000 videos' events": lambda: outbox.videos_with_events(
+            [str(uuid.uuid4()) for _ in range(1000)]
+        ),
     }
     return {name: await timed(call) for name, call in queries.items()}
 

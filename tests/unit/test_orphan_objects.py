@@ -13,7 +13,8 @@ from checkout_server.domain import EventStatus, OutboxEvent
 from checkout_server.errors import ConfigError, DatabaseUnavailable
 from checkout_server.ports import UploadSession
 from checkout_server.upload import pipeline as pipeline_module
-from checkout_server.upload.sweeper import EventlessObjects, video_id_of
+from checkout_server.upload import sweeper as sweeper_module
+from checkout_server.upload.sweeper import NAMED_TTL_S, EventlessObjects, video_id_of
 from tests.fakes import NOW, FakeOutbox, FakeStorage, FakeUploadSessions
 
 BUCKET = "videos"
@@ -83,6 +84,18 @@ class World:
 
     def keys(self, bucket: str = BUCKET) -> list[str]:
         return sorted(k for b, k in self.storage.objects if b == bucket)
+
+    def count_questions(self) -> list[list[str]]:
+        """From now on, every question to the outbox (its video ids) is kept in the list."""
+        asked: list[list[str]] = []
+        ask = self.outbox.videos_with_events
+
+        async def counting(video_ids: list[str]) -> set[str]:
+            asked.append(list(video_ids))
+            return await ask(video_ids)
+
+        self.outbox.videos_with_events = counting  # type: ignore[method-assign,assignment]
+        return asked
 
 
 async def test_an_old_object_no_event_names_is_removed_and_logged(
@@ -197,14 +210,7 @@ async def test_buckets_are_paged_apart() -> None:
 
 async def test_the_outbox_is_asked_once_per_page_for_the_old_objects_only() -> None:
     world = World()
-    asked: list[list[str]] = []
-    ask = world.outbox.videos_with_events
-
-    async def counting(video_ids: list[str]) -> set[str]:
-        asked.append(list(video_ids))
-        return await ask(video_ids)
-
-    world.outbox.videos_with_events = counting  # type: ignore[method-assign,assignment]
+    asked = world.count_questions()
     world.put("v-young", age_s=1)
     for i in range(3):
         world.put(f"v-old-{i}")
@@ -214,6 +220,44 @@ async def test_the_outbox_is_asked_once_per_page_for_the_old_objects_only() -> N
     world.put("v-young-2", age_s=1)
     await world.sweep.sweep(BUCKET)
     assert len(asked) == 1  # nothing old: no question
+
+
+async def test_a_video_found_with_an_event_is_asked_about_again_only_after_a_day() -> None:
+    """Once a video has an event only Cleanup removes it, with its object first; one whose
+    object survived (a failed delete) goes at the first question after NAMED_TTL_S."""
+    world = World()
+    asked = world.count_questions()
+    kept = world.put("v-a")
+    world.outbox.events["v-a"] = event("v-a")
+    await world.sweep.sweep(BUCKET)
+    await world.sweep.sweep(BUCKET)
+    assert asked == [["v-a"]]
+    del world.outbox.events["v-a"]  # Cleanup removed its event but not its object
+    world.now += timedelta(seconds=NAMED_TTL_S - 1)
+    await world.sweep.sweep(BUCKET)
+    assert world.keys() == [kept]
+    world.now += timedelta(seconds=1)
+    await world.sweep.sweep(BUCKET)
+    assert asked == [["v-a"], ["v-a"]]
+    assert world.keys() == []
+
+
+async def test_beyond_the_most_remembered_every_video_is_asked_about_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sweeper_module, "NAMED_MAX", 2)
+    world = World()
+    asked = world.count_questions()
+    for name in ("v-a", "v-b"):
+        world.put(name)
+        world.outbox.events[name] = event(name)
+    await world.sweep.sweep(BUCKET)
+    world.put("v-c")
+    world.outbox.events["v-c"] = event("v-c")
+    await world.sweep.sweep(BUCKET)  # a third would be one too many: all are forgotten
+    await world.sweep.sweep(BUCKET)
+    assert asked == [["v-a", "v-b"], ["v-c"], ["v-a", "v-b"]]
+    assert len(world.keys()) == 3
 
 
 def test_the_orphan_age_must_exceed_the_longest_gap_from_object_to_event(

@@ -20,7 +20,9 @@ insert, so sweepers never need to agree):
    bucket holds. For a page's objects older than the age, the outbox is asked once which video
    ids (a key's stem) an event names; the rest, once, which a stored resumable session names.
    An object is removed only when the database answered that neither does; any error keeps
-   the page for the next round.
+   the page for the next round. A video an event was found for is not asked about again for
+   NAMED_TTL_S (24 h; about NAMED_MAX remembered), so a pass over a bucket whose videos all
+   have their events costs the database nothing.
 
    Why this never removes a video that is still going to get its event:
    - an UploadVideo's object exists only after `finish`; its event is inserted at once, and
@@ -31,9 +33,10 @@ insert, so sweepers never need to agree):
      then, and sessions are removed only once the event exists or the session is discarded;
    - a re-request names the video of an existing object: any event of the video keeps it.
    Cleanup deletes the objects under `input/` first, then every event: an object an upload
-   completed in between has no event left, and removing it is what Cleanup asked for. The one
-   race left is a re-request (of a video with no event of its own) between the question and
-   the removal: it would get an event without its object.
+   completed in between has no event left, and removing it is what Cleanup asked for (as is
+   an object whose delete failed there: it goes once its video is asked about again, within
+   NAMED_TTL_S). The one race left is a re-request (of a video with no event of its own)
+   between the question and the removal: it would get an event without its object.
 
 MinIO's own stale-upload expiry (24 h by default, counted from the upload's start) stays the
 last backstop for multipart uploads; the session TTL is kept below it.
@@ -54,6 +57,12 @@ INPUT_PREFIX = "input/"
 VIDEO_SUFFIX = ".mp4"
 EXPIRED_BATCH = 100
 ORPHAN_PAGE = 1000  # keys listed per bucket per round (one S3 ListObjectsV2 page)
+# Videos an event was found for are not asked about again for this long: once a video has an
+# event only Cleanup removes it (with the objects, first), and FerretDB 1.24 reads both
+# collections whole for every question (README, FerretDB at scale). At most NAMED_MAX are
+# remembered; beyond, all are forgotten (asked about again, which is always safe).
+NAMED_TTL_S = 24 * 3600.0
+NAMED_MAX = 100_000
 
 
 def _utcnow() -> datetime:
@@ -142,7 +151,8 @@ def video_id_of(key: str) -> str | None:
 
 class EventlessObjects:
     """Step 3 of the round: complete objects under `input/` that no event names (module
-    docstring). Keeps, per bucket, the key the next page starts after."""
+    docstring). Keeps, per bucket, the key the next page starts after, and the videos an event
+    was found for (NAMED_TTL_S, NAMED_MAX)."""
 
     def __init__(
         self,
@@ -161,6 +171,8 @@ class EventlessObjects:
         self._page = page
         self._clock = clock
         self._after: dict[str, str] = {}
+        self._named: dict[str, set[str]] = {}
+        self._named_since: dict[str, datetime] = {}
         self.removed_total = 0
 
     async def sweep(self, bucket: str) -> None:
@@ -171,14 +183,17 @@ class EventlessObjects:
             bucket, INPUT_PREFIX, start_after=start_after, limit=self._page
         )
         now = self._clock()
+        known = self._known(bucket, now)
         old = {
             video_id: found
             for found in page
             if found.last_modified <= now - self._min_age
             and (video_id := video_id_of(found.key)) is not None
+            and video_id not in known
         }
         if old:
             named = await self._outbox.videos_with_events(sorted(old))
+            self._remember(bucket, named, now)
             unnamed = sorted(set(old) - named)
             if unnamed:
                 unnamed = sorted(set(unnamed) - await self._sessions.videos_with_sessions(unnamed))
@@ -197,3 +212,21 @@ class EventlessObjects:
                 )
         # A full page: the next one follows it; a short one reached the end: start over.
         self._after[bucket] = page[-1].key if len(page) == self._page else ""
+
+    def _known(self, bucket: str, now: datetime) -> set[str]:
+        """The videos of `bucket` an event was found for, forgotten NAMED_TTL_S after they
+        were first collected."""
+        since = self._named_since.setdefault(bucket, now)
+        if now - since >= timedelta(seconds=NAMED_TTL_S):
+            self._forget(bucket, now)
+        return self._named.setdefault(bucket, set())
+
+    def _remember(self, bucket: str, named: set[str], now: datetime) -> None:
+        if sum(len(ids) for ids in self._named.values()) + len(named) > NAMED_MAX:
+            for each in list(self._named):
+                self._forget(each, now)
+        self._named.setdefault(bucket, set()).update(named)
+
+    def _forget(self, bucket: str, now: datetime) -> None:
+        self._named[bucket] = set()
+        self._named_since[bucket] = now
