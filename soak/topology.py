@@ -35,11 +35,11 @@ MiB = 1024 * 1024
 BACKENDS = ("mongo", "minio", "kafka")
 SERVER_GRACE_S = 5.0  # SHUTDOWN_GRACE_S of the soak's server
 SERVER_DRAIN_S = 1.0  # SHUTDOWN_DRAIN_S: new calls refused SHUTTING_DOWN before the grace
-# UPLOAD_ORPHAN_OBJECT_AGE_S of the soak's server: the least its settings allow (the server's
+# UPLOAD_ORPHAN_OBJECT_AGE_S of the soak's servers: the least their settings allow (their
 # MONGO_TIMEOUT_MS is the default 5 s), so that the object a kill -9 leaves between its
 # completion and its event is swept before the audit gives up (kill-server).
 SERVER_ORPHAN_AGE_S = 130.0
-SERVER_SWEEP_INTERVAL_S = 10.0  # UPLOAD_SWEEP_INTERVAL_S: each round asks FerretDB per bucket
+SERVER_SWEEP_INTERVAL_S = 10.0  # UPLOAD_SWEEP_INTERVAL_S (a page of every bucket per round)
 
 
 @dataclass(frozen=True)
