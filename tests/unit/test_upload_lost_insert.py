@@ -30,8 +30,15 @@ class LostAnswerOutbox(FakeOutbox):
     """Its insert fails with DATABASE_UNAVAILABLE, after writing the event when `writes`;
     its reads fail too for the first `failing_reads` calls (the database is back after)."""
 
-    def __init__(self, *, writes: bool, failing_reads: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        writes: bool,
+        failing_reads: int = 0,
+        error: type[errors.ServiceError] = errors.DatabaseUnavailable,
+    ) -> None:
         super().__init__()
+        self.error = error
         self.writes = writes
         self.failing_reads = failing_reads
         self.reads = 0
@@ -39,7 +46,7 @@ class LostAnswerOutbox(FakeOutbox):
     async def add(self, event: OutboxEvent) -> None:
         if self.writes:
             await super().add(event)
-        raise errors.DatabaseUnavailable()
+        raise self.error()
 
     async def get(self, event_id: str) -> OutboxEvent | None:
         self.reads += 1
@@ -52,8 +59,11 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def test_an_insert_written_despite_its_error_is_a_stored_upload() -> None:
-    storage, outbox = FakeStorage(), LostAnswerOutbox(writes=True, failing_reads=2)
+@pytest.mark.parametrize("error", [errors.DatabaseUnavailable, errors.DatabaseTimeout])
+async def test_an_insert_written_despite_its_error_is_a_stored_upload(
+    error: type[errors.ServiceError],
+) -> None:
+    storage, outbox = FakeStorage(), LostAnswerOutbox(writes=True, failing_reads=2, error=error)
     pipeline = UploadPipeline(storage=storage, outbox=outbox, limits=LIMITS)
     data = mp4_bytes(3000)
 

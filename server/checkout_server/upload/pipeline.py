@@ -222,9 +222,11 @@ class UploadPipeline:
             )
             try:
                 await self._add_event(event)
-            except errors.DatabaseUnavailable:
-                # The insert's answer was lost, but it may have been written all the same:
-                # removing the object then would leave the relay an event without its video.
+            except (errors.DatabaseUnavailable, errors.DatabaseTimeout):
+                # The insert's answer was lost (or it outlasted the server's own deadline, a
+                # write concern's wtimeout among them), but it may have been written all the
+                # same: removing the object then would leave the relay an event without its
+                # video.
                 keep_object = True  # until the database says it was not (cancelled meanwhile)
                 written = await self._lost_insert(video_id)
                 if isinstance(written, OutboxEvent):
@@ -273,7 +275,7 @@ class UploadPipeline:
         while True:
             try:
                 return await self._outbox.get(event_id)
-            except errors.DatabaseUnavailable:
+            except (errors.DatabaseUnavailable, errors.DatabaseTimeout):
                 failures += 1
                 delay = _LOST_INSERT_BACKOFF.delay_s(failures)
                 if time.monotonic() + delay > deadline:
