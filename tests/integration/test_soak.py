@@ -44,4 +44,6 @@ async def test_scenario_short(soak: Soak, scenario: Scenario) -> None:
     assert ctx.load_started + ctx.fault_ended < load.ended
     assert outcome.evidence is None, outcome.line()
     assert outcome.audit.accepted > 0
+    # Every route of the load took uploads: each server directly, Envoy's gRPC route, REST.
+    assert set(load.accepted_by_target()) == {"server-0", "server-1", "envoy", "rest"}
     assert outcome.audit.kafka_events == outcome.audit.events > 0
