@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import pytest
 
@@ -242,3 +243,58 @@ async def _until(check: Callable[[], bool]) -> None:
         if check():
             return
         await asyncio.sleep(0.005)
+
+
+async def test_a_published_batch_whose_mark_fails_is_marked_again_not_published_again(
+    harness: Harness,
+) -> None:
+    events = list(ids("marks", 5))
+    for event_id in events:
+        harness.store.add(event_id)
+    relay = Relay(
+        store=harness.store,
+        leases=harness.leases,
+        publisher=harness.publisher,
+        metrics=harness.metrics,
+        config=RelayConfig(shards=SHARDS, batch_size=50, backoff_initial_s=0.01),
+        clock=harness.clock,
+        supervisor=harness.supervisor,
+    )
+    # The due query answers; the first two marks fail, as after a Kafka outage when the
+    # backlog's marks outlast the socket timeout.
+    original = harness.store.mark_sent
+    failures = [DatabaseUnavailable(), DatabaseUnavailable()]
+
+    async def flaky(event_ids: Sequence[str], now: datetime) -> None:
+        if failures:
+            raise failures.pop(0)
+        await original(event_ids, now)
+
+    harness.store.mark_sent = flaky  # type: ignore[method-assign]
+
+    handled, _ = await relay.step()
+
+    assert handled == 5
+    assert sorted(harness.publisher.published_ids()) == events  # published once, not three times
+    assert {harness.store.status_of(e) for e in events} == {"sent"}
+
+
+async def test_a_mark_that_keeps_failing_gives_the_round_up(harness: Harness) -> None:
+    harness.store.add("only")
+    relay = Relay(
+        store=harness.store,
+        leases=harness.leases,
+        publisher=harness.publisher,
+        metrics=harness.metrics,
+        config=RelayConfig(shards=SHARDS, batch_size=50, backoff_initial_s=0.01),
+        clock=harness.clock,
+        supervisor=harness.supervisor,
+    )
+
+    async def down(event_ids: Sequence[str], now: datetime) -> None:
+        raise DatabaseUnavailable()
+
+    harness.store.mark_sent = down  # type: ignore[method-assign]
+    with pytest.raises(DatabaseUnavailable):
+        await relay.step()
+    assert harness.store.status_of("only") == "new"  # published, left for the next round

@@ -22,14 +22,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from opentelemetry import trace
 
 from checkout_client.backoff import Backoff
 
 from ..domain import age_s
-from ..errors import EnvelopeError, PublisherUnavailable, ServiceError
+from ..errors import (
+    DatabaseTimeout,
+    DatabaseUnavailable,
+    EnvelopeError,
+    PublisherUnavailable,
+    ServiceError,
+)
 from ..outbox.sharding import relay_slot, shard_of_slot, slot_ranges
 from ..supervisor import Supervisor
 from ..tracing import context_from_traceparent, traceparent_of
@@ -50,6 +56,9 @@ log = logging.getLogger(__name__)
 IDLE_POLL_MIN_S = 0.01
 # The lag query reads the whole outbox on FerretDB: a gauge for dashboards needs no more.
 LAG_INTERVAL_S = 15.0
+# Tries of marking a published batch before its round is given up (and the batch published
+# again by the next one).
+MARK_ATTEMPTS = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,7 +269,7 @@ class Relay:
         sent = [e.event_id for e, d in outcomes if d.outcome is Outcome.DELIVERED]
         retry = [e.event_id for e, d in outcomes if d.outcome is Outcome.RETRY]
         if sent:
-            await self._store.mark_sent(sent, now)
+            await self._mark_sent(sent, now)
             self._metrics.published_total += len(sent)
         for event, delivery in outcomes:
             if delivery.outcome is Outcome.REJECTED:
@@ -278,6 +287,27 @@ class Relay:
             extra={"events": len(retry), "retry_in_s": round(pause, 2)},
         )
         return pause
+
+    async def _mark_sent(self, sent: list[str], now: datetime) -> None:
+        """`mark_sent`, tried again (MARK_ATTEMPTS in all, with the publish backoff) while the
+        database is unavailable or slow: the batch is in Kafka already, and a round given up
+        here publishes every one of its events again. Seen after a Kafka outage, when the
+        backlog's marks outlasted the socket timeout (the soak's kafka-down: up to 1343
+        duplicates of 2076 events)."""
+        backoff = Backoff(self._config.backoff_initial_s, self._config.backoff_max_s)
+        for attempt in range(1, MARK_ATTEMPTS + 1):
+            try:
+                await self._store.mark_sent(sent, now)
+                return
+            except (DatabaseUnavailable, DatabaseTimeout) as exc:
+                if attempt == MARK_ATTEMPTS:
+                    raise
+                delay = backoff.delay_s(attempt)
+                log.warning(
+                    "marking a published batch failed; trying again",
+                    extra={"events": len(sent), "retry_in_s": round(delay, 2), "error": exc.text},
+                )
+                await asyncio.sleep(delay)
 
     async def sweep(self) -> None:
         """Delete `sent` events older than the retention, in bounded batches."""
