@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -173,9 +174,11 @@ class Load:
             await stack.enter_async_context(session)
             async with asyncio.TaskGroup() as group:
                 for i in range(cfg.uploaders):
-                    group.create_task(self._uploader(stubs[i % len(stubs)], stop, i))
+                    grpc_upload = functools.partial(self._upload, stubs[i % len(stubs)])
+                    group.create_task(self._uploader(grpc_upload, stop, str(i)))
                 for i in range(cfg.rest_uploaders):
-                    group.create_task(self._rest_uploader(session, stop, i))
+                    rest_upload = functools.partial(self._rest_upload, session)
+                    group.create_task(self._uploader(rest_upload, stop, f"rest{i}"))
                 for i in range(cfg.watchers):
                     group.create_task(self._watcher(stubs[i % len(stubs)], stop))
                 group.create_task(self._lister(stubs, stop))
@@ -185,10 +188,12 @@ class Load:
     # --- uploads -------------------------------------------------------------------------------
     async def _uploader(
         self,
-        target: tuple[str, pb_grpc.CheckoutServiceAsyncStub],
+        upload: Callable[[random.Random, bytes, str], Awaitable[Call]],
         stop: asyncio.Event,
-        worker: int,
+        worker: str,
     ) -> None:
+        """Uploads through `upload` (gRPC or REST) until `stop`, some with an idempotency key
+        and retried once with it after a retriable refusal."""
         rng = random.Random(self.rng.random())
         n = 0
         while not stop.is_set():
@@ -196,12 +201,12 @@ class Load:
             data = video(rng, self.config)
             key = f"{self.bucket}-{worker}-{n}"  # a key of this run's and scenario's only
             idempotent = rng.random() < self.config.idempotent_rate
-            call = await self._upload(target, rng, data, key if idempotent else "")
+            call = await upload(rng, data, key if idempotent else "")
             if not call.ok and call.code in RETRYABLE_NAMES:
                 # What a polite client does: back off a little before it tries again.
                 await _pause(stop, rng.uniform(0.1, 0.4))
                 if idempotent:
-                    await self._upload(target, rng, data, key)
+                    await upload(rng, data, key)
 
     async def _upload(
         self,
@@ -267,22 +272,6 @@ class Load:
         return record
 
     # --- REST uploads through Envoy ------------------------------------------------------------
-    async def _rest_uploader(
-        self, session: aiohttp.ClientSession, stop: asyncio.Event, worker: int
-    ) -> None:
-        rng = random.Random(self.rng.random())
-        n = 0
-        while not stop.is_set():
-            n += 1
-            data = video(rng, self.config)
-            key = f"{self.bucket}-rest{worker}-{n}"
-            idempotent = rng.random() < self.config.idempotent_rate
-            call = await self._rest_upload(session, rng, data, key if idempotent else "")
-            if not call.ok and call.code in RETRYABLE_NAMES:
-                await _pause(stop, rng.uniform(0.1, 0.4))
-                if idempotent:
-                    await self._rest_upload(session, rng, data, key)
-
     async def _rest_upload(
         self, session: aiohttp.ClientSession, rng: random.Random, data: bytes, key: str
     ) -> Call:
