@@ -36,12 +36,18 @@ class Harness:
         self.leases = LeaseManager(
             self.lease_store, member="me", shards=SHARDS, ttl_s=6, skew_s=1, clock=self.clock
         )
-        self.relay = Relay(
+        self.relay = self.relay_with(
+            RelayConfig(shards=SHARDS, batch_size=50, poll_interval_s=0.02)
+        )
+
+    def relay_with(self, config: RelayConfig) -> Relay:
+        """A relay over the harness's stores, publisher and leases, configured by `config`."""
+        return Relay(
             store=self.store,
             leases=self.leases,
             publisher=self.publisher,
             metrics=self.metrics,
-            config=RelayConfig(shards=SHARDS, batch_size=50, poll_interval_s=0.02),
+            config=config,
             clock=self.clock,
             supervisor=self.supervisor,
         )
@@ -172,15 +178,7 @@ async def test_the_loop_survives_failing_rounds_and_stops_on_request(harness: Ha
 def _pushed(harness: Harness) -> Relay:
     """The harness's stores under a relay that waits for wake-ups, with a safety-net poll far
     longer than the tests' bounds (so only a wake-up can explain a quick pick-up)."""
-    relay = Relay(
-        store=harness.store,
-        leases=harness.leases,
-        publisher=harness.publisher,
-        metrics=harness.metrics,
-        config=RelayConfig(shards=SHARDS, batch_size=50, poll_interval_s=60),
-        clock=harness.clock,
-        supervisor=harness.supervisor,
-    )
+    relay = harness.relay_with(RelayConfig(shards=SHARDS, batch_size=50, poll_interval_s=60))
     relay.push = True
     return relay
 
@@ -251,15 +249,7 @@ async def test_a_published_batch_whose_mark_fails_is_marked_again_not_published_
     events = list(ids("marks", 5))
     for event_id in events:
         harness.store.add(event_id)
-    relay = Relay(
-        store=harness.store,
-        leases=harness.leases,
-        publisher=harness.publisher,
-        metrics=harness.metrics,
-        config=RelayConfig(shards=SHARDS, batch_size=50, backoff_initial_s=0.01),
-        clock=harness.clock,
-        supervisor=harness.supervisor,
-    )
+    relay = harness.relay_with(RelayConfig(shards=SHARDS, batch_size=50, backoff_initial_s=0.01))
     # The due query answers; the first two marks fail, as after a Kafka outage when the
     # backlog's marks outlast the socket timeout.
     original = harness.store.mark_sent
@@ -281,15 +271,7 @@ async def test_a_published_batch_whose_mark_fails_is_marked_again_not_published_
 
 async def test_a_mark_that_keeps_failing_gives_the_round_up(harness: Harness) -> None:
     harness.store.add("only")
-    relay = Relay(
-        store=harness.store,
-        leases=harness.leases,
-        publisher=harness.publisher,
-        metrics=harness.metrics,
-        config=RelayConfig(shards=SHARDS, batch_size=50, backoff_initial_s=0.01),
-        clock=harness.clock,
-        supervisor=harness.supervisor,
-    )
+    relay = harness.relay_with(RelayConfig(shards=SHARDS, batch_size=50, backoff_initial_s=0.01))
 
     async def down(event_ids: Sequence[str], now: datetime) -> None:
         raise DatabaseUnavailable()
