@@ -299,6 +299,19 @@ class ShuttingDown(ServiceError):
     retriable = True
 
 
+class WriteInterrupted(ShuttingDown):
+    """A resumable write cut by a stop. What was committed stays: `persisted_size` (ErrorInfo
+    metadata, when known) is where to write from, here once the server is back or elsewhere."""
+
+    message = "Сервер останавливается, запись прервана: продолжите с сохранённого размера"
+
+    def __init__(self, *, persisted_size: int | None = None) -> None:
+        if persisted_size is None:
+            super().__init__()
+        else:
+            super().__init__(persisted_size=str(persisted_size))
+
+
 def from_exception(exc: BaseException) -> ServiceError:
     """The ServiceError a client sees for `exc`: itself, DEADLINE_EXCEEDED for a timeout
     that nothing translated, else a generic INTERNAL (the caller logs the traceback)."""

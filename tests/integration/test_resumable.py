@@ -18,6 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
+from checkout_server.wiring.server import create_app
 from tests.helpers import MiB, error_details, error_info, has_cyrillic, mp4_bytes
 from tests.integration.resumable_helpers import (
     assert_one_video,
@@ -96,6 +97,48 @@ async def test_a_cut_stream_resumes_from_persisted_size(
     persisted = 2 * PART
 
     response = await stub.WriteUpload(write_messages(upload_id, data, persisted, finish=True))
+    await assert_one_video(s3, mongo_database, settings, response.result, data)
+
+
+async def test_a_write_streaming_at_the_end_of_a_stop_is_told_where_to_resume(
+    stub: Stub, s3: Minio, mongo_database: Database, settings: ServerSettings
+) -> None:
+    """A server stopping with a write still streaming answers it UNAVAILABLE SHUTTING_DOWN
+    with the persisted size before the grace period ends (not gRPC's bare UNAVAILABLE);
+    the client resumes from there on another server."""
+    data = mp4_bytes(12 * MiB, seed=31)
+    app = await create_app(settings)
+    await app.start()
+    stopped = False
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stopping: Stub = pb_grpc.CheckoutServiceStub(channel)
+            upload_id = (await start(stopping, data)).upload_id
+
+            async def one_part_then_stall() -> Any:
+                for message in write_list(upload_id, data, 0, PART + 123):
+                    yield message
+                await asyncio.Event().wait()  # never sends the rest
+
+            write = asyncio.ensure_future(stopping.WriteUpload(one_part_then_stall()))
+
+            async def part_committed() -> bool:
+                return (await status(stub, upload_id)).persisted_size == PART
+
+            await wait_until(part_committed, timeout_s=30, what="the first part committed")
+            await app.stop(grace_s=2.0)
+            stopped = True
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await write
+    finally:
+        if not stopped:
+            await app.stop(grace_s=0)
+    code, reason, message = error_details(caught.value)
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    assert has_cyrillic(message)
+    assert error_info(caught.value)[1].metadata["persisted_size"] == str(PART)
+
+    response = await stub.WriteUpload(write_messages(upload_id, data, PART, finish=True))
     await assert_one_video(s3, mongo_database, settings, response.result, data)
 
 

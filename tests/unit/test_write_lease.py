@@ -74,3 +74,36 @@ async def test_the_lease_is_released_when_the_stream_fails() -> None:
     assert (await store.latest_lease("u")).released
     async with leases(store, "b").hold("u") as taken:  # at once: no waiting for a TTL
         assert taken.lease.epoch == 2
+
+
+class Stopped(asyncio.CancelledError):
+    """What a cancelled piece of work raises to say where it stopped."""
+
+
+async def test_a_cancelled_stream_stops_its_work_before_the_lease_is_released() -> None:
+    store = FakeUploadSessions()
+    started, work_ended = asyncio.Event(), asyncio.Event()
+    released_while_working: list[bool] = []
+
+    async def work() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # cleaning up: the lease must still be held meanwhile
+            released_while_working.append((await store.latest_lease("u")).released)
+            work_ended.set()
+            raise Stopped() from None
+
+    async def stream() -> None:
+        async with leases(store, "a").hold("u") as held:
+            await held.run(work())
+
+    streaming = asyncio.ensure_future(stream())
+    await started.wait()
+    streaming.cancel()
+    with pytest.raises(Stopped):  # the work's own CancelledError, with what it says
+        await streaming
+    assert work_ended.is_set()
+    assert released_while_working == [False]
+    assert (await store.latest_lease("u")).released

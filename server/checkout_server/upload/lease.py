@@ -62,11 +62,27 @@ class HeldLease:
             self.lost.set()
 
     async def run(self, work: Awaitable[T]) -> T:
-        """Await `work`; if the lease is lost first, cancel it and raise UploadTakenOver."""
+        """Await `work` (in a task of its own); if the lease is lost first, cancel it and raise
+        UploadTakenOver. Cancelled itself (the client went away, the server stops), it cancels
+        the work too and waits for its end, so that nothing writes once the lease is released;
+        it then raises the work's own CancelledError, which may say where the work stopped."""
         task = asyncio.ensure_future(work)
         lost = asyncio.ensure_future(self.lost.wait())
         try:
             await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            while not task.done():  # bounded: the work's own waits end at its cancellation
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({task})
+            if task.cancelled():
+                try:
+                    task.result()
+                except asyncio.CancelledError as stopped:
+                    raise stopped from None
+            elif task.exception() is None:
+                log.info("write finished as its stream was cancelled")
+            raise
         finally:
             lost.cancel()
         if task.done():

@@ -18,6 +18,7 @@ however often finish is retried):
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import logging
@@ -107,6 +108,8 @@ class ResumableUploads:
         self._clock = clock
         self._traceparent = traceparent
         self._digests: collections.OrderedDict[str, _Digest] = collections.OrderedDict()
+        self._streaming: set[asyncio.Task[object]] = set()
+        self._interrupted = False
         self.in_flight = 0
         self.bytes_received_total = 0
 
@@ -265,12 +268,35 @@ class ResumableUploads:
             return await self._state(session)
         if self.in_flight + self._pipeline.in_flight >= self._pipeline.max_concurrent:
             raise errors.TooManyUploads(limit=str(self._pipeline.max_concurrent))
+        task = asyncio.current_task()
+        assert task is not None, "a write runs in a task"
         self.in_flight += 1
+        self._streaming.add(task)
         try:
+            if self._interrupted:
+                raise errors.ShuttingDown()
             async with self._leases.hold(upload_id) as held:
                 return await held.run(self._write(session, held, first, chunks))
+        except asyncio.CancelledError as cancelled:
+            if not (self._interrupted and task.uncancel() == 0):
+                raise  # cancelled by its client, its deadline or the server's own stop
+            if isinstance(cancelled, _WriteStopped):
+                raise errors.WriteInterrupted(persisted_size=cancelled.persisted) from None
+            raise errors.WriteInterrupted() from None
         finally:
+            self._streaming.discard(task)
             self.in_flight -= 1
+
+    def interrupt(self) -> int:
+        """Stop every write still streaming, and refuse new ones: each is answered
+        UNAVAILABLE SHUTTING_DOWN with the session's persisted size (what was committed
+        stays; the client resumes from there, here once the server is back or on another).
+        For the end of a stop's grace period, as UploadPipeline.interrupt. Returns how many
+        were streaming."""
+        self._interrupted = True
+        for task in self._streaming:
+            task.cancel()
+        return len(self._streaming)
 
     async def _write(
         self,
@@ -303,9 +329,14 @@ class ResumableUploads:
             failpoint=self._failpoint,
         )
         reserved = 2 * min(session.part_bytes, session.size_bytes)
-        await self._pipeline.memory.reserve(reserved)
+        try:
+            await self._pipeline.memory.reserve(reserved)
+        except asyncio.CancelledError:
+            raise _WriteStopped(persisted) from None  # waiting for memory: nothing written
         try:
             finished = await writer.write(first, chunks)
+        except asyncio.CancelledError:
+            raise _WriteStopped(writer.persisted) from None
         finally:
             await self._pipeline.memory.release(reserved)
             self.bytes_received_total += writer.received_bytes
@@ -435,3 +466,11 @@ class ResumableUploads:
             },
         )
         return UploadResult(event=event)
+
+
+class _WriteStopped(asyncio.CancelledError):
+    """A write cancelled mid-stream, with the session's persisted size as it saw it then."""
+
+    def __init__(self, persisted: int) -> None:
+        super().__init__()
+        self.persisted = persisted

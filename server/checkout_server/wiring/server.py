@@ -117,6 +117,8 @@ class App:
     watch_listener: WakeListener | None = None
     # Sweeps expired resumable sessions, orphaned multipart uploads and event-less objects.
     sweeper: UploadSweeper | None = None
+    # Its writes still streaming at the end of a stop's grace period are interrupted.
+    resumable: ResumableUploads | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -178,8 +180,8 @@ class App:
         log.info("stopped")
 
     async def _stop_server(self, grace_s: float) -> None:
-        """`grpc.aio.Server.stop(grace_s)`, but the uploads still streaming shortly before the
-        grace period ends are interrupted by the pipeline, so that each is answered
+        """`grpc.aio.Server.stop(grace_s)`, but the uploads (and resumable writes) still
+        streaming shortly before the grace period ends are interrupted, so that each is answered
         SHUTTING_DOWN (retriable, with its reason and a Russian message) rather than with
         the bare UNAVAILABLE of gRPC's own cancellation."""
         stopping = asyncio.ensure_future(self.server.stop(grace_s))
@@ -187,10 +189,11 @@ class App:
         done, _ = await asyncio.wait({stopping}, timeout=grace_s - margin_s)
         if not done:
             interrupted = self.pipeline.interrupt()
-            if interrupted:
+            writes = self.resumable.interrupt() if self.resumable is not None else 0
+            if interrupted or writes:
                 log.info(
                     "uploads interrupted at the end of the grace period",
-                    extra={"uploads": interrupted},
+                    extra={"uploads": interrupted, "resumable_writes": writes},
                 )
         await stopping
 
@@ -460,6 +463,7 @@ def _build(
         wake_watchers=wake_watchers,
         watch_wake_addr=_watch_wake_addr(settings, port),
         sweeper=sweeper,
+        resumable=resumable,
     )
     return app, storage, outbox
 
