@@ -93,9 +93,9 @@ test: install lint
 bench: install
 	$(PY) -m bench.report --out BENCHMARKS.md
 
-# The whole system under load and faults, the long scenarios (about 22 minutes; `make test`
-# runs the short ones in tests/integration/test_soak.py). One line per scenario; fails on any
-# violation. `.venv/bin/python -m soak --list` names them; `-m soak NAME...` runs some.
+# The whole system under load and faults, the long scenarios (about 22 minutes when last
+# timed, with one server and two relays; `make test` runs the short ones in
+# tests/integration/test_soak.py). One line per scenario; fails on any violation. `.venv/bin/python -m soak --list` names them; `-m soak NAME...` runs some.
 soak: install
 	$(PY) -m soak
 

@@ -270,6 +270,11 @@ class ResumableSection(Section):
     At least the longest an upload takes from its object's completion to knowing whether its
     event was written (`upload_commit_gap_s`: LOST_INSERT_CHECK_S and three database calls
     at MONGO_TIMEOUT_MS; 120 s at the defaults), plus 10 s."""
+    storage_stale_uploads_expiry_s: float = 24 * 3600.0
+    """STORAGE_STALE_UPLOADS_EXPIRY_S: MinIO's stale multipart cleanup (`api
+    stale_uploads_expiry`, 24 h by default, counted from an upload's start): set it to what
+    MinIO is given. UPLOAD_SESSION_TTL_S and UPLOAD_MAX_DURATION_S must stay below it, or MinIO
+    could remove the parts of a session or of a stream still in progress."""
     upload_failpoint: str = ""
     """UPLOAD_FAILPOINT: for crash tests only: the process SIGKILLs itself when a resumable
     upload reaches this point (`after_part`, `after_commit`, `after_complete`,
@@ -286,6 +291,12 @@ class ResumableSection(Section):
             raise ConfigError(f"UPLOAD_FAILPOINT must be one of {', '.join(sorted(FAILPOINTS))}")
         if self.upload_max_duration_s <= 0 or self.upload_sweep_interval_s <= 0:
             raise ConfigError("UPLOAD_MAX_DURATION_S and UPLOAD_SWEEP_INTERVAL_S must be positive")
+        expiry = self.storage_stale_uploads_expiry_s
+        if max(self.upload_session_ttl_s, self.upload_max_duration_s) >= expiry:
+            raise ConfigError(
+                "UPLOAD_SESSION_TTL_S and UPLOAD_MAX_DURATION_S must be below "
+                f"STORAGE_STALE_UPLOADS_EXPIRY_S ({expiry:g} s, MinIO's stale multipart cleanup)"
+            )
         if self.upload_lease_ttl_s <= 2 * self.upload_clock_skew_s:
             raise ConfigError("UPLOAD_LEASE_TTL_S must be more than twice UPLOAD_CLOCK_SKEW_S")
         if self.upload_takeover_wait_s <= self.upload_lease_ttl_s / 3:

@@ -47,8 +47,18 @@ def test_persisted_size_counts_consecutive_parts_from_zero_only() -> None:
         ({"upload_session_ttl_s": 0.0}, "UPLOAD_SESSION_TTL_S"),
         ({"upload_max_duration_s": 0.0}, "UPLOAD_MAX_DURATION_S"),
         ({"upload_takeover_wait_s": 1.0}, "UPLOAD_TAKEOVER_WAIT_S"),
+        ({"upload_session_ttl_s": 24 * 3600.0}, "STORAGE_STALE_UPLOADS_EXPIRY_S"),
+        ({"upload_max_duration_s": 25 * 3600.0}, "STORAGE_STALE_UPLOADS_EXPIRY_S"),
+        ({"storage_stale_uploads_expiry_s": 6 * 3600.0}, "UPLOAD_SESSION_TTL_S"),
     ],
 )
 def test_bad_resumable_settings_name_their_variable(changes: dict[str, float], says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         ServerSettings(**changes)  # type: ignore[arg-type]
+
+
+def test_a_longer_minio_cleanup_allows_longer_sessions() -> None:
+    settings = ServerSettings(
+        storage_stale_uploads_expiry_s=72 * 3600.0, upload_session_ttl_s=48 * 3600.0
+    )
+    assert settings.upload_session_ttl_s == 48 * 3600.0
