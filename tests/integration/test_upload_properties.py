@@ -3,7 +3,8 @@ FerretDB: arbitrary message sequences (metadata anywhere, missing or repeated; e
 split chunks; random bytes; declared sizes and checksums right or wrong; streams cut short by
 the client). Every answer is the one a model of the contract predicts: a correct upload, or a
 clear error (a status with its ErrorInfo reason, never INTERNAL or UNKNOWN); and a refused
-upload leaves nothing behind (no object, no outbox message, no status record).
+upload leaves nothing behind (no object, no open multipart upload, no outbox message, no status
+record).
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.outbox.document import Document
 from checkout_server.wiring.server import MAX_MESSAGE_BYTES, App
 from tests.helpers import error_details
-from tests.integration.storage_checks import object_keys, object_sha256, wait_until
+from tests.integration.storage_checks import (
+    object_keys,
+    object_sha256,
+    pending_uploads,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -203,6 +209,7 @@ class Counts:
     objects: int
     outbox: int
     statuses: int
+    open_uploads: int  # multipart uploads not completed nor aborted
 
 
 Counter = Callable[[], Awaitable[Counts]]
@@ -229,6 +236,7 @@ def count(
             objects=len(await object_keys(s3, bucket)) if exists else 0,
             outbox=await outbox_collection.count_documents({}),
             statuses=await status_collection.count_documents({}),
+            open_uploads=await pending_uploads(s3, bucket) if exists else 0,
         )
 
     return counts
@@ -266,6 +274,8 @@ async def test_any_message_sequence_is_answered_per_contract_and_refusals_leave_
     assert isinstance(response, pb.UploadVideoResponse)
     data = case.data
     assert (response.size_bytes, response.sha256) == (len(data), hashlib.sha256(data).hexdigest())
-    assert after == Counts(before.objects + 1, before.outbox + 1, before.statuses + 1)
+    assert after == Counts(
+        before.objects + 1, before.outbox + 1, before.statuses + 1, before.open_uploads
+    )
     stored = await object_sha256(s3, bucket, response.object_key)
     assert stored == (len(data), hashlib.sha256(data).hexdigest())
