@@ -306,7 +306,9 @@ async def test_kafka_outage_while_uploads_continue(
     assert not [line for line in log_lines(relay) if "_sender_routine" in line]
 
 
-@pytest.mark.timeout(240)
+# The sum of this test's worst-case waits (relay A publishing 90, paused 60, all sent 150,
+# resumed 30, all sent 150, the topic read 60) with a margin, as above.
+@pytest.mark.timeout(600)
 async def test_paused_relay_is_taken_over_and_stops_on_resume(
     outbox: AsyncCollection[Document], relays: Relays, kafka: Kafka, topic: str
 ) -> None:
@@ -378,7 +380,9 @@ async def test_paused_relay_is_taken_over_and_stops_on_resume(
     assert await serving(relay_b)
 
 
-@pytest.mark.timeout(240)
+# The sum of this test's worst-case waits (the burst in flight 90, the exit 30, two topic
+# reads 120, the takeover 2 x 30, all sent 150) with a margin, as above.
+@pytest.mark.timeout(480)
 async def test_sigterm_finishes_batch_and_releases_leases(
     outbox: AsyncCollection[Document],
     database: AsyncDatabase[Document],
