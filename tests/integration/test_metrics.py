@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import MiB, error_details, has_cyrillic, mp4_bytes, retry_delay_s
+from tests.integration.metrics_scrape import metrics_text
 from tests.integration.storage_checks import object_keys, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -43,14 +43,7 @@ async def metered(settings: ServerSettings) -> AsyncIterator[App]:
 async def scrape(app: App) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of the server's /metrics: (name, labels) -> value."""
     assert app.metrics is not None
-    url = f"http://127.0.0.1:{app.metrics.port}/metrics"
-
-    def get() -> str:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body: bytes = response.read()
-            return body.decode()
-
-    text = await asyncio.to_thread(get)
+    text = await asyncio.to_thread(metrics_text, app.metrics.port)
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)

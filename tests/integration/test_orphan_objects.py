@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from typing import Any
 import grpc
 import pytest
 from miniopy_async.api import Minio
-from prometheus_client.parser import text_string_to_metric_families
 from pymongo.asynchronous.database import AsyncDatabase
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
@@ -36,6 +34,7 @@ from checkout_server.wiring.clients import minio_client, mongo_client
 from checkout_server.wiring.server import create_app
 from devstack import FerretDB
 from tests.helpers import MiB, mp4_bytes
+from tests.integration.metrics_scrape import scrape
 from tests.integration.resumable_helpers import (
     ServerProcesses,
     assert_one_video,
@@ -343,18 +342,3 @@ async def test_a_killed_sessions_complete_object_outlives_the_age_and_is_finishe
         await assert_one_video(s3, mongo_database, quick, response.result, data)
     finally:
         await app.stop(grace_s=1.0)
-
-
-async def scrape(port: int) -> dict[str, float]:
-    def get() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            body: bytes = response.read()
-            return body.decode()
-
-    text = await asyncio.to_thread(get)
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }

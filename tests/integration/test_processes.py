@@ -26,6 +26,7 @@ from checkout_server.config import ServerSettings
 from checkout_server.outbox.document import Document, status_document
 from devstack import Kafka, free_port
 from tests.helpers import MiB, mp4_bytes, sha256_hex
+from tests.integration.metrics_scrape import scrape
 from tests.integration.processes import server_env
 from tests.integration.storage_checks import object_sha256, wait_until
 from tests.integration.test_relay import Relays, consume, new_document
@@ -127,23 +128,6 @@ async def test_a_permanent_failure_marks_its_event_failed_and_spares_the_rest(
 # --- the memory budget of a server process ---------------------------------------------------
 
 
-async def server_metrics(port: int) -> dict[str, float]:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-    try:
-        writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    values: dict[str, float] = {}
-    for line in raw.partition(b"\r\n\r\n")[2].decode().splitlines():
-        if line.startswith("checkout_") and " " in line:
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
 @pytest.fixture
 async def budget_server(settings: ServerSettings, tmp_path: Path) -> AsyncIterator[tuple[int, int]]:
     """A server process whose uploads may buffer 20 MiB together: two uploads' worth (each
@@ -200,7 +184,7 @@ async def test_the_memory_budget_holds_a_third_upload_back_until_one_finishes(
         stub = pb_grpc.CheckoutServiceStub(channel)
 
         async def used() -> float:
-            return (await server_metrics(metrics_port))["checkout_upload_memory_budget_bytes_used"]
+            return (await scrape(metrics_port))["checkout_upload_memory_budget_bytes_used"]
 
         first = [asyncio.create_task(upload(stub, stream(i))) for i in (0, 1)]
         await wait_until(lambda: _equals(used, 20 * MiB), what="two uploads holding the budget")
@@ -239,4 +223,4 @@ async def _equals(value: Any, expected: float) -> bool:
 
 
 async def _in_flight(metrics_port: int, n: int) -> bool:
-    return (await server_metrics(metrics_port)).get("checkout_uploads_in_flight") == n
+    return (await scrape(metrics_port)).get("checkout_uploads_in_flight") == n

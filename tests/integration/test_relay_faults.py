@@ -36,6 +36,7 @@ from checkout_server.outbox.document import Document, status_document
 from devstack import Kafka, free_port
 from devstack._stack import PythonService, grpc_serving
 from tests.helpers import mp4_bytes
+from tests.integration.metrics_scrape import scrape
 from tests.integration.storage_checks import wait_until
 from tests.integration.test_relay import Relays, new_document
 
@@ -101,22 +102,12 @@ async def start_relay(group: Relays, name: str, **env: str) -> tuple[PythonServi
 
 
 async def metrics(port: int) -> dict[str, float]:
-    """The relay's Prometheus text metrics, as {name without prefix: value}."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-    try:
-        writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    body = raw.partition(b"\r\n\r\n")[2].decode()
-    values: dict[str, float] = {}
-    for line in body.splitlines():
-        if line.startswith("checkout_relay_"):
-            name, _, value = line.partition(" ")
-            values[name.removeprefix("checkout_relay_")] = float(value)
-    return values
+    """The relay's metrics, as {name without the checkout_relay_ prefix: value}."""
+    return {
+        name.removeprefix("checkout_relay_"): value
+        for name, value in (await scrape(port)).items()
+        if name.startswith("checkout_relay_")
+    }
 
 
 async def metric_at_least(port: int, name: str, value: float) -> bool:

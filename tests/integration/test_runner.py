@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import io
 import json
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from google.protobuf.json_format import MessageToDict
 from miniopy_async.api import Minio
-from prometheus_client.parser import text_string_to_metric_families
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -34,6 +32,7 @@ from checkout_server.wiring.server import App
 from devstack import Kafka, free_port
 from devstack._stack import PythonService, RunnerService
 from tests.helpers import mp4_bytes
+from tests.integration.metrics_scrape import scrape
 from tests.integration.storage_checks import wait_until
 
 if TYPE_CHECKING:
@@ -170,21 +169,8 @@ def states(
     return mongo_database["runner_videos"]
 
 
-def metrics_of(runner: RunnerService) -> dict[str, float]:
-    """The runner's series: `name{label="v"}` -> value."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback
-    with opener.open(f"http://127.0.0.1:{runner.port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return values
-
-
 async def metric(runner: RunnerService, name: str) -> float:
-    return (await asyncio.to_thread(metrics_of, runner)).get(name, 0.0)
+    return (await scrape(runner.port)).get(name, 0.0)
 
 
 # --- the API -------------------------------------------------------------------------------
@@ -306,7 +292,7 @@ async def test_the_clip_reaches_ready_with_every_face_where_it_is(
     assert record["runner_id"] == "runner-a"
     # One trace from the client's upload through the relay's publish span to the runner's.
     assert record["trace_id"] == TRACEPARENT.split("-")[1]
-    values = await asyncio.to_thread(metrics_of, runner)
+    values = await scrape(runner.port)
     assert values['checkout_runner_videos_total{outcome="ok"}'] == 1
     assert values["checkout_runner_frames_total"] == 12
     assert values["checkout_runner_results_written_total"] == 1
@@ -639,7 +625,7 @@ async def test_after_cleanup_the_same_video_uploaded_again_is_processed_again(
     record = await states.find_one({"_id": again.event_id})
     assert record is not None
     assert (record["state"], record["outcome"], record["attempts"]) == ("ready", "ok", 1)
-    values = await asyncio.to_thread(metrics_of, runner)
+    values = await scrape(runner.port)
     assert values['checkout_runner_videos_total{outcome="ok"}'] == 2
     assert values.get('checkout_runner_videos_total{outcome="skipped"}', 0.0) == 0
     assert values["checkout_runner_results_written_total"] == 2
