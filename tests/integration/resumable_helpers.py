@@ -137,6 +137,23 @@ async def assert_one_video(
     assert events == [{"_id": result.event_id}]
 
 
+async def assert_nothing_left(
+    s3: Minio, database: AsyncDatabase[dict[str, Any]], settings: ServerSettings, bucket: str
+) -> None:
+    """No object, outbox event, session or session fact; every multipart upload aborted."""
+    assert await object_keys(s3, bucket) == []
+    assert await database[settings.mongo_outbox_collection].count_documents({}) == 0
+    facts = database[settings.mongo_upload_facts_collection]
+    sessions = database[settings.mongo_upload_sessions_collection]
+    assert await sessions.count_documents({}) == 0
+    assert await facts.count_documents({}) == 0
+
+    async def no_pending() -> bool:
+        return await pending_uploads(s3, bucket) == 0
+
+    await wait_until(no_pending, what="multipart uploads aborted")
+
+
 @dataclass
 class ServerProcess:
     """A real `python -m checkout_server` and a channel to it."""

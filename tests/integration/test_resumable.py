@@ -21,6 +21,7 @@ from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import create_app
 from tests.helpers import MiB, error_details, error_info, has_cyrillic, mp4_bytes
 from tests.integration.resumable_helpers import (
+    assert_nothing_left,
     assert_one_video,
     cut_write,
     metadata,
@@ -260,7 +261,7 @@ async def test_a_declared_sha256_that_does_not_match_leaves_nothing(
         grpc.StatusCode.INVALID_ARGUMENT,
         "CHECKSUM_MISMATCH",
     )
-    await _assert_nothing_left(s3, mongo_database, settings, bucket)
+    await assert_nothing_left(s3, mongo_database, settings, bucket)
 
 
 async def test_a_declared_crc32c_that_does_not_match_leaves_nothing(
@@ -276,7 +277,7 @@ async def test_a_declared_crc32c_that_does_not_match_leaves_nothing(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.WriteUpload(write_messages(started.upload_id, data, 0, finish=True))
     assert error_details(caught.value)[:2] == (grpc.StatusCode.DATA_LOSS, "FILE_CRC32C_MISMATCH")
-    await _assert_nothing_left(s3, mongo_database, settings, bucket)
+    await assert_nothing_left(s3, mongo_database, settings, bucket)
 
 
 async def test_cancel_aborts_the_session(
@@ -297,7 +298,7 @@ async def test_cancel_aborts_the_session(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call
         assert error_details(caught.value)[:2] == (grpc.StatusCode.NOT_FOUND, "UPLOAD_NOT_FOUND")
-    await _assert_nothing_left(s3, mongo_database, settings, bucket)
+    await assert_nothing_left(s3, mongo_database, settings, bucket)
 
 
 async def test_a_finished_upload_cannot_be_cancelled(stub: Stub) -> None:
@@ -348,22 +349,6 @@ async def test_a_non_mp4_start_is_refused_at_the_first_bytes(stub: Stub) -> None
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.WriteUpload(write_messages(upload_id, data, 0, finish=True))
     assert error_details(caught.value)[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "NOT_MP4")
-
-
-async def _assert_nothing_left(
-    s3: Minio, database: Database, settings: ServerSettings, bucket: str
-) -> None:
-    assert await object_keys(s3, bucket) == []
-    assert await database[settings.mongo_outbox_collection].count_documents({}) == 0
-    facts = database[settings.mongo_upload_facts_collection]
-    sessions = database[settings.mongo_upload_sessions_collection]
-    assert await sessions.count_documents({}) == 0
-    assert await facts.count_documents({}) == 0
-    await wait_until(lambda: _no_pending(s3, bucket), what="multipart uploads aborted")
-
-
-async def _no_pending(s3: Minio, bucket: str) -> bool:
-    return await pending_uploads(s3, bucket) == 0
 
 
 HYPOTHESIS_DATA = mp4_bytes(16 * MiB + 12345, seed=99)

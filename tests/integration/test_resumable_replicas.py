@@ -21,6 +21,7 @@ from checkout_server.config import ServerSettings
 from tests.helpers import MiB, error_details, mp4_bytes
 from tests.integration.resumable_helpers import (
     ServerProcesses,
+    assert_nothing_left,
     assert_one_video,
     cut_write,
     metadata,
@@ -61,6 +62,33 @@ async def test_a_session_cut_on_one_server_finishes_on_another(
         write_messages(started.upload_id, data, 2 * PART, finish=True)
     )
     await assert_one_video(s3, mongo_database, settings, response.result, data)
+
+
+async def test_a_checksum_mismatch_found_by_reading_the_object_back_leaves_nothing(
+    servers: ServerProcesses, s3: Minio, mongo_database: Database, settings: ServerSettings
+) -> None:
+    """A second server finishing a session it did not see from byte 0 reads the completed
+    object back for its SHA-256; when that is not the declared one, nothing stays."""
+    first, second = await servers.start(), await servers.start()
+    data = mp4_bytes(12 * MiB, seed=23)
+    declared = pb.UploadMetadata(filename="clip.mp4", size_bytes=len(data), sha256="0" * 64)
+    started = await first.stub.StartResumableUpload(
+        pb.StartResumableUploadRequest(metadata=declared)
+    )
+    await cut_write(first.stub, started.upload_id, data, 0, 7 * MiB, part_bytes=PART)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await second.stub.WriteUpload(write_messages(started.upload_id, data, PART, finish=True))
+    assert error_details(caught.value)[:2] == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CHECKSUM_MISMATCH",
+    )
+    await assert_nothing_left(s3, mongo_database, settings, settings.default_bucket)
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await second.stub.QueryUploadStatus(
+            pb.QueryUploadStatusRequest(upload_id=started.upload_id)
+        )
+    assert gone.value.code() is grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_session_resumes_after_its_server_is_killed(
