@@ -43,6 +43,7 @@ from ..domain import (
 )
 from ..errors import DuplicateIdempotencyKey
 from ..ports import ObjectStorage, ObjectWriter, Outbox, UploadRateLimit
+from .interrupts import StreamInterrupts
 from .memory import MemoryBudget
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,8 @@ class UploadPipeline:
         self._clock = clock
         self._new_id = new_id
         self._cleanups: set[asyncio.Task[None]] = set()
-        self._streaming: set[asyncio.Task[object]] = set()
-        self._interrupted = False
+        # Shared with the resumable writes (upload/resumable.py): one stop interrupts both.
+        self.interrupts = StreamInterrupts()
         self.memory = MemoryBudget(limits.memory_budget_bytes)
         # For the metrics: uploads streaming now, bytes received, uploads refused as too many.
         self.in_flight = 0
@@ -156,42 +157,36 @@ class UploadPipeline:
             self.refused_total += 1
             raise errors.TooManyUploads(limit=str(self._limits.max_concurrent))
         await self._admit(request.owner)
-        task = asyncio.current_task()
-        assert task is not None, "an upload runs in a task"
         self.in_flight += 1
-        self._streaming.add(task)
         try:
-            if self._interrupted:
-                raise errors.ShuttingDown()
-            async with asyncio.timeout(self._limits.max_duration_s) as deadline:
-                return await self._store(request, chunks, bucket)
-        except TimeoutError:
-            if deadline.expired():
-                raise errors.UploadTooLong(
-                    f"дольше {self._limits.max_duration_s:g} с",
-                    max_duration_s=f"{self._limits.max_duration_s:g}",
-                ) from None
-            raise
-        except asyncio.CancelledError as cancelled:
-            if not (self._interrupted and task.uncancel() == 0):
-                raise  # cancelled by its client, its deadline or the server's own stop
-            if isinstance(cancelled, _CancelledAfterCommit):
-                return UploadResult(event=cancelled.event)  # stored: it is answered so
-            raise errors.ShuttingDown("загрузка прервана, повторите её") from None
+            with self.interrupts.stream() as task:
+                try:
+                    async with asyncio.timeout(self._limits.max_duration_s) as deadline:
+                        return await self._store(request, chunks, bucket)
+                except TimeoutError:
+                    if deadline.expired():
+                        raise errors.UploadTooLong(
+                            f"дольше {self._limits.max_duration_s:g} с",
+                            max_duration_s=f"{self._limits.max_duration_s:g}",
+                        ) from None
+                    raise
+                except asyncio.CancelledError as cancelled:
+                    if not self.interrupts.caused(task):
+                        raise  # cancelled by its client, its deadline or the server's own stop
+                    if isinstance(cancelled, _CancelledAfterCommit):
+                        return UploadResult(event=cancelled.event)  # stored: answered so
+                    raise errors.ShuttingDown("загрузка прервана, повторите её") from None
         finally:
-            self._streaming.discard(task)
             self.in_flight -= 1
 
     def interrupt(self) -> int:
-        """Stop every upload still streaming, and refuse new ones: each is answered
-        UNAVAILABLE SHUTTING_DOWN (retriable, in Russian), its object removed as for any
-        refusal; one whose event was written meanwhile is answered with its result. For the
-        end of a stop's grace period, before the server cancels what is left with a bare
-        status of its own. Returns how many were streaming."""
-        self._interrupted = True
-        for task in self._streaming:
-            task.cancel()
-        return len(self._streaming)
+        """Stop every upload still streaming, plain or resumable, and refuse new ones: each
+        is answered UNAVAILABLE SHUTTING_DOWN (retriable, in Russian). A plain upload's
+        object is removed as for any refusal, and one whose event was written meanwhile is
+        answered with its result; a resumable write keeps its committed parts and is told
+        its persisted size. For the end of a stop's grace period, before the server cancels
+        what is left with a bare status of its own. Returns how many were streaming."""
+        return self.interrupts.interrupt()
 
     async def _store(
         self, request: UploadRequest, chunks: AsyncIterator[bytes], bucket: str

@@ -108,8 +108,6 @@ class ResumableUploads:
         self._clock = clock
         self._traceparent = traceparent
         self._digests: collections.OrderedDict[str, _Digest] = collections.OrderedDict()
-        self._streaming: set[asyncio.Task[object]] = set()
-        self._interrupted = False
         self.in_flight = 0
         self.bytes_received_total = 0
 
@@ -268,35 +266,21 @@ class ResumableUploads:
             return await self._state(session)
         if self.in_flight + self._pipeline.in_flight >= self._pipeline.max_concurrent:
             raise errors.TooManyUploads(limit=str(self._pipeline.max_concurrent))
-        task = asyncio.current_task()
-        assert task is not None, "a write runs in a task"
+        interrupts = self._pipeline.interrupts  # a stop interrupts writes with the uploads
         self.in_flight += 1
-        self._streaming.add(task)
         try:
-            if self._interrupted:
-                raise errors.ShuttingDown()
-            async with self._leases.hold(upload_id) as held:
-                return await held.run(self._write(session, held, first, chunks))
-        except asyncio.CancelledError as cancelled:
-            if not (self._interrupted and task.uncancel() == 0):
-                raise  # cancelled by its client, its deadline or the server's own stop
-            if isinstance(cancelled, _WriteStopped):
-                raise errors.WriteInterrupted(persisted_size=cancelled.persisted) from None
-            raise errors.WriteInterrupted() from None
+            with interrupts.stream() as task:
+                try:
+                    async with self._leases.hold(upload_id) as held:
+                        return await held.run(self._write(session, held, first, chunks))
+                except asyncio.CancelledError as cancelled:
+                    if not interrupts.caused(task):
+                        raise  # cancelled by its client, its deadline or the server's own stop
+                    # What was committed stays: the client resumes from its persisted size.
+                    stopped = cancelled.persisted if isinstance(cancelled, _WriteStopped) else None
+                    raise errors.WriteInterrupted(persisted_size=stopped) from None
         finally:
-            self._streaming.discard(task)
             self.in_flight -= 1
-
-    def interrupt(self) -> int:
-        """Stop every write still streaming, and refuse new ones: each is answered
-        UNAVAILABLE SHUTTING_DOWN with the session's persisted size (what was committed
-        stays; the client resumes from there, here once the server is back or on another).
-        For the end of a stop's grace period, as UploadPipeline.interrupt. Returns how many
-        were streaming."""
-        self._interrupted = True
-        for task in self._streaming:
-            task.cancel()
-        return len(self._streaming)
 
     async def _write(
         self,

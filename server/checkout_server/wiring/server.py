@@ -117,8 +117,6 @@ class App:
     watch_listener: WakeListener | None = None
     # Sweeps expired resumable sessions, orphaned multipart uploads and event-less objects.
     sweeper: UploadSweeper | None = None
-    # Its writes still streaming at the end of a stop's grace period are interrupted.
-    resumable: ResumableUploads | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -188,12 +186,11 @@ class App:
         margin_s = min(INTERRUPT_MARGIN_S, grace_s / 2)
         done, _ = await asyncio.wait({stopping}, timeout=grace_s - margin_s)
         if not done:
-            interrupted = self.pipeline.interrupt()
-            writes = self.resumable.interrupt() if self.resumable is not None else 0
-            if interrupted or writes:
+            interrupted = self.pipeline.interrupt()  # resumable writes too
+            if interrupted:
                 log.info(
                     "uploads interrupted at the end of the grace period",
-                    extra={"uploads": interrupted, "resumable_writes": writes},
+                    extra={"uploads": interrupted},
                 )
         await stopping
 
@@ -463,7 +460,6 @@ def _build(
         wake_watchers=wake_watchers,
         watch_wake_addr=_watch_wake_addr(settings, port),
         sweeper=sweeper,
-        resumable=resumable,
     )
     return app, storage, outbox
 
