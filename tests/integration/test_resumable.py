@@ -48,6 +48,15 @@ async def status(stub: Stub, upload_id: str) -> pb.QueryUploadStatusResponse:
     return await stub.QueryUploadStatus(pb.QueryUploadStatusRequest(upload_id=upload_id))
 
 
+def resume_offset(exc: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str) -> int:
+    """The persisted size a refusal with this code and reason (and a Russian message) tells
+    the client to write from."""
+    got_code, got_reason, message = error_details(exc)
+    assert (got_code, got_reason) == (code, reason)
+    assert has_cyrillic(message)
+    return int(error_info(exc)[1].metadata["persisted_size"])
+
+
 async def test_an_unbroken_resumable_upload_gives_what_upload_video_gives(
     stub: Stub, s3: Minio, mongo_database: Database, settings: ServerSettings, bucket: str
 ) -> None:
@@ -134,10 +143,7 @@ async def test_a_write_streaming_at_the_end_of_a_stop_is_told_where_to_resume(
     finally:
         if not stopped:
             await app.stop(grace_s=0)
-    code, reason, message = error_details(caught.value)
-    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
-    assert has_cyrillic(message)
-    assert error_info(caught.value)[1].metadata["persisted_size"] == str(PART)
+    assert resume_offset(caught.value, grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN") == PART
 
     response = await stub.WriteUpload(write_messages(upload_id, data, PART, finish=True))
     await assert_one_video(s3, mongo_database, settings, response.result, data)
@@ -152,10 +158,8 @@ async def test_an_offset_beyond_persisted_size_is_out_of_range_with_the_size(
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.WriteUpload(write_messages(upload_id, data, PART + 1, finish=True))
-    code, reason, message = error_details(caught.value)
-    assert (code, reason) == (grpc.StatusCode.OUT_OF_RANGE, "UPLOAD_OFFSET_OUT_OF_RANGE")
-    assert has_cyrillic(message)
-    assert error_info(caught.value)[1].metadata["persisted_size"] == str(PART)
+    out_of_range = grpc.StatusCode.OUT_OF_RANGE, "UPLOAD_OFFSET_OUT_OF_RANGE"
+    assert resume_offset(caught.value, *out_of_range) == PART
 
     response = await stub.WriteUpload(write_messages(upload_id, data, PART, finish=True))
     await assert_one_video(s3, mongo_database, settings, response.result, data)
@@ -200,10 +204,7 @@ async def test_a_chunk_crc32c_mismatch_is_data_loss_and_the_session_resumes(
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.WriteUpload(iter(messages))
-    code, reason, message = error_details(caught.value)
-    assert (code, reason) == (grpc.StatusCode.DATA_LOSS, "CHUNK_CHECKSUM_MISMATCH")
-    assert has_cyrillic(message)
-    persisted = int(error_info(caught.value)[1].metadata["persisted_size"])
+    persisted = resume_offset(caught.value, grpc.StatusCode.DATA_LOSS, "CHUNK_CHECKSUM_MISMATCH")
     assert persisted == PART  # the part before the bad chunk is durable
     assert (await status(stub, upload_id)).persisted_size == PART
 
