@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Generator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from checkout_runner.domain import Box, Delivery, Detection, VideoEvent, VideoInfo, VideoState
-from checkout_runner.errors import RunnerError, VideoMissing, VideoUndecodable
+from checkout_runner.domain import (
+    Box,
+    Delivery,
+    Detection,
+    Sample,
+    VideoEvent,
+    VideoInfo,
+    VideoState,
+)
+from checkout_runner.errors import REFUSALS, RunnerError, VideoMissing, VideoUndecodable
 from checkout_runner.ports import Frame
 
 
@@ -80,51 +89,102 @@ class FakeStates:
 
 
 class FakeDecoder:
-    """A "video" is the text `frames=N fps=F`; anything else is undecodable."""
+    """A "video" is the text `frames=N fps=F`, with optional `scale=K` (the frames are K times
+    the 64x48 images handed over), `wide_from=I` (frames from index I on are 96x48 images) and
+    `refuse=REASON` (a decoding refusal of that reason, midway) and `stall_at=I` (no answer
+    from frame I on, as a decoder stuck in a file); anything else is undecodable."""
 
-    def _parse(self, path: Path) -> tuple[int, float]:
+    def __init__(self) -> None:
+        self.closed = 0  # decodings ended (their context left)
+        self.stalled = asyncio.Event()  # set when a decoding stalls
+
+    def _parse(self, path: Path) -> dict[str, str]:
         try:
-            frames, fps = path.read_text().split()
-            return int(frames.split("=")[1]), float(fps.split("=")[1])
-        except (ValueError, IndexError, UnicodeDecodeError):
+            fields = dict(part.split("=", 1) for part in path.read_text().split())
+            int(fields["frames"]), float(fields["fps"])
+        except (ValueError, KeyError, UnicodeDecodeError):
             raise VideoUndecodable("not a fake video") from None
+        return fields
 
-    def probe(self, path: Path) -> VideoInfo:
-        frames, fps = self._parse(path)
-        return VideoInfo(width=64, height=48, fps=fps, frame_count=frames, duration_s=frames / fps)
+    @contextlib.asynccontextmanager
+    async def open(self, path: Path, *, every_s: float) -> AsyncIterator[_FakeDecoded]:
+        fields = self._parse(path)
+        try:
+            yield _FakeDecoded(fields, every_s, self.stalled)
+        finally:
+            self.closed += 1
 
-    def sample(
-        self, path: Path, *, every_s: float
-    ) -> Generator[tuple[int, float, Frame], None, None]:
-        frames, fps = self._parse(path)
-        step = max(round(every_s * fps), 1)
+
+class _FakeDecoded:
+    def __init__(self, fields: dict[str, str], every_s: float, stalled: asyncio.Event) -> None:
+        self._fields = fields
+        self._every_s = every_s
+        self._stalled = stalled
+        frames, fps = int(fields["frames"]), float(fields["fps"])
+        scale = int(fields.get("scale", "1"))
+        self.info = VideoInfo(
+            width=64 * scale,
+            height=48 * scale,
+            fps=fps,
+            frame_count=frames,
+            duration_s=frames / fps,
+        )
+
+    async def samples(self) -> AsyncGenerator[Sample, None]:
+        fields = self._fields
+        frames, fps = int(fields["frames"]), float(fields["fps"])
+        scale = int(fields.get("scale", "1"))
+        wide_from = int(fields.get("wide_from", str(frames)))
+        step = max(round(self._every_s * fps), 1)
         for index in range(0, frames, step):
-            yield index, index / fps, np.full((48, 64, 3), index % 256, dtype=np.uint8)
+            if "refuse" in fields:
+                raise REFUSALS[fields["refuse"]](f"refused at frame {index}")
+            if index >= int(fields.get("stall_at", str(frames))):
+                self._stalled.set()
+                await asyncio.Event().wait()  # never set
+            width = 96 if index >= wide_from else 64
+            yield Sample(
+                index=index,
+                timestamp_s=index / fps,
+                width=width * scale,
+                height=48 * scale,
+                image=np.full((48, width, 3), index % 256, dtype=np.uint8),
+            )
+            await asyncio.sleep(0)
 
 
-def fake_video(frames: int, fps: float = 10.0) -> bytes:
-    return f"frames={frames} fps={fps}".encode()
+def fake_video(frames: int, fps: float = 10.0, **extra: object) -> bytes:
+    return " ".join(
+        [f"frames={frames}", f"fps={fps}", *(f"{k}={v}" for k, v in extra.items())]
+    ).encode()
 
 
 class FakeDetector:
-    """One face in frames whose pixels are odd, none elsewhere; `error` is raised instead."""
+    """One face in frames whose pixels are odd, none elsewhere; `error` is raised instead;
+    `box` replaces the face's box (a non-finite one, say)."""
 
     name = "fake"
     version = "fake 1"
 
     def __init__(self) -> None:
         self.calls = 0
+        self.batches: list[int] = []  # the number of frames of each call
         self.error: Exception | None = None
+        self.box = Box(x1=1, y1=2, x2=11, y2=12)
         self.hook: Callable[[], None] | None = None  # called in each detect
 
-    def detect(self, frame: Frame) -> Sequence[Detection]:
+    def detect(self, frames: Sequence[Frame]) -> list[Sequence[Detection]]:
         self.calls += 1
+        self.batches.append(len(frames))
         if self.hook is not None:
             self.hook()
         if self.error is not None:
             raise self.error
+        return [self._one(frame) for frame in frames]
+
+    def _one(self, frame: Frame) -> Sequence[Detection]:
         if int(frame[0, 0, 0]) % 2:
-            return [Detection(label="face", score=0.9, box=Box(x1=1, y1=2, x2=11, y2=12))]
+            return [Detection(label="face", score=0.9, box=self.box)]
         return []
 
 

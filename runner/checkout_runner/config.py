@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .domain import DecodeLimits
 from .errors import ConfigError
 
 MiB = 1024 * 1024
@@ -67,9 +68,40 @@ class RunnerSettings(BaseSettings):
     runner_score_threshold: float = 0.5
     """RUNNER_SCORE_THRESHOLD: the least score a detection needs."""
     runner_detect_max_side_px: int = 1280
-    """RUNNER_DETECT_MAX_SIDE_PX: frames whose longer side is larger are detected on a copy
-    scaled down to it (boxes in the full frame's pixels all the same); 0: full size. Bounds
-    the CPU per frame (a 4K frame has nine times the pixels of a 1280x720 one)."""
+    """RUNNER_DETECT_MAX_SIDE_PX: frames whose longer side is larger are scaled down to it by
+    the decoder (boxes in the full frame's pixels all the same); 0: full size. Bounds the CPU
+    and memory per frame (a 4K frame has nine times the pixels of a 1280x720 one)."""
+    runner_detect_batch: int = 1
+    """RUNNER_DETECT_BATCH: sampled frames run through the detector at once. On the CPU a
+    batch costs as much per frame as one frame (docs/runner.md, "Measured"); a GPU provider
+    gains from more."""
+    runner_onnx_provider: str = "CPUExecutionProvider"
+    """RUNNER_ONNX_PROVIDER: the onnxruntime execution provider of CenterFace
+    (CUDAExecutionProvider with the onnxruntime-gpu wheel: docs/runner.md, "Detectors")."""
+    runner_max_detections_per_frame: int = 100
+    """RUNNER_MAX_DETECTIONS_PER_FRAME: the most a frame reports, highest scores first."""
+    runner_max_result_bytes: int = 64 * MiB
+    """RUNNER_MAX_RESULT_BYTES: detection stops before the result JSON grows past this (the
+    result says `truncated`)."""
+    runner_max_frame_pixels: int = 4096 * 2160
+    """RUNNER_MAX_FRAME_PIXELS: videos with larger frames (width x height) are refused
+    (VIDEO_FRAME_TOO_LARGE); the default takes 4K UHD and DCI 4K."""
+    runner_max_duration_s: float = 4 * 3600.0
+    """RUNNER_MAX_DURATION_S: longer videos are refused (VIDEO_TOO_LONG)."""
+    runner_max_fps: float = 240.0
+    """RUNNER_MAX_FPS: videos at a higher frame rate are refused (VIDEO_FRAME_RATE_TOO_HIGH)."""
+    runner_max_frames_per_sample: int = 500
+    """RUNNER_MAX_FRAMES_PER_SAMPLE: frames decoded between two samples before the video is
+    refused (VIDEO_TOO_MANY_FRAMES: timestamps that do not advance, a rate the container
+    hides). At least RUNNER_MAX_FPS / RUNNER_SAMPLE_FPS."""
+    runner_decode_memory_bytes: int = 1 * GiB
+    """RUNNER_DECODE_MEMORY_BYTES: the address space of the process that decodes one video
+    (DECODE_MEMORY_EXCEEDED); a 4K H.264 video needs about 400 MiB."""
+    runner_decode_cpu_s: int = 1800
+    """RUNNER_DECODE_CPU_S: CPU seconds that process may use (DECODE_CPU_EXCEEDED)."""
+    runner_video_timeout_s: float = 3600.0
+    """RUNNER_VIDEO_TIMEOUT_S: wall clock from opening a video to its last sample detected
+    (DECODE_TIMEOUT)."""
     runner_sample_fps: float = 2.0
     """RUNNER_SAMPLE_FPS: frames per second of video that are run through the detector."""
     runner_concurrency: int = 1
@@ -113,9 +145,28 @@ class RunnerSettings(BaseSettings):
             raise ValueError("RUNNER_SAMPLE_FPS must be positive")
         if self.runner_lag_interval_s <= 0:
             raise ValueError("RUNNER_LAG_INTERVAL_S must be positive")
-        for name in ("runner_concurrency", "runner_max_attempts", "runner_max_sampled_frames"):
+        for name in (
+            "runner_concurrency",
+            "runner_max_attempts",
+            "runner_max_sampled_frames",
+            "runner_detect_batch",
+            "runner_max_detections_per_frame",
+            "runner_max_result_bytes",
+            "runner_max_frame_pixels",
+            "runner_max_frames_per_sample",
+            "runner_decode_memory_bytes",
+            "runner_decode_cpu_s",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1")
+        for name in ("runner_max_duration_s", "runner_max_fps", "runner_video_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.upper()} must be positive")
+        if self.runner_max_fps / self.runner_sample_fps > self.runner_max_frames_per_sample:
+            raise ValueError(
+                "RUNNER_MAX_FRAMES_PER_SAMPLE must be at least RUNNER_MAX_FPS / "
+                "RUNNER_SAMPLE_FPS, or videos within the limits are refused"
+            )
         if self.runner_detect_max_side_px < 0:
             raise ValueError("RUNNER_DETECT_MAX_SIDE_PX must be 0 (full size) or more")
         if self.runner_threads_per_video < 0:
@@ -129,6 +180,19 @@ class RunnerSettings(BaseSettings):
     @property
     def member_id(self) -> str:
         return self.runner_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(
+            max_frame_pixels=self.runner_max_frame_pixels,
+            max_duration_s=self.runner_max_duration_s,
+            max_fps=self.runner_max_fps,
+            max_frames_per_sample=self.runner_max_frames_per_sample,
+            memory_bytes=self.runner_decode_memory_bytes,
+            cpu_s=self.runner_decode_cpu_s,
+            timeout_s=self.runner_video_timeout_s,
+            detect_max_side_px=self.runner_detect_max_side_px,
+        )
 
     @property
     def temp_dir(self) -> Path | None:

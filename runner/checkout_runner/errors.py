@@ -39,6 +39,68 @@ class VideoTooLarge(RunnerError):
     reason = "VIDEO_TOO_LARGE"
 
 
+class VideoRefused(RunnerError):
+    """The video is beyond one of the runner's decoding limits (config.py, RUNNER_MAX_* and
+    RUNNER_DECODE_*): it gets a failure result on its first attempt, never a retry."""
+
+    reason = "VIDEO_REFUSED"
+
+
+class FrameTooLarge(VideoRefused):
+    reason = "VIDEO_FRAME_TOO_LARGE"  # pixels per frame over RUNNER_MAX_FRAME_PIXELS
+
+
+class VideoTooLong(VideoRefused):
+    reason = "VIDEO_TOO_LONG"  # over RUNNER_MAX_DURATION_S
+
+
+class FrameRateTooHigh(VideoRefused):
+    reason = "VIDEO_FRAME_RATE_TOO_HIGH"  # over RUNNER_MAX_FPS
+
+
+class TooManyFrames(VideoRefused):
+    """More frames decoded between two samples than RUNNER_MAX_FRAMES_PER_SAMPLE: a rate the
+    container hid, or timestamps that do not advance."""
+
+    reason = "VIDEO_TOO_MANY_FRAMES"
+
+
+class DecodeTimeout(VideoRefused):
+    reason = "DECODE_TIMEOUT"  # RUNNER_VIDEO_TIMEOUT_S of wall clock
+
+
+class DecodeCpuExceeded(VideoRefused):
+    reason = "DECODE_CPU_EXCEEDED"  # RUNNER_DECODE_CPU_S of CPU in the decoding process
+
+
+class DecodeMemoryExceeded(VideoRefused):
+    reason = "DECODE_MEMORY_EXCEEDED"  # RUNNER_DECODE_MEMORY_BYTES of address space
+
+
+REFUSALS: dict[str, type[RunnerError]] = {
+    cls.reason: cls
+    for cls in (
+        VideoUndecodable,
+        FrameTooLarge,
+        VideoTooLong,
+        FrameRateTooHigh,
+        TooManyFrames,
+        DecodeTimeout,
+        DecodeCpuExceeded,
+        DecodeMemoryExceeded,
+    )
+}
+"""The failures a decoding process reports, by reason (adapters/isolated_decoder.py)."""
+
+
+class DetectorFault(RunnerError):
+    """The detector returned a value that is no number (NaN, infinity): a fault of the model
+    or its runtime, not of the video. The event gets a failure result; retrying would not
+    help."""
+
+    reason = "DETECTOR_FAULT"
+
+
 class StorageUnavailable(RunnerError):
     reason = "STORAGE_UNAVAILABLE"
     retriable = True

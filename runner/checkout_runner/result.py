@@ -9,7 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from .domain import Analysis, Detection, Outcome, VideoEvent
+from .domain import Analysis, Detection, FrameResult, Outcome, VideoEvent
 
 RESULT_VERSION = 1
 
@@ -45,16 +45,22 @@ def success(
         "detector": {"name": detector[0], "version": detector[1]},
         "sample_fps": sample_fps,
         "truncated": truncated,
-        "frames": [
-            {
-                "index": f.index,
-                "timestamp_s": f.timestamp_s,
-                "detections": [_detection(d) for d in f.detections],
-            }
-            for f in analysis.frames
-        ],
+        "frames": [frame(f) for f in analysis.frames],
     }
     return _encode(body)
+
+
+def frame(f: FrameResult) -> dict[str, Any]:
+    return {
+        "index": f.index,
+        "timestamp_s": f.timestamp_s,
+        "detections": [_detection(d) for d in f.detections],
+    }
+
+
+def frame_bytes(f: FrameResult) -> int:
+    """What the frame adds to the result document, its separator included."""
+    return len(_encode(frame(f))) + 1
 
 
 def failure(event: VideoEvent, *, reason: str, message: str) -> bytes:
@@ -63,4 +69,6 @@ def failure(event: VideoEvent, *, reason: str, message: str) -> bytes:
 
 
 def _encode(body: dict[str, Any]) -> bytes:
+    # allow_nan=False: a NaN or an infinity raises here rather than becoming JSON no parser
+    # takes (the processor refuses non-finite detections before they get here).
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

@@ -106,12 +106,32 @@ def render(seconds: float = 6.0, *, seed: int = 7) -> tuple[list[npt.NDArray[np.
     return frames, truth
 
 
-def write_sample(out: Path, *, seconds: float = 6.0) -> Truth:
-    """Write the clip as H.264 in MP4 (PyAV's FFmpeg, libx264) to `out`; its truth."""
+def resized(
+    frames: list[npt.NDArray[np.uint8]], truth: Truth, width: int, height: int
+) -> tuple[list[npt.NDArray[np.uint8]], Truth]:
+    """The clip and its truth at another frame size (the same scenes, stretched if the aspect
+    ratio differs)."""
+    sx, sy = width / truth.width, height / truth.height
+    scaled = [
+        cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA).astype(np.uint8)
+        for f in frames
+    ]
+    boxes = [
+        [(round(b[0] * sx), round(b[1] * sy), round(b[2] * sx), round(b[3] * sy)) for b in fb]
+        for fb in truth.frames
+    ]
+    return scaled, Truth(width, height, truth.fps, boxes)
+
+
+def write_sample(out: Path, *, seconds: float = 6.0, size: tuple[int, int] | None = None) -> Truth:
+    """Write the clip as H.264 in MP4 (PyAV's FFmpeg, libx264) to `out`, at `size` (width,
+    height; default 640x480); its truth."""
     frames, truth = render(seconds)
+    if size is not None and size != (WIDTH, HEIGHT):
+        frames, truth = resized(frames, truth, *size)
     with av.open(str(out), mode="w", options={"movflags": "+faststart"}) as container:
         stream = container.add_stream("libx264", rate=FPS, options={"crf": "20"})
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = truth.width, truth.height, "yuv420p"
         for image in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)

@@ -20,10 +20,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import start_http_server
 from pymongo import AsyncMongoClient
 
+from .adapters.isolated_decoder import IsolatedDecoder
 from .adapters.kafka_source import KafkaEventSource
 from .adapters.minio_store import MinioObjectStore
 from .adapters.mongo_states import Document, MongoStateStore
-from .adapters.pyav_decoder import PyAVDecoder
 from .backoff import Backoff
 from .config import RunnerSettings
 from .consumer import ConsumerLoop
@@ -43,12 +43,15 @@ def build_detector(settings: RunnerSettings) -> Detector:
 
         return HogPeopleDetector(
             threshold=settings.runner_score_threshold,
-            max_side_px=settings.runner_detect_max_side_px,
+            max_detections=settings.runner_max_detections_per_frame,
         )
     from .adapters.centerface import CenterFaceDetector
 
     return CenterFaceDetector(
-        threshold=settings.runner_score_threshold, max_side_px=settings.runner_detect_max_side_px
+        threshold=settings.runner_score_threshold,
+        threads=settings.runner_threads_per_video,
+        provider=settings.runner_onnx_provider,
+        max_detections=settings.runner_max_detections_per_frame,
     )
 
 
@@ -160,13 +163,15 @@ def create_runner(settings: RunnerSettings) -> RunnerApp:
     processor = Processor(
         store=MinioObjectStore(minio),
         states=states,
-        decoder=PyAVDecoder(threads=settings.runner_threads_per_video),
+        decoder=IsolatedDecoder(settings.decode_limits, threads=settings.runner_threads_per_video),
         detectors=[build_detector(settings) for _ in range(settings.runner_concurrency)],
         config=ProcessorConfig(
             runner_id=member,
             sample_fps=settings.runner_sample_fps,
             max_video_bytes=settings.runner_max_video_bytes,
             max_sampled_frames=settings.runner_max_sampled_frames,
+            max_result_bytes=settings.runner_max_result_bytes,
+            detect_batch=settings.runner_detect_batch,
             max_attempts=settings.runner_max_attempts,
             retry_initial_s=settings.runner_retry_initial_s,
             retry_max_s=settings.runner_retry_max_s,

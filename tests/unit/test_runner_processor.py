@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from checkout_runner import envelope
-from checkout_runner.domain import Delivery, VideoState
+from checkout_runner.domain import Box, Delivery, VideoState
 from checkout_runner.errors import VideoTooLarge
 from checkout_runner.metrics import RunnerMetrics
 from checkout_runner.processor import Handled, Processor, ProcessorConfig
@@ -84,6 +84,8 @@ class Setup:
             "sample_fps": 2.0,
             "max_video_bytes": 1000,
             "max_sampled_frames": 100,
+            "max_result_bytes": 1 << 20,
+            "detect_batch": 1,
             "max_attempts": 3,
             "retry_initial_s": 0.01,
             "retry_max_s": 0.02,
@@ -91,10 +93,11 @@ class Setup:
             "result_key": lambda e: f"output/{e.video_id}.json",
             **config,
         }
+        self.decoder = FakeDecoder()
         self.processor = Processor(
             store=self.store,
             states=self.states,
-            decoder=FakeDecoder(),
+            decoder=self.decoder,
             detectors=[self.detector],
             config=ProcessorConfig(**settings),
             metrics=self.metrics,
@@ -314,22 +317,119 @@ async def test_stopping_during_detection_leaves_the_video_at_the_next_frame() ->
     s = Setup()
     s.store.objects[INPUT] = fake_video(frames=60, fps=10)
     stop, loop = asyncio.Event(), asyncio.get_running_loop()
-    stopped = threading.Event()
 
     def stop_at_first_frame() -> None:  # in the worker thread, as the detector runs
         loop.call_soon_threadsafe(stop.set)
-        stopped.wait(5)  # until the loop has passed the stop on to the thread
 
     s.detector.hook = stop_at_first_frame
     task = asyncio.create_task(s.processor.handle(record(), stop))
-    await stop.wait()
-    await asyncio.sleep(0)  # the processor's relay of `stop` runs
-    stopped.set()
 
     assert await asyncio.wait_for(task, 5) is Handled.STOPPED
     assert s.detector.calls == 1  # not one frame more
+    assert s.decoder.closed == 1  # the decoding ended with it
     assert s.store.puts == []
     assert s.states.records[EVENT]["state"] == "processing"
+
+
+async def test_stopping_while_the_decoder_is_stuck_leaves_the_video_at_once() -> None:
+    s = Setup()
+    s.store.objects[INPUT] = fake_video(frames=60, fps=10, stall_at=20)
+    stop = asyncio.Event()
+    task = asyncio.create_task(s.processor.handle(record(), stop))
+    await asyncio.wait_for(s.decoder.stalled.wait(), 5)
+
+    stop.set()
+
+    assert await asyncio.wait_for(task, 2) is Handled.STOPPED
+    assert s.detector.calls == 4  # frames 0, 5, 10, 15
+    assert s.decoder.closed == 1
+    assert s.store.puts == []
+
+
+async def test_frames_go_to_the_detector_in_batches_of_one_shape() -> None:
+    """RUNNER_DETECT_BATCH frames a call; a frame of another size (the stream changed its
+    resolution) starts a batch of its own; the result is the same as one frame a call."""
+    one = Setup()
+    one.store.objects[INPUT] = fake_video(frames=60, fps=10, wide_from=35)
+    assert await one.handle() is Handled.OK
+
+    s = Setup(detect_batch=4)
+    s.store.objects[INPUT] = fake_video(frames=60, fps=10, wide_from=35)
+    assert await s.handle() is Handled.OK
+
+    assert s.detector.batches == [4, 3, 4, 1]  # samples 0..30, then 35..55
+    assert one.detector.batches == [1] * 12
+    assert s.result()["frames"] == one.result()["frames"]
+
+
+async def test_boxes_are_reported_in_the_frames_own_pixels() -> None:
+    """The decoder hands over frames scaled to the detection size: the detector's boxes are
+    scaled back to the frame's own size, and clipped to it."""
+    s = Setup()
+    s.store.objects[INPUT] = fake_video(frames=10, fps=10, scale=3)
+    s.detector.box = Box(x1=1, y1=2, x2=11, y2=200)
+
+    assert await s.handle() is Handled.OK
+
+    found = [d for f in s.result()["frames"] for d in f["detections"]]
+    assert found
+    assert {tuple(d["box"].values()) for d in found} == {(3.0, 6.0, 33.0, 144.0)}
+    assert s.result()["video"]["width"] == 192
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+async def test_a_detector_that_returns_no_number_fails_the_video_at_once(bad: float) -> None:
+    s = Setup(max_attempts=3)
+    s.store.objects[INPUT] = fake_video(frames=10)
+    s.detector.box = Box(x1=1, y1=2, x2=bad, y2=12)
+
+    assert await s.handle() is Handled.FAILED
+
+    result = s.result()  # valid JSON: the value never reaches it
+    assert result["error"]["reason"] == "DETECTOR_FAULT"
+    assert "no number" in result["error"]["message"]
+    assert s.states.records[EVENT]["attempts"] == 1  # not retried
+    assert s.count("checkout_runner_failures_total", reason="DETECTOR_FAULT") == 1
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "VIDEO_FRAME_TOO_LARGE",
+        "VIDEO_TOO_LONG",
+        "VIDEO_FRAME_RATE_TOO_HIGH",
+        "VIDEO_TOO_MANY_FRAMES",
+        "DECODE_TIMEOUT",
+        "DECODE_CPU_EXCEEDED",
+        "DECODE_MEMORY_EXCEEDED",
+    ],
+)
+async def test_a_video_beyond_a_decoding_limit_fails_on_its_first_attempt(reason: str) -> None:
+    s = Setup(max_attempts=3)
+    s.store.objects[INPUT] = fake_video(frames=10, refuse=reason)
+
+    assert await s.handle() is Handled.FAILED
+
+    assert s.result()["error"] == {"reason": reason, "message": "refused at frame 0"}
+    assert s.states.records[EVENT]["attempts"] == 1
+    assert s.decoder.closed == 1
+    assert s.count("checkout_runner_failures_total", reason=reason) == 1
+
+
+async def test_detection_stops_before_the_result_outgrows_its_bound() -> None:
+    """RUNNER_MAX_RESULT_BYTES: the frames that fit are kept, and the result says it was cut."""
+    whole = Setup()
+    whole.store.objects[INPUT] = fake_video(frames=100)
+    assert await whole.handle() is Handled.OK
+    sizes = [len(json.dumps(f, separators=(",", ":"))) + 1 for f in whole.result()["frames"]]
+
+    s = Setup(max_result_bytes=sum(sizes[:4]) + 5)
+    s.store.objects[INPUT] = fake_video(frames=100)
+    assert await s.handle() is Handled.OK
+
+    assert s.result()["frames"] == whole.result()["frames"][:4]
+    assert s.result()["truncated"] is True
+    assert whole.result()["truncated"] is False
 
 
 async def test_two_records_of_one_event_in_a_batch_are_processed_once() -> None:

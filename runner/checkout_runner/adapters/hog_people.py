@@ -10,29 +10,27 @@ import numpy as np
 
 from ..domain import Box, Detection
 from ..ports import Frame
-from ._sizing import detection_size
 
 
 class HogPeopleDetector:
     name = "hog-people"
 
-    def __init__(self, *, threshold: float = 0.5, max_side_px: int = 0) -> None:
+    def __init__(self, *, threshold: float = 0.5, max_detections: int = 100) -> None:
         """`threshold`: the least SVM margin a window must have (OpenCV's hitThreshold is 0);
-        `max_side_px`: larger frames are detected at this size (0: full size)."""
+        `max_detections`: the most a frame reports, highest margins first."""
         self.version = f"HOG people detector (OpenCV {cv2.__version__})"
         self._threshold = threshold
-        self._max_side_px = max_side_px
+        self._max_detections = max_detections
         self._hog = cv2.HOGDescriptor()
         weights = np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), dtype=np.float32)
         self._hog.setSVMDetector(weights)
 
-    def detect(self, frame: Frame) -> Sequence[Detection]:
+    def detect(self, frames: Sequence[Frame]) -> list[Sequence[Detection]]:
+        return [self._detect(frame) for frame in frames]
+
+    def _detect(self, frame: Frame) -> Sequence[Detection]:
         height, width = frame.shape[:2]
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        size, scale = detection_size(width, height, self._max_side_px), 1.0
-        if size is not None:
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-            scale = width / size[0]
         rects, weights = self._hog.detectMultiScale(
             gray, winStride=(8, 8), padding=(8, 8), scale=1.05
         )
@@ -40,7 +38,7 @@ class HogPeopleDetector:
         for rect, weight in zip(rects, np.ravel(weights), strict=True):
             if float(weight) < self._threshold:
                 continue
-            x, y, w, h = (float(v) * scale for v in rect)
+            x, y, w, h = (float(v) for v in rect)
             found.append(
                 Detection(
                     label="person",
@@ -53,4 +51,4 @@ class HogPeopleDetector:
                     ),
                 )
             )
-        return sorted(found, key=lambda d: -d.score)
+        return sorted(found, key=lambda d: -d.score)[: self._max_detections]

@@ -1,0 +1,231 @@
+"""The detection runner on what users and attackers send it, end to end (the server in-process,
+the relay and one runner as real processes, the session's FerretDB, MinIO and Kafka): clips of
+many sizes in several orders through one runner find the faces each finds alone; hostile
+videos end `failed` with their reasons on the first attempt while the runner stays up and
+small; the README's demo reaches `ready` through the CLI after other videos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_runner.adapters.centerface import CenterFaceDetector
+from checkout_runner.adapters.isolated_decoder import IsolatedDecoder
+from checkout_runner.config import RunnerSettings
+from checkout_runner.sample import Truth, write_sample
+from checkout_server.config import ServerSettings
+from checkout_server.wiring.server import App
+from devstack import Kafka
+from devstack._stack import PythonService, RunnerService
+from tests.hostile_videos import HOSTILE
+from tests.integration.runner_stack import (
+    Processes,
+    assert_faces_where_they_are,
+    metric,
+    prediction_of,
+    upload,
+    watch,
+)
+
+if TYPE_CHECKING:
+    Stub = pb_grpc.CheckoutServiceAsyncStub
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+
+# Sizes the runner meets one after another; 1920x1080 is scaled to 1280x720 by the decoder.
+SIZES = [(256, 192), (640, 480), (1280, 720), (1920, 1080)]
+ORDERS = [SIZES, SIZES[::-1], [SIZES[2], SIZES[0], SIZES[3], SIZES[1]]]
+# A box the runner reports after other videos and the same clip's box with a fresh detector
+# may differ this much, in pixels (the same model on the same frames: only float noise).
+BOX_TOLERANCE_PX = 1.0
+CHECKOUT = str(Path(sys.executable).with_name("checkout"))  # the SDK's console script
+RUNNER = str(Path(sys.executable).with_name("checkout-runner"))
+
+
+@pytest.fixture
+def processes(settings: ServerSettings, kafka: Kafka, tmp_path: Path) -> Iterator[Processes]:
+    group = Processes(settings, kafka, tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+async def relay(processes: Processes) -> PythonService:
+    return await asyncio.to_thread(processes.start_relay)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int], tuple[Path, Truth]]:
+    """The demo clip, 4 s, at each of SIZES."""
+    folder = tmp_path_factory.mktemp("sizes")
+    made = {}
+    for width, height in SIZES:
+        path = folder / f"clip-{width}x{height}.mp4"
+        made[(width, height)] = path, write_sample(path, seconds=4.0, size=(width, height))
+    return made
+
+
+async def alone(path: Path) -> dict[int, list[tuple[float, ...]]]:
+    """The clip's face boxes by frame index, found by a fresh detector that saw nothing else
+    (the runner's decoder and detector, in this process, scaled as the runner scales)."""
+    settings = RunnerSettings.from_env({})
+    detector = CenterFaceDetector()
+    boxes: dict[int, list[tuple[float, ...]]] = {}
+    async with IsolatedDecoder(settings.decode_limits).open(path, every_s=0.5) as video:
+        async for s in video.samples():
+            height, width = s.image.shape[:2]
+            found = (await asyncio.to_thread(detector.detect, [s.image]))[0]
+            scaled = [
+                d.scaled(s.width / width, s.height / height, s.width, s.height) for d in found
+            ]
+            boxes[s.index] = [(d.box.x1, d.box.y1, d.box.x2, d.box.y2) for d in scaled]
+    return boxes
+
+
+def boxes_of(prediction: dict[str, Any]) -> dict[int, list[tuple[float, ...]]]:
+    return {
+        int(f["index"]): [
+            tuple(d["box"][k] for k in ("x1", "y1", "x2", "y2")) for d in f["detections"]
+        ]
+        for f in prediction["frames"]
+    }
+
+
+def rss_bytes(runner: RunnerService) -> int:
+    for line in Path(f"/proc/{runner.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_clips_of_many_sizes_find_in_any_order_what_each_finds_alone(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    clips: dict[tuple[int, int], tuple[Path, Truth]],
+) -> None:
+    """The runner's first bug: after videos of a few sizes, every later video ended `failed`
+    (OpenCV's DNN module kept part of an earlier input size). One runner process takes the
+    clip at four sizes, in three orders: every result has the truth's faces (IoU >= 0.6),
+    nothing on the background-only frames, and the boxes a fresh detector finds."""
+    runner = await asyncio.to_thread(processes.start_runner, "runner-a")
+    expected = {size: await alone(path) for size, (path, _) in clips.items()}
+
+    for order in ORDERS:
+        for size in order:
+            path, truth = clips[size]
+            uploaded = await upload(stub, path.read_bytes(), f"clip-{size[0]}x{size[1]}.mp4")
+            seen = await watch(stub, uploaded.event_id)
+            assert seen[-1] == "ready", (size, seen)
+            prediction = await prediction_of(stub, uploaded.event_id)
+            assert (prediction["video"]["width"], prediction["video"]["height"]) == size
+            assert assert_faces_where_they_are(prediction, truth) == 4, size
+            got = boxes_of(prediction)
+            assert got.keys() == expected[size].keys(), size
+            for index, boxes in expected[size].items():
+                assert len(got[index]) == len(boxes), (size, index)
+                for a, b in zip(sorted(got[index]), sorted(boxes), strict=True):
+                    assert max(abs(u - v) for u, v in zip(a, b, strict=True)) <= BOX_TOLERANCE_PX
+    assert await metric(runner, 'checkout_runner_videos_total{outcome="ok"}') == 12
+
+
+async def test_hostile_videos_fail_at_once_and_the_runner_stays_up_and_small(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    clips: dict[tuple[int, int], tuple[Path, Truth]],
+    tmp_path: Path,
+) -> None:
+    """Each video of tests/hostile_videos.py ends `failed` with its reason on the first
+    attempt, within seconds; the runner is the same process after them, its memory grown by
+    less than 100 MiB, and the next honest video still finds its faces."""
+    runner = await asyncio.to_thread(processes.start_runner, "runner-a")
+    path, truth = clips[(640, 480)]
+    warm_up = await upload(stub, path.read_bytes())  # the model and its buffers in memory
+    assert (await watch(stub, warm_up.event_id))[-1] == "ready"
+    pid, rss_before = runner.pid, rss_bytes(runner)
+
+    for name, (make, reason) in sorted(HOSTILE.items()):
+        video = tmp_path / name
+        await asyncio.to_thread(make, video)
+        uploaded = await upload(stub, video.read_bytes(), f"{name}.mp4")
+        started = time.monotonic()
+        seen = await watch(stub, uploaded.event_id, timeout_s=60)
+        took = time.monotonic() - started
+        assert seen[-1] == "failed", (name, seen)
+        operation = (
+            await stub.GetStatus(pb.GetStatusRequest(event_id=uploaded.event_id))
+        ).operation
+        assert operation.error.startswith(f"{reason}: "), (name, operation.error)
+        assert took < 30, (name, took)
+
+    assert runner.pid == pid
+    assert runner.running
+    assert rss_bytes(runner) - rss_before < 100 * 1024 * 1024
+    assert await metric(runner, 'checkout_runner_videos_total{outcome="failed"}') == len(HOSTILE)
+    # First attempts only: no failure was a crash retried (PROCESSING_FAILED, INTERNAL).
+    assert await metric(runner, 'checkout_runner_failures_total{reason="INTERNAL"}') == 0
+    after = await upload(stub, path.read_bytes())
+    assert (await watch(stub, after.event_id))[-1] == "ready"
+    assert assert_faces_where_they_are(await prediction_of(stub, after.event_id), truth) == 4
+
+
+async def test_the_readme_demo_reaches_ready_after_other_videos(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    clips: dict[tuple[int, int], tuple[Path, Truth]],
+    tmp_path: Path,
+) -> None:
+    """README, "See it work": `make sample` (checkout-runner sample), then `checkout upload
+    sample.mp4 --watch`, on a runner that has processed videos of other sizes first."""
+    await asyncio.to_thread(processes.start_runner, "runner-a")
+    for size in [(1920, 1080), (256, 192)]:
+        uploaded = await upload(stub, clips[size][0].read_bytes())
+        assert (await watch(stub, uploaded.event_id))[-1] == "ready"
+    made = await asyncio.to_thread(
+        subprocess.run,
+        [RUNNER, "sample", "sample.mp4", "--truth", "sample.truth.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "faces in 40" in made.stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
+    demo = await asyncio.create_subprocess_exec(
+        CHECKOUT,
+        "--json",
+        "upload",
+        "sample.mp4",
+        "--watch",
+        cwd=tmp_path,
+        env={**env, "CHECKOUT_ADDR": f"127.0.0.1:{app.port}"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(demo.communicate(), 240)
+    assert demo.returncode == 0, stderr.decode()
+    shown = json.loads(stdout)  # one document: the upload, its last status and its result
+    assert shown["status"]["status"] == "ready", shown["status"]
+    truth = Truth.from_json((tmp_path / "sample.truth.json").read_text())
+    assert assert_faces_where_they_are(shown["result"]["prediction"], truth) == 8  # both faces
