@@ -12,7 +12,7 @@ PROTOS := $(shell find protos -name '*.proto')
 GENERATED := build/checkout.pb
 SCIKIT_IMAGE := scikit-image==0.26.0
 
-.PHONY: all install proto stack run test lint unit integration bench soak clean openapi release-contract sample
+.PHONY: all install proto stack run test lint unit integration bench soak clean openapi release-contract sample docs
 
 all: test
 
@@ -65,6 +65,10 @@ sample: $(INSTALLED)
 openapi: $(INSTALLED) proto stack
 	$(PY) tools/gen_openapi.py
 
+# The tables of docs/runner.md made from the runner's code (a test fails when they are stale).
+docs: $(INSTALLED)
+	$(PY) tools/gen_runner_docs.py
+
 # After a release: the current protos become the contract `make lint` checks against.
 release-contract: $(INSTALLED) proto stack
 	$(PY) tools/contract.py release
@@ -90,7 +94,15 @@ test: install lint
 	$(BIN)/pytest
 
 # Benchmarks (minutes; numbers vary with machine load: compare the printed ratios).
-bench: install
+# The `bench` extra: deface's video reading (imageio, imageio-ffmpeg, tqdm) for
+# bench/runner_speed.py, which runs deface's own pipeline beside the runner's; deface itself
+# stays installed with --no-deps (runner/no-deps.txt).
+BENCH_INSTALLED := $(VENV)/.bench-installed
+$(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+bench: install $(BENCH_INSTALLED)
 	$(PY) -m bench.report --out BENCHMARKS.md
 
 # The whole system under load and faults, the long scenarios (about 22 minutes when last

@@ -85,9 +85,9 @@ class RunnerSettings(BaseSettings):
     result says `truncated`)."""
     runner_max_frame_pixels: int = 4096 * 2160
     """RUNNER_MAX_FRAME_PIXELS: videos with larger frames (width x height) are refused
-    (VIDEO_FRAME_TOO_LARGE); the default takes 4K UHD and DCI 4K."""
+    (VIDEO_FRAME_TOO_LARGE); the default, 4096 x 2160, takes 4K UHD and DCI 4K."""
     runner_max_duration_s: float = 4 * 3600.0
-    """RUNNER_MAX_DURATION_S: longer videos are refused (VIDEO_TOO_LONG)."""
+    """RUNNER_MAX_DURATION_S: longer videos are refused (VIDEO_TOO_LONG); the default is 4 h."""
     runner_max_fps: float = 240.0
     """RUNNER_MAX_FPS: videos at a higher frame rate are refused (VIDEO_FRAME_RATE_TOO_HIGH)."""
     runner_max_frames_per_sample: int = 500
@@ -107,7 +107,8 @@ class RunnerSettings(BaseSettings):
     runner_concurrency: int = 1
     """RUNNER_CONCURRENCY: videos processed at once (each in a worker thread of its own)."""
     runner_threads_per_video: int = 1
-    """RUNNER_THREADS_PER_VIDEO: FFmpeg and OpenCV threads per video being processed."""
+    """RUNNER_THREADS_PER_VIDEO: FFmpeg, onnxruntime and OpenCV threads per video being processed
+    (0: as many as they choose)."""
     runner_max_video_bytes: int = 4 * GiB
     """RUNNER_MAX_VIDEO_BYTES: larger videos get a failure result (the server's upload limit)."""
     runner_max_sampled_frames: int = 20_000

@@ -24,7 +24,8 @@ class EnvelopeError(RunnerError):
 
 
 class VideoUndecodable(RunnerError):
-    """The object is not a video the decoder can read (corrupt, no video stream)."""
+    """FFmpeg cannot open or decode it (with how far it got), it has no video stream, no
+    frame decodes, or the decoder crashed on it."""
 
     reason = "VIDEO_UNDECODABLE"
 
@@ -36,45 +37,62 @@ class VideoMissing(RunnerError):
 
 
 class VideoTooLarge(RunnerError):
+    """Over `RUNNER_MAX_VIDEO_BYTES` (not downloaded)."""
+
     reason = "VIDEO_TOO_LARGE"
 
 
 class VideoRefused(RunnerError):
-    """The video is beyond one of the runner's decoding limits (config.py, RUNNER_MAX_* and
+    """The video is beyond one of the runner's decoding limits (RUNNER_MAX_* and
     RUNNER_DECODE_*): it gets a failure result on its first attempt, never a retry."""
 
     reason = "VIDEO_REFUSED"
 
 
 class FrameTooLarge(VideoRefused):
-    reason = "VIDEO_FRAME_TOO_LARGE"  # pixels per frame over RUNNER_MAX_FRAME_PIXELS
+    """Frames of more pixels than `RUNNER_MAX_FRAME_PIXELS`, as the container says or as a
+    frame turns out."""
+
+    reason = "VIDEO_FRAME_TOO_LARGE"
 
 
 class VideoTooLong(VideoRefused):
-    reason = "VIDEO_TOO_LONG"  # over RUNNER_MAX_DURATION_S
+    """Longer than `RUNNER_MAX_DURATION_S`, as the container says or as the frames' times
+    turn out."""
+
+    reason = "VIDEO_TOO_LONG"
 
 
 class FrameRateTooHigh(VideoRefused):
-    reason = "VIDEO_FRAME_RATE_TOO_HIGH"  # over RUNNER_MAX_FPS
+    """A frame rate over `RUNNER_MAX_FPS`, as the container says."""
+
+    reason = "VIDEO_FRAME_RATE_TOO_HIGH"
 
 
 class TooManyFrames(VideoRefused):
-    """More frames decoded between two samples than RUNNER_MAX_FRAMES_PER_SAMPLE: a rate the
-    container hid, or timestamps that do not advance."""
+    """More frames decoded between two samples than `RUNNER_MAX_FRAMES_PER_SAMPLE`:
+    timestamps that do not advance, or a rate the container hides."""
 
     reason = "VIDEO_TOO_MANY_FRAMES"
 
 
 class DecodeTimeout(VideoRefused):
-    reason = "DECODE_TIMEOUT"  # RUNNER_VIDEO_TIMEOUT_S of wall clock
+    """Not decoded and detected within `RUNNER_VIDEO_TIMEOUT_S`: the decoding process is
+    killed."""
+
+    reason = "DECODE_TIMEOUT"
 
 
 class DecodeCpuExceeded(VideoRefused):
-    reason = "DECODE_CPU_EXCEEDED"  # RUNNER_DECODE_CPU_S of CPU in the decoding process
+    """The decoding process used `RUNNER_DECODE_CPU_S` of CPU: the kernel ended it."""
+
+    reason = "DECODE_CPU_EXCEEDED"
 
 
 class DecodeMemoryExceeded(VideoRefused):
-    reason = "DECODE_MEMORY_EXCEEDED"  # RUNNER_DECODE_MEMORY_BYTES of address space
+    """Decoding needed more than `RUNNER_DECODE_MEMORY_BYTES` of address space."""
+
+    reason = "DECODE_MEMORY_EXCEEDED"
 
 
 REFUSALS: dict[str, type[RunnerError]] = {
@@ -95,10 +113,27 @@ REFUSALS: dict[str, type[RunnerError]] = {
 
 class DetectorFault(RunnerError):
     """The detector returned a value that is no number (NaN, infinity): a fault of the model
-    or its runtime, not of the video. The event gets a failure result; retrying would not
-    help."""
+    or its runtime; retrying would not help."""
 
     reason = "DETECTOR_FAULT"
+
+
+class ProcessingFailed(RunnerError):
+    """An unexpected error (a bug, a crash) on `RUNNER_MAX_ATTEMPTS` attempts: the runner's
+    log says which."""
+
+    reason = "PROCESSING_FAILED"
+
+
+FAILURE_RESULTS: tuple[type[RunnerError], ...] = (
+    VideoUndecodable,
+    VideoMissing,
+    VideoTooLarge,
+    *(cls for cls in REFUSALS.values() if cls is not VideoUndecodable),
+    DetectorFault,
+    ProcessingFailed,
+)
+"""Every reason a failure result may give (docs/runner.md's table is made from it)."""
 
 
 class StorageUnavailable(RunnerError):

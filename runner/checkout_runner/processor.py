@@ -34,7 +34,13 @@ from pathlib import Path
 from . import envelope, result
 from .backoff import Backoff
 from .domain import Analysis, Delivery, FrameResult, Outcome, Sample, VideoEvent, VideoState
-from .errors import DetectorFault, EnvelopeError, RunnerError, VideoUndecodable
+from .errors import (
+    DetectorFault,
+    EnvelopeError,
+    ProcessingFailed,
+    RunnerError,
+    VideoUndecodable,
+)
 from .metrics import RunnerMetrics
 from .ports import DecodedVideo, Detector, ObjectStore, StateStore, VideoDecoder
 
@@ -180,14 +186,13 @@ class Processor:
             extra = {"event_id": event.event_id, "attempt": attempt, "trace_id": trace_id}
             log.info("processing", extra=extra)
             if attempt - outages > self._config.max_attempts:
+                reason = ProcessingFailed.reason
                 body = result.failure(
                     event,
-                    reason="PROCESSING_FAILED",
+                    reason=reason,
                     message=f"gave up after {attempt - 1} attempts (the runner's log says why)",
                 )
-                return await self._store_result(
-                    event, key, body, Outcome.FAILED, "PROCESSING_FAILED"
-                )
+                return await self._store_result(event, key, body, Outcome.FAILED, reason)
             self._metrics.in_progress.inc()
             try:
                 analysis, truncated = await self._analyse(event, stop)
