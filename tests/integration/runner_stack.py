@@ -101,8 +101,15 @@ class Processes:
             process.stop()
 
 
-async def metric(runner: RunnerService, name: str) -> float:
-    return (await scrape(runner.port)).get(name, 0.0)
+async def metric(runner: RunnerService, name: str, *, default: float | None = None) -> float:
+    """The runner's sample `name` (with its labels); a missing series raises (a renamed metric
+    must not read as 0), unless a `default` says what its absence means."""
+    values = await scrape(runner.port)
+    if name in values:
+        return values[name]
+    if default is None:
+        raise AssertionError(f"no series {name} on {runner.name}'s /metrics")
+    return default
 
 
 async def upload(

@@ -209,7 +209,8 @@ async def test_a_redelivered_record_writes_no_second_result(
         await producer.stop()
 
     async def skipped() -> bool:
-        return await metric(runner, 'checkout_runner_videos_total{outcome="skipped"}') == 1
+        skipped = 'checkout_runner_videos_total{outcome="skipped"}'
+        return await metric(runner, skipped, default=0.0) == 1
 
     await wait_until(skipped, timeout_s=60, what="the redelivery skipped")
     assert await metric(runner, "checkout_runner_results_written_total") == 1
@@ -282,7 +283,8 @@ async def test_two_runners_share_the_partitions_and_process_each_video_once(
 
     written = [await metric(r, "checkout_runner_results_written_total") for r in runners]
     assert sum(written) == 6
-    processed = [await metric(r, 'checkout_runner_videos_total{outcome="ok"}') for r in runners]
+    ok = 'checkout_runner_videos_total{outcome="ok"}'
+    processed = [await metric(r, ok, default=0.0) for r in runners]
     assert processed == written
     records = await states.find({}).to_list()
     assert sorted(r["_id"] for r in records) == sorted(u.event_id for u in uploads)
