@@ -1,10 +1,12 @@
 """The detection runner in docker-compose.yml as docker compose loads it (composecheck): its
 own image stage, the settings it shares with the server, started after what it needs, as a
-group of replicas; and its healthcheck's command against a real runner's metrics endpoint."""
+group of replicas, confined (limits, a read-only root, no privileges, a volume its user owns
+for downloads); and its healthcheck's command against a real runner's metrics endpoint."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +25,8 @@ DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
 
 
 @pytest.fixture(scope="module")
-def runner_service() -> dict[str, Any]:
+def model() -> dict[str, Any]:
+    """The project as docker compose loads it with .env.example (`config --format json`)."""
     install_composecheck()
     res = subprocess.run(
         [str(COMPOSECHECK), "-json", str(COMPOSE), str(ENV_EXAMPLE)],
@@ -32,7 +35,13 @@ def runner_service() -> dict[str, Any]:
         timeout=30,
         check=True,
     )
-    service: dict[str, Any] = json.loads(res.stdout)["services"]["runner"]
+    loaded: dict[str, Any] = json.loads(res.stdout)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def runner_service(model: dict[str, Any]) -> dict[str, Any]:
+    service: dict[str, Any] = model["services"]["runner"]
     return service
 
 
@@ -55,6 +64,54 @@ def test_the_runner_is_a_group_of_its_own_image(runner_service: dict[str, Any]) 
         "kafka": "service_healthy",
         "relay": "service_healthy",  # the relays made the topic, with its partitions
     }
+
+
+@pytest.mark.timeout(60)
+def test_the_runner_has_memory_and_cpu_limits(runner_service: dict[str, Any]) -> None:
+    # deploy.resources.limits: what `docker compose up` applies without swarm.
+    limits = runner_service["deploy"]["resources"].get("limits", {})
+    assert int(limits.get("memory", 0)) == 2 * 1024**3
+    assert float(limits.get("cpus", 0)) == 2.0
+
+
+@pytest.mark.timeout(60)
+def test_the_runner_has_a_read_only_root_and_no_privileges(
+    runner_service: dict[str, Any],
+) -> None:
+    assert runner_service.get("read_only") is True
+    assert runner_service.get("cap_drop") == ["ALL"]
+    assert "no-new-privileges:true" in runner_service.get("security_opt", [])
+
+
+def runner_stage() -> str:
+    """The runner's stage of deploy/Dockerfile, up to the next FROM."""
+    after = DOCKERFILE.read_text().partition(" AS runner\n")[2]
+    assert after, "no runner stage"
+    return re.split(r"^FROM ", after, maxsplit=1, flags=re.MULTILINE)[0]
+
+
+@pytest.mark.timeout(60)
+def test_the_runner_downloads_to_a_volume_its_user_owns(
+    model: dict[str, Any], runner_service: dict[str, Any]
+) -> None:
+    """With the root read-only, downloads (up to 4 GiB) need a writable mount: a named volume
+    (a tmpfs would count them against the memory limit), which on its first mount takes the
+    owner of the image's folder, so the image makes that folder owned by the runner's user."""
+    temp_dir = runner_service["environment"]["RUNNER_TEMP_DIR"]
+    mounts = {m["target"]: m for m in runner_service.get("volumes", [])}
+    volume = mounts[temp_dir]
+    assert volume["type"] == "volume"
+    assert volume["source"] in model["volumes"]
+    assert not volume.get("read_only", False)
+    # The system's temp folder: a small tmpfs.
+    tmp = mounts["/tmp"]
+    assert tmp["type"] == "tmpfs"
+    assert 0 < int(tmp["tmpfs"]["size"]) <= 64 * 1024**2
+    stage = runner_stage()
+    user = re.search(r"^USER (\d+):(\d+)$", stage, re.MULTILINE)
+    assert user, "the runner stage runs as no numeric user"
+    uid, gid = user.groups()
+    assert re.search(rf"install -d -o {uid} -g {gid} (-m 0?7\d\d )?{re.escape(temp_dir)}\s", stage)
 
 
 @pytest.mark.timeout(120)
