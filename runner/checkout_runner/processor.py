@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import tempfile
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractContextManager
@@ -34,6 +33,7 @@ from pathlib import Path
 from . import envelope, result
 from .backoff import Backoff
 from .domain import Analysis, Delivery, FrameResult, Outcome, Sample, VideoEvent, VideoState
+from .downloads import download_folder
 from .errors import (
     DetectorFault,
     EnvelopeError,
@@ -246,8 +246,8 @@ class Processor:
     async def _analyse(self, event: VideoEvent, stop: asyncio.Event) -> tuple[Analysis, bool]:
         """Download the video to a temporary file and run the detector over its samples; a
         `stop` meanwhile ends the detection before the next batch (_Stopped)."""
-        with tempfile.TemporaryDirectory(dir=self._config.temp_dir, prefix="runner-") as folder:
-            path = Path(folder) / "video"
+        with download_folder(self._config.temp_dir) as folder:
+            path = folder / "video"
             await self._store.download(
                 event.bucket, event.object_key, path, max_bytes=self._config.max_video_bytes
             )

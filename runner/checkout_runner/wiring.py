@@ -27,6 +27,7 @@ from .adapters.mongo_states import Document, MongoStateStore
 from .backoff import Backoff
 from .config import RunnerSettings
 from .consumer import ConsumerLoop
+from .downloads import sweep_stale
 from .errors import RunnerError
 from .metrics import RunnerMetrics
 from .ports import Detector
@@ -87,6 +88,7 @@ class RunnerApp:
             )
             log.info("metrics", extra={"metrics_port": metrics_server.server_port})
         try:
+            await asyncio.to_thread(sweep_stale, self.settings.temp_dir)
             if await self._start(stop):
                 log.info("runner consuming", extra={"topic": self.settings.kafka_topic})
                 try:

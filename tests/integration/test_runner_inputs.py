@@ -2,7 +2,8 @@
 the relay and one runner as real processes, the session's FerretDB, MinIO and Kafka): clips of
 many sizes in several orders through one runner find the faces each finds alone; hostile
 videos end `failed` with their reasons on the first attempt while the runner stays up and
-small; the README's demo reaches `ready` through the CLI after other videos.
+small; the README's demo reaches `ready` through the CLI after other videos; a starting runner
+removes the downloads a killed one left.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_runner.adapters.centerface import CenterFaceDetector
 from checkout_runner.adapters.isolated_decoder import IsolatedDecoder
 from checkout_runner.config import RunnerSettings
+from checkout_runner.downloads import download_folder
 from checkout_runner.sample import Truth, write_sample
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App
@@ -40,6 +42,7 @@ from tests.integration.runner_stack import (
     upload,
     watch,
 )
+from tests.integration.storage_checks import wait_until
 
 if TYPE_CHECKING:
     Stub = pb_grpc.CheckoutServiceAsyncStub
@@ -238,3 +241,43 @@ async def test_the_readme_demo_reaches_ready_after_other_videos(
     assert shown["status"]["status"] == "ready", shown["status"]
     truth = Truth.from_json((tmp_path / "sample.truth.json").read_text())
     assert assert_faces_where_they_are(shown["result"]["prediction"], truth) == 8  # both faces
+
+
+async def test_a_starting_runner_removes_the_downloads_a_killed_one_left(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """A runner killed mid-video leaves its download folder (on compose's shared volume, across
+    restarts); the next runner to start removes it, and keeps the folder a live one holds."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    left = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", LEAVE_A_FOLDER, str(downloads)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    abandoned = Path(left.stdout.strip())
+    assert (abandoned / "video").exists()
+    with download_folder(downloads) as held:
+        await asyncio.to_thread(
+            processes.start_runner, "runner-a", {"RUNNER_TEMP_DIR": str(downloads)}
+        )
+
+        async def swept() -> bool:
+            return not await asyncio.to_thread(abandoned.exists)
+
+        await wait_until(swept, what="the abandoned download removed")
+        assert held.exists()
+
+
+# A process that makes a download folder with a video in it, then dies without cleaning up.
+LEAVE_A_FOLDER = """
+import os, sys, pathlib
+from checkout_runner.downloads import download_folder
+with download_folder(pathlib.Path(sys.argv[1])) as folder:
+    (folder / "video").write_bytes(b"x" * 4096)
+    print(folder, flush=True)
+    os._exit(0)
+"""
