@@ -1,4 +1,4 @@
-"""The README's grpcurl cookbook, run as written (but for the port and the descriptor set's
+"""The grpcurl cookbook of docs/api.md, run as written (but for the port and the descriptor set's
 path) against the whole stack: the streaming upload from the shell stores the file, the
 watch ends at `ready`, and `describe` shows the proto comments."""
 
@@ -20,15 +20,14 @@ from devstack._paths import REPO_ROOT
 from devstack._stack import DESCRIPTOR, LocalStack
 from tests.helpers import MiB, mp4_bytes
 from tests.integration.storage_checks import object_sha256
+from tests.markdown import sh_blocks
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def cookbook_blocks() -> list[str]:
-    """The ```sh blocks of the README's "grpcurl cookbook" section, in order."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("### grpcurl cookbook\n", 1)[1].split("\n### ", 1)[0]
-    return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    """The ```sh blocks of docs/api.md's "grpcurl cookbook" section, in order."""
+    return sh_blocks(REPO_ROOT / "docs" / "api.md", "grpcurl cookbook")
 
 
 def run_block(stack: LocalStack, block: str, cwd: Path, **env: str) -> str:

@@ -1,13 +1,12 @@
 """Resumable uploads over REST through a real Envoy: POST /api/uploads, PATCH with a raw body
 from `?offset=` (cut mid-body by curl itself, then resumed), GET and DELETE, errors in the one
-JSON shape; and the README's curl walk-through, run as written but for the port."""
+JSON shape; and the curl walk-through of docs/uploads.md, run as written but for the port."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import re
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from devstack._paths import REPO_ROOT
 from devstack._stack import DESCRIPTOR, OPENAPI
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
 from tests.integration.resumable_helpers import assert_one_video
+from tests.markdown import sh_blocks
 from tools.render_envoy import render_envoy_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -186,14 +186,13 @@ async def test_delete_cancels_and_later_calls_are_not_found(
     assert [o async for o in s3.list_objects(bucket, recursive=True)] == []
 
 
-def readme_blocks() -> list[str]:
-    """The ```sh blocks of the README's section on resumable uploads with curl."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("### Resumable uploads\n", 1)[1].split("\n### ", 1)[0]
-    return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+def walk_through_blocks() -> list[str]:
+    """The ```sh blocks of docs/uploads.md's section on resumable uploads (the curl
+    walk-through), in order."""
+    return sh_blocks(REPO_ROOT / "docs" / "uploads.md", "Resumable uploads")
 
 
-async def test_the_readme_walk_through_cuts_and_resumes_with_curl(
+async def test_the_docs_walk_through_cuts_and_resumes_with_curl(
     front: Front,
     tmp_path: Path,
     s3: Minio,
@@ -202,7 +201,7 @@ async def test_the_readme_walk_through_cuts_and_resumes_with_curl(
 ) -> None:
     data = mp4_bytes(17 * MiB + 5, seed=33)
     (tmp_path / "video.mp4").write_bytes(data)
-    script = "\n".join(readme_blocks()).replace("http://localhost:8080", front.url)
+    script = "\n".join(walk_through_blocks()).replace("http://localhost:8080", front.url)
     process = await asyncio.create_subprocess_exec(
         "bash",
         "-euo",
