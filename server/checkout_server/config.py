@@ -158,8 +158,9 @@ class AuthSection(Section):
     health and reflection services; off by default (the local stack, with a warning at start),
     on in docker-compose.yml."""
     auth_keys_file: str = ""
-    """AUTH_KEYS_FILE: the TOML file of hashed API keys, their clients and roles (README,
-    Authentication; `checkout-keys new` makes a key); re-read when it changes."""
+    """AUTH_KEYS_FILE: the TOML file of hashed API keys, their clients and roles
+    (docs/configuration.md, Authentication; `checkout-keys new` makes a key); re-read when it
+    changes."""
     auth_reload_interval_s: float = 2.0
     """AUTH_RELOAD_INTERVAL_S: how often AUTH_KEYS_FILE is checked for changes."""
     upload_rate_per_minute: int = 60

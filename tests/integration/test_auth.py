@@ -1,6 +1,6 @@
 """Authentication and roles against the real servers: API keys from a file, the three roles,
 what an uploader may see, the per-client upload rate limit, key reloads, and no token in the
-logs (README, Authentication)."""
+logs (docs/configuration.md, Authentication)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ class Keys:
 
 
 def replace_file(path: Path, text: str) -> None:
-    """Change the keys file as the README advises: a new file renamed over the old one."""
+    """Change the keys file as docs/configuration.md advises: a new file renamed over the old
+    one."""
     new = path.with_suffix(".new")
     new.write_text(text)
     new.replace(path)

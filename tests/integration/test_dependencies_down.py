@@ -216,7 +216,7 @@ async def test_the_abort_gives_up_after_storage_abort_retry_s(
 ) -> None:
     # MinIO dies mid-upload with a multipart upload open and stays away longer than the
     # abort retries: the cleanup ends (it does not retry forever), and the open upload is
-    # left to MinIO's own expiry of stale multipart uploads (README, Uploads).
+    # left to MinIO's own expiry of stale multipart uploads (docs/uploads.md).
     retry_s = 3.0
     settings = settings.replace(minio_endpoint=own_minio.endpoint, storage_abort_retry_s=retry_s)
     app = await started(settings)

@@ -107,7 +107,7 @@ def schemathesis_config(data: dict[str, list[str]]) -> str:
         "fail-on = true",
         "",
         # Envoy answers a method a path does not have with 404 ROUTE_NOT_FOUND (documented in
-        # the README's error table), not the 405 this check wants.
+        # docs/api.md's table of Envoy's errors), not the 405 this check wants.
         "[checks.unsupported_method]",
         "enabled = false",
         "",

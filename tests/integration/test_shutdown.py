@@ -1,6 +1,6 @@
 """SIGTERM of a real server process under load: dozens of uploads in flight and watchers.
 
-What a graceful stop promises (README, Health and SHUTDOWN_GRACE_S): the health service says
+What a graceful stop promises (docs/api.md, Health, and SHUTDOWN_GRACE_S): the health service says
 NOT_SERVING first; watch streams end at once with SHUTTING_DOWN (a clean, retriable end, not a
 broken stream); for SHUTDOWN_DRAIN_S new calls are answered SHUTTING_DOWN, then connections are
 refused; uploads that complete within the grace period are stored, the rest are answered

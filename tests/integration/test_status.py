@@ -102,8 +102,8 @@ async def test_list_without_paging_gives_everything_up_to_ten_thousand(
     settings: ServerSettings, status_collection: Collection
 ) -> None:
     # Status records written directly (as the relay's healing writes them): 10,050 of them.
-    # FerretDB over SQLite scans and sorts them all for each listing (about 3 s here, README
-    # "Known limitations"), hence a database timeout of its own.
+    # FerretDB over SQLite scans and sorts them all for each listing (about 3 s here,
+    # docs/architecture.md, "Known limitations"), hence a database timeout of its own.
     now = datetime.now(UTC)
     made = [
         outbox_event(

@@ -142,7 +142,7 @@ async def test_listing_refuses_bad_paging_parameters() -> None:
 
 @pytest.mark.parametrize("page_size", [1001, 2**31 - 1])
 async def test_page_size_is_capped(page_size: int) -> None:
-    cap = 1000  # README: pages of at most 1000
+    cap = 1000  # docs/status.md: pages of at most 1000
     # More events than the cap: the scan asks for the cap and one more (to know that more
     # follow), never for what the caller asked.
     storage, outbox = FakeStorage(), FakeOutbox()

@@ -3,8 +3,9 @@
 The API status of an event is `ready` once its detection result exists in object storage,
 else the outbox status (`new`, `sent`, `failed`). Once a result is seen it is recorded in the
 event's status record (`ready_at`), so listings never ask storage once per event. A failure
-result (`"status": "failed"`, README's result contract) makes the event `failed` instead, its
-`error` the result's reason and message: it is read once, when the result is first seen.
+result (`"status": "failed"`, the result contract in docs/status.md) makes the event `failed`
+instead, its `error` the result's reason and message: it is read once, when the result is
+first seen.
 
 A result counts for an event only if it was written after the event was created (with a
 margin for clock skew): a re-request of a video that already has a result is not `ready`
@@ -44,13 +45,13 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 100  # with a page token but no page size
 MAX_PAGE_SIZE = 1000
 # Without page size and token (the original service's `status/all`): every event up to this
-# many, then a next_page_token (README, Statuses).
+# many, then a next_page_token (docs/status.md).
 LIST_ALL_MAX = 10_000
 # A result written this long before its event was created still counts (clock skew between
 # the runner's storage writes and this server).
 RESULT_CLOCK_SKEW = timedelta(seconds=5)
 # A result whose FAILURE_FIELD is FAILURE_VALUE is a failure result: the video could not be
-# processed, and `error` ({"reason", "message"}) says why (README, the result contract).
+# processed, and `error` ({"reason", "message"}) says why (docs/status.md, the result contract).
 FAILURE_FIELD, FAILURE_VALUE = "status", "failed"
 FAILURE_TEXT_MAX = 500  # characters of `REASON: message` kept in the status record
 

@@ -12,7 +12,7 @@ One change feed per process, whatever the number of watchers:
 - a slower reconcile checks every event still waiting for a result, so listings and
   all-events watchers learn of results nobody was watching for.
 Ready marks are written to the status records, so they reach watchers through the same
-poller. (MinIO bucket notifications would be the natural fast path; the README says why
+poller. (MinIO bucket notifications would be the natural fast path; docs/status.md says why
 results are polled instead.) The three loops run under the process's Supervisor: a round
 that raises anything is logged, counted and retried, so the feed never ends silently.
 

@@ -59,7 +59,7 @@ EXPIRED_BATCH = 100
 ORPHAN_PAGE = 1000  # keys listed per bucket per round (one S3 ListObjectsV2 page)
 # Videos an event was found for are not asked about again for this long: once a video has an
 # event only Cleanup removes it (with the objects, first), and FerretDB 1.24 reads both
-# collections whole for every question (README, FerretDB at scale). At most NAMED_MAX are
+# collections whole for every question (docs/performance.md). At most NAMED_MAX are
 # remembered; beyond, all are forgotten (asked about again, which is always safe).
 NAMED_TTL_S = 24 * 3600.0
 NAMED_MAX = 100_000

@@ -79,7 +79,7 @@ SERVER_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     # A fixed 4 MiB receive window per stream instead of BDP probing, which grows windows
     # (and so what gRPC buffers for uploads the server is not reading yet) without bound on
-    # fast links; 4 MiB still fills 400 MB/s at 10 ms RTT. README, Performance: the RSS.
+    # fast links; 4 MiB still fills 400 MB/s at 10 ms RTT. docs/performance.md, Large REST uploads.
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", 4 * MiB),
 ]
