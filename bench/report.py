@@ -120,6 +120,17 @@ BENCHES = (
         ("bench/resumable_upload.py", "--size-mib", "1024", "--streams", "4"),
         ("bench/resumable_upload.py", "--size-mib", "64", "--streams", "2"),
     ),
+    Bench(
+        "The detection runner against deface, and hostile videos",
+        "The runner's pipeline (its decoding process and CenterFaceDetector, 1 thread each) "
+        "against deface's own `video_detect` (no output video), same CenterFace model and "
+        "clip, every frame detected: frames per CPU-second of the process and its children, "
+        "alternating, median of 3. Then the peak RSS of "
+        "the runner's process and of its decoding process per video, and the time each "
+        "video of tests/hostile_videos.py takes to fail, with its reason.",
+        ("bench/runner_speed.py", "--seconds", "12", "--rounds", "3"),
+        ("bench/runner_speed.py", "--seconds", "4", "--rounds", "1"),
+    ),
 )
 
 
