@@ -1,7 +1,8 @@
 """The runner's settings: one frozen object built from the environment in the entry point
 (`RunnerSettings.from_env()`). Every field reads the variable named after it, upper-cased
 (`runner_sample_fps` <- RUNNER_SAMPLE_FPS); the shared ones (MINIO_*, MONGO_*, KAFKA_*,
-RESULT_KEY_TEMPLATE) have the server's names and defaults, so one environment serves both.
+RESULT_KEY_TEMPLATE, RESULT_MAX_BYTES) have the server's names and defaults, so one environment
+serves both.
 `<NAME>_FILE` names a file that holds a secret (MINIO_ACCESS_KEY, MINIO_SECRET_KEY,
 MONGO_URI) and wins over the plain variable.
 """
@@ -53,6 +54,10 @@ class RunnerSettings(BaseSettings):
     """KAFKA_BOOTSTRAP_SERVERS: the relay's Kafka."""
     kafka_topic: str = "checkout.videos.v1"
     """KAFKA_TOPIC: the relay's topic."""
+    result_max_bytes: int = 3 * MiB
+    """RESULT_MAX_BYTES: the largest result the server returns (the server's setting):
+    detection stops before the result JSON would grow past it (the result says
+    `truncated`)."""
     result_key_template: str = "output/{video_id}.json"
     """RESULT_KEY_TEMPLATE: where results go in the event's bucket (the server's setting;
     `{video_id}` and `{event_id}` are replaced)."""
@@ -80,9 +85,6 @@ class RunnerSettings(BaseSettings):
     (CUDAExecutionProvider with the onnxruntime-gpu wheel: docs/runner.md, "Detectors")."""
     runner_max_detections_per_frame: int = 100
     """RUNNER_MAX_DETECTIONS_PER_FRAME: the most a frame reports, highest scores first."""
-    runner_max_result_bytes: int = 64 * MiB
-    """RUNNER_MAX_RESULT_BYTES: detection stops before the result JSON grows past this (the
-    result says `truncated`)."""
     runner_max_frame_pixels: int = 4096 * 2160
     """RUNNER_MAX_FRAME_PIXELS: videos with larger frames (width x height) are refused
     (VIDEO_FRAME_TOO_LARGE); the default, 4096 x 2160, takes 4K UHD and DCI 4K."""
@@ -152,7 +154,7 @@ class RunnerSettings(BaseSettings):
             "runner_max_sampled_frames",
             "runner_detect_batch",
             "runner_max_detections_per_frame",
-            "runner_max_result_bytes",
+            "result_max_bytes",
             "runner_max_frame_pixels",
             "runner_max_frames_per_sample",
             "runner_decode_memory_bytes",

@@ -268,7 +268,8 @@ class Processor:
     ) -> tuple[Analysis, bool]:
         """Every sample through the detector, in batches of one size, until the samples, the
         frame limit or the result size limit end."""
-        found = _Findings(self._config.max_sampled_frames, self._config.max_result_bytes)
+        frames_bytes = self._config.max_result_bytes - result.HEADER_MAX_BYTES
+        found = _Findings(self._config.max_sampled_frames, frames_bytes)
         samples = video.samples()
         try:
             await self._detect_each(samples, detector, found, stop)

@@ -12,6 +12,10 @@ from typing import Any
 from .domain import Analysis, Detection, FrameResult, Outcome, VideoEvent
 
 RESULT_VERSION = 1
+# What a success result takes besides its frames (ids, times, the video's figures, the
+# detector's name and version, the frames' brackets), with room to spare: the frames get the
+# rest of RESULT_MAX_BYTES.
+HEADER_MAX_BYTES = 2048
 
 
 def _header(event: VideoEvent, outcome: Outcome) -> dict[str, Any]:

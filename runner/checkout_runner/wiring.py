@@ -172,7 +172,7 @@ def create_runner(settings: RunnerSettings) -> RunnerApp:
             sample_fps=settings.runner_sample_fps,
             max_video_bytes=settings.runner_max_video_bytes,
             max_sampled_frames=settings.runner_max_sampled_frames,
-            max_result_bytes=settings.runner_max_result_bytes,
+            max_result_bytes=settings.result_max_bytes,
             detect_batch=settings.runner_detect_batch,
             max_attempts=settings.runner_max_attempts,
             retry_initial_s=settings.runner_retry_initial_s,

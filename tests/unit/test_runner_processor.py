@@ -18,6 +18,7 @@ from checkout_runner.domain import Box, Delivery, VideoState
 from checkout_runner.errors import VideoTooLarge
 from checkout_runner.metrics import RunnerMetrics
 from checkout_runner.processor import Handled, Processor, ProcessorConfig
+from checkout_runner.result import HEADER_MAX_BYTES
 from tests.runner_fakes import (
     FakeDecoder,
     FakeDetector,
@@ -417,18 +418,21 @@ async def test_a_video_beyond_a_decoding_limit_fails_on_its_first_attempt(reason
 
 
 async def test_detection_stops_before_the_result_outgrows_its_bound() -> None:
-    """RUNNER_MAX_RESULT_BYTES: the frames that fit are kept, and the result says it was cut."""
+    """RESULT_MAX_BYTES (what the server returns): the frames that fit are kept, the result
+    says it was cut, and it is within the bound."""
     whole = Setup()
     whole.store.objects[INPUT] = fake_video(frames=100)
     assert await whole.handle() is Handled.OK
     sizes = [len(json.dumps(f, separators=(",", ":"))) + 1 for f in whole.result()["frames"]]
 
-    s = Setup(max_result_bytes=sum(sizes[:4]) + 5)
+    bound = HEADER_MAX_BYTES + sum(sizes[:4]) + 5
+    s = Setup(max_result_bytes=bound)
     s.store.objects[INPUT] = fake_video(frames=100)
     assert await s.handle() is Handled.OK
 
     assert s.result()["frames"] == whole.result()["frames"][:4]
     assert s.result()["truncated"] is True
+    assert len(s.store.objects[OUTPUT]) <= bound
     assert whole.result()["truncated"] is False
 
 

@@ -1,0 +1,141 @@
+"""What one process writes, the other reads: the relay's Kafka record through the runner's
+parser, the runner's result documents through the server's status and result reading, and
+the settings both read from one environment. The processes share no code (import-linter);
+these tests import both sides."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from checkout_runner import envelope, result
+from checkout_runner.config import RunnerSettings
+from checkout_runner.domain import (
+    Analysis,
+    Box,
+    Delivery,
+    Detection,
+    FrameResult,
+    VideoEvent,
+    VideoInfo,
+)
+from checkout_runner.errors import FAILURE_RESULTS
+from checkout_server.config import RelaySettings, ServerSettings
+from checkout_server.domain import ANONYMOUS, EventStatus
+from checkout_server.relay.envelope import build_message
+from checkout_server.relay.ports import PendingEvent
+from checkout_server.status.service import StatusService, StatusSettings
+from tests.fakes import NOW, FakeOutbox, FakeStorage
+from tests.helpers import outbox_event
+
+pytestmark = pytest.mark.timeout(10)
+
+VIDEO = "0b6e3f5e-8d4f-4e1a-9a51-8c3c0d9f2b10"
+KEY = ("videos", f"output/{VIDEO}.json")
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def runner_event() -> VideoEvent:
+    """The event as the runner gets it from the relay's record of the outbox event."""
+    pending = PendingEvent(
+        event_id=VIDEO,
+        video_id=VIDEO,
+        payload={"bucket": "videos", "object_key": f"input/{VIDEO}.mp4", "size_bytes": 7},
+        created_at=NOW,
+    )
+    message = build_message(pending, traceparent=TRACEPARENT)
+    record = Delivery(
+        topic="t", partition=0, offset=0, value=message.value, headers=tuple(message.headers)
+    )
+    return envelope.parse(record)
+
+
+def test_the_relays_record_is_the_event_the_runner_reads() -> None:
+    event = runner_event()
+    assert (event.event_id, event.video_id, event.bucket, event.object_key) == (
+        VIDEO,
+        VIDEO,
+        "videos",
+        f"input/{VIDEO}.mp4",
+    )
+    assert event.size_bytes == 7
+    assert event.created_at == NOW
+    assert event.traceparent == TRACEPARENT
+
+
+async def status_of(document: bytes, *, max_bytes: int = 3 << 20) -> StatusService:
+    storage, outbox = FakeStorage(), FakeOutbox()
+    await outbox.add(outbox_event(VIDEO, video_id=VIDEO, status=EventStatus.SENT, at=NOW))
+    storage.objects[KEY] = document
+    storage.modified[KEY] = NOW + timedelta(seconds=30)
+    return StatusService(
+        storage=storage,
+        outbox=outbox,
+        settings=StatusSettings(
+            default_bucket="videos",
+            allowed_buckets=frozenset({"videos"}),
+            result_key_template="output/{video_id}.json",
+            result_max_bytes=max_bytes,
+            admin_token="",
+        ),
+        clock=lambda: NOW + timedelta(minutes=1),
+    )
+
+
+@pytest.mark.parametrize("reason", [cls.reason for cls in FAILURE_RESULTS])
+async def test_each_failure_result_of_the_runner_makes_the_event_failed_with_it(
+    reason: str,
+) -> None:
+    document = result.failure(runner_event(), reason=reason, message="what went wrong")
+
+    got = await (await status_of(document)).get(VIDEO, ANONYMOUS)
+
+    assert got.api_status is EventStatus.FAILED
+    assert got.error == f"{reason}: what went wrong"
+
+
+async def test_the_runners_success_result_is_the_prediction_the_server_returns() -> None:
+    face = Detection(
+        label="face",
+        score=0.92,
+        box=Box(x1=1.5, y1=2.0, x2=30.0, y2=40.0),
+        landmarks=((5.0, 6.0),) * 5,
+    )
+    analysis = Analysis(
+        video=VideoInfo(width=640, height=480, fps=10.0, frame_count=60, duration_s=6.0),
+        frames=[
+            FrameResult(index=0, timestamp_s=0.0),
+            FrameResult(index=5, timestamp_s=0.5, detections=(face,)),
+        ],
+    )
+    document = result.success(
+        runner_event(), analysis, detector=("centerface", "v"), sample_fps=2.0, truncated=False
+    )
+    service = await status_of(document)
+
+    got = await service.get(VIDEO, ANONYMOUS)
+    read = await service.result(VIDEO, ANONYMOUS)
+
+    assert got.api_status is EventStatus.READY
+    assert got.error == ""
+    assert read.prediction == json.loads(document)
+    assert read.prediction is not None
+    assert read.prediction["frames"][1]["detections"][0]["box"] == {
+        "x1": 1.5,
+        "y1": 2.0,
+        "x2": 30.0,
+        "y2": 40.0,
+    }
+
+
+def test_the_settings_both_read_have_the_same_defaults() -> None:
+    """One environment serves both: a default that differs splits them silently (a result
+    larger than the server returns, results written where the server does not look)."""
+    server, relay = ServerSettings.from_env({}), RelaySettings.from_env({})
+    runner = RunnerSettings.from_env({})
+    assert runner.result_max_bytes == server.result_max_bytes
+    assert runner.result_key_template == server.result_key_template
+    assert runner.kafka_topic == relay.kafka_topic
+    assert runner.mongo_db == server.mongo_db
