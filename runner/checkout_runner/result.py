@@ -1,6 +1,6 @@
-"""The result JSON the runner writes at the result key (README, "Contract for the detection
-runner"): one object, `status` "ok" with the detections, or "failed" with `error`, which the
-checkout API reports as the event's `failed` status and error."""
+"""The result JSON the runner writes at the result key (docs/status.md, "Contract for
+the detection runner"): one object, `status` "ok" with the detections, or "failed" with
+`error`, which the checkout API reports as the event's `failed` status and error."""
 
 from __future__ import annotations
 
