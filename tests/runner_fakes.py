@@ -198,6 +198,10 @@ class FakeSource:
         self.errors: list[Exception] = []
         self.drained = asyncio.Event()  # set when asked for more after the last batch
         self.handed_out = asyncio.Event()  # set when a batch was handed out
+        self.lag_errors: list[Exception] = []  # raised by the next lag() calls, one each
+        self.lag_asked = 0
+        self.lag_watch = 0  # lag_seen is set once lag() answered after this many calls
+        self.lag_seen = asyncio.Event()
 
     async def start(self) -> None:
         pass
@@ -222,6 +226,11 @@ class FakeSource:
         return commit
 
     async def lag(self) -> int:
+        self.lag_asked += 1
+        if self.lag_errors:
+            raise self.lag_errors.pop(0)
+        if self.lag_asked >= self.lag_watch:
+            self.lag_seen.set()
         return len(self.batches)
 
     def assigned(self) -> int:

@@ -26,9 +26,14 @@ SECRETS = ("minio_access_key", "minio_secret_key", "mongo_uri")
 
 
 def _flag(value: object) -> object:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return value
+    """true/false as the server reads them: anything else is refused, not taken for false."""
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
 
 
 class RunnerSettings(BaseSettings):
@@ -174,8 +179,19 @@ class RunnerSettings(BaseSettings):
             raise ValueError("RUNNER_DETECT_MAX_SIDE_PX must be 0 (full size) or more")
         if self.runner_threads_per_video < 0:
             raise ValueError("RUNNER_THREADS_PER_VIDEO must be 0 (FFmpeg chooses) or more")
+        if not 0 < self.runner_retry_initial_s <= self.runner_retry_max_s:
+            raise ValueError("need 0 < RUNNER_RETRY_INITIAL_S <= RUNNER_RETRY_MAX_S")
+        template = self.result_key_template
+        # The server's rule (its config.py): a folder, and the video's or the event's id.
+        if "/" not in template.split("{", 1)[0] or not any(
+            p in template for p in ("{video_id}", "{event_id}")
+        ):
+            raise ValueError(
+                "RESULT_KEY_TEMPLATE needs a folder and {video_id} or {event_id}, "
+                "e.g. output/{video_id}.json"
+            )
         try:
-            self.result_key_template.format(video_id="v", event_id="e")
+            template.format(video_id="v", event_id="e")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"RESULT_KEY_TEMPLATE: {exc!r}") from None
         return self

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .backoff import Backoff, wait_or_stop
+from .backoff import Backoff, Retries, wait_or_stop
 from .errors import RunnerError
 from .metrics import RunnerMetrics
 from .ports import EventSource
@@ -44,18 +44,24 @@ class ConsumerLoop:
     async def run(self, stop: asyncio.Event) -> None:
         lag_task = asyncio.create_task(self._measure_lag(stop), name="runner-lag")
         try:
-            backoff = Backoff(self._retry_initial_s, self._retry_max_s)
+            retries = Retries(Backoff(self._retry_initial_s, self._retry_max_s))
             while not stop.is_set():
                 try:
                     await self._round(stop)
-                    backoff.reset()
+                    retries.reset()
                 except Exception as exc:
                     self._metrics.loop_failures.inc()
+                    delay_s = retries.next_delay_s()
                     if isinstance(exc, RunnerError) and exc.retriable:
-                        log.warning("consumer round failed (%s): %s", exc.reason, exc.message)
+                        log.warning(
+                            "consumer round failed (%s), retrying in %.1f s: %s",
+                            exc.reason,
+                            delay_s,
+                            exc.message,
+                        )
                     else:
-                        log.exception("consumer round failed")
-                    await backoff.wait(stop)
+                        log.exception("consumer round failed, retrying in %.1f s", delay_s)
+                    await wait_or_stop(stop, delay_s)
         finally:
             lag_task.cancel()
             await asyncio.gather(lag_task, return_exceptions=True)
@@ -76,9 +82,19 @@ class ConsumerLoop:
             log.warning("batch processed but not committed: the group will deliver it again")
 
     async def _measure_lag(self, stop: asyncio.Event) -> None:
+        """The lag gauge every lag_interval_s. A failure never stops the runner (nor this
+        loop); the first of a run is logged as a warning, the recovery too."""
+        failing = False
         while not stop.is_set():
             try:
                 self._metrics.lag.set(await self._source.lag())
-            except Exception:  # a gauge must never stop the runner
-                log.debug("lag not measured", exc_info=True)
+            except Exception as exc:
+                self._metrics.loop_failures.inc()
+                if not failing:
+                    log.warning("consumer lag not measured: %r", exc, exc_info=True)
+                failing = True
+            else:
+                if failing:
+                    log.info("consumer lag measured again")
+                failing = False
             await wait_or_stop(stop, self._lag_interval_s)

@@ -31,7 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from . import envelope, result
-from .backoff import Backoff
+from .backoff import Backoff, Retries, wait_or_stop
 from .domain import Analysis, Delivery, FrameResult, Outcome, Sample, VideoEvent, VideoState
 from .downloads import download_folder
 from .errors import (
@@ -136,7 +136,7 @@ class Processor:
             done.set()
 
     async def _handle(self, event: VideoEvent, stop: asyncio.Event) -> Handled:
-        backoff = Backoff(self._config.retry_initial_s, self._config.retry_max_s)
+        retries = Retries(Backoff(self._config.retry_initial_s, self._config.retry_max_s))
         outages = 0
         while not stop.is_set():
             try:
@@ -145,6 +145,7 @@ class Processor:
                 log.info("stopping: left unfinished", extra={"event_id": event.event_id})
                 return Handled.STOPPED
             except Exception as exc:
+                delay_s = retries.next_delay_s()
                 # Outages pass: they do not count against RUNNER_MAX_ATTEMPTS. Anything else
                 # does, as do crashes (the state record counts every attempt begun).
                 if isinstance(exc, RunnerError) and exc.retriable:
@@ -152,17 +153,21 @@ class Processor:
                     self._metrics.failures.labels(exc.reason).inc()
                     log.warning(
                         "attempt failed, retrying in %.1f s: %s",
-                        backoff.delay_s,
+                        delay_s,
                         exc.message,
                         extra={"event_id": event.event_id, "reason": exc.reason},
                     )
                 else:
                     self._metrics.failures.labels("INTERNAL").inc()
-                    log.exception("attempt failed", extra={"event_id": event.event_id})
+                    log.exception(
+                        "attempt failed, retrying in %.1f s",
+                        delay_s,
+                        extra={"event_id": event.event_id},
+                    )
+                await wait_or_stop(stop, delay_s)
             else:
                 self._metrics.videos.labels(outcome.value).inc()
                 return outcome
-            await backoff.wait(stop)
         return Handled.STOPPED
 
     async def _attempt(self, event: VideoEvent, *, outages: int, stop: asyncio.Event) -> Handled:

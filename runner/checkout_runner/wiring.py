@@ -24,7 +24,7 @@ from .adapters.isolated_decoder import IsolatedDecoder
 from .adapters.kafka_source import KafkaEventSource
 from .adapters.minio_store import MinioObjectStore
 from .adapters.mongo_states import Document, MongoStateStore
-from .backoff import Backoff
+from .backoff import Backoff, Retries, wait_or_stop
 from .config import RunnerSettings
 from .consumer import ConsumerLoop
 from .downloads import sweep_stale
@@ -104,17 +104,17 @@ class RunnerApp:
             await asyncio.to_thread(self.provider.shutdown)
 
     async def _start(self, stop: asyncio.Event) -> bool:
-        backoff = Backoff(self.settings.runner_retry_initial_s, self.settings.runner_retry_max_s)
+        settings = self.settings
+        retries = Retries(Backoff(settings.runner_retry_initial_s, settings.runner_retry_max_s))
         while not stop.is_set():
             try:
                 await self.states.ensure_indexes()
                 await self.source.start()
                 return True
             except RunnerError as exc:
-                log.warning(
-                    "not started (%s), retrying in %.1f s: %s", exc.reason, backoff.delay_s, exc
-                )
-            await backoff.wait(stop)
+                delay_s = retries.next_delay_s()
+                log.warning("not started (%s), retrying in %.1f s: %s", exc.reason, delay_s, exc)
+                await wait_or_stop(stop, delay_s)
         return False
 
 

@@ -399,6 +399,10 @@ class StatusSection(Section):
                 "RESULT_KEY_TEMPLATE needs a folder and {video_id} or {event_id}, "
                 "e.g. output/{video_id}.json"
             )
+        try:  # another field ({nope}) or a stray brace would fail at the first result
+            template.format(video_id="v", event_id="e")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"RESULT_KEY_TEMPLATE: {exc!r}") from None
         return template
 
 

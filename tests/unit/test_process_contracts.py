@@ -1,6 +1,7 @@
 """What one process writes, the other reads: the relay's Kafka record through the runner's
-parser, the runner's result documents through the server's status and result reading, and
-the settings both read from one environment. The processes share no code (import-linter);
+parser, the runner's result documents through the server's status and result reading, the
+settings both read from one environment (defaults, result keys, flags), and the retry
+schedule the runner copies from the SDK. The processes share no code (import-linter);
 these tests import both sides."""
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from datetime import timedelta
 
 import pytest
 
+from checkout_client.backoff import Backoff as SdkBackoff
 from checkout_runner import envelope, result
+from checkout_runner.backoff import Backoff as RunnerBackoff
 from checkout_runner.config import RunnerSettings
 from checkout_runner.domain import (
     Analysis,
@@ -22,8 +25,10 @@ from checkout_runner.domain import (
     VideoInfo,
 )
 from checkout_runner.errors import FAILURE_RESULTS
+from checkout_runner.errors import ConfigError as RunnerConfigError
 from checkout_server.config import RelaySettings, ServerSettings
 from checkout_server.domain import ANONYMOUS, EventStatus
+from checkout_server.errors import ConfigError as ServerConfigError
 from checkout_server.relay.envelope import build_message
 from checkout_server.relay.ports import PendingEvent
 from checkout_server.status.service import StatusService, StatusSettings
@@ -139,3 +144,57 @@ def test_the_settings_both_read_have_the_same_defaults() -> None:
     assert runner.result_key_template == server.result_key_template
     assert runner.kafka_topic == relay.kafka_topic
     assert runner.mongo_db == server.mongo_db
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "output/{video_id}.json",
+        "results/{event_id}.json",
+        "a/b/{video_id}-{event_id}.json",
+        "{video_id}.json",  # no folder: the server's cleanup and listing need one
+        "output/result.json",  # no id: every result at one key
+        "output/{video_id}/{nope}.json",
+        "output/{video_id}.json{",
+        "output/{0}.json",
+    ],
+)
+def test_the_server_and_the_runner_take_the_same_result_keys(template: str) -> None:
+    def takes(settings: type[ServerSettings] | type[RunnerSettings]) -> bool:
+        try:
+            settings.from_env({"RESULT_KEY_TEMPLATE": template})
+        except (ServerConfigError, RunnerConfigError):
+            return False
+        return True
+
+    assert takes(ServerSettings) == takes(RunnerSettings)
+
+
+FLAGS = {"true": True, "1": True, "on": True, "false": False, "0": False, "off": False}
+
+
+@pytest.mark.parametrize("value", [*FLAGS, "maybe", "2"])
+def test_the_server_and_the_runner_read_a_flag_alike(value: str) -> None:
+    """A value that is neither true nor false stops both, naming the variable (the runner
+    used to take it for false)."""
+    env = {"MINIO_SECURE": value}
+    if value in FLAGS:
+        assert ServerSettings.from_env(env).minio_secure is FLAGS[value]
+        assert RunnerSettings.from_env(env).minio_secure is FLAGS[value]
+        return
+    with pytest.raises(ServerConfigError, match="MINIO_SECURE"):
+        ServerSettings.from_env(env)
+    with pytest.raises(RunnerConfigError, match="MINIO_SECURE"):
+        RunnerSettings.from_env(env)
+
+
+def test_the_runner_waits_as_the_sdk_and_the_server_do() -> None:
+    """The runner's copy of the backoff schedule (it may not import the SDK) gives the SDK's
+    ceilings, and its jittered waits stay within [ceiling / 2, ceiling]."""
+    ours, theirs = RunnerBackoff(0.5, 30.0), SdkBackoff(0.5, 30.0)
+    for failures in range(1, 12):
+        assert ours.ceiling_s(failures) == theirs.ceiling_s(failures)
+        ceiling = ours.ceiling_s(failures)
+        assert all(ceiling / 2 <= ours.delay_s(failures) <= ceiling for _ in range(50))
+    with pytest.raises(ValueError, match="initial_s"):
+        RunnerBackoff(2.0, 1.0)

@@ -91,3 +91,31 @@ async def test_a_failing_round_is_counted_and_retried() -> None:
     assert processor.handled == [0]
     assert metrics.registry.get_sample_value("checkout_runner_loop_failures_total") == 2
     assert metrics.registry.get_sample_value("checkout_runner_assigned_partitions") == 3
+
+
+async def test_a_lag_that_cannot_be_measured_is_counted_and_told_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The gauge's loop never stops the runner; its failures count as loop failures, the
+    first of a run is a warning (not a DEBUG line nobody sees), and the recovery is told."""
+    source = FakeSource([])
+    source.lag_errors = [ConsumerUnavailable("down") for _ in range(3)]
+    source.lag_watch = 4  # the first answer after the three failures
+    metrics, stop = RunnerMetrics(), asyncio.Event()
+    consumer = ConsumerLoop(
+        source=source,
+        processor=Processor(),  # type: ignore[arg-type]
+        metrics=metrics,
+        concurrency=1,
+        lag_interval_s=0.01,
+    )
+    with caplog.at_level("INFO", logger="checkout_runner.consumer"):
+        task = asyncio.create_task(consumer.run(stop))
+        await asyncio.wait_for(source.lag_seen.wait(), 5)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    assert metrics.registry.get_sample_value("checkout_runner_loop_failures_total") == 3
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert [r.getMessage().split(":")[0] for r in warnings] == ["consumer lag not measured"]
+    assert any(r.getMessage() == "consumer lag measured again" for r in caplog.records)
