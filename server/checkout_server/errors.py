@@ -14,6 +14,8 @@ the configuration error of start-up.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, ClassVar
 
 import grpc
@@ -24,10 +26,38 @@ if TYPE_CHECKING:
 
 ERROR_DOMAIN = "checkout.v1"
 
+# The HTTP status of each code for REST clients: Envoy's gRPC-JSON transcoder answers with
+# Google's mapping (Envoy's Grpc::Utility::grpcToHttpStatus). Only the error table of
+# docs/api.md reads it; the server itself answers gRPC only.
+HTTP_STATUS: Mapping[grpc.StatusCode, int] = MappingProxyType(
+    {
+        grpc.StatusCode.OK: 200,
+        grpc.StatusCode.CANCELLED: 499,
+        grpc.StatusCode.UNKNOWN: 500,
+        grpc.StatusCode.INVALID_ARGUMENT: 400,
+        grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+        grpc.StatusCode.NOT_FOUND: 404,
+        grpc.StatusCode.ALREADY_EXISTS: 409,
+        grpc.StatusCode.PERMISSION_DENIED: 403,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+        grpc.StatusCode.FAILED_PRECONDITION: 400,
+        grpc.StatusCode.ABORTED: 409,
+        grpc.StatusCode.OUT_OF_RANGE: 400,
+        grpc.StatusCode.UNIMPLEMENTED: 501,
+        grpc.StatusCode.INTERNAL: 500,
+        grpc.StatusCode.UNAVAILABLE: 503,
+        grpc.StatusCode.DATA_LOSS: 500,
+        grpc.StatusCode.UNAUTHENTICATED: 401,
+    }
+)
+
 
 class ServiceError(Exception):
-    """Base of every error a client may see. Subclasses set `code`, `reason`, `message` and,
-    when a later attempt may succeed, `retriable`."""
+    """An unexpected failure (a bug): the message is generic, the traceback is in the log.
+
+    The base of every error a client may see. Subclasses set `code`, `reason`, `message` and,
+    when a later attempt may succeed, `retriable`; the first paragraph of each one's docstring
+    says when it is raised (docs/api.md's error table is made from them: `make docs`)."""
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
     reason: ClassVar[str] = "INTERNAL"
@@ -52,72 +82,101 @@ class ServiceError(Exception):
 
 
 class InvalidArgument(ServiceError):
+    """Bad input in general: the base of the precise reasons below, which the server sends
+    instead."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
     message = "Некорректный запрос"
 
 
 class MissingMetadata(InvalidArgument):
+    """No messages, or a chunk before the metadata."""
+
     reason = "MISSING_METADATA"
     message = "Первое сообщение загрузки должно содержать метаданные"
 
 
 class DuplicateMetadata(InvalidArgument):
+    """Metadata after the first message."""
+
     reason = "DUPLICATE_METADATA"
     message = "Метаданные можно передать только в первом сообщении"
 
 
 class EmptyFile(InvalidArgument):
+    """No bytes."""
+
     reason = "EMPTY_FILE"
     message = "Файл пустой"
 
 
 class NotAVideo(InvalidArgument):
+    """The bytes do not start with an `ftyp` box."""
+
     reason = "NOT_MP4"
     message = "Файл не является видео MP4 (нет блока ftyp в начале файла)"
 
 
 class FileTooLarge(InvalidArgument):
+    """Over `UPLOAD_MAX_BYTES`, declared or received (reading stops at the limit)."""
+
     reason = "FILE_TOO_LARGE"
     message = "Файл превышает максимально допустимый размер"
 
 
 class SizeMismatch(InvalidArgument):
+    """The received size differs from `size_bytes`."""
+
     reason = "SIZE_MISMATCH"
     message = "Размер полученных данных не совпадает с заявленным"
 
 
 class ChecksumMismatch(InvalidArgument):
+    """The received bytes' SHA-256 differs from the declared `sha256`."""
+
     reason = "CHECKSUM_MISMATCH"
     message = "Контрольная сумма SHA-256 не совпадает с заявленной"
 
 
 class InvalidChecksum(InvalidArgument):
+    """`sha256` is not 64 hexadecimal digits."""
+
     reason = "INVALID_SHA256"
     message = "SHA-256 должна быть строкой из 64 шестнадцатеричных символов"
 
 
 class InvalidSize(InvalidArgument):
+    """A negative `size_bytes`."""
+
     reason = "INVALID_SIZE"
     message = "Размер файла не может быть отрицательным"
 
 
 class BucketNotAllowed(InvalidArgument):
+    """A bucket not on `ALLOWED_BUCKETS`."""
+
     reason = "BUCKET_NOT_ALLOWED"
     message = "Бакет не разрешён"
 
 
 class InvalidFilename(InvalidArgument):
+    """A filename over 255 characters or with control characters."""
+
     reason = "INVALID_FILENAME"
     message = "Недопустимое имя файла"
 
 
 class InvalidIdempotencyKey(InvalidArgument):
+    """An idempotency key that is not 1-128 printable ASCII characters without spaces."""
+
     reason = "INVALID_IDEMPOTENCY_KEY"
     message = "Недопустимый ключ идемпотентности"
 
 
 class IdempotencyKeyReused(ServiceError):
+    """The idempotency key was used for another file."""
+
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "IDEMPOTENCY_KEY_REUSED"
     message = "Ключ идемпотентности уже использован для другого файла"
@@ -127,6 +186,9 @@ class IdempotencyKeyReused(ServiceError):
 
 
 class DependencyUnavailable(ServiceError):
+    """A dependency is failing: the base of the reasons below, which name it and which the
+    server sends instead."""
+
     code = grpc.StatusCode.UNAVAILABLE
     reason = "DEPENDENCY_UNAVAILABLE"
     message = "Зависимость сервиса недоступна, повторите попытку позже"
@@ -134,24 +196,30 @@ class DependencyUnavailable(ServiceError):
 
 
 class StorageUnavailable(DependencyUnavailable):
+    """MinIO is failing (unreachable, timing out, or asking to slow down): retry later."""
+
     reason = "STORAGE_UNAVAILABLE"
     message = "Объектное хранилище недоступно, повторите попытку позже"
 
 
 class DatabaseUnavailable(DependencyUnavailable):
+    """MongoDB is failing (unreachable or not answering): retry later."""
+
     reason = "DATABASE_UNAVAILABLE"
     message = "База данных недоступна, повторите попытку позже"
 
 
 class PublisherUnavailable(DependencyUnavailable):
-    """Kafka could not be reached or did not acknowledge in time (the relay's)."""
+    """Kafka could not be reached or did not acknowledge in time: the relay's, for its logs
+    and loops (no client calls the relay)."""
 
     reason = "KAFKA_UNAVAILABLE"
     message = "Kafka недоступна, повторите попытку позже"
 
 
 class DeadlineExceeded(ServiceError):
-    """An operation ran out of time: the server's own bound, or a dependency's deadline."""
+    """An operation ran out of time (the server's own bound, or a dependency's deadline
+    that nothing translated): retry later."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"
@@ -160,6 +228,8 @@ class DeadlineExceeded(ServiceError):
 
 
 class DatabaseTimeout(DeadlineExceeded):
+    """MongoDB's own deadline passed: retry later."""
+
     reason = "DATABASE_TIMEOUT"
     message = "База данных не успела выполнить операцию, повторите попытку"
 
@@ -184,62 +254,83 @@ class StorageError(ServiceError):
 
 
 class InvalidEventId(InvalidArgument):
+    """An event id that is not a UUID."""
+
     reason = "INVALID_EVENT_ID"
     message = "Идентификатор события должен быть UUID"
 
 
 class InvalidVideoId(InvalidArgument):
+    """A video id that is not a UUID."""
+
     reason = "INVALID_VIDEO_ID"
     message = "Идентификатор видео должен быть UUID"
 
 
 class InvalidStatusFilter(InvalidArgument):
+    """A listing's status filter that is not new, sent, ready or failed."""
+
     reason = "INVALID_STATUS"
     message = "Неизвестный статус: допустимы new, sent, ready, failed"
 
 
 class InvalidPageToken(InvalidArgument):
+    """A listing's `page_token` that is not one the server gave."""
+
     reason = "INVALID_PAGE_TOKEN"
     message = "Недействительный токен страницы"
 
 
 class InvalidPageSize(InvalidArgument):
+    """A listing's negative `page_size`."""
+
     reason = "INVALID_PAGE_SIZE"
     message = "Размер страницы не может быть отрицательным"
 
 
 class EventNotFound(ServiceError):
+    """An unknown event (or, for an uploader, another client's)."""
+
     code = grpc.StatusCode.NOT_FOUND
     reason = "EVENT_NOT_FOUND"
     message = "Событие не найдено"
 
 
 class EventNotInBucket(ServiceError):
+    """`GetResult` with a `bucket` that is not the event's."""
+
     code = grpc.StatusCode.NOT_FOUND
     reason = "EVENT_NOT_IN_BUCKET"
     message = "Событие не найдено в этом бакете"
 
 
 class VideoNotFound(ServiceError):
+    """No stored video for `CreateRequest` (or, for an uploader, another client's)."""
+
     code = grpc.StatusCode.NOT_FOUND
     reason = "VIDEO_NOT_FOUND"
     message = "Видео не найдено в хранилище"
 
 
 class ResultInvalid(ServiceError):
+    """The result file is not a JSON object."""
+
     code = grpc.StatusCode.DATA_LOSS
     reason = "RESULT_INVALID"
     message = "Результат детекции повреждён: это не JSON-объект"
 
 
 class ResultTooLarge(ServiceError):
+    """The result is over `RESULT_MAX_BYTES`."""
+
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "RESULT_TOO_LARGE"
     message = "Результат детекции слишком велик для ответа"
 
 
 class TooManyUploads(ServiceError):
-    """The process streams UPLOAD_MAX_CONCURRENT uploads already."""
+    """The process streams `UPLOAD_MAX_CONCURRENT` uploads already: refused before any byte
+    is stored; a `google.rpc.RetryInfo` says when to try again."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "TOO_MANY_UPLOADS"
@@ -249,13 +340,16 @@ class TooManyUploads(ServiceError):
 
 
 class WatcherTooSlow(ServiceError):
+    """A watcher fell more than `WATCH_MAX_PENDING` changes behind: re-subscribe."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "WATCHER_TOO_SLOW"
     message = "Клиент читает поток статусов слишком медленно, подпишитесь заново"
 
 
 class UploadRateLimited(ServiceError):
-    """The client has used its UPLOAD_RATE_PER_MINUTE; `retry_after_s` says when a slot frees."""
+    """The client started `UPLOAD_RATE_PER_MINUTE` uploads in the last 60 s; a
+    `google.rpc.RetryInfo` (`retry_after_s`) says when the next one may start."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "UPLOAD_RATE_LIMITED"
@@ -271,7 +365,8 @@ class UploadRateLimited(ServiceError):
 
 
 class Unauthenticated(ServiceError):
-    """No token, or one the server does not know (the detail says which)."""
+    """No `authorization: Bearer` key, a malformed one or one the keys file does not hold
+    (the detail says which); with authentication off, `Cleanup` without `ADMIN_TOKEN`."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
@@ -279,7 +374,8 @@ class Unauthenticated(ServiceError):
 
 
 class PermissionDenied(ServiceError):
-    """The token is valid, but its role may not make this call."""
+    """The key is valid, but its role may not make this call (ErrorInfo metadata: `role`,
+    `method`)."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
@@ -287,12 +383,16 @@ class PermissionDenied(ServiceError):
 
 
 class CleanupDisabled(ServiceError):
+    """`Cleanup` with authentication off and no `ADMIN_TOKEN` configured."""
+
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "CLEANUP_DISABLED"
     message = "Очистка отключена: на сервере не задан ADMIN_TOKEN"
 
 
 class ShuttingDown(ServiceError):
+    """The server is stopping: reconnect (the SDK retries, on another server if there is one)."""
+
     code = grpc.StatusCode.UNAVAILABLE
     reason = "SHUTTING_DOWN"
     message = "Сервер останавливается, подключитесь заново"
@@ -331,11 +431,15 @@ def is_retriable(exc: BaseException) -> bool:
 
 
 class MissingFile(InvalidArgument):
+    """A REST upload without a `file` part."""
+
     reason = "MISSING_FILE"
     message = "В запросе multipart/form-data нет части file"
 
 
 class InvalidForm(InvalidArgument):
+    """A malformed multipart/form-data body."""
+
     reason = "INVALID_FORM"
     message = "Некорректное тело multipart/form-data"
 
@@ -344,11 +448,15 @@ class InvalidForm(InvalidArgument):
 
 
 class UploadSizeRequired(InvalidArgument):
+    """A resumable session without `size_bytes`."""
+
     reason = "UPLOAD_SIZE_REQUIRED"
     message = "Для возобновляемой загрузки нужно указать размер файла (size_bytes)"
 
 
 class InvalidUploadId(InvalidArgument):
+    """An upload id that is not a UUID."""
+
     reason = "INVALID_UPLOAD_ID"
     message = "Некорректный идентификатор сессии загрузки"
 
@@ -362,8 +470,8 @@ class UploadNotFound(ServiceError):
 
 
 class UploadOffsetOutOfRange(ServiceError):
-    """The first offset of a stream is beyond what is stored, or bytes go beyond the declared
-    size. `persisted_size` (ErrorInfo metadata) is where to write from."""
+    """A write stream's first offset is past what is stored; `persisted_size` (ErrorInfo
+    metadata) is where to write from. The base of UploadBeyondSize, which shares its code."""
 
     code = grpc.StatusCode.OUT_OF_RANGE
     reason = "UPLOAD_OFFSET_OUT_OF_RANGE"
@@ -374,23 +482,30 @@ class UploadOffsetOutOfRange(ServiceError):
 
 
 class UploadBeyondSize(UploadOffsetOutOfRange):
+    """Bytes past the declared size, or a finish before it (ErrorInfo metadata:
+    `persisted_size`)."""
+
     reason = "UPLOAD_BEYOND_SIZE"
     message = "Данные не совпадают с заявленным размером файла"
 
 
 class UploadOffsetNotContiguous(InvalidArgument):
+    """A gap or overlap between two messages of one write stream."""
+
     reason = "UPLOAD_OFFSET_NOT_CONTIGUOUS"
     message = "Смещения сообщений потока должны идти подряд"
 
 
 class UploadAlreadyFinishing(InvalidArgument):
+    """A message after `finish_write`."""
+
     reason = "UPLOAD_DATA_AFTER_FINISH"
     message = "После сообщения с finish_write данных быть не должно"
 
 
 class ChunkChecksumMismatch(ServiceError):
-    """A chunk's CRC32C does not match its bytes: nothing of it was kept, the session stays
-    resumable from `persisted_size`."""
+    """A chunk's CRC32C does not match its bytes: nothing of it was kept; resend from
+    `persisted_size` (ErrorInfo metadata), where the session stays resumable."""
 
     code = grpc.StatusCode.DATA_LOSS
     reason = "CHUNK_CHECKSUM_MISMATCH"
@@ -410,7 +525,8 @@ class FileChecksumMismatch(ServiceError):
 
 
 class UploadBusy(ServiceError):
-    """Another stream writes the session and did not let go in time."""
+    """Another stream writes the session and did not let go within
+    `UPLOAD_TAKEOVER_WAIT_S`: retry."""
 
     code = grpc.StatusCode.ABORTED
     reason = "UPLOAD_BUSY"
@@ -420,7 +536,8 @@ class UploadBusy(ServiceError):
 
 
 class UploadTakenOver(ServiceError):
-    """This stream lost the session to another one (it asked, or this one's lease ran out)."""
+    """This stream lost the session to another one (it asked, or this one's lease ran out):
+    retry."""
 
     code = grpc.StatusCode.ABORTED
     reason = "UPLOAD_TAKEN_OVER"
@@ -429,7 +546,8 @@ class UploadTakenOver(ServiceError):
 
 
 class UploadPartConflict(ServiceError):
-    """Two writers stored different bytes for one part: detected, never accepted."""
+    """Two writers stored different bytes for one part of a session: detected, never
+    accepted."""
 
     code = grpc.StatusCode.ABORTED
     reason = "UPLOAD_PART_CONFLICT"
@@ -445,6 +563,8 @@ class UploadTooLong(ServiceError):
 
 
 class UploadFinished(ServiceError):
+    """`CancelUpload` of a finished (or finishing) upload."""
+
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "UPLOAD_FINISHED"
     message = "Загрузка уже завершена, её нельзя отменить"
