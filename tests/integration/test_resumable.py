@@ -384,7 +384,9 @@ async def test_cuts_at_random_offsets_then_resumes_give_the_file_once(
         await s3.remove_object(bucket, response.result.object_key)
         await mongo_database[settings.mongo_outbox_collection].delete_many({})
 
-    @hypothesis.settings(max_examples=8, deadline=None, database=None)
+    # derandomize: the same eight examples in every run (derived from this test), so a failure
+    # comes back on a rerun and a green CI says which cuts passed.
+    @hypothesis.settings(max_examples=8, deadline=None, database=None, derandomize=True)
     @hypothesis.given(
         cuts=st.lists(
             st.integers(1, len(data) - 1)
