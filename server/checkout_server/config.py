@@ -85,6 +85,10 @@ class Section(BaseModel):
 
 
 class MongoSection(Section):
+    """MongoDB.
+
+    The outbox messages and the status records (the server's and the relay's)."""
+
     mongo_uri: Secret = "mongodb://mongo:27017/"
     """MONGO_URI: the outbox's MongoDB (secret)."""
     mongo_db: str = "main_db"
@@ -99,11 +103,17 @@ class MongoSection(Section):
 
 
 class StartupSection(Section):
+    """Start-up."""
+
     startup_timeout_s: float = 60.0
     """STARTUP_TIMEOUT_S: how long start-up waits for its dependencies to answer."""
 
 
 class LoggingSection(Section):
+    """Logging.
+
+    One line per event, with the request id and the event id."""
+
     log_level: Annotated[str, AfterValidator(str.upper)] = "INFO"
     """LOG_LEVEL: the lowest level logged."""
     log_format: Annotated[str, AfterValidator(str.lower)] = ""
@@ -111,6 +121,10 @@ class LoggingSection(Section):
 
 
 class TracingSection(Section):
+    """Tracing.
+
+    OpenTelemetry spans of the server and the relay."""
+
     otel_exporter_otlp_endpoint: str = ""
     """OTEL_EXPORTER_OTLP_ENDPOINT: where spans are exported over OTLP/gRPC (e.g.
     `http://otel-collector:4317`); empty (the default): traces are kept in-process only, nothing
@@ -121,10 +135,18 @@ class TracingSection(Section):
 
 
 class GrpcSection(Section):
+    """The gRPC server.
+
+    Where it listens, TLS and mTLS, the dependency probes of its health service, and the
+    graceful stop on SIGTERM."""
+
     grpc_addr: str = "0.0.0.0:50051"
     """GRPC_ADDR: where the gRPC server listens."""
     shutdown_grace_s: float = 30.0
-    """SHUTDOWN_GRACE_S: how long in-flight RPCs may finish after SIGTERM (after the drain)."""
+    """SHUTDOWN_GRACE_S: how long in-flight RPCs may finish after SIGTERM (after the drain).
+    Uploads still streaming 1 s before it ends (half-way, if it is under 2 s) are answered
+    UNAVAILABLE SHUTTING_DOWN and aborted (resumable writes keep their committed parts and get
+    their `persisted_size`); what is left when it ends is cancelled."""
     shutdown_drain_s: float = 2.0
     """SHUTDOWN_DRAIN_S: after SIGTERM, how long the server keeps its listener open only to
     answer new calls UNAVAILABLE SHUTTING_DOWN (health says NOT_SERVING meanwhile), so load
@@ -133,7 +155,8 @@ class GrpcSection(Section):
     health_interval_s: float = 5.0
     """HEALTH_INTERVAL_S: how often dependencies are probed for the health service."""
     admin_token: Secret = ""
-    """ADMIN_TOKEN: bearer token for Cleanup (secret); empty disables Cleanup."""
+    """ADMIN_TOKEN: with authentication off, the bearer token for Cleanup (secret); empty
+    disables Cleanup. With authentication on, `admin` keys call Cleanup instead."""
     tls_cert_file: str = ""
     """TLS_CERT_FILE: PEM certificate chain of the gRPC server (the server's certificate
     first); with TLS_KEY_FILE the server serves TLS, else plaintext."""
@@ -153,6 +176,10 @@ class GrpcSection(Section):
 
 
 class AuthSection(Section):
+    """Authentication.
+
+    API keys on every call, their roles, and the per-client upload rate."""
+
     auth_enabled: Flag = False
     """AUTH_ENABLED: require an API key (`authorization: Bearer <key>`) on every call but the
     health and reflection services; off by default (the local stack, with a warning at start),
@@ -180,6 +207,10 @@ class AuthSection(Section):
 
 
 class StorageSection(Section):
+    """Object storage.
+
+    MinIO, as in the original service, and the buckets an upload may name."""
+
     minio_endpoint: str = "minio:9000"
     """MINIO_ENDPOINT: the object storage, as in the seed service."""
     minio_access_key: Secret = "minioadmin"
@@ -202,21 +233,27 @@ class StorageSection(Section):
 
 
 class UploadSection(Section):
+    """Upload limits.
+
+    Size, multipart parts, memory and concurrency of every upload, plain or resumable."""
+
     upload_max_bytes: int = 4 * GiB
     """UPLOAD_MAX_BYTES: the largest accepted video (default 4 GiB)."""
     upload_part_bytes: int = 8 * MiB
     """UPLOAD_PART_BYTES: S3 multipart part size (default 8 MiB); the server buffers about one
-    part per upload."""
+    part per upload. S3 allows parts of 5 MiB to 5 GiB and at most 10,000 of them, so
+    UPLOAD_MAX_BYTES must fit in 10,000 parts (checked at start-up)."""
     upload_memory_budget_bytes: int = 256 * MiB
     """UPLOAD_MEMORY_BUDGET_BYTES: what all uploads together may buffer (default 256 MiB; two
-    parts each while active); uploads beyond it wait for their turn, slowed down by gRPC flow
-    control."""
+    parts each while active: the one being collected and its joined copy); uploads beyond it
+    wait for their turn, slowed down by gRPC flow control (backpressure)."""
     storage_abort_retry_s: float = 300.0
     """STORAGE_ABORT_RETRY_S: how long a failed upload keeps retrying to abort its multipart
     upload while storage is unreachable (in the background; the client is answered at once)."""
     upload_max_concurrent: int = 64
     """UPLOAD_MAX_CONCURRENT: uploads one process streams at once (default 64); one more is
-    refused with RESOURCE_EXHAUSTED TOO_MANY_UPLOADS and a retry hint."""
+    refused at once, before any byte is stored, with RESOURCE_EXHAUSTED TOO_MANY_UPLOADS and a
+    retry hint."""
 
     @model_validator(mode="after")
     def _check_upload(self) -> Self:
@@ -236,7 +273,10 @@ class UploadSection(Section):
 
 
 class ResumableSection(Section):
-    """Resumable upload sessions (StartResumableUpload, WriteUpload)."""
+    """Resumable upload sessions.
+
+    StartResumableUpload and WriteUpload: the sessions, their write leases, and the sweeper
+    that cleans up after expired sessions and crashed uploads."""
 
     mongo_upload_sessions_collection: str = "upload_sessions"
     """MONGO_UPLOAD_SESSIONS_COLLECTION: one document per resumable upload session."""
@@ -245,9 +285,10 @@ class ResumableSection(Section):
     committed parts, leases, terminal marker), one insert-once document per fact."""
     upload_session_ttl_s: float = 12 * 3600.0
     """UPLOAD_SESSION_TTL_S: how long a resumable upload session may stay unfinished (default
-    12 h); then it expires (NOT_FOUND) and the sweeper aborts its multipart upload. Keep it
-    below MinIO's stale multipart cleanup (`api stale_uploads_expiry`, 24 h by default,
-    counted from the upload's start and checked every 6 h)."""
+    12 h); then it expires (NOT_FOUND) and the sweeper aborts its multipart upload. Must be
+    below STORAGE_STALE_UPLOADS_EXPIRY_S, MinIO's stale multipart cleanup (`api
+    stale_uploads_expiry`, 24 h by default, counted from the upload's start and checked every
+    6 h); checked at start-up."""
     upload_lease_ttl_s: float = 10.0
     """UPLOAD_LEASE_TTL_S: a session's write lease not renewed for this long (plus
     UPLOAD_CLOCK_SKEW_S) may be taken by another stream; the holder renews it, and looks for
@@ -259,7 +300,8 @@ class ResumableSection(Section):
     """UPLOAD_MAX_DURATION_S: the longest one UploadVideo stream may last (default 4 h); it is
     cut then (DEADLINE_EXCEEDED UPLOAD_TOO_LONG). The sweeper aborts a multipart upload under
     `input/` that no session recorded once it is older than this: what a crashed server's
-    uploads leave. Keep it below MinIO's stale multipart cleanup (24 h)."""
+    uploads leave. Must be below STORAGE_STALE_UPLOADS_EXPIRY_S, MinIO's stale multipart
+    cleanup (24 h; checked at start-up)."""
     upload_sweep_interval_s: float = 60.0
     """UPLOAD_SWEEP_INTERVAL_S: how often each server sweeps expired sessions, orphaned
     multipart uploads and one page (1000 keys) per bucket of objects without an event (every
@@ -269,8 +311,9 @@ class ResumableSection(Section):
     resumable session) names is removed by the sweeper once it is older than this (default
     1 h): what a server killed between an object's completion and its event's insert leaves.
     At least the longest an upload takes from its object's completion to knowing whether its
-    event was written (`upload_commit_gap_s`: LOST_INSERT_CHECK_S and three database calls
-    at MONGO_TIMEOUT_MS; 120 s at the defaults), plus 10 s."""
+    event was written (`upload_commit_gap_s`: LOST_INSERT_CHECK_S, 30 s, and three database
+    calls of 6 × MONGO_TIMEOUT_MS each; 120 s at the defaults), plus 10 s: 130 s at the
+    defaults, checked at start-up."""
     storage_stale_uploads_expiry_s: float = 24 * 3600.0
     """STORAGE_STALE_UPLOADS_EXPIRY_S: MinIO's stale multipart cleanup (`api
     stale_uploads_expiry`, 24 h by default, counted from an upload's start): set it to what
@@ -308,6 +351,10 @@ class ResumableSection(Section):
 
 
 class MetricsSection(Section):
+    """Metrics.
+
+    The server's Prometheus endpoint and its outbox lag."""
+
     metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "0.0.0.0:9463"
     """METRICS_ADDR: Prometheus metrics over HTTP (`GET /metrics`); set empty to disable."""
     outbox_lag_interval_s: float = 30.0
@@ -325,11 +372,16 @@ def _check_udp_targets(name: str, targets: frozenset[str]) -> frozenset[str]:
 
 
 class OutboxWakeSection(Section):
+    """Waking the relays.
+
+    The server tells the relays of every outbox message it writes (UDP datagrams)."""
+
     relay_wake_targets: Names = frozenset()
     """RELAY_WAKE_TARGETS: comma-separated `host:port` UDP addresses of the relays'
-    RELAY_WAKE_ADDR; the server sends each of them a wake-up after every outbox message it
-    writes, so an idle relay publishes at once instead of at its safety-net poll (empty, the
-    default: none are sent)."""
+    RELAY_WAKE_ADDR (by default their health address); the server sends each of them a wake-up
+    after every outbox message it writes, so an idle relay publishes at once instead of at its
+    safety-net poll, RELAY_POLL_INTERVAL_S (empty, the default: none are sent). Names are
+    resolved again every 30 s."""
 
     @field_validator("relay_wake_targets")
     @classmethod
@@ -338,12 +390,16 @@ class OutboxWakeSection(Section):
 
 
 class WatchWakeSection(Section):
+    """Waking the watchers.
+
+    A process tells the servers of every status change it writes (UDP datagrams)."""
+
     watch_wake_targets: Names = frozenset()
     """WATCH_WAKE_TARGETS: comma-separated `host:port` UDP addresses of the servers'
     WATCH_WAKE_ADDR; this process sends each of them a wake-up after every status change it
     writes (the relay: events marked sent or failed; a server: new events and results), so their
     watchers learn of it at once instead of at WATCH_POLL_INTERVAL_S (empty, the default: none
-    are sent; a server always wakes its own watchers)."""
+    are sent; a server always wakes its own watchers). Names are resolved again every 30 s."""
 
     @field_validator("watch_wake_targets")
     @classmethod
@@ -352,6 +408,10 @@ class WatchWakeSection(Section):
 
 
 class StatusSection(Section):
+    """Statuses, results and watching.
+
+    Where results are read, and the change feed of WatchStatus (docs/status.md, Watching)."""
+
     result_key_template: str = "output/{video_id}.json"
     """RESULT_KEY_TEMPLATE: where the detection runner writes its JSON result, in the bucket of
     the video ({video_id} or {event_id})."""
@@ -410,6 +470,10 @@ class StatusSection(Section):
 
 
 class KafkaSection(Section):
+    """Kafka.
+
+    Where the relay publishes the events."""
+
     kafka_bootstrap_servers: str = "kafka:9092"
     """KAFKA_BOOTSTRAP_SERVERS: the brokers the relay publishes to."""
     kafka_topic: str = "checkout.videos.v1"
@@ -423,14 +487,16 @@ class KafkaSection(Section):
 
 
 class RelaySection(Section):
-    """The outbox relay (checkout-relay); every relay of a deployment must agree on
-    RELAY_SHARDS."""
+    """The outbox relay.
+
+    checkout-relay's own settings; every relay of a deployment must agree on RELAY_SHARDS."""
 
     relay_id: str = ""
     """RELAY_ID: this relay's name in leases and logs (default: host name and pid)."""
     relay_shards: int = 16
     """RELAY_SHARDS: events are hashed into this many shards; a relay publishes a shard only
-    while it holds the shard's lease (so at most RELAY_SHARDS relays do useful work)."""
+    while it holds the shard's lease (so at most RELAY_SHARDS relays do useful work). Every
+    relay of a deployment must have the same."""
     relay_lease_ttl_s: float = 10.0
     """RELAY_LEASE_TTL_S: a lease not renewed for this long may be taken over; renewed every
     third of it."""
@@ -470,7 +536,8 @@ class RelaySection(Section):
     each write costs time in proportion to the collection (docs/relay.md). Set it to look at
     sent messages while debugging."""
     relay_sweep_interval_s: float = 5.0
-    """RELAY_SWEEP_INTERVAL_S: how often the sweeper runs."""
+    """RELAY_SWEEP_INTERVAL_S: how often the sweeper runs (only with RELAY_SENT_RETENTION_S
+    above 0: otherwise there is no sweeper)."""
     relay_sweep_batch: int = 1_000
     """RELAY_SWEEP_BATCH: outbox messages the sweeper deletes at a time."""
     relay_health_addr: str = "0.0.0.0:50052"
