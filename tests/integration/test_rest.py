@@ -385,6 +385,14 @@ def test_envoy_own_errors_have_the_one_shape(
     assert envoy_error(body) == (code, reason)
 
 
+def test_headers_over_envoys_limit_are_431_in_the_one_shape(base: str) -> None:
+    """Envoy's limit on request headers (60 KiB by default) answers before the service."""
+    status, body = curl("-H", f"X-Padding: {'a' * 70 * 1024}", f"{base}/api/status/all")
+    assert status == 431
+    assert envoy_error(body) == (3, "HEADERS_TOO_LARGE")
+    assert body["message"] == "Заголовки запроса слишком велики"
+
+
 def test_an_unreachable_service_is_503_in_the_one_shape(tmp_path: Path) -> None:
     dead, listen, admin = free_port(), free_port(), free_port()  # nothing serves `dead`
     config = render_envoy_config(
