@@ -65,9 +65,10 @@ sample: $(INSTALLED)
 openapi: $(INSTALLED) proto stack
 	$(PY) tools/gen_openapi.py
 
-# The tables of docs/runner.md made from the runner's code (a test fails when they are stale).
+# The reference tables of docs/ made from the code (tools/gen_docs.py lists them; `lint` fails
+# when one is stale).
 docs: $(INSTALLED)
-	$(PY) tools/gen_runner_docs.py
+	$(PY) tools/gen_docs.py
 
 # After a release: the current protos become the contract `make lint` checks against.
 release-contract: $(INSTALLED) proto stack
@@ -78,6 +79,7 @@ lint: $(INSTALLED) proto stack
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(PY) tools/gen_docs.py --check
 	.stack/bin/buf lint
 	$(PY) tools/contract.py check
 	$(PY) -m devstack validate-envoy

@@ -1,0 +1,42 @@
+"""The reference tables in docs/ are the code's (tools/gen_docs.py): a setting, a reason or an
+error added, removed or reworded without `make docs` fails here (and `make lint`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from checkout_runner.config import RunnerSettings
+from checkout_runner.errors import FAILURE_RESULTS
+from tools.gen_docs import DOCS, PAGES, render, stale
+
+pytestmark = pytest.mark.timeout(10)
+
+RUNNER = DOCS / "runner.md"
+
+
+def test_every_generated_table_is_current() -> None:
+    problems = stale()
+    assert not problems, "\n".join(problems.values()) + "\nrun `make docs`"
+
+
+def test_every_runner_setting_and_reason_has_its_row() -> None:
+    text = RUNNER.read_text()
+    for name in RunnerSettings.model_fields:
+        assert f"| `{name.upper()}` [" in text
+    for cls in FAILURE_RESULTS:
+        assert f"| `{cls.reason}` |" in text
+
+
+def test_a_stale_runner_table_is_rewritten() -> None:
+    text = RUNNER.read_text()
+    stale_text = text.replace("| `RUNNER_MAX_FPS` [`240`]", "| `RUNNER_MAX_FPS` [`30`]")
+    assert stale_text != text
+    assert render(RUNNER, stale_text) == text
+
+
+def test_every_page_has_the_markers_of_its_tables() -> None:
+    for page, tables in PAGES.items():
+        text = page.read_text()
+        for name in tables:
+            assert text.count(f"<!-- generated: {name} -->\n") == 1, (page.name, name)
+            assert text.count(f"<!-- end: {name} -->") == 1, (page.name, name)

@@ -1,0 +1,148 @@
+"""The reference tables of docs/, made from the code so they cannot drift:
+
+- docs/runner.md, `settings` and `reasons`: the runner's settings (config.RunnerSettings) and
+  the reasons of its failure results (errors.FAILURE_RESULTS).
+
+    python tools/gen_docs.py          # rewrite the tables (make docs)
+    python tools/gen_docs.py --check  # exit 1 if any is stale (make lint, and the tests)
+
+Each table sits between `<!-- generated: NAME -->` and `<!-- end: NAME -->`; the text around
+it is written by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from pydantic.fields import FieldInfo
+
+from checkout_runner.config import SECRETS as RUNNER_SECRETS
+from checkout_runner.config import RunnerSettings
+from checkout_runner.errors import FAILURE_RESULTS
+from checkout_server.config import EnvRule
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+KiB = 1024
+
+# --- Cells ------------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _default(name: str, value: object) -> str:
+    if value == "" or value == frozenset():
+        return "empty"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"  # as the variable is written
+    if isinstance(value, frozenset):
+        return f"`{','.join(sorted(value))}`"
+    if name.endswith("_bytes") and isinstance(value, int):
+        for unit, size in (("GiB", KiB**3), ("MiB", KiB**2), ("KiB", KiB)):
+            if value >= size and value % size == 0:
+                return f"{value // size} {unit}"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def _meaning(variable: str, field: FieldInfo) -> str:
+    return _one_line(field.description or "").removeprefix(f"{variable}: ")
+
+
+def _settings_rows(fields: Mapping[str, FieldInfo], hidden: tuple[str, ...] = ()) -> list[str]:
+    """`| variable [default] | meaning |` rows; a default in `hidden` shows as (secret); a
+    SECRET field names its `<NAME>_FILE` too."""
+    rows = ["| variable [default] | meaning |", "| --- | --- |"]
+    for name, field in fields.items():
+        variable = name.upper()
+        default = "(secret)" if name in hidden else _default(name, field.default)
+        cell = f"`{variable}` [{default}]"
+        if EnvRule.SECRET in field.metadata:
+            cell += f" or `{variable}_FILE`"
+        rows.append(f"| {cell} | {_meaning(variable, field)} |")
+    return rows
+
+
+# --- docs/runner.md ---------------------------------------------------------------------------
+
+
+def runner_settings_table() -> str:
+    return "\n".join(_settings_rows(RunnerSettings.model_fields, hidden=RUNNER_SECRETS))
+
+
+def runner_reasons_table() -> str:
+    rows = ["| reason | when |", "| --- | --- |"]
+    for cls in FAILURE_RESULTS:
+        rows.append(f"| `{cls.reason}` | {_one_line(inspect.getdoc(cls) or '')} |")
+    return "\n".join(rows)
+
+
+# --- Pages ------------------------------------------------------------------------------------
+
+PAGES: dict[Path, dict[str, Callable[[], str]]] = {
+    DOCS / "runner.md": {"settings": runner_settings_table, "reasons": runner_reasons_table},
+}
+
+
+def _block(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- generated: {name} -->\n).*?(<!-- end: {name} -->)", re.DOTALL)
+
+
+def _filled(table: str) -> Callable[[re.Match[str]], str]:
+    """What replaces a table's markers and old rows: the markers around `table`."""
+    return lambda m: m.group(1) + table + "\n" + m.group(2)
+
+
+def render(page: Path, text: str) -> str:
+    """`text` (the page's) with each of its tables made anew."""
+    for name, make in PAGES[page].items():
+        pattern = _block(name)
+        if not pattern.search(text):
+            raise SystemExit(f"{page.name}: no markers for the {name} table")
+        text = pattern.sub(_filled(make()), text)
+    return text
+
+
+def stale() -> dict[Path, str]:
+    """Each page whose tables are not the code's, with a diff of what `make docs` changes."""
+    found = {}
+    for page in PAGES:
+        current = page.read_text()
+        wanted = render(page, current)
+        if wanted != current:
+            name = str(page.relative_to(ROOT))
+            diff = difflib.unified_diff(
+                current.splitlines(keepends=True),
+                wanted.splitlines(keepends=True),
+                f"{name} (as it is)",
+                f"{name} (from the code)",
+                n=0,
+            )
+            found[page] = "".join(diff)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if a table is stale")
+    args = parser.parse_args()
+    if args.check:
+        problems = stale()
+        for page, diff in problems.items():
+            print(f"{page.relative_to(ROOT)}: stale; run `make docs`\n{diff}", file=sys.stderr)
+        sys.exit(1 if problems else 0)
+    for page in PAGES:
+        page.write_text(render(page, page.read_text()))
+
+
+if __name__ == "__main__":
+    main()
