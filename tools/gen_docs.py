@@ -1,5 +1,8 @@
 """The reference tables of docs/, made from the code so they cannot drift:
 
+- docs/configuration.md, `environment`: every variable the server and the relay read, one
+  table per section of config.py (each field's variable, default and docstring);
+- docs/relay.md, `relay-settings`: the sections the relay reads, linked to those tables;
 - docs/runner.md, `settings` and `reasons`: the runner's settings (config.RunnerSettings) and
   the reasons of its failure results (errors.FAILURE_RESULTS).
 
@@ -17,7 +20,7 @@ import difflib
 import inspect
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from pydantic.fields import FieldInfo
@@ -25,17 +28,35 @@ from pydantic.fields import FieldInfo
 from checkout_runner.config import SECRETS as RUNNER_SECRETS
 from checkout_runner.config import RunnerSettings
 from checkout_runner.errors import FAILURE_RESULTS
-from checkout_server.config import EnvRule
+from checkout_server.config import (
+    EnvRule,
+    ProcessSettings,
+    RelaySettings,
+    Section,
+    ServerSettings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 KiB = 1024
+
+# The processes whose settings docs/configuration.md lists, in its order, with their names.
+PROCESSES: dict[type[ProcessSettings], str] = {
+    ServerSettings: "`checkout-server`",
+    RelaySettings: "`checkout-relay`",
+}
+
 
 # --- Cells ------------------------------------------------------------------------------------
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
+
+
+def _own_doc(cls: type) -> str:
+    """The class's own docstring (not one it inherits), cleaned."""
+    return inspect.cleandoc(cls.__dict__.get("__doc__") or "")
 
 
 def _default(name: str, value: object) -> str:
@@ -72,6 +93,64 @@ def _settings_rows(fields: Mapping[str, FieldInfo], hidden: tuple[str, ...] = ()
     return rows
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading (tests/markdown.py checks that every link finds one)."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+# --- docs/configuration.md and docs/relay.md ----------------------------------------------------
+
+
+def sections() -> Iterator[tuple[type[Section], list[type[ProcessSettings]]]]:
+    """Every section of PROCESSES' settings, in the order the first process lists it, with the
+    processes that read it. Fails if a process has a field outside its sections."""
+    seen: dict[type[Section], list[type[ProcessSettings]]] = {}
+    for process in PROCESSES:
+        own = [base for base in process.__bases__ if issubclass(base, Section)]
+        fields = {name for section in own for name in section.model_fields}
+        if fields != set(process.model_fields):
+            stray = sorted(set(process.model_fields) - fields)
+            raise SystemExit(f"{process.__name__}: fields outside a section: {stray}")
+        for section in own:
+            seen.setdefault(section, []).append(process)
+    yield from seen.items()
+
+
+def _title(section: type[Section]) -> tuple[str, str]:
+    """A section's heading (its docstring's first line) and the rest of its docstring."""
+    doc = _own_doc(section)
+    if not doc:
+        raise SystemExit(f"config.{section.__name__} has no docstring: say what it holds")
+    title, _, rest = doc.partition("\n")
+    return title.rstrip("."), _one_line(rest)
+
+
+def _readers(processes: list[type[ProcessSettings]]) -> str:
+    return " and ".join(PROCESSES[p] for p in processes)
+
+
+def environment_tables() -> str:
+    parts = []
+    for section, processes in sections():
+        title, about = _title(section)
+        intro = f"`{section.__name__}`, read by {_readers(processes)}. {about}".rstrip()
+        parts += [f"### {title}", "", intro, "", *_settings_rows(section.model_fields), ""]
+    return "\n".join(parts).rstrip("\n")
+
+
+def relay_sections() -> str:
+    """The relay's sections in its own order, each a link to its table with its variables."""
+    readers = dict(sections())
+    rows = []
+    for section in RelaySettings.__bases__:
+        if issubclass(section, Section):
+            title, _ = _title(section)
+            names = ", ".join(f"`{name.upper()}`" for name in section.model_fields)
+            shared = "" if readers[section] == [RelaySettings] else " (shared with the server)"
+            rows.append(f"- [{title}](configuration.md#{_slug(title)}){shared}: {names}")
+    return "\n".join(rows)
+
+
 # --- docs/runner.md ---------------------------------------------------------------------------
 
 
@@ -89,6 +168,8 @@ def runner_reasons_table() -> str:
 # --- Pages ------------------------------------------------------------------------------------
 
 PAGES: dict[Path, dict[str, Callable[[], str]]] = {
+    DOCS / "configuration.md": {"environment": environment_tables},
+    DOCS / "relay.md": {"relay-settings": relay_sections},
     DOCS / "runner.md": {"settings": runner_settings_table, "reasons": runner_reasons_table},
 }
 

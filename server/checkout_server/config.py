@@ -176,9 +176,10 @@ class GrpcSection(Section):
 
 
 class AuthSection(Section):
-    """Authentication.
+    """API keys.
 
-    API keys on every call, their roles, and the per-client upload rate."""
+    Authentication by API key on every call, the keys' roles, and the per-client upload
+    rate."""
 
     auth_enabled: Flag = False
     """AUTH_ENABLED: require an API key (`authorization: Bearer <key>`) on every call but the

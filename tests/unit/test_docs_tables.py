@@ -7,11 +7,14 @@ import pytest
 
 from checkout_runner.config import RunnerSettings
 from checkout_runner.errors import FAILURE_RESULTS
+from checkout_server.config import RelaySettings, ServerSettings
 from tools.gen_docs import DOCS, PAGES, render, stale
 
 pytestmark = pytest.mark.timeout(10)
 
 RUNNER = DOCS / "runner.md"
+CONFIGURATION = DOCS / "configuration.md"
+RELAY = DOCS / "relay.md"
 
 
 def test_every_generated_table_is_current() -> None:
@@ -25,6 +28,23 @@ def test_every_runner_setting_and_reason_has_its_row() -> None:
         assert f"| `{name.upper()}` [" in text
     for cls in FAILURE_RESULTS:
         assert f"| `{cls.reason}` |" in text
+
+
+def test_every_server_and_relay_variable_has_its_row() -> None:
+    text = CONFIGURATION.read_text()
+    for settings in (ServerSettings, RelaySettings):
+        for name in settings.model_fields:
+            assert text.count(f"| `{name.upper()}` [") == 1, name
+    relay = RELAY.read_text()
+    for name in RelaySettings.model_fields:
+        assert f"`{name.upper()}`" in relay, name
+
+
+def test_a_stale_configuration_table_is_rewritten() -> None:
+    text = CONFIGURATION.read_text()
+    stale_text = text.replace("| `UPLOAD_MAX_BYTES` [4 GiB]", "| `UPLOAD_MAX_BYTES` [2 GiB]")
+    assert stale_text != text
+    assert render(CONFIGURATION, stale_text) == text
 
 
 def test_a_stale_runner_table_is_rewritten() -> None:
