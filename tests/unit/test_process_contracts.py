@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
+import jsonschema_rs
 import pytest
 
 from checkout_client.backoff import Backoff as SdkBackoff
@@ -34,6 +36,7 @@ from checkout_server.relay.ports import PendingEvent
 from checkout_server.status.service import StatusService, StatusSettings
 from tests.fakes import NOW, FakeOutbox, FakeStorage
 from tests.helpers import outbox_event
+from tools.contract import SCHEMAS, schema_problems
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -198,3 +201,94 @@ def test_the_runner_waits_as_the_sdk_and_the_server_do() -> None:
         assert all(ceiling / 2 <= ours.delay_s(failures) <= ceiling for _ in range(50))
     with pytest.raises(ValueError, match="initial_s"):
         RunnerBackoff(2.0, 1.0)
+
+
+# --- the JSON Schemas of contract/ --------------------------------------------------------
+
+
+def schema(name: str) -> jsonschema_rs.Validator:
+    document = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+    return jsonschema_rs.validator_for(document, validate_formats=True)
+
+
+def example(name: str) -> bytes:
+    return (SCHEMAS / "examples" / f"{name}.json").read_bytes()
+
+
+def test_the_schemas_and_their_examples_are_valid() -> None:
+    assert schema_problems() == []
+
+
+def test_a_broken_schema_or_example_is_found(tmp_path: Path) -> None:
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "thing.v1.schema.json").write_text(json.dumps({"type": "nonsense"}))
+    (tmp_path / "other.v1.schema.json").write_text(json.dumps({"required": ["a"]}))
+    (tmp_path / "examples" / "other.v1.json").write_text(json.dumps({"b": 1}))
+    problems = schema_problems(tmp_path)
+    assert any(p.startswith("thing.v1.schema.json: not a valid JSON Schema") for p in problems)
+    assert any(p.startswith("other.v1.json: ") and '"a" is a required' in p for p in problems)
+
+
+def test_the_relays_record_is_what_its_schema_says() -> None:
+    pending = PendingEvent(
+        event_id=VIDEO,
+        video_id=VIDEO,
+        payload={"bucket": "videos", "object_key": "input/v.mp4", "size_bytes": 7, "sha256": ""},
+        created_at=NOW,
+    )
+    schema("video-uploaded.v1").validate(json.loads(build_message(pending).value))
+
+
+def test_the_runner_reads_the_schemas_example_record() -> None:
+    value = json.loads(example("video-uploaded.v1"))
+    schema("video-uploaded.v1").validate(value)
+    event = envelope.parse(
+        Delivery(topic="t", partition=0, offset=0, value=json.dumps(value).encode())
+    )
+    assert (event.event_id, event.video_id, event.bucket, event.object_key, event.size_bytes) == (
+        value["event_id"],
+        value["video_id"],
+        value["bucket"],
+        value["object_key"],
+        value["size_bytes"],
+    )
+    # A field added within version 1 is ignored, as the schema tells consumers.
+    envelope.parse(
+        Delivery(topic="t", partition=0, offset=0, value=json.dumps({**value, "new": 1}).encode())
+    )
+
+
+@pytest.mark.parametrize("reason", [cls.reason for cls in FAILURE_RESULTS])
+def test_the_runners_failure_results_are_what_the_schema_says(reason: str) -> None:
+    schema("result.v1").validate(
+        json.loads(result.failure(runner_event(), reason=reason, message="m"))
+    )
+
+
+def test_the_runners_success_result_is_what_the_schema_says() -> None:
+    face = Detection(
+        label="face", score=0.9, box=Box(x1=1, y1=2, x2=3, y2=4), landmarks=((1.0, 2.0),) * 5
+    )
+    analysis = Analysis(
+        video=VideoInfo(width=64, height=48, fps=10.0, frame_count=0, duration_s=1.0),
+        frames=[
+            FrameResult(index=0, timestamp_s=0.0),
+            FrameResult(index=5, timestamp_s=0.5, detections=(face,)),
+        ],
+    )
+    document = result.success(
+        runner_event(), analysis, detector=("d", "1"), sample_fps=2.0, truncated=True
+    )
+    schema("result.v1").validate(json.loads(document))
+
+
+async def test_the_server_reads_the_schemas_example_results() -> None:
+    failed = json.loads(example("result.v1.failed"))
+    got = await (await status_of(example("result.v1.failed"))).get(VIDEO, ANONYMOUS)
+    assert got.api_status is EventStatus.FAILED
+    assert got.error == f"{failed['error']['reason']}: {failed['error']['message']}"
+
+    service = await status_of(example("result.v1.ok"))
+    assert (await service.get(VIDEO, ANONYMOUS)).api_status is EventStatus.READY
+    read = await service.result(VIDEO, ANONYMOUS)
+    assert read.prediction == json.loads(example("result.v1.ok"))
