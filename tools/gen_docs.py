@@ -3,6 +3,9 @@
 - docs/configuration.md, `environment`: every variable the server and the relay read, one
   table per section of config.py (each field's variable, default and docstring);
 - docs/relay.md, `relay-settings`: the sections the relay reads, linked to those tables;
+- docs/api.md, `errors`: every ServiceError class of errors.py (its reason, gRPC code, HTTP
+  status through Envoy, whether a retry can help, its Russian message and what its
+  docstring's first paragraph says of when it is raised);
 - docs/runner.md, `settings` and `reasons`: the runner's settings (config.RunnerSettings) and
   the reasons of its failure results (errors.FAILURE_RESULTS).
 
@@ -28,6 +31,7 @@ from pydantic.fields import FieldInfo
 from checkout_runner.config import SECRETS as RUNNER_SECRETS
 from checkout_runner.config import RunnerSettings
 from checkout_runner.errors import FAILURE_RESULTS
+from checkout_server import errors
 from checkout_server.config import (
     EnvRule,
     ProcessSettings,
@@ -52,6 +56,10 @@ PROCESSES: dict[type[ProcessSettings], str] = {
 
 def _one_line(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
+
+
+def _first_paragraph(text: str) -> str:
+    return inspect.cleandoc(text).split("\n\n", 1)[0]
 
 
 def _own_doc(cls: type) -> str:
@@ -151,6 +159,36 @@ def relay_sections() -> str:
     return "\n".join(rows)
 
 
+# --- docs/api.md ------------------------------------------------------------------------------
+
+
+def error_classes() -> list[type[errors.ServiceError]]:
+    """ServiceError and every subclass of it in errors.py, in the module's order."""
+    return [
+        value
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, errors.ServiceError)
+    ]
+
+
+def error_row(cls: type[errors.ServiceError]) -> str:
+    code = f"{cls.code.name} ({cls.code.value[0]})"
+    retry = "yes" if cls.retriable else "no"
+    when = _one_line(_first_paragraph(_own_doc(cls)))
+    if not when:
+        raise SystemExit(f"errors.{cls.__name__} has no docstring: say when it is raised")
+    return (
+        f"| `{cls.reason}` | {code} | {errors.HTTP_STATUS[cls.code]} | {retry} "
+        f"| `{cls.message}` | {when} |"
+    )
+
+
+def errors_table() -> str:
+    rows = ["| reason | gRPC code | HTTP | retry | message | when |", "| --- " * 6 + "|"]
+    rows += [error_row(cls) for cls in error_classes()]
+    return "\n".join(rows)
+
+
 # --- docs/runner.md ---------------------------------------------------------------------------
 
 
@@ -170,6 +208,7 @@ def runner_reasons_table() -> str:
 PAGES: dict[Path, dict[str, Callable[[], str]]] = {
     DOCS / "configuration.md": {"environment": environment_tables},
     DOCS / "relay.md": {"relay-settings": relay_sections},
+    DOCS / "api.md": {"errors": errors_table},
     DOCS / "runner.md": {"settings": runner_settings_table, "reasons": runner_reasons_table},
 }
 

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.timeout(10)
 
 RUNNER = DOCS / "runner.md"
 CONFIGURATION = DOCS / "configuration.md"
+API = DOCS / "api.md"
 RELAY = DOCS / "relay.md"
 
 
@@ -45,6 +46,16 @@ def test_a_stale_configuration_table_is_rewritten() -> None:
     stale_text = text.replace("| `UPLOAD_MAX_BYTES` [4 GiB]", "| `UPLOAD_MAX_BYTES` [2 GiB]")
     assert stale_text != text
     assert render(CONFIGURATION, stale_text) == text
+
+
+def test_a_stale_error_table_is_rewritten() -> None:
+    text = API.read_text()
+    stale_text = text.replace(
+        "| `EMPTY_FILE` | INVALID_ARGUMENT (3) | 400 |",
+        "| `EMPTY_FILE` | INVALID_ARGUMENT (3) | 422 |",
+    )
+    assert stale_text != text
+    assert render(API, stale_text) == text
 
 
 def test_a_stale_runner_table_is_rewritten() -> None:
