@@ -119,7 +119,7 @@ async def test_a_supervised_loop_logs_counts_and_goes_on(
     warning, error = caplog.records
     # A retriable error is a warning with its reason; anything else carries its traceback.
     assert (warning.levelno, warning.exc_info) == (logging.WARNING, None)
-    assert "База данных недоступна" in warning.getMessage()
+    assert warning.getMessage() == "demo: База данных недоступна, повторите попытку позже"
     assert error.levelno == logging.ERROR
     assert error.exc_info is not None
 
