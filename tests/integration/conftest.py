@@ -11,6 +11,7 @@ server keeps running meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -29,7 +30,8 @@ from checkout_server.config import MiB, ServerSettings
 from checkout_server.outbox.document import Document
 from checkout_server.wiring.server import App, create_app
 from devstack import FerretDB, Kafka, MinIO, free_port
-from devstack._stack import LocalStack, StackPorts
+from devstack._stack import LocalStack, PythonService, StackPorts
+from tests.integration.runner_stack import Processes
 from tests.integration.session_servers import SessionServers
 
 # The admin token of the whole-stack server (`stack` fixture).
@@ -279,3 +281,23 @@ def own_ferretdb(tmp_path: Path) -> Iterator[FerretDB]:
     server.start()
     yield server
     server.stop()
+
+
+# --- the detection runner's tests ---------------------------------------------------------
+
+
+@pytest.fixture
+def processes(settings: ServerSettings, kafka: Kafka, tmp_path: Path) -> Iterator[Processes]:
+    """The relay and runner processes of a runner test (a topic and a group of its own),
+    stopped after it."""
+    group = Processes(settings, kafka, tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+async def relay(processes: Processes) -> PythonService:
+    """A relay of the test's topic, started."""
+    return await asyncio.to_thread(processes.start_relay)

@@ -12,8 +12,6 @@ import hashlib
 import io
 import json
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -78,20 +76,6 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 # --- processes -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def processes(settings: ServerSettings, kafka: Kafka, tmp_path: Path) -> Iterator[Processes]:
-    group = Processes(settings, kafka, tmp_path)
-    try:
-        yield group
-    finally:
-        group.stop_all()
-
-
-@pytest.fixture
-async def relay(processes: Processes) -> PythonService:
-    return await asyncio.to_thread(processes.start_relay)
 
 
 @pytest.fixture

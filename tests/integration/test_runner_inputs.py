@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +27,7 @@ from checkout_runner.adapters.isolated_decoder import IsolatedDecoder
 from checkout_runner.config import RunnerSettings
 from checkout_runner.downloads import download_folder
 from checkout_runner.sample import Truth, write_sample
-from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App
-from devstack import Kafka
 from devstack._stack import PythonService, RunnerService
 from tests.hostile_videos import HOSTILE
 from tests.integration.metrics_scrape import scrape
@@ -57,20 +54,6 @@ ORDERS = [SIZES, SIZES[::-1], [SIZES[2], SIZES[0], SIZES[3], SIZES[1]]]
 BOX_TOLERANCE_PX = 1.0
 CHECKOUT = str(Path(sys.executable).with_name("checkout"))  # the SDK's console script
 RUNNER = str(Path(sys.executable).with_name("checkout-runner"))
-
-
-@pytest.fixture
-def processes(settings: ServerSettings, kafka: Kafka, tmp_path: Path) -> Iterator[Processes]:
-    group = Processes(settings, kafka, tmp_path)
-    try:
-        yield group
-    finally:
-        group.stop_all()
-
-
-@pytest.fixture
-async def relay(processes: Processes) -> PythonService:
-    return await asyncio.to_thread(processes.start_relay)
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,8 @@ async def test_each_failure_result_of_the_runner_makes_the_event_failed_with_it(
     assert got.error == f"{reason}: what went wrong"
 
 
-async def test_the_runners_success_result_is_the_prediction_the_server_returns() -> None:
+def success_document() -> bytes:
+    """The runner's success result for a video with a face in its second sampled frame."""
     face = Detection(
         label="face",
         score=0.92,
@@ -118,9 +119,13 @@ async def test_the_runners_success_result_is_the_prediction_the_server_returns()
             FrameResult(index=5, timestamp_s=0.5, detections=(face,)),
         ],
     )
-    document = result.success(
+    return result.success(
         runner_event(), analysis, detector=("centerface", "v"), sample_fps=2.0, truncated=False
     )
+
+
+async def test_the_runners_success_result_is_the_prediction_the_server_returns() -> None:
+    document = success_document()
     service = await status_of(document)
 
     got = await service.get(VIDEO, ANONYMOUS)
@@ -266,20 +271,7 @@ def test_the_runners_failure_results_are_what_the_schema_says(reason: str) -> No
 
 
 def test_the_runners_success_result_is_what_the_schema_says() -> None:
-    face = Detection(
-        label="face", score=0.9, box=Box(x1=1, y1=2, x2=3, y2=4), landmarks=((1.0, 2.0),) * 5
-    )
-    analysis = Analysis(
-        video=VideoInfo(width=64, height=48, fps=10.0, frame_count=0, duration_s=1.0),
-        frames=[
-            FrameResult(index=0, timestamp_s=0.0),
-            FrameResult(index=5, timestamp_s=0.5, detections=(face,)),
-        ],
-    )
-    document = result.success(
-        runner_event(), analysis, detector=("d", "1"), sample_fps=2.0, truncated=True
-    )
-    schema("result.v1").validate(json.loads(document))
+    schema("result.v1").validate(json.loads(success_document()))
 
 
 async def test_the_server_reads_the_schemas_example_results() -> None:
