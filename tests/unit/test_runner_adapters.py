@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from checkout_runner import envelope
+from checkout_runner.adapters import isolated_decoder
 from checkout_runner.adapters._sizing import detection_size
 from checkout_runner.adapters.centerface import CenterFaceDetector
 from checkout_runner.adapters.hog_people import HogPeopleDetector
@@ -124,6 +126,38 @@ async def test_a_hostile_video_is_refused_with_its_reason(tmp_path: Path, name: 
     assert time.monotonic() - started < 10
     assert str(tmp_path) not in refused.value.message  # no local path in a result
     assert _rss_bytes() - rss_before < 50 * MiB
+
+
+async def test_a_decoder_that_crashes_fails_the_video_as_undecodable(huge: Path) -> None:
+    """A signal from inside FFmpeg (here SIGSEGV, sent while it decodes) means the same file
+    would crash it again: VIDEO_UNDECODABLE at once, not a retry."""
+    decoder = IsolatedDecoder(dataclasses.replace(LIMITS, max_frame_pixels=10**9))
+
+    async def crash_it() -> None:
+        async with decoder.open(huge, every_s=0.04) as video:
+            os.kill(video.pid, signal.SIGSEGV)
+            [s async for s in video.samples()]
+
+    with pytest.raises(VideoUndecodable, match=r"crashed on this file \(SIGSEGV\)"):
+        await crash_it()
+
+
+async def test_a_decoding_process_that_fails_by_itself_is_a_bug_retried(
+    clip: tuple[Path, Truth], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exit with a status (a traceback of our own code) is no verdict on the video: a
+    plain error, which the processor retries up to RUNNER_MAX_ATTEMPTS."""
+    monkeypatch.setattr(isolated_decoder, "WORKER", "checkout_runner.no_such_module")
+    with pytest.raises(RuntimeError, match=r"exited with 1: .*No module named"):
+        await decode(clip[0])
+
+
+async def test_the_decoding_process_leaves_no_core_file(clip: tuple[Path, Truth]) -> None:
+    decoder = IsolatedDecoder(LIMITS)
+    async with decoder.open(clip[0], every_s=0.5) as video:
+        limits = await asyncio.to_thread(Path(f"/proc/{video.pid}/limits").read_text)
+    core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"]
 
 
 async def test_an_empty_file_is_undecodable(tmp_path: Path) -> None:

@@ -27,9 +27,11 @@ NEAR_LIMIT = 0.75
 
 def limit_self(limits: DecodeLimits) -> None:
     """Cap this process: past `memory_bytes` of address space allocations fail; past `cpu_s`
-    of CPU the kernel sends SIGXCPU (which ends it), and SIGKILL a second later."""
+    of CPU the kernel sends SIGXCPU (which ends it), and SIGKILL a second later. No core
+    file: a process that dies of a signal leaves nothing of up to `memory_bytes` behind."""
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def run(request: dict[str, object], out: BinaryIO) -> None:
