@@ -4,14 +4,11 @@ All or nothing: the object becomes visible only when the stream is complete and 
 event is written only after that, and on any failure (bad input, a backend error, the client
 cancelling, the server stopping) whatever was written is removed again.
 
-Memory per upload is bounded by about two storage parts: chunks are collected until they make
-a part, which is sent (as those chunks, never joined into one more copy) while the next part
-is collected; that next part is sent only once the one in flight is stored, so reading stops
-there and gRPC flow control holds the client back. The SHA-256 of the stream is computed
-part by part in a worker thread (hashlib releases the GIL), beside the part's upload. All
-uploads together stay within a memory budget: an upload reserves its buffer before reading
-its first chunk and waits while the budget is spent, which again is backpressure through
-flow control, not an error.
+Memory per upload is bounded by about two storage parts: the part sender (part_sender.py)
+collects chunks into a part while the one before is stored, and the SHA-256 of the stream is
+computed part by part beside each part's upload. All uploads together stay within a memory
+budget: an upload reserves its buffer before reading its first chunk and waits while the
+budget is spent, which is backpressure through gRPC flow control, not an error.
 """
 
 from __future__ import annotations
@@ -45,6 +42,7 @@ from ..errors import DuplicateIdempotencyKey
 from ..ports import ObjectStorage, ObjectWriter, Outbox, UploadRateLimit
 from .interrupts import StreamInterrupts
 from .memory import MemoryBudget
+from .part_sender import Part, PartSender, hash_chunks, write_hashing
 
 log = logging.getLogger(__name__)
 
@@ -322,9 +320,12 @@ class UploadPipeline:
     ) -> StoredVideo:
         limits = self._limits
         declared = request.size_bytes
-        parts = _PartSender(writer)
-        pending: list[bytes] = []  # chunks of the part being collected
-        pending_bytes = 0
+        digest = hashlib.sha256()  # of the whole stream, part by part in order
+
+        async def store(part: Part) -> None:
+            await write_hashing(digest, part, writer.write_part(part.chunks))
+
+        parts = PartSender(store, part_bytes=limits.part_bytes)
         head = b""  # the first bytes, until the ftyp box is checked
         total = 0
         try:
@@ -346,13 +347,7 @@ class UploadPipeline:
                     head += chunk[:_FTYP_HEADER_BYTES]
                     if len(head) >= _FTYP_HEADER_BYTES:
                         _check_ftyp(head)
-                pending.append(chunk)
-                pending_bytes += len(chunk)
-                if pending_bytes >= limits.part_bytes:
-                    await parts.wait()  # the part in flight is stored: its memory is free
-                    parts.send(pending)
-                    pending = []
-                    pending_bytes = 0
+                await parts.add(chunk)
 
             if total == 0:
                 raise errors.EmptyFile()
@@ -364,13 +359,14 @@ class UploadPipeline:
                     declared=str(declared),
                     received=str(total),
                 )
-            last, pending = pending, []
+            last = parts.take()
             await parts.wait()
-            sha256 = await parts.finish_digest(last, pending_bytes)
+            await hash_chunks(digest, last.chunks, last.size_bytes)
+            sha256 = digest.hexdigest()
             if request.sha256 and request.sha256 != sha256:
                 raise errors.ChecksumMismatch(declared=request.sha256, received=sha256)
             # Only now, with the whole stream checked, may the object become visible.
-            await writer.finish(last)
+            await writer.finish(last.chunks)
         finally:
             await parts.stop()
         return StoredVideo(
@@ -431,74 +427,6 @@ class UploadPipeline:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-# Buffers at least this large are hashed in a worker thread; smaller ones on the loop (a
-# thread hop costs more than hashing them).
-_THREAD_HASH_BYTES = 1024 * 1024
-
-
-def _update(digest: hashlib._Hash, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        digest.update(chunk)
-
-
-async def _hash(digest: hashlib._Hash, chunks: list[bytes], size: int) -> None:
-    if size >= _THREAD_HASH_BYTES:
-        await asyncio.to_thread(_update, digest, chunks)
-    else:
-        _update(digest, chunks)
-
-
-class _PartSender:
-    """Full parts of one upload on their way to the writer, one at a time: a part is hashed
-    (SHA-256 of the whole stream, in order) and written in a task of its own, so the next
-    part is collected meanwhile. `wait` before the next `send` keeps at most one in flight."""
-
-    def __init__(self, writer: ObjectWriter) -> None:
-        self._writer = writer
-        self._digest = hashlib.sha256()
-        self._in_flight: asyncio.Task[None] | None = None
-
-    def send(self, part: list[bytes]) -> None:
-        """Hash and store the chunks of one full part (the list is the sender's from now)."""
-        assert self._in_flight is None, "wait() for the part in flight first"
-        self._in_flight = asyncio.ensure_future(self._store(part))
-
-    async def _store(self, part: list[bytes]) -> None:
-        size = sum(len(chunk) for chunk in part)
-        hashing = asyncio.ensure_future(_hash(self._digest, part, size))
-        try:
-            await self._writer.write_part(part)
-        except BaseException:
-            # The upload has failed: report it now, not after the hash (a worker thread may
-            # finish that on its own; nothing reads the digest any more).
-            hashing.cancel()
-            raise
-        await hashing
-
-    def raise_if_failed(self) -> None:
-        """Raise the error of the part in flight if it has failed already."""
-        if self._in_flight is not None and self._in_flight.done():
-            self._in_flight.result()
-
-    async def wait(self) -> None:
-        """Wait until the part in flight is hashed and stored; raise its error."""
-        if self._in_flight is not None:
-            task, self._in_flight = self._in_flight, None
-            await task
-
-    async def finish_digest(self, last: list[bytes], size: int) -> str:
-        """The hex SHA-256 of every part sent and then the chunks `last` (after `wait`)."""
-        await _hash(self._digest, last, size)
-        return self._digest.hexdigest()
-
-    async def stop(self) -> None:
-        """Cancel the part in flight, if any, and wait until it has stopped (before abort)."""
-        if self._in_flight is not None:
-            task, self._in_flight = self._in_flight, None
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-
 class _Unknown(enum.Enum):
     UNKNOWN = "unknown"
 
@@ -534,4 +462,3 @@ def _check_same_file(request: UploadRequest, existing: OutboxEvent) -> None:
 FTYP_HEADER_BYTES = _FTYP_HEADER_BYTES
 check_ftyp = _check_ftyp
 check_same_file = _check_same_file
-hash_chunks = _hash
