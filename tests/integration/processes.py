@@ -1,10 +1,20 @@
-"""Environment of a checkout server run as a real process by a test."""
+"""A checkout server run as a real process by a test: its environment, its start, and the
+readiness wait on its gRPC health service."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from checkout_server.config import MiB, ServerSettings
+from tests.integration.storage_checks import wait_until
 
 
 def server_env(settings: ServerSettings, port: int, **extra: str) -> dict[str, str]:
@@ -23,3 +33,47 @@ def server_env(settings: ServerSettings, port: int, **extra: str) -> dict[str, s
         "SHUTDOWN_DRAIN_S": "0",  # no load balancer to turn away (test_shutdown sets one)
         **extra,
     }
+
+
+async def serving(port: int) -> bool:
+    """One check: the gRPC health service on 127.0.0.1:`port` answers SERVING (False while
+    nothing listens there, or it answers anything else)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            response = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def wait_serving(port: int, *, timeout_s: float = 60) -> None:
+    """Wait until the server on `port` answers SERVING; fail after `timeout_s`."""
+    await wait_until(
+        partial(serving, port), timeout_s=timeout_s, what=f"the server on port {port} to serve"
+    )
+
+
+async def start_server(
+    settings: ServerSettings, port: int, log_path: Path, **extra: str
+) -> asyncio.subprocess.Process:
+    """Start `python -m checkout_server` on `port` with `settings` (and the variables in
+    `extra`), its output in `log_path`; return it once it serves. One that never serves is
+    killed before the wait's failure is raised."""
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "checkout_server",
+            env=server_env(settings, port, **extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        await wait_serving(port)
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    return process

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +10,6 @@ from typing import Any
 
 import google_crc32c
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from miniopy_async.api import Minio
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -21,7 +18,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
 from devstack import free_port
 from tests.helpers import sha256_hex
-from tests.integration.processes import server_env
+from tests.integration.processes import start_server
 from tests.integration.storage_checks import (
     object_keys,
     object_sha256,
@@ -180,27 +177,9 @@ class ServerProcesses:
     ) -> ServerProcess:
         port = port or free_port()
         log_path = self._log_dir / f"server-{len(self._started)}.log"
-        with log_path.open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "checkout_server",
-                env=server_env(self._settings, port, **(env or {})),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        process = await start_server(self._settings, port, log_path, **(env or {}))
         server = ServerProcess(process, port, grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
         self._started.append(server)
-        health = health_pb2_grpc.HealthStub(server.channel)
-
-        async def serving() -> bool:
-            try:
-                response = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            except grpc.aio.AioRpcError:
-                return False
-            return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-
-        await wait_until(serving, timeout_s=30, what=f"the server on {port} to serve")
         return server
 
     async def close(self) -> None:

@@ -5,8 +5,6 @@ video once and leaves exactly one event."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,12 +13,12 @@ import pytest
 from miniopy_async.api import Minio
 from pymongo.asynchronous.collection import AsyncCollection
 
-from checkout_client import AsyncCheckoutClient, RetryPolicy, Unavailable, UploadProgress
+from checkout_client import AsyncCheckoutClient, RetryPolicy, UploadProgress
 from checkout_server.config import ServerSettings
 from devstack import free_port
 from tests.helpers import MiB, mp4_bytes, sha256_hex
-from tests.integration.processes import server_env
-from tests.integration.storage_checks import object_keys, wait_until
+from tests.integration.processes import start_server
+from tests.integration.storage_checks import object_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -34,20 +32,14 @@ ServerStarter = Callable[[], Awaitable[asyncio.subprocess.Process]]
 async def server_process(
     settings: ServerSettings, tmp_path: Path
 ) -> AsyncIterator[tuple[int, ServerStarter]]:
-    """A port and a function that starts a real server process on it (again and again)."""
+    """A port and a function that starts a real server process on it (again and again) and
+    returns once it serves."""
     port = free_port()
     processes: list[asyncio.subprocess.Process] = []
 
     async def start() -> asyncio.subprocess.Process:
-        with (tmp_path / f"server-{len(processes)}.log").open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "checkout_server",
-                env=server_env(settings, port),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        log_path = tmp_path / f"server-{len(processes)}.log"
+        process = await start_server(settings, port, log_path)
         processes.append(process)
         return process
 
@@ -84,14 +76,6 @@ async def test_upload_survives_a_server_restart_without_a_duplicate_event(
 
     policy = RetryPolicy(attempts=10, initial_backoff_s=0.5, max_backoff_s=3)
     async with AsyncCheckoutClient(f"127.0.0.1:{port}", retry=policy) as client:
-
-        async def serving() -> bool:
-            try:
-                return (await client.health()).ok
-            except Unavailable:
-                return False
-
-        await wait_until(serving, timeout_s=30, what="the server to serve")
         upload = await client.upload(path, chunk_size=256 * 1024, on_progress=on_progress)
 
     await restarted[0]

@@ -6,8 +6,6 @@ through its own metrics)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +14,6 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from miniopy_async.api import Minio
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -27,7 +24,7 @@ from checkout_server.outbox.document import Document, status_document
 from devstack import Kafka, free_port
 from tests.helpers import MiB, mp4_bytes, sha256_hex
 from tests.integration.metrics_scrape import scrape
-from tests.integration.processes import server_env
+from tests.integration.processes import start_server
 from tests.integration.storage_checks import object_sha256, wait_until
 from tests.integration.test_relay import Relays, consume, new_document
 
@@ -133,28 +130,14 @@ async def budget_server(settings: ServerSettings, tmp_path: Path) -> AsyncIterat
     """A server process whose uploads may buffer 20 MiB together: two uploads' worth (each
     reserves two 5 MiB parts). Yields its gRPC and metrics ports."""
     port, metrics_port = free_port(), free_port()
-    env = server_env(
+    process = await start_server(
         settings,
         port,
+        tmp_path / "server.log",
         UPLOAD_MEMORY_BUDGET_BYTES=str(20 * MiB),
         METRICS_ADDR=f"127.0.0.1:{metrics_port}",
     )
-    with (tmp_path / "server.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "checkout_server", env=env, stdout=log, stderr=subprocess.STDOUT
-        )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-
-            async def serving() -> bool:
-                try:
-                    got = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                except grpc.aio.AioRpcError:
-                    return False
-                return bool(got.status == health_pb2.HealthCheckResponse.SERVING)
-
-            await wait_until(serving, timeout_s=60, what="the server to serve")
         yield port, metrics_port
     finally:
         process.terminate()

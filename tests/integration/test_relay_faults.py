@@ -34,9 +34,10 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
 from checkout_server.outbox.document import Document, status_document
 from devstack import Kafka, free_port
-from devstack._stack import PythonService, grpc_serving
+from devstack._stack import PythonService
 from tests.helpers import mp4_bytes
 from tests.integration.metrics_scrape import scrape
+from tests.integration.processes import serving
 from tests.integration.storage_checks import wait_until
 from tests.integration.test_relay import Relays, new_document
 
@@ -214,11 +215,6 @@ def process_state(relay: PythonService) -> str:
     return stat.rpartition(")")[2].split()[0]  # the field after the command's parentheses
 
 
-async def serving(relay: PythonService) -> bool:
-    """The relay's gRPC health service answers SERVING (a paused one cannot)."""
-    return await asyncio.to_thread(grpc_serving, relay.port)
-
-
 def exit_code(relay: PythonService) -> int | None:
     # devstack keeps the Popen private; the test needs the real exit status.
     proc = relay._proc
@@ -339,7 +335,7 @@ async def test_paused_relay_is_taken_over_and_stops_on_resume(
     total = len(burst) + len(after_pause)
     await wait_until(lambda: all_sent(outbox, total), timeout_s=150, what="all events sent")
     assert process_state(relay_a) == "T"  # still paused (not exited, not restarted)
-    assert not await serving(relay_a)
+    assert not await serving(relay_a.port)
 
     await asyncio.to_thread(relay_a.resume)
     # A sees the newer epochs (or its own run-out leases) and drops every shard it had.
@@ -367,8 +363,8 @@ async def test_paused_relay_is_taken_over_and_stops_on_resume(
     # Both relays run on, neither paused nor exited.
     assert process_state(relay_a) in {"S", "R"}
     assert process_state(relay_b) in {"S", "R"}
-    assert await serving(relay_a)
-    assert await serving(relay_b)
+    assert await serving(relay_a.port)
+    assert await serving(relay_b.port)
 
 
 # The sum of this test's worst-case waits (the burst in flight 90, the exit 30, two topic

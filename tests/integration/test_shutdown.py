@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,7 +28,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
 from devstack import free_port
 from tests.helpers import MiB, error_details, mp4_bytes, sha256_hex
-from tests.integration.processes import server_env
+from tests.integration.processes import start_server
 from tests.integration.storage_checks import object_keys, object_sha256, pending_uploads, wait_until
 
 if TYPE_CHECKING:
@@ -68,33 +66,17 @@ async def test_sigterm_under_load(settings: ServerSettings, s3: Minio, tmp_path:
     port = free_port()
     bucket = settings.default_bucket
     log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "checkout_server",
-            env=server_env(
-                settings,
-                port,
-                SHUTDOWN_GRACE_S=str(GRACE_S),
-                SHUTDOWN_DRAIN_S=str(DRAIN_S),
-                WATCH_HEARTBEAT_S="0.5",
-            ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = await start_server(
+        settings,
+        port,
+        log_path,
+        SHUTDOWN_GRACE_S=str(GRACE_S),
+        SHUTDOWN_DRAIN_S=str(DRAIN_S),
+        WATCH_HEARTBEAT_S="0.5",
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
-
-            async def serving() -> bool:
-                try:
-                    got = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                except grpc.aio.AioRpcError:
-                    return False
-                return bool(got.status == health_pb2.HealthCheckResponse.SERVING)
-
-            await wait_until(serving, timeout_s=60, what="the server to serve")
             stub: Stub = pb_grpc.CheckoutServiceStub(channel)
 
             # Load: 24 uploads mid-stream (12 will complete in the grace period, 12 never do)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from miniopy_async.api import Minio
 from pymongo import AsyncMongoClient
 
@@ -28,7 +25,7 @@ from checkout_server.upload import pipeline as pipeline_module
 from checkout_server.wiring.server import create_app
 from devstack import FerretDB, MinIO, free_port
 from tests.helpers import MiB, error_details, error_info, has_cyrillic, mp4_bytes
-from tests.integration.processes import server_env
+from tests.integration.processes import start_server
 from tests.integration.storage_checks import object_keys, pending_uploads, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -145,36 +142,16 @@ async def _pending(s3: Minio, bucket: str, *, expect: bool) -> bool:
 # --- SIGTERM: a real server process -----------------------------------------------------------
 
 
-async def wait_serving(channel: grpc.aio.Channel) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-
-    async def serving() -> bool:
-        try:
-            response = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.aio.AioRpcError:
-            return False
-        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-
-    await wait_until(serving, timeout_s=30, what="the server to serve")
-
-
 async def test_sigterm_lets_uploads_finish_within_grace_and_aborts_the_rest(
     settings: ServerSettings, s3: Minio, tmp_path: Path
 ) -> None:
     port = free_port()
-    with (tmp_path / "server.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "checkout_server",
-            env=server_env(settings, port, SHUTDOWN_GRACE_S=str(GRACE_S)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = await start_server(
+        settings, port, tmp_path / "server.log", SHUTDOWN_GRACE_S=str(GRACE_S)
+    )
     bucket = settings.default_bucket
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await wait_serving(channel)
             stub = pb_grpc.CheckoutServiceStub(channel)
             data = mp4_bytes(12 * MiB)
             finishing_gate, finishing_sent = asyncio.Event(), asyncio.Event()
