@@ -5,7 +5,6 @@ other. Every call goes through Envoy's REST surface."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 from collections.abc import AsyncIterator
@@ -17,12 +16,10 @@ import pytest
 
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
-from devstack import Envoy, free_port
-from devstack._paths import REPO_ROOT
-from devstack._stack import DESCRIPTOR, OPENAPI
+from devstack import free_port
 from tests.helpers import MiB, mp4_bytes, sha256_hex
+from tests.integration.envoy_front import async_envoy_front
 from tests.integration.storage_checks import wait_until
-from tools.render_envoy import render_envoy_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -38,26 +35,15 @@ class Pair:
 @pytest.fixture
 async def pair(settings: ServerSettings, tmp_path: Path) -> AsyncIterator[Pair]:
     ports = (free_port(), free_port())
-    listen, admin = free_port(), free_port()
-    config = render_envoy_config(
-        tmp_path / "envoy.yaml",
-        listen_port=listen,
-        admin_port=admin,
-        upstreams=[("127.0.0.1", port) for port in ports],
-        descriptor=DESCRIPTOR,
-        openapi=OPENAPI,
-    )
     apps = []
     for port in ports:
         app = await create_app(settings.replace(grpc_addr=f"127.0.0.1:{port}", metrics_addr=""))
         await app.start()
         apps.append(app)
-    envoy = Envoy(config_path=config, admin_port=admin, cwd=REPO_ROOT, log_path=tmp_path / "log")
     try:
-        await asyncio.to_thread(envoy.start, 60)
-        yield Pair(f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}", ports, apps)
+        async with async_envoy_front(tmp_path, ports) as front:
+            yield Pair(front.url, front.admin_url, ports, apps)
     finally:
-        await asyncio.to_thread(envoy.stop)
         for app in apps:
             await app.stop(grace_s=0)
 

@@ -19,7 +19,7 @@ import struct
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,18 +33,14 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.auth.keys import entry, new_key
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
-from devstack import Envoy, free_port
-from devstack._paths import REPO_ROOT
-from devstack._stack import DESCRIPTOR, OPENAPI
 from tests.helpers import error_details, mp4_bytes
+from tests.integration.envoy_front import Front, async_envoy_front
 from tools.make_dev_certs import Issued, issue, subject_alt_names
-from tools.render_envoy import ListenerTls, UpstreamTls, render_envoy_config
+from tools.render_envoy import ListenerTls, UpstreamTls
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 ADMIN_TOKEN = "envoy-tls-admin-token"
-# Envoy's hot-restart shared memory: not the stack fixture's 7, `make run`'s 0 or the REST
-# bench's 11, so this file runs beside them.
 CALL_TIMEOUT_S = 10.0
 
 
@@ -98,46 +94,16 @@ async def tls_server(
         await app.stop(grace_s=1.0)
 
 
-@dataclass(frozen=True)
-class Front:
-    """A running Envoy: its TLS listener and its admin port."""
-
-    port: int
-    admin_port: int
-
-    @property
-    def url(self) -> str:
-        return f"https://localhost:{self.port}"
-
-
-@asynccontextmanager
-async def envoy(
+def envoy(
     folder: Path, app: App, *, listener: Issued, upstream_tls: UpstreamTls
-) -> AsyncIterator[Front]:
+) -> AbstractAsyncContextManager[Front]:
     """Envoy with a TLS listener (`listener`'s certificate) in front of `app`."""
-    front = Front(port=free_port(), admin_port=free_port())
-    config = render_envoy_config(
-        folder / "envoy.yaml",
-        listen_port=front.port,
-        admin_port=front.admin_port,
-        upstream_port=app.port,
-        descriptor=DESCRIPTOR,
-        openapi=OPENAPI,
+    return async_envoy_front(
+        folder,
+        [app.port],
         listener_tls=ListenerTls(cert=listener.cert_file, key=listener.key_file),
         upstream_tls=upstream_tls,
     )
-    process = Envoy(
-        config_path=config,
-        admin_port=front.admin_port,
-        cwd=REPO_ROOT,
-        log_path=folder / "envoy.log",
-    )
-    # Blocking waits off the event loop: the server under test runs on it.
-    await asyncio.to_thread(process.start, 60)
-    try:
-        yield front
-    finally:
-        await asyncio.to_thread(process.stop)
 
 
 def trusting(certs: Certs, *, ca: Issued | None = None, sni: str = "localhost") -> UpstreamTls:
@@ -223,7 +189,7 @@ def bearer(token: str) -> str:
 async def envoy_stat(front: Front, name: str) -> int:
     """One counter of Envoy's admin /stats."""
     reply = await curl(
-        f"http://127.0.0.1:{front.admin_port}/stats?filter=^{re.escape(name)}$",
+        f"{front.admin_url}/stats?filter=^{re.escape(name)}$",
     )
     assert reply.status == 200, reply
     match = re.fullmatch(rf"{re.escape(name)}: (\d+)\s*", reply.body.decode())

@@ -22,11 +22,11 @@ from pymongo import AsyncMongoClient
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.outbox.document import status_document, to_document
-from devstack import Envoy, free_port
-from devstack._paths import REPO_ROOT
-from devstack._stack import DESCRIPTOR, OPENAPI, LocalStack
+from devstack import free_port
+from devstack._stack import LocalStack
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, outbox_event, sha256_hex
 from tests.integration.conftest import STACK_ADMIN_TOKEN
+from tests.integration.envoy_front import envoy_front
 from tests.integration.storage_checks import (
     object_keys,
     object_sha256,
@@ -34,7 +34,6 @@ from tests.integration.storage_checks import (
     wait_until,
 )
 from tools import gen_openapi
-from tools.render_envoy import render_envoy_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -394,19 +393,9 @@ def test_headers_over_envoys_limit_are_431_in_the_one_shape(base: str) -> None:
 
 
 def test_an_unreachable_service_is_503_in_the_one_shape(tmp_path: Path) -> None:
-    dead, listen, admin = free_port(), free_port(), free_port()  # nothing serves `dead`
-    config = render_envoy_config(
-        tmp_path / "envoy.yaml",
-        listen_port=listen,
-        admin_port=admin,
-        upstream_port=dead,
-        descriptor=DESCRIPTOR,
-        openapi=OPENAPI,
-    )
-    envoy = Envoy(config_path=config, admin_port=admin, cwd=REPO_ROOT, log_path=tmp_path / "log")
-    envoy.start(60)
-    try:
-        status, body = curl(f"http://127.0.0.1:{listen}/api/status/all")
+    dead = free_port()  # nothing serves it
+    with envoy_front(tmp_path, [dead]) as front:
+        status, body = curl(f"{front.url}/api/status/all")
         assert status == 503
         assert envoy_error(body) == (14, "UPSTREAM_UNAVAILABLE")
         assert "connection" in body["details"][0]["metadata"]["envoy_details"]
@@ -426,7 +415,7 @@ def test_an_unreachable_service_is_503_in_the_one_shape(tmp_path: Path) -> None:
                 "te: trailers",
                 "--data-binary",
                 "@/dev/null",
-                f"http://127.0.0.1:{listen}/checkout.v1.CheckoutService/Health",
+                f"{front.url}/checkout.v1.CheckoutService/Health",
                 "-D",
                 "-",
             ],
@@ -437,26 +426,14 @@ def test_an_unreachable_service_is_503_in_the_one_shape(tmp_path: Path) -> None:
         )
         assert "grpc-status: 14" in grpc_status.stdout
         assert "google.rpc.ErrorInfo" not in grpc_status.stdout
-    finally:
-        envoy.stop()
 
 
 def test_envoy_routes_around_a_dead_server(tmp_path: Path, stack: LocalStack, video: Path) -> None:
     """Two servers in Envoy's cluster, one of them never up: its gRPC health checks fail, so
     it leaves the rotation, and every read and upload through Envoy reaches the live one."""
-    dead, listen, admin = free_port(), free_port(), free_port()
-    config = render_envoy_config(
-        tmp_path / "envoy.yaml",
-        listen_port=listen,
-        admin_port=admin,
-        upstreams=[("127.0.0.1", dead), ("127.0.0.1", stack.ports.grpc)],
-        descriptor=DESCRIPTOR,
-        openapi=OPENAPI,
-    )
-    envoy = Envoy(config_path=config, admin_port=admin, cwd=REPO_ROOT, log_path=tmp_path / "log")
-    envoy.start(60)
-    try:
-        base = f"http://127.0.0.1:{listen}"
+    dead = free_port()
+    with envoy_front(tmp_path, [dead, stack.ports.grpc]) as front:
+        base = front.url
         # Round robin alone would send every other call to the dead server.
         for _ in range(6):
             status, body = curl(f"{base}/api/status/all")
@@ -466,7 +443,7 @@ def test_envoy_routes_around_a_dead_server(tmp_path: Path, stack: LocalStack, vi
             assert status == 200, body
             assert body["sha256"] == sha256_hex(video.read_bytes())
         clusters = subprocess.run(
-            ["curl", "-sS", f"http://127.0.0.1:{admin}/clusters"],
+            ["curl", "-sS", f"{front.admin_url}/clusters"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -479,8 +456,6 @@ def test_envoy_routes_around_a_dead_server(tmp_path: Path, stack: LocalStack, vi
         }
         assert flags[f"127.0.0.1:{stack.ports.grpc}"] == "healthy"
         assert "failed_active_hc" in flags[f"127.0.0.1:{dead}"]
-    finally:
-        envoy.stop()
 
 
 def test_large_multipart_upload_streams_with_bounded_memory(

@@ -13,7 +13,6 @@ import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,54 +24,31 @@ from pymongo.asynchronous.collection import AsyncCollection
 from checkout_server.config import ServerSettings
 from checkout_server.outbox.document import Document
 from checkout_server.wiring.server import App, create_app
-from devstack import Envoy, free_port
-from devstack._paths import REPO_ROOT
-from devstack._stack import DESCRIPTOR, OPENAPI
+from devstack import free_port
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
+from tests.integration.envoy_front import Front, envoy_front
 from tests.integration.storage_checks import (
     object_keys,
     object_sha256,
     pending_uploads,
     wait_until,
 )
-from tools.render_envoy import render_envoy_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 BOUNDARY = "checkout-test-boundary"
 
 
-@dataclass(frozen=True)
-class Front:
-    """The module's Envoy and the port its upstream (each test's server) binds."""
-
-    url: str
-    upstream_port: int
-
-
 @pytest.fixture(scope="module")
 def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
-    base = tmp_path_factory.mktemp("rest-multipart")
-    listen, admin, upstream = free_port(), free_port(), free_port()
-    config = render_envoy_config(
-        base / "envoy.yaml",
-        listen_port=listen,
-        admin_port=admin,
-        upstream_port=upstream,
-        descriptor=DESCRIPTOR,
-        openapi=OPENAPI,
-    )
-    envoy = Envoy(config_path=config, admin_port=admin, cwd=REPO_ROOT, log_path=base / "log")
-    envoy.start(60)
-    try:
-        yield Front(f"http://127.0.0.1:{listen}", upstream)
-    finally:
-        envoy.stop()
+    """The module's Envoy, in front of a port that each test's server binds."""
+    with envoy_front(tmp_path_factory.mktemp("rest-multipart"), [free_port()]) as front:
+        yield front
 
 
 @pytest.fixture
 async def rest_app(settings: ServerSettings, front: Front) -> AsyncIterator[App]:
-    app = await create_app(settings.replace(grpc_addr=f"127.0.0.1:{front.upstream_port}"))
+    app = await create_app(settings.replace(grpc_addr=f"127.0.0.1:{front.upstreams[0]}"))
     await app.start()
     yield app
     await app.stop(grace_s=1)

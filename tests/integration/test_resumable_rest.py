@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App
-from devstack import Envoy, free_port
 from devstack._paths import REPO_ROOT
-from devstack._stack import DESCRIPTOR, OPENAPI
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
+from tests.integration.envoy_front import Front, async_envoy_front
 from tests.integration.resumable_helpers import assert_one_video
 from tests.markdown import sh_blocks
-from tools.render_envoy import render_envoy_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -34,31 +31,11 @@ Database = AsyncDatabase[dict[str, Any]]
 PART = 5 * MiB
 
 
-@dataclass(frozen=True)
-class Front:
-    url: str
-
-
 @pytest.fixture
 async def front(app: App, tmp_path: Path) -> AsyncIterator[Front]:
     """A plaintext Envoy in front of the in-process server."""
-    port, admin = free_port(), free_port()
-    config = render_envoy_config(
-        tmp_path / "envoy.yaml",
-        listen_port=port,
-        admin_port=admin,
-        upstream_port=app.port,
-        descriptor=DESCRIPTOR,
-        openapi=OPENAPI,
-    )
-    envoy = Envoy(
-        config_path=config, admin_port=admin, cwd=REPO_ROOT, log_path=tmp_path / "envoy.log"
-    )
-    await asyncio.to_thread(envoy.start, 60)
-    try:
-        yield Front(f"http://localhost:{port}")
-    finally:
-        await asyncio.to_thread(envoy.stop)
+    async with async_envoy_front(tmp_path, [app.port]) as front:
+        yield front
 
 
 async def curl(*args: str) -> tuple[int, Any, int]:
@@ -201,7 +178,9 @@ async def test_the_docs_walk_through_cuts_and_resumes_with_curl(
 ) -> None:
     data = mp4_bytes(17 * MiB + 5, seed=33)
     (tmp_path / "video.mp4").write_bytes(data)
-    script = "\n".join(walk_through_blocks()).replace("http://localhost:8080", front.url)
+    script = "\n".join(walk_through_blocks()).replace(
+        "http://localhost:8080", f"http://localhost:{front.port}"
+    )
     process = await asyncio.create_subprocess_exec(
         "bash",
         "-euo",

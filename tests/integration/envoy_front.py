@@ -1,0 +1,99 @@
+"""A real Envoy in front of checkout servers, with the config tools/render_envoy.py renders
+(the stack's descriptor and OpenAPI document): what `make run` puts in front of the server,
+on free ports, for one test or one module."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack import Envoy, free_port
+from devstack._paths import REPO_ROOT
+from devstack._stack import DESCRIPTOR, OPENAPI
+from tools.render_envoy import ListenerTls, UpstreamTls, render_envoy_config
+
+START_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class Front:
+    """A running Envoy: its listener, its admin port and the servers' ports behind it."""
+
+    port: int
+    admin_port: int
+    upstreams: tuple[int, ...]
+    tls: bool = False
+
+    @property
+    def url(self) -> str:
+        """The listener's base URL; a TLS listener's certificate names localhost."""
+        return f"https://localhost:{self.port}" if self.tls else f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+
+def _envoy(
+    folder: Path,
+    upstreams: Sequence[int],
+    listener_tls: ListenerTls | None,
+    upstream_tls: UpstreamTls | None,
+) -> tuple[Envoy, Front]:
+    front = Front(free_port(), free_port(), tuple(upstreams), tls=listener_tls is not None)
+    config = render_envoy_config(
+        folder / "envoy.yaml",
+        listen_port=front.port,
+        admin_port=front.admin_port,
+        upstreams=[("127.0.0.1", port) for port in upstreams],
+        descriptor=DESCRIPTOR,
+        openapi=OPENAPI,
+        listener_tls=listener_tls,
+        upstream_tls=upstream_tls,
+    )
+    process = Envoy(
+        config_path=config,
+        admin_port=front.admin_port,
+        cwd=REPO_ROOT,
+        log_path=folder / "envoy.log",
+    )
+    return process, front
+
+
+@contextmanager
+def envoy_front(
+    folder: Path,
+    upstreams: Sequence[int],
+    *,
+    listener_tls: ListenerTls | None = None,
+    upstream_tls: UpstreamTls | None = None,
+) -> Iterator[Front]:
+    """Envoy in front of the servers on `upstreams` (ports on 127.0.0.1, served or not), its
+    config and log in `folder`; ready (admin /ready) when entered, stopped on exit."""
+    process, front = _envoy(folder, upstreams, listener_tls, upstream_tls)
+    try:
+        process.start(START_TIMEOUT_S)
+        yield front
+    finally:
+        process.stop()
+
+
+@asynccontextmanager
+async def async_envoy_front(
+    folder: Path,
+    upstreams: Sequence[int],
+    *,
+    listener_tls: ListenerTls | None = None,
+    upstream_tls: UpstreamTls | None = None,
+) -> AsyncIterator[Front]:
+    """`envoy_front` for async tests: the blocking start and stop run off the event loop, so
+    an in-process server on it keeps serving meanwhile."""
+    process, front = _envoy(folder, upstreams, listener_tls, upstream_tls)
+    try:
+        await asyncio.to_thread(process.start, START_TIMEOUT_S)
+        yield front
+    finally:
+        await asyncio.to_thread(process.stop)
