@@ -12,12 +12,8 @@ with authentication on (as in docker compose) API keys get through Envoy as well
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 import struct
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +30,7 @@ from checkout_server.auth.keys import entry, new_key
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import error_details, mp4_bytes
+from tests.integration.curl import Reply, run
 from tests.integration.envoy_front import Front, async_envoy_front
 from tools.make_dev_certs import Issued, issue, subject_alt_names
 from tools.render_envoy import ListenerTls, UpstreamTls
@@ -124,57 +121,10 @@ async def front(settings: ServerSettings, certs: Certs, tmp_path: Path) -> Async
 # --- clients ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
-    """What curl got: its exit code, the HTTP status (0: none), HTTP version, headers, body."""
-
-    exit_code: int
-    status: int
-    http_version: str
-    headers: dict[str, str]
-    body: bytes
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 async def curl(url: str, *args: str, front: Front | None = None) -> Reply:
-    """curl (no proxy; `localhost` is 127.0.0.1, where Envoy listens), without stdin."""
+    """curl to `url` (with `front`, `localhost` is 127.0.0.1, where Envoy listens)."""
     resolve = ["--resolve", f"localhost:{front.port}:127.0.0.1"] if front else []
-    with tempfile.TemporaryDirectory(prefix="curl-") as folder:
-        header_file = Path(folder) / "headers"
-        process = await asyncio.create_subprocess_exec(
-            "curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "20",
-            "-D",
-            str(header_file),
-            "-w",
-            "%{stderr}\n%{http_code} %{http_version}",
-            *resolve,
-            *args,
-            url,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        body, stderr = await asyncio.wait_for(process.communicate(), 30)
-        head = header_file.read_bytes().decode(errors="replace") if header_file.exists() else ""
-    code = await process.wait()  # the exit status (communicate() has reaped the process)
-    err, _, summary = stderr.decode().rpartition("\n")
-    status, _, version = summary.partition(" ")
-    headers: dict[str, str] = {}  # of the last response (after any 100 Continue)
-    for line in head.split("\r\n"):
-        name, colon, value = line.partition(":")
-        if line.startswith("HTTP/"):
-            headers = {}
-        elif colon:
-            headers[name.strip().lower()] = value.strip()
-    return Reply(code, int(status or 0), version, headers, body, err)
+    return await run(*resolve, *args, url, timeout_s=20)
 
 
 async def https(front: Front, certs: Certs, path: str, *args: str) -> Reply:

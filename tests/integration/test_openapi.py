@@ -24,6 +24,7 @@ from miniopy_async.api import Minio
 
 from devstack._stack import LocalStack
 from tests.helpers import mp4_bytes
+from tests.integration import curl
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -52,14 +53,8 @@ TESTED = (
 
 
 def _curl_json(*args: str) -> Any:
-    result = subprocess.run(
-        ["curl", "-sS", "--fail-with-body", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return json.loads(result.stdout)
+    """The JSON body of a request that must succeed (curl fails on an HTTP error status)."""
+    return curl.answer_sync("--fail-with-body", *args)[1]
 
 
 def seed_stack(stack: LocalStack, tmp_path: Path) -> dict[str, list[str]]:
@@ -152,8 +147,15 @@ def run_schemathesis(base: str, config: Path, report: Path, *, schema: str = "")
         str(report),
     ]
     # In the test's folder: schemathesis and Hypothesis keep caches in the working directory.
+    # Its HTTP client (requests) would send even 127.0.0.1 through a proxy in the environment.
     result = subprocess.run(
-        command, capture_output=True, text=True, timeout=200, check=False, cwd=report.parent
+        command,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+        cwd=report.parent,
+        env=curl.no_proxy_env(),
     )
     assert report.exists(), result.stdout + result.stderr
     summary: dict[str, Any] = json.loads(report.read_text())

@@ -25,6 +25,7 @@ from checkout_server.outbox.document import status_document, to_document
 from devstack import free_port
 from devstack._stack import LocalStack
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, outbox_event, sha256_hex
+from tests.integration import curl
 from tests.integration.conftest import STACK_ADMIN_TOKEN
 from tests.integration.envoy_front import envoy_front
 from tests.integration.storage_checks import (
@@ -36,20 +37,6 @@ from tests.integration.storage_checks import (
 from tools import gen_openapi
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-def curl(*args: str) -> tuple[int, Any]:
-    """curl as a person types it; returns (HTTP status, parsed JSON body)."""
-    result = subprocess.run(
-        ["curl", "-sS", "-w", "\n%{http_code}", *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    body, _, status = result.stdout.rpartition("\n")
-    return int(status), json.loads(body) if body.strip() else None
 
 
 @pytest.fixture
@@ -80,7 +67,7 @@ def with_s3(stack: LocalStack, action: Callable[[Minio], Awaitable[Any]]) -> Any
 
 def test_seed_curl_examples(base: str, video: Path, tmp_path: Path) -> None:
     # Загрузка видео
-    status, body = curl(
+    status, body = curl.answer_sync(
         "-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}", "-F", "bucket=videos"
     )
     assert status == 200
@@ -89,7 +76,7 @@ def test_seed_curl_examples(base: str, video: Path, tmp_path: Path) -> None:
     assert body["size_bytes"] == str(video.stat().st_size)  # int64 travels as a JSON string
 
     # Получение статуса
-    status, body = curl(f"{base}/api/status/all")
+    status, body = curl.answer_sync(f"{base}/api/status/all")
     assert status == 200
     assert body["total"] >= 1
     mine = [op for op in body["operations"] if op["event_id"] == event_id]
@@ -98,11 +85,11 @@ def test_seed_curl_examples(base: str, video: Path, tmp_path: Path) -> None:
     assert {"event_id", "status", "created_at"} <= set(mine[0])
 
     # Получение результата
-    status, body = curl(f"{base}/api/result_video/{event_id}")
+    status, body = curl.answer_sync(f"{base}/api/result_video/{event_id}")
     assert status == 200
     assert body["event_id"] == event_id
     assert body["status"] in {"new", "sent"}
-    status, body = curl(f"{base}/api/result_video/{event_id}?bucket=videos")
+    status, body = curl.answer_sync(f"{base}/api/result_video/{event_id}?bucket=videos")
     assert status == 200
     assert body["event_id"] == event_id
     assert "prediction" not in body
@@ -128,7 +115,7 @@ def test_status_all_lists_every_operation_as_the_original_did(base: str, stack: 
 
     asyncio.run(records(insert=True))
     try:
-        status, body = curl(f"{base}/api/status/all")
+        status, body = curl.answer_sync(f"{base}/api/status/all")
     finally:
         asyncio.run(records(insert=False))
     assert status == 200
@@ -139,7 +126,7 @@ def test_status_all_lists_every_operation_as_the_original_did(base: str, stack: 
 
 
 def test_raw_body_upload(base: str, video: Path, stack: LocalStack) -> None:
-    status, body = curl(
+    status, body = curl.answer_sync(
         "-X",
         "POST",
         f"{base}/api/upload_video?filename=raw.mp4",
@@ -150,7 +137,7 @@ def test_raw_body_upload(base: str, video: Path, stack: LocalStack) -> None:
     )
     assert status == 200
     assert body["sha256"] == sha256_hex(video.read_bytes())
-    status, one = curl(f"{base}/api/status/{body['event_id']}")
+    status, one = curl.answer_sync(f"{base}/api/status/{body['event_id']}")
     assert status == 200
     assert one["operation"]["filename"] == "raw.mp4"
 
@@ -158,10 +145,12 @@ def test_raw_body_upload(base: str, video: Path, stack: LocalStack) -> None:
 def test_result_becomes_ready_and_watch_streams_ndjson(
     base: str, video: Path, stack: LocalStack
 ) -> None:
-    status, body = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
+    status, body = curl.answer_sync(
+        "-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}"
+    )
     event_id, video_id = body["event_id"], body["video_id"]
     watcher = subprocess.Popen(
-        ["curl", "-sSN", f"{base}/api/status/{event_id}/watch"],
+        curl.argv("-N", f"{base}/api/status/{event_id}/watch"),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -185,12 +174,12 @@ def test_result_becomes_ready_and_watch_streams_ndjson(
         watcher.wait()
         if watcher.stdout is not None:
             watcher.stdout.close()
-    status, body = curl(f"{base}/api/result_video/{event_id}")
+    status, body = curl.answer_sync(f"{base}/api/result_video/{event_id}")
     assert (status, body["status"], body["prediction"]) == (200, "ready", prediction)
     # The original service's `?bucket=`: the event's own bucket, or 404 for another one.
-    status, body = curl(f"{base}/api/result_video/{event_id}?bucket=videos")
+    status, body = curl.answer_sync(f"{base}/api/result_video/{event_id}?bucket=videos")
     assert (status, body["status"], body["prediction"]) == (200, "ready", prediction)
-    status, body = curl(f"{base}/api/result_video/{event_id}?bucket=archive")
+    status, body = curl.answer_sync(f"{base}/api/result_video/{event_id}?bucket=archive")
     assert (status, body["details"][0]["reason"]) == (404, "EVENT_NOT_IN_BUCKET")
     assert has_cyrillic(body["message"])
 
@@ -198,22 +187,22 @@ def test_result_becomes_ready_and_watch_streams_ndjson(
 def test_the_stacks_relay_marks_an_upload_sent(base: str, video: Path) -> None:
     """The whole pipeline of `make run`: REST upload -> outbox -> checkout-relay -> Kafka ->
     the status record `sent`, seen through the REST status path."""
-    _, uploaded = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
+    _, uploaded = curl.answer_sync("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
     event_id = uploaded["event_id"]
 
     async def sent() -> bool:
-        status, body = await asyncio.to_thread(curl, f"{base}/api/status/{event_id}")
+        status, body = await curl.answer(f"{base}/api/status/{event_id}")
         assert status == 200
         return bool(body["operation"]["status"] == "sent")
 
     asyncio.run(wait_until(sent, timeout_s=60, what="the relay to mark the upload sent"))
-    _, listed = curl(f"{base}/api/status/all?status=sent")
+    _, listed = curl.answer_sync(f"{base}/api/status/all?status=sent")
     assert event_id in [o["event_id"] for o in listed["operations"]]
 
 
 def test_request_and_cleanup(base: str, video: Path) -> None:
-    _, uploaded = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
-    status, body = curl(
+    _, uploaded = curl.answer_sync("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
+    status, body = curl.answer_sync(
         "-X",
         "POST",
         f"{base}/api/request",
@@ -226,10 +215,10 @@ def test_request_and_cleanup(base: str, video: Path) -> None:
     assert body["status"] == "ok"
     assert body["video_id"] == uploaded["video_id"]
 
-    status, body = curl("-X", "DELETE", f"{base}/api/cleanup/all")
+    status, body = curl.answer_sync("-X", "DELETE", f"{base}/api/cleanup/all")
     assert status == 401
     assert body["details"][0]["reason"] == "UNAUTHENTICATED"
-    status, body = curl(
+    status, body = curl.answer_sync(
         "-X",
         "DELETE",
         f"{base}/api/cleanup/all",
@@ -239,7 +228,7 @@ def test_request_and_cleanup(base: str, video: Path) -> None:
     assert status == 200
     assert body["status"] == "ok"
     assert body["deleted_events"] >= 2
-    assert curl(f"{base}/api/status/all")[1]["total"] == 0
+    assert curl.answer_sync(f"{base}/api/status/all")[1]["total"] == 0
 
 
 @pytest.mark.parametrize(
@@ -297,7 +286,7 @@ def test_errors_are_json_with_russian_messages(
     ]
     filled = [f"{base}{a}" if a.startswith("/api") else a for a in filled]
     before = stack_contents(stack)
-    status, body = curl(*filled)
+    status, body = curl.answer_sync(*filled)
     assert status == http_status
     assert has_cyrillic(body["message"])
     assert body["details"][0]["reason"] == reason
@@ -379,14 +368,14 @@ def test_envoy_own_errors_have_the_one_shape(
     base: str, args: list[str], http_status: int, code: int, reason: str
 ) -> None:
     filled = [f"{base}{a}" if a.startswith("/api") else a for a in args]
-    status, body = curl(*filled)
+    status, body = curl.answer_sync(*filled)
     assert status == http_status
     assert envoy_error(body) == (code, reason)
 
 
 def test_headers_over_envoys_limit_are_431_in_the_one_shape(base: str) -> None:
     """Envoy's limit on request headers (60 KiB by default) answers before the service."""
-    status, body = curl("-H", f"X-Padding: {'a' * 70 * 1024}", f"{base}/api/status/all")
+    status, body = curl.answer_sync("-H", f"X-Padding: {'a' * 70 * 1024}", f"{base}/api/status/all")
     assert status == 431
     assert envoy_error(body) == (3, "HEADERS_TOO_LARGE")
     assert body["message"] == "Заголовки запроса слишком велики"
@@ -395,37 +384,23 @@ def test_headers_over_envoys_limit_are_431_in_the_one_shape(base: str) -> None:
 def test_an_unreachable_service_is_503_in_the_one_shape(tmp_path: Path) -> None:
     dead = free_port()  # nothing serves it
     with envoy_front(tmp_path, [dead]) as front:
-        status, body = curl(f"{front.url}/api/status/all")
+        status, body = curl.answer_sync(f"{front.url}/api/status/all")
         assert status == 503
         assert envoy_error(body) == (14, "UPSTREAM_UNAVAILABLE")
         assert "connection" in body["details"][0]["metadata"]["envoy_details"]
         # A native gRPC client through the same Envoy keeps its plain gRPC status.
-        grpc_status = subprocess.run(
-            [
-                "curl",
-                "-sS",
-                "--http2-prior-knowledge",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-H",
-                "content-type: application/grpc",
-                "-H",
-                "te: trailers",
-                "--data-binary",
-                "@/dev/null",
-                f"{front.url}/checkout.v1.CheckoutService/Health",
-                "-D",
-                "-",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+        grpc_status = curl.run_sync(
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            "@/dev/null",
+            f"{front.url}/checkout.v1.CheckoutService/Health",
         )
-        assert "grpc-status: 14" in grpc_status.stdout
-        assert "google.rpc.ErrorInfo" not in grpc_status.stdout
+        assert "grpc-status: 14" in grpc_status.head
+        assert "google.rpc.ErrorInfo" not in grpc_status.head
 
 
 def test_envoy_routes_around_a_dead_server(tmp_path: Path, stack: LocalStack, video: Path) -> None:
@@ -436,19 +411,17 @@ def test_envoy_routes_around_a_dead_server(tmp_path: Path, stack: LocalStack, vi
         base = front.url
         # Round robin alone would send every other call to the dead server.
         for _ in range(6):
-            status, body = curl(f"{base}/api/status/all")
+            status, body = curl.answer_sync(f"{base}/api/status/all")
             assert status == 200, body
         for _ in range(2):
-            status, body = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
+            status, body = curl.answer_sync(
+                "-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}"
+            )
             assert status == 200, body
             assert body["sha256"] == sha256_hex(video.read_bytes())
-        clusters = subprocess.run(
-            ["curl", "-sS", f"{front.admin_url}/clusters"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
+        reply = curl.run_sync(f"{front.admin_url}/clusters")
+        assert reply.exit_code == 0, reply.stderr
+        clusters = reply.text
         flags = {
             line.split("::")[1]: line.rpartition("::")[2]
             for line in clusters.splitlines()
@@ -477,7 +450,9 @@ def test_large_multipart_upload_streams_with_bounded_memory(
     before = _rss_kib(pid, "VmRSS")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak
 
-    status, body = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{path}")
+    status, body = curl.answer_sync(
+        "-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{path}", timeout_s=240
+    )
 
     assert status == 200
     growth_mib = (_rss_kib(pid, "VmHWM") - before) / 1024
@@ -490,7 +465,7 @@ def test_large_multipart_upload_streams_with_bounded_memory(
 def test_rest_and_grpc_uploads_store_identical_objects(
     base: str, video: Path, stack: LocalStack
 ) -> None:
-    _, rest = curl("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
+    _, rest = curl.answer_sync("-X", "POST", f"{base}/api/upload_video", "-F", f"file=@{video}")
     grpc_upload = _grpc_upload(stack, video)
     assert rest["sha256"] == grpc_upload["sha256"] == sha256_hex(video.read_bytes())
     keys = [rest["object_key"], grpc_upload["object_key"]]
@@ -522,14 +497,9 @@ def _rss_kib(pid: int, field: str) -> int:
 
 
 def test_openapi_document_is_served_and_up_to_date(base: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        ["curl", "-sS", "-D", "-", f"{base}/api/openapi.yaml"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    headers, _, body = result.stdout.partition("\n\n")  # text mode folds CRLF
+    result = curl.run_sync(f"{base}/api/openapi.yaml")
+    assert result.exit_code == 0, result.stderr
+    headers, body = result.head, result.text
     assert " 200" in headers.splitlines()[0]
     assert "application/yaml" in headers
     checked_in = (Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml").read_text()

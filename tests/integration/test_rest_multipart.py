@@ -9,9 +9,6 @@ binds that port, with the test's own database and buckets.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
@@ -26,6 +23,7 @@ from checkout_server.outbox.document import Document
 from checkout_server.wiring.server import App, create_app
 from devstack import free_port
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
+from tests.integration import curl
 from tests.integration.envoy_front import Front, envoy_front
 from tests.integration.storage_checks import (
     object_keys,
@@ -77,11 +75,7 @@ async def post(
     """POST `body` as it is to /api/upload_video with curl; (HTTP status, JSON body)."""
     path = tmp_path / "body.bin"
     path.write_bytes(body)
-    process = await asyncio.create_subprocess_exec(
-        "curl",
-        "-sS",
-        "-w",
-        "\n%{http_code}",
+    return await curl.answer(
         "-X",
         "POST",
         "-H",
@@ -89,13 +83,7 @@ async def post(
         "--data-binary",
         f"@{path}",
         f"{front.url}/api/upload_video{query}",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert await process.wait() == 0, stderr.decode()
-    text, _, status = stdout.decode().rpartition("\n")
-    return int(status), json.loads(text) if text.strip() else None
 
 
 def reason(body: Any) -> str:

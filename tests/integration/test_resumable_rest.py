@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App
 from devstack._paths import REPO_ROOT
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
+from tests.integration import curl
 from tests.integration.envoy_front import Front, async_envoy_front
 from tests.integration.resumable_helpers import assert_one_video
 from tests.markdown import sh_blocks
@@ -36,22 +36,6 @@ async def front(app: App, tmp_path: Path) -> AsyncIterator[Front]:
     """A plaintext Envoy in front of the in-process server."""
     async with async_envoy_front(tmp_path, [app.port]) as front:
         yield front
-
-
-async def curl(*args: str) -> tuple[int, Any, int]:
-    """(HTTP status, JSON body, curl's exit code) of curl as a person types it."""
-    process = await asyncio.create_subprocess_exec(
-        "curl",
-        "-sS",
-        "-w",
-        "\n%{http_code}",
-        *args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 120)
-    body, _, status = out.decode().rpartition("\n")
-    return int(status or 0), json.loads(body) if body.strip() else None, process.returncode or 0
 
 
 def result_of(body: dict[str, Any]) -> pb.UploadVideoResponse:
@@ -77,7 +61,7 @@ async def test_a_curl_upload_cut_mid_body_resumes_with_patch_offset(
     data = mp4_bytes(14 * MiB + 99, seed=31)
     video = tmp_path / "video.mp4"
     video.write_bytes(data)
-    status, started, _ = await curl(
+    status, started = await curl.answer(
         "-X",
         "POST",
         f"{front.url}/api/uploads",
@@ -91,7 +75,7 @@ async def test_a_curl_upload_cut_mid_body_resumes_with_patch_offset(
     assert (started["persisted_size"], started["part_size_bytes"]) == ("0", str(PART))
 
     # curl gives up part way through the body (at 4 MB/s for 2 s: about 8 MB of 14).
-    status, body, code = await curl(
+    cut = await curl.run(
         "-X",
         "PATCH",
         f"{front.url}/api/uploads/{upload_id}?offset=0",
@@ -102,14 +86,14 @@ async def test_a_curl_upload_cut_mid_body_resumes_with_patch_offset(
         "--max-time",
         "2",
     )
-    assert code == 28  # curl's "operation timed out": the cut
-    status, body, _ = await curl(f"{front.url}/api/uploads/{upload_id}")
+    assert cut.exit_code == 28  # curl's "operation timed out": the cut
+    status, body = await curl.answer(f"{front.url}/api/uploads/{upload_id}")
     assert status == 200, body
     offset = int(body["persisted_size"])
     assert offset in {PART, 2 * PART}, body  # whole parts only
 
     # Past what is stored: OUT_OF_RANGE (400), with the stored size in the details.
-    status, body, _ = await curl(
+    status, body = await curl.answer(
         "-X",
         "PATCH",
         f"{front.url}/api/uploads/{upload_id}?offset={offset + 1}",
@@ -125,7 +109,7 @@ async def test_a_curl_upload_cut_mid_body_resumes_with_patch_offset(
 
     rest = tmp_path / "rest.bin"
     rest.write_bytes(data[offset:])
-    status, body, _ = await curl(
+    status, body = await curl.answer(
         "-X",
         "PATCH",
         f"{front.url}/api/uploads/{upload_id}?offset={offset}&finish=true",
@@ -136,7 +120,7 @@ async def test_a_curl_upload_cut_mid_body_resumes_with_patch_offset(
     result = result_of(body)
     await assert_one_video(s3, mongo_database, settings, result, data)
 
-    status, body, _ = await curl(f"{front.url}/api/uploads/{upload_id}")
+    status, body = await curl.answer(f"{front.url}/api/uploads/{upload_id}")
     assert (status, body["result"]["event_id"]) == (200, result.event_id)
 
 
@@ -146,18 +130,18 @@ async def test_delete_cancels_and_later_calls_are_not_found(
     data = mp4_bytes(6 * MiB, seed=32)
     piece = tmp_path / "piece.bin"
     piece.write_bytes(data[:PART])
-    status, started, _ = await curl(
+    status, started = await curl.answer(
         "-X", "POST", f"{front.url}/api/uploads", "-d", json.dumps({"size_bytes": len(data)})
     )
     upload_id = started["upload_id"]
-    status, body, _ = await curl(
+    status, body = await curl.answer(
         "-X", "PATCH", f"{front.url}/api/uploads/{upload_id}?offset=0", "-T", str(piece)
     )
     assert (status, body) == (200, {"persisted_size": str(PART)})
 
-    status, body, _ = await curl("-X", "DELETE", f"{front.url}/api/uploads/{upload_id}")
+    status, body = await curl.answer("-X", "DELETE", f"{front.url}/api/uploads/{upload_id}")
     assert (status, body) == (200, {"status": "ok"})
-    status, body, _ = await curl(f"{front.url}/api/uploads/{upload_id}")
+    status, body = await curl.answer(f"{front.url}/api/uploads/{upload_id}")
     assert status == 404
     assert body["details"][0]["reason"] == "UPLOAD_NOT_FOUND"
     assert [o async for o in s3.list_objects(bucket, recursive=True)] == []
@@ -188,7 +172,7 @@ async def test_the_docs_walk_through_cuts_and_resumes_with_curl(
         "-c",
         script,
         cwd=tmp_path,
-        env=dict(os.environ),
+        env=curl.no_proxy_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 
 from devstack import tool_path
 from devstack._stack import LocalStack
+from tests.integration import curl
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -32,13 +31,9 @@ def grpcurl(stack: LocalStack, *args: str) -> str:
 
 
 def http(method: str, url: str) -> tuple[int, str, Any]:
-    request = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.headers["content-type"], json.load(response)
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.headers["content-type"], json.load(error)
+    reply = curl.run_sync("-X", method, url, timeout_s=10)
+    assert reply.exit_code == 0, reply.stderr
+    return reply.status, reply.headers["content-type"], reply.json()
 
 
 def test_reflection_lists_the_services(stack: LocalStack) -> None:
@@ -97,31 +92,21 @@ def test_envoy_port_serves_grpc_web(stack: LocalStack, tmp_path: Path) -> None:
     # HealthRequest) POSTed with the grpc-web content type.
     body = tmp_path / "frame.bin"
     body.write_bytes(b"\x00\x00\x00\x00\x00")
-    subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "-D",
-            str(tmp_path / "headers.txt"),
-            "-o",
-            str(tmp_path / "response.bin"),
-            "-H",
-            "Content-Type: application/grpc-web+proto",
-            "-H",
-            "X-Grpc-Web: 1",
-            "--data-binary",
-            f"@{body}",
-            f"http://127.0.0.1:{stack.ports.rest}/checkout.v1.CheckoutService/Health",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
+    reply = curl.run_sync(
+        "-H",
+        "Content-Type: application/grpc-web+proto",
+        "-H",
+        "X-Grpc-Web: 1",
+        "--data-binary",
+        f"@{body}",
+        f"http://127.0.0.1:{stack.ports.rest}/checkout.v1.CheckoutService/Health",
+        timeout_s=30,
     )
-    headers = (tmp_path / "headers.txt").read_text().lower()
+    assert reply.exit_code == 0, reply.stderr
+    headers = reply.head.lower()
     assert headers.startswith("http/1.1 200"), headers
     assert "content-type: application/grpc-web+proto" in headers
-    response = (tmp_path / "response.bin").read_bytes()
+    response = reply.body
     assert response[0] == 0  # a data frame: the HealthResponse
     length = int.from_bytes(response[1:5], "big")
     assert b"ok" in response[5 : 5 + length]
