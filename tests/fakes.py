@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +18,7 @@ from checkout_server.errors import (
 )
 from checkout_server.outbox.sharding import relay_slot
 from checkout_server.relay.ports import Delivery, Lease, Message, Outcome, PendingEvent
+from checkout_server.status.service import StatusService, StatusSettings
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 T0 = NOW
@@ -236,6 +237,28 @@ class FakeRateLimit:
             return self.retry_after_s
         self.admitted[client] = self.admitted.get(client, 0) + 1
         return None
+
+
+def status_service(
+    storage: FakeStorage,
+    outbox: FakeOutbox,
+    *,
+    result_max_bytes: int = 1000,
+    admin_token: str = "",
+    clock: Callable[[], datetime] | None = None,
+) -> StatusService:
+    """The status service over the fakes: one allowed bucket, `videos` (the default), results
+    at `output/{video_id}.json`; the real clock unless `clock` is given."""
+    settings = StatusSettings(
+        default_bucket="videos",
+        allowed_buckets=frozenset({"videos"}),
+        result_key_template="output/{video_id}.json",
+        result_max_bytes=result_max_bytes,
+        admin_token=admin_token,
+    )
+    if clock is None:
+        return StatusService(storage=storage, outbox=outbox, settings=settings)
+    return StatusService(storage=storage, outbox=outbox, settings=settings, clock=clock)
 
 
 # --- The relay's ports -------------------------------------------------------------------------

@@ -33,8 +33,8 @@ from checkout_server.domain import ANONYMOUS, EventStatus
 from checkout_server.errors import ConfigError as ServerConfigError
 from checkout_server.relay.envelope import build_message
 from checkout_server.relay.ports import PendingEvent
-from checkout_server.status.service import StatusService, StatusSettings
-from tests.fakes import NOW, FakeOutbox, FakeStorage
+from checkout_server.status.service import StatusService
+from tests.fakes import NOW, FakeOutbox, FakeStorage, status_service
 from tests.helpers import outbox_event
 from tools.contract import SCHEMAS, schema_problems
 
@@ -78,16 +78,10 @@ async def status_of(document: bytes, *, max_bytes: int = 3 << 20) -> StatusServi
     await outbox.add(outbox_event(VIDEO, video_id=VIDEO, status=EventStatus.SENT, at=NOW))
     storage.objects[KEY] = document
     storage.modified[KEY] = NOW + timedelta(seconds=30)
-    return StatusService(
-        storage=storage,
-        outbox=outbox,
-        settings=StatusSettings(
-            default_bucket="videos",
-            allowed_buckets=frozenset({"videos"}),
-            result_key_template="output/{video_id}.json",
-            result_max_bytes=max_bytes,
-            admin_token="",
-        ),
+    return status_service(
+        storage,
+        outbox,
+        result_max_bytes=max_bytes,
         clock=lambda: NOW + timedelta(minutes=1),
     )
 

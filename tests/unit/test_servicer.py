@@ -15,12 +15,11 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.api import servicer
 from checkout_server.api.health import DependencyMonitor, new_health_servicer
 from checkout_server.api.servicer import CheckoutServicer
-from checkout_server.status.service import StatusService, StatusSettings
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
 from checkout_server.upload.pipeline import UploadLimits, UploadPipeline
 from checkout_server.wiring.server import create_server
-from tests.fakes import NOW, FakeOutbox, FakeStorage
+from tests.fakes import NOW, FakeOutbox, FakeStorage, status_service
 from tests.helpers import MiB, error_details, mp4_bytes, outbox_event, sha256_hex
 from tests.unit.test_error_table import ERRORS
 
@@ -49,17 +48,7 @@ class Harness:
             interval_s=60,
             supervisor=self.supervisor,
         )
-        self.status = StatusService(
-            storage=self.storage,
-            outbox=self.outbox,
-            settings=StatusSettings(
-                default_bucket="videos",
-                allowed_buckets=frozenset({"videos"}),
-                result_key_template="output/{video_id}.json",
-                result_max_bytes=1 * MiB,
-                admin_token="",
-            ),
-        )
+        self.status = status_service(self.storage, self.outbox, result_max_bytes=1 * MiB)
         self.hub = WatchHub(
             outbox=self.outbox,
             status=self.status,

@@ -8,8 +8,8 @@ import pytest
 
 from checkout_server import errors
 from checkout_server.domain import ANONYMOUS, EventStatus, OutboxEvent
-from checkout_server.status.service import StatusService, StatusSettings
-from tests.fakes import NOW, FakeOutbox, FakeStorage
+from checkout_server.status.service import StatusService
+from tests.fakes import NOW, FakeOutbox, FakeStorage, status_service
 from tests.helpers import outbox_event
 
 pytestmark = pytest.mark.timeout(10)
@@ -20,18 +20,7 @@ VIDEO = "0b6e3f5e-8d4f-4e1a-9a51-8c3c0d9f2b10"
 def service(
     storage: FakeStorage, outbox: FakeOutbox, token: str = "", clock_at: timedelta = timedelta()
 ) -> StatusService:
-    return StatusService(
-        storage=storage,
-        outbox=outbox,
-        settings=StatusSettings(
-            default_bucket="videos",
-            allowed_buckets=frozenset({"videos"}),
-            result_key_template="output/{video_id}.json",
-            result_max_bytes=1000,
-            admin_token=token,
-        ),
-        clock=lambda: NOW + clock_at,
-    )
+    return status_service(storage, outbox, admin_token=token, clock=lambda: NOW + clock_at)
 
 
 def event(event_id: str = VIDEO, created: timedelta = timedelta()) -> OutboxEvent:

@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 
 from checkout_server.domain import ANONYMOUS, EventStatus
-from checkout_server.status.service import StatusService, StatusSettings
-from tests.fakes import NOW, FakeOutbox, FakeStorage
+from checkout_server.status.service import StatusService
+from tests.fakes import NOW, FakeOutbox, FakeStorage, status_service
 from tests.helpers import outbox_event
 
 pytestmark = pytest.mark.timeout(10)
@@ -20,18 +20,7 @@ KEY = ("videos", f"output/{VIDEO}.json")
 
 
 def service(storage: FakeStorage, outbox: FakeOutbox) -> StatusService:
-    return StatusService(
-        storage=storage,
-        outbox=outbox,
-        settings=StatusSettings(
-            default_bucket="videos",
-            allowed_buckets=frozenset({"videos"}),
-            result_key_template="output/{video_id}.json",
-            result_max_bytes=1000,
-            admin_token="",
-        ),
-        clock=lambda: NOW + timedelta(minutes=1),
-    )
+    return status_service(storage, outbox, clock=lambda: NOW + timedelta(minutes=1))
 
 
 async def stored(result: bytes) -> tuple[FakeStorage, FakeOutbox]:

@@ -13,10 +13,9 @@ import pytest
 
 from checkout_client.backoff import Backoff
 from checkout_server.domain import EventStatus, OutboxEvent, StoredObject
-from checkout_server.status.service import StatusService, StatusSettings
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
-from tests.fakes import FakeOutbox, FakeStorage
+from tests.fakes import FakeOutbox, FakeStorage, status_service
 from tests.helpers import outbox_event
 
 pytestmark = pytest.mark.timeout(10)
@@ -48,17 +47,7 @@ def build_hub(
     storage: FakeStorage | None = None,
 ) -> WatchHub:
     storage = storage or FakeStorage()
-    status = StatusService(
-        storage=storage,
-        outbox=outbox,
-        settings=StatusSettings(
-            default_bucket="videos",
-            allowed_buckets=frozenset({"videos"}),
-            result_key_template="output/{video_id}.json",
-            result_max_bytes=1000,
-            admin_token="",
-        ),
-    )
+    status = status_service(storage, outbox)
     return WatchHub(
         outbox=outbox,
         status=status,

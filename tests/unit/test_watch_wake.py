@@ -12,10 +12,9 @@ import pytest
 
 from checkout_client.backoff import Backoff
 from checkout_server.domain import OutboxEvent
-from checkout_server.status.service import StatusService, StatusSettings
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
-from tests.fakes import FakeOutbox, FakeStorage
+from tests.fakes import FakeOutbox, FakeStorage, status_service
 from tests.helpers import outbox_event
 
 pytestmark = pytest.mark.timeout(20)
@@ -46,17 +45,7 @@ async def supervisor() -> AsyncIterator[Supervisor]:
 
 
 def build_hub(outbox: FakeOutbox, supervisor: Supervisor, *, min_gap_s: float) -> WatchHub:
-    status = StatusService(
-        storage=FakeStorage(),
-        outbox=outbox,
-        settings=StatusSettings(
-            default_bucket="videos",
-            allowed_buckets=frozenset({"videos"}),
-            result_key_template="output/{video_id}.json",
-            result_max_bytes=1000,
-            admin_token="",
-        ),
-    )
+    status = status_service(FakeStorage(), outbox)
     return WatchHub(
         outbox=outbox,
         status=status,
