@@ -78,6 +78,42 @@ class OutboxEvent:
     # The authenticated client that made the event ("" when authentication was off).
     owner: str = ""
 
+    @classmethod
+    def new(
+        cls,
+        *,
+        event_id: str,
+        video_id: str,
+        bucket: str,
+        object_key: str,
+        size_bytes: int,
+        now: datetime,
+        filename: str = "",
+        sha256: str = "",
+        idempotency_key: str = "",
+        traceparent: str = "",
+        owner: str = "",
+    ) -> OutboxEvent:
+        """The `new` event of a stored video, as every writer of the outbox makes it: an
+        upload (`event_id` = `video_id`: one event per uploaded video, however often its
+        commit is retried) and a re-request (a fresh `event_id`)."""
+        return cls(
+            event_id=event_id,
+            video_id=video_id,
+            bucket=bucket,
+            object_key=object_key,
+            filename=filename,
+            content_type=VIDEO_CONTENT_TYPE,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            status=EventStatus.NEW,
+            created_at=now,
+            updated_at=now,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent,
+            owner=owner,
+        )
+
     @property
     def api_status(self) -> EventStatus:
         """What clients see: once a result exists `ready`, or `failed` when it is a failure

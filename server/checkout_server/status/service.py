@@ -29,7 +29,6 @@ from typing import Any
 
 from .. import errors
 from ..domain import (
-    VIDEO_CONTENT_TYPE,
     EventStatus,
     OutboxEvent,
     Principal,
@@ -243,19 +242,13 @@ class StatusService:
         found = await self._storage.stat(bucket, key)
         if found is None:
             raise errors.VideoNotFound(video_id=video_id, bucket=bucket)
-        now = self._clock()
-        event = OutboxEvent(
+        event = OutboxEvent.new(
             event_id=str(uuid.uuid4()),
             video_id=video_id,
             bucket=bucket,
             object_key=key,
-            filename="",
-            content_type=VIDEO_CONTENT_TYPE,
             size_bytes=found.size_bytes,
-            sha256="",
-            status=EventStatus.NEW,
-            created_at=now,
-            updated_at=now,
+            now=self._clock(),
             traceparent=self._traceparent(),
             owner=viewer.client,
         )

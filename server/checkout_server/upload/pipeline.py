@@ -31,7 +31,6 @@ from checkout_client.backoff import Backoff
 from .. import errors
 from ..domain import (
     VIDEO_CONTENT_TYPE,
-    EventStatus,
     OutboxEvent,
     StoredVideo,
     UploadRequest,
@@ -196,19 +195,15 @@ class UploadPipeline:
         keep_object = False
         try:
             stored = await self._stream(request, chunks, writer, video_id, bucket, key)
-            now = self._clock()
-            event = OutboxEvent(
+            event = OutboxEvent.new(
                 event_id=video_id,  # as in the seed: one event per uploaded video
                 video_id=video_id,
                 bucket=bucket,
                 object_key=key,
-                filename=request.filename,
-                content_type=VIDEO_CONTENT_TYPE,
                 size_bytes=stored.size_bytes,
+                now=self._clock(),
+                filename=request.filename,
                 sha256=stored.sha256,
-                status=EventStatus.NEW,
-                created_at=now,
-                updated_at=now,
                 idempotency_key=request.idempotency_key,
                 traceparent=self._traceparent(),
                 owner=request.owner,

@@ -31,7 +31,6 @@ from datetime import UTC, datetime, timedelta
 from .. import errors
 from ..domain import (
     VIDEO_CONTENT_TYPE,
-    EventStatus,
     OutboxEvent,
     UploadRequest,
     UploadResult,
@@ -415,19 +414,15 @@ class ResumableUploads:
         existing = await self._outbox.get(session.video_id)
         if existing is not None:
             return UploadResult(event=existing, deduplicated=True)
-        now = self._clock()
-        event = OutboxEvent(
+        event = OutboxEvent.new(
             event_id=session.video_id,
             video_id=session.video_id,
             bucket=session.bucket,
             object_key=session.object_key,
-            filename=session.filename,
-            content_type=VIDEO_CONTENT_TYPE,
             size_bytes=session.size_bytes,
+            now=self._clock(),
+            filename=session.filename,
             sha256=sha256,
-            status=EventStatus.NEW,
-            created_at=now,
-            updated_at=now,
             idempotency_key=session.idempotency_key,
             traceparent=self._traceparent(),
             owner=session.owner,
