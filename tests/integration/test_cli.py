@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import pty
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,70 +21,12 @@ from checkout_client.cli import (
 from checkout_server.wiring.server import App
 from devstack import free_port
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
+from tests.integration.console import checkout, in_terminal
 from tests.integration.storage_checks import object_sha256
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 Collection = AsyncCollection[dict[str, Any]]
-CHECKOUT = str(Path(sys.executable).with_name("checkout"))  # the installed console script
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-
-def cli_env(address: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
-    return {**env, "CHECKOUT_ADDR": address, **extra}
-
-
-async def checkout(
-    *args: str, address: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> Run:
-    """Runs the console script with pipes (as a script would) and no stdin."""
-    process = await asyncio.create_subprocess_exec(
-        CHECKOUT,
-        *args,
-        cwd=cwd,
-        env=cli_env(address, **(env or {})),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    code = await process.wait()  # the exit status (communicate() has reaped the process)
-    return Run(code, stdout.decode(), stderr.decode())
-
-
-def in_terminal(args: list[str], *, address: str, cwd: Path) -> tuple[int, str]:
-    """Runs the console script on a pseudo-terminal, as a person at a shell would, and
-    returns its exit code and everything the terminal showed."""
-    leader, follower = pty.openpty()
-    env = cli_env(address, COLUMNS="120", LINES="40", TERM="xterm-256color")
-    process = subprocess.Popen(
-        [CHECKOUT, *args], cwd=cwd, env=env, stdin=follower, stdout=follower, stderr=follower
-    )
-    os.close(follower)
-    screen = b""
-    try:
-        while True:
-            try:
-                data = os.read(leader, 65536)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not data:
-                break
-            screen += data
-    finally:
-        os.close(leader)
-        code = process.wait(timeout=60)
-    return code, screen.decode(errors="replace")
 
 
 @pytest.fixture

@@ -6,10 +6,7 @@ says where in its progress bar)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import pty
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +19,13 @@ from checkout_client import AsyncCheckoutClient, RetryPolicy, UploadProgress
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App
 from tests.helpers import MiB, mp4_bytes, sha256_hex
+from tests.integration.console import CHECKOUT, cli_env, in_terminal
 from tests.integration.resumable_helpers import ServerProcesses, assert_one_video
 from tests.integration.storage_checks import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 Database = AsyncDatabase[dict[str, Any]]
-CHECKOUT = str(Path(sys.executable).with_name("checkout"))
 FAST_LEASE = {"UPLOAD_LEASE_TTL_S": "3", "UPLOAD_CLOCK_SKEW_S": "0.5"}
 
 
@@ -102,38 +99,12 @@ async def test_large_files_are_resumable_by_default_and_small_ones_are_not(
     await assert_one_video(s3, mongo_database, settings, as_result(resumable), large)
 
 
-def in_terminal(args: list[str], *, address: str, cwd: Path) -> tuple[int, str]:
-    """The console script on a pseudo-terminal: its exit code and what the terminal showed."""
-    leader, follower = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
-    env |= {"CHECKOUT_ADDR": address, "COLUMNS": "160", "LINES": "40", "TERM": "xterm-256color"}
-    process = subprocess.Popen(
-        [CHECKOUT, *args], cwd=cwd, env=env, stdin=follower, stdout=follower, stderr=follower
-    )
-    os.close(follower)
-    screen = b""
-    try:
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not chunk:
-                break
-            screen += chunk
-    finally:
-        os.close(leader)
-        code = process.wait(timeout=120)
-    return code, screen.decode(errors="replace")
-
-
 async def test_upload_resume_goes_on_after_the_cli_was_killed(
     app: App, tmp_path: Path, s3: Minio, mongo_database: Database, settings: ServerSettings
 ) -> None:
     address = f"127.0.0.1:{app.port}"
     data = mp4_bytes(96 * MiB, seed=54)
     (tmp_path / "clip.mp4").write_bytes(data)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
     first = await asyncio.create_subprocess_exec(
         CHECKOUT,
         "upload",
@@ -141,7 +112,7 @@ async def test_upload_resume_goes_on_after_the_cli_was_killed(
         "--resume",
         "--json",
         cwd=tmp_path,
-        env={**env, "CHECKOUT_ADDR": address},
+        env=cli_env(address),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -155,7 +126,7 @@ async def test_upload_resume_goes_on_after_the_cli_was_killed(
     await first.wait()
 
     code, screen = await asyncio.to_thread(
-        in_terminal, ["upload", "clip.mp4", "--resume"], address=address, cwd=tmp_path
+        in_terminal, ["upload", "clip.mp4", "--resume"], address=address, cwd=tmp_path, columns=160
     )
 
     assert code == 0, screen

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,12 +32,12 @@ from checkout_client.cli import EXIT_NOT_FOUND, EXIT_OK
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import MiB, mp4_bytes
+from tests.integration.console import checkout
 from tests.integration.storage_checks import object_keys, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 Collection = AsyncCollection[dict[str, Any]]
-CHECKOUT = str(Path(sys.executable).with_name("checkout"))
 PREDICTION = {"objects": [{"label": "cat", "score": 0.97, "box": [1, 2, 30, 40]}], "frames": 12}
 
 
@@ -203,26 +200,11 @@ async def test_cleanup_is_disabled_without_a_server_token(client: AsyncCheckoutC
 # --- CLI --------------------------------------------------------------------------------------
 
 
-async def checkout(address: str, *args: str, **env: str) -> tuple[int, str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
-    process = await asyncio.create_subprocess_exec(
-        CHECKOUT,
-        *args,
-        env={**base, "CHECKOUT_ADDR": address, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    code = await process.wait()  # the exit status (communicate() has reaped the process)
-    return code, stdout.decode(), stderr.decode()
-
-
 async def test_cli_status_table_and_json(app: App, client: AsyncCheckoutClient) -> None:
     address = f"127.0.0.1:{app.port}"
     uploaded = [await upload(client, f"file{i}.mp4", seed=i) for i in range(3)]
 
-    code, table, err = await checkout(address, "status")
+    code, table, err = await checkout("status", address=address)
     assert code == EXIT_OK, err
     rows = [
         line for line in table.splitlines() if line.strip().startswith(uploaded[0].event_id[:8])
@@ -231,11 +213,11 @@ async def test_cli_status_table_and_json(app: App, client: AsyncCheckoutClient) 
     assert all(u.event_id in table for u in uploaded)
     assert "3 of 3" in table
 
-    code, out, _ = await checkout(address, "status", "--json", "--limit", "2")
+    code, out, _ = await checkout("status", "--json", "--limit", "2", address=address)
     listed = json.loads(out)
     assert [o["event_id"] for o in listed] == [uploaded[2].event_id, uploaded[1].event_id]
 
-    code, out, _ = await checkout(address, "status", uploaded[0].event_id, "--json")
+    code, out, _ = await checkout("status", uploaded[0].event_id, "--json", address=address)
     assert code == EXIT_OK
     one = json.loads(out)
     assert (one["event_id"], one["status"], one["filename"]) == (
@@ -246,7 +228,7 @@ async def test_cli_status_table_and_json(app: App, client: AsyncCheckoutClient) 
 
 
 async def test_cli_unknown_event_exits_not_found(app: App) -> None:
-    code, out, err = await checkout(f"127.0.0.1:{app.port}", "status", str(uuid.uuid4()))
+    code, out, err = await checkout("status", str(uuid.uuid4()), address=f"127.0.0.1:{app.port}")
     assert code == EXIT_NOT_FOUND
     assert out == ""
     assert err.startswith("checkout: ошибка: Событие не найдено")
@@ -258,7 +240,9 @@ async def test_cli_upload_watch_json_waits_for_the_result(
 ) -> None:
     (tmp_path / "w.mp4").write_bytes(mp4_bytes(MiB))
     command = asyncio.create_task(
-        checkout(f"127.0.0.1:{app.port}", "upload", str(tmp_path / "w.mp4"), "--watch", "--json")
+        checkout(
+            "upload", str(tmp_path / "w.mp4"), "--watch", "--json", address=f"127.0.0.1:{app.port}"
+        )
     )
 
     async def uploaded() -> bool:
@@ -284,16 +268,16 @@ async def test_cli_watch_prints_json_lines_and_result(
     uploaded = await upload(client)
     await write_result(s3, bucket, uploaded.video_id)
 
-    code, out, err = await checkout(address, "watch", uploaded.event_id, "--json")
+    code, out, err = await checkout("watch", uploaded.event_id, "--json", address=address)
     assert code == EXIT_OK, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert lines[-1]["status"] == "ready"
 
-    code, out, _ = await checkout(address, "result", uploaded.event_id, "--json")
+    code, out, _ = await checkout("result", uploaded.event_id, "--json", address=address)
     assert code == EXIT_OK
     assert json.loads(out)["prediction"] == PREDICTION
 
-    code, out, _ = await checkout(address, "request", uploaded.video_id, "--json")
+    code, out, _ = await checkout("request", uploaded.video_id, "--json", address=address)
     assert code == EXIT_OK
     assert json.loads(out)["video_id"] == uploaded.video_id
 
@@ -303,7 +287,7 @@ async def test_cli_cleanup_with_token_from_the_environment(admin_app: App) -> No
     async with AsyncCheckoutClient(address) as client:
         await upload(client)
     code, out, err = await checkout(
-        address, "cleanup", "--yes", "--json", CHECKOUT_ADMIN_TOKEN="s3cret"
+        "cleanup", "--yes", "--json", address=address, env={"CHECKOUT_ADMIN_TOKEN": "s3cret"}
     )
     assert code == EXIT_OK, err
     assert json.loads(out) == {"deleted_objects": 1, "deleted_events": 1}

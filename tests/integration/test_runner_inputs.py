@@ -9,8 +9,6 @@ removes the downloads a killed one left.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import subprocess
 import sys
 import time
@@ -30,6 +28,7 @@ from checkout_runner.sample import Truth, write_sample
 from checkout_server.wiring.server import App
 from devstack._stack import PythonService, RunnerService
 from tests.hostile_videos import HOSTILE
+from tests.integration.console import checkout
 from tests.integration.metrics_scrape import scrape
 from tests.integration.runner_stack import (
     Processes,
@@ -52,7 +51,6 @@ ORDERS = [SIZES, SIZES[::-1], [SIZES[2], SIZES[0], SIZES[3], SIZES[1]]]
 # A box the runner reports after other videos and the same clip's box with a fresh detector
 # may differ this much, in pixels (the same model on the same frames: only float noise).
 BOX_TOLERANCE_PX = 1.0
-CHECKOUT = str(Path(sys.executable).with_name("checkout"))  # the SDK's console script
 RUNNER = str(Path(sys.executable).with_name("checkout-runner"))
 
 
@@ -205,22 +203,17 @@ async def test_the_readme_demo_reaches_ready_after_other_videos(
         check=True,
     )
     assert "faces in 40" in made.stdout
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKOUT_")}
-    demo = await asyncio.create_subprocess_exec(
-        CHECKOUT,
+    demo = await checkout(
         "--json",
         "upload",
         "sample.mp4",
         "--watch",
+        address=f"127.0.0.1:{app.port}",
         cwd=tmp_path,
-        env={**env, "CHECKOUT_ADDR": f"127.0.0.1:{app.port}"},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        timeout_s=240,
     )
-    stdout, stderr = await asyncio.wait_for(demo.communicate(), 240)
-    assert demo.returncode == 0, stderr.decode()
-    shown = json.loads(stdout)  # one document: the upload, its last status and its result
+    assert demo.code == 0, demo.stderr
+    shown = demo.json()  # one document: the upload, its last status and its result
     assert shown["status"]["status"] == "ready", shown["status"]
     truth = Truth.from_json((tmp_path / "sample.truth.json").read_text())
     assert assert_faces_where_they_are(shown["result"]["prediction"], truth) == 8  # both faces

@@ -5,12 +5,8 @@ client certificate from the configured CA gets through, through the SDK and the 
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,12 +25,12 @@ from checkout_server.config import ServerSettings
 from checkout_server.errors import ConfigError
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import mp4_bytes
+from tests.integration.console import checkout
 from tools.make_dev_certs import Issued, issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 CALL_TIMEOUT_S = 10.0
-CHECKOUT = str(Path(sys.executable).with_name("checkout"))  # the installed console script
 
 
 # --- certificates -------------------------------------------------------------------------------
@@ -226,21 +222,6 @@ async def test_mtls_call_with_a_certificate_of_another_ca_fails(mtls_app: App, p
 async def test_mtls_plaintext_call_is_unavailable(mtls_app: App) -> None:
     channel = grpc.aio.insecure_channel(address(mtls_app))
     assert await refused(channel) == grpc.StatusCode.UNAVAILABLE
-
-
-async def checkout(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Runs the console script with pipes and no stdin (and `env` added to the environment);
-    its exit code, stdout and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        CHECKOUT,
-        *args,
-        env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    return await process.wait(), stdout.decode(), stderr.decode()
 
 
 async def test_cli_with_cert_and_key_passes_mtls(mtls_app: App, pki: Pki) -> None:
