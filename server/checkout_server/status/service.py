@@ -38,6 +38,7 @@ from ..domain import (
 )
 from ..errors import ObjectTooLarge
 from ..ports import ObjectStorage, Outbox, UploadSessionStore
+from ..rules import bucket_of
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +233,9 @@ class StatusService:
         """A new `new` event for a video that is already stored (re-processing). An uploader
         may re-request only a video its client uploaded (else: not found)."""
         video_id = parse_uuid(video_id, errors.InvalidVideoId)
-        bucket = bucket or self._settings.default_bucket
-        if bucket not in self._settings.allowed_buckets:
-            raise errors.BucketNotAllowed(bucket[:64], bucket=bucket[:64])
+        bucket = bucket_of(
+            bucket, default=self._settings.default_bucket, allowed=self._settings.allowed_buckets
+        )
         owner = viewer.owner_filter
         if owner is not None and not await self._outbox.owns_video(video_id, owner):
             raise errors.VideoNotFound(video_id=video_id, bucket=bucket)

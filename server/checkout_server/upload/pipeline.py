@@ -18,7 +18,6 @@ import contextlib
 import enum
 import hashlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -39,18 +38,20 @@ from ..domain import (
 )
 from ..errors import DuplicateIdempotencyKey
 from ..ports import ObjectStorage, ObjectWriter, Outbox, UploadRateLimit
+from ..rules import (
+    VideoHead,
+    bucket_of,
+    check_complete,
+    check_declared,
+    check_received,
+    check_same_file,
+)
 from .interrupts import StreamInterrupts
 from .memory import MemoryBudget
 from .part_sender import Part, PartSender, hash_chunks, write_hashing
 
 log = logging.getLogger(__name__)
 
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
-MAX_FILENAME_CHARS = 255
-# An ISO-BMFF file (MP4, MOV, 3GP...) starts with a box header: 4-byte size, then `ftyp`,
-# then a 4-byte major brand and a 4-byte minor version.
-_FTYP_HEADER_BYTES = 16
 # After an insert whose answer was lost (the database went away meanwhile), how long the
 # upload asks whether its event was written before it gives up and keeps the object.
 LOST_INSERT_CHECK_S = 30.0
@@ -146,7 +147,7 @@ class UploadPipeline:
                 request.idempotency_key, owner=request.owner
             )
             if existing is not None:
-                _check_same_file(request, existing)
+                check_same_file(request, existing)
                 log.info("upload replayed", extra={"event_id": existing.event_id})
                 return UploadResult(event=existing, deduplicated=True)
 
@@ -233,7 +234,7 @@ class UploadPipeline:
             # A concurrent upload with the same key won the race: keep its result only, if it
             # is of the same file (the bytes are known now, declared or not).
             await self._cleanup(writer.abort())
-            _check_same_file(
+            check_same_file(
                 replace(request, size_bytes=stored.size_bytes, sha256=stored.sha256),
                 duplicate.existing,
             )
@@ -321,39 +322,21 @@ class UploadPipeline:
             await write_hashing(digest, part, writer.write_part(part.chunks))
 
         parts = PartSender(store, part_bytes=limits.part_bytes)
-        head = b""  # the first bytes, until the ftyp box is checked
+        head = VideoHead()
         total = 0
         try:
             async for chunk in chunks:
                 if not chunk:
                     continue
                 parts.raise_if_failed()  # a failed part stops the upload at once
+                offset = total
                 total += len(chunk)
                 self.bytes_received_total += len(chunk)
-                if total > limits.max_bytes:
-                    raise errors.FileTooLarge(
-                        f"больше {limits.max_bytes} байт", max_bytes=str(limits.max_bytes)
-                    )
-                if declared and total > declared:
-                    raise errors.SizeMismatch(
-                        f"заявлено {declared} байт, получено больше", declared=str(declared)
-                    )
-                if len(head) < _FTYP_HEADER_BYTES:
-                    head += chunk[:_FTYP_HEADER_BYTES]
-                    if len(head) >= _FTYP_HEADER_BYTES:
-                        _check_ftyp(head)
+                check_received(total, declared=declared, max_bytes=limits.max_bytes)
+                head.add(offset, chunk)
                 await parts.add(chunk)
 
-            if total == 0:
-                raise errors.EmptyFile()
-            if len(head) < _FTYP_HEADER_BYTES:
-                _check_ftyp(head)
-            if declared and total != declared:
-                raise errors.SizeMismatch(
-                    f"заявлено {declared} байт, получено {total}",
-                    declared=str(declared),
-                    received=str(total),
-                )
+            check_complete(total, declared=declared, head=head)
             last = parts.take()
             await parts.wait()
             await hash_chunks(digest, last.chunks, last.size_bytes)
@@ -369,23 +352,11 @@ class UploadPipeline:
         )
 
     def _validate(self, request: UploadRequest) -> str:
-        bucket = request.bucket or self._limits.default_bucket
-        if bucket not in self._limits.allowed_buckets:
-            raise errors.BucketNotAllowed(bucket[:64], bucket=bucket[:64])
-        if len(request.filename) > MAX_FILENAME_CHARS:
-            raise errors.InvalidFilename(f"длиннее {MAX_FILENAME_CHARS} символов")
-        if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in request.filename):
-            raise errors.InvalidFilename("содержит управляющие символы")
-        if request.size_bytes < 0:
-            raise errors.InvalidSize()
-        if request.size_bytes > self._limits.max_bytes:
-            raise errors.FileTooLarge(
-                f"больше {self._limits.max_bytes} байт", max_bytes=str(self._limits.max_bytes)
-            )
-        if request.sha256 and not _SHA256_HEX.fullmatch(request.sha256):
-            raise errors.InvalidChecksum()
-        if request.idempotency_key and not _IDEMPOTENCY_KEY.fullmatch(request.idempotency_key):
-            raise errors.InvalidIdempotencyKey("1–128 печатных символов ASCII без пробелов")
+        limits = self._limits
+        bucket = bucket_of(
+            request.bucket, default=limits.default_bucket, allowed=limits.allowed_buckets
+        )
+        check_declared(request, max_bytes=limits.max_bytes)
         return bucket
 
     async def _admit(self, owner: str) -> None:
@@ -435,25 +406,3 @@ class _CancelledAfterCommit(asyncio.CancelledError):
     def __init__(self, event: OutboxEvent) -> None:
         super().__init__()
         self.event = event
-
-
-def _check_ftyp(head: bytes | bytearray) -> None:
-    if len(head) < _FTYP_HEADER_BYTES or head[4:8] != b"ftyp":
-        raise errors.NotAVideo()
-    box_size = int.from_bytes(head[0:4], "big")
-    if box_size not in (0, 1) and box_size < _FTYP_HEADER_BYTES:
-        raise errors.NotAVideo()
-
-
-def _check_same_file(request: UploadRequest, existing: OutboxEvent) -> None:
-    """A reused idempotency key must describe the same file as the first upload."""
-    if (request.size_bytes and request.size_bytes != existing.size_bytes) or (
-        request.sha256 and request.sha256 != existing.sha256
-    ):
-        raise errors.IdempotencyKeyReused(event_id=existing.event_id)
-
-
-# Shared with the resumable sessions (upload/session_writer.py, upload/resumable.py).
-FTYP_HEADER_BYTES = _FTYP_HEADER_BYTES
-check_ftyp = _check_ftyp
-check_same_file = _check_same_file

@@ -38,9 +38,10 @@ from ..domain import (
 )
 from ..errors import DuplicateIdempotencyKey, DuplicateUploadSession, MultipartUploadMissing
 from ..ports import MultipartStorage, Outbox, Terminal, UploadSession, UploadSessionStore
+from ..rules import check_same_file
 from .failpoints import Failpoint, no_failpoint
 from .lease import HeldLease, WriteLeases
-from .pipeline import UploadPipeline, check_same_file
+from .pipeline import UploadPipeline
 from .session_writer import SessionWriter, WriteChunk, persisted_size
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ import google_crc32c
 from .. import errors
 from ..errors import MultipartUploadMissing
 from ..ports import MultipartStorage, PartCommit, UploadSession, UploadSessionStore
+from ..rules import VideoHead
 from .failpoints import Failpoint, no_failpoint
 from .part_sender import Part, PartSender, write_hashing
-from .pipeline import FTYP_HEADER_BYTES, check_ftyp
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class SessionWriter:
             self._store, part_bytes=self._session.part_bytes, offset=self.persisted, exact=True
         )
         expected = first.offset
-        head = b""
+        head = VideoHead()
         finished = False
         try:
             chunk: WriteChunk | None = first
@@ -126,10 +126,7 @@ class SessionWriter:
                 if expected > collected:  # bytes before `collected` are stored already
                     skip = collected - chunk.offset
                     piece = data[skip:] if skip > 0 else data
-                    if collected < FTYP_HEADER_BYTES:
-                        head += piece[: FTYP_HEADER_BYTES - collected]
-                        if len(head) >= FTYP_HEADER_BYTES or expected == size:
-                            check_ftyp(head)
+                    head.add(collected, piece, last=expected == size)
                     await parts.add(piece)
                 chunk = await anext(rest, None)
 
