@@ -1,5 +1,5 @@
-"""A checkout server run as a real process by a test: its environment, its start, and the
-readiness wait on its gRPC health service."""
+"""A checkout server run as a real process by a test: its environment, its start (a
+readiness wait on its gRPC health service), and that health check."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import grpc
@@ -48,19 +47,13 @@ async def serving(port: int) -> bool:
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def wait_serving(port: int, *, timeout_s: float = 60) -> None:
-    """Wait until the server on `port` answers SERVING; fail after `timeout_s`."""
-    await wait_until(
-        partial(serving, port), timeout_s=timeout_s, what=f"the server on port {port} to serve"
-    )
-
-
 async def start_server(
     settings: ServerSettings, port: int, log_path: Path, **extra: str
 ) -> asyncio.subprocess.Process:
     """Start `python -m checkout_server` on `port` with `settings` (and the variables in
-    `extra`), its output in `log_path`; return it once it serves. One that never serves is
-    killed before the wait's failure is raised."""
+    `extra`), its output in `log_path`; return it once it serves. One that exits first fails
+    at once, with the end of its log; one that never serves is killed before the wait's
+    failure is raised."""
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -70,10 +63,21 @@ async def start_server(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    async def started() -> bool:
+        if process.returncode is not None:
+            log_text = await asyncio.to_thread(log_path.read_text, errors="replace")
+            tail = "\n".join(log_text.splitlines()[-20:])
+            raise AssertionError(
+                f"the server on port {port} exited ({process.returncode}) before serving:\n{tail}"
+            )
+        return await serving(port)
+
     try:
-        await wait_serving(port)
+        await wait_until(started, timeout_s=60, what=f"the server on port {port} to serve")
     except BaseException:
-        process.kill()
+        if process.returncode is None:
+            process.kill()
         await process.wait()
         raise
     return process
