@@ -9,7 +9,7 @@ object; the client's retry with the same idempotency key was then answered with 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import grpc
@@ -29,22 +29,43 @@ from tests.integration.storage_checks import object_keys, object_sha256, wait_un
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
-class SlowAfterCommit:
-    """A decorator of the real Outbox port whose `add` writes the event and then takes
-    `delay_s` more (a slow reply, or the status record's insert), signalling `committed`."""
+# The longest a held insert waits for the test to release it: a bound for a test that fails
+# before it does, not a wait of a guessed length.
+HOLD_LIMIT_S = 30
 
-    def __init__(self, inner: Outbox, delay_s: float) -> None:
+
+class HeldAfterCommit:
+    """A decorator of the real Outbox port whose `add` writes the event, signals `committed`
+    and then holds (a slow reply, or the status record's insert) until the test sets
+    `release`. `handler` is the task of the upload that called `add`: the test sees there
+    when the server has cancelled it."""
+
+    def __init__(self, inner: Outbox) -> None:
         self._inner = inner
-        self._delay_s = delay_s
         self.committed = asyncio.Event()
+        self.release = asyncio.Event()
+        self.handler: asyncio.Task[Any] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def add(self, event: OutboxEvent) -> None:
+    def add(self, event: OutboxEvent) -> Coroutine[Any, Any, None]:
+        # Not a coroutine function: this line runs in the caller's task (the pipeline runs
+        # the coroutine in a task of its own, shielded from the caller's cancellation).
+        self.handler = asyncio.current_task()
+        return self._add(event)
+
+    async def _add(self, event: OutboxEvent) -> None:
         await self._inner.add(event)
         self.committed.set()
-        await asyncio.sleep(self._delay_s)
+        await self._held()
+
+    async def _held(self) -> None:
+        await asyncio.wait_for(self.release.wait(), HOLD_LIMIT_S)
+
+    async def server_cancelled(self) -> bool:
+        """The server has cancelled the upload's handler (its client or its deadline)."""
+        return self.handler is not None and self.handler.cancelling() > 0
 
 
 async def settled(app: App) -> None:
@@ -70,7 +91,7 @@ async def test_a_client_cancel_after_the_commit_keeps_the_object_with_its_event(
     bucket: str,
     outbox_collection: AsyncCollection[Document],
 ) -> None:
-    slow = SlowAfterCommit(app.pipeline._outbox, delay_s=1.0)
+    slow = HeldAfterCommit(app.pipeline._outbox)
     app.pipeline._outbox = slow
     data = mp4_bytes(300_000, seed=7)
     call = stub.UploadVideo(messages(data, key="cancelled-after-commit"), timeout=30)
@@ -78,6 +99,10 @@ async def test_a_client_cancel_after_the_commit_keeps_the_object_with_its_event(
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
+    # The event is written and the server has cancelled the upload: only now may its
+    # insert return.
+    await wait_until(slow.server_cancelled, what="the server to cancel the upload")
+    slow.release.set()
     (event,) = [doc async for doc in outbox_collection.find({})]
     key = f"input/{event['_id']}.mp4"
     # What the cleanup of a cancelled upload would have done by now, it must not do.
@@ -102,13 +127,13 @@ async def test_a_client_cancel_during_the_insert_waits_for_it_and_keeps_both(
     whether the insert happened: it waits for it, and keeps the object with the event it
     wrote, rather than remove an object its event may already point at."""
 
-    class SlowInsert(SlowAfterCommit):
-        async def add(self, event: OutboxEvent) -> None:
+    class HeldInsert(HeldAfterCommit):
+        async def _add(self, event: OutboxEvent) -> None:
             self.committed.set()  # here: the insert is under way
-            await asyncio.sleep(self._delay_s)
+            await self._held()
             await self._inner.add(event)
 
-    slow = SlowInsert(app.pipeline._outbox, delay_s=2.0)
+    slow = HeldInsert(app.pipeline._outbox)
     app.pipeline._outbox = slow
     data = mp4_bytes(300_000, seed=8)
     call = stub.UploadVideo(messages(data), timeout=30)
@@ -116,11 +141,20 @@ async def test_a_client_cancel_during_the_insert_waits_for_it_and_keeps_both(
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
+    # The insert goes on only once the server has cancelled the upload.
+    await wait_until(slow.server_cancelled, what="the server to cancel the upload")
+    slow.release.set()
     await settled(app)
     (event,) = [doc async for doc in outbox_collection.find({})]
     key = f"input/{event['_id']}.mp4"
     assert await object_keys(s3, bucket) == [key]
     assert await object_sha256(s3, bucket, key) == (len(data), sha256_hex(data))
+
+
+# The upload's deadline: what it takes to store 200 kB and insert its event, with a wide
+# margin for a loaded machine. The insert holds until the deadline has passed (the client
+# sees DEADLINE_EXCEEDED and the server cancels the upload), however early it came.
+DEADLINE_S = 10.0
 
 
 async def test_a_deadline_after_the_commit_keeps_the_object(
@@ -130,13 +164,15 @@ async def test_a_deadline_after_the_commit_keeps_the_object(
     bucket: str,
     outbox_collection: AsyncCollection[Document],
 ) -> None:
-    slow = SlowAfterCommit(app.pipeline._outbox, delay_s=3.0)
+    slow = HeldAfterCommit(app.pipeline._outbox)
     app.pipeline._outbox = slow
     data = mp4_bytes(200_000, seed=9)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.UploadVideo(messages(data), timeout=1.5)
+        await stub.UploadVideo(messages(data), timeout=DEADLINE_S)
     assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert slow.committed.is_set()
+    assert slow.committed.is_set()  # the deadline passed after the commit, while it held
+    await wait_until(slow.server_cancelled, what="the server to cancel the upload")
+    slow.release.set()
     await settled(app)
     (event,) = [doc async for doc in outbox_collection.find({})]
     assert await object_keys(s3, bucket) == [f"input/{event['_id']}.mp4"]
