@@ -25,6 +25,7 @@ from checkout_server.auth.keys import KeyRing, hash_key, main, new_key, parse_ke
 from checkout_server.config import ServerSettings
 from checkout_server.domain import ANONYMOUS, Principal, Role, UploadRequest
 from checkout_server.errors import ConfigError
+from checkout_server.upload.admission import Admission
 from checkout_server.upload.pipeline import UploadPipeline
 from tests.fakes import FakeOutbox, FakeRateLimit, FakeStorage
 from tests.helpers import mp4_bytes, outbox_event
@@ -215,7 +216,10 @@ async def test_the_memory_rate_limit_refuses_past_its_window_with_the_wait() -> 
 async def test_a_rate_limited_upload_reads_and_stores_nothing() -> None:
     storage, outbox = FakeStorage(), FakeOutbox()
     pipeline = UploadPipeline(
-        storage=storage, outbox=outbox, limits=LIMITS, rate_limit=FakeRateLimit(allowed=1)
+        storage=storage,
+        outbox=outbox,
+        limits=LIMITS,
+        admission=Admission(LIMITS, rate_limit=FakeRateLimit(allowed=1)),
     )
     data = mp4_bytes(1000)
     request = UploadRequest(filename="v.mp4", owner="cam")

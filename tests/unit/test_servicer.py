@@ -17,7 +17,8 @@ from checkout_server.api.health import DependencyMonitor, new_health_servicer
 from checkout_server.api.servicer import CheckoutServicer
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
-from checkout_server.upload.pipeline import UploadLimits, UploadPipeline
+from checkout_server.upload.limits import UploadLimits
+from checkout_server.upload.pipeline import UploadPipeline
 from checkout_server.wiring.server import create_server
 from tests.fakes import NOW, FakeOutbox, FakeStorage, status_service
 from tests.helpers import MiB, error_details, mp4_bytes, outbox_event, sha256_hex

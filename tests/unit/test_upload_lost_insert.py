@@ -12,7 +12,8 @@ import pytest
 from checkout_server import errors
 from checkout_server.domain import OutboxEvent, UploadRequest
 from checkout_server.upload import pipeline as pipeline_module
-from checkout_server.upload.pipeline import UploadLimits, UploadPipeline
+from checkout_server.upload.limits import UploadLimits
+from checkout_server.upload.pipeline import UploadPipeline
 from tests.fakes import FakeOutbox, FakeStorage
 from tests.helpers import MiB, mp4_bytes
 

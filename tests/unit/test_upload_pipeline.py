@@ -10,7 +10,8 @@ import pytest
 
 from checkout_server import errors
 from checkout_server.domain import EventStatus, OutboxEvent, UploadRequest
-from checkout_server.upload.pipeline import UploadLimits, UploadPipeline
+from checkout_server.upload.limits import UploadLimits
+from checkout_server.upload.pipeline import UploadPipeline
 from tests.fakes import FakeOutbox, FakeStorage, FakeWriter
 from tests.helpers import MiB, RacingOutbox, mp4_bytes, sha256_hex
 

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from ..auth.keys import KeyRing
 from ..status.lag import OutboxLag
 from ..status.watch import WatchHub
+from ..upload.admission import Admission
 from ..upload.pipeline import UploadPipeline
 from ..upload.sweeper import UploadSweeper
 
@@ -70,11 +71,13 @@ def _split(method: str) -> tuple[str, str]:
 
 
 class ServiceCollector(Collector):
-    """The service's own series, read from the pipeline, the watch hub and the lag probe."""
+    """The service's own series, read from the pipeline, the uploads' admission, the watch hub
+    and the lag probe."""
 
     def __init__(
         self,
         pipeline: UploadPipeline,
+        admission: Admission,
         hub: WatchHub,
         lag: OutboxLag,
         keys: KeyRing | None = None,
@@ -82,34 +85,37 @@ class ServiceCollector(Collector):
     ) -> None:
         self._sweeper = sweeper
         self._pipeline = pipeline
+        self._admission = admission
         self._hub = hub
         self._lag = lag
         self._keys = keys
 
     def collect(self) -> Iterator[Metric]:
-        pipeline = self._pipeline
+        admission = self._admission
         yield CounterMetricFamily(
             "checkout_upload_bytes",
             "Bytes of video received by uploads (gRPC and REST), kept or not.",
-            value=pipeline.bytes_received_total,
+            value=self._pipeline.bytes_received_total,
         )
         yield CounterMetricFamily(
             "checkout_uploads_refused",
             "Uploads refused because UPLOAD_MAX_CONCURRENT were streaming already.",
-            value=pipeline.refused_total,
+            value=admission.refused_total,
         )
         yield CounterMetricFamily(
             "checkout_uploads_rate_limited",
             "Uploads refused because their client had used its UPLOAD_RATE_PER_MINUTE.",
-            value=pipeline.rate_limited_total,
+            value=admission.rate_limited_total,
         )
         yield GaugeMetricFamily(
-            "checkout_uploads_in_flight", "Uploads streaming now.", value=pipeline.in_flight
+            "checkout_uploads_in_flight",
+            "Uploads streaming now.",
+            value=admission.uploads_in_flight,
         )
         yield GaugeMetricFamily(
             "checkout_upload_memory_budget_bytes_used",
             "Bytes of UPLOAD_MEMORY_BUDGET_BYTES reserved by uploads now.",
-            value=pipeline.memory.used_bytes,
+            value=admission.memory.used_bytes,
         )
         yield GaugeMetricFamily(
             "checkout_watchers", "WatchStatus streams open now.", value=self._hub.watchers

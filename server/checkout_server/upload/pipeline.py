@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,16 +37,10 @@ from ..domain import (
     input_object_key,
 )
 from ..errors import DuplicateIdempotencyKey
-from ..ports import ObjectStorage, ObjectWriter, Outbox, UploadRateLimit
-from ..rules import (
-    VideoHead,
-    bucket_of,
-    check_complete,
-    check_declared,
-    check_received,
-    check_same_file,
-)
-from .interrupts import StreamInterrupts
+from ..ports import ObjectStorage, ObjectWriter, Outbox
+from ..rules import VideoHead, check_complete, check_received, check_same_file
+from .admission import Admission
+from .limits import UploadLimits
 from .memory import MemoryBudget
 from .part_sender import Part, PartSender, hash_chunks, write_hashing
 
@@ -56,22 +50,6 @@ log = logging.getLogger(__name__)
 # upload asks whether its event was written before it gives up and keeps the object.
 LOST_INSERT_CHECK_S = 30.0
 _LOST_INSERT_BACKOFF = Backoff(initial_s=0.2, max_s=2.0)
-
-
-@dataclass(frozen=True, kw_only=True)
-class UploadLimits:
-    default_bucket: str
-    allowed_buckets: frozenset[str]
-    max_bytes: int
-    part_bytes: int
-    # What all uploads together may buffer; each active upload reserves two parts (the one
-    # being collected and the one in flight).
-    memory_budget_bytes: int = 256 * 1024 * 1024
-    # Uploads streamed at once; one more is refused (TooManyUploads), not queued.
-    max_concurrent: int = 64
-    # The longest one UploadVideo stream may last (then it is cut: UPLOAD_TOO_LONG); the
-    # sweeper takes an unrecorded multipart upload older than this for a crashed one.
-    max_duration_s: float | None = None
 
 
 def _utcnow() -> datetime:
@@ -99,13 +77,14 @@ class UploadPipeline:
         new_id: Callable[[], str] = _new_id,
         cleanup_wait_s: float = 5.0,
         traceparent: Callable[[], str] = _no_trace,
-        rate_limit: UploadRateLimit | None = None,
+        admission: Admission | None = None,
     ) -> None:
         """`traceparent` returns the W3C trace context of the current request ("" if none),
         stored with the event so that its publishing continues the upload's trace.
-        `rate_limit` bounds the uploads each authenticated client (`UploadRequest.owner`)
-        starts; uploads without an owner (authentication off) are not limited by it."""
-        self._rate_limit = rate_limit
+        `admission` admits each upload (concurrency, its client's rate, memory, interrupts),
+        shared with the resumable writes; without one (a pipeline alone, in unit tests) the
+        pipeline has its own, from `limits`."""
+        self.admission = admission or Admission(limits)
         self._cleanup_wait_s = cleanup_wait_s
         self._traceparent = traceparent
         self._storage = storage
@@ -114,34 +93,25 @@ class UploadPipeline:
         self._clock = clock
         self._new_id = new_id
         self._cleanups: set[asyncio.Task[None]] = set()
-        # Shared with the resumable writes (upload/resumable.py): one stop interrupts both.
-        self.interrupts = StreamInterrupts()
-        self.memory = MemoryBudget(limits.memory_budget_bytes)
-        # For the metrics: uploads streaming now, bytes received, uploads refused as too many.
-        self.in_flight = 0
-        self.bytes_received_total = 0
-        self.refused_total = 0
-        self.rate_limited_total = 0
+        self.bytes_received_total = 0  # for the metrics, kept or not
 
     @property
-    def part_bytes(self) -> int:
-        return self._limits.part_bytes
+    def in_flight(self) -> int:
+        """UploadVideo streams running now (its admission's count)."""
+        return self.admission.uploads_in_flight
 
     @property
-    def max_concurrent(self) -> int:
-        return self._limits.max_concurrent
+    def rate_limited_total(self) -> int:
+        """Uploads refused for their client's rate (its admission's count)."""
+        return self.admission.rate_limited_total
 
-    def validate(self, request: UploadRequest) -> str:
-        """The bucket of a valid request; raises the InvalidArgument it breaks (resumable
-        sessions are checked by the same rules)."""
-        return self._validate(request)
-
-    async def admit(self, owner: str) -> None:
-        """Count one upload against its owner's rate limit, or raise UploadRateLimited."""
-        await self._admit(owner)
+    @property
+    def memory(self) -> MemoryBudget:
+        """The memory budget its uploads reserve from (its admission's)."""
+        return self.admission.memory
 
     async def upload(self, request: UploadRequest, chunks: AsyncIterator[bytes]) -> UploadResult:
-        bucket = self._validate(request)
+        bucket = self._limits.check(request)
         if request.idempotency_key:
             existing = await self._outbox.find_by_idempotency_key(
                 request.idempotency_key, owner=request.owner
@@ -151,31 +121,23 @@ class UploadPipeline:
                 log.info("upload replayed", extra={"event_id": existing.event_id})
                 return UploadResult(event=existing, deduplicated=True)
 
-        if self.in_flight >= self._limits.max_concurrent:
-            self.refused_total += 1
-            raise errors.TooManyUploads(limit=str(self._limits.max_concurrent))
-        await self._admit(request.owner)
-        self.in_flight += 1
-        try:
-            with self.interrupts.stream() as task:
-                try:
-                    async with asyncio.timeout(self._limits.max_duration_s) as deadline:
-                        return await self._store(request, chunks, bucket)
-                except TimeoutError:
-                    if deadline.expired():
-                        raise errors.UploadTooLong(
-                            f"дольше {self._limits.max_duration_s:g} с",
-                            max_duration_s=f"{self._limits.max_duration_s:g}",
-                        ) from None
-                    raise
-                except asyncio.CancelledError as cancelled:
-                    if not self.interrupts.caused(task):
-                        raise  # cancelled by its client, its deadline or the server's own stop
-                    if isinstance(cancelled, _CancelledAfterCommit):
-                        return UploadResult(event=cancelled.event)  # stored: answered so
-                    raise errors.ShuttingDown("загрузка прервана, повторите её") from None
-        finally:
-            self.in_flight -= 1
+        async with self.admission.upload(request.owner) as stream:
+            try:
+                async with asyncio.timeout(self._limits.max_duration_s) as deadline:
+                    return await self._store(request, chunks, bucket)
+            except TimeoutError:
+                if deadline.expired():
+                    raise errors.UploadTooLong(
+                        f"дольше {self._limits.max_duration_s:g} с",
+                        max_duration_s=f"{self._limits.max_duration_s:g}",
+                    ) from None
+                raise
+            except asyncio.CancelledError as cancelled:
+                if not stream.interrupted():
+                    raise  # cancelled by its client, its deadline or the server's own stop
+                if isinstance(cancelled, _CancelledAfterCommit):
+                    return UploadResult(event=cancelled.event)  # stored: answered so
+                raise errors.ShuttingDown("загрузка прервана, повторите её") from None
 
     def interrupt(self) -> int:
         """Stop every upload still streaming, plain or resumable, and refuse new ones: each
@@ -184,7 +146,7 @@ class UploadPipeline:
         answered with its result; a resumable write keeps its committed parts and is told
         its persisted size. For the end of a stop's grace period, before the server cancels
         what is left with a bare status of its own. Returns how many were streaming."""
-        return self.interrupts.interrupt()
+        return self.admission.interrupt()
 
     async def _store(
         self, request: UploadRequest, chunks: AsyncIterator[bytes], bucket: str
@@ -296,14 +258,10 @@ class UploadPipeline:
         bucket: str,
         key: str,
     ) -> StoredVideo:
-        limits = self._limits
-        declared = request.size_bytes
-        reserved = 2 * min(limits.part_bytes, declared or limits.part_bytes)
-        await self.memory.reserve(reserved)
-        try:
+        async with self.admission.buffers(
+            part_bytes=self._limits.part_bytes, size_bytes=request.size_bytes
+        ):
             return await self._collect(request, chunks, writer, video_id, bucket, key)
-        finally:
-            await self.memory.release(reserved)
 
     async def _collect(
         self,
@@ -350,23 +308,6 @@ class UploadPipeline:
         return StoredVideo(
             video_id=video_id, bucket=bucket, object_key=key, size_bytes=total, sha256=sha256
         )
-
-    def _validate(self, request: UploadRequest) -> str:
-        limits = self._limits
-        bucket = bucket_of(
-            request.bucket, default=limits.default_bucket, allowed=limits.allowed_buckets
-        )
-        check_declared(request, max_bytes=limits.max_bytes)
-        return bucket
-
-    async def _admit(self, owner: str) -> None:
-        """Count the upload against its owner's rate limit, or refuse it with a retry hint."""
-        if self._rate_limit is None or not owner:
-            return
-        wait_s = await self._rate_limit.admit(owner)
-        if wait_s is not None:
-            self.rate_limited_total += 1
-            raise errors.UploadRateLimited(round(wait_s, 3), client=owner)
 
     async def _cleanup(self, cleanup: Coroutine[Any, Any, None]) -> None:
         """Run a cleanup in its own task, so it finishes even if the caller is cancelled.

@@ -39,9 +39,10 @@ from ..domain import (
 from ..errors import DuplicateIdempotencyKey, DuplicateUploadSession, MultipartUploadMissing
 from ..ports import MultipartStorage, Outbox, Terminal, UploadSession, UploadSessionStore
 from ..rules import check_same_file
+from .admission import Admission
 from .failpoints import Failpoint, no_failpoint
 from .lease import HeldLease, WriteLeases
-from .pipeline import UploadPipeline
+from .limits import UploadLimits
 from .session_writer import SessionWriter, WriteChunk, persisted_size
 
 log = logging.getLogger(__name__)
@@ -90,25 +91,28 @@ class ResumableUploads:
         sessions: UploadSessionStore,
         storage: MultipartStorage,
         outbox: Outbox,
-        pipeline: UploadPipeline,
+        limits: UploadLimits,
+        admission: Admission,
         leases: WriteLeases,
         session_ttl_s: float,
         clock: Callable[[], datetime] = _utcnow,
         traceparent: Callable[[], str] = _no_trace,
         failpoint: Failpoint = no_failpoint,
     ) -> None:
-        """`failpoint` is called at the crash points of upload/failpoints.py (tests)."""
+        """`limits` and `admission` are UploadVideo's: sessions are checked by the same
+        rules, and a stop interrupts writes with the uploads. `failpoint` is called at the
+        crash points of upload/failpoints.py (tests)."""
         self._failpoint = failpoint
         self._sessions = sessions
         self._storage = storage
         self._outbox = outbox
-        self._pipeline = pipeline
+        self._limits = limits
+        self._admission = admission
         self._leases = leases
         self._ttl = timedelta(seconds=session_ttl_s)
         self._clock = clock
         self._traceparent = traceparent
         self._digests: collections.OrderedDict[str, _Digest] = collections.OrderedDict()
-        self.in_flight = 0
         self.bytes_received_total = 0
 
     # --- Start, status, cancel ------------------------------------------------------------
@@ -117,12 +121,12 @@ class ResumableUploads:
         """A new session, or the session (or finished upload) of a repeated idempotency key."""
         if request.size_bytes <= 0:
             raise errors.UploadSizeRequired()
-        bucket = self._pipeline.validate(request)
+        bucket = self._limits.check(request)
         if request.idempotency_key:
             replay = await self._replay(request)
             if replay is not None:
                 return replay
-        await self._pipeline.admit(request.owner)
+        await self._admission.admit_client(request.owner)
         now = self._clock()
         video_id = str(uuid.uuid4())
         session = UploadSession(
@@ -136,7 +140,7 @@ class ResumableUploads:
             crc32c=crc32c,
             idempotency_key=request.idempotency_key,
             owner=request.owner,
-            part_bytes=part_bytes_for(request.size_bytes, self._pipeline.part_bytes),
+            part_bytes=part_bytes_for(request.size_bytes, self._limits.part_bytes),
             created_at=now,
             expires_at=now + self._ttl,
         )
@@ -264,23 +268,16 @@ class ResumableUploads:
         first = await anext(chunks, None)
         if first is None:
             return await self._state(session)
-        if self.in_flight + self._pipeline.in_flight >= self._pipeline.max_concurrent:
-            raise errors.TooManyUploads(limit=str(self._pipeline.max_concurrent))
-        interrupts = self._pipeline.interrupts  # a stop interrupts writes with the uploads
-        self.in_flight += 1
-        try:
-            with interrupts.stream() as task:
-                try:
-                    async with self._leases.hold(upload_id) as held:
-                        return await held.run(self._write(session, held, first, chunks))
-                except asyncio.CancelledError as cancelled:
-                    if not interrupts.caused(task):
-                        raise  # cancelled by its client, its deadline or the server's own stop
-                    # What was committed stays: the client resumes from its persisted size.
-                    stopped = cancelled.persisted if isinstance(cancelled, _WriteStopped) else None
-                    raise errors.WriteInterrupted(persisted_size=stopped) from None
-        finally:
-            self.in_flight -= 1
+        async with self._admission.write(owner) as stream:
+            try:
+                async with self._leases.hold(upload_id) as held:
+                    return await held.run(self._write(session, held, first, chunks))
+            except asyncio.CancelledError as cancelled:
+                if not stream.interrupted():
+                    raise  # cancelled by its client, its deadline or the server's own stop
+                # What was committed stays: the client resumes from its persisted size.
+                stopped = cancelled.persisted if isinstance(cancelled, _WriteStopped) else None
+                raise errors.WriteInterrupted(persisted_size=stopped) from None
 
     async def _write(
         self,
@@ -312,19 +309,18 @@ class ResumableUploads:
             content_type=VIDEO_CONTENT_TYPE,
             failpoint=self._failpoint,
         )
-        reserved = 2 * min(session.part_bytes, session.size_bytes)
         try:
-            await self._pipeline.memory.reserve(reserved)
+            async with self._admission.buffers(
+                part_bytes=session.part_bytes, size_bytes=session.size_bytes
+            ):
+                try:
+                    finished = await writer.write(first, chunks)
+                finally:
+                    self.bytes_received_total += writer.received_bytes
+                    self._keep_digest(upload_id, writer.persisted, writer.digest)
         except asyncio.CancelledError:
-            raise _WriteStopped(persisted) from None  # waiting for memory: nothing written
-        try:
-            finished = await writer.write(first, chunks)
-        except asyncio.CancelledError:
+            # Waiting for memory (nothing written) or writing: what was committed stays.
             raise _WriteStopped(writer.persisted) from None
-        finally:
-            await self._pipeline.memory.release(reserved)
-            self.bytes_received_total += writer.received_bytes
-            self._keep_digest(upload_id, writer.persisted, writer.digest)
         if not finished:
             return SessionState(session=session, persisted_size=writer.persisted)
         return await self._finish(session, held)

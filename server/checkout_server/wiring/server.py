@@ -52,9 +52,11 @@ from ..status.service import StatusService, StatusSettings
 from ..status.watch import WatchHub
 from ..supervisor import Supervisor, retry_until
 from ..tracing import current_traceparent
+from ..upload.admission import Admission
 from ..upload.failpoints import kill_at, no_failpoint
 from ..upload.lease import LeaseTimes, WriteLeases
-from ..upload.pipeline import UploadLimits, UploadPipeline
+from ..upload.limits import UploadLimits
+from ..upload.pipeline import UploadPipeline
 from ..upload.resumable import ResumableUploads
 from ..upload.sweeper import EventlessObjects, UploadSweeper
 from .clients import minio_client, mongo_client
@@ -95,6 +97,8 @@ class App:
     health: HealthReporter
     monitor: DependencyMonitor
     pipeline: UploadPipeline
+    # Admits UploadVideo streams and resumable writes; its interrupt stops both.
+    admission: Admission
     hub: WatchHub
     supervisor: Supervisor
     lag: OutboxLag
@@ -186,7 +190,7 @@ class App:
         margin_s = min(INTERRUPT_MARGIN_S, grace_s / 2)
         done, _ = await asyncio.wait({stopping}, timeout=grace_s - margin_s)
         if not done:
-            interrupted = self.pipeline.interrupt()  # resumable writes too
+            interrupted = self.admission.interrupt()  # uploads and resumable writes
             if interrupted:
                 log.info(
                     "uploads interrupted at the end of the grace period",
@@ -346,16 +350,21 @@ def _build(
         on_added=wake_relays,
         on_status_changed=status_changed,
     )
-    pipeline = UploadPipeline(
-        storage=storage,
-        outbox=outbox,
-        limits=_upload_limits(settings),
-        traceparent=current_traceparent,
+    limits = _upload_limits(settings)
+    admission = Admission(
+        limits,
         rate_limit=(
             MemoryUploadRateLimit(settings.upload_rate_per_minute)
             if keys is not None and settings.upload_rate_per_minute
             else None
         ),
+    )
+    pipeline = UploadPipeline(
+        storage=storage,
+        outbox=outbox,
+        limits=limits,
+        traceparent=current_traceparent,
+        admission=admission,
     )
     sessions = _upload_sessions(settings, mongo)
     multipart = MinioMultipart(minio)
@@ -363,7 +372,8 @@ def _build(
         sessions=sessions,
         storage=multipart,
         outbox=outbox,
-        pipeline=pipeline,
+        limits=limits,
+        admission=admission,
         leases=WriteLeases(
             sessions,
             process=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
@@ -429,7 +439,7 @@ def _build(
     )
     registry = CollectorRegistry()
     lag = OutboxLag(outbox, interval_s=settings.outbox_lag_interval_s)
-    registry.register(ServiceCollector(pipeline, hub, lag, keys, sweeper))
+    registry.register(ServiceCollector(pipeline, admission, hub, lag, keys, sweeper))
     gate = ShutdownGate()
     server, port = create_server(
         settings.grpc_addr,
@@ -448,6 +458,7 @@ def _build(
         health=health_servicer,
         monitor=monitor,
         pipeline=pipeline,
+        admission=admission,
         hub=hub,
         supervisor=supervisor,
         lag=lag,
