@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from .. import errors
@@ -77,12 +77,8 @@ class Admission:
             self.refused_total += 1
             raise errors.TooManyUploads(limit=str(self._max_concurrent))
         await self.admit_client(owner)
-        self.uploads_in_flight += 1
-        try:
-            with self._interrupts.stream() as task:
-                yield AdmittedStream(owner, task, self._interrupts)
-        finally:
-            self.uploads_in_flight -= 1
+        with self._running(owner, write=False) as stream:
+            yield stream
 
     @contextlib.asynccontextmanager
     async def write(self, owner: str) -> AsyncIterator[AdmittedStream]:
@@ -91,12 +87,24 @@ class Admission:
         when it started. ShuttingDown once interrupted."""
         if self.writes_in_flight + self.uploads_in_flight >= self._max_concurrent:
             raise errors.TooManyUploads(limit=str(self._max_concurrent))
-        self.writes_in_flight += 1
+        with self._running(owner, write=True) as stream:
+            yield stream
+
+    @contextlib.contextmanager
+    def _running(self, owner: str, *, write: bool) -> Iterator[AdmittedStream]:
+        """An admitted stream, counted while it runs and interrupted by `interrupt`."""
+        if write:
+            self.writes_in_flight += 1
+        else:
+            self.uploads_in_flight += 1
         try:
             with self._interrupts.stream() as task:
                 yield AdmittedStream(owner, task, self._interrupts)
         finally:
-            self.writes_in_flight -= 1
+            if write:
+                self.writes_in_flight -= 1
+            else:
+                self.uploads_in_flight -= 1
 
     @contextlib.asynccontextmanager
     async def buffers(self, *, part_bytes: int, size_bytes: int) -> AsyncIterator[None]:

@@ -258,56 +258,47 @@ class UploadPipeline:
         bucket: str,
         key: str,
     ) -> StoredVideo:
+        """Read the stream into `writer` part by part, within the upload's memory, checking the
+        rules as the bytes arrive; the object is finished only once all of it is valid."""
         async with self.admission.buffers(
             part_bytes=self._limits.part_bytes, size_bytes=request.size_bytes
         ):
-            return await self._collect(request, chunks, writer, video_id, bucket, key)
+            limits = self._limits
+            declared = request.size_bytes
+            digest = hashlib.sha256()  # of the whole stream, part by part in order
 
-    async def _collect(
-        self,
-        request: UploadRequest,
-        chunks: AsyncIterator[bytes],
-        writer: ObjectWriter,
-        video_id: str,
-        bucket: str,
-        key: str,
-    ) -> StoredVideo:
-        limits = self._limits
-        declared = request.size_bytes
-        digest = hashlib.sha256()  # of the whole stream, part by part in order
+            async def store(part: Part) -> None:
+                await write_hashing(digest, part, writer.write_part(part.chunks))
 
-        async def store(part: Part) -> None:
-            await write_hashing(digest, part, writer.write_part(part.chunks))
+            parts = PartSender(store, part_bytes=limits.part_bytes)
+            head = VideoHead()
+            total = 0
+            try:
+                async for chunk in chunks:
+                    if not chunk:
+                        continue
+                    parts.raise_if_failed()  # a failed part stops the upload at once
+                    offset = total
+                    total += len(chunk)
+                    self.bytes_received_total += len(chunk)
+                    check_received(total, declared=declared, max_bytes=limits.max_bytes)
+                    head.add(offset, chunk)
+                    await parts.add(chunk)
 
-        parts = PartSender(store, part_bytes=limits.part_bytes)
-        head = VideoHead()
-        total = 0
-        try:
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                parts.raise_if_failed()  # a failed part stops the upload at once
-                offset = total
-                total += len(chunk)
-                self.bytes_received_total += len(chunk)
-                check_received(total, declared=declared, max_bytes=limits.max_bytes)
-                head.add(offset, chunk)
-                await parts.add(chunk)
-
-            check_complete(total, declared=declared, head=head)
-            last = parts.take()
-            await parts.wait()
-            await hash_chunks(digest, last.chunks, last.size_bytes)
-            sha256 = digest.hexdigest()
-            if request.sha256 and request.sha256 != sha256:
-                raise errors.ChecksumMismatch(declared=request.sha256, received=sha256)
-            # Only now, with the whole stream checked, may the object become visible.
-            await writer.finish(last.chunks)
-        finally:
-            await parts.stop()
-        return StoredVideo(
-            video_id=video_id, bucket=bucket, object_key=key, size_bytes=total, sha256=sha256
-        )
+                check_complete(total, declared=declared, head=head)
+                last = parts.take()
+                await parts.wait()
+                await hash_chunks(digest, last.chunks, last.size_bytes)
+                sha256 = digest.hexdigest()
+                if request.sha256 and request.sha256 != sha256:
+                    raise errors.ChecksumMismatch(declared=request.sha256, received=sha256)
+                # Only now, with the whole stream checked, may the object become visible.
+                await writer.finish(last.chunks)
+            finally:
+                await parts.stop()
+            return StoredVideo(
+                video_id=video_id, bucket=bucket, object_key=key, size_bytes=total, sha256=sha256
+            )
 
     async def _cleanup(self, cleanup: Coroutine[Any, Any, None]) -> None:
         """Run a cleanup in its own task, so it finishes even if the caller is cancelled.
