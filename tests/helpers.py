@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -17,6 +19,28 @@ from checkout_server.errors import DuplicateIdempotencyKey
 from checkout_server.ports import Outbox
 
 MiB = 1024 * 1024
+
+
+async def wait_until(
+    check: Callable[[], bool | Awaitable[bool]],
+    *,
+    timeout_s: float = 30,
+    what: str = "condition",
+) -> None:
+    """Poll `check` (a function, or a coroutine function) until it holds: a readiness wait,
+    not a sleep of a guessed length. It fails, naming `what`, once `timeout_s` has passed."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        held = check()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def outbox_event(event_id: str, *, at: datetime | None = None, **changes: Any) -> OutboxEvent:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
-from collections.abc import Awaitable, Callable
 
 from miniopy_async.api import Minio
+
+# The readiness wait lives in tests.helpers (unit tests wait on conditions too); the
+# integration tests import it from here as well.
+from tests.helpers import wait_until
+
+__all__ = ["object_keys", "object_sha256", "pending_uploads", "wait_until"]
 
 
 async def object_keys(s3: Minio, bucket: str, prefix: str = "input/") -> list[str]:
@@ -21,19 +24,6 @@ async def pending_uploads(s3: Minio, bucket: str, key: str = "") -> int:
     (MinIO matches a non-empty prefix only against whole object keys)."""
     result = await s3._list_multipart_uploads(bucket, prefix=key)  # test-only use of the S3 call
     return len(result.uploads)
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], *, timeout_s: float = 30, what: str = "condition"
-) -> None:
-    """Poll `check` until it holds: a readiness wait, not a sleep of a guessed length."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.05
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.5)
 
 
 async def object_sha256(s3: Minio, bucket: str, key: str) -> tuple[int, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 import pytest
@@ -14,10 +14,11 @@ from checkout_client.backoff import Backoff
 from checkout_server.errors import DatabaseUnavailable
 from checkout_server.relay.leases import LeaseManager
 from checkout_server.relay.metrics import RelayMetrics
-from checkout_server.relay.ports import Delivery, Lease, Message
+from checkout_server.relay.ports import Lease, PendingEvent
 from checkout_server.relay.relay import Relay, RelayConfig
 from checkout_server.supervisor import Supervisor
 from tests.fakes import T0, FakeClock, FakeLeaseStore, FakePublisher, FakeRelayStore, ids
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -25,7 +26,7 @@ SHARDS = 4
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, *, lease_ttl_s: float = 6) -> None:
         self.clock = FakeClock()
         self.store = FakeRelayStore()
         self.lease_store = FakeLeaseStore()
@@ -34,7 +35,12 @@ class Harness:
         self.supervisor = Supervisor(backoff=Backoff(0.01, 0.02))
         self.metrics.loop_failures = self.supervisor.failures
         self.leases = LeaseManager(
-            self.lease_store, member="me", shards=SHARDS, ttl_s=6, skew_s=1, clock=self.clock
+            self.lease_store,
+            member="me",
+            shards=SHARDS,
+            ttl_s=lease_ttl_s,
+            skew_s=1,
+            clock=self.clock,
         )
         self.relay = self.relay_with(
             RelayConfig(shards=SHARDS, batch_size=50, poll_interval_s=0.02)
@@ -53,12 +59,28 @@ class Harness:
         )
 
 
-@pytest.fixture
-async def harness() -> Harness:
-    h = Harness()
+async def holding_every_shard(h: Harness) -> Harness:
     await h.leases.rebalance()  # alone: it takes every shard
     assert h.leases.valid_shards() == frozenset(range(SHARDS))
     return h
+
+
+@pytest.fixture
+async def harness() -> Harness:
+    return await holding_every_shard(Harness())
+
+
+# Far beyond any test's bounds: the idle relay's safety-net poll, and (through leases that
+# last three times as long) its next rebalance, which the fake clock never reaches anyway.
+SAFETY_NET_S = 3600.0
+
+
+@pytest.fixture
+async def quiet_harness() -> Harness:
+    """A harness whose idle relay, pushed, waits SAFETY_NET_S: only a wake-up ends its wait
+    within a test (the idle wait is the shorter of the safety net and the time to the next
+    rebalance, a third of the lease TTL)."""
+    return await holding_every_shard(Harness(lease_ttl_s=3 * SAFETY_NET_S))
 
 
 async def test_a_held_lease_publishes_and_marks_sent(harness: Harness) -> None:
@@ -176,50 +198,61 @@ async def test_the_loop_survives_failing_rounds_and_stops_on_request(harness: Ha
 
 
 def _pushed(harness: Harness) -> Relay:
-    """The harness's stores under a relay that waits for wake-ups, with a safety-net poll far
-    longer than the tests' bounds (so only a wake-up can explain a quick pick-up)."""
-    relay = harness.relay_with(RelayConfig(shards=SHARDS, batch_size=50, poll_interval_s=60))
+    """The harness's stores under a relay that waits for wake-ups, with a safety-net poll
+    of SAFETY_NET_S (so only a wake-up can explain a pick-up within a test)."""
+    relay = harness.relay_with(
+        RelayConfig(shards=SHARDS, batch_size=50, poll_interval_s=SAFETY_NET_S)
+    )
     relay.push = True
     return relay
 
 
-async def test_a_wake_up_ends_an_idle_wait_at_once(harness: Harness) -> None:
+async def test_a_wake_up_ends_an_idle_wait_at_once(quiet_harness: Harness) -> None:
+    harness = quiet_harness
     relay = _pushed(harness)
     stop = asyncio.Event()
     run = asyncio.create_task(relay.run(stop))
     try:
-        # Idle: the loop polled once, found nothing, and waits (the next rebalance is 2 s of
-        # the fake clock away, which never moves: it waits for the safety net or a wake-up).
-        await asyncio.wait_for(_until(lambda: harness.store.calls >= 1), 5)
+        # Idle: the loop looked once, found nothing, and waits: SAFETY_NET_S, or until a
+        # wake-up. A pick-up within this test is the wake-up's.
+        await wait_until(lambda: harness.store.calls >= 1, timeout_s=5, what="the first look")
         harness.store.add("woken")
-        started = asyncio.get_running_loop().time()
         relay.wake()
-        await asyncio.wait_for(harness.store.sent.wait(), 1.0)
-        assert asyncio.get_running_loop().time() - started < 1.0
+        await wait_until(harness.store.sent.is_set, timeout_s=5, what="the woken pick-up")
         assert harness.store.status_of("woken") == "sent"
     finally:
         stop.set()
         await asyncio.wait_for(run, 5)
 
 
-async def test_a_wake_up_during_a_round_is_not_lost(harness: Harness) -> None:
+async def test_a_wake_up_during_a_round_is_not_lost(quiet_harness: Harness) -> None:
+    harness = quiet_harness
     relay = _pushed(harness)
-    harness.store.add("first")
-    # The wake-up for "second" comes while the round that publishes "first" is running:
-    # after that round the loop must look again instead of waiting for the safety net.
-    original = harness.publisher.publish
+    # The wake-up for "second" comes while the round's due query runs and finds nothing:
+    # that round ends idle, and its wait must end at once instead of lasting SAFETY_NET_S.
+    original = harness.store.due
 
-    async def publish_and_meanwhile_write(messages: Sequence[Message]) -> list[Delivery]:
+    async def due_and_meanwhile_write(
+        slot_ranges: Sequence[tuple[int, int]], now: datetime, limit: int
+    ) -> list[PendingEvent]:
+        found = await original(slot_ranges, now, limit)
         if "second" not in harness.store.messages:
+            assert found == []
             harness.store.add("second")
             relay.wake()
-        return await original(messages)
+        return found
 
-    harness.publisher.publish = publish_and_meanwhile_write  # type: ignore[method-assign]
+    harness.store.due = due_and_meanwhile_write  # type: ignore[method-assign]
     stop = asyncio.Event()
     run = asyncio.create_task(relay.run(stop))
     try:
-        await asyncio.wait_for(_until(lambda: harness.store.status_of("second") == "sent"), 1.0)
+        await wait_until(
+            lambda: (
+                "second" in harness.store.messages and harness.store.status_of("second") == "sent"
+            ),
+            timeout_s=5,
+            what="the pick-up after the wake-up during the round",
+        )
     finally:
         stop.set()
         await asyncio.wait_for(run, 5)
@@ -233,14 +266,6 @@ async def test_a_wake_up_never_shortens_a_failure_pause(harness: Harness) -> Non
     assert handled == 1
     assert pause > 0
     assert not relay._idle_wait  # what the loop's wait obeys: no wake-up ends this pause
-
-
-async def _until(check: Callable[[], bool]) -> None:
-    """Readiness wait on the fakes' state (the caller bounds it with wait_for)."""
-    for _ in range(100_000):
-        if check():
-            return
-        await asyncio.sleep(0.005)
 
 
 async def test_a_published_batch_whose_mark_fails_is_marked_again_not_published_again(
