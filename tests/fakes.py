@@ -519,10 +519,10 @@ class FakeUploadSessions:
     async def parts(self, upload_id: str) -> list[Any]:
         return [p for (u, _), p in sorted(self.commits.items()) if u == upload_id]
 
-    async def end(self, upload_id: str, terminal: Any, at: datetime) -> Any:
-        return self.ends.setdefault(upload_id, terminal)
+    async def end(self, upload_id: str, end: Any, at: datetime) -> Any:
+        return self.ends.setdefault(upload_id, end)
 
-    async def terminal(self, upload_id: str) -> Any:
+    async def ending(self, upload_id: str) -> Any:
         return self.ends.get(upload_id)
 
     async def latest_lease(self, upload_id: str) -> Any:

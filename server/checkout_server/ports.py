@@ -232,12 +232,15 @@ class PartCommit:
     running_crc32c: int  # of the file from byte 0 to the end of this part
 
 
-class Terminal(enum.StrEnum):
-    """How a session ended; the first recorded wins, so these exclude each other."""
+class SessionEnd(enum.StrEnum):
+    """How a session ends, as first claimed: the first claim recorded wins, so these exclude
+    each other. A FINISH claim is made when finishing begins and stays while the object is
+    completed; the session is not over until its event exists. The values are what the
+    store keeps: changing one strands the sessions already recorded with it."""
 
-    FINALIZING = "finalizing"  # finish began: the object is being (or was) completed
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"
+    FINISH = "finalizing"
+    CANCEL = "cancelled"
+    EXPIRE = "expired"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,11 +287,11 @@ class UploadSessionStore(Protocol):
     async def parts(self, upload_id: str) -> list[PartCommit]:
         """The session's committed parts by number."""
 
-    async def end(self, upload_id: str, terminal: Terminal, at: datetime) -> Terminal:
-        """Record how the session ends; returns the terminal recorded first."""
+    async def end(self, upload_id: str, end: SessionEnd, at: datetime) -> SessionEnd:
+        """Claim how the session ends; returns the claim recorded first (this one or another)."""
 
-    async def terminal(self, upload_id: str) -> Terminal | None:
-        """How the session ended, or None while it is open."""
+    async def ending(self, upload_id: str) -> SessionEnd | None:
+        """The session's end as first claimed, or None while nothing is claimed."""
 
     async def latest_lease(self, upload_id: str) -> WriteLease | None:
         """The lease of the highest epoch, or None when none was ever taken."""

@@ -8,7 +8,7 @@ updates without re-checking their filters, so no conditional update fences anyth
 
 - `<upload>:mpu`             the S3 multipart upload id;
 - `<upload>:part:<nnnnn>`    one durable part (offset, size, ETag, CRC32C, running CRC32C);
-- `<upload>:end`             the terminal marker (finalizing, cancelled or expired);
+- `<upload>:end`             the end claimed first (SessionEnd: finish, cancel or expire);
 - `<upload>:lease:<epoch>`   a writer's lease (renewed and released by its holder only);
 - `<upload>:yield:<epoch>`   another stream's request that the holder of `epoch` let go.
 
@@ -27,7 +27,7 @@ from pymongo.errors import DuplicateKeyError
 
 from ..errors import DuplicateUploadSession
 from ..outbox.document import dedup_key
-from ..ports import PartCommit, Terminal, UploadSession, WriteLease
+from ..ports import PartCommit, SessionEnd, UploadSession, WriteLease
 from .mongo_errors import translated
 from .mongo_indexes import ensure_indexes
 
@@ -196,22 +196,22 @@ class MongoUploadSessions:
             documents = await found.sort([("_id", ASCENDING)]).to_list()
         return [_part(d) for d in documents]
 
-    async def end(self, upload_id: str, terminal: Terminal, at: datetime) -> Terminal:
+    async def end(self, upload_id: str, end: SessionEnd, at: datetime) -> SessionEnd:
         existing = await self._insert_once(
             {
                 "_id": f"{upload_id}:{_END}",
                 "upload_id": upload_id,
                 "kind": _END,
-                "terminal": terminal.value,
+                "terminal": end.value,
                 "at": at,
             }
         )
-        return terminal if existing is None else Terminal(existing["terminal"])
+        return end if existing is None else SessionEnd(existing["terminal"])
 
-    async def terminal(self, upload_id: str) -> Terminal | None:
-        with translated("terminal"):
+    async def ending(self, upload_id: str) -> SessionEnd | None:
+        with translated("ending"):
             document = await self._facts.find_one({"_id": f"{upload_id}:{_END}"})
-        return None if document is None else Terminal(document["terminal"])
+        return None if document is None else SessionEnd(document["terminal"])
 
     async def latest_lease(self, upload_id: str) -> WriteLease | None:
         with translated("latest_lease"):

@@ -3,12 +3,12 @@ modelled on the Cloud Storage v2 write API (StartResumableWrite, WriteObject wit
 `write_offset` and `finish_write`, QueryWriteStatus, CancelResumableWrite).
 
 A session is a set of insert-once facts (ports.UploadSessionStore): the session, its S3
-multipart upload id, one commit per durable part, and a terminal marker. Finishing is
+multipart upload id, one commit per durable part, and the end claimed first. Finishing is
 idempotent and ends in the same outbox event as UploadVideo (`_id` = video id, so one event
 however often finish is retried):
 
 1. every part committed, the declared CRC32C (if any) checked against the running one;
-2. the terminal marker `finalizing` (it excludes cancel and expiry from then on);
+2. the FINISH end claimed (it excludes cancel and expiry from then on);
 3. the multipart upload completed (or, after a crash, found complete: the object exists with
    the declared size; an upload that vanished with no object is never taken for finished);
 4. the SHA-256: this process's digest when it saw every byte, else the object read back;
@@ -37,7 +37,7 @@ from ..domain import (
     input_object_key,
 )
 from ..errors import DuplicateIdempotencyKey, DuplicateUploadSession, MultipartUploadMissing
-from ..ports import MultipartStorage, Outbox, Terminal, UploadSession, UploadSessionStore
+from ..ports import MultipartStorage, Outbox, SessionEnd, UploadSession, UploadSessionStore
 from ..rules import check_same_file
 from .admission import Admission
 from .failpoints import Failpoint, no_failpoint
@@ -188,15 +188,15 @@ class ResumableUploads:
         return await self._state(await self._load(upload_id, owner))
 
     async def _state(self, session: UploadSession) -> SessionState:
-        terminal = await self._sessions.terminal(session.upload_id)
-        if terminal in (Terminal.CANCELLED, Terminal.EXPIRED):
+        claimed = await self._sessions.ending(session.upload_id)
+        if claimed in (SessionEnd.CANCEL, SessionEnd.EXPIRE):
             raise errors.UploadNotFound()
         event = await self._outbox.get(session.video_id)
         if event is not None:
             return SessionState(
                 session=session, persisted_size=session.size_bytes, result=UploadResult(event=event)
             )
-        if terminal is None and self._clock() >= session.expires_at:
+        if claimed is None and self._clock() >= session.expires_at:
             raise errors.UploadNotFound("срок сессии истёк")
         parts = await self._sessions.parts(session.upload_id)
         return SessionState(session=session, persisted_size=persisted_size(parts))
@@ -205,10 +205,10 @@ class ResumableUploads:
         session = await self._load(upload_id, owner)
         if await self._outbox.get(session.video_id) is not None:
             raise errors.UploadFinished()
-        terminal = await self._sessions.end(upload_id, Terminal.CANCELLED, self._clock())
-        if terminal is Terminal.FINALIZING:
+        claimed = await self._sessions.end(upload_id, SessionEnd.CANCEL, self._clock())
+        if claimed is SessionEnd.FINISH:
             raise errors.UploadFinished("загрузка завершается")
-        if terminal is Terminal.EXPIRED:
+        if claimed is SessionEnd.EXPIRE:
             raise errors.UploadNotFound()
         await self.discard(session)
         log.info("upload session cancelled", extra={"upload_id": upload_id})
@@ -218,8 +218,8 @@ class ResumableUploads:
         is expired and was removed now (by this call; another sweeper may have removed it
         too, which is harmless). One that began finishing is finished instead, once its
         writer has let go (its client asked for it; an upload that vanished is not)."""
-        terminal = await self._sessions.end(session.upload_id, Terminal.EXPIRED, self._clock())
-        if terminal is Terminal.FINALIZING:
+        claimed = await self._sessions.end(session.upload_id, SessionEnd.EXPIRE, self._clock())
+        if claimed is SessionEnd.FINISH:
             if await self._outbox.get(session.video_id) is None:
                 try:
                     async with self._leases.hold(session.upload_id) as held:
@@ -238,7 +238,7 @@ class ResumableUploads:
             return False
         await self.discard(session)
         log.info("upload session expired", extra={"upload_id": session.upload_id})
-        return terminal is Terminal.EXPIRED
+        return claimed is SessionEnd.EXPIRE
 
     async def discard(self, session: UploadSession) -> None:
         """Abort the session's multipart upload and remove its facts (after its marker)."""
@@ -294,7 +294,7 @@ class ResumableUploads:
                 persisted_size=state.persisted_size,
                 result=UploadResult(event=state.result.event, deduplicated=True),
             )
-        if await self._sessions.terminal(upload_id) is Terminal.FINALIZING:
+        if await self._sessions.ending(upload_id) is SessionEnd.FINISH:
             return await self._finish(session, held)  # a finish that broke off: go on
         parts = await self._sessions.parts(upload_id)
         persisted = persisted_size(parts)
@@ -329,9 +329,9 @@ class ResumableUploads:
         """Before each commit: the lease is still this stream's and the session still open
         (an extra guard against wasted work; commits are safe without it)."""
         await self._leases.confirm(held)
-        if await self._sessions.get(upload_id) is None or await self._sessions.terminal(
+        if await self._sessions.get(upload_id) is None or await self._sessions.ending(
             upload_id
-        ) in (Terminal.CANCELLED, Terminal.EXPIRED):
+        ) in (SessionEnd.CANCEL, SessionEnd.EXPIRE):
             raise errors.UploadNotFound()
 
     def _digest_at(self, upload_id: str, offset: int) -> hashlib._Hash | None:
@@ -368,8 +368,8 @@ class ResumableUploads:
         if sha256 and session.sha256 and sha256 != session.sha256:
             await self._end_and_discard(session)
             raise errors.ChecksumMismatch(declared=session.sha256, received=sha256)
-        terminal = await self._sessions.end(upload_id, Terminal.FINALIZING, self._clock())
-        if terminal is not Terminal.FINALIZING:
+        claimed = await self._sessions.end(upload_id, SessionEnd.FINISH, self._clock())
+        if claimed is not SessionEnd.FINISH:
             raise errors.UploadNotFound()
         await self._complete(session, [(p.number, p.etag) for p in parts])
         self._failpoint("after_complete")
@@ -387,8 +387,8 @@ class ResumableUploads:
         return SessionState(session=session, persisted_size=session.size_bytes, result=result)
 
     async def _end_and_discard(self, session: UploadSession) -> None:
-        if await self._sessions.end(session.upload_id, Terminal.CANCELLED, self._clock()) is (
-            Terminal.CANCELLED
+        if await self._sessions.end(session.upload_id, SessionEnd.CANCEL, self._clock()) is (
+            SessionEnd.CANCEL
         ):
             await self.discard(session)
 
