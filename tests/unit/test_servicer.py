@@ -13,8 +13,8 @@ from google.protobuf.message import Message
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.api import servicer
-from checkout_server.api.health import DependencyMonitor, new_health_servicer
 from checkout_server.api.servicer import CheckoutServicer
+from checkout_server.health import DependencyMonitor, new_health_servicer
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
 from checkout_server.upload.limits import UploadLimits

@@ -23,6 +23,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 
 from .. import errors
 from ..domain import EventStatus, OutboxEvent, UploadRequest, UploadResult
+from ..health import DependencyMonitor
 from ..status.service import StatusService, parse_uuid
 from ..status.watch import Subscription, WatchHub
 from ..upload.pipeline import UploadPipeline
@@ -30,7 +31,6 @@ from ..upload.resumable import ResumableUploads
 from ..upload.session_writer import WriteChunk
 from . import resumable as rpb
 from .auth import current_principal
-from .health import DependencyMonitor
 from .http_upload import open_http_upload
 from .streams import drain
 

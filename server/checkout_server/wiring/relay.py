@@ -23,9 +23,9 @@ from .. import logs
 from ..adapters.kafka_publisher import KafkaPublisher
 from ..adapters.mongo_relay_store import MongoLeaseStore, MongoOutboxRelayStore
 from ..adapters.udp_wake import WakeListener, WakeSender
-from ..api.health import HealthReporter, new_health_servicer
 from ..config import RelaySettings
 from ..errors import ConfigError, PublisherUnavailable, ServiceError
+from ..health import HealthReporter, new_health_servicer
 from ..outbox.document import Document
 from ..relay.leases import LeaseManager, SystemClock
 from ..relay.metrics import RelayMetrics

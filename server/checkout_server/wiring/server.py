@@ -38,7 +38,6 @@ from ..adapters.mongo_upload_sessions import MongoUploadSessions
 from ..adapters.rate_limits import MemoryUploadRateLimit
 from ..adapters.udp_wake import WakeListener, WakeSender
 from ..api.auth import Authenticator, AuthInterceptor
-from ..api.health import DependencyMonitor, HealthReporter, new_health_servicer
 from ..api.interceptors import CallObserver, ErrorInterceptor
 from ..api.metrics import GrpcMetrics, ServiceCollector
 from ..api.servicer import CheckoutServicer
@@ -46,6 +45,7 @@ from ..api.shutdown import ShutdownGate
 from ..auth.keys import KeyRing
 from ..config import MiB, ServerSettings
 from ..errors import ConfigError, ServiceError
+from ..health import DependencyMonitor, HealthReporter, new_health_servicer
 from ..outbox.document import Document
 from ..status.lag import OutboxLag
 from ..status.service import StatusService, StatusSettings

@@ -11,8 +11,8 @@ from typing import Protocol
 
 from grpc_health.v1 import health, health_pb2
 
-from ..errors import ServiceError
-from ..supervisor import Supervisor
+from .errors import ServiceError
+from .supervisor import Supervisor
 
 
 class HealthReporter(Protocol):
