@@ -3,36 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 
 from .. import errors
-from ..domain import UploadResult
 from ..upload.resumable import SessionState
 from ..upload.session_writer import WriteChunk
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def result_message(result: UploadResult) -> pb.UploadVideoResponse:
-    event = result.event
-    return pb.UploadVideoResponse(
-        status="ok",
-        event_id=event.event_id,
-        video_id=event.video_id,
-        bucket=event.bucket,
-        object_key=event.object_key,
-        size_bytes=event.size_bytes,
-        sha256=event.sha256,
-        deduplicated=result.deduplicated,
-    )
+from .messages import timestamp, upload_response
 
 
 def start_response(state: SessionState) -> pb.StartResumableUploadResponse:
@@ -40,28 +17,28 @@ def start_response(state: SessionState) -> pb.StartResumableUploadResponse:
     if state.session is not None:
         response.upload_id = state.session.upload_id
         response.part_size_bytes = state.session.part_bytes
-        response.expire_time.CopyFrom(_timestamp(state.session.expires_at))
+        response.expire_time.CopyFrom(timestamp(state.session.expires_at))
     if state.result is not None:
-        response.result.CopyFrom(result_message(state.result))
+        response.result.CopyFrom(upload_response(state.result))
     return response
 
 
 def write_response(state: SessionState) -> pb.WriteUploadResponse:
     if state.result is not None:
-        return pb.WriteUploadResponse(result=result_message(state.result))
+        return pb.WriteUploadResponse(result=upload_response(state.result))
     return pb.WriteUploadResponse(persisted_size=state.persisted_size)
 
 
 def status_response(state: SessionState) -> pb.QueryUploadStatusResponse:
     response = pb.QueryUploadStatusResponse()
     if state.result is not None:
-        response.result.CopyFrom(result_message(state.result))
+        response.result.CopyFrom(upload_response(state.result))
     else:
         response.persisted_size = state.persisted_size
     if state.session is not None:
         response.size_bytes = state.session.size_bytes
         response.part_size_bytes = state.session.part_bytes
-        response.expire_time.CopyFrom(_timestamp(state.session.expires_at))
+        response.expire_time.CopyFrom(timestamp(state.session.expires_at))
     return response
 
 

@@ -11,18 +11,16 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from datetime import datetime
 from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 
 from .. import errors
-from ..domain import EventStatus, OutboxEvent, UploadRequest, UploadResult
+from ..domain import EventStatus, UploadRequest
 from ..health import DependencyMonitor
 from ..status.service import StatusService, parse_uuid
 from ..status.watch import Subscription, WatchHub
@@ -32,6 +30,7 @@ from ..upload.session_writer import WriteChunk
 from . import resumable as rpb
 from .auth import current_principal
 from .http_upload import open_http_upload
+from .messages import operation, status_update, upload_request, upload_response
 from .streams import drain
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -296,58 +295,8 @@ LIST_MAX_BYTES = 3 * 1024 * 1024
 LIST_ITEM_FRAMING = 4  # tag and length of one repeated message field
 
 
-def upload_request(meta: pb.UploadMetadata) -> UploadRequest:
-    """An upload's metadata (UploadVideo's first message, StartResumableUpload's) as the
-    domain's request, owned by the caller."""
-    return UploadRequest(
-        filename=meta.filename,
-        content_type=meta.content_type,
-        bucket=meta.bucket,
-        size_bytes=meta.size_bytes,
-        sha256=meta.sha256.lower(),
-        idempotency_key=meta.idempotency_key,
-        owner=current_principal().client,
-    )
-
-
-def upload_response(result: UploadResult) -> pb.UploadVideoResponse:
-    return rpb.result_message(result)
-
-
 def _check(subscription: Subscription) -> None:
     if subscription.closed:
         raise errors.ShuttingDown()
     if subscription.overflowed:
         raise errors.WatcherTooSlow()
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def operation(event: OutboxEvent) -> pb.Operation:
-    return pb.Operation(
-        event_id=event.event_id,
-        status=event.api_status.value,
-        created_at=_timestamp(event.created_at),
-        updated_at=_timestamp(event.updated_at),
-        video_id=event.video_id,
-        bucket=event.bucket,
-        object_key=event.object_key,
-        filename=event.filename,
-        size_bytes=event.size_bytes,
-        error=event.error,
-    )
-
-
-def status_update(event: OutboxEvent, *, heartbeat: bool = False) -> pb.StatusUpdate:
-    return pb.StatusUpdate(
-        event_id=event.event_id,
-        status=event.api_status.value,
-        video_id=event.video_id,
-        updated_at=_timestamp(event.updated_at),
-        error=event.error,
-        heartbeat=heartbeat,
-    )
