@@ -17,7 +17,7 @@ from checkout_server.errors import (
     StorageUnavailable,
 )
 from checkout_server.outbox.sharding import relay_slot
-from checkout_server.relay.ports import Delivery, Lease, Message, Outcome, PendingEvent
+from checkout_server.relay.ports import Lease, Message, PendingEvent, PublishOutcome, PublishResult
 from checkout_server.status.service import StatusService, StatusSettings
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -456,19 +456,21 @@ class FakePublisher:
     async def start(self) -> None:
         return None
 
-    async def publish(self, messages: Sequence[Message]) -> list[Delivery]:
+    async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
         if self.unavailable:
             raise PublisherUnavailable("no broker")
         deliveries = []
         for message in messages:
             key = message.key.decode()
             if key in self.reject:
-                deliveries.append(Delivery(Outcome.REJECTED, "MessageSizeTooLargeError"))
+                deliveries.append(
+                    PublishResult(PublishOutcome.REJECTED, "MessageSizeTooLargeError")
+                )
             elif key in self.retry:
-                deliveries.append(Delivery(Outcome.RETRY, "NotEnoughReplicas"))
+                deliveries.append(PublishResult(PublishOutcome.RETRY, "NotEnoughReplicas"))
             else:
                 self.published.append(message)
-                deliveries.append(Delivery(Outcome.DELIVERED))
+                deliveries.append(PublishResult(PublishOutcome.DELIVERED))
         return deliveries
 
     def published_ids(self) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from checkout_runner.domain import (
     Box,
-    Delivery,
+    ConsumedRecord,
     Detection,
     Sample,
     VideoEvent,
@@ -191,9 +191,9 @@ class FakeDetector:
 class FakeSource:
     """Batches handed out in order; records what `finish` committed."""
 
-    def __init__(self, batches: list[list[Delivery]]) -> None:
+    def __init__(self, batches: list[list[ConsumedRecord]]) -> None:
         self.batches = batches
-        self.committed: list[list[Delivery]] = []
+        self.committed: list[list[ConsumedRecord]] = []
         self.released = 0
         self.errors: list[Exception] = []
         self.drained = asyncio.Event()  # set when asked for more after the last batch
@@ -209,7 +209,7 @@ class FakeSource:
     async def stop(self) -> None:
         pass
 
-    async def next_batch(self, *, max_records: int, timeout_s: float) -> list[Delivery]:
+    async def next_batch(self, *, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
         if self.errors:
             raise self.errors.pop(0)
         if not self.batches:
@@ -219,7 +219,7 @@ class FakeSource:
         self.handed_out.set()
         return self.batches.pop(0)[:max_records]
 
-    async def finish(self, deliveries: Sequence[Delivery], *, commit: bool) -> bool:
+    async def finish(self, deliveries: Sequence[ConsumedRecord], *, commit: bool) -> bool:
         self.released += 1
         if commit:
             self.committed.append(list(deliveries))

@@ -20,7 +20,7 @@ class VideoState(enum.StrEnum):
     READY = "ready"  # the result JSON is stored
 
 
-class Outcome(enum.StrEnum):
+class ResultStatus(enum.StrEnum):
     """What the stored result says (its `status` field)."""
 
     OK = "ok"
@@ -42,7 +42,7 @@ class VideoEvent:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Delivery:
+class ConsumedRecord:
     """A record as the consumer got it: where it came from, so its offset can be committed."""
 
     topic: str

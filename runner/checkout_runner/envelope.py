@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from .domain import Delivery, VideoEvent
+from .domain import ConsumedRecord, VideoEvent
 from .errors import EnvelopeError
 
 ENVELOPE_VERSION = 1
 EVENT_TYPE = "checkout.video.uploaded"
 
 
-def parse(delivery: Delivery) -> VideoEvent:
+def parse(delivery: ConsumedRecord) -> VideoEvent:
     """The event of a record; EnvelopeError for anything else (another version or type, not
     JSON, a field missing)."""
     try:

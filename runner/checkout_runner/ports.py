@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .domain import Delivery, Detection, Sample, VideoEvent, VideoInfo, VideoState
+from .domain import ConsumedRecord, Detection, Sample, VideoEvent, VideoInfo, VideoState
 
 # An RGB frame, height x width x 3, uint8.
 Frame = npt.NDArray[np.uint8]
@@ -100,12 +100,12 @@ class EventSource(Protocol):
     async def stop(self) -> None:
         """Leave the group (committing nothing more)."""
 
-    async def next_batch(self, *, max_records: int, timeout_s: float) -> list[Delivery]:
+    async def next_batch(self, *, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
         """Up to `max_records` records, waiting at most `timeout_s` for the first. A non-empty
         batch is held until `finish`: its partitions stay with this member until then (a
         rebalance waits), so exactly one `finish` must follow every non-empty batch."""
 
-    async def finish(self, deliveries: Sequence[Delivery], *, commit: bool) -> bool:
+    async def finish(self, deliveries: Sequence[ConsumedRecord], *, commit: bool) -> bool:
         """Release the batch; with `commit`, first commit per partition the offset after the
         last of `deliveries`, so the group never delivers them again. False when nothing was
         committed (not asked to, or the partitions had moved: another member gets them)."""

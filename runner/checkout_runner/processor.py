@@ -32,7 +32,15 @@ from pathlib import Path
 
 from . import envelope, result
 from .backoff import Backoff, Retries, wait_or_stop
-from .domain import Analysis, Delivery, FrameResult, Outcome, Sample, VideoEvent, VideoState
+from .domain import (
+    Analysis,
+    ConsumedRecord,
+    FrameResult,
+    ResultStatus,
+    Sample,
+    VideoEvent,
+    VideoState,
+)
 from .downloads import download_folder
 from .errors import (
     DetectorFault,
@@ -105,7 +113,7 @@ class Processor:
         # records of one event: the relay delivers at least once).
         self._handling: dict[str, asyncio.Event] = {}
 
-    async def handle(self, delivery: Delivery, stop: asyncio.Event) -> Handled:
+    async def handle(self, delivery: ConsumedRecord, stop: asyncio.Event) -> Handled:
         """Process one record until its result is stored (or it needs none); STOPPED when
         `stop` was set first."""
         try:
@@ -197,7 +205,7 @@ class Processor:
                     reason=reason,
                     message=f"gave up after {attempt - 1} attempts (the runner's log says why)",
                 )
-                return await self._store_result(event, key, body, Outcome.FAILED, reason)
+                return await self._store_result(event, key, body, ResultStatus.FAILED, reason)
             self._metrics.in_progress.inc()
             try:
                 analysis, truncated = await self._analyse(event, stop)
@@ -206,7 +214,7 @@ class Processor:
                     raise
                 log.warning("video cannot be processed: %s", exc.message, extra=extra)
                 body = result.failure(event, reason=exc.reason, message=exc.message)
-                return await self._store_result(event, key, body, Outcome.FAILED, exc.reason)
+                return await self._store_result(event, key, body, ResultStatus.FAILED, exc.reason)
             finally:
                 self._metrics.in_progress.dec()
             seconds = time.monotonic() - started
@@ -220,7 +228,7 @@ class Processor:
                 sample_fps=self._config.sample_fps,
                 truncated=truncated,
             )
-            handled = await self._store_result(event, key, body, Outcome.OK, "")
+            handled = await self._store_result(event, key, body, ResultStatus.OK, "")
             self._metrics.video_seconds.observe(time.monotonic() - started)
             log.info(
                 "result stored",
@@ -233,7 +241,7 @@ class Processor:
         return written is not None and written >= event.created_at - RESULT_CLOCK_SKEW
 
     async def _store_result(
-        self, event: VideoEvent, key: str, body: bytes, outcome: Outcome, reason: str
+        self, event: VideoEvent, key: str, body: bytes, outcome: ResultStatus, reason: str
     ) -> Handled:
         await self._store.put_json(event.bucket, key, body)
         self._metrics.results_written.inc()
@@ -246,7 +254,7 @@ class Processor:
             reason=reason or None,
             result_key=key,
         )
-        return Handled.OK if outcome is Outcome.OK else Handled.FAILED
+        return Handled.OK if outcome is ResultStatus.OK else Handled.FAILED
 
     async def _analyse(self, event: VideoEvent, stop: asyncio.Event) -> tuple[Analysis, bool]:
         """Download the video to a temporary file and run the detector over its samples; a

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from .domain import Analysis, Detection, FrameResult, Outcome, VideoEvent
+from .domain import Analysis, Detection, FrameResult, ResultStatus, VideoEvent
 
 RESULT_VERSION = 1
 # What a success result takes besides its frames (ids, times, the video's figures, the
@@ -18,7 +18,7 @@ RESULT_VERSION = 1
 HEADER_MAX_BYTES = 2048
 
 
-def _header(event: VideoEvent, outcome: Outcome) -> dict[str, Any]:
+def _header(event: VideoEvent, outcome: ResultStatus) -> dict[str, Any]:
     return {
         "version": RESULT_VERSION,
         "status": outcome.value,
@@ -44,7 +44,7 @@ def success(
     truncated: bool,
 ) -> bytes:
     body = {
-        **_header(event, Outcome.OK),
+        **_header(event, ResultStatus.OK),
         "video": asdict(analysis.video),
         "detector": {"name": detector[0], "version": detector[1]},
         "sample_fps": sample_fps,
@@ -68,7 +68,7 @@ def frame_bytes(f: FrameResult) -> int:
 
 
 def failure(event: VideoEvent, *, reason: str, message: str) -> bytes:
-    body = {**_header(event, Outcome.FAILED), "error": {"reason": reason, "message": message}}
+    body = {**_header(event, ResultStatus.FAILED), "error": {"reason": reason, "message": message}}
     return _encode(body)
 
 

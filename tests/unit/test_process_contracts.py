@@ -20,7 +20,7 @@ from checkout_runner.config import RunnerSettings
 from checkout_runner.domain import (
     Analysis,
     Box,
-    Delivery,
+    ConsumedRecord,
     Detection,
     FrameResult,
     VideoEvent,
@@ -54,7 +54,7 @@ def runner_event() -> VideoEvent:
         created_at=NOW,
     )
     message = build_message(pending, traceparent=TRACEPARENT)
-    record = Delivery(
+    record = ConsumedRecord(
         topic="t", partition=0, offset=0, value=message.value, headers=tuple(message.headers)
     )
     return envelope.parse(record)
@@ -242,7 +242,7 @@ def test_the_runner_reads_the_schemas_example_record() -> None:
     value = json.loads(example("video-uploaded.v1"))
     schema("video-uploaded.v1").validate(value)
     event = envelope.parse(
-        Delivery(topic="t", partition=0, offset=0, value=json.dumps(value).encode())
+        ConsumedRecord(topic="t", partition=0, offset=0, value=json.dumps(value).encode())
     )
     assert (event.event_id, event.video_id, event.bucket, event.object_key, event.size_bytes) == (
         value["event_id"],
@@ -253,7 +253,9 @@ def test_the_runner_reads_the_schemas_example_record() -> None:
     )
     # A field added within version 1 is ignored, as the schema tells consumers.
     envelope.parse(
-        Delivery(topic="t", partition=0, offset=0, value=json.dumps({**value, "new": 1}).encode())
+        ConsumedRecord(
+            topic="t", partition=0, offset=0, value=json.dumps({**value, "new": 1}).encode()
+        )
     )
 
 

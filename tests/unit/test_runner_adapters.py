@@ -27,7 +27,7 @@ from checkout_runner.adapters.centerface import CenterFaceDetector
 from checkout_runner.adapters.hog_people import HogPeopleDetector
 from checkout_runner.adapters.isolated_decoder import IsolatedDecoder
 from checkout_runner.config import RunnerSettings
-from checkout_runner.domain import Delivery, Sample, VideoInfo
+from checkout_runner.domain import ConsumedRecord, Sample, VideoInfo
 from checkout_runner.errors import ConfigError, EnvelopeError, RunnerError, VideoUndecodable
 from checkout_runner.sample import PHOTOS, Truth, photo, render, write_sample
 from checkout_runner.wiring import build_detector
@@ -321,7 +321,7 @@ def test_the_envelope_of_the_relay_parses_with_its_trace() -> None:
         "sha256": "",
         "created_at": "2026-12-01T10:00:00.000+00:00",
     }
-    record = Delivery(
+    record = ConsumedRecord(
         topic="t",
         partition=1,
         offset=2,
@@ -338,7 +338,7 @@ def test_the_envelope_of_the_relay_parses_with_its_trace() -> None:
     assert event.traceparent == "00-abc-def-01"
     assert event.created_at.isoformat() == "2026-12-01T10:00:00+00:00"
     with pytest.raises(EnvelopeError):
-        envelope.parse(Delivery(topic="t", partition=0, offset=0, value=b"[1]"))
+        envelope.parse(ConsumedRecord(topic="t", partition=0, offset=0, value=b"[1]"))
 
 
 def test_the_detector_setting_picks_the_adapter() -> None:

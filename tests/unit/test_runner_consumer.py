@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from checkout_runner.consumer import ConsumerLoop
-from checkout_runner.domain import Delivery
+from checkout_runner.domain import ConsumedRecord
 from checkout_runner.errors import ConsumerUnavailable
 from checkout_runner.metrics import RunnerMetrics
 from checkout_runner.processor import Handled
@@ -19,8 +19,10 @@ from tests.runner_fakes import FakeSource
 pytestmark = pytest.mark.timeout(10)
 
 
-def delivery(offset: int) -> Delivery:
-    return Delivery(topic="t", partition=offset % 2, offset=offset, value=json.dumps({}).encode())
+def delivery(offset: int) -> ConsumedRecord:
+    return ConsumedRecord(
+        topic="t", partition=offset % 2, offset=offset, value=json.dumps({}).encode()
+    )
 
 
 class Processor:
@@ -30,7 +32,7 @@ class Processor:
         self.handled: list[int] = []
         self.gate = gate
 
-    async def handle(self, d: Delivery, stop: asyncio.Event) -> Handled:
+    async def handle(self, d: ConsumedRecord, stop: asyncio.Event) -> Handled:
         if self.gate is not None:
             waiter = asyncio.create_task(self.gate.wait())
             stopper = asyncio.create_task(stop.wait())

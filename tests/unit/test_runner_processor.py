@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from checkout_runner import envelope
-from checkout_runner.domain import Box, Delivery, VideoState
+from checkout_runner.domain import Box, ConsumedRecord, VideoState
 from checkout_runner.errors import VideoTooLarge
 from checkout_runner.metrics import RunnerMetrics
 from checkout_runner.processor import Handled, Processor, ProcessorConfig
@@ -38,7 +38,7 @@ OUTPUT = ("videos", f"output/{VIDEO}.json")
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def record(**changes: Any) -> Delivery:
+def record(**changes: Any) -> ConsumedRecord:
     value = {
         "version": 1,
         "event_id": EVENT,
@@ -51,7 +51,7 @@ def record(**changes: Any) -> Delivery:
         "created_at": CREATED.isoformat(),
         **changes,
     }
-    return Delivery(
+    return ConsumedRecord(
         topic="t",
         partition=0,
         offset=7,
@@ -105,7 +105,7 @@ class Setup:
             span=self.spans,
         )
 
-    async def handle(self, delivery: Delivery | None = None) -> Handled:
+    async def handle(self, delivery: ConsumedRecord | None = None) -> Handled:
         return await self.processor.handle(delivery or record(), asyncio.Event())
 
     def result(self) -> dict[str, Any]:
@@ -293,7 +293,7 @@ async def test_stopping_during_an_outage_leaves_the_event_unfinished() -> None:
 async def test_a_record_that_is_no_envelope_of_ours_is_skipped() -> None:
     s = Setup()
     for bad in (
-        Delivery(topic="t", partition=0, offset=1, value=b"not json"),
+        ConsumedRecord(topic="t", partition=0, offset=1, value=b"not json"),
         record(version=2),
         record(type="something.else"),
         record(video_id=None),

@@ -18,7 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from ..domain import Delivery
+from ..domain import ConsumedRecord
 from ..errors import ConsumerUnavailable
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class KafkaEventSource:
         with _translated("stop"):
             await self._consumer.stop()
 
-    async def next_batch(self, *, max_records: int, timeout_s: float) -> list[Delivery]:
+    async def next_batch(self, *, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
         await self._lock.acquire()
         try:
             with _translated("getmany"):
@@ -73,7 +73,7 @@ class KafkaEventSource:
             self._lock.release()
             raise
         batch = [
-            Delivery(
+            ConsumedRecord(
                 topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
@@ -87,7 +87,7 @@ class KafkaEventSource:
             self._lock.release()
         return batch
 
-    async def finish(self, deliveries: Sequence[Delivery], *, commit: bool) -> bool:
+    async def finish(self, deliveries: Sequence[ConsumedRecord], *, commit: bool) -> bool:
         """Commit (or not: on shutdown) and release the batch's hold on its partitions."""
         try:
             if not commit:

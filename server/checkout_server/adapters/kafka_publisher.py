@@ -5,7 +5,7 @@ aiokafka's idempotent producer never gives up on a send by itself, and after som
 sender task is dead while `send` still accepts records. So every send, flush and stop here
 runs under our own timeout, and after a timeout or a fatal error the producer is discarded
 and a new one is built by the factory on the next batch (records it had may be written
-twice: delivery is at least once). Vendor errors end here: callers see Delivery outcomes
+twice: delivery is at least once). Vendor errors end here: callers see PublishResult outcomes
 and PublisherUnavailable.
 """
 
@@ -28,7 +28,7 @@ from aiokafka.errors import (
 )
 
 from ..errors import PublisherUnavailable
-from ..relay.ports import Delivery, Message, Outcome
+from ..relay.ports import Message, PublishOutcome, PublishResult
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ class KafkaPublisher:
     async def start(self) -> None:
         await self._ready_producer()
 
-    async def publish(self, messages: Sequence[Message]) -> list[Delivery]:
+    async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
         producer = await self._ready_producer()
-        deliveries: list[Delivery | None] = [None] * len(messages)
+        deliveries: list[PublishResult | None] = [None] * len(messages)
         pending: list[tuple[int, asyncio.Future[object]]] = []
         fatal: BaseException | None = None
         try:
@@ -109,10 +109,13 @@ class KafkaPublisher:
                 if _is_fatal(result):
                     fatal = result
             else:
-                deliveries[index] = Delivery(Outcome.DELIVERED)
+                deliveries[index] = PublishResult(PublishOutcome.DELIVERED)
         if fatal is not None:
             await self._discard(f"fatal producer error: {fatal!r}")
-        return [d if d is not None else Delivery(Outcome.RETRY, "not sent") for d in deliveries]
+        return [
+            d if d is not None else PublishResult(PublishOutcome.RETRY, "not sent")
+            for d in deliveries
+        ]
 
     async def close(self) -> None:
         producer, self._producer = self._producer, None
@@ -193,10 +196,12 @@ class KafkaPublisher:
             log.warning("abandoned producer did not close: %r", exc)
 
 
-def _classify(exc: BaseException) -> Delivery:
+def _classify(exc: BaseException) -> PublishResult:
     if isinstance(exc, _PERMANENT):
-        return Delivery(Outcome.REJECTED, f"kafka rejected the message: {type(exc).__name__}")
-    return Delivery(Outcome.RETRY, f"{type(exc).__name__}: {exc}")
+        return PublishResult(
+            PublishOutcome.REJECTED, f"kafka rejected the message: {type(exc).__name__}"
+        )
+    return PublishResult(PublishOutcome.RETRY, f"{type(exc).__name__}: {exc}")
 
 
 def _is_fatal(exc: BaseException) -> bool:

@@ -124,7 +124,7 @@ class LeaseStore(Protocol):
         """Withdraw `member`'s heartbeat (graceful stop)."""
 
 
-class Outcome(enum.Enum):
+class PublishOutcome(enum.Enum):
     DELIVERED = "delivered"  # acknowledged by all in-sync replicas
     RETRY = "retry"  # transient: publish again later
     REJECTED = "rejected"  # permanent for this message (e.g. too large)
@@ -140,8 +140,8 @@ class Message:
 
 
 @dataclass(frozen=True)
-class Delivery:
-    outcome: Outcome
+class PublishResult:
+    outcome: PublishOutcome
     reason: str = ""
 
 
@@ -151,9 +151,9 @@ class Publisher(Protocol):
     async def start(self) -> None:
         """Connect and create the topic if it is missing. Raises errors.PublisherUnavailable."""
 
-    async def publish(self, messages: Sequence[Message]) -> list[Delivery]:
+    async def publish(self, messages: Sequence[Message]) -> list[PublishResult]:
         """Send the messages and wait for their acknowledgements, in a bounded time; one
-        Delivery per message, in order. A transient failure of the whole batch may also be
+        PublishResult per message, in order. A transient failure of the whole batch may also be
         raised as errors.PublisherUnavailable. A message reported RETRY may still have been
         written (at least once); DELIVERED only after the broker acknowledged it. Fatal
         producer states are handled inside (the producer is recreated)."""

@@ -43,12 +43,12 @@ from .envelope import build_message
 from .leases import Clock, LeaseManager
 from .metrics import RelayMetrics
 from .ports import (
-    Delivery,
     Message,
     OutboxRelayStore,
-    Outcome,
     PendingEvent,
     Publisher,
+    PublishOutcome,
+    PublishResult,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 IDLE_POLL_MIN_S = 0.01
 # The lag query reads the whole outbox on FerretDB: a gauge for dashboards needs no more.
 LAG_INTERVAL_S = 15.0
+# Only the relay holding this shard measures the lag: one query for the whole deployment,
+# whatever the number of relays and servers.
+LAG_SHARD = 0
 # Tries of marking a published batch before its round is given up (and the batch published
 # again by the next one).
 MARK_ATTEMPTS = 4
@@ -142,6 +145,7 @@ class Relay:
             except ServiceError as exc:
                 log.warning("could not release leases; they expire on their own: %s", exc.text)
             self._metrics.shards_held = 0
+            self._metrics.oldest_unsent_age_s = None
             log.info("relay stopped")
 
     async def round(self) -> float:
@@ -213,9 +217,9 @@ class Relay:
 
     async def _publish(
         self, events: list[PendingEvent]
-    ) -> tuple[list[PendingEvent], list[Delivery]]:
+    ) -> tuple[list[PendingEvent], list[PublishResult]]:
         """Publish the events that make a message (the others fail for good at once); one
-        Delivery per published event. Kafka being unreachable is a RETRY of all of them."""
+        PublishResult per published event. Kafka being unreachable is a RETRY of all of them."""
         messages: list[Message] = []
         publishable: list[PendingEvent] = []
         spans: list[trace.Span] = []
@@ -224,7 +228,7 @@ class Relay:
             try:
                 messages.append(build_message(event, traceparent_of(span)))
             except EnvelopeError as exc:
-                _end_span(span, Outcome.REJECTED, str(exc))
+                _end_span(span, PublishOutcome.REJECTED, str(exc))
                 await self._fail(event, str(exc))
                 continue
             publishable.append(event)
@@ -233,10 +237,12 @@ class Relay:
             deliveries = await self._publisher.publish(messages) if messages else []
         except PublisherUnavailable as exc:
             log.warning("kafka unavailable: %s", exc.detail or exc.text)
-            deliveries = [Delivery(Outcome.RETRY, exc.detail or exc.text)] * len(messages)
+            deliveries = [PublishResult(PublishOutcome.RETRY, exc.detail or exc.text)] * len(
+                messages
+            )
         except BaseException as exc:
             for span in spans:
-                _end_span(span, Outcome.RETRY, f"{type(exc).__name__}: {exc}")
+                _end_span(span, PublishOutcome.RETRY, f"{type(exc).__name__}: {exc}")
             raise
         finally:
             self._metrics.producer_restarts_total = self._publisher.restarts
@@ -261,18 +267,18 @@ class Relay:
             },
         )
 
-    async def _record(self, events: list[PendingEvent], deliveries: list[Delivery]) -> float:
+    async def _record(self, events: list[PendingEvent], deliveries: list[PublishResult]) -> float:
         """Mark each event by its outcome: `sent`, `failed`, or due again after a backoff
         (the seconds returned, 0 when nothing is to be retried)."""
         now = self._clock.wall()
         outcomes = list(zip(events, deliveries, strict=True))
-        sent = [e.event_id for e, d in outcomes if d.outcome is Outcome.DELIVERED]
-        retry = [e.event_id for e, d in outcomes if d.outcome is Outcome.RETRY]
+        sent = [e.event_id for e, d in outcomes if d.outcome is PublishOutcome.DELIVERED]
+        retry = [e.event_id for e, d in outcomes if d.outcome is PublishOutcome.RETRY]
         if sent:
             await self._mark_sent(sent, now)
             self._metrics.published_total += len(sent)
         for event, delivery in outcomes:
-            if delivery.outcome is Outcome.REJECTED:
+            if delivery.outcome is PublishOutcome.REJECTED:
                 await self._fail(event, delivery.reason)
         if not retry:
             self._publish_failures = 0
@@ -338,13 +344,19 @@ class Relay:
         return self._leases.renew_interval_s
 
     async def _measure_lag(self) -> float:
+        """The age of the oldest unsent event, measured by the holder of LAG_SHARD alone
+        (the others report none, rather than a copy or a stale value)."""
+        if LAG_SHARD not in self._leases.valid_shards():
+            self._metrics.oldest_unsent_age_s = None
+            # No query: look again as soon as the shard may have come to this relay.
+            return min(LAG_INTERVAL_S, self._leases.renew_interval_s)
         oldest = await self._store.oldest_unsent_created_at()
         self._metrics.oldest_unsent_age_s = age_s(oldest, self._clock.wall())
         return LAG_INTERVAL_S
 
 
-def _end_span(span: trace.Span, outcome: Outcome, reason: str) -> None:
+def _end_span(span: trace.Span, outcome: PublishOutcome, reason: str) -> None:
     span.set_attribute("checkout.outcome", outcome.value)
-    if outcome is not Outcome.DELIVERED:
+    if outcome is not PublishOutcome.DELIVERED:
         span.set_status(trace.StatusCode.ERROR, reason or outcome.value)
     span.end()
