@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devstack import Envoy, free_port
 from devstack._paths import REPO_ROOT
 from devstack._stack import DESCRIPTOR, OPENAPI
+from tests.helpers import has_cyrillic
 from tools.render_envoy import ListenerTls, UpstreamTls, render_envoy_config
 
 START_TIMEOUT_S = 60
@@ -97,3 +99,16 @@ async def async_envoy_front(
         yield front
     finally:
         await asyncio.to_thread(process.stop)
+
+
+def envoy_error(body: Any) -> tuple[int, str]:
+    """(gRPC code, reason) of an error Envoy answered itself, checked for the service's one
+    shape: a google.rpc.Status with a Russian message and one ErrorInfo that keeps Envoy's
+    own detail."""
+    assert set(body) == {"code", "message", "details"}, body
+    assert has_cyrillic(body["message"]), body
+    (info,) = body["details"]
+    assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert info["domain"] == "checkout.v1"
+    assert set(info["metadata"]) == {"envoy_message", "envoy_details"}
+    return body["code"], info["reason"]

@@ -27,7 +27,7 @@ from devstack._stack import LocalStack
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, outbox_event, sha256_hex
 from tests.integration import curl
 from tests.integration.conftest import STACK_ADMIN_TOKEN
-from tests.integration.envoy_front import envoy_front
+from tests.integration.envoy_front import envoy_error, envoy_front
 from tests.integration.storage_checks import (
     object_keys,
     object_sha256,
@@ -339,19 +339,6 @@ def assert_unchanged(stack: LocalStack, before: Contents) -> None:
     assert after.objects <= before.objects, after.objects - before.objects
     assert after.outbox <= before.outbox, after.outbox - before.outbox
     assert after.statuses <= before.statuses, after.statuses - before.statuses
-
-
-def envoy_error(body: Any) -> tuple[int, str]:
-    """(gRPC code, reason) of an error Envoy answered itself, checked for the service's one
-    shape: a google.rpc.Status with a Russian message and one ErrorInfo that keeps Envoy's
-    own detail."""
-    assert set(body) == {"code", "message", "details"}, body
-    assert has_cyrillic(body["message"]), body
-    (info,) = body["details"]
-    assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
-    assert info["domain"] == "checkout.v1"
-    assert set(info["metadata"]) == {"envoy_message", "envoy_details"}
-    return body["code"], info["reason"]
 
 
 @pytest.mark.parametrize(
