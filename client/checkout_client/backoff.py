@@ -1,9 +1,17 @@
-"""Backoff: the one retry delay schedule of the SDK and of the server's loops.
+"""Backoff: the retry delay schedule of the SDK.
 
 Capped exponential growth with "equal jitter": after the n-th failure in a row the wait is
 uniform in [c/2, c] with c = min(max_s, initial_s * multiplier ** (n - 1)). At least half of
 each step is kept, so a fixed number of attempts spans a predictable time (enough to ride out
 a restart), while clients that failed together still spread out.
+
+The server, the relay and the runner retry on the same schedule from checkout-common
+(checkout_common.backoff); this is a copy, on purpose. The SDK is what external users
+install, alone (`pip install client/`, tests/integration/test_sdk_alone.py), and it ships
+with gRPC, protobuf and rich only: depending on checkout-common would make them install a
+second distribution that is not on PyPI, and bring them its pydantic-settings, to save
+twenty lines that have not changed since they were written. tests/unit/test_common.py pins
+this copy to the shared one (same ceilings, same jitter bounds, same refusals).
 """
 
 from __future__ import annotations
