@@ -1,35 +1,35 @@
 """Service configuration: frozen settings per process, built from the environment in its entry
 point (`ServerSettings.from_env()`, `RelaySettings.from_env()`).
 
-Each process's settings are made of the sections it uses. Every field reads the environment
-variable named after it, upper-cased (`mongo_uri` <- MONGO_URI), and documents it; an unset
-or blank variable keeps the default. Secrets may also come from a file named by `<NAME>_FILE`
-(Docker/Kubernetes secrets), which wins over the plain variable. Settings built in code
+Each process's settings are made of the sections it uses, and read as every process of
+checkout reads its settings (checkout_common.settings, the runner's too): every field reads
+the environment variable named after it, upper-cased (`mongo_uri` <- MONGO_URI), and
+documents it; an unset or blank variable keeps the default. Secrets may also come from a file
+named by `<NAME>_FILE` (Docker/Kubernetes secrets), which wins over the plain variable; a flag
+that is neither true nor false is refused. Settings built in code
 (`ServerSettings(mongo_db=...)`) never read the environment. Every invalid value raises
 ConfigError naming its variable.
 """
 
 from __future__ import annotations
 
-import enum
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
+from typing import Annotated, ClassVar, Self
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
-    Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from checkout_common.result_key import DEFAULT_TEMPLATE, check_template
+from checkout_common.settings import EnvRule as EnvRule  # tools/gen_docs.py reads it here
+from checkout_common.settings import EnvSettings
+from checkout_common.settings import Flag as Flag
+from checkout_common.settings import Names as Names
+from checkout_common.settings import Secret as Secret
 
 from .errors import ConfigError
 from .outbox.sharding import SLOTS
@@ -42,34 +42,6 @@ GiB = 1024 * MiB
 S3_MIN_PART_BYTES = 5 * MiB
 S3_MAX_PART_BYTES = 5 * GiB
 S3_MAX_PARTS = 10_000
-
-
-class EnvRule(enum.Enum):
-    """How a field reads its variable, beyond the usual (annotation metadata)."""
-
-    SECRET = "may come from the file named by <NAME>_FILE, which wins"
-    KEEP_EMPTY = "set but empty is a value, not the default"
-
-
-def _flag(value: object) -> object:
-    if not isinstance(value, str):
-        return value
-    if value.strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    if value.strip().lower() in {"0", "false", "no", "off"}:
-        return False
-    raise PydanticCustomError("bool_parsing", "must be true or false")
-
-
-def _comma_separated(value: object) -> object:
-    if isinstance(value, str):
-        return frozenset(name.strip() for name in value.split(",") if name.strip())
-    return value
-
-
-Secret = Annotated[str, Field(repr=False), EnvRule.SECRET]
-Flag = Annotated[bool, BeforeValidator(_flag)]
-Names = Annotated[frozenset[str], BeforeValidator(_comma_separated)]
 
 
 class Section(BaseModel):
@@ -413,7 +385,7 @@ class StatusSection(Section):
 
     Where results are read, and the change feed of WatchStatus (docs/status.md, Watching)."""
 
-    result_key_template: str = "output/{video_id}.json"
+    result_key_template: str = DEFAULT_TEMPLATE
     """RESULT_KEY_TEMPLATE: where the detection runner writes its JSON result, in the bucket of
     the video ({video_id} or {event_id})."""
     result_max_bytes: int = 3 * MiB
@@ -454,17 +426,7 @@ class StatusSection(Section):
     @field_validator("result_key_template")
     @classmethod
     def _check_template(cls, template: str) -> str:
-        head = template.split("{", 1)[0]
-        if "/" not in head or not any(p in template for p in ("{video_id}", "{event_id}")):
-            raise ConfigError(
-                "RESULT_KEY_TEMPLATE needs a folder and {video_id} or {event_id}, "
-                "e.g. output/{video_id}.json"
-            )
-        try:  # another field ({nope}) or a stray brace would fail at the first result
-            template.format(video_id="v", event_id="e")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"RESULT_KEY_TEMPLATE: {exc!r}") from None
-        return template
+        return check_template(template)
 
 
 # --- The relay's sections -----------------------------------------------------------------------
@@ -567,40 +529,11 @@ class RelaySection(Section):
 # --- The processes' settings --------------------------------------------------------------------
 
 
-class ProcessSettings(BaseSettings):
-    """What every process's settings class shares: reading the environment (`from_env`, the
-    only way they do), validated copies (`replace`) and ConfigError for invalid values."""
+class ProcessSettings(EnvSettings):
+    """What every process's settings class shares: the environment rules of
+    checkout_common.settings (`from_env`, `replace`), with the server's ConfigError."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)  # only what the code passes: never os.environ
-
-    if not TYPE_CHECKING:  # keeps the typed __init__ that type checkers derive from the fields
-
-        def __init__(self, **values: Any) -> None:
-            try:
-                super().__init__(**values)
-            except ValidationError as exc:
-                raise _config_error(exc, type(self).model_fields) from None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
-        """Settings from environment variables (default: os.environ); unset ones keep their
-        defaults."""
-        return cls(**EnvironmentSource(cls, os.environ if env is None else env)())
-
-    def replace(self, **changes: Any) -> Self:
-        """A copy with `changes`, validated again."""
-        return type(self)(**{**dict(self), **changes})
+    config_error = ConfigError
 
 
 def upload_commit_gap_s(mongo_timeout_ms: int) -> float:
@@ -658,60 +591,3 @@ class RelaySettings(
     TracingSection,
 ):
     """The outbox relay's (`checkout-relay`) settings."""
-
-
-class EnvironmentSource(PydanticBaseSettingsSource):
-    """The values of a settings class's fields in `env`: each field reads the variable named
-    after it, upper-cased and stripped; unset or blank keeps the default (unless the field is
-    marked KEEP_EMPTY); a SECRET field reads the file named by `<NAME>_FILE` first."""
-
-    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
-        super().__init__(settings_cls)
-        self.env = env
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        name = field_name.upper()
-        path = self.env.get(f"{name}_FILE", "").strip()
-        if path and EnvRule.SECRET in field.metadata:
-            try:
-                return Path(path).read_text(encoding="utf-8").strip(), field_name, False
-            except OSError as exc:
-                raise ConfigError(f"{name}_FILE: cannot read {path}: {exc}") from exc
-        value = self.env.get(name, "").strip()
-        if value or (name in self.env and EnvRule.KEEP_EMPTY in field.metadata):
-            return value, field_name, False
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        values = {}
-        for field_name, field in self.settings_cls.model_fields.items():
-            value, key, _ = self.get_field_value(field, field_name)
-            if value is not None:
-                values[key] = value
-        return values
-
-
-_EXPECTED = {
-    "int": "must be an integer",
-    "float": "must be a number",
-    "bool": "must be true or false",
-}
-
-
-def _config_error(exc: ValidationError, fields: Mapping[str, FieldInfo]) -> ConfigError:
-    """One ConfigError for all that is wrong, each problem naming its variable."""
-    problems = []
-    for error in exc.errors(include_url=False):
-        cause = error.get("ctx", {}).get("error")
-        if isinstance(cause, ConfigError):  # raised by a validator of ours
-            problems.append(str(cause))
-            continue
-        field = str(error["loc"][0]) if error["loc"] else ""
-        expected = _EXPECTED.get(error["type"].split("_", 1)[0])
-        if expected is None:
-            problems.append(f"{field.upper()}: {error['msg']}")
-        elif field in fields and EnvRule.SECRET in fields[field].metadata:
-            problems.append(f"{field.upper()} {expected}")
-        else:
-            problems.append(f"{field.upper()} {expected}, got {error['input']!r}")
-    return ConfigError("; ".join(problems))

@@ -41,7 +41,7 @@ from miniopy_async.deleteobjects import DeleteObject
 from miniopy_async.error import MinioException, S3Error
 from miniopy_async.helpers import DictType
 
-from checkout_client.backoff import Backoff
+from checkout_common.backoff import Backoff
 
 from ..domain import StoredObject
 from ..errors import ObjectTooLarge, ServiceError, StorageError, StorageUnavailable

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 
 from opentelemetry import trace
 
-from checkout_client.backoff import Backoff
+from checkout_common.backoff import Backoff
 
 from ..domain import age_s
 from ..errors import (

@@ -25,7 +25,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from checkout_client.backoff import Backoff
+from checkout_common.backoff import Backoff
 
 from .. import errors
 from ..domain import (
