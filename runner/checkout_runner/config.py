@@ -1,8 +1,11 @@
 """The runner's settings: one frozen object built from the environment in the entry point
-(`RunnerSettings.from_env()`). Every field reads the variable named after it, upper-cased
-(`runner_sample_fps` <- RUNNER_SAMPLE_FPS); the shared ones (MINIO_*, MONGO_*, KAFKA_*,
-RESULT_KEY_TEMPLATE, RESULT_MAX_BYTES) have the server's names and defaults, so one environment
-serves both.
+(`RunnerSettings.from_env()`), read by the rules every process of checkout reads its settings
+by (checkout_common.settings): every field reads the variable named after it, upper-cased
+(`runner_sample_fps` <- RUNNER_SAMPLE_FPS), stripped; unset or blank keeps the default; a flag
+that is neither true nor false is refused. The shared ones (MINIO_*, MONGO_*, KAFKA_*,
+RESULT_KEY_TEMPLATE, RESULT_MAX_BYTES) have the server's names and defaults, so one
+environment serves both; RESULT_KEY_TEMPLATE is checked by the server's rule
+(checkout_common.result_key).
 `<NAME>_FILE` names a file that holds a secret (MINIO_ACCESS_KEY, MINIO_SECRET_KEY,
 MONGO_URI) and wins over the plain variable.
 """
@@ -14,42 +17,30 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator, model_validator
+
+from checkout_common import result_key as result_keys
+from checkout_common.settings import EnvRule, EnvSettings, Flag, Secret
 
 from .domain import DecodeLimits
 from .errors import ConfigError
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-SECRETS = ("minio_access_key", "minio_secret_key", "mongo_uri")
 
 
-def _flag(value: object) -> object:
-    """true/false as the server reads them: anything else is refused, not taken for false."""
-    if not isinstance(value, str):
-        return value
-    if value.strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    if value.strip().lower() in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("must be true or false")
-
-
-class RunnerSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        frozen=True, extra="ignore", env_ignore_empty=True, use_attribute_docstrings=True
-    )
+class RunnerSettings(EnvSettings):
+    config_error = ConfigError
 
     minio_endpoint: str = "minio:9000"
     """MINIO_ENDPOINT: the object storage of the videos and results."""
-    minio_access_key: str = Field(default="minioadmin", repr=False)
+    minio_access_key: Secret = "minioadmin"
     """MINIO_ACCESS_KEY: its access key (secret)."""
-    minio_secret_key: str = Field(default="minioadmin", repr=False)
+    minio_secret_key: Secret = "minioadmin"
     """MINIO_SECRET_KEY: its secret key (secret)."""
-    minio_secure: Annotated[bool, BeforeValidator(_flag)] = False
+    minio_secure: Flag = False
     """MINIO_SECURE: HTTPS."""
-    mongo_uri: str = Field(default="mongodb://mongo:27017/", repr=False)
+    mongo_uri: Secret = "mongodb://mongo:27017/"
     """MONGO_URI: the MongoDB of the runner's state collection (secret)."""
     mongo_db: str = "main_db"
     """MONGO_DB: its database (the server's)."""
@@ -63,7 +54,7 @@ class RunnerSettings(BaseSettings):
     """RESULT_MAX_BYTES: the largest result the server returns (the server's setting):
     detection stops before the result JSON would grow past it (the result says
     `truncated`)."""
-    result_key_template: str = "output/{video_id}.json"
+    result_key_template: str = result_keys.DEFAULT_TEMPLATE
     """RESULT_KEY_TEMPLATE: where results go in the event's bucket (the server's setting;
     `{video_id}` and `{event_id}` are replaced)."""
 
@@ -130,8 +121,8 @@ class RunnerSettings(BaseSettings):
     """RUNNER_RETRY_INITIAL_S: first retry delay after an outage (doubling, capped)."""
     runner_retry_max_s: float = 30.0
     """RUNNER_RETRY_MAX_S: the longest retry delay."""
-    runner_metrics_addr: str = "0.0.0.0:9465"
-    """RUNNER_METRICS_ADDR: the Prometheus endpoint (GET /metrics); empty disables it."""
+    runner_metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "0.0.0.0:9465"
+    """RUNNER_METRICS_ADDR: the Prometheus endpoint (GET /metrics); set but empty disables it."""
     runner_lag_interval_s: float = 5.0
     """RUNNER_LAG_INTERVAL_S: how often the consumer lag gauge is measured."""
     kafka_session_timeout_ms: int = 10_000
@@ -146,6 +137,11 @@ class RunnerSettings(BaseSettings):
     """LOG_LEVEL: the lowest level logged."""
     log_format: str = ""
     """LOG_FORMAT: json | console (default: console on a terminal, else json)."""
+
+    @field_validator("result_key_template")
+    @classmethod
+    def _check_template(cls, template: str) -> str:
+        return result_keys.check_template(template)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -181,19 +177,6 @@ class RunnerSettings(BaseSettings):
             raise ValueError("RUNNER_THREADS_PER_VIDEO must be 0 (FFmpeg chooses) or more")
         if not 0 < self.runner_retry_initial_s <= self.runner_retry_max_s:
             raise ValueError("need 0 < RUNNER_RETRY_INITIAL_S <= RUNNER_RETRY_MAX_S")
-        template = self.result_key_template
-        # The server's rule (its config.py): a folder, and the video's or the event's id.
-        if "/" not in template.split("{", 1)[0] or not any(
-            p in template for p in ("{video_id}", "{event_id}")
-        ):
-            raise ValueError(
-                "RESULT_KEY_TEMPLATE needs a folder and {video_id} or {event_id}, "
-                "e.g. output/{video_id}.json"
-            )
-        try:
-            template.format(video_id="v", event_id="e")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"RESULT_KEY_TEMPLATE: {exc!r}") from None
         return self
 
     @property
@@ -218,31 +201,12 @@ class RunnerSettings(BaseSettings):
         return Path(self.runner_temp_dir) if self.runner_temp_dir else None
 
     def result_key(self, *, video_id: str, event_id: str) -> str:
-        return self.result_key_template.format(video_id=video_id, event_id=event_id)
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Self:
-        """The settings of this process's environment; ConfigError naming the variable."""
-        env = dict(os.environ if environ is None else environ)
-        overrides: dict[str, str] = {}
-        for name in SECRETS:
-            path = env.get(f"{name.upper()}_FILE", "").strip()
-            if path:
-                try:
-                    overrides[name] = Path(path).read_text().strip()
-                except OSError as exc:
-                    raise ConfigError(f"{name.upper()}_FILE: {exc}") from None
-        # Read here rather than by BaseSettings' own sources, so a test can pass `environ`.
-        fields = {k: env[k.upper()] for k in cls.model_fields if env.get(k.upper(), "").strip()}
-        try:
-            return cls.model_validate({**fields, **overrides})
-        except ValidationError as exc:
-            raise ConfigError(_describe(exc)) from None
+        return result_keys.result_key(
+            self.result_key_template, video_id=video_id, event_id=event_id
+        )
 
 
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]).upper() or "settings"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+# The fields that may come from `<NAME>_FILE` (their defaults are not shown in docs/runner.md).
+SECRETS = tuple(
+    name for name, field in RunnerSettings.model_fields.items() if EnvRule.SECRET in field.metadata
+)

@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from checkout_common.backoff import Backoff, Retries
+from checkout_common.supervisor import wait_or_stop
+
 from . import envelope, result
-from .backoff import Backoff, Retries, wait_or_stop
 from .domain import (
     Analysis,
     ConsumedRecord,

@@ -20,11 +20,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import start_http_server
 from pymongo import AsyncMongoClient
 
+from checkout_common.backoff import Backoff
+from checkout_common.supervisor import retry_until
+
 from .adapters.isolated_decoder import IsolatedDecoder
 from .adapters.kafka_source import KafkaEventSource
 from .adapters.minio_store import MinioObjectStore
 from .adapters.mongo_states import Document, MongoStateStore
-from .backoff import Backoff, Retries, wait_or_stop
 from .config import RunnerSettings
 from .consumer import ConsumerLoop
 from .downloads import sweep_stale
@@ -104,18 +106,22 @@ class RunnerApp:
             await asyncio.to_thread(self.provider.shutdown)
 
     async def _start(self, stop: asyncio.Event) -> bool:
+        """Indexes and the group, retried for as long as it takes (any RunnerError: an
+        outage or a dependency not up yet); False when `stop` came first."""
         settings = self.settings
-        retries = Retries(Backoff(settings.runner_retry_initial_s, settings.runner_retry_max_s))
-        while not stop.is_set():
-            try:
-                await self.states.ensure_indexes()
-                await self.source.start()
-                return True
-            except RunnerError as exc:
-                delay_s = retries.next_delay_s()
-                log.warning("not started (%s), retrying in %.1f s: %s", exc.reason, delay_s, exc)
-                await wait_or_stop(stop, delay_s)
-        return False
+
+        async def start() -> None:
+            await self.states.ensure_indexes()
+            await self.source.start()
+
+        return await retry_until(
+            start,
+            what="runner start-up",
+            retry_if=lambda exc: isinstance(exc, RunnerError),
+            timeout_s=None,
+            backoff=Backoff(settings.runner_retry_initial_s, settings.runner_retry_max_s),
+            stop=stop,
+        )
 
 
 def create_runner(settings: RunnerSettings) -> RunnerApp:
