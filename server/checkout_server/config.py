@@ -326,14 +326,10 @@ class ResumableSection(Section):
 class MetricsSection(Section):
     """Metrics.
 
-    The server's Prometheus endpoint and its outbox lag."""
+    The server's Prometheus endpoint (the outbox lag is the relay's metric)."""
 
     metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "0.0.0.0:9463"
     """METRICS_ADDR: Prometheus metrics over HTTP (`GET /metrics`); set empty to disable."""
-    outbox_lag_interval_s: float = 30.0
-    """OUTBOX_LAG_INTERVAL_S: how often the server measures the age of the oldest unsent
-    outbox message (checkout_outbox_oldest_unsent_seconds); one query that FerretDB answers by
-    reading the whole outbox, so not often (the relay reports the same lag every 15 s)."""
 
 
 def _check_udp_targets(name: str, targets: frozenset[str]) -> frozenset[str]:

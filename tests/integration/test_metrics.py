@@ -64,7 +64,6 @@ async def test_metrics_after_an_upload(metered: App) -> None:
         response = await stub.UploadVideo(messages(data))
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.GetStatus(pb.GetStatusRequest(event_id="not-a-uuid"))
-        await metered.lag.round()  # measure now: no relay runs here, the event waits
 
         samples = await scrape(metered)
 
@@ -81,7 +80,6 @@ async def test_metrics_after_an_upload(metered: App) -> None:
     assert samples[("checkout_uploads_refused_total", none)] == 0
     assert samples[("checkout_upload_memory_budget_bytes_used", none)] == 0
     assert samples[("checkout_watchers", none)] == 0
-    assert samples[("checkout_outbox_oldest_unsent_seconds", none)] > 0
     assert response.event_id
 
 

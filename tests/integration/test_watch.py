@@ -150,14 +150,13 @@ class CommandCounter(monitoring.CommandListener):
 @pytest.fixture
 async def counted_app(settings: ServerSettings) -> AsyncIterator[tuple[App, CommandCounter]]:
     """A server whose database commands are counted. Results are found only by the checks of
-    watched events; the reconcile of every waiting event, the outbox lag probe and the upload
-    sweeper run once, at start-up (an hour apart), and their commands are not counted."""
+    watched events; the reconcile of every waiting event and the upload sweeper run once, at
+    start-up (an hour apart), and their commands are not counted."""
     counter = CommandCounter(settings.mongo_db)
     monitoring.register(counter)  # global, for clients made from now on; filtered by database
     app = await create_app(
         settings.replace(
             result_reconcile_interval_s=3600,
-            outbox_lag_interval_s=3600,
             upload_sweep_interval_s=3600,
         )
     )

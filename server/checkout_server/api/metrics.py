@@ -18,7 +18,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..auth.keys import KeyRing
-from ..status.lag import OutboxLag
 from ..status.watch import WatchHub
 from ..upload.admission import Admission
 from ..upload.pipeline import UploadPipeline
@@ -71,15 +70,14 @@ def _split(method: str) -> tuple[str, str]:
 
 
 class ServiceCollector(Collector):
-    """The service's own series, read from the pipeline, the uploads' admission, the watch hub
-    and the lag probe."""
+    """The service's own series, read from the pipeline, the uploads' admission, the watch hub,
+    the API keys and the sweeper. (The outbox lag is the relay's: relay/metrics.py.)"""
 
     def __init__(
         self,
         pipeline: UploadPipeline,
         admission: Admission,
         hub: WatchHub,
-        lag: OutboxLag,
         keys: KeyRing | None = None,
         sweeper: UploadSweeper | None = None,
     ) -> None:
@@ -87,7 +85,6 @@ class ServiceCollector(Collector):
         self._pipeline = pipeline
         self._admission = admission
         self._hub = hub
-        self._lag = lag
         self._keys = keys
 
     def collect(self) -> Iterator[Metric]:
@@ -119,12 +116,6 @@ class ServiceCollector(Collector):
         )
         yield GaugeMetricFamily(
             "checkout_watchers", "WatchStatus streams open now.", value=self._hub.watchers
-        )
-        yield GaugeMetricFamily(
-            "checkout_outbox_oldest_unsent_seconds",
-            "Age of the oldest outbox message not yet on Kafka (0 when none waits), as of the "
-            "last measurement (every OUTBOX_LAG_INTERVAL_S).",
-            value=self._lag.oldest_unsent_s,
         )
         if self._sweeper is not None:
             sweeper = self._sweeper

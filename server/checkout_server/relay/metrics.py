@@ -21,9 +21,11 @@ _COUNTERS = (
     ("leases_lost_total", "Shard leases lost or run out."),
     ("swept_total", "Old sent events deleted."),
 )
-_GAUGES = (
-    ("shards_held", "Shards this relay holds."),
-    ("oldest_unsent_age_s", "Age in seconds of the oldest unsent event."),
+_GAUGES = (("shards_held", "Shards this relay holds."),)
+_LAG = (
+    "oldest_unsent_age_s",
+    "Age in seconds of the oldest unsent event (0 when none waits); only from the relay "
+    "holding shard 0, the one that measures it.",
 )
 
 
@@ -37,7 +39,9 @@ class RelayMetrics(Collector):
     leases_lost_total: int = 0
     swept_total: int = 0  # old sent events deleted
     shards_held: int = 0
-    oldest_unsent_age_s: float = 0.0  # the relay's lag (0 when nothing waits)
+    # The relay's lag (0 when nothing waits); None when this relay does not measure it (it
+    # does not hold shard 0), and then not exported.
+    oldest_unsent_age_s: float | None = None
     # Failed rounds per background loop (the supervisor's count, shared by reference).
     loop_failures: Counter[str] = field(default_factory=Counter)
 
@@ -46,6 +50,9 @@ class RelayMetrics(Collector):
             yield CounterMetricFamily(f"checkout_relay_{name}", text, value=getattr(self, name))
         for name, text in _GAUGES:
             yield GaugeMetricFamily(f"checkout_relay_{name}", text, value=getattr(self, name))
+        if self.oldest_unsent_age_s is not None:
+            name, text = _LAG
+            yield GaugeMetricFamily(f"checkout_relay_{name}", text, value=self.oldest_unsent_age_s)
         loops = CounterMetricFamily(
             "checkout_relay_loop_failures",
             "Rounds of a background loop that raised (then retried).",

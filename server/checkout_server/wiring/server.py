@@ -47,7 +47,6 @@ from ..config import MiB, ServerSettings
 from ..errors import ConfigError, ServiceError
 from ..health import DependencyMonitor, HealthReporter, new_health_servicer
 from ..outbox.document import Document
-from ..status.lag import OutboxLag
 from ..status.service import StatusService, StatusSettings
 from ..status.watch import WatchHub
 from ..supervisor import Supervisor, retry_until
@@ -101,7 +100,6 @@ class App:
     admission: Admission
     hub: WatchHub
     supervisor: Supervisor
-    lag: OutboxLag
     metrics: MetricsEndpoint | None
     mongo: AsyncMongoClient[Document]
     minio: Minio
@@ -129,7 +127,6 @@ class App:
         self.monitor.start()
         self.watch_listener = await self._listen_for_watch_wake_ups()
         self.hub.start()
-        self.supervisor.spawn("outbox-lag", self.lag.round)
         if self.sweeper is not None:
             self.supervisor.spawn("upload-sweeper", self.sweeper.round)
         for name, sender in (("relays", self.wake_relays), ("watchers", self.wake_watchers)):
@@ -438,8 +435,7 @@ def _build(
         resumable=resumable,
     )
     registry = CollectorRegistry()
-    lag = OutboxLag(outbox, interval_s=settings.outbox_lag_interval_s)
-    registry.register(ServiceCollector(pipeline, admission, hub, lag, keys, sweeper))
+    registry.register(ServiceCollector(pipeline, admission, hub, keys, sweeper))
     gate = ShutdownGate()
     server, port = create_server(
         settings.grpc_addr,
@@ -461,7 +457,6 @@ def _build(
         admission=admission,
         hub=hub,
         supervisor=supervisor,
-        lag=lag,
         metrics=MetricsEndpoint(registry, settings.metrics_addr) if settings.metrics_addr else None,
         mongo=mongo,
         minio=minio,
