@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._events import bench_event
 from checkout_server.adapters.mongo_outbox import MongoOutbox
 from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
+from checkout_server.adapters.mongo_status_records import MongoStatusRecords
 from checkout_server.domain import EventStatus, OutboxEvent
 from checkout_server.outbox.document import Document, status_document, to_document
 from devstack import FerretDB, free_port
@@ -60,8 +61,10 @@ async def measure(client: AsyncMongoClient[Document], count: int) -> dict[str, f
     await database.drop_collection("outbox")
     await database.drop_collection("event_statuses")
     outbox = MongoOutbox(database["outbox"], database["event_statuses"])
+    records = MongoStatusRecords(database["event_statuses"])
     relay = MongoOutboxRelayStore(database["outbox"], database["event_statuses"])
     await outbox.ensure_indexes()
+    await records.ensure_indexes()
     await relay.ensure_indexes()
     made = events(count)
     for start in range(0, count, 1000):
@@ -73,10 +76,10 @@ async def measure(client: AsyncMongoClient[Document], count: int) -> dict[str, f
 
     async def page(status: EventStatus | None = None, after: str = "") -> list[OutboxEvent]:
         """One ListStatuses page as the service reads it: the count, then 50 events."""
-        await outbox.count(status=status, owner=None)
-        return [e async for e in outbox.scan(status=status, owner=None, after=after, limit=51)]
+        await records.count(status=status, owner=None)
+        return [e async for e in records.scan(status=status, owner=None, after=after, limit=51)]
 
-    second = outbox.cursor_of((await page())[49])
+    second = records.cursor_of((await page())[49])
     now = datetime.now(UTC)
     queries: dict[str, Callable[[], Awaitable[object]]] = {
         "GetStatus (_id)": lambda: outbox.get(some.event_id),
@@ -84,10 +87,10 @@ async def measure(client: AsyncMongoClient[Document], count: int) -> dict[str, f
         "ListStatuses first page": lambda: page(),
         "ListStatuses next page": lambda: page(after=second),
         "ListStatuses status=sent": lambda: page(EventStatus.SENT),
-        "watch feed (updated_at)": lambda: outbox.changed_since(
+        "watch feed (updated_at)": lambda: records.changed_since(
             now - timedelta(seconds=5), limit=500
         ),
-        "results still awaited": lambda: outbox.unready(limit=1000),
+        "results still awaited": lambda: records.unready(limit=1000),
         "relay: due events": lambda: relay.due([(0, 1024)], now, 200),
         "relay: mark 50 sent": lambda: relay.mark_sent(unsent[:50], now),
         # The sweeper's question for one page of input/ whose videos no event names (the

@@ -12,10 +12,12 @@ from checkout_server.domain import EventStatus, OutboxEvent, StoredObject
 from checkout_server.errors import (
     DatabaseUnavailable,
     DuplicateIdempotencyKey,
+    InvalidPageToken,
     ObjectTooLarge,
     PublisherUnavailable,
     StorageUnavailable,
 )
+from checkout_server.outbox.document import dedup_key
 from checkout_server.outbox.sharding import relay_slot
 from checkout_server.relay.ports import Lease, Message, PendingEvent, PublishOutcome, PublishResult
 from checkout_server.status.service import StatusService, StatusSettings
@@ -129,8 +131,15 @@ class FakeStorage:
 
 @dataclass
 class FakeOutbox:
+    """ports.Outbox in memory: `events` stands for both documents of each event (the outbox
+    message and the status record); `status_records()` reads the same events."""
+
     events: dict[str, OutboxEvent] = field(default_factory=dict)
     down: bool = False
+
+    def status_records(self) -> FakeStatusRecords:
+        """The status read model over these events (ports.StatusRecords)."""
+        return FakeStatusRecords(self.events)
 
     async def ensure_indexes(self) -> None:
         return None
@@ -150,18 +159,44 @@ class FakeOutbox:
     async def find_by_idempotency_key(self, key: str, *, owner: str) -> OutboxEvent | None:
         if self.down:
             raise DatabaseUnavailable()
+        if not key:
+            return None
         return next(
             (e for e in self.events.values() if e.idempotency_key == key and e.owner == owner),
             None,
         )
 
-    async def owns_video(self, video_id: str, owner: str) -> bool:
-        return any(e.video_id == video_id and e.owner == owner for e in self.events.values())
-
     async def videos_with_events(self, video_ids: Sequence[str]) -> set[str]:
         if self.down:
             raise DatabaseUnavailable()
         return {e.video_id for e in self.events.values()} & set(video_ids)
+
+    async def delete_all(self) -> int:
+        count = len(self.events)
+        self.events.clear()
+        return count
+
+    async def ping(self) -> None:
+        if self.down:
+            raise DatabaseUnavailable()
+
+
+def _dedup(event: OutboxEvent) -> str:
+    """The stored dedup key, as the real outbox makes it (outbox/document.py)."""
+    return dedup_key(event.idempotency_key, owner=event.owner) or event.event_id
+
+
+@dataclass
+class FakeStatusRecords:
+    """ports.StatusRecords in memory, over the events of a FakeOutbox (shared, not copied)."""
+
+    events: dict[str, OutboxEvent] = field(default_factory=dict)
+
+    async def ensure_indexes(self) -> None:
+        return None
+
+    async def owns_video(self, video_id: str, owner: str) -> bool:
+        return any(e.video_id == video_id and e.owner == owner for e in self.events.values())
 
     def _listed(self, status: EventStatus | None, owner: str | None) -> list[OutboxEvent]:
         return sorted(
@@ -170,7 +205,7 @@ class FakeOutbox:
                 for e in self.events.values()
                 if (status is None or e.api_status is status) and owner in (None, e.owner)
             ),
-            key=lambda e: (e.created_at, e.event_id),
+            key=_position,
             reverse=True,
         )
 
@@ -181,12 +216,15 @@ class FakeOutbox:
         self, *, status: EventStatus | None, owner: str | None, after: str, limit: int
     ) -> AsyncGenerator[OutboxEvent, None]:
         events = self._listed(status, owner)
-        start = next(i + 1 for i, e in enumerate(events) if e.event_id == after) if after else 0
-        for event in events[start : start + limit]:
+        if after:
+            cursor = _decode_cursor(after)
+            events = [e for e in events if _position(e) < cursor]
+        for event in events[:limit]:
             yield event
 
     def cursor_of(self, event: OutboxEvent) -> str:
-        return event.event_id
+        created_at, event_id = _position(event)
+        return f"{created_at.isoformat()}|{event_id}"
 
     async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
         changed = sorted(
@@ -204,24 +242,23 @@ class FakeOutbox:
         return True
 
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
-        return [e for e in self.events.values() if e.ready_at is None][:limit]
-
-    async def oldest_unsent_created_at(self) -> datetime | None:
-        waiting = [e.created_at for e in self.events.values() if e.status is EventStatus.NEW]
-        return min(waiting, default=None)
-
-    async def delete_all(self) -> int:
-        count = len(self.events)
-        self.events.clear()
-        return count
-
-    async def ping(self) -> None:
-        if self.down:
-            raise DatabaseUnavailable()
+        waiting = [e for e in self.events.values() if e.ready_at is None]
+        return sorted(waiting, key=lambda e: e.created_at, reverse=True)[:limit]
 
 
-def _dedup(event: OutboxEvent) -> tuple[str, str]:
-    return (event.owner, event.idempotency_key or event.event_id)
+def _position(event: OutboxEvent) -> tuple[datetime, str]:
+    """Where an event stands in a listing (newest first: descending)."""
+    return (event.created_at, event.event_id)
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    created_at, separator, event_id = cursor.partition("|")
+    try:
+        if not separator:
+            raise ValueError(cursor)
+        return datetime.fromisoformat(created_at), event_id
+    except ValueError:
+        raise InvalidPageToken() from None
 
 
 @dataclass
@@ -243,12 +280,14 @@ def status_service(
     storage: FakeStorage,
     outbox: FakeOutbox,
     *,
+    records: FakeStatusRecords | None = None,
     result_max_bytes: int = 1000,
     admin_token: str = "",
     clock: Callable[[], datetime] | None = None,
 ) -> StatusService:
-    """The status service over the fakes: one allowed bucket, `videos` (the default), results
-    at `output/{video_id}.json`; the real clock unless `clock` is given."""
+    """The status service over the fakes (the status records: `outbox`'s unless `records` is
+    given): one allowed bucket, `videos` (the default), results at `output/{video_id}.json`;
+    the real clock unless `clock` is given."""
     settings = StatusSettings(
         default_bucket="videos",
         allowed_buckets=frozenset({"videos"}),
@@ -256,9 +295,12 @@ def status_service(
         result_max_bytes=result_max_bytes,
         admin_token=admin_token,
     )
+    records = outbox.status_records() if records is None else records
     if clock is None:
-        return StatusService(storage=storage, outbox=outbox, settings=settings)
-    return StatusService(storage=storage, outbox=outbox, settings=settings, clock=clock)
+        return StatusService(storage=storage, outbox=outbox, records=records, settings=settings)
+    return StatusService(
+        storage=storage, outbox=outbox, records=records, settings=settings, clock=clock
+    )
 
 
 # --- The relay's ports -------------------------------------------------------------------------

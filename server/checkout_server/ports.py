@@ -76,23 +76,57 @@ class ObjectStorage(Protocol):
 
 
 class Outbox(Protocol):
-    """The transactional outbox as the API sees it: per event an outbox message and a status
-    record (outbox/document.py). Errors: any DatabaseUnavailable, DatabaseTimeout or
-    DatabaseError (adapters/mongo_errors.py says which vendor error becomes which)."""
+    """The commit side of the transactional outbox: what an upload or a re-request writes,
+    and what it reads back to decide idempotency. Per event an outbox message (the commit
+    point, which the relay publishes) and a status record (outbox/document.py); the status
+    records are read for listings and watches through `StatusRecords`. Errors: any
+    DatabaseUnavailable, DatabaseTimeout or DatabaseError (adapters/mongo_errors.py says which
+    vendor error becomes which).
+
+    Besides the commit side it holds two methods that are about every event's documents as a
+    whole, so they stay with the port that writes both: `delete_all` (Cleanup: it must delete
+    messages before records, the commit side's own ordering) and `ping` (the database health
+    check: uploads commit here, so this is the database the service cannot work without). The
+    relay's lag (the oldest unsent message) is not here: the relay measures it
+    (relay/ports.OutboxRelayStore), once for the whole deployment.
+    """
 
     async def ensure_indexes(self) -> None:
-        """Create the indexes the service and the relay rely on (idempotent)."""
+        """Create the indexes the commit side and the relay rely on (idempotent)."""
 
     async def add(self, event: OutboxEvent) -> None:
-        """Insert a new event. Raises errors.DuplicateIdempotencyKey when its idempotency key is
-        already used by another event (atomic on MongoDB and FerretDB: a unique index)."""
+        """Insert a new event: its outbox message, then its status record. Raises
+        errors.DuplicateIdempotencyKey (with the event holding the key) when its idempotency
+        key, scoped to its owner, is already used by another event (atomic on MongoDB and
+        FerretDB: a unique index); an event without a key never collides."""
 
     async def get(self, event_id: str) -> OutboxEvent | None:
-        """The event with this id, or None."""
+        """The event with this id (its status record, else its outbox message), or None."""
 
     async def find_by_idempotency_key(self, key: str, *, owner: str) -> OutboxEvent | None:
         """The event `owner` created with this idempotency key, or None (keys are scoped to
-        their owner: outbox/document.dedup_key)."""
+        their owner: outbox/document.dedup_key; an empty key finds nothing)."""
+
+    async def videos_with_events(self, video_ids: Sequence[str]) -> set[str]:
+        """Of these video ids, those that an event names: an upload's (its id is the video
+        id) or a re-request's (its own id, the video's id in `video_id`), by its outbox
+        message or its status record. A query per collection, never one per id; a database
+        that does not answer raises (an empty set is the database's answer, never a guess)."""
+
+    async def delete_all(self) -> int:
+        """Delete every event, both its documents; returns how many events."""
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailable unless the database answers."""
+
+
+class StatusRecords(Protocol):
+    """The status read model: the events' status records as status/ lists, watches and marks
+    them (written by `Outbox.add`, and by the relay as it publishes). Errors: as Outbox."""
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes the listings, the change feed and the reconcile rely on
+        (idempotent)."""
 
     async def count(self, *, status: EventStatus | None, owner: str | None) -> int:
         """How many events `scan` would yield from the start: those whose API status is
@@ -101,11 +135,11 @@ class Outbox(Protocol):
     def scan(
         self, *, status: EventStatus | None, owner: str | None, after: str, limit: int
     ) -> AsyncGenerator[OutboxEvent, None]:
-        """Events newest first (by creation time, then id), filtered as for `count`, at most
-        `limit`, starting after the cursor `after` (`cursor_of` an event yielded before;
-        empty: from the newest). Streamed from the database cursor, never collected; closing
-        the iterator early closes that cursor. Raises InvalidPageToken for a cursor this
-        outbox did not make."""
+        """Events newest first (by creation time, then id, both descending), filtered as for
+        `count`, at most `limit`, starting after the cursor `after` (`cursor_of` an event
+        yielded before, also one deleted since; empty: from the newest). Streamed from the
+        database cursor, never collected; closing the iterator early closes that cursor.
+        Raises InvalidPageToken for a cursor these records did not make."""
 
     def cursor_of(self, event: OutboxEvent) -> str:
         """The opaque cursor that makes `scan` go on after `event`."""
@@ -113,14 +147,9 @@ class Outbox(Protocol):
     async def owns_video(self, video_id: str, owner: str) -> bool:
         """Whether `owner` made an event of this video (uploaded or re-requested it)."""
 
-    async def videos_with_events(self, video_ids: Sequence[str]) -> set[str]:
-        """Of these video ids, those that an event names: an upload's (its id is the video
-        id) or a re-request's (its own id, the video's id in `video_id`), by its outbox
-        message or its status record. A query per collection, never one per id; a database
-        that does not answer raises (an empty set is the database's answer, never a guess)."""
-
     async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
-        """Events whose `updated_at` is at or after `since`, oldest change first."""
+        """Events whose `updated_at` is at or after `since`, oldest change first, at most
+        `limit`."""
 
     async def mark_ready(self, event_id: str, at: datetime, *, error: str = "") -> bool:
         """Record that the event's result exists (sets `ready_at` and `updated_at` once, and
@@ -129,16 +158,6 @@ class Outbox(Protocol):
 
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
         """Events whose result has not been seen yet, newest first, at most `limit`."""
-
-    async def oldest_unsent_created_at(self) -> datetime | None:
-        """`created_at` of the oldest outbox message still `new` (not yet on Kafka), or
-        None when the relay has caught up."""
-
-    async def delete_all(self) -> int:
-        """Delete every event; returns how many."""
-
-    async def ping(self) -> None:
-        """Raise DatabaseUnavailable unless the database answers."""
 
 
 class UploadRateLimit(Protocol):

@@ -51,7 +51,7 @@ class Harness:
         )
         self.status = status_service(self.storage, self.outbox, result_max_bytes=1 * MiB)
         self.hub = WatchHub(
-            outbox=self.outbox,
+            records=self.outbox.status_records(),
             status=self.status,
             supervisor=self.supervisor,
             poll_interval_s=0.05,

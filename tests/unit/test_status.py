@@ -109,6 +109,8 @@ async def test_the_listing_limit_follows_the_paging_parameters(
     storage, outbox = FakeStorage(), FakeOutbox()
     for i in range(3):
         await outbox.add(event(f"00000000-0000-4000-8000-00000000000{i}", timedelta(seconds=i)))
+    if page_token:  # the token of the page after this event
+        page_token = outbox.status_records().cursor_of(outbox.events[page_token])
     listing = await service(storage, outbox).list(
         status="", page_size=page_size, page_token=page_token, viewer=ANONYMOUS
     )

@@ -45,8 +45,8 @@ async def test_a_failure_result_makes_the_event_failed_with_its_reason() -> None
     recorded = outbox.events[VIDEO]  # recorded once: listings and watches see it too
     assert recorded.api_status is EventStatus.FAILED
     assert recorded.error == got.error
-    assert await outbox.count(status=EventStatus.FAILED, owner=None) == 1
-    assert await outbox.count(status=EventStatus.READY, owner=None) == 0
+    assert await outbox.status_records().count(status=EventStatus.FAILED, owner=None) == 1
+    assert await outbox.status_records().count(status=EventStatus.READY, owner=None) == 0
     result = await service(storage, outbox).result(VIDEO, ANONYMOUS)
     assert result.prediction == failure  # GetResult shows the runner's own words
 

@@ -15,7 +15,7 @@ from checkout_client.backoff import Backoff
 from checkout_server.domain import EventStatus, OutboxEvent, StoredObject
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
-from tests.fakes import FakeOutbox, FakeStorage, status_service
+from tests.fakes import FakeOutbox, FakeStatusRecords, FakeStorage, status_service
 from tests.helpers import outbox_event
 
 pytestmark = pytest.mark.timeout(10)
@@ -25,11 +25,11 @@ def event(event_id: str, status: EventStatus = EventStatus.NEW) -> OutboxEvent:
     return outbox_event(event_id, status=status)
 
 
-class FlakyOutbox(FakeOutbox):
+class FlakyRecords(FakeStatusRecords):
     """Its change feed query raises `errors` first, one per call."""
 
-    def __init__(self, errors: list[BaseException]) -> None:
-        super().__init__()
+    def __init__(self, events: dict[str, OutboxEvent], errors: list[BaseException]) -> None:
+        super().__init__(events)
         self.errors = errors
         self.feed_queries = 0
 
@@ -45,11 +45,13 @@ def build_hub(
     supervisor: Supervisor,
     max_pending: int = 100,
     storage: FakeStorage | None = None,
+    records: FakeStatusRecords | None = None,
 ) -> WatchHub:
     storage = storage or FakeStorage()
-    status = status_service(storage, outbox)
+    records = records or outbox.status_records()
+    status = status_service(storage, outbox, records=records)
     return WatchHub(
-        outbox=outbox,
+        records=records,
         status=status,
         supervisor=supervisor,
         poll_interval_s=0.01,
@@ -94,8 +96,9 @@ async def test_a_watcher_keeps_only_the_latest_change_per_event(supervisor: Supe
 async def test_the_feed_survives_a_query_that_raises_anything(
     supervisor: Supervisor, caplog: pytest.LogCaptureFixture
 ) -> None:
-    outbox = FlakyOutbox([RuntimeError("driver bug"), KeyError("status")])
-    hub = build_hub(outbox, supervisor)
+    outbox = FakeOutbox()
+    records = FlakyRecords(outbox.events, [RuntimeError("driver bug"), KeyError("status")])
+    hub = build_hub(outbox, supervisor, records=records)
     hub.start()
     try:
         with hub.subscribe(None) as watcher, caplog.at_level(logging.ERROR):
@@ -108,7 +111,7 @@ async def test_the_feed_survives_a_query_that_raises_anything(
     finally:
         await hub.stop()
     assert supervisor.failures["watch-poller"] == 2
-    assert outbox.feed_queries >= 3
+    assert records.feed_queries >= 3
     tracebacks = [r for r in caplog.records if r.exc_info and "watch-poller" in r.getMessage()]
     assert len(tracebacks) == 2  # logged with its traceback, not swallowed
 

@@ -14,7 +14,7 @@ from checkout_client.backoff import Backoff
 from checkout_server.domain import OutboxEvent
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
-from tests.fakes import FakeOutbox, FakeStorage, status_service
+from tests.fakes import FakeOutbox, FakeStatusRecords, FakeStorage, status_service
 from tests.helpers import outbox_event
 
 pytestmark = pytest.mark.timeout(20)
@@ -23,11 +23,11 @@ pytestmark = pytest.mark.timeout(20)
 NEVER_S = 3600.0
 
 
-class CountingOutbox(FakeOutbox):
+class CountingRecords(FakeStatusRecords):
     """Counts the change-feed queries the hub makes."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, events: dict[str, OutboxEvent]) -> None:
+        super().__init__(events)
         self.feed_queries = 0
         self.queried = asyncio.Event()
 
@@ -44,10 +44,12 @@ async def supervisor() -> AsyncIterator[Supervisor]:
     await supervisor.stop()
 
 
-def build_hub(outbox: FakeOutbox, supervisor: Supervisor, *, min_gap_s: float) -> WatchHub:
-    status = status_service(FakeStorage(), outbox)
+def build_hub(
+    outbox: FakeOutbox, records: CountingRecords, supervisor: Supervisor, *, min_gap_s: float
+) -> WatchHub:
+    status = status_service(FakeStorage(), outbox, records=records)
     return WatchHub(
-        outbox=outbox,
+        records=records,
         status=status,
         supervisor=supervisor,
         poll_interval_s=NEVER_S,
@@ -61,12 +63,13 @@ def build_hub(outbox: FakeOutbox, supervisor: Supervisor, *, min_gap_s: float) -
 async def test_a_woken_hub_delivers_a_change_without_waiting_for_the_safety_net(
     supervisor: Supervisor,
 ) -> None:
-    outbox = CountingOutbox()
-    hub = build_hub(outbox, supervisor, min_gap_s=0.01)
+    outbox = FakeOutbox()
+    records = CountingRecords(outbox.events)
+    hub = build_hub(outbox, records, supervisor, min_gap_s=0.01)
     hub.start()
     try:
         with hub.subscribe(None) as subscription:
-            await asyncio.wait_for(outbox.queried.wait(), 5)  # the first look, on subscribing
+            await asyncio.wait_for(records.queried.wait(), 5)  # the first look, on subscribing
             for n in range(3):
                 await outbox.add(outbox_event(f"e{n}"))
                 hub.wake()
@@ -75,20 +78,21 @@ async def test_a_woken_hub_delivers_a_change_without_waiting_for_the_safety_net(
     finally:
         await hub.stop()
     # One look at the start and one per wake-up: none in between.
-    assert outbox.feed_queries == 4
+    assert records.feed_queries == 4
 
 
 async def test_an_unwoken_hub_does_not_query(supervisor: Supervisor) -> None:
-    outbox = CountingOutbox()
-    hub = build_hub(outbox, supervisor, min_gap_s=0.01)
+    outbox = FakeOutbox()
+    records = CountingRecords(outbox.events)
+    hub = build_hub(outbox, records, supervisor, min_gap_s=0.01)
     hub.start()
     try:
         with hub.subscribe(None) as subscription:
-            await asyncio.wait_for(outbox.queried.wait(), 5)
+            await asyncio.wait_for(records.queried.wait(), 5)
             await outbox.add(outbox_event("unannounced"))
             # No wake-up: within this wait the hub makes no query and delivers nothing.
             assert await subscription.next(timeout_s=0.5) == []
-            assert outbox.feed_queries == 1
+            assert records.feed_queries == 1
             hub.wake()
             changes = await subscription.next(timeout_s=5)
             assert [c.event_id for c in changes] == ["unannounced"]
@@ -99,13 +103,14 @@ async def test_an_unwoken_hub_does_not_query(supervisor: Supervisor) -> None:
 async def test_a_flood_of_wake_ups_costs_at_most_one_query_per_gap(
     supervisor: Supervisor,
 ) -> None:
-    outbox = CountingOutbox()
+    outbox = FakeOutbox()
+    records = CountingRecords(outbox.events)
     gap_s = 0.2
-    hub = build_hub(outbox, supervisor, min_gap_s=gap_s)
+    hub = build_hub(outbox, records, supervisor, min_gap_s=gap_s)
     hub.start()
     try:
         with hub.subscribe(None) as subscription:
-            await asyncio.wait_for(outbox.queried.wait(), 5)
+            await asyncio.wait_for(records.queried.wait(), 5)
             began = time.monotonic()
             for n in range(100):  # a wake-up every 10 ms, as a burst of uploads sends them
                 await outbox.add(outbox_event(f"burst-{n}"))
@@ -119,5 +124,5 @@ async def test_a_flood_of_wake_ups_costs_at_most_one_query_per_gap(
         await hub.stop()
     # Every change arrived, with no more looks than the gap allows (plus the first and last).
     assert seen == {f"burst-{n}" for n in range(100)}
-    assert outbox.feed_queries <= elapsed / gap_s + 3
-    assert outbox.feed_queries >= 3  # and it did look during the burst, not only after it
+    assert records.feed_queries <= elapsed / gap_s + 3
+    assert records.feed_queries >= 3  # and it did look during the burst, not only after it

@@ -27,7 +27,6 @@ from ..outbox.sharding import relay_slot
 from ..relay.ports import Lease, PendingEvent
 from .mongo_errors import translated
 from .mongo_indexes import ensure_indexes
-from .mongo_outbox import oldest_unsent_created_at
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +213,10 @@ class MongoOutboxRelayStore:
         return len(documents)
 
     async def oldest_unsent_created_at(self) -> datetime | None:
-        return await oldest_unsent_created_at(self._outbox)
+        with translated("oldest_unsent"):
+            found = self._outbox.find({f.STATUS: NEW}, {f.CREATED_AT: 1})
+            documents = await found.sort([(f.CREATED_AT, ASCENDING)]).limit(1).to_list()
+        return utc(documents[0][f.CREATED_AT]) if documents else None
 
     async def sweep_sent(self, sent_before: datetime, limit: int) -> int:
         with translated("sweep_sent"):

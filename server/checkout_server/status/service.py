@@ -37,7 +37,7 @@ from ..domain import (
     result_key,
 )
 from ..errors import ObjectTooLarge
-from ..ports import ObjectStorage, Outbox, UploadSessionStore
+from ..ports import ObjectStorage, Outbox, StatusRecords, UploadSessionStore
 from ..rules import bucket_of
 
 log = logging.getLogger(__name__)
@@ -116,17 +116,20 @@ class StatusService:
         *,
         storage: ObjectStorage,
         outbox: Outbox,
+        records: StatusRecords,
         settings: StatusSettings,
         sessions: UploadSessionStore | None = None,
         clock: Callable[[], datetime] = _utcnow,
         traceparent: Callable[[], str] = lambda: "",
     ) -> None:
-        """`traceparent` returns the W3C trace context of the current request ("" if none),
-        stored with a re-request's event (as with an upload's). `sessions`: the resumable
-        upload sessions, which Cleanup removes too."""
+        """`outbox` finds events and takes re-requests, `records` lists, counts and marks
+        them. `traceparent` returns the W3C trace context of the current request ("" if
+        none), stored with a re-request's event (as with an upload's). `sessions`: the
+        resumable upload sessions, which Cleanup removes too."""
         self._sessions = sessions
         self._storage = storage
         self._outbox = outbox
+        self._records = records
         self._settings = settings
         self._clock = clock
         self._traceparent = traceparent
@@ -174,7 +177,7 @@ class StatusService:
 
     async def _mark_ready(self, event: OutboxEvent, *, error: str = "") -> OutboxEvent:
         now = self._clock()
-        await self._outbox.mark_ready(event.event_id, now, error=error)
+        await self._records.mark_ready(event.event_id, now, error=error)
         if error:
             log.info("failure result", extra={"event_id": event.event_id, "error": error})
         else:
@@ -194,12 +197,14 @@ class StatusService:
         else:
             limit = DEFAULT_PAGE_SIZE if page_token else LIST_ALL_MAX
         wanted, owner = parse_status(status), viewer.owner_filter
-        total = await self._outbox.count(status=wanted, owner=owner)
+        total = await self._records.count(status=wanted, owner=owner)
         return Listing(
             total=total,
             limit=limit,
-            events=self._outbox.scan(status=wanted, owner=owner, after=page_token, limit=limit + 1),
-            cursor_of=self._outbox.cursor_of,
+            events=self._records.scan(
+                status=wanted, owner=owner, after=page_token, limit=limit + 1
+            ),
+            cursor_of=self._records.cursor_of,
         )
 
     async def result(self, event_id: str, viewer: Principal, *, bucket: str = "") -> Result:
@@ -237,7 +242,7 @@ class StatusService:
             bucket, default=self._settings.default_bucket, allowed=self._settings.allowed_buckets
         )
         owner = viewer.owner_filter
-        if owner is not None and not await self._outbox.owns_video(video_id, owner):
+        if owner is not None and not await self._records.owns_video(video_id, owner):
             raise errors.VideoNotFound(video_id=video_id, bucket=bucket)
         key = input_object_key(video_id)
         found = await self._storage.stat(bucket, key)

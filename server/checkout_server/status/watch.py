@@ -32,7 +32,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 
 from ..domain import OutboxEvent
-from ..ports import Outbox
+from ..ports import StatusRecords
 from ..supervisor import Supervisor
 from .service import StatusService
 
@@ -90,7 +90,7 @@ class WatchHub:
     def __init__(
         self,
         *,
-        outbox: Outbox,
+        records: StatusRecords,
         status: StatusService,
         supervisor: Supervisor,
         poll_interval_s: float,
@@ -99,7 +99,7 @@ class WatchHub:
         reconcile_interval_s: float,
         max_pending: int,
     ) -> None:
-        self._outbox = outbox
+        self._records = records
         self._status = status
         self._supervisor = supervisor
         self._poll_interval_s = poll_interval_s
@@ -117,7 +117,7 @@ class WatchHub:
         self._tasks: list[asyncio.Task[None]] = []
         # Waiting events the reconcile checked: event id -> (next check, interval), monotonic.
         self._rechecks: dict[str, tuple[float, float]] = {}
-        self.polls = 0  # outbox queries made by the poller (for tests and metrics)
+        self.polls = 0  # status record queries made by the poller (for tests and metrics)
 
     @property
     def watchers(self) -> int:
@@ -198,7 +198,7 @@ class WatchHub:
             self._seen.clear()
         since = self._cursor - _OVERLAP
         self.polls += 1
-        changed = await self._outbox.changed_since(since, limit=_POLL_BATCH)
+        changed = await self._records.changed_since(since, limit=_POLL_BATCH)
         for event in changed:
             key = (event.event_id, event.updated_at)
             if key in self._seen:
@@ -233,7 +233,7 @@ class WatchHub:
         first seen, then again after an interval that doubles from the reconcile interval up
         to _RECHECK_MAX_S (a result comes soon after its upload or late; watched events are
         checked every result_check_interval_s meanwhile, and GetStatus checks on demand)."""
-        waiting = await self._outbox.unready(limit=_RECONCILE_BATCH)
+        waiting = await self._records.unready(limit=_RECONCILE_BATCH)
         now = time.monotonic()
         due = [e for e in waiting if self._rechecks.get(e.event_id, (0.0, 0.0))[0] <= now]
         await self._refresh_all(due)

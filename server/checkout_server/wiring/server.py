@@ -34,6 +34,7 @@ from .. import logs
 from ..adapters.minio_multipart import MinioMultipart
 from ..adapters.minio_storage import MinioStorage
 from ..adapters.mongo_outbox import MongoOutbox
+from ..adapters.mongo_status_records import MongoStatusRecords
 from ..adapters.mongo_upload_sessions import MongoUploadSessions
 from ..adapters.rate_limits import MemoryUploadRateLimit
 from ..adapters.udp_wake import WakeListener, WakeSender
@@ -303,7 +304,7 @@ async def create_app(
     provider: trace.TracerProvider = owned or tracing or trace.NoOpTracerProvider()
     try:
         keys = await _load_keys(settings)
-        app, storage, outbox = _build(settings, minio, mongo, provider, keys)
+        app, storage, outbox, records = _build(settings, minio, mongo, provider, keys)
         app.tracer_provider = owned
         sessions = _upload_sessions(settings, mongo)
 
@@ -311,6 +312,7 @@ async def create_app(
             for bucket in sorted(settings.allowed_buckets):
                 await storage.ensure_bucket(bucket)
             await outbox.ensure_indexes()
+            await records.ensure_indexes()
             await sessions.ensure_indexes()
 
         await retry_until(
@@ -332,7 +334,7 @@ def _build(
     mongo: AsyncMongoClient[Document],
     tracing: trace.TracerProvider,
     keys: KeyRing | None,
-) -> tuple[App, MinioStorage, MongoOutbox]:
+) -> tuple[App, MinioStorage, MongoOutbox, MongoStatusRecords]:
     """The adapters, services and gRPC server over these clients (and, with authentication
     on, these keys)."""
     supervisor = Supervisor()
@@ -346,6 +348,9 @@ def _build(
         database[settings.mongo_status_collection],
         on_added=wake_relays,
         on_status_changed=status_changed,
+    )
+    records = MongoStatusRecords(
+        database[settings.mongo_status_collection], on_status_changed=status_changed
     )
     limits = _upload_limits(settings)
     admission = Admission(
@@ -401,12 +406,13 @@ def _build(
     status = StatusService(
         storage=storage,
         outbox=outbox,
+        records=records,
         settings=_status_settings(settings),
         sessions=sessions,
         traceparent=current_traceparent,
     )
     hub = WatchHub(
-        outbox=outbox,
+        records=records,
         status=status,
         supervisor=supervisor,
         poll_interval_s=settings.watch_poll_interval_s,
@@ -467,7 +473,7 @@ def _build(
         watch_wake_addr=_watch_wake_addr(settings, port),
         sweeper=sweeper,
     )
-    return app, storage, outbox
+    return app, storage, outbox, records
 
 
 class _Callbacks:
