@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from checkout_server import errors
+from checkout_server.api.auth import parse_bearer
 from checkout_server.domain import ANONYMOUS, EventStatus, OutboxEvent
 from checkout_server.status.service import StatusService
 from tests.fakes import NOW, FakeOutbox, FakeStorage, status_service
@@ -88,7 +89,7 @@ async def test_cleanup_is_guarded(
     storage, outbox = FakeStorage(), FakeOutbox()
     await outbox.add(event())
     with pytest.raises(error):
-        await service(storage, outbox, token=token).cleanup(authorization, ANONYMOUS)
+        await service(storage, outbox, token=token).cleanup(parse_bearer(authorization), ANONYMOUS)
     assert len(outbox.events) == 1
 
 

@@ -106,6 +106,15 @@ def permission_of(method: str) -> Permission:
     return Permission.ADMIN
 
 
+def parse_bearer(value: str) -> str | None:
+    """The token of one `authorization` value, `Bearer <token>` (the scheme in any case), or
+    None when the value is not one. The only place a bearer token is parsed."""
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
     """The token of the call's `authorization: Bearer <token>`; Unauthenticated without one."""
     values = [v for k, v in metadata if k == "authorization"]
@@ -113,11 +122,19 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
         raise errors.Unauthenticated("токен не передан")
     if len(values) > 1:
         raise errors.Unauthenticated("заголовок authorization передан несколько раз")
-    value = values[0] if isinstance(values[0], str) else values[0].decode("latin-1")
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = parse_bearer(values[0] if isinstance(values[0], str) else values[0].decode("latin-1"))
+    if token is None:
         raise errors.Unauthenticated("ожидается схема Bearer")
-    return token.strip()
+    return token
+
+
+def bearer_token_or_none(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+    """The call's bearer token as `bearer_token` reads it, or None without a valid one: for
+    a call that checks a token of its own (Cleanup's ADMIN_TOKEN with authentication off)."""
+    try:
+        return bearer_token(metadata)
+    except errors.Unauthenticated:
+        return None
 
 
 class AuthInterceptor(_ServerInterceptor):

@@ -28,7 +28,7 @@ from ..upload.pipeline import UploadPipeline
 from ..upload.resumable import ResumableUploads
 from ..upload.session_writer import WriteChunk
 from . import resumable as rpb
-from .auth import current_principal
+from .auth import bearer_token_or_none, current_principal
 from .http_upload import open_http_upload
 from .messages import operation, status_update, upload_request, upload_response
 from .streams import drain
@@ -271,9 +271,8 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def Cleanup(  # noqa: N802 (gRPC method name)
         self, request: pb.CleanupRequest, context: Context
     ) -> pb.CleanupResponse:
-        metadata = dict(context.invocation_metadata() or ())
-        authorization = metadata.get("authorization", "")
-        report = await self._status.cleanup(str(authorization), current_principal())
+        bearer = bearer_token_or_none(context.invocation_metadata() or ())
+        report = await self._status.cleanup(bearer, current_principal())
         return pb.CleanupResponse(
             status="ok",
             deleted_objects=report.deleted_objects,

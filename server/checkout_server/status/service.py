@@ -262,26 +262,24 @@ class StatusService:
         log.info("re-processing requested", extra={"event_id": event.event_id})
         return event
 
-    def check_admin(self, authorization: str) -> None:
-        """With authentication off, Cleanup is refused without the configured admin token,
-        and disabled without one."""
+    def check_admin(self, bearer: str | None) -> None:
+        """With authentication off, Cleanup is refused unless `bearer` (the call's bearer
+        token as api/auth read it, None without a well-formed one) is the configured admin
+        token, and disabled without one."""
         expected = self._settings.admin_token
         if not expected:
             raise errors.CleanupDisabled()
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), expected.encode()
-        ):
+        if bearer is None or not hmac.compare_digest(bearer.encode(), expected.encode()):
             raise errors.Unauthenticated("нужен токен администратора (ADMIN_TOKEN)")
 
-    async def cleanup(self, authorization: str, viewer: Principal) -> CleanupReport:
+    async def cleanup(self, bearer: str | None, viewer: Principal) -> CleanupReport:
         """Delete every input and output object of the allowed buckets, every event and every
         resumable upload session (a session finished before would otherwise still answer its
         idempotency key, its video gone). An authenticated caller was admitted by its role
         (only admins may call it); without authentication the ADMIN_TOKEN guards it. The
         sessions' open multipart uploads are left to the upload sweeper (unrecorded now)."""
         if not viewer.authenticated:
-            self.check_admin(authorization)
+            self.check_admin(bearer)
         elif viewer.role is not Role.ADMIN:  # the interceptor refuses it first
             raise errors.PermissionDenied("очистку может вызвать только роль admin")
         objects = 0
