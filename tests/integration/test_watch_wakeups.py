@@ -22,6 +22,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from devstack import Kafka, free_port
+from tests.integration.storage_checks import wait_until
 from tests.integration.test_relay import Relays
 from tests.integration.test_relay_faults import upload
 
@@ -90,7 +91,9 @@ async def test_watchers_see_sent_when_the_relay_marks_it(watched_app: App) -> No
 
         watcher = asyncio.create_task(watch())
         try:
-            await _wait_for_watcher(watched_app)
+            await wait_until(
+                lambda: watched_app.hub.watchers > 0, timeout_s=10, what="the watch subscribed"
+            )
             latencies: dict[str, list[float]] = {"new": [], "sent": []}
             for n in range(UPLOADS):
                 event_id = await upload(stub, n)
@@ -107,13 +110,6 @@ async def test_watchers_see_sent_when_the_relay_marks_it(watched_app: App) -> No
     assert max(latencies["sent"]) < WOKEN_WITHIN_S, latencies
     # The feed did not poll its way there: a few looks per upload, not one per 0.25 s.
     assert watched_app.hub.polls <= 1 + 4 * UPLOADS
-
-
-async def _wait_for_watcher(app: App) -> None:
-    deadline = time.monotonic() + 10
-    while app.hub.watchers == 0:
-        assert time.monotonic() < deadline, "the watch stream never subscribed"
-        await asyncio.sleep(0.02)
 
 
 async def _seen(
