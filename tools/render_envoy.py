@@ -4,7 +4,7 @@ tests and the docker compose image). Standard library only: it also runs in the 
     python tools/render_envoy.py OUT --listen-port 8080 --admin-port 9901 \
         --upstream-host checkout --upstream-port 50051 --descriptor /etc/envoy/checkout.pb \
         --openapi /etc/envoy/openapi.yaml \
-        [--upstream HOST:PORT ...] \
+        [--upstream HOST:PORT ...] [--host NAME ...] [--budget NAME=N ...] \
         [--listen-tls-cert FILE --listen-tls-key FILE] \
         [--upstream-tls-ca FILE [--upstream-sni NAME] \
          [--upstream-tls-cert FILE --upstream-tls-key FILE]]
@@ -13,6 +13,10 @@ The servers are one upstream (`--upstream-host`, resolved by DNS: every address 
 is a server, as docker compose gives a scaled service) or a list (`--upstream HOST:PORT`, once
 per server, instead). Envoy balances them round robin, health-checks them (gRPC health) and
 retries reads (never uploads) on another server; the template says how.
+
+Envoy answers only requests for `--host` names (any port; by default localhost and
+127.0.0.1), and refuses others with 421. What one kind of call may hold at once, and what one
+client connection may ask, are the `Budgets` below (`--budget NAME=N` changes one).
 
 Without the TLS options Envoy serves plaintext and talks plaintext (HTTP/2 cleartext) to the
 server. The files are read by Envoy when it starts, not here: in the image they are the
@@ -78,6 +82,75 @@ class UpstreamTls:
         )
 
 
+@dataclass(frozen=True)
+class Budgets:
+    """What Envoy lets through at once (docs/operations.md, "Envoy's budgets"). The
+    requests budgets are each cluster's circuit breakers, across all servers: a call over
+    its kind's budget is refused at once (503, gRPC UNAVAILABLE) while the other kinds go on.
+    """
+
+    unary_requests: int = 512
+    """The API's unary calls in flight. Each takes milliseconds: 512 is far more than the
+    servers' database pools serve at once, and only a flood reaches it."""
+    upload_requests: int = 128
+    """Upload streams (UploadVideo, WriteUpload, their REST forms). A server refuses its own
+    65th itself (UPLOAD_MAX_CONCURRENT, 64) with TOO_MANY_UPLOADS and a retry hint; Envoy's
+    budget is the backstop above it: two servers' worth."""
+    watch_requests: int = 512
+    """WatchStatus streams (and the REST watches). Long-lived: half of Envoy's old shared
+    default of 1024, which the watches alone could fill."""
+    public_requests: int = 32
+    """grpc.health.v1 (Check, Watch) and reflection, which need no API key: small, so that
+    anonymous Health/Watch streams cannot hold more. Envoy's own health checks of the servers
+    and REST /api/health do not count here."""
+    retries: int = 16
+    """Retries in flight per cluster (Envoy's default is 3): reads retried on another
+    server while one goes down."""
+    streams_per_connection: int = 100
+    """Concurrent HTTP/2 streams on one client connection (was 1000): a client opening more
+    waits for one to end; Envoy's edge recommendation."""
+    max_connections: int = 4096
+    """Open client connections to Envoy in all (the overload manager): past it new ones
+    wait in the kernel's queue until some close."""
+    rate_per_s: int = 100
+    """New requests per second on one client connection (the local rate limit's refill)."""
+    rate_burst: int = 200
+    """The rate limit's bucket: that many requests at once on a fresh connection."""
+    max_heap_bytes: int = 1 << 30
+    """Envoy's heap ceiling for the overload manager (1 GiB): at 90 % it returns free
+    memory to the system, at 98 % it answers new requests 503 itself."""
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 1:
+                raise ValueError(f"budget {name} must be at least 1, not {value}")
+
+    def values(self) -> dict[str, str]:
+        """The template's placeholders: each field's name in capitals."""
+        return {name.upper(): str(value) for name, value in vars(self).items()}
+
+
+def parse_budget(text: str) -> tuple[str, int]:
+    """`NAME=N` (a field of Budgets) as (name, n)."""
+    name, _, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if name not in Budgets.__dataclass_fields__ or not value.strip().isdigit():
+        known = ", ".join(Budgets.__dataclass_fields__)
+        raise ValueError(f"budget {text!r} is not NAME=N with NAME one of {known}")
+    return name, int(value)
+
+
+def domains(hosts: Sequence[str]) -> str:
+    """The virtual host's `domains` for `hosts`: each name with and without a port, quoted
+    for the template's flow sequence."""
+    if not hosts:
+        raise ValueError("the Envoy config needs at least one host name")
+    for host in hosts:
+        if not re.fullmatch(r"[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]", host):
+            raise ValueError(f"host {host!r} is not a DNS name, an IPv4 address or [IPv6]")
+    return ", ".join(f'"{name}"' for host in hosts for name in (host, f"{host}:*"))
+
+
 def render_template(text: str, on: set[str], values: dict[str, str]) -> str:
     """`text` without its notes and the sections that are not `on`, placeholders filled in
     from `values` (a placeholder without a value raises KeyError)."""
@@ -137,9 +210,12 @@ def render_envoy_config(
     admin_address: str = "127.0.0.1",
     listener_tls: ListenerTls | None = None,
     upstream_tls: UpstreamTls | None = None,
+    hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+    budgets: Budgets = Budgets(),
 ) -> Path:
     """Write the rendered config to `out` and return it. The servers are `upstreams`, or
-    the one at `upstream_host` and `upstream_port` (exactly one of the two is given)."""
+    the one at `upstream_host` and `upstream_port` (exactly one of the two is given);
+    `hosts` the names Envoy answers for (with any port)."""
     if (upstream_port is None) == (not upstreams):
         raise ValueError("give either upstream_port (with upstream_host) or upstreams")
     servers = list(upstreams) if upstreams else [(upstream_host, upstream_port or 0)]
@@ -153,7 +229,9 @@ def render_envoy_config(
         "OPENAPI": str(openapi),
         "UPSTREAM_ENDPOINTS": endpoint_lines(servers),
         "UPSTREAM_TRANSPORT": "HTTP/2 cleartext",
-    }
+        "DOMAINS": domains(hosts),
+        "HOST_NAMES": ", ".join(hosts),
+    } | budgets.values()
     if listener_tls is not None:
         on.add("LISTEN_TLS")
         values |= {
@@ -198,6 +276,21 @@ def main() -> None:
         metavar="HOST:PORT",
         help="a server (once per server), instead of --upstream-host and --upstream-port",
     )
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="host names clients reach Envoy by, any port (repeat, or separate names by "
+        "commas; default: localhost and 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="change one of the budgets (tools/render_envoy.py, Budgets), e.g. watch_requests=256",
+    )
     parser.add_argument("--descriptor", type=Path, required=True)
     parser.add_argument("--openapi", type=Path, required=True)
     tls = parser.add_argument_group("TLS (each file is a PEM file Envoy reads at start-up)")
@@ -238,6 +331,7 @@ def main() -> None:
 
     try:
         upstreams = [parse_upstream(u) for u in args.upstream]
+        budgets = Budgets(**dict(parse_budget(b) for b in args.budget))
     except ValueError as exc:
         parser.error(str(exc))
     render_envoy_config(
@@ -253,6 +347,9 @@ def main() -> None:
         openapi=args.openapi,
         listener_tls=listener_tls,
         upstream_tls=upstream_tls,
+        hosts=[name for h in args.host for name in h.split(",") if name.strip()]
+        or ("localhost", "127.0.0.1"),
+        budgets=budgets,
     )
 
 

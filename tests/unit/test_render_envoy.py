@@ -1,5 +1,6 @@
-"""tools/render_envoy.py: the servers in Envoy's cluster, what is retried and how servers are
-health-checked (the rendered YAML, read back)."""
+"""tools/render_envoy.py: the servers in Envoy's clusters, what is retried, how servers are
+health-checked, which budget each kind of call goes to, and the host names Envoy answers for
+(the rendered YAML, read back)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tools.render_envoy import parse_upstream, render_envoy_config
+from tools.render_envoy import Budgets, parse_budget, parse_upstream, render_envoy_config
 
 DESCRIPTOR = Path("build/checkout.pb")
 OPENAPI = Path("docs/openapi.yaml")
 REPO = Path(__file__).resolve().parents[2]
+SERVICE = "/checkout.v1.CheckoutService/"
 
 
 def render(tmp_path: Path, **kwargs: Any) -> dict[str, Any]:
@@ -32,10 +34,28 @@ def render(tmp_path: Path, **kwargs: Any) -> dict[str, Any]:
     return config
 
 
+CLUSTERS = ("checkout_grpc", "checkout_uploads", "checkout_watches", "checkout_public")
+SHARED = ("health_checks", "outlier_detection", "common_lb_config", "load_assignment")
+
+
+def clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The four clusters by name: the same servers, checked and ejected alike (only their
+    budgets differ)."""
+    found = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    assert tuple(found) == CLUSTERS
+    first = found[CLUSTERS[0]]
+    for other in CLUSTERS[1:]:
+        for key in SHARED:
+            if key == "load_assignment":
+                assert found[other][key]["endpoints"] == first[key]["endpoints"]
+            else:
+                assert found[other][key] == first[key], (other, key)
+        assert found[other].get("transport_socket") == first.get("transport_socket")
+    return found
+
+
 def cluster(config: dict[str, Any]) -> dict[str, Any]:
-    (only,) = config["static_resources"]["clusters"]
-    assert only["name"] == "checkout_grpc"
-    return dict(only)
+    return clusters(config)["checkout_grpc"]
 
 
 def endpoints(config: dict[str, Any]) -> list[tuple[str, int]]:
@@ -47,11 +67,31 @@ def endpoints(config: dict[str, Any]) -> list[tuple[str, int]]:
     return found
 
 
-def routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+def manager(config: dict[str, Any]) -> dict[str, Any]:
     (listener,) = config["static_resources"]["listeners"]
-    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    (host,) = manager["route_config"]["virtual_hosts"]
-    return list(host["routes"])
+    return dict(listener["filter_chains"][0]["filters"][0]["typed_config"])
+
+
+def virtual_hosts(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(manager(config)["route_config"]["virtual_hosts"])
+
+
+def routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    served, _unknown = virtual_hosts(config)
+    return list(served["routes"])
+
+
+def route_for(table: list[dict[str, Any]], path: str) -> dict[str, Any]:
+    """The first route of `table` that matches `path`, as Envoy picks it."""
+    for route in table:
+        match = route["match"]
+        if (
+            match.get("path") == path
+            or ("prefix" in match and path.startswith(match["prefix"]))
+            or ("safe_regex" in match and re.fullmatch(match["safe_regex"]["regex"], path))
+        ):
+            return route
+    raise AssertionError(f"no route for {path}")
 
 
 def test_one_server_by_host_and_port(tmp_path: Path) -> None:
@@ -88,13 +128,10 @@ def test_servers_are_health_checked_and_ejected_on_connect_failures(tmp_path: Pa
     assert checked["common_lb_config"] == {"update_merge_window": "0s"}
 
 
-def test_only_reads_are_retried(tmp_path: Path) -> None:
+def test_only_reads_are_retried_once_they_reached_a_server(tmp_path: Path) -> None:
+    """Reads are retried on UNAVAILABLE too; writes (uploads first) only when they reached no
+    server: a refused connection or stream."""
     table = routes(render(tmp_path, upstream_port=50051))
-    retried = [r for r in table if "retry_policy" in r.get("route", {})]
-    patterns = [
-        r["match"].get("safe_regex", {}).get("regex") or r["match"]["path"] for r in retried
-    ]
-    service = "/checkout.v1.CheckoutService/"
     reads = ["ListStatuses", "GetStatus", "GetResult", "Health", "WatchStatus", "QueryUploadStatus"]
     writes = [
         "UploadVideo",
@@ -107,22 +144,22 @@ def test_only_reads_are_retried(tmp_path: Path) -> None:
         "CancelUpload",
     ]
 
-    def is_retried(path: str) -> bool:
-        return any(re.fullmatch(p, path) or p == path for p in patterns)
+    def retried_on(path: str) -> set[str]:
+        policy = route_for(table, path)["route"].get("retry_policy")
+        return set(policy["retry_on"].split(",")) if policy else set()
 
-    assert all(is_retried(service + m) for m in reads)
-    assert is_retried("/grpc.health.v1.Health/Check")
-    assert not any(is_retried(service + m) for m in writes)
-    for route in retried:
-        policy = route["route"]["retry_policy"]
-        assert set(policy["retry_on"].split(",")) == {
-            "connect-failure",
-            "refused-stream",
-            "unavailable",
-        }
-    # The catch-all, last, has none.
+    unsent = {"connect-failure", "refused-stream"}
+    assert all(retried_on(SERVICE + m) == unsent | {"unavailable"} for m in reads)
+    assert retried_on("/grpc.health.v1.Health/Check") == unsent | {"unavailable"}
+    assert all(retried_on(SERVICE + m) == unsent for m in writes)
+    for route in table:
+        if policy := route.get("route", {}).get("retry_policy"):
+            assert policy["num_retries"] == 2
+            (predicate,) = policy["retry_host_predicate"]
+            assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts"
+    # The catch-all, last, retries only what reached no server.
     assert table[-1]["match"] == {"prefix": "/"}
-    assert "retry_policy" not in table[-1]["route"]
+    assert set(table[-1]["route"]["retry_policy"]["retry_on"].split(",")) == unsent
 
 
 def test_the_command_line_takes_a_list_of_servers(tmp_path: Path) -> None:
@@ -158,3 +195,117 @@ def test_parse_upstream() -> None:
     for bad in ("checkout", ":50051", "checkout:port"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             parse_upstream(bad)
+
+
+@pytest.mark.parametrize(
+    ("path", "cluster_name"),
+    [
+        (SERVICE + "UploadVideo", "checkout_uploads"),
+        (SERVICE + "UploadVideoHttp", "checkout_uploads"),
+        (SERVICE + "WriteUpload", "checkout_uploads"),
+        (SERVICE + "WriteUploadHttp", "checkout_uploads"),
+        (SERVICE + "WatchStatus", "checkout_watches"),
+        (SERVICE + "ListStatuses", "checkout_grpc"),
+        (SERVICE + "Health", "checkout_grpc"),
+        (SERVICE + "StartResumableUpload", "checkout_grpc"),
+        (SERVICE + "Cleanup", "checkout_grpc"),
+        ("/grpc.health.v1.Health/Check", "checkout_public"),
+        ("/grpc.health.v1.Health/Watch", "checkout_public"),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "checkout_public"),
+        ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "checkout_public"),
+        ("/no.such.Service/Call", "checkout_public"),
+    ],
+)
+def test_each_kind_of_call_has_its_budget(tmp_path: Path, path: str, cluster_name: str) -> None:
+    config = render(tmp_path, upstream_port=50051)
+    assert route_for(routes(config), path)["route"]["cluster"] == cluster_name
+
+
+def test_the_budgets_are_the_clusters_circuit_breakers(tmp_path: Path) -> None:
+    budgets = Budgets(unary_requests=7, upload_requests=5, watch_requests=3, public_requests=2)
+    config = render(tmp_path, upstream_port=50051, budgets=budgets)
+    expected = {
+        "checkout_grpc": 7,
+        "checkout_uploads": 5,
+        "checkout_watches": 3,
+        "checkout_public": 2,
+    }
+    for name, found in clusters(config).items():
+        (threshold,) = found["circuit_breakers"]["thresholds"]
+        assert threshold["priority"] == "DEFAULT"
+        assert threshold["max_requests"] == threshold["max_pending_requests"] == expected[name]
+        assert threshold["max_retries"] == budgets.retries
+    http2 = manager(config)["http2_protocol_options"]
+    assert http2["max_concurrent_streams"] == budgets.streams_per_connection
+    (limit, *_) = manager(config)["http_filters"]
+    assert limit["name"] == "envoy.filters.http.local_ratelimit"
+    assert limit["typed_config"]["local_rate_limit_per_downstream_connection"] is True
+    monitors = {
+        m["name"]: m["typed_config"] for m in config["overload_manager"]["resource_monitors"]
+    }
+    connections = monitors["envoy.resource_monitors.global_downstream_max_connections"]
+    assert connections["max_active_downstream_connections"] == budgets.max_connections
+
+
+def test_a_budget_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="watch_requests must be at least 1"):
+        Budgets(watch_requests=0)
+
+
+def test_parse_budget() -> None:
+    assert parse_budget("watch_requests=8") == ("watch_requests", 8)
+    assert parse_budget("watch-requests=8") == ("watch_requests", 8)
+    for bad in ("watches=8", "watch_requests", "watch_requests=-1"):
+        with pytest.raises(ValueError, match="NAME=N"):
+            parse_budget(bad)
+
+
+def test_only_the_configured_host_names_are_served(tmp_path: Path) -> None:
+    config = render(tmp_path, upstream_port=50051, hosts=["api.example.com", "envoy"])
+    served, unknown = virtual_hosts(config)
+    assert served["domains"] == ["api.example.com", "api.example.com:*", "envoy", "envoy:*"]
+    assert unknown["domains"] == ["*"]
+    (refuse,) = unknown["routes"]
+    assert refuse["direct_response"]["status"] == 421
+    # By default (make run, the tests): localhost and 127.0.0.1, any port.
+    default, _ = virtual_hosts(render(tmp_path, upstream_port=50051))
+    assert default["domains"] == ["localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*"]
+    with pytest.raises(ValueError, match="is not a DNS name"):
+        render(tmp_path, upstream_port=50051, hosts=["evil.example/*"])
+
+
+def test_the_admin_interface_listens_on_loopback_by_default(tmp_path: Path) -> None:
+    config = render(tmp_path, upstream_port=50051)
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_the_images_rendering_keeps_admin_on_loopback() -> None:
+    """deploy/Dockerfile renders the compose image's config with these options."""
+    render_line = (REPO / "deploy" / "Dockerfile").read_text().partition("render_envoy.py")[2]
+    options = render_line.partition("&& pip")[0]
+    assert "--admin-address 127.0.0.1" in options
+    assert "0.0.0.0 --admin" not in options
+
+
+def test_the_command_line_takes_hosts_and_budgets(tmp_path: Path) -> None:
+    out = tmp_path / "envoy.yaml"
+    base = [sys.executable, "tools/render_envoy.py", str(out), "--descriptor", "d"]
+    subprocess.run(
+        [
+            *base,
+            "--openapi",
+            "o",
+            "--host",
+            "envoy,api.example.com",
+            "--budget",
+            "watch_requests=9",
+        ],
+        cwd=REPO,
+        check=True,
+        timeout=60,
+    )
+    config = yaml.safe_load(out.read_text())
+    served, _ = virtual_hosts(config)
+    assert served["domains"][::2] == ["envoy", "api.example.com"]
+    (threshold,) = clusters(config)["checkout_watches"]["circuit_breakers"]["thresholds"]
+    assert threshold["max_requests"] == 9
