@@ -551,6 +551,13 @@ class FakeUploadSessions:
         found = [s for s in self.sessions.values() if (s.idempotency_key, s.owner) == (key, owner)]
         return found[0] if found else None
 
+    async def open_sessions(self, client: str, now: datetime) -> int:
+        return sum(
+            1
+            for s in self.sessions.values()
+            if s.client == client and s.expires_at > now and s.upload_id not in self.ends
+        )
+
     async def record_multipart(self, upload_id: str, multipart_id: str) -> str:
         return self.multipart.setdefault(upload_id, multipart_id)
 

@@ -218,8 +218,8 @@ class UploadSection(Section):
     UPLOAD_MAX_BYTES must fit in 10,000 parts (checked at start-up)."""
     upload_memory_budget_bytes: int = 256 * MiB
     """UPLOAD_MEMORY_BUDGET_BYTES: what all uploads together may buffer (default 256 MiB; two
-    parts each while active: the one being collected and its joined copy); uploads beyond it
-    wait for their turn, slowed down by gRPC flow control (backpressure)."""
+    parts each while active: the one being collected and the one in flight); an upload beyond
+    it waits UPLOAD_MEMORY_WAIT_S for its turn, then is refused (UPLOAD_MEMORY_BUSY)."""
     storage_abort_retry_s: float = 300.0
     """STORAGE_ABORT_RETRY_S: how long a failed upload keeps retrying to abort its multipart
     upload while storage is unreachable (in the background; the client is answered at once)."""
@@ -227,6 +227,34 @@ class UploadSection(Section):
     """UPLOAD_MAX_CONCURRENT: uploads one process streams at once (default 64); one more is
     refused at once, before any byte is stored, with RESOURCE_EXHAUSTED TOO_MANY_UPLOADS and a
     retry hint."""
+    upload_max_concurrent_per_client: int = 8
+    """UPLOAD_MAX_CONCURRENT_PER_CLIENT: uploads and resumable writes one client streams at
+    once (default 8: an eighth of UPLOAD_MAX_CONCURRENT, half the memory budget at most); one
+    more is refused with RESOURCE_EXHAUSTED TOO_MANY_CLIENT_UPLOADS and a retry hint. The
+    client is its API key's owner, or with authentication off its address (behind Envoy,
+    Envoy's: all REST clients share one count then)."""
+    upload_max_open_sessions_per_client: int = 16
+    """UPLOAD_MAX_OPEN_SESSIONS_PER_CLIENT: resumable sessions one client may have open (not
+    finished, cancelled or expired; default 16, 0: no limit); one more is refused with
+    RESOURCE_EXHAUSTED TOO_MANY_UPLOAD_SESSIONS. Counted in the database across replicas; two
+    starts at the same moment may both pass."""
+    upload_memory_wait_s: float = 5.0
+    """UPLOAD_MEMORY_WAIT_S: how long a new upload or write waits for its buffers while
+    UPLOAD_MEMORY_BUDGET_BYTES is spent (default 5 s); then it is refused, before any byte is
+    stored, with RESOURCE_EXHAUSTED UPLOAD_MEMORY_BUSY and a retry hint."""
+    upload_idle_timeout_s: float = 30.0
+    """UPLOAD_IDLE_TIMEOUT_S: the longest an upload stream (UploadVideo, REST, WriteUpload)
+    may send nothing, its first message and a REST form's fields included (default 30 s);
+    then it is cut with DEADLINE_EXCEEDED UPLOAD_STALLED and its upload removed (a resumable
+    session keeps its durable parts)."""
+    upload_min_bytes_per_s: int = 16 * 1024
+    """UPLOAD_MIN_BYTES_PER_S: the least an upload stream must send per second, averaged over
+    each UPLOAD_THROUGHPUT_WINDOW_S of waiting for it (default 16 KiB/s, a slow mobile link;
+    0: no minimum); time the server spends storing is not counted. Below it the stream is cut
+    with UPLOAD_STALLED."""
+    upload_throughput_window_s: float = 60.0
+    """UPLOAD_THROUGHPUT_WINDOW_S: the window UPLOAD_MIN_BYTES_PER_S is averaged over (default
+    60 s)."""
 
     @model_validator(mode="after")
     def _check_upload(self) -> Self:
@@ -242,6 +270,14 @@ class UploadSection(Section):
             raise ConfigError("UPLOAD_MAX_BYTES must be positive")
         if self.upload_max_concurrent < 1:
             raise ConfigError("UPLOAD_MAX_CONCURRENT must be at least 1")
+        if self.upload_max_concurrent_per_client < 1:
+            raise ConfigError("UPLOAD_MAX_CONCURRENT_PER_CLIENT must be at least 1")
+        if min(self.upload_idle_timeout_s, self.upload_throughput_window_s) <= 0:
+            raise ConfigError("UPLOAD_IDLE_TIMEOUT_S and UPLOAD_THROUGHPUT_WINDOW_S must be > 0")
+        if min(self.upload_memory_wait_s, self.upload_min_bytes_per_s) < 0:
+            raise ConfigError("UPLOAD_MEMORY_WAIT_S and UPLOAD_MIN_BYTES_PER_S must be 0 or more")
+        if self.upload_max_open_sessions_per_client < 0:
+            raise ConfigError("UPLOAD_MAX_OPEN_SESSIONS_PER_CLIENT must be 0 (no limit) or more")
         return self
 
 
@@ -270,8 +306,9 @@ class ResumableSection(Section):
     """UPLOAD_CLOCK_SKEW_S: assumed worst clock difference between servers (leases only;
     no commit rests on clocks)."""
     upload_max_duration_s: float = 4 * 3600.0
-    """UPLOAD_MAX_DURATION_S: the longest one UploadVideo stream may last (default 4 h); it is
-    cut then (DEADLINE_EXCEEDED UPLOAD_TOO_LONG). The sweeper aborts a multipart upload under
+    """UPLOAD_MAX_DURATION_S: the longest one UploadVideo or WriteUpload stream may last
+    (default 4 h); it is cut then (DEADLINE_EXCEEDED UPLOAD_TOO_LONG; a write keeps what it
+    committed). The sweeper aborts a multipart upload under
     `input/` that no session recorded once it is older than this: what a crashed server's
     uploads leave. Must be below STORAGE_STALE_UPLOADS_EXPIRY_S, MinIO's stale multipart
     cleanup (24 h; checked at start-up)."""

@@ -361,6 +361,54 @@ class UploadRateLimited(ServiceError):
         self.retry_after_s = retry_after_s
 
 
+class UploadMemoryBusy(ServiceError):
+    """The uploads' memory budget (`UPLOAD_MEMORY_BUDGET_BYTES`) stayed spent for
+    `UPLOAD_MEMORY_WAIT_S`: refused before any byte is stored; a `google.rpc.RetryInfo` says
+    when to try again."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "UPLOAD_MEMORY_BUSY"
+    message = "Сервер занят другими загрузками, повторите попытку позже"
+    retriable = True
+    retry_after_s = 1.0
+
+
+class TooManyClientUploads(ServiceError):
+    """The client streams `UPLOAD_MAX_CONCURRENT_PER_CLIENT` uploads and resumable writes
+    already (the client: its API key's owner, or its address with authentication off): refused
+    before any byte is stored; a `google.rpc.RetryInfo` says when to try again."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_CLIENT_UPLOADS"
+    message = "Слишком много одновременных загрузок этого клиента, повторите попытку позже"
+    retriable = True
+    retry_after_s = 1.0
+
+
+class TooManyUploadSessions(ServiceError):
+    """The client has `UPLOAD_MAX_OPEN_SESSIONS_PER_CLIENT` resumable sessions open (neither
+    finished, cancelled nor expired): finish or cancel one first; a `google.rpc.RetryInfo`
+    says when to ask again."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_UPLOAD_SESSIONS"
+    message = "У клиента слишком много открытых сессий загрузки: завершите или отмените одну"
+    retriable = True
+    retry_after_s = 30.0
+
+
+class UploadStalled(ServiceError):
+    """An upload stream (UploadVideo, REST or WriteUpload) sent nothing for
+    `UPLOAD_IDLE_TIMEOUT_S`, or less than `UPLOAD_MIN_BYTES_PER_S` over
+    `UPLOAD_THROUGHPUT_WINDOW_S` of waiting for it: cut, its upload removed as on any failure
+    (a resumable session keeps its durable parts: resume from `persisted_size`)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "UPLOAD_STALLED"
+    message = "Загрузка остановилась: клиент не передаёт данные"
+    retriable = True
+
+
 # --- Authentication and roles -----------------------------------------------------------------
 
 
@@ -560,6 +608,20 @@ class UploadTooLong(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "UPLOAD_TOO_LONG"
     message = "Загрузка длится слишком долго: используйте возобновляемую загрузку"
+
+
+class WriteTooLong(UploadTooLong):
+    """A WriteUpload stream outlasted UPLOAD_MAX_DURATION_S: what was committed stays; go on
+    with a new stream from `persisted_size` (ErrorInfo metadata, when known)."""
+
+    message = "Запись длится слишком долго: продолжите новым потоком с сохранённого размера"
+    retriable = True
+
+    def __init__(self, detail: str = "", *, persisted_size: int | None = None) -> None:
+        if persisted_size is None:
+            super().__init__(detail)
+        else:
+            super().__init__(detail, persisted_size=str(persisted_size))
 
 
 class UploadFinished(ServiceError):

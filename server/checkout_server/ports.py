@@ -237,6 +237,9 @@ class UploadSession:
     part_bytes: int  # every part but the last is this long; part n starts at (n-1) * this
     created_at: datetime
     expires_at: datetime
+    # Who started it, for the limit of open sessions per client (admission.client_key): its
+    # owner, or with authentication off its address. "" in sessions recorded before.
+    client: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -291,6 +294,10 @@ class UploadSessionStore(Protocol):
 
     async def find_by_idempotency_key(self, key: str, *, owner: str) -> UploadSession | None:
         """The session `owner` started with this idempotency key, or None."""
+
+    async def open_sessions(self, client: str, now: datetime) -> int:
+        """How many sessions `client` started that are open at `now`: not expired, and no end
+        claimed (a finishing one is no longer open)."""
 
     async def record_multipart(self, upload_id: str, multipart_id: str) -> str:
         """Record the session's S3 upload id; returns the one recorded first (this one, or

@@ -195,6 +195,30 @@ ERRORS: list[tuple[type[errors.ServiceError], grpc.StatusCode, str, str]] = [
         "Превышен лимит загрузок для этого клиента, повторите попытку позже",
     ),
     (
+        errors.UploadMemoryBusy,
+        Code.RESOURCE_EXHAUSTED,
+        "UPLOAD_MEMORY_BUSY",
+        "Сервер занят другими загрузками, повторите попытку позже",
+    ),
+    (
+        errors.TooManyClientUploads,
+        Code.RESOURCE_EXHAUSTED,
+        "TOO_MANY_CLIENT_UPLOADS",
+        "Слишком много одновременных загрузок этого клиента, повторите попытку позже",
+    ),
+    (
+        errors.TooManyUploadSessions,
+        Code.RESOURCE_EXHAUSTED,
+        "TOO_MANY_UPLOAD_SESSIONS",
+        "У клиента слишком много открытых сессий загрузки: завершите или отмените одну",
+    ),
+    (
+        errors.UploadStalled,
+        Code.DEADLINE_EXCEEDED,
+        "UPLOAD_STALLED",
+        "Загрузка остановилась: клиент не передаёт данные",
+    ),
+    (
         errors.Unauthenticated,
         Code.UNAUTHENTICATED,
         "UNAUTHENTICATED",
@@ -313,6 +337,12 @@ ERRORS: list[tuple[type[errors.ServiceError], grpc.StatusCode, str, str]] = [
         Code.DEADLINE_EXCEEDED,
         "UPLOAD_TOO_LONG",
         "Загрузка длится слишком долго: используйте возобновляемую загрузку",
+    ),
+    (
+        errors.WriteTooLong,
+        Code.DEADLINE_EXCEEDED,
+        "UPLOAD_TOO_LONG",
+        "Запись длится слишком долго: продолжите новым потоком с сохранённого размера",
     ),
     (
         errors.UploadFinished,

@@ -37,6 +37,7 @@ _SESSION_INDEXES = [
     IndexModel([("dedup_key", ASCENDING)], unique=True, name="dedup_key_unique"),
     IndexModel([("expires_at", ASCENDING)], name="expires"),
     IndexModel([("video_id", ASCENDING)], name="video"),
+    IndexModel([("client", ASCENDING), ("expires_at", ASCENDING)], name="client_expires"),
 ]
 _FACT_INDEXES = [
     IndexModel([("upload_id", ASCENDING), ("kind", ASCENDING)], name="upload_kind"),
@@ -65,6 +66,7 @@ def _session_document(session: UploadSession) -> Document:
         "part_bytes": session.part_bytes,
         "created_at": session.created_at,
         "expires_at": session.expires_at,
+        "client": session.client,
     }
 
 
@@ -84,6 +86,7 @@ def _session(document: Document) -> UploadSession:
         part_bytes=int(document["part_bytes"]),
         created_at=_utc(document["created_at"]),
         expires_at=_utc(document["expires_at"]),
+        client=str(document.get("client") or ""),
     )
 
 
@@ -157,6 +160,17 @@ class MongoUploadSessions:
         with translated("find_session"):
             document = await self._sessions.find_one({"dedup_key": dedup_key(key, owner=owner)})
         return None if document is None else _session(document)
+
+    async def open_sessions(self, client: str, now: datetime) -> int:
+        # The client's unexpired sessions (finished ones stay until they expire), less those
+        # with an end claimed: two reads, no join (FerretDB 1.24 has no $lookup).
+        with translated("open_sessions"):
+            found = self._sessions.find({"client": client, "expires_at": {"$gt": now}}, {"_id": 1})
+            ids = [document["_id"] for document in await found.to_list()]
+            if not ids:
+                return 0
+            ended = await self._facts.count_documents({"upload_id": {"$in": ids}, "kind": _END})
+        return len(ids) - ended
 
     async def record_multipart(self, upload_id: str, multipart_id: str) -> str:
         existing = await self._insert_once(

@@ -29,6 +29,10 @@ from ..errors import InvalidForm, MissingFile
 FILE_FIELD = "file"
 TEXT_FIELDS = frozenset({"bucket", "filename", "sha256", "idempotency_key", "size_bytes"})
 MAX_FIELD_BYTES = 1024
+# The most a multipart body may hold before its file part starts (the text fields, their
+# headers, parts of other names): generous for the five fields, small for one that never
+# comes to the file. Its time is bounded by the uploads' idle timeout (UPLOAD_IDLE_TIMEOUT_S).
+MAX_PREAMBLE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -171,10 +175,14 @@ async def open_http_upload(
         raise InvalidForm("нет boundary в Content-Type")
     form = _FormReader(boundary)
     early: list[bytes] = form.feed(first.http_body.data)
+    preamble = len(first.http_body.data)
     while not form.file_started and not form.ended:
+        if preamble > MAX_PREAMBLE_BYTES:
+            raise InvalidForm(f"до части file больше {MAX_PREAMBLE_BYTES} байт")
         message = await anext(rest, None)
         if message is None:
             break
+        preamble += len(message.http_body.data)
         early += form.feed(message.http_body.data)
     if not form.file_started:
         raise MissingFile()

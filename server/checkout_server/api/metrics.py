@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from ..auth.keys import KeyRing
 from ..status.watch import WatchHub
-from ..upload.admission import Admission
+from ..upload.admission import REFUSAL_REASONS, Admission
 from ..upload.pipeline import UploadPipeline
 from ..upload.sweeper import UploadSweeper
 
@@ -94,11 +94,16 @@ class ServiceCollector(Collector):
             "Bytes of video received by uploads (gRPC and REST), kept or not.",
             value=self._pipeline.bytes_received_total,
         )
-        yield CounterMetricFamily(
+        refused = CounterMetricFamily(
             "checkout_uploads_refused",
-            "Uploads refused because UPLOAD_MAX_CONCURRENT were streaming already.",
-            value=admission.refused_total,
+            "Uploads and resumable writes refused or cut by the admission, by reason (the "
+            "error's): too many at once, per client, too fast, no memory, too many sessions, "
+            "stalled.",
+            labels=["reason"],
         )
+        for reason in REFUSAL_REASONS:
+            refused.add_metric([reason], admission.refusals[reason])
+        yield refused
         yield CounterMetricFamily(
             "checkout_uploads_rate_limited",
             "Uploads refused because their client had used its UPLOAD_RATE_PER_MINUTE.",

@@ -24,6 +24,7 @@ from ..domain import EventStatus, UploadRequest
 from ..health import DependencyMonitor
 from ..status.service import StatusService, parse_uuid
 from ..status.watch import Subscription, WatchHub
+from ..upload.admission import client_key
 from ..upload.pipeline import UploadPipeline
 from ..upload.resumable import ResumableUploads
 from ..upload.session_writer import WriteChunk
@@ -36,6 +37,7 @@ from .streams import drain
 Context = grpc.aio.ServicerContext[object, object]
 TERMINAL = frozenset({EventStatus.READY, EventStatus.FAILED})
 _Write = TypeVar("_Write", pb.WriteUploadRequest, pb.WriteUploadHttpRequest)
+_Message = TypeVar("_Message", bound=Message)
 
 
 class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
@@ -61,12 +63,13 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def UploadVideo(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.UploadVideoRequest], context: Context
     ) -> pb.UploadVideoResponse:
-        messages = aiter(request_iterator)
+        raw = aiter(request_iterator)  # drained, on refusal, without the pace
+        messages = self._paced(raw)
         first = await anext(messages, None)
         if first is None:
             raise errors.MissingMetadata("поток пуст")
         if first.WhichOneof("payload") != "metadata":
-            await drain(messages)
+            await drain(raw)
             raise errors.MissingMetadata("получен фрагмент файла до метаданных")
         meta = first.metadata
 
@@ -76,12 +79,13 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
                     raise errors.DuplicateMetadata()
                 yield message.chunk
 
-        return await self._upload(upload_request(meta), chunks(), messages)
+        return await self._upload(upload_request(meta), chunks(), raw, context)
 
     async def UploadVideoHttp(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.UploadVideoHttpRequest], context: Context
     ) -> pb.UploadVideoResponse:
-        messages = aiter(request_iterator)
+        raw = aiter(request_iterator)  # drained, on refusal, without the pace
+        messages = self._paced(raw)
         first = await anext(messages, None)
         if first is None:
             raise errors.EmptyFile()
@@ -89,23 +93,33 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
             request, chunks = await open_http_upload(
                 first, messages, default_bucket=self._default_bucket
             )
-        except errors.ServiceError:
-            await drain(messages)
+        except errors.ServiceError as refused:
+            await _drain_unless_stalled(raw, refused)
             raise
         request = replace(request, owner=current_principal().client)
-        return await self._upload(request, chunks, messages)
+        return await self._upload(request, chunks, raw, context)
+
+    def _paced(self, messages: AsyncIterator[_Message]) -> AsyncIterator[_Message]:
+        """The client's messages, cut (UPLOAD_STALLED) when it falls below the uploads' pace:
+        from the first message on, the metadata and a REST form's preamble included. A
+        refused stream is drained from `messages` itself: a client gone quiet while it is
+        drained was refused, not stalled."""
+        return self._pipeline.admission.paced(messages, size=_message_bytes)
 
     async def _upload(
         self,
         request: UploadRequest,
         chunks: AsyncIterator[bytes],
-        messages: AsyncIterator[Message],
+        raw: AsyncIterator[Message],
+        context: Context,
     ) -> pb.UploadVideoResponse:
-        """Run the pipeline; on refusal, drain the client's stream before the error goes out."""
+        """Run the pipeline; on refusal, drain the client's stream (`raw`, its messages as they
+        come) before the error goes out."""
+        client = client_key(request.owner, context.peer())
         try:
-            result = await self._pipeline.upload(request, chunks)
-        except errors.ServiceError:
-            await drain(messages)
+            result = await self._pipeline.upload(request, chunks, client=client)
+        except errors.ServiceError as refused:
+            await _drain_unless_stalled(raw, refused)
             raise
         return upload_response(result)
 
@@ -119,7 +133,10 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         self, request: pb.StartResumableUploadRequest, context: Context
     ) -> pb.StartResumableUploadResponse:
         crc32c = request.crc32c if request.HasField("crc32c") else None
-        started = await self.resumable.start(upload_request(request.metadata), crc32c=crc32c)
+        upload = upload_request(request.metadata)
+        started = await self.resumable.start(
+            upload, crc32c=crc32c, client=client_key(upload.owner, context.peer())
+        )
         return rpb.start_response(started)
 
     async def WriteUpload(  # noqa: N802 (gRPC method name)
@@ -127,34 +144,40 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     ) -> pb.WriteUploadResponse:
         # The session is a field of the stream's first message (the later ones may leave it out).
         return await self._write(
-            request_iterator, rpb.grpc_chunks, "первое сообщение должно назвать сессию"
+            request_iterator, rpb.grpc_chunks, "первое сообщение должно назвать сессию", context
         )
 
     async def WriteUploadHttp(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.WriteUploadHttpRequest], context: Context
     ) -> pb.WriteUploadResponse:
         # The session is the URL's path segment (Envoy copies it into every message).
-        return await self._write(request_iterator, rpb.http_chunks, "сессия не указана")
+        return await self._write(request_iterator, rpb.http_chunks, "сессия не указана", context)
 
     async def _write(
         self,
         request_iterator: AsyncIterator[_Write],
         chunks: Callable[[_Write, AsyncIterator[_Write]], AsyncIterator[WriteChunk]],
         no_session: str,
+        context: Context,
     ) -> pb.WriteUploadResponse:
         """One WriteUpload stream, its messages read as `chunks`; InvalidUploadId(`no_session`)
         when the first message names no session. On refusal, the client's stream is drained
         before the error goes out."""
-        messages = aiter(request_iterator)
+        raw = aiter(request_iterator)  # drained, on refusal, without the pace
+        messages = self._paced(raw)
+        owner = current_principal().client
         try:
             first = await anext(messages, None)
             if first is None or not first.upload_id:
                 raise errors.InvalidUploadId(no_session)
             state = await self.resumable.write(
-                first.upload_id, chunks(first, messages), owner=current_principal().client
+                first.upload_id,
+                chunks(first, messages),
+                owner=owner,
+                client=client_key(owner, context.peer()),
             )
-        except errors.ServiceError:
-            await drain(messages)
+        except errors.ServiceError as refused:
+            await _drain_unless_stalled(raw, refused)
             raise
         return rpb.write_response(state)
 
@@ -292,6 +315,17 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
 # and Envoy's transcoding buffer) and gives a next_page_token instead.
 LIST_MAX_BYTES = 3 * 1024 * 1024
 LIST_ITEM_FRAMING = 4  # tag and length of one repeated message field
+
+
+def _message_bytes(message: Message) -> int:
+    return message.ByteSize()
+
+
+async def _drain_unless_stalled(messages: AsyncIterator[Message], error: Exception) -> None:
+    """Drain a refused client's stream (streams.py), unless it was cut for sending nothing:
+    there is nothing to drain then, and waiting for it would only hold the answer back."""
+    if not isinstance(error, errors.UploadStalled):
+        await drain(messages)
 
 
 def _check(subscription: Subscription) -> None:

@@ -26,6 +26,18 @@ class UploadLimits:
     # The longest one UploadVideo stream may last (then it is cut: UPLOAD_TOO_LONG); the
     # sweeper takes an unrecorded multipart upload older than this for a crashed one.
     max_duration_s: float | None = None
+    # How long a stream waits for its buffers while the budget is spent (then it is refused:
+    # UploadMemoryBusy); None: for ever.
+    memory_wait_s: float | None = 5.0
+    # Streams one client (its API key's owner, or its address) may run at once.
+    max_concurrent_per_client: int = 8
+    # Resumable sessions one client may have open; 0: no limit.
+    max_open_sessions_per_client: int = 0
+    # The longest a stream may send nothing (None: no limit), and the least it must send per
+    # second over each window of waiting for it (0: no minimum): else it is cut (UploadStalled).
+    idle_timeout_s: float | None = None
+    min_bytes_per_s: int = 0
+    throughput_window_s: float = 60.0
 
     def check(self, request: UploadRequest) -> str:
         """The bucket of a valid request; raises the rule it breaks (rules.py), the bucket's

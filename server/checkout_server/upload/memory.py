@@ -6,7 +6,7 @@ import asyncio
 
 
 class MemoryBudget:
-    """A byte count shared by all uploads; `reserve` waits until enough is free."""
+    """A byte count shared by all uploads; `reserve` waits (for a while) until enough is free."""
 
     def __init__(self, limit_bytes: int) -> None:
         self._limit = limit_bytes
@@ -17,11 +17,19 @@ class MemoryBudget:
     def used_bytes(self) -> int:
         return self._used
 
-    async def reserve(self, amount: int) -> None:
-        amount = min(amount, self._limit)  # one upload alone always fits
+    async def reserve(self, amount: int, *, wait_s: float | None = None) -> bool:
+        """Reserve `amount` (at most the whole budget: one upload alone always fits), waiting
+        `wait_s` at most (None: for ever) while it does not fit; False when it still did not
+        (nothing is reserved then)."""
+        amount = min(amount, self._limit)
         async with self._changed:
-            await self._changed.wait_for(lambda: self._used + amount <= self._limit)
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._changed.wait_for(lambda: self._used + amount <= self._limit)
+            except TimeoutError:
+                return False
             self._used += amount
+            return True
 
     async def release(self, amount: int) -> None:
         amount = min(amount, self._limit)

@@ -7,8 +7,8 @@ cancelling, the server stopping) whatever was written is removed again.
 Memory per upload is bounded by about two storage parts: the part sender (part_sender.py)
 collects chunks into a part while the one before is stored, and the SHA-256 of the stream is
 computed part by part beside each part's upload. All uploads together stay within a memory
-budget: an upload reserves its buffer before reading its first chunk and waits while the
-budget is spent, which is backpressure through gRPC flow control, not an error.
+budget: an upload reserves its buffer before reading its first chunk and waits a few seconds
+at most while the budget is spent (admission.py), then is refused.
 """
 
 from __future__ import annotations
@@ -110,7 +110,11 @@ class UploadPipeline:
         """The memory budget its uploads reserve from (its admission's)."""
         return self.admission.memory
 
-    async def upload(self, request: UploadRequest, chunks: AsyncIterator[bytes]) -> UploadResult:
+    async def upload(
+        self, request: UploadRequest, chunks: AsyncIterator[bytes], *, client: str = ""
+    ) -> UploadResult:
+        """Store one upload; `client` is who the limits per client count it for (admission's
+        `client_key`; the request's owner when not given)."""
         bucket = self._limits.check(request)
         if request.idempotency_key:
             existing = await self._outbox.find_by_idempotency_key(
@@ -121,7 +125,7 @@ class UploadPipeline:
                 log.info("upload replayed", extra={"event_id": existing.event_id})
                 return UploadResult(event=existing, deduplicated=True)
 
-        async with self.admission.upload(request.owner) as stream:
+        async with self.admission.upload(client or request.owner, owner=request.owner) as stream:
             try:
                 async with asyncio.timeout(self._limits.max_duration_s) as deadline:
                     return await self._store(request, chunks, bucket)

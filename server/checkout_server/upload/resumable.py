@@ -117,8 +117,12 @@ class ResumableUploads:
 
     # --- Start, status, cancel ------------------------------------------------------------
 
-    async def start(self, request: UploadRequest, *, crc32c: int | None) -> SessionState:
-        """A new session, or the session (or finished upload) of a repeated idempotency key."""
+    async def start(
+        self, request: UploadRequest, *, crc32c: int | None, client: str = ""
+    ) -> SessionState:
+        """A new session, or the session (or finished upload) of a repeated idempotency key.
+        `client` (the owner when not given) may have UPLOAD_MAX_OPEN_SESSIONS_PER_CLIENT open
+        (TooManyUploadSessions); a new session counts against its owner's rate."""
         if request.size_bytes <= 0:
             raise errors.UploadSizeRequired()
         bucket = self._limits.check(request)
@@ -126,8 +130,11 @@ class ResumableUploads:
             replay = await self._replay(request)
             if replay is not None:
                 return replay
-        await self._admission.admit_client(request.owner)
         now = self._clock()
+        client = client or request.owner
+        if self._limits.max_open_sessions_per_client:
+            self._admission.admit_session(await self._sessions.open_sessions(client, now))
+        await self._admission.admit_client(request.owner)
         video_id = str(uuid.uuid4())
         session = UploadSession(
             upload_id=str(uuid.uuid4()),
@@ -143,6 +150,7 @@ class ResumableUploads:
             part_bytes=part_bytes_for(request.size_bytes, self._limits.part_bytes),
             created_at=now,
             expires_at=now + self._ttl,
+            client=client,
         )
         try:
             await self._sessions.create(session)
@@ -261,22 +269,30 @@ class ResumableUploads:
     # --- Writing --------------------------------------------------------------------------
 
     async def write(
-        self, upload_id: str, chunks: AsyncIterator[WriteChunk], *, owner: str
+        self, upload_id: str, chunks: AsyncIterator[WriteChunk], *, owner: str, client: str = ""
     ) -> SessionState:
-        """Write one stream; the new state (with the result when it finished the upload)."""
+        """Write one stream; the new state (with the result when it finished the upload).
+        `client` is who the limits per client count it for (the owner when not given). A
+        stream is cut after UPLOAD_MAX_DURATION_S (WriteTooLong); what it committed stays."""
         session = await self._load(upload_id, owner)
         first = await anext(chunks, None)
         if first is None:
             return await self._state(session)
-        async with self._admission.write(owner) as stream:
+        max_duration_s = self._limits.max_duration_s
+        async with self._admission.write(client or owner) as stream:
+            deadline = asyncio.timeout(max_duration_s)
             try:
-                async with self._leases.hold(upload_id) as held:
+                async with deadline, self._leases.hold(upload_id) as held:
                     return await held.run(self._write(session, held, first, chunks))
-            except asyncio.CancelledError as cancelled:
-                if not stream.interrupted():
-                    raise  # cancelled by its client, its deadline or the server's own stop
+            except (asyncio.CancelledError, TimeoutError) as cancelled:
                 # What was committed stays: the client resumes from its persisted size.
                 stopped = cancelled.persisted if isinstance(cancelled, _WriteStopped) else None
+                if deadline.expired():
+                    raise errors.WriteTooLong(
+                        f"дольше {max_duration_s:g} с", persisted_size=stopped
+                    ) from None
+                if isinstance(cancelled, TimeoutError) or not stream.interrupted():
+                    raise  # cancelled by its client, its deadline or the server's own stop
                 raise errors.WriteInterrupted(persisted_size=stopped) from None
 
     async def _write(
@@ -315,6 +331,9 @@ class ResumableUploads:
             ):
                 try:
                     finished = await writer.write(first, chunks)
+                except errors.UploadStalled as stalled:  # where the client may resume
+                    stalled.metadata["persisted_size"] = str(writer.persisted)
+                    raise
                 finally:
                     self.bytes_received_total += writer.received_bytes
                     self._keep_digest(upload_id, writer.persisted, writer.digest)

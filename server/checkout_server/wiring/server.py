@@ -528,6 +528,12 @@ def _upload_limits(settings: ServerSettings) -> UploadLimits:
         memory_budget_bytes=settings.upload_memory_budget_bytes,
         max_concurrent=settings.upload_max_concurrent,
         max_duration_s=settings.upload_max_duration_s,
+        memory_wait_s=settings.upload_memory_wait_s,
+        max_concurrent_per_client=settings.upload_max_concurrent_per_client,
+        max_open_sessions_per_client=settings.upload_max_open_sessions_per_client,
+        idle_timeout_s=settings.upload_idle_timeout_s,
+        min_bytes_per_s=settings.upload_min_bytes_per_s,
+        throughput_window_s=settings.upload_throughput_window_s,
     )
 
 
