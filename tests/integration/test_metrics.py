@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 CHUNK = 512 * 1024
 SERVICE = "checkout.v1.CheckoutService"
+REFUSED_TOO_MANY = frozenset({("reason", "TOO_MANY_UPLOADS")})
 
 
 def messages(data: bytes) -> Iterator[pb.UploadVideoRequest]:
@@ -77,7 +78,7 @@ async def test_metrics_after_an_upload(metered: App) -> None:
     none: frozenset[tuple[str, str]] = frozenset()
     assert samples[("checkout_upload_bytes_total", none)] == len(data)
     assert samples[("checkout_uploads_in_flight", none)] == 0
-    assert samples[("checkout_uploads_refused_total", none)] == 0
+    assert samples[("checkout_uploads_refused_total", REFUSED_TOO_MANY)] == 0
     assert samples[("checkout_upload_memory_budget_bytes_used", none)] == 0
     assert samples[("checkout_watchers", none)] == 0
     assert response.event_id
@@ -119,7 +120,7 @@ async def test_an_upload_beyond_the_limit_is_refused_with_a_retry_hint(
         assert await object_keys(s3, bucket) == []
         assert await outbox_collection.count_documents({}) == 0
         refused = await scrape(metered)
-        assert refused[("checkout_uploads_refused_total", frozenset())] == 1
+        assert refused[("checkout_uploads_refused_total", REFUSED_TOO_MANY)] == 1
         assert refused[("checkout_uploads_in_flight", frozenset())] == 1
 
         gate.set()
