@@ -215,7 +215,7 @@ async def test_a_flood_of_streams_takes_its_own_budget_and_no_other(
                 call.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
             for channel in flooding:
-                await channel.close()
+                await channel.close(None)
 
 
 async def test_a_foreign_host_is_refused_with_421(app: App, tmp_path: Path) -> None:
