@@ -73,6 +73,8 @@ async def test_sigterm_under_load(settings: ServerSettings, s3: Minio, tmp_path:
         SHUTDOWN_GRACE_S=str(GRACE_S),
         SHUTDOWN_DRAIN_S=str(DRAIN_S),
         WATCH_HEARTBEAT_S="0.5",
+        # The 25 uploads below stand for many clients; here they share one address.
+        UPLOAD_MAX_CONCURRENT_PER_CLIENT="64",
     )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
