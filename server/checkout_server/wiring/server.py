@@ -14,6 +14,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,6 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from miniopy_async.api import Minio
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
 
@@ -102,22 +102,21 @@ class App:
     hub: WatchHub
     supervisor: Supervisor
     metrics: MetricsEndpoint | None
-    mongo: AsyncMongoClient[Document]
     minio: Minio
+    # What the app holds open (the clients, the wake-up sockets, the tracer provider it
+    # built), closed last at stop, in the reverse order of opening.
+    resources: AsyncExitStack
     # The API keys when authentication is on, kept current by a loop of their own.
     keys: KeyRing | None = None
     # Closed at stop: new calls are refused SHUTTING_DOWN for the drain (api/shutdown.py).
     gate: ShutdownGate | None = None
-    # Shut down (flushing its spans) at stop when the app built it.
-    tracer_provider: TracerProvider | None = None
-    # Wakes the relays after each outbox message (RELAY_WAKE_TARGETS), closed at stop.
+    # Wakes the relays after each outbox message (RELAY_WAKE_TARGETS).
     wake_relays: WakeSender | None = None
     # Wakes the other servers' watchers after each status change (WATCH_WAKE_TARGETS).
     wake_watchers: WakeSender | None = None
     # Where this server's watchers are woken by the relays and the other servers, over UDP
     # (WATCH_WAKE_ADDR; empty: GRPC_ADDR's host and bound port; `off`: nowhere).
     watch_wake_addr: str = "off"
-    watch_listener: WakeListener | None = None
     # Sweeps expired resumable sessions, orphaned multipart uploads and event-less objects.
     sweeper: UploadSweeper | None = None
 
@@ -126,7 +125,9 @@ class App:
         if self.metrics is not None:
             self.metrics.start()
         self.monitor.start()
-        self.watch_listener = await self._listen_for_watch_wake_ups()
+        listener = await self._listen_for_watch_wake_ups()
+        if listener is not None:
+            self.resources.callback(listener.close)
         self.hub.start()
         if self.sweeper is not None:
             self.supervisor.spawn("upload-sweeper", self.sweeper.round)
@@ -170,13 +171,7 @@ class App:
         await self.pipeline.drain_cleanups(timeout_s=grace)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)  # waits for its serving thread
-        await self.minio.close_session()  # type: ignore[no-untyped-call]
-        await self.mongo.close()
-        for closable in (self.wake_relays, self.wake_watchers, self.watch_listener):
-            if closable is not None:
-                closable.close()
-        if self.tracer_provider is not None:
-            await asyncio.to_thread(self.tracer_provider.shutdown)  # bounded by the exporter
+        await self.resources.aclose()
         log.info("stopped")
 
     async def _stop_server(self, grace_s: float) -> None:
@@ -295,63 +290,206 @@ async def create_app(
     settings: ServerSettings, *, tracing: trace.TracerProvider | None = None
 ) -> App:
     """Build the server (not started), once MinIO and MongoDB answer (buckets and indexes are
-    made then). Binds the port, so a port of 0 picks a free one. If start-up fails, the
-    clients it built are closed again. Spans go to `tracing` (the caller's to shut down), by
-    default to a provider of its own (`wiring/tracing.py`)."""
-    minio = minio_client(settings)
-    mongo = mongo_client(settings, appname="checkout")
-    owned = tracer_provider(settings, "checkout-server") if tracing is None else None
-    provider: trace.TracerProvider = owned or tracing or trace.NoOpTracerProvider()
+    made then). Binds the port, so a port of 0 picks a free one. If start-up fails, what it
+    opened is closed again. Spans go to `tracing` (the caller's to shut down), by default to a
+    provider of its own (`wiring/tracing.py`), shut down with the app."""
+    resources = AsyncExitStack()
     try:
+        if tracing is None:
+            tracing = tracer_provider(settings, "checkout-server")
+            # Flushes the spans still batched; bounded by the exporter's timeout.
+            resources.push_async_callback(asyncio.to_thread, tracing.shutdown)
+        minio = minio_client(settings)
+        resources.push_async_callback(minio.close_session)
+        mongo = mongo_client(settings, appname="checkout")
+        resources.push_async_callback(mongo.close)
         keys = await _load_keys(settings)
-        app, storage, outbox, records = _build(settings, minio, mongo, provider, keys)
-        app.tracer_provider = owned
-        sessions = _upload_sessions(settings, mongo)
-
-        async def prepare() -> None:
-            for bucket in sorted(settings.allowed_buckets):
-                await storage.ensure_bucket(bucket)
-            await outbox.ensure_indexes()
-            await records.ensure_indexes()
-            await sessions.ensure_indexes()
-
+        stores = _stores(settings, minio, mongo, resources)
         await retry_until(
-            prepare, timeout_s=settings.startup_timeout_s, what="start-up waits for a dependency"
+            stores.prepare,
+            timeout_s=settings.startup_timeout_s,
+            what="start-up waits for a dependency",
         )
+        app = _build(settings, stores, tracing, keys, resources)
         await app.monitor.check_now()
     except BaseException:
-        await minio.close_session()  # type: ignore[no-untyped-call]
-        await mongo.close()
-        if owned is not None:
-            owned.shutdown()
+        await resources.aclose()
         raise
     return app
 
 
-def _build(
+@dataclass(frozen=True)
+class _Stores:
+    """The adapters over MinIO and MongoDB, and the wake-ups they send."""
+
+    settings: ServerSettings
+    minio: Minio
+    storage: MinioStorage
+    multipart: MinioMultipart
+    outbox: MongoOutbox
+    records: MongoStatusRecords
+    sessions: MongoUploadSessions
+    # Called after each status change; the watch hub adds itself once it is built.
+    status_changed: _Callbacks
+    wake_relays: WakeSender | None
+    wake_watchers: WakeSender | None
+
+    async def prepare(self) -> None:
+        """The allowed buckets and every collection's indexes, made if missing."""
+        for bucket in sorted(self.settings.allowed_buckets):
+            await self.storage.ensure_bucket(bucket)
+        await self.outbox.ensure_indexes()
+        await self.records.ensure_indexes()
+        await self.sessions.ensure_indexes()
+
+
+def _stores(
     settings: ServerSettings,
     minio: Minio,
     mongo: AsyncMongoClient[Document],
+    resources: AsyncExitStack,
+) -> _Stores:
+    database = mongo[settings.mongo_db]
+    wake_relays = _wake_sender(settings.relay_wake_targets, resources)
+    wake_watchers = _wake_sender(settings.watch_wake_targets, resources)
+    status_changed = _Callbacks()
+    if wake_watchers is not None:
+        status_changed.add(wake_watchers)
+    return _Stores(
+        settings=settings,
+        minio=minio,
+        storage=MinioStorage(minio, abort_retry_s=settings.storage_abort_retry_s),
+        multipart=MinioMultipart(minio),
+        outbox=MongoOutbox(
+            database[settings.mongo_outbox_collection],
+            database[settings.mongo_status_collection],
+            on_added=wake_relays,
+            on_status_changed=status_changed,
+        ),
+        records=MongoStatusRecords(
+            database[settings.mongo_status_collection], on_status_changed=status_changed
+        ),
+        sessions=MongoUploadSessions(
+            database[settings.mongo_upload_sessions_collection],
+            database[settings.mongo_upload_facts_collection],
+        ),
+        status_changed=status_changed,
+        wake_relays=wake_relays,
+        wake_watchers=wake_watchers,
+    )
+
+
+def _wake_sender(targets: frozenset[str], resources: AsyncExitStack) -> WakeSender | None:
+    if not targets:
+        return None
+    sender = WakeSender(targets)
+    resources.callback(sender.close)
+    return sender
+
+
+def _build(
+    settings: ServerSettings,
+    stores: _Stores,
     tracing: trace.TracerProvider,
     keys: KeyRing | None,
-) -> tuple[App, MinioStorage, MongoOutbox, MongoStatusRecords]:
-    """The adapters, services and gRPC server over these clients (and, with authentication
-    on, these keys)."""
+    resources: AsyncExitStack,
+) -> App:
+    """The services and the gRPC server over these adapters (and, with authentication on,
+    these keys)."""
     supervisor = Supervisor()
-    storage = MinioStorage(minio, abort_retry_s=settings.storage_abort_retry_s)
-    database = mongo[settings.mongo_db]
-    wake_relays = WakeSender(settings.relay_wake_targets) if settings.relay_wake_targets else None
-    wake_watchers = WakeSender(settings.watch_wake_targets) if settings.watch_wake_targets else None
-    status_changed = _Callbacks()  # the hub is built after the outbox it reads
-    outbox = MongoOutbox(
-        database[settings.mongo_outbox_collection],
-        database[settings.mongo_status_collection],
-        on_added=wake_relays,
-        on_status_changed=status_changed,
+    uploads = _uploads(settings, stores, keys)
+    status, hub = _status(settings, stores, supervisor)
+    health_servicer = new_health_servicer()
+    monitor = DependencyMonitor(
+        {"storage": stores.storage.ping, "database": stores.outbox.ping},
+        health_servicer,
+        interval_s=settings.health_interval_s,
+        supervisor=supervisor,
     )
-    records = MongoStatusRecords(
-        database[settings.mongo_status_collection], on_status_changed=status_changed
+    servicer = CheckoutServicer(
+        pipeline=uploads.pipeline,
+        status=status,
+        hub=hub,
+        monitor=monitor,
+        heartbeat_s=settings.watch_heartbeat_s,
+        default_bucket=settings.default_bucket,
+        resumable=uploads.resumable,
     )
+    registry = CollectorRegistry()
+    registry.register(
+        ServiceCollector(uploads.pipeline, uploads.admission, hub, keys, uploads.sweeper)
+    )
+    gate = ShutdownGate()
+    server, port = create_server(
+        settings.grpc_addr,
+        servicer,
+        health_servicer,
+        tls=ServerTLS.from_settings(settings),
+        observer=GrpcMetrics(registry),
+        tracer=tracing.get_tracer(INSTRUMENTATION),
+        auth=keys,
+        gate=gate,
+    )
+    return App(
+        settings=settings,
+        server=server,
+        port=port,
+        health=health_servicer,
+        monitor=monitor,
+        pipeline=uploads.pipeline,
+        admission=uploads.admission,
+        hub=hub,
+        supervisor=supervisor,
+        metrics=MetricsEndpoint(registry, settings.metrics_addr) if settings.metrics_addr else None,
+        minio=stores.minio,
+        resources=resources,
+        keys=keys,
+        gate=gate,
+        wake_relays=stores.wake_relays,
+        wake_watchers=stores.wake_watchers,
+        watch_wake_addr=_watch_wake_addr(settings, port),
+        sweeper=uploads.sweeper,
+    )
+
+
+def _status(
+    settings: ServerSettings, stores: _Stores, supervisor: Supervisor
+) -> tuple[StatusService, WatchHub]:
+    """The status reads and the hub that pushes status changes to watchers (woken by this
+    server's changes, through `stores.status_changed`)."""
+    status = StatusService(
+        storage=stores.storage,
+        outbox=stores.outbox,
+        records=stores.records,
+        settings=_status_settings(settings),
+        sessions=stores.sessions,
+        traceparent=current_traceparent,
+    )
+    hub = WatchHub(
+        records=stores.records,
+        status=status,
+        supervisor=supervisor,
+        poll_interval_s=settings.watch_poll_interval_s,
+        poll_min_gap_s=settings.watch_poll_min_gap_s,
+        result_check_interval_s=settings.watch_result_check_interval_s,
+        reconcile_interval_s=settings.result_reconcile_interval_s,
+        max_pending=settings.watch_max_pending,
+    )
+    stores.status_changed.add(hub.wake)
+    return status, hub
+
+
+@dataclass(frozen=True)
+class _Uploads:
+    admission: Admission
+    pipeline: UploadPipeline
+    resumable: ResumableUploads
+    sweeper: UploadSweeper
+
+
+def _uploads(settings: ServerSettings, stores: _Stores, keys: KeyRing | None) -> _Uploads:
+    """UploadVideo's pipeline, the resumable uploads, the admission both go through, and the
+    sweeper of what uploads leave behind."""
     limits = _upload_limits(settings)
     admission = Admission(
         limits,
@@ -362,22 +500,20 @@ def _build(
         ),
     )
     pipeline = UploadPipeline(
-        storage=storage,
-        outbox=outbox,
+        storage=stores.storage,
+        outbox=stores.outbox,
         limits=limits,
         traceparent=current_traceparent,
         admission=admission,
     )
-    sessions = _upload_sessions(settings, mongo)
-    multipart = MinioMultipart(minio)
     resumable = ResumableUploads(
-        sessions=sessions,
-        storage=multipart,
-        outbox=outbox,
+        sessions=stores.sessions,
+        storage=stores.multipart,
+        outbox=stores.outbox,
         limits=limits,
         admission=admission,
         leases=WriteLeases(
-            sessions,
+            stores.sessions,
             process=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
             times=LeaseTimes(
                 ttl_s=settings.upload_lease_ttl_s,
@@ -391,89 +527,19 @@ def _build(
     )
     sweeper = UploadSweeper(
         resumable=resumable,
-        sessions=sessions,
-        storage=multipart,
+        sessions=stores.sessions,
+        storage=stores.multipart,
         buckets=settings.allowed_buckets,
         orphan_age_s=settings.upload_max_duration_s,
         interval_s=settings.upload_sweep_interval_s,
         objects=EventlessObjects(
-            storage=storage,
-            outbox=outbox,
-            sessions=sessions,
+            storage=stores.storage,
+            outbox=stores.outbox,
+            sessions=stores.sessions,
             min_age_s=settings.upload_orphan_object_age_s,
         ),
     )
-    status = StatusService(
-        storage=storage,
-        outbox=outbox,
-        records=records,
-        settings=_status_settings(settings),
-        sessions=sessions,
-        traceparent=current_traceparent,
-    )
-    hub = WatchHub(
-        records=records,
-        status=status,
-        supervisor=supervisor,
-        poll_interval_s=settings.watch_poll_interval_s,
-        poll_min_gap_s=settings.watch_poll_min_gap_s,
-        result_check_interval_s=settings.watch_result_check_interval_s,
-        reconcile_interval_s=settings.result_reconcile_interval_s,
-        max_pending=settings.watch_max_pending,
-    )
-    status_changed.add(hub.wake)
-    if wake_watchers is not None:
-        status_changed.add(wake_watchers)
-    health_servicer = new_health_servicer()
-    monitor = DependencyMonitor(
-        {"storage": storage.ping, "database": outbox.ping},
-        health_servicer,
-        interval_s=settings.health_interval_s,
-        supervisor=supervisor,
-    )
-    servicer = CheckoutServicer(
-        pipeline=pipeline,
-        status=status,
-        hub=hub,
-        monitor=monitor,
-        heartbeat_s=settings.watch_heartbeat_s,
-        default_bucket=settings.default_bucket,
-        resumable=resumable,
-    )
-    registry = CollectorRegistry()
-    registry.register(ServiceCollector(pipeline, admission, hub, keys, sweeper))
-    gate = ShutdownGate()
-    server, port = create_server(
-        settings.grpc_addr,
-        servicer,
-        health_servicer,
-        tls=ServerTLS.from_settings(settings),
-        observer=GrpcMetrics(registry),
-        tracer=tracing.get_tracer(INSTRUMENTATION),
-        auth=keys,
-        gate=gate,
-    )
-    app = App(
-        settings=settings,
-        server=server,
-        port=port,
-        health=health_servicer,
-        monitor=monitor,
-        pipeline=pipeline,
-        admission=admission,
-        hub=hub,
-        supervisor=supervisor,
-        metrics=MetricsEndpoint(registry, settings.metrics_addr) if settings.metrics_addr else None,
-        mongo=mongo,
-        minio=minio,
-        keys=keys,
-        gate=gate,
-        wake_relays=wake_relays,
-        wake_watchers=wake_watchers,
-        watch_wake_addr=_watch_wake_addr(settings, port),
-        sweeper=sweeper,
-    )
-    return app, storage, outbox, records
+    return _Uploads(admission, pipeline, resumable, sweeper)
 
 
 class _Callbacks:
@@ -506,16 +572,6 @@ async def _load_keys(settings: ServerSettings) -> KeyRing | None:
         return None
     return await asyncio.to_thread(
         KeyRing, Path(settings.auth_keys_file), reload_interval_s=settings.auth_reload_interval_s
-    )
-
-
-def _upload_sessions(
-    settings: ServerSettings, mongo: AsyncMongoClient[Document]
-) -> MongoUploadSessions:
-    database = mongo[settings.mongo_db]
-    return MongoUploadSessions(
-        database[settings.mongo_upload_sessions_collection],
-        database[settings.mongo_upload_facts_collection],
     )
 
 
