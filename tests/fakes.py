@@ -284,14 +284,15 @@ def status_service(
     result_max_bytes: int = 1000,
     admin_token: str = "",
     clock: Callable[[], datetime] | None = None,
+    result_key_template: str = "output/{video_id}.json",
 ) -> StatusService:
     """The status service over the fakes (the status records: `outbox`'s unless `records` is
-    given): one allowed bucket, `videos` (the default), results at `output/{video_id}.json`;
+    given): one allowed bucket, `videos` (the default), results at `result_key_template`;
     the real clock unless `clock` is given."""
     settings = StatusSettings(
         default_bucket="videos",
         allowed_buckets=frozenset({"videos"}),
-        result_key_template="output/{video_id}.json",
+        result_key_template=result_key_template,
         result_max_bytes=result_max_bytes,
         admin_token=admin_token,
     )

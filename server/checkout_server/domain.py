@@ -164,11 +164,6 @@ def age_s(since: datetime | None, now: datetime) -> float:
     return round(max((now - since).total_seconds(), 0.0), 3)
 
 
-def result_key(template: str, *, video_id: str, event_id: str) -> str:
-    """Where the detection runner writes the result of an event (RESULT_KEY_TEMPLATE)."""
-    return template.format(video_id=video_id, event_id=event_id)
-
-
 @dataclass(frozen=True, kw_only=True)
 class StoredObject:
     """What storage says about one object."""

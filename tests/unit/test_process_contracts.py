@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema_rs
 import pytest
 
-from checkout_common import result_key as result_keys
+from checkout_common.result_key import result_prefix
 from checkout_common.settings import EnvSettings
 from checkout_runner import envelope, result
 from checkout_runner.config import RunnerSettings
@@ -28,13 +28,11 @@ from checkout_runner.domain import (
 )
 from checkout_runner.errors import FAILURE_RESULTS
 from checkout_runner.errors import ConfigError as RunnerConfigError
-from checkout_server import domain
 from checkout_server.config import RelaySettings, ServerSettings
 from checkout_server.domain import ANONYMOUS, EventStatus
 from checkout_server.errors import ConfigError as ServerConfigError
 from checkout_server.relay.envelope import build_message
 from checkout_server.relay.ports import PendingEvent
-from checkout_server.status import service as status
 from checkout_server.status.service import StatusService
 from tests.fakes import NOW, FakeOutbox, FakeStorage, status_service
 from tests.helpers import outbox_event
@@ -172,15 +170,15 @@ def test_one_environment_stops_the_server_and_the_runner_alike(
 
 
 def test_the_servers_result_key_is_the_runners() -> None:
-    """The runner writes where the server looks. The server's domain.result_key and
-    status.service.result_prefix are still one-line copies of checkout_common.result_key's
-    (their modules belong to work in progress elsewhere); this pins them until they import
-    it."""
+    """The runner writes where the server's status service looks, and the cleanup's folder
+    holds it."""
     template = "results/{event_id}/{video_id}.json"
     runner = RunnerSettings.from_env({"RESULT_KEY_TEMPLATE": template})
+    server = status_service(FakeStorage(), FakeOutbox(), result_key_template=template)
+    event = outbox_event("e", video_id="v")
     key = runner.result_key(video_id="v", event_id="e")
-    assert key == domain.result_key(template, video_id="v", event_id="e") == "results/e/v.json"
-    assert status.result_prefix(template) == result_keys.result_prefix(template) == "results/"
+    assert key == server.result_key(event) == "results/e/v.json"
+    assert key.startswith(result_prefix(template))
 
 
 # --- the JSON Schemas of contract/ --------------------------------------------------------

@@ -27,6 +27,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from checkout_common.result_key import result_key, result_prefix
+
 from .. import errors
 from ..domain import (
     EventStatus,
@@ -34,7 +36,6 @@ from ..domain import (
     Principal,
     Role,
     input_object_key,
-    result_key,
 )
 from ..errors import ObjectTooLarge
 from ..ports import ObjectStorage, Outbox, StatusRecords, UploadSessionStore
@@ -302,9 +303,3 @@ class StatusService:
 
 def _with_ready(event: OutboxEvent, at: datetime, *, error: str = "") -> OutboxEvent:
     return replace(event, ready_at=at, updated_at=at, error=error or event.error)
-
-
-def result_prefix(template: str) -> str:
-    """The fixed folder of result keys (`output/` for `output/{video_id}.json`)."""
-    head = template.split("{", 1)[0]
-    return head[: head.rfind("/") + 1]
