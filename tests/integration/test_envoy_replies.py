@@ -1,8 +1,8 @@
 """Envoy's own timeout and size replies, through a real Envoy front, in the one JSON error
 shape REST clients get (docs/api.md, "Errors Envoy answers itself"): 408 when the request
-headers do not arrive in time, and 413 for a JSON body over the transcoder's 1 MiB limit
-(configured, but not enforced by this Envoy: a strict xfail until it is). The other replies
-of Envoy's own (400, 404, 431, 503) are in test_rest.py.
+headers do not arrive in time, and 413 for a unary call's body over the buffer filter's
+1 MiB (REST; a gRPC client gets UNKNOWN, Payload Too Large). The other replies of Envoy's own
+(400, 404, 431, 503) are in test_rest.py.
 
 No test here for 504 (UPSTREAM_TIMEOUT): the routes have no timeout (long uploads and
 watches), and Envoy 1.40 was seen to ignore a REST client's x-envoy-upstream-rq-timeout-ms
@@ -15,8 +15,11 @@ import asyncio
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.wiring.server import App
 from devstack import free_port
 from tests.helpers import MiB
@@ -60,17 +63,9 @@ async def test_request_headers_that_do_not_arrive_in_time_are_408_in_the_one_sha
     assert error["details"][0]["metadata"]["envoy_details"] == "request_header_timeout"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Envoy 1.40's JSON transcoder does not enforce max_request_body_size on JSON routes "
-    "(body: '*' or a field): the body reaches the server, which answers for itself",
-)
-async def test_a_json_body_over_the_transcoders_limit_is_413_in_the_one_shape(
-    app: App, tmp_path: Path
-) -> None:
-    """The limit (1 MiB, deploy/envoy/) and its 413 mapping are configured; the uploads'
-    own routes (http_body) stream and are limited by the server instead."""
+async def test_a_json_body_over_the_limit_is_413_in_the_one_shape(app: App, tmp_path: Path) -> None:
+    """The buffer filter's 1 MiB (deploy/envoy/): the body never reaches a server. The
+    uploads' own routes (http_body) stream and are limited by the server instead."""
     big = tmp_path / "request.json"
     big.write_text('{"video_id": "' + "a" * (2 * MiB) + '"}')
     async with async_envoy_front(tmp_path, [app.port]) as front:
@@ -86,3 +81,22 @@ async def test_a_json_body_over_the_transcoders_limit_is_413_in_the_one_shape(
         )
     assert status == 413, body
     assert envoy_error(body) == (8, "BODY_TOO_LARGE")
+
+
+async def test_a_grpc_message_over_the_limit_never_reaches_a_server(
+    app: App, tmp_path: Path
+) -> None:
+    """The same limit for a native gRPC unary call: refused by Envoy, while a small call on
+    the same channel goes through."""
+    async with (
+        async_envoy_front(tmp_path, [app.port]) as front,
+        grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as channel,
+    ):
+        stub = pb_grpc.CheckoutServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CreateRequest(pb.CreateRequestRequest(video_id="a" * (2 * MiB)), timeout=30)
+        small = await stub.Health(pb.HealthRequest(), timeout=30)
+    assert refused.value.code() is grpc.StatusCode.UNKNOWN, refused.value
+    # Envoy's gRPC form of its 413 (UNKNOWN is what it maps 413 to).
+    assert refused.value.details() == "Payload Too Large"
+    assert small.status
