@@ -7,6 +7,7 @@ server does. Times are whole milliseconds: BSON dates keep no more.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
@@ -195,10 +196,30 @@ async def test_a_cursor_keeps_its_place_without_its_event(ports: Ports) -> None:
     assert await scanned(ports.records, after=after) == [event_id(1)]
 
 
-async def test_a_cursor_these_records_did_not_make_is_refused(ports: Ports) -> None:
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not-a-cursor",
+        "é",
+        _b64('{"a": 1}'),
+        _b64("[1, 2, 3]"),
+        _b64('[1.5, "x"]'),
+        # Milliseconds no datetime holds: an OverflowError or OSError inside, not INTERNAL.
+        _b64('[99999999999999999999, "x"]'),
+        _b64('[-99999999999999999999, "x"]'),
+        _b64('[253402300800000, "x"]'),  # the year 10000
+        "A" * 100_000,
+    ],
+    ids=["text", "non-ascii", "object", "triple", "float", "huge", "negative", "y10k", "long"],
+)
+async def test_a_cursor_these_records_did_not_make_is_refused(ports: Ports, cursor: str) -> None:
     await ports.outbox.add(event(1))
     with pytest.raises(InvalidPageToken):
-        await scanned(ports.records, after="not-a-cursor")
+        await scanned(ports.records, after=cursor)
 
 
 async def test_count_and_scan_filter_by_api_status_and_owner(ports: Ports) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import uuid
@@ -155,11 +156,15 @@ async def test_list_errors(stub: Stub) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_STATUS",
     )
-    await expect_error(
-        stub.ListStatuses(pb.ListStatusesRequest(page_token="garbage!")),
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "INVALID_PAGE_TOKEN",
-    )
+    # A token made to look like the server's (base64 JSON of milliseconds and an id), with a
+    # time no datetime holds: refused like any foreign token, never INTERNAL.
+    crafted = base64.urlsafe_b64encode(b'[99999999999999999999,"x"]').decode()
+    for token in ("garbage!", crafted):
+        await expect_error(
+            stub.ListStatuses(pb.ListStatusesRequest(page_token=token)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PAGE_TOKEN",
+        )
     await expect_error(
         stub.ListStatuses(pb.ListStatusesRequest(page_size=-1)),
         grpc.StatusCode.INVALID_ARGUMENT,

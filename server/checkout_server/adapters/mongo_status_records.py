@@ -153,12 +153,21 @@ def _encode_cursor(event: OutboxEvent) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# A cursor is about 70 characters (milliseconds and a UUID); anything much longer is not one.
+MAX_CURSOR_CHARS = 256
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The place `_encode_cursor` wrote; InvalidPageToken for anything else a client sends
+    (not base64, not JSON, not the pair, a time no datetime holds, too long)."""
     try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         millis, event_id = json.loads(raw)
         if not isinstance(millis, int) or not isinstance(event_id, str):
             raise TypeError(cursor)
         return datetime.fromtimestamp(millis / 1000, UTC), event_id
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, OverflowError, OSError, binascii.Error):
+        # OverflowError and OSError: milliseconds beyond what the platform's time holds.
         raise InvalidPageToken() from None
