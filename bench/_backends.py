@@ -42,8 +42,10 @@ def started(work: Path) -> Iterator[Backends]:
             "MINIO_ENDPOINT": minio.endpoint,
             "MONGO_URI": ferretdb.uri,
             "LOG_LEVEL": "WARNING",
-            # The concurrent uploads of a benchmark stand for many clients sharing one address.
+            # The concurrent uploads and watchers of a benchmark stand for many clients sharing one
+            # address.
             "UPLOAD_MAX_CONCURRENT_PER_CLIENT": "64",
+            "WATCH_MAX_WATCHERS_PER_CLIENT": "4096",
         },
         log_path=work / "server.log",
     )

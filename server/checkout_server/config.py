@@ -449,11 +449,20 @@ class StatusSection(Section):
     """WATCH_HEARTBEAT_S: a watch stream with no change for this long gets a keep-alive."""
     watch_max_pending: int = 1000
     """WATCH_MAX_PENDING: changes a watcher may fall behind before it must re-subscribe."""
+    watch_max_watchers: int = 4096
+    """WATCH_MAX_WATCHERS: WatchStatus streams one server holds open at once; more are refused
+    TOO_MANY_WATCHERS (each costs a stream's buffers and a mailbox, not a query)."""
+    watch_max_watchers_per_client: int = 256
+    """WATCH_MAX_WATCHERS_PER_CLIENT: WatchStatus streams one client (its key's owner; its
+    address with authentication off, Envoy's for REST) holds open on one server; more are
+    refused TOO_MANY_CLIENT_WATCHERS. Watching every event takes one stream."""
 
     @model_validator(mode="after")
     def _check_watch(self) -> Self:
         if not 0 < self.watch_poll_min_gap_s <= self.watch_poll_interval_s:
             raise ConfigError("need 0 < WATCH_POLL_MIN_GAP_S <= WATCH_POLL_INTERVAL_S")
+        if not 1 <= self.watch_max_watchers_per_client <= self.watch_max_watchers:
+            raise ConfigError("need 1 <= WATCH_MAX_WATCHERS_PER_CLIENT <= WATCH_MAX_WATCHERS")
         return self
 
     @field_validator("result_key_template")

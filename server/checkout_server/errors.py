@@ -385,6 +385,29 @@ class TooManyClientUploads(ServiceError):
     retry_after_s = 1.0
 
 
+class TooManyWatchers(ServiceError):
+    """The server has `WATCH_MAX_WATCHERS` WatchStatus streams open already: refused before
+    it subscribes; a `google.rpc.RetryInfo` says when to try again (or another server)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_WATCHERS"
+    message = "Сервер обслуживает слишком много наблюдений за статусом, повторите попытку позже"
+    retriable = True
+    retry_after_s = 5.0
+
+
+class TooManyClientWatchers(ServiceError):
+    """The client has `WATCH_MAX_WATCHERS_PER_CLIENT` WatchStatus streams open on this server
+    already (the client: its API key's owner, or its address with authentication off): close
+    one, or watch every event on one stream (WatchStatus without an event id)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_CLIENT_WATCHERS"
+    message = "Слишком много одновременных наблюдений этого клиента, закройте одно из них"
+    retriable = True
+    retry_after_s = 5.0
+
+
 class TooManyUploadSessions(ServiceError):
     """The client has `UPLOAD_MAX_OPEN_SESSIONS_PER_CLIENT` resumable sessions open (neither
     finished, cancelled nor expired): finish or cancel one first; a `google.rpc.RetryInfo`

@@ -158,6 +158,8 @@ async def counted_app(settings: ServerSettings) -> AsyncIterator[tuple[App, Comm
         settings.replace(
             result_reconcile_interval_s=3600,
             upload_sweep_interval_s=3600,
+            # The thousand watchers below stand for many clients; here they share one address.
+            watch_max_watchers_per_client=1000,
         )
     )
     await app.start()

@@ -207,6 +207,18 @@ ERRORS: list[tuple[type[errors.ServiceError], grpc.StatusCode, str, str]] = [
         "Слишком много одновременных загрузок этого клиента, повторите попытку позже",
     ),
     (
+        errors.TooManyWatchers,
+        Code.RESOURCE_EXHAUSTED,
+        "TOO_MANY_WATCHERS",
+        "Сервер обслуживает слишком много наблюдений за статусом, повторите попытку позже",
+    ),
+    (
+        errors.TooManyClientWatchers,
+        Code.RESOURCE_EXHAUSTED,
+        "TOO_MANY_CLIENT_WATCHERS",
+        "Слишком много одновременных наблюдений этого клиента, закройте одно из них",
+    ),
+    (
         errors.TooManyUploadSessions,
         Code.RESOURCE_EXHAUSTED,
         "TOO_MANY_UPLOAD_SESSIONS",

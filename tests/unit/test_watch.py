@@ -4,6 +4,7 @@ failing query."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -12,6 +13,7 @@ from datetime import datetime
 import pytest
 
 from checkout_client.backoff import Backoff
+from checkout_server import errors
 from checkout_server.domain import EventStatus, OutboxEvent, StoredObject
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
@@ -46,6 +48,8 @@ def build_hub(
     max_pending: int = 100,
     storage: FakeStorage | None = None,
     records: FakeStatusRecords | None = None,
+    max_watchers: int = 4096,
+    max_watchers_per_client: int = 256,
 ) -> WatchHub:
     storage = storage or FakeStorage()
     records = records or outbox.status_records()
@@ -59,6 +63,8 @@ def build_hub(
         result_check_interval_s=0.01,
         reconcile_interval_s=60,
         max_pending=max_pending,
+        max_watchers=max_watchers,
+        max_watchers_per_client=max_watchers_per_client,
     )
 
 
@@ -141,3 +147,36 @@ async def test_the_reconcile_checks_a_waiting_event_again_only_after_its_interva
     await outbox.add(event("newer"))
     await hub.reconcile_once()  # a new waiting event is checked at its first sight
     assert storage.stats == ["output/waiting.json", "output/newer.json"]
+
+
+async def test_a_client_past_its_share_of_watchers_is_refused_and_others_are_not(
+    supervisor: Supervisor,
+) -> None:
+    hub = build_hub(FakeOutbox(), supervisor, max_watchers=5, max_watchers_per_client=2)
+    with contextlib.ExitStack() as held:
+        for _ in range(2):
+            held.enter_context(hub.subscribe(None, client="greedy"))
+        with pytest.raises(errors.TooManyClientWatchers) as refused:
+            held.enter_context(hub.subscribe("e1", client="greedy"))
+        assert refused.value.metadata == {"limit": "2"}
+        assert hub.watchers == 2  # the refused one never subscribed
+        with hub.subscribe(None, client="honest") as honest:
+            hub.publish(event("e1"))
+            assert [e.event_id for e in await honest.next(1.0)] == ["e1"]
+    # Closed streams give their places back.
+    with hub.subscribe(None, client="greedy"), hub.subscribe(None, client="greedy"):
+        assert hub.watchers == 2
+    assert hub.refusals == {"TOO_MANY_CLIENT_WATCHERS": 1}
+
+
+async def test_past_the_servers_watchers_every_client_is_refused(supervisor: Supervisor) -> None:
+    hub = build_hub(FakeOutbox(), supervisor, max_watchers=3, max_watchers_per_client=2)
+    with contextlib.ExitStack() as held:
+        for client in ("a", "a", "b"):
+            held.enter_context(hub.subscribe(None, client=client))
+        with pytest.raises(errors.TooManyWatchers):
+            held.enter_context(hub.subscribe(None, client="c"))
+        assert hub.watchers == 3
+    with hub.subscribe(None, client="c"):
+        assert hub.watchers == 1
+    assert hub.refusals == {"TOO_MANY_WATCHERS": 1}

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..auth.keys import KeyRing
-from ..status.watch import WatchHub
+from ..status.watch import WATCH_REFUSAL_REASONS, WatchHub
 from ..upload.admission import REFUSAL_REASONS, Admission
 from ..upload.pipeline import UploadPipeline
 from ..upload.sweeper import UploadSweeper
@@ -122,6 +122,15 @@ class ServiceCollector(Collector):
         yield GaugeMetricFamily(
             "checkout_watchers", "WatchStatus streams open now.", value=self._hub.watchers
         )
+        watch_refused = CounterMetricFamily(
+            "checkout_watchers_refused",
+            "WatchStatus streams refused before they subscribed, by reason (WATCH_MAX_WATCHERS, "
+            "WATCH_MAX_WATCHERS_PER_CLIENT).",
+            labels=["reason"],
+        )
+        for reason in WATCH_REFUSAL_REASONS:
+            watch_refused.add_metric([reason], self._hub.refusals[reason])
+        yield watch_refused
         if self._sweeper is not None:
             sweeper = self._sweeper
             yield CounterMetricFamily(

@@ -196,13 +196,15 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def WatchStatus(  # noqa: N802 (gRPC method name)
         self, request: pb.WatchStatusRequest, context: Context
     ) -> AsyncIterator[pb.StatusUpdate]:
+        viewer = current_principal()
+        client = client_key(viewer.client, context.peer())
         if not request.event_id:
-            async for update in self._watch_all():
+            async for update in self._watch_all(client):
                 yield update
             return
         event_id = parse_uuid(request.event_id, errors.InvalidEventId)
         # Subscribe before reading the current state, so no change falls in between.
-        with self._hub.subscribe(event_id) as subscription:
+        with self._hub.subscribe(event_id, client=client) as subscription:
             event = await self._status.get(event_id, current_principal())
             self._hub.track(event)
             yield status_update(event)
@@ -219,12 +221,12 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
                     yield status_update(changed)
                 event = changed
 
-    async def _watch_all(self) -> AsyncIterator[pb.StatusUpdate]:
+    async def _watch_all(self, client: str) -> AsyncIterator[pb.StatusUpdate]:
         """Every change this caller may see (an uploader: of its own events), and a heartbeat
         after `heartbeat_s` without one."""
         viewer = current_principal()
         quiet_since = time.monotonic()
-        with self._hub.subscribe(None) as subscription:
+        with self._hub.subscribe(None, client=client) as subscription:
             while True:
                 changes = await subscription.next(self._heartbeat_s)
                 _check(subscription)

@@ -24,6 +24,7 @@ more than `max_pending` events behind is told to re-subscribe.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections import OrderedDict
@@ -31,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 
+from .. import errors
 from ..domain import OutboxEvent
 from ..ports import StatusRecords
 from ..supervisor import Supervisor
@@ -48,6 +50,8 @@ _RECONCILE_CONCURRENCY = 8
 # interval up to this: checking every waiting event every round cost an idle server with 600
 # of them (no detection runner) 2.4 % of a core, most of its idle CPU.
 _RECHECK_MAX_S = 300.0
+# What `WatchHub.subscribe` refuses, each counted in `WatchHub.refusals`.
+WATCH_REFUSAL_REASONS = (errors.TooManyWatchers.reason, errors.TooManyClientWatchers.reason)
 
 
 class Subscription:
@@ -98,6 +102,8 @@ class WatchHub:
         result_check_interval_s: float,
         reconcile_interval_s: float,
         max_pending: int,
+        max_watchers: int = 4096,
+        max_watchers_per_client: int = 256,
     ) -> None:
         self._records = records
         self._status = status
@@ -109,6 +115,11 @@ class WatchHub:
         self._reconcile_interval_s = reconcile_interval_s
         self._max_pending = max_pending
         self._subscriptions: set[Subscription] = set()
+        self._max_watchers = max_watchers
+        self._max_watchers_per_client = max_watchers_per_client
+        self._per_client: collections.Counter[str] = collections.Counter()
+        # Subscriptions refused, by the error's reason (for the metrics).
+        self.refusals: collections.Counter[str] = collections.Counter()
         # The latest known state of each event a single-event watcher follows.
         self._tracked: dict[str, OutboxEvent] = {}
         self._watched = asyncio.Event()  # someone is subscribed
@@ -124,13 +135,24 @@ class WatchHub:
         return len(self._subscriptions)
 
     @contextmanager
-    def subscribe(self, event_id: str | None) -> Iterator[Subscription]:
+    def subscribe(self, event_id: str | None, *, client: str = "") -> Iterator[Subscription]:
+        """A mailbox for the block, for `client` (a key of upload.admission.client_key):
+        TooManyWatchers past `max_watchers` open in all, TooManyClientWatchers past
+        `max_watchers_per_client` of this client's, checked before it subscribes."""
+        if len(self._subscriptions) >= self._max_watchers:
+            self._refuse(errors.TooManyWatchers(limit=str(self._max_watchers)))
+        if self._per_client[client] >= self._max_watchers_per_client:
+            self._refuse(errors.TooManyClientWatchers(limit=str(self._max_watchers_per_client)))
         subscription = Subscription(event_id, self._max_pending)
         self._subscriptions.add(subscription)
+        self._per_client[client] += 1
         self._watched.set()
         try:
             yield subscription
         finally:
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]
             self._subscriptions.discard(subscription)
             if event_id is not None and not any(
                 s.event_id == event_id for s in self._subscriptions
@@ -138,6 +160,10 @@ class WatchHub:
                 self._tracked.pop(event_id, None)
             if not self._subscriptions:
                 self._watched.clear()
+
+    def _refuse(self, error: errors.ServiceError) -> None:
+        self.refusals[error.reason] += 1
+        raise error
 
     def track(self, event: OutboxEvent) -> None:
         """A single-event watcher has read `event`: look out for its result from now on."""

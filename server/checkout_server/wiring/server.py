@@ -474,6 +474,8 @@ def _status(
         result_check_interval_s=settings.watch_result_check_interval_s,
         reconcile_interval_s=settings.result_reconcile_interval_s,
         max_pending=settings.watch_max_pending,
+        max_watchers=settings.watch_max_watchers,
+        max_watchers_per_client=settings.watch_max_watchers_per_client,
     )
     stores.status_changed.add(hub.wake)
     return status, hub
