@@ -161,7 +161,9 @@ class BucketNotAllowed(InvalidArgument):
 
 
 class InvalidFilename(InvalidArgument):
-    """A filename over 255 characters or with control characters."""
+    """A filename over 255 characters, or with a character that hides, reorders or breaks
+    what a person reads: a control or format character (bidi controls such as U+202E,
+    zero-width ones), a line or paragraph separator, a surrogate or a private-use one."""
 
     reason = "INVALID_FILENAME"
     message = "Недопустимое имя файла"
@@ -437,11 +439,22 @@ class UploadStalled(ServiceError):
 
 class Unauthenticated(ServiceError):
     """No `authorization: Bearer` key, a malformed one or one the keys file does not hold
-    (the detail says which); with authentication off, `Cleanup` without `ADMIN_TOKEN`."""
+    (the detail says which; every key, while the file is deleted, unreadable, empty or
+    invalid); with authentication off, `Cleanup` without `ADMIN_TOKEN`."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
     message = "Нужен действительный токен (authorization: Bearer <токен>)"
+
+
+class ApiKeyRevoked(Unauthenticated):
+    """A stream (`WatchStatus`, an upload, REST or gRPC, a `WriteUpload`) whose key left
+    `AUTH_KEYS_FILE` while it ran (removed, given another client or a role without the call,
+    or the file deleted, emptied or made invalid): ended within `AUTH_RELOAD_INTERVAL_S`; its
+    upload is removed as on any failure (a resumable session keeps its committed parts)."""
+
+    reason = "API_KEY_REVOKED"
+    message = "Ключ API отозван, поток закрыт: нужен действительный токен"
 
 
 class PermissionDenied(ServiceError):

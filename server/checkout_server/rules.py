@@ -11,6 +11,7 @@ an UploadVideo stream: `check_complete`.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from . import errors
 from .domain import OutboxEvent, UploadRequest
@@ -21,6 +22,18 @@ MAX_FILENAME_CHARS = 255
 FTYP_HEADER_BYTES = 16
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
+# What a filename may not hold, by Unicode general category: characters that hide or reorder
+# what a person reads (bidi controls such as U+202E, zero-width ones, soft hyphen) or that
+# break a line, render per font (private use) or are no text (surrogates). Unassigned code
+# points pass: an emoji newer than this Python's Unicode database is one of them.
+_REFUSED_IN_FILENAME = {
+    "Cc": "управляющий символ",
+    "Cf": "невидимый символ форматирования",
+    "Zl": "разделитель строк",
+    "Zp": "разделитель абзацев",
+    "Cs": "суррогатный код",
+    "Co": "символ из области для частного использования",
+}
 
 
 def bucket_of(requested: str, *, default: str, allowed: frozenset[str]) -> str:
@@ -36,8 +49,7 @@ def check_declared(request: UploadRequest, *, max_bytes: int) -> None:
     SHA-256 (lowercase hex, or none) and the idempotency key."""
     if len(request.filename) > MAX_FILENAME_CHARS:
         raise errors.InvalidFilename(f"длиннее {MAX_FILENAME_CHARS} символов")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in request.filename):
-        raise errors.InvalidFilename("содержит управляющие символы")
+    _check_characters(request.filename)
     if request.size_bytes < 0:
         raise errors.InvalidSize()
     if request.size_bytes > max_bytes:
@@ -46,6 +58,15 @@ def check_declared(request: UploadRequest, *, max_bytes: int) -> None:
         raise errors.InvalidChecksum()
     if request.idempotency_key and not _IDEMPOTENCY_KEY.fullmatch(request.idempotency_key):
         raise errors.InvalidIdempotencyKey("1–128 печатных символов ASCII без пробелов")
+
+
+def _check_characters(filename: str) -> None:
+    """Any script and emoji, but none of the characters of _REFUSED_IN_FILENAME: the first
+    one is named with its code point, so its sender can find it."""
+    for c in filename:
+        kind = _REFUSED_IN_FILENAME.get(unicodedata.category(c))
+        if kind is not None:
+            raise errors.InvalidFilename(f"содержит {kind} U+{ord(c):04X}")
 
 
 def check_received(received: int, *, declared: int, max_bytes: int) -> None:

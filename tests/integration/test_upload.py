@@ -13,13 +13,16 @@ from typing import Any
 
 import grpc
 import pytest
+from google.api import httpbody_pb2
 from miniopy_async.api import Minio
 from miniopy_async.error import S3Error
 from miniopy_async.helpers import DictType
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App
 from tests.helpers import (
     MiB,
@@ -190,6 +193,71 @@ def _video_id(exc: grpc.aio.AioRpcError) -> str | None:
     """The video id the server put into the ErrorInfo, when it had got that far."""
     _, info = error_info(exc)
     return info.metadata.get("video_id") or None
+
+
+# Shows as "clipexe.mp4": U+202E turns the rest of the name around.
+SPOOFED_NAME = "clip\u202e4pm.exe"
+HONEST_NAME = "видео 🎬 監視.mp4"
+FORM_BOUNDARY = "name-boundary"
+
+
+def _upload(stub: pb_grpc.CheckoutServiceAsyncStub, path: str, data: bytes, name: str) -> Any:
+    """The call (to await) of an upload by `path` of `data` named `name`; for
+    StartResumableUpload, its start."""
+    if path == "UploadVideo":
+        meta = pb.UploadMetadata(filename=name, sha256=sha256_hex(data))
+        return stub.UploadVideo(messages(data, meta))
+    if path == "REST multipart":  # the name in the file part, in UTF-8 as browsers send it
+        head = (
+            f'--{FORM_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{name}"\r\nContent-Type: video/mp4\r\n\r\n'
+        ).encode()
+        body = head + data + f"\r\n--{FORM_BOUNDARY}--\r\n".encode()
+        content_type = f"multipart/form-data; boundary={FORM_BOUNDARY}"
+        pieces = [
+            pb.UploadVideoHttpRequest(http_body=httpbody_pb2.HttpBody(data=body[i : i + CHUNK]))
+            for i in range(0, len(body), CHUNK)
+        ]
+        pieces[0].http_body.content_type = content_type
+        return stub.UploadVideoHttp(iter(pieces))
+    assert path == "StartResumableUpload"
+    return stub.StartResumableUpload(
+        pb.StartResumableUploadRequest(
+            metadata=pb.UploadMetadata(filename=name, size_bytes=len(data))
+        )
+    )
+
+
+@pytest.mark.parametrize("path", ["UploadVideo", "REST multipart", "StartResumableUpload"])
+async def test_a_filename_with_a_bidi_override_is_refused_and_an_honest_one_stored(
+    stub: pb_grpc.CheckoutServiceAsyncStub,
+    s3: Minio,
+    outbox_collection: Collection,
+    mongo_database: AsyncDatabase[dict[str, Any]],
+    settings: ServerSettings,
+    bucket: str,
+    path: str,
+) -> None:
+    data = mp4_bytes(MiB + 5)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _upload(stub, path, data, SPOOFED_NAME)
+
+    code, reason, message = error_details(caught.value)
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FILENAME")
+    assert message == "Недопустимое имя файла: содержит невидимый символ форматирования U+202E"
+    assert await mongo_database[settings.mongo_upload_sessions_collection].count_documents({}) == 0
+    await assert_nothing_left(s3, outbox_collection, bucket)
+
+    # The same channel goes on working for a client with an honest name in any script (by the
+    # same path; a resumable session's by UploadVideo).
+    honest_path = "UploadVideo" if path == "StartResumableUpload" else path
+    response = await _upload(stub, honest_path, data, HONEST_NAME)
+    assert response.status == "ok"
+    assert await object_keys(s3, bucket) == [response.object_key]
+    event = await outbox_collection.find_one({"_id": response.event_id})
+    assert event is not None
+    assert event["payload"]["filename"] == HONEST_NAME
 
 
 async def test_idempotent_retry_stores_once(

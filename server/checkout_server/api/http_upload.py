@@ -37,7 +37,7 @@ MAX_PREAMBLE_BYTES = 64 * 1024
 
 @dataclass
 class _Part:
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, bytes] = field(default_factory=dict)  # as they came
     name: str = ""
     filename: str = ""
     value: bytearray = field(default_factory=bytearray)
@@ -93,12 +93,15 @@ class _FormReader:
 
     def _on_header_end(self) -> None:
         name = self._header_field.decode("latin-1").strip().lower()
-        self._part.headers[name] = self._header_value.decode("utf-8", "replace").strip()
+        # Kept as bytes: parse_options_header reads bytes as latin-1 and gives each option
+        # back as the bytes it was, so a filename in UTF-8 (as browsers send it) is decoded
+        # once, below. A str beyond latin-1 would make it fail (INVALID_FORM for "видео.mp4").
+        self._part.headers[name] = bytes(self._header_value).strip()
         self._header_field.clear()
         self._header_value.clear()
 
     def _on_headers_finished(self) -> None:
-        _, options = parse_options_header(self._part.headers.get("content-disposition", ""))
+        _, options = parse_options_header(self._part.headers.get("content-disposition", b""))
         self._part.name = options.get(b"name", b"").decode("utf-8", "replace")
         self._part.filename = options.get(b"filename", b"").decode("utf-8", "replace")
         if self._part.name == FILE_FIELD:
