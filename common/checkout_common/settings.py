@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -65,7 +65,23 @@ def parse_names(value: object) -> object:
     return value
 
 
-Secret = Annotated[str, Field(repr=False), EnvRule.SECRET]
+# What .env.example puts where a secret goes: a process given it was started from the example
+# as it is, so it stops rather than run with a password everyone can read.
+PLACEHOLDER = "change-me"
+
+
+def refuse_placeholder(value: str) -> str:
+    """A secret's value, unless it holds .env.example's placeholder (also inside a URI)."""
+    if PLACEHOLDER in value:
+        raise PydanticCustomError(
+            "placeholder_secret",
+            "holds the placeholder of .env.example ({placeholder}...): set a secret of your own",
+            {"placeholder": PLACEHOLDER},
+        )
+    return value
+
+
+Secret = Annotated[str, Field(repr=False), EnvRule.SECRET, AfterValidator(refuse_placeholder)]
 Flag = Annotated[bool, BeforeValidator(parse_flag)]
 Names = Annotated[frozenset[str], BeforeValidator(parse_names)]
 

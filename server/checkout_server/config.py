@@ -13,6 +13,8 @@ ConfigError naming its variable.
 
 from __future__ import annotations
 
+import ipaddress
+
 from typing import Annotated, ClassVar, Self
 
 from pydantic import (
@@ -112,8 +114,10 @@ class GrpcSection(Section):
     Where it listens, TLS and mTLS, the dependency probes of its health service, and the
     graceful stop on SIGTERM."""
 
-    grpc_addr: str = "0.0.0.0:50051"
-    """GRPC_ADDR: where the gRPC server listens."""
+    grpc_addr: str = "127.0.0.1:50051"
+    """GRPC_ADDR: where the gRPC server listens: loopback by default; an address other
+    machines reach (`0.0.0.0:50051`, as the image sets) needs AUTH_ENABLED, or
+    INSECURE_PUBLIC_WITHOUT_AUTH."""
     shutdown_grace_s: float = 30.0
     """SHUTDOWN_GRACE_S: how long in-flight RPCs may finish after SIGTERM (after the drain).
     Uploads still streaming 1 s before it ends (half-way, if it is under 2 s) are answered
@@ -163,6 +167,10 @@ class AuthSection(Section):
     changes."""
     auth_reload_interval_s: float = 2.0
     """AUTH_RELOAD_INTERVAL_S: how often AUTH_KEYS_FILE is checked for changes."""
+    insecure_public_without_auth: Flag = False
+    """INSECURE_PUBLIC_WITHOUT_AUTH: let the server listen on an address other machines reach
+    (GRPC_ADDR not loopback) with authentication off, so that anyone who reaches it may
+    upload, read every event and result; without it such a start is refused."""
     upload_rate_per_minute: int = 60
     """UPLOAD_RATE_PER_MINUTE: uploads one authenticated client may start in any 60 seconds,
     per server process (0: no limit); one more is refused with RESOURCE_EXHAUSTED
@@ -365,8 +373,9 @@ class MetricsSection(Section):
 
     The server's Prometheus endpoint (the outbox lag is the relay's metric)."""
 
-    metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "0.0.0.0:9463"
-    """METRICS_ADDR: Prometheus metrics over HTTP (`GET /metrics`); set empty to disable."""
+    metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "127.0.0.1:9463"
+    """METRICS_ADDR: Prometheus metrics over HTTP (`GET /metrics`), on loopback by default
+    (compose sets `0.0.0.0:9463` for its network); set empty to disable."""
 
 
 def _check_udp_targets(name: str, targets: frozenset[str]) -> frozenset[str]:
@@ -547,9 +556,9 @@ class RelaySection(Section):
     """RELAY_SWEEP_BATCH: outbox messages the sweeper deletes at a time."""
     relay_health_addr: str = "0.0.0.0:50052"
     """RELAY_HEALTH_ADDR: the relay's gRPC health service."""
-    relay_metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "0.0.0.0:9464"
-    """RELAY_METRICS_ADDR: Prometheus text metrics over HTTP (`GET /metrics`); set but empty
-    disables them."""
+    relay_metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "127.0.0.1:9464"
+    """RELAY_METRICS_ADDR: Prometheus text metrics over HTTP (`GET /metrics`), on loopback by
+    default (compose sets `0.0.0.0:9464`); set but empty disables them."""
 
     @model_validator(mode="after")
     def _check_relay(self) -> Self:
@@ -592,6 +601,20 @@ def upload_commit_gap_s(mongo_timeout_ms: int) -> float:
 ORPHAN_AGE_SLACK_S = 10.0
 
 
+def is_loopback(address: str) -> bool:
+    """Whether a gRPC listening address (`host:port`, `[v6]:port`, `unix:path`) is reachable
+    from this machine only: a loopback IP, `localhost`, or a Unix socket."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or nothing (all interfaces): not known to be loopback
+        return False
+
+
 class ServerSettings(
     ProcessSettings,
     GrpcSection,
@@ -609,6 +632,19 @@ class ServerSettings(
     TracingSection,
 ):
     """The server's (`checkout-server`) settings."""
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> Self:
+        if not (self.auth_enabled or self.insecure_public_without_auth) and not is_loopback(
+            self.grpc_addr
+        ):
+            raise ConfigError(
+                f"GRPC_ADDR {self.grpc_addr} is reachable from other machines and "
+                "AUTH_ENABLED is off: anyone could upload and read every event and result. "
+                "Turn AUTH_ENABLED on, listen on loopback (127.0.0.1), or set "
+                "INSECURE_PUBLIC_WITHOUT_AUTH=true to accept that"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_orphan_age(self) -> Self:

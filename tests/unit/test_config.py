@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from checkout_runner.config import RunnerSettings
+from checkout_runner.errors import ConfigError as RunnerConfigError
 from checkout_server.config import MiB, ProcessSettings, RelaySettings, ServerSettings
 from checkout_server.errors import ConfigError
 
@@ -18,7 +20,9 @@ def test_defaults_match_the_seed_service() -> None:
     assert settings.mongo_db == "main_db"
     assert settings.default_bucket == "videos"
     assert settings.allowed_buckets == frozenset({"videos"})
-    assert settings.grpc_addr == "0.0.0.0:50051"
+    # Not the seed's: loopback until authentication is on (the image sets both).
+    assert settings.grpc_addr == "127.0.0.1:50051"
+    assert settings.metrics_addr == "127.0.0.1:9463"
 
 
 def test_values_from_the_environment() -> None:
@@ -111,7 +115,7 @@ def test_relay_defaults_and_values() -> None:
     assert settings.relay_shards == 4
     assert settings.mongo_uri == "mongodb://db:1/"
     assert "mongodb://db:1/" not in repr(settings)
-    assert settings.relay_metrics_addr == "0.0.0.0:9464"
+    assert settings.relay_metrics_addr == "127.0.0.1:9464"
     assert settings.kafka_topic == "checkout.videos.v1"
 
 
@@ -124,7 +128,7 @@ def test_relay_metrics_addr_set_but_empty_disables(value: str) -> None:
 
 def test_empty_or_blank_values_keep_the_default() -> None:
     settings = ServerSettings.from_env({"GRPC_ADDR": " ", "UPLOAD_MAX_BYTES": "", "LOG_LEVEL": ""})
-    assert settings.grpc_addr == "0.0.0.0:50051"
+    assert settings.grpc_addr == "127.0.0.1:50051"
     assert settings.log_level == "INFO"
     assert settings == ServerSettings()
 
@@ -175,9 +179,10 @@ def test_each_process_carries_only_its_own_settings() -> None:
 
 def test_settings_built_in_code_ignore_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRPC_ADDR", "10.0.0.1:1")
+    monkeypatch.setenv("INSECURE_PUBLIC_WITHOUT_AUTH", "true")
     monkeypatch.setenv("RELAY_SHARDS", "3")
     monkeypatch.setenv("MONGO_DB", "from_env")
-    assert ServerSettings().grpc_addr == "0.0.0.0:50051"
+    assert ServerSettings().grpc_addr == "127.0.0.1:50051"
     assert ServerSettings(mongo_db="code").mongo_db == "code"
     assert RelaySettings().relay_shards == 16
     # from_env() without a mapping reads os.environ.
@@ -206,3 +211,43 @@ def test_every_field_documents_its_variable(cls: type[ProcessSettings]) -> None:
     for name, field in cls.model_fields.items():
         assert field.description, name
         assert field.description.startswith(f"{name.upper()}: "), name
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:50051", "[::]:50051", "10.0.0.7:1", "checkout:1"])
+def test_an_address_others_reach_needs_authentication(address: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="AUTH_ENABLED is off") as refused:
+        ServerSettings.from_env({"GRPC_ADDR": address})
+    assert "INSECURE_PUBLIC_WITHOUT_AUTH" in str(refused.value)
+    keys = str(tmp_path / "keys.toml")
+    authed = {"GRPC_ADDR": address, "AUTH_ENABLED": "true", "AUTH_KEYS_FILE": keys}
+    assert ServerSettings.from_env(authed).grpc_addr == address
+    insecure = {"GRPC_ADDR": address, "INSECURE_PUBLIC_WITHOUT_AUTH": "true"}
+    assert ServerSettings.from_env(insecure).insecure_public_without_auth
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:1", "127.8.9.10:1", "[::1]:1", "localhost:1", "unix:/tmp/s.sock"]
+)
+def test_loopback_needs_no_authentication(address: str) -> None:
+    assert ServerSettings.from_env({"GRPC_ADDR": address}).grpc_addr == address
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable", "value"),
+    [
+        (ServerSettings, "MINIO_SECRET_KEY", "change-me-minio-secret"),
+        (ServerSettings, "MONGO_URI", "mongodb://checkout:change-me-mongo-password@mongo/"),
+        (ServerSettings, "ADMIN_TOKEN", "change-me-admin-token"),
+        (RelaySettings, "MONGO_URI", "mongodb://checkout:change-me-mongo-password@mongo/"),
+        (RunnerSettings, "MINIO_SECRET_KEY", "change-me-minio-secret"),
+    ],
+)
+def test_a_placeholder_secret_of_the_example_stops_the_process(
+    settings: type[ServerSettings | RelaySettings | RunnerSettings], variable: str, value: str
+) -> None:
+    with pytest.raises((ConfigError, RunnerConfigError)) as refused:
+        settings.from_env({variable: value})
+    message = str(refused.value)
+    assert variable in message
+    assert ".env.example" in message
+    assert value not in message.replace("change-me...", "")  # nor is the secret itself
