@@ -237,6 +237,12 @@ ERRORS: list[tuple[type[errors.ServiceError], grpc.StatusCode, str, str]] = [
         "Нужен действительный токен (authorization: Bearer <токен>)",
     ),
     (
+        errors.ApiKeyRevoked,
+        Code.UNAUTHENTICATED,
+        "API_KEY_REVOKED",
+        "Ключ API отозван, поток закрыт: нужен действительный токен",
+    ),
+    (
         errors.PermissionDenied,
         Code.PERMISSION_DENIED,
         "PERMISSION_DENIED",
