@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+from checkout_common.input_key import input_key
+
 
 class EventStatus(enum.StrEnum):
     """Outbox status as stored and as sent to clients (lowercase strings, as in the seed)."""
@@ -22,8 +24,9 @@ VIDEO_CONTENT_TYPE = "video/mp4"
 
 
 def input_object_key(video_id: str) -> str:
-    """Where a video is stored in its bucket."""
-    return f"input/{video_id}.mp4"
+    """Where a video is stored in its bucket (checkout_common.input_key: the runner reads
+    this key and no other for an event)."""
+    return input_key(video_id)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,13 +48,15 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from checkout_common import input_key as input_keys
+
 from ..ports import MultipartStorage, ObjectStorage, Outbox, UploadSessionStore
 from .resumable import ResumableUploads
 
 log = logging.getLogger(__name__)
 
-INPUT_PREFIX = "input/"
-VIDEO_SUFFIX = ".mp4"
+INPUT_PREFIX = input_keys.PREFIX
+VIDEO_SUFFIX = input_keys.SUFFIX
 EXPIRED_BATCH = 100
 ORPHAN_PAGE = 1000  # keys listed per bucket per round (one S3 ListObjectsV2 page)
 # Videos an event was found for are not asked about again for this long: once a video has an
