@@ -4,6 +4,10 @@ Human output by default (a progress bar and tables from rich), `--json` for scri
 are one line on stderr — the server's Russian message and its reason — never a traceback
 (set CHECKOUT_DEBUG=1 to get one). Exit codes scripts can rely on are the EXIT_* constants
 below and are listed by `checkout --help`.
+
+Text from users and the server (filenames, messages, ids, the address) is printed as it is:
+rich reads no markup (`[link=...]`, `[bold]`) and no emoji codes (`:warning:`) in it. A token
+(`CHECKOUT_TOKEN`, `--admin-token`, `CHECKOUT_ADMIN_TOKEN`) is sent over TLS only.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from ._channel import ADDR_ENV, DEFAULT_ADDR, RetryPolicy
 from ._client import DEFAULT_CHUNK_BYTES, DEFAULT_TIMEOUT_S, AsyncCheckoutClient
@@ -38,7 +43,7 @@ from ._models import Operation, Result, StatusUpdate, UploadProgress
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything not listed below (INTERNAL, UNKNOWN, ...)
-EXIT_USAGE = 2  # bad command line; also `cleanup` without --yes or an admin token
+EXIT_USAGE = 2  # bad command line; a token without TLS; `cleanup` without --yes or a token
 EXIT_NOT_FOUND = 3  # NOT_FOUND: no such event or video
 EXIT_INVALID = 4  # the input was refused: INVALID_ARGUMENT, FAILED_PRECONDITION, ...
 EXIT_UNAVAILABLE = 5  # UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED; health degraded
@@ -66,12 +71,13 @@ EPILOG = f"""\
 environment:
   {ADDR_ENV}        server address (default {DEFAULT_ADDR})
   {TOKEN_ENV}       bearer token for every call (needs --tls)
-  {ADMIN_TOKEN_ENV} admin token for `cleanup` (else the key in {TOKEN_ENV})
+  {ADMIN_TOKEN_ENV} admin token for `cleanup` (needs --tls; else the key in {TOKEN_ENV})
 
 exit codes:
   {EXIT_OK}   ok
   {EXIT_ERROR}   other error (e.g. INTERNAL)
-  {EXIT_USAGE}   usage: bad arguments, `cleanup` not confirmed or without a token
+  {EXIT_USAGE}   usage: bad arguments, a token without TLS, `cleanup` not confirmed or without
+      a token
   {EXIT_NOT_FOUND}   not found (NOT_FOUND, e.g. EVENT_NOT_FOUND)
   {EXIT_INVALID}   invalid input (INVALID_ARGUMENT, FAILED_PRECONDITION; unreadable file)
   {EXIT_UNAVAILABLE}   unavailable: server or a dependency down, deadline passed; health degraded
@@ -102,10 +108,13 @@ class Output:
 
     def __init__(self, as_json: bool) -> None:
         self.json = as_json
-        self.out = Console(highlight=False, soft_wrap=True)
+        # No markup, emoji codes or highlighting in anything printed: filenames, messages and
+        # ids come from users and the server, and `[link=...]` must not become a link.
+        plain: dict[str, Any] = {"markup": False, "emoji": False, "highlight": False}
+        self.out = Console(soft_wrap=True, **plain)
         if not self.out.is_terminal:
-            self.out = Console(highlight=False, soft_wrap=True, width=200)
-        self.err = Console(stderr=True, highlight=False)
+            self.out = Console(soft_wrap=True, width=200, **plain)
+        self.err = Console(stderr=True, **plain)
 
     def emit(self, value: Any) -> None:
         """One JSON document on one line."""
@@ -156,7 +165,7 @@ async def cmd_upload(client: AsyncCheckoutClient, args: argparse.Namespace, out:
     path: Path = args.file
     show_bar = not args.no_progress and out.err.is_terminal
     progress = Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # the file's name, as it is
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
@@ -276,9 +285,9 @@ async def cmd_status(client: AsyncCheckoutClient, args: argparse.Namespace, out:
     table.add_column("updated (UTC)", no_wrap=True)
     table.add_column("error", overflow="fold")
     for o in operations:
-        table.add_row(
-            o.event_id, o.status, o.filename or "-", _size(o.size_bytes), _when(o), o.error or ""
-        )
+        # Text cells: rich reads markup in a str cell whatever the console says.
+        cells = (o.event_id, o.status, o.filename or "-", _size(o.size_bytes), _when(o), o.error)
+        table.add_row(*(Text(cell or "") for cell in cells))
     out.out.print(table)
     out.out.print(f"{len(operations)} of {total}", markup=False)
     return EXIT_OK
@@ -328,7 +337,11 @@ async def cmd_cleanup(client: AsyncCheckoutClient, args: argparse.Namespace, out
                 reason="CONFIRMATION_REQUIRED",
                 exit_code=EXIT_USAGE,
             )
-        answer = out.err.input(f"Удалить ВСЕ видео и события на {client.address}? Введите 'yes': ")
+        answer = out.err.input(
+            f"Удалить ВСЕ видео и события на {client.address}? Введите 'yes': ",
+            markup=False,  # the address is the user's text
+            emoji=False,
+        )
         if answer.strip().lower() != "yes":
             raise CliError("Отменено", reason="NOT_CONFIRMED", exit_code=EXIT_USAGE)
     report = await client.cleanup(admin_token=token)
@@ -458,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument(
         "--admin-token",
         default="",
-        help=f"admin token (or ${ADMIN_TOKEN_ENV}, else the key in ${TOKEN_ENV})",
+        help=f"admin token, sent over TLS only (or ${ADMIN_TOKEN_ENV}, else the key in "
+        f"${TOKEN_ENV})",
     )
 
     commands.add_parser("health", parents=[common], help="the service's dependency health")
@@ -505,14 +519,29 @@ def _read_pem(path: str | None, reason: str) -> bytes | None:
         ) from e
 
 
-async def run(args: argparse.Namespace, out: Output) -> int:
-    token = os.environ.get(TOKEN_ENV) or None
-    if token and not (args.tls or args.ca_cert or args.cert):
+def refuse_tokens_without_tls(args: argparse.Namespace) -> None:
+    """No token goes out in clear text, to any address: the bearer token, and `cleanup`'s
+    admin token, are refused without TLS before a connection is made."""
+    if args.tls or args.ca_cert or args.cert:
+        return
+    if os.environ.get(TOKEN_ENV):
         raise CliError(
             f"{TOKEN_ENV} передаётся только по TLS: добавьте --tls или --ca-cert",
             reason="TOKEN_NEEDS_TLS",
             exit_code=EXIT_USAGE,
         )
+    if args.command == "cleanup" and (args.admin_token or os.environ.get(ADMIN_TOKEN_ENV)):
+        raise CliError(
+            f"Токен администратора (--admin-token, {ADMIN_TOKEN_ENV}) передаётся только по TLS: "
+            "добавьте --tls или --ca-cert",
+            reason="ADMIN_TOKEN_NEEDS_TLS",
+            exit_code=EXIT_USAGE,
+        )
+
+
+async def run(args: argparse.Namespace, out: Output) -> int:
+    refuse_tokens_without_tls(args)
+    token = os.environ.get(TOKEN_ENV) or None
     client = AsyncCheckoutClient(
         args.addr,
         tls=args.tls,

@@ -4,6 +4,7 @@ in a terminal, JSON that scripts parse, one-line errors and the documented exit 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from miniopy_async.api import Minio
 from pymongo.asynchronous.collection import AsyncCollection
 
+from checkout_client import AsyncCheckoutClient
 from checkout_client.cli import (
     EXIT_INVALID,
     EXIT_OK,
@@ -56,6 +58,35 @@ async def test_person_uploads_a_video_in_a_terminal(
         sha256_hex(data),
     )
     assert "Traceback" not in screen
+
+
+async def test_markup_in_names_prints_as_it_is_in_a_terminal(address: str, tmp_path: Path) -> None:
+    # A name rich would style in the progress bar and the upload line if it read markup.
+    (tmp_path / "[bold red]clip.mp4").write_bytes(mp4_bytes(2 * MiB, seed=5))
+    code, screen = await asyncio.to_thread(
+        in_terminal, ["upload", "[bold red]clip.mp4"], address=address, cwd=tmp_path
+    )
+    assert code == EXIT_OK, screen
+    bar, _ = screen.split("uploaded [bold red]clip.mp4: ")
+    assert "[bold red]clip.mp4" in bar  # the progress bar's description
+    assert "2.0/2.0 MiB" in bar
+
+    # A name another client gave, in the table of `status` and in one event's fields.
+    link = "[link=https://e.example]x[/link]:cat:"  # within the column's 40 characters
+    async with AsyncCheckoutClient(address) as client:
+        event = await client.upload(io.BytesIO(mp4_bytes(1000)), filename=link)
+    for args in (["status"], ["status", event.event_id]):
+        code, screen = await asyncio.to_thread(
+            in_terminal,
+            args,
+            address=address,
+            cwd=tmp_path,
+            columns=200,  # the name unclipped
+        )
+        assert code == EXIT_OK, screen
+        assert link in screen
+        assert "\x1b]8;" not in screen  # no OSC 8 hyperlink
+        assert "🐱" not in screen
 
 
 async def test_upload_json_is_one_parseable_document(
@@ -134,8 +165,10 @@ async def test_unreachable_server_exits_unavailable() -> None:
     ("args", "env", "reason"),
     [
         (["cleanup", "--yes"], {}, "ADMIN_TOKEN_REQUIRED"),
-        (["cleanup"], {"CHECKOUT_ADMIN_TOKEN": "secret"}, "CONFIRMATION_REQUIRED"),
+        (["cleanup", "--tls"], {"CHECKOUT_ADMIN_TOKEN": "secret"}, "CONFIRMATION_REQUIRED"),
         (["health"], {"CHECKOUT_TOKEN": "secret"}, "TOKEN_NEEDS_TLS"),
+        (["cleanup", "--yes"], {"CHECKOUT_ADMIN_TOKEN": "secret"}, "ADMIN_TOKEN_NEEDS_TLS"),
+        (["cleanup", "--yes", "--admin-token", "secret"], {}, "ADMIN_TOKEN_NEEDS_TLS"),
     ],
 )
 async def test_usage_errors_exit_2_without_calling(

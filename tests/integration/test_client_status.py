@@ -28,7 +28,7 @@ from checkout_client import (
     Unauthenticated,
     Upload,
 )
-from checkout_client.cli import EXIT_NOT_FOUND, EXIT_OK
+from checkout_client.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import MiB, mp4_bytes
@@ -282,12 +282,26 @@ async def test_cli_watch_prints_json_lines_and_result(
     assert json.loads(out)["video_id"] == uploaded.video_id
 
 
-async def test_cli_cleanup_with_token_from_the_environment(admin_app: App) -> None:
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [([], {"CHECKOUT_ADMIN_TOKEN": "s3cret"}), (["--admin-token", "s3cret"], {})],
+    ids=["env", "flag"],
+)
+async def test_cli_never_sends_the_admin_token_in_clear_text(
+    admin_app: App,
+    s3: Minio,
+    bucket: str,
+    outbox_collection: Collection,
+    args: list[str],
+    env: dict[str, str],
+) -> None:
+    # The server would take the token (plaintext, ADMIN_TOKEN set): the CLI refuses to send
+    # it, and everything stays. Over TLS it goes (test_tls.py).
     address = f"127.0.0.1:{admin_app.port}"
     async with AsyncCheckoutClient(address) as client:
-        await upload(client)
-    code, out, err = await checkout(
-        "cleanup", "--yes", "--json", address=address, env={"CHECKOUT_ADMIN_TOKEN": "s3cret"}
-    )
-    assert code == EXIT_OK, err
-    assert json.loads(out) == {"deleted_objects": 1, "deleted_events": 1}
+        uploaded = await upload(client)
+    code, out, err = await checkout("cleanup", "--yes", *args, address=address, env=env)
+    assert (code, out) == (EXIT_USAGE, "")
+    assert err.endswith("(ADMIN_TOKEN_NEEDS_TLS)\n")
+    assert await object_keys(s3, bucket) == [uploaded.object_key]
+    assert await outbox_collection.count_documents({"_id": uploaded.event_id}) == 1

@@ -235,6 +235,24 @@ async def test_cli_with_cert_and_key_passes_mtls(mtls_app: App, pki: Pki) -> Non
     assert code == EXIT_UNAVAILABLE, stderr
 
 
+async def test_cli_sends_the_admin_token_over_tls(
+    settings: ServerSettings, pki: Pki, tmp_path: Path
+) -> None:
+    video = tmp_path / "v.mp4"
+    video.write_bytes(mp4_bytes(3000))
+    configured = tls_settings(settings, pki, mtls=False).replace(admin_token="s3cret")
+    async with serving(configured) as app:
+        async with AsyncCheckoutClient(address(app), root_certificates=pki.ca.cert) as sdk:
+            await sdk.upload(video)
+        common = ["cleanup", "--yes", "--json", "--addr", address(app)]
+        ca = ["--ca-cert", str(pki.ca.cert_file)]
+        code, _, stderr = await checkout(*common, *ca, "--admin-token", "wrong")
+        assert code == EXIT_DENIED, stderr
+        code, stdout, stderr = await checkout(*common, *ca, env={"CHECKOUT_ADMIN_TOKEN": "s3cret"})
+        assert code == EXIT_OK, stderr
+        assert '"deleted_events": 1' in stdout
+
+
 # --- API keys over TLS (the SDK sends a token only over TLS) -------------------------------------
 
 
