@@ -28,12 +28,14 @@ class FakeStore:
         self.objects: dict[tuple[str, str], bytes] = {}
         self.written: dict[tuple[str, str], datetime] = {}
         self.puts: list[tuple[str, str]] = []
+        self.reads: list[tuple[str, str]] = []  # every download and written_at asked
         # Raised by the next calls of download / put_json, one each, first to last.
         self.download_errors: list[Exception] = []
         self.put_errors: list[Exception] = []
         self.download_failed = asyncio.Event()  # set once a download error was raised
 
     async def download(self, bucket: str, key: str, dest: Path, *, max_bytes: int) -> int:
+        self.reads.append((bucket, key))
         if self.download_errors:
             self.download_failed.set()
             raise self.download_errors.pop(0)
@@ -44,6 +46,7 @@ class FakeStore:
         return len(data)
 
     async def written_at(self, bucket: str, key: str) -> datetime | None:
+        self.reads.append((bucket, key))
         return self.written.get((bucket, key))
 
     async def put_json(self, bucket: str, key: str, data: bytes) -> None:

@@ -3,7 +3,8 @@
 by (checkout_common.settings): every field reads the variable named after it, upper-cased
 (`runner_sample_fps` <- RUNNER_SAMPLE_FPS), stripped; unset or blank keeps the default; a flag
 that is neither true nor false is refused. The shared ones (MINIO_*, MONGO_*, KAFKA_*,
-RESULT_KEY_TEMPLATE, RESULT_MAX_BYTES) have the server's names and defaults, so one
+RESULT_KEY_TEMPLATE, RESULT_MAX_BYTES, DEFAULT_BUCKET, ALLOWED_BUCKETS) have the server's names,
+defaults and meaning, so one
 environment serves both; RESULT_KEY_TEMPLATE is checked by the server's rule
 (checkout_common.result_key).
 `<NAME>_FILE` names a file that holds a secret (MINIO_ACCESS_KEY, MINIO_SECRET_KEY,
@@ -17,10 +18,10 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
 from checkout_common import result_key as result_keys
-from checkout_common.settings import EnvRule, EnvSettings, Flag, Secret
+from checkout_common.settings import EnvRule, EnvSettings, Flag, Names, Secret
 
 from .domain import DecodeLimits
 from .errors import ConfigError
@@ -50,6 +51,13 @@ class RunnerSettings(EnvSettings):
     """KAFKA_BOOTSTRAP_SERVERS: the relay's Kafka."""
     kafka_topic: str = "checkout.videos.v1"
     """KAFKA_TOPIC: the relay's topic."""
+    default_bucket: str = "videos"
+    """DEFAULT_BUCKET: the server's bucket for uploads that name none (the server's setting);
+    always allowed."""
+    allowed_buckets: Names = frozenset({"videos"})
+    """ALLOWED_BUCKETS: comma-separated buckets a record may name (the server's setting, the
+    default bucket always added): a record naming another is refused, nothing read or
+    written for it."""
     result_max_bytes: int = 3 * MiB
     """RESULT_MAX_BYTES: the largest result the server returns (the server's setting):
     detection stops before the result JSON would grow past it (the result says
@@ -137,6 +145,12 @@ class RunnerSettings(EnvSettings):
     """LOG_LEVEL: the lowest level logged."""
     log_format: str = ""
     """LOG_FORMAT: json | console (default: console on a terminal, else json)."""
+
+    @field_validator("allowed_buckets")
+    @classmethod
+    def _add_default_bucket(cls, buckets: frozenset[str], info: ValidationInfo) -> frozenset[str]:
+        default = info.data.get("default_bucket")
+        return buckets | {default} if default else buckets
 
     @field_validator("result_key_template")
     @classmethod

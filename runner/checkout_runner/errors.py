@@ -3,6 +3,8 @@ or not (the event gets a failure result)."""
 
 from __future__ import annotations
 
+import enum
+
 
 class RunnerError(Exception):
     reason = "RUNNER_ERROR"
@@ -17,10 +19,33 @@ class ConfigError(RunnerError):
     reason = "CONFIG_INVALID"
 
 
+class Refusal(enum.StrEnum):
+    """Why a Kafka record is refused before anything is read or written for it (envelope.py;
+    the `reason` of checkout_runner_refused_records_total, a fixed set: never the record's
+    own text)."""
+
+    NOT_JSON = "NOT_JSON"  # not a JSON object
+    VERSION = "VERSION_UNKNOWN"  # `version` is not 1
+    TYPE = "TYPE_UNKNOWN"  # `type` is not checkout.video.uploaded
+    EVENT_ID = "EVENT_ID_INVALID"  # not a canonical UUID (lowercase, hyphenated)
+    VIDEO_ID = "VIDEO_ID_INVALID"  # not a canonical UUID
+    BUCKET = "BUCKET_NOT_ALLOWED"  # not on ALLOWED_BUCKETS (the default bucket included)
+    OBJECT_KEY = "OBJECT_KEY_INVALID"  # not input/{video_id}.mp4 of the record's video_id
+    SIZE = "SIZE_INVALID"  # `size_bytes` not an integer of at least 0
+    SHA256 = "SHA256_INVALID"  # not 64 lowercase hex digits, nor empty
+    CREATED_AT = "CREATED_AT_INVALID"  # not an RFC 3339 date-time with its offset
+
+
 class EnvelopeError(RunnerError):
-    """A Kafka record that is not a version-1 envelope of an uploaded video: skipped."""
+    """A Kafka record refused (`refusal` says why): not a version-1 envelope of an uploaded
+    video, or one that names anything but its own video in an allowed bucket. Its offset is
+    committed; nothing is read or written for it."""
 
     reason = "ENVELOPE_INVALID"
+
+    def __init__(self, refusal: Refusal, message: str) -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 class VideoUndecodable(RunnerError):

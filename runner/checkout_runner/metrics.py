@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .errors import Refusal
+
 
 class RunnerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -13,7 +15,9 @@ class RunnerMetrics:
         self.videos = Counter(
             "checkout_runner_videos",
             "Events handled, by outcome: ok and failed (a result written), skipped (already "
-            "ready: a redelivery), invalid (not an envelope of ours)",
+            "ready: a redelivery), invalid (a record refused: "
+            "checkout_runner_refused_records_total "
+            "says why)",
             ["outcome"],
             registry=r,
         )
@@ -23,6 +27,15 @@ class RunnerMetrics:
             ["reason"],
             registry=r,
         )
+        self.refused = Counter(
+            "checkout_runner_refused_records",
+            "Records refused before anything was read or written for them, by reason (a "
+            "field that is not what the relay writes: errors.Refusal); their offsets committed",
+            ["reason"],
+            registry=r,
+        )
+        for refusal in Refusal:  # every reason's series from the start, at 0
+            self.refused.labels(refusal.value)
         self.results_written = Counter(
             "checkout_runner_results_written", "Result JSON objects stored", registry=r
         )

@@ -11,6 +11,9 @@
 3. `predictable`: the result JSON is built; then stored in one PUT at the result key.
 4. `ready`. Only then may the consumer commit the record's offset.
 
+A record is checked first (envelope.py): one that is not the relay's record of an uploaded
+video in an allowed bucket is refused, counted and committed, with nothing read or written.
+
 A video that cannot be decoded, is missing, too large or beyond a decoding limit, or on which
 the detector returns no numbers, gets a failure result (`status: failed`, with a reason) on
 its first attempt instead: the checkout API reports the event `failed`. Outages
@@ -85,6 +88,8 @@ class ProcessorConfig:
     retry_max_s: float
     temp_dir: Path | None
     result_key: Callable[[VideoEvent], str]
+    # The buckets a record may name (ALLOWED_BUCKETS with DEFAULT_BUCKET).
+    buckets: frozenset[str]
 
 
 class Processor:
@@ -119,13 +124,21 @@ class Processor:
         """Process one record until its result is stored (or it needs none); STOPPED when
         `stop` was set first."""
         try:
-            event = envelope.parse(delivery)
+            event = envelope.parse(delivery, buckets=self._config.buckets)
         except EnvelopeError as exc:
+            # Before any read or write: a record anyone could have sent names no object to
+            # read and no place to write (not even a failure result at a key it chose).
             log.warning(
-                "record skipped: %s",
+                "record refused (%s): %s",
+                exc.refusal.value,
                 exc.message,
-                extra={"partition": delivery.partition, "offset": delivery.offset},
+                extra={
+                    "partition": delivery.partition,
+                    "offset": delivery.offset,
+                    "reason": exc.refusal.value,
+                },
             )
+            self._metrics.refused.labels(exc.refusal.value).inc()
             self._metrics.videos.labels(Handled.INVALID.value).inc()
             return Handled.INVALID
         running = self._handling.get(event.event_id)

@@ -185,6 +185,7 @@ def create_runner(settings: RunnerSettings) -> RunnerApp:
             retry_max_s=settings.runner_retry_max_s,
             temp_dir=settings.temp_dir,
             result_key=lambda e: settings.result_key(video_id=e.video_id, event_id=e.event_id),
+            buckets=settings.allowed_buckets,
         ),
         metrics=metrics,
         span=Spans(provider.get_tracer(INSTRUMENTATION)).processing,

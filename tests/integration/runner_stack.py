@@ -46,6 +46,9 @@ class Processes:
             "MONGO_URI": self.settings.mongo_uri,
             "MONGO_DB": self.settings.mongo_db,
             "MINIO_ENDPOINT": self.settings.minio_endpoint,
+            # The test's buckets: the runner refuses records of any other.
+            "DEFAULT_BUCKET": self.settings.default_bucket,
+            "ALLOWED_BUCKETS": ",".join(sorted(self.settings.allowed_buckets)),
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
             "KAFKA_TOPIC": self.topic,
             "LOG_FORMAT": "json",

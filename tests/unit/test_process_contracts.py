@@ -13,6 +13,7 @@ from pathlib import Path
 import jsonschema_rs
 import pytest
 
+from checkout_common.input_key import input_key
 from checkout_common.result_key import result_prefix
 from checkout_common.settings import EnvSettings
 from checkout_runner import envelope, result
@@ -26,14 +27,15 @@ from checkout_runner.domain import (
     VideoEvent,
     VideoInfo,
 )
-from checkout_runner.errors import FAILURE_RESULTS
+from checkout_runner.errors import FAILURE_RESULTS, EnvelopeError, Refusal
 from checkout_runner.errors import ConfigError as RunnerConfigError
 from checkout_server.config import RelaySettings, ServerSettings
-from checkout_server.domain import ANONYMOUS, EventStatus
+from checkout_server.domain import ANONYMOUS, EventStatus, input_object_key
 from checkout_server.errors import ConfigError as ServerConfigError
 from checkout_server.relay.envelope import build_message
 from checkout_server.relay.ports import PendingEvent
 from checkout_server.status.service import StatusService
+from checkout_server.upload.sweeper import video_id_of
 from tests.fakes import NOW, FakeOutbox, FakeStorage, status_service
 from tests.helpers import outbox_event
 from tools.contract import SCHEMAS, schema_problems
@@ -43,6 +45,8 @@ pytestmark = pytest.mark.timeout(10)
 VIDEO = "0b6e3f5e-8d4f-4e1a-9a51-8c3c0d9f2b10"
 KEY = ("videos", f"output/{VIDEO}.json")
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+# The buckets a runner allows with no setting (ALLOWED_BUCKETS, DEFAULT_BUCKET: "videos").
+BUCKETS = RunnerSettings.from_env({}).allowed_buckets
 
 
 def runner_event() -> VideoEvent:
@@ -50,14 +54,18 @@ def runner_event() -> VideoEvent:
     pending = PendingEvent(
         event_id=VIDEO,
         video_id=VIDEO,
-        payload={"bucket": "videos", "object_key": f"input/{VIDEO}.mp4", "size_bytes": 7},
+        payload={
+            "bucket": ServerSettings.from_env({}).default_bucket,
+            "object_key": input_object_key(VIDEO),  # the server's key of an upload
+            "size_bytes": 7,
+        },
         created_at=NOW,
     )
     message = build_message(pending, traceparent=TRACEPARENT)
     record = ConsumedRecord(
         topic="t", partition=0, offset=0, value=message.value, headers=tuple(message.headers)
     )
-    return envelope.parse(record)
+    return envelope.parse(record, buckets=BUCKETS)
 
 
 def test_the_relays_record_is_the_event_the_runner_reads() -> None:
@@ -181,6 +189,29 @@ def test_the_servers_result_key_is_the_runners() -> None:
     assert key.startswith(result_prefix(template))
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"ALLOWED_BUCKETS": "archive, raw ,"},
+        {"DEFAULT_BUCKET": "uploads"},
+        {"DEFAULT_BUCKET": "uploads", "ALLOWED_BUCKETS": "archive,uploads"},
+    ],
+)
+def test_the_server_and_the_runner_allow_the_same_buckets(env: dict[str, str]) -> None:
+    """One environment: the runner takes records of every bucket the server stores uploads
+    in (the default one included), and of no other."""
+    server = ServerSettings.from_env(env)
+    runner = RunnerSettings.from_env(env)
+    assert runner.allowed_buckets == server.allowed_buckets
+    assert runner.default_bucket == server.default_bucket
+
+
+def test_the_server_stores_uploads_at_the_key_the_runner_reads() -> None:
+    assert input_object_key(VIDEO) == input_key(VIDEO) == f"input/{VIDEO}.mp4"
+    assert video_id_of(input_object_key(VIDEO)) == VIDEO  # the sweeper reads it back
+
+
 # --- the JSON Schemas of contract/ --------------------------------------------------------
 
 
@@ -211,7 +242,12 @@ def test_the_relays_record_is_what_its_schema_says() -> None:
     pending = PendingEvent(
         event_id=VIDEO,
         video_id=VIDEO,
-        payload={"bucket": "videos", "object_key": "input/v.mp4", "size_bytes": 7, "sha256": ""},
+        payload={
+            "bucket": "videos",
+            "object_key": input_object_key(VIDEO),
+            "size_bytes": 7,
+            "sha256": "",
+        },
         created_at=NOW,
     )
     schema("video-uploaded.v1").validate(json.loads(build_message(pending).value))
@@ -221,7 +257,8 @@ def test_the_runner_reads_the_schemas_example_record() -> None:
     value = json.loads(example("video-uploaded.v1"))
     schema("video-uploaded.v1").validate(value)
     event = envelope.parse(
-        ConsumedRecord(topic="t", partition=0, offset=0, value=json.dumps(value).encode())
+        ConsumedRecord(topic="t", partition=0, offset=0, value=json.dumps(value).encode()),
+        buckets=BUCKETS,
     )
     assert (event.event_id, event.video_id, event.bucket, event.object_key, event.size_bytes) == (
         value["event_id"],
@@ -234,8 +271,68 @@ def test_the_runner_reads_the_schemas_example_record() -> None:
     envelope.parse(
         ConsumedRecord(
             topic="t", partition=0, offset=0, value=json.dumps({**value, "new": 1}).encode()
-        )
+        ),
+        buckets=BUCKETS,
     )
+
+
+OTHER = "1d2e3f40-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
+
+
+@pytest.mark.parametrize(
+    ("changes", "refusal"),
+    [
+        ({"version": 2}, Refusal.VERSION),
+        ({"version": True}, Refusal.VERSION),
+        ({"type": "checkout.video.deleted"}, Refusal.TYPE),
+        ({"event_id": "e1"}, Refusal.EVENT_ID),
+        ({"event_id": VIDEO.upper()}, Refusal.EVENT_ID),
+        ({"video_id": "../../etc/passwd"}, Refusal.VIDEO_ID),
+        ({"video_id": f"{VIDEO}\n"}, Refusal.VIDEO_ID),
+        ({"bucket": ""}, Refusal.BUCKET),
+        ({"object_key": "output/x.json"}, Refusal.OBJECT_KEY),
+        ({"object_key": f"input/{VIDEO}.MP4"}, Refusal.OBJECT_KEY),
+        ({"size_bytes": -1}, Refusal.SIZE),
+        ({"size_bytes": "7"}, Refusal.SIZE),
+        ({"sha256": "ABC"}, Refusal.SHA256),
+        ({"created_at": "2026-12-06"}, Refusal.CREATED_AT),
+        ({"created_at": "2026-12-06T07:00:00"}, Refusal.CREATED_AT),
+    ],
+)
+def test_what_the_schema_refuses_the_runner_refuses(
+    changes: dict[str, object], refusal: Refusal
+) -> None:
+    """The schema and the runner's parser agree on every field the schema constrains."""
+    value = {**json.loads(example("video-uploaded.v1")), **changes}
+    assert not schema("video-uploaded.v1").is_valid(value)
+    with pytest.raises(EnvelopeError) as refused:
+        envelope.parse(
+            ConsumedRecord(topic="t", partition=0, offset=0, value=json.dumps(value).encode()),
+            buckets=BUCKETS,
+        )
+    assert refused.value.refusal is refusal
+
+
+@pytest.mark.parametrize(
+    ("changes", "refusal"),
+    [
+        ({"bucket": "other"}, Refusal.BUCKET),  # the allow-list is the deployment's
+        ({"object_key": f"input/{OTHER}.mp4"}, Refusal.OBJECT_KEY),  # another video's key
+    ],
+)
+def test_what_the_schema_cannot_say_the_runner_refuses_too(
+    changes: dict[str, object], refusal: Refusal
+) -> None:
+    """Valid by the schema, refused by the runner: a bucket not on ALLOWED_BUCKETS, another
+    video's key (JSON Schema cannot tie one field to another)."""
+    value = {**json.loads(example("video-uploaded.v1")), **changes}
+    assert schema("video-uploaded.v1").is_valid(value)
+    with pytest.raises(EnvelopeError) as refused:
+        envelope.parse(
+            ConsumedRecord(topic="t", partition=0, offset=0, value=json.dumps(value).encode()),
+            buckets=BUCKETS,
+        )
+    assert refused.value.refusal is refusal
 
 
 @pytest.mark.parametrize("reason", [cls.reason for cls in FAILURE_RESULTS])

@@ -37,6 +37,8 @@ pytestmark = pytest.mark.timeout(60)
 
 MiB = 1024 * 1024
 LIMITS = RunnerSettings.from_env({}).decode_limits
+EVENT_ID = "6f1c7e2a-1111-4c4c-8d8d-222233334444"
+VIDEO_ID = "0b6e3f5e-8d4f-4e1a-9a51-8c3c0d9f2b10"
 
 
 def _rss_bytes() -> int:
@@ -312,11 +314,11 @@ def test_settings_defaults_and_errors_naming_the_variable(tmp_path: Path) -> Non
 def test_the_envelope_of_the_relay_parses_with_its_trace() -> None:
     value = {
         "version": 1,
-        "event_id": "e1",
+        "event_id": EVENT_ID,
         "type": "checkout.video.uploaded",
-        "video_id": "v1",
+        "video_id": VIDEO_ID,
         "bucket": "videos",
-        "object_key": "input/v1.mp4",
+        "object_key": f"input/{VIDEO_ID}.mp4",
         "size_bytes": 10,
         "sha256": "",
         "created_at": "2026-12-01T10:00:00.000+00:00",
@@ -328,17 +330,19 @@ def test_the_envelope_of_the_relay_parses_with_its_trace() -> None:
         value=json.dumps(value).encode(),
         headers=(("traceparent", b"00-abc-def-01"),),
     )
-    event = envelope.parse(record)
+    event = envelope.parse(record, buckets={"videos"})
     assert (event.event_id, event.video_id, event.bucket, event.object_key) == (
-        "e1",
-        "v1",
+        EVENT_ID,
+        VIDEO_ID,
         "videos",
-        "input/v1.mp4",
+        f"input/{VIDEO_ID}.mp4",
     )
     assert event.traceparent == "00-abc-def-01"
     assert event.created_at.isoformat() == "2026-12-01T10:00:00+00:00"
     with pytest.raises(EnvelopeError):
-        envelope.parse(ConsumedRecord(topic="t", partition=0, offset=0, value=b"[1]"))
+        envelope.parse(
+            ConsumedRecord(topic="t", partition=0, offset=0, value=b"[1]"), buckets={"videos"}
+        )
 
 
 def test_the_detector_setting_picks_the_adapter() -> None:

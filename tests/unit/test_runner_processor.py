@@ -62,7 +62,7 @@ def record(**changes: Any) -> ConsumedRecord:
 
 async def begun(s: Setup, created_at: datetime = CREATED) -> int:
     """The event's record `processing`, as a runner that began it left it."""
-    event = envelope.parse(record(created_at=created_at.isoformat()))
+    event = envelope.parse(record(created_at=created_at.isoformat()), buckets={"videos"})
     return await s.states.begin(event, runner_id="a", trace_id="")
 
 
@@ -92,6 +92,7 @@ class Setup:
             "retry_max_s": 0.02,
             "temp_dir": None,
             "result_key": lambda e: f"output/{e.video_id}.json",
+            "buckets": frozenset({"videos"}),
             **config,
         }
         self.decoder = FakeDecoder()
