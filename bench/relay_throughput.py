@@ -31,6 +31,7 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -55,7 +56,7 @@ from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.adapters.kafka_publisher import KafkaPublisher
 from checkout_server.adapters.mongo_relay_store import MongoLeaseStore, MongoOutboxRelayStore
-from checkout_server.adapters.udp_wake import WakeSender
+from checkout_server.adapters.udp_wake import WakeSender, WakeSigner
 from checkout_server.config import RelaySettings
 from checkout_server.outbox.document import Document, status_document, to_document
 from checkout_server.relay.leases import LeaseManager, SystemClock
@@ -69,6 +70,9 @@ from tests.helpers import mp4_bytes
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SHARDS = RelaySettings().relay_shards  # the relay runs with the default
+
+# Signs the bench's wake-ups as the relay it starts expects (WAKE_SECRET).
+BENCH_WAKE_SECRET = secrets.token_hex(16)
 
 
 def _stat(pid: int) -> list[str]:
@@ -289,7 +293,7 @@ async def relay_mode(args: argparse.Namespace, ferretdb: FerretDB, kafka: Kafka)
         try:
             await wait_settled(ours)
             # The server wakes the relay after each outbox message: so does the bench.
-            wake = WakeSender([f"127.0.0.1:{relay.port}"])
+            wake = WakeSender([f"127.0.0.1:{relay.port}"], WakeSigner(BENCH_WAKE_SECRET))
             started = time.monotonic()
             await fill(ours, history=0, new=args.events)
             wake()
@@ -345,6 +349,7 @@ def start_relay(args: argparse.Namespace, ferretdb: FerretDB, kafka: Kafka) -> P
             "KAFKA_TOPIC": "bench.videos",
             "RELAY_HEALTH_ADDR": f"127.0.0.1:{health_port}",
             "RELAY_METRICS_ADDR": "",
+            "WAKE_SECRET": BENCH_WAKE_SECRET,
             "RELAY_BATCH_SIZE": str(args.relay_batch),
             "RELAY_UPDATE_CHUNK": str(update_chunk(ferretdb, args.relay_batch)),
             "LOG_LEVEL": "WARNING",

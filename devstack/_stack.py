@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -107,6 +108,8 @@ class LocalStack:
     app_env: Mapping[str, str] = field(default_factory=dict)
     # The detection runner makes events `ready`; tests of the rest keep them `sent`.
     with_runner: bool = False
+    # What the stack's server and relay sign their wake-ups with: new for each stack.
+    wake_secret: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
 
     def __post_init__(self) -> None:
         d, p = self.data_dir, self.ports
@@ -183,6 +186,7 @@ class LocalStack:
             "MINIO_SECRET_KEY": "minioadmin",
             "MONGO_URI": f"mongodb://127.0.0.1:{p.mongo}/",
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{p.kafka}",
+            "WAKE_SECRET": self.wake_secret,
         }
         env.update(self.app_env)
         return env

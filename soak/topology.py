@@ -7,6 +7,7 @@ on the same ports."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 import uuid
@@ -39,6 +40,8 @@ SERVER_DRAIN_S = 1.0  # SHUTDOWN_DRAIN_S: new calls refused SHUTTING_DOWN before
 # MONGO_TIMEOUT_MS is the default 5 s), so that the object a kill -9 leaves between its
 # completion and its event is swept before the audit gives up (kill-server).
 SERVER_ORPHAN_AGE_S = 130.0
+# What the servers and relays sign their wake-ups with: new for each run.
+WAKE_SECRET = secrets.token_hex(16)
 SERVER_SWEEP_INTERVAL_S = 10.0  # UPLOAD_SWEEP_INTERVAL_S (a page of every bucket per round)
 
 
@@ -211,6 +214,7 @@ class System:
             "STARTUP_TIMEOUT_S": "60",
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "WARNING",
+            "WAKE_SECRET": WAKE_SECRET,
         }
 
     def _server_env(self, port: int, others: list[int], relay_ports: list[int]) -> dict[str, str]:

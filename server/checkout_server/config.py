@@ -14,7 +14,6 @@ ConfigError naming its variable.
 from __future__ import annotations
 
 import ipaddress
-
 from typing import Annotated, ClassVar, Self
 
 from pydantic import (
@@ -386,6 +385,9 @@ def _check_udp_targets(name: str, targets: frozenset[str]) -> frozenset[str]:
     return targets
 
 
+MIN_WAKE_SECRET_CHARS = 16
+
+
 class OutboxWakeSection(Section):
     """Waking the relays.
 
@@ -415,11 +417,24 @@ class WatchWakeSection(Section):
     writes (the relay: events marked sent or failed; a server: new events and results), so their
     watchers learn of it at once instead of at WATCH_POLL_INTERVAL_S (empty, the default: none
     are sent; a server always wakes its own watchers). Names are resolved again every 30 s."""
+    wake_secret: Secret = ""
+    """WAKE_SECRET: the secret every server and relay of a deployment shares (at least 16
+    characters): wake-ups are signed with it (HMAC-SHA256), and one that is not, or is more
+    than 30 s old, is dropped and counted. Empty (the default): no wake-up is sent or listened
+    for, and changes are found by polling (RELAY_POLL_INTERVAL_S, WATCH_POLL_INTERVAL_S)."""
 
     @field_validator("watch_wake_targets")
     @classmethod
     def _check_targets(cls, targets: frozenset[str]) -> frozenset[str]:
         return _check_udp_targets("WATCH_WAKE_TARGETS", targets)
+
+    @model_validator(mode="after")
+    def _check_wake_secret(self) -> Self:
+        if self.wake_secret and len(self.wake_secret) < MIN_WAKE_SECRET_CHARS:
+            raise ConfigError(f"WAKE_SECRET needs at least {MIN_WAKE_SECRET_CHARS} characters")
+        if self.watch_wake_targets and not self.wake_secret:
+            raise ConfigError("WATCH_WAKE_TARGETS needs WAKE_SECRET (wake-ups are signed)")
+        return self
 
 
 class StatusSection(Section):
@@ -533,7 +548,10 @@ class RelaySection(Section):
     relay_wake_addr: str = ""
     """RELAY_WAKE_ADDR: where the relay receives wake-ups (UDP datagrams from the servers, one
     per new outbox message; see RELAY_WAKE_TARGETS); empty (the default): the host and port of
-    RELAY_HEALTH_ADDR, over UDP; `off`: none, the relay polls."""
+    RELAY_HEALTH_ADDR, over UDP (only with WAKE_SECRET); `off`: none, the relay polls."""
+    relay_wake_min_gap_s: float = 0.05
+    """RELAY_WAKE_MIN_GAP_S: the least time between the starts of two looks for new events that
+    wake-ups cause, however many arrive (a burst of uploads, or a flood)."""
     relay_backoff_initial_s: float = 0.5
     """RELAY_BACKOFF_INITIAL_S: first retry delay after a transient publish failure (doubling,
     with jitter, up to RELAY_BACKOFF_MAX_S; retried forever)."""
@@ -574,6 +592,8 @@ class RelaySection(Section):
             raise ConfigError("RELAY_POLL_INTERVAL_S and RELAY_SEND_TIMEOUT_S must be positive")
         if not 0 < self.relay_backoff_initial_s <= self.relay_backoff_max_s:
             raise ConfigError("need 0 < RELAY_BACKOFF_INITIAL_S <= RELAY_BACKOFF_MAX_S")
+        if not 0 <= self.relay_wake_min_gap_s <= self.relay_poll_interval_s:
+            raise ConfigError("need 0 <= RELAY_WAKE_MIN_GAP_S <= RELAY_POLL_INTERVAL_S")
         return self
 
 
@@ -632,6 +652,12 @@ class ServerSettings(
     TracingSection,
 ):
     """The server's (`checkout-server`) settings."""
+
+    @model_validator(mode="after")
+    def _check_relay_wake(self) -> Self:
+        if self.relay_wake_targets and not self.wake_secret:
+            raise ConfigError("RELAY_WAKE_TARGETS needs WAKE_SECRET (wake-ups are signed)")
+        return self
 
     @model_validator(mode="after")
     def _check_exposure(self) -> Self:

@@ -36,6 +36,17 @@ from tests.integration.session_servers import SessionServers
 
 # The admin token of the whole-stack server (`stack` fixture).
 STACK_ADMIN_TOKEN = "stack-admin-token"
+# What every server and relay of the tests signs its wake-ups with (WAKE_SECRET): the
+# in-process servers through `base_settings`, the processes tests start through their
+# environment, which they inherit.
+TEST_WAKE_SECRET = "checkout-tests-wake-secret"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _wake_secret() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WAKE_SECRET", TEST_WAKE_SECRET)
+        yield
 
 
 # --- the session's shared servers: started before the first test (session_servers.py) -------
@@ -160,6 +171,7 @@ def base_settings(ferretdb: FerretDB, minio: MinIO) -> ServerSettings:
         # Tests that play the relay (`relay_store`) send the watchers no wake-up: they see
         # its marks at the safety-net poll, 10 s by default (test_watch_wakeups: woken ones).
         watch_poll_interval_s=1.0,
+        wake_secret=TEST_WAKE_SECRET,
     )
 
 

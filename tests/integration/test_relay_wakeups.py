@@ -1,6 +1,8 @@
 """Wake-ups from the server to the relay, against real FerretDB, MinIO and Kafka: with Kafka
 stopped uploads go on, and once it is back every event reaches Kafka without waiting for the
-relay's safety-net poll, also the ones uploaded after the outage.
+relay's safety-net poll, also the ones uploaded after the outage. A flood of forged wake-ups
+(unsigned, or signed with another secret) is dropped and counted while the server's signed
+ones still wake the relay.
 
 The relay runs as a real process with a safety-net poll of SAFETY_NET_S, far longer than the
 latencies asserted: an event that waited for that poll (a lost wake-up) fails the test, while
@@ -10,9 +12,10 @@ the margins below leave a loaded 2-core machine several times the usual latency.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -20,10 +23,13 @@ import pytest
 from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.adapters import udp_wake
+from checkout_server.adapters.udp_wake import WakeSigner
 from checkout_server.config import ServerSettings
 from checkout_server.outbox.document import Document
 from checkout_server.wiring.server import App, create_app
-from devstack import Kafka
+from devstack import Kafka, free_port
+from tests.integration.metrics_scrape import scrape
 from tests.integration.storage_checks import wait_until
 from tests.integration.test_relay import Relays
 from tests.integration.test_relay_faults import count_status, key_counts, read_topic, upload
@@ -71,10 +77,16 @@ async def woken_stub(woken_app: App) -> AsyncIterator[pb_grpc.CheckoutServiceAsy
 
 
 @pytest.fixture
-def relay_wake_port(own_relays: Relays) -> int:
+def relay_metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def relay_wake_port(own_relays: Relays, relay_metrics_port: int) -> int:
     """A relay with a long safety-net poll; it hears wake-ups on its health port (UDP)."""
     relay = own_relays.start(
         "relay-woken",
+        RELAY_METRICS_ADDR=f"127.0.0.1:{relay_metrics_port}",
         RELAY_POLL_INTERVAL_S=str(SAFETY_NET_S),
         # Renewals are not polls, but a lease rebalance also ends an idle wait: keep those
         # rare too, so only a wake-up explains a quick pick-up.
@@ -134,3 +146,54 @@ async def test_no_wake_up_is_lost_across_a_kafka_outage(
     counts = key_counts(await read_topic(own_kafka, topic))
     assert set(counts) == {first, *during, *after}
     assert await outbox_collection.count_documents({"status": "new"}) == 0
+
+
+async def test_forged_wake_ups_are_dropped_and_counted_while_signed_ones_wake(
+    woken_stub: pb_grpc.CheckoutServiceAsyncStub,
+    status_collection: AsyncCollection[Document],
+    relay_wake_port: int,
+    relay_metrics_port: int,
+) -> None:
+    forged = [
+        b"wake",  # what wake-ups were before they were signed
+        bytes(udp_wake.SIZE),
+        WakeSigner("another-secret-of-sixteen").sign(),
+    ]
+    sent = 0
+    flooding = True
+
+    async def flood() -> None:
+        nonlocal sent
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            while flooding:
+                for _ in range(20):
+                    sock.sendto(forged[sent % len(forged)], ("127.0.0.1", relay_wake_port))
+                    sent += 1
+                await asyncio.sleep(0.002)
+        finally:
+            sock.close()
+
+    attack = asyncio.create_task(flood())
+    try:
+        await wait_until(lambda: sent >= 1000, what="the flood under way")
+        latencies = []
+        for n in range(3):  # the server's own, signed, wake-ups still get through
+            event_id = await upload(woken_stub, 300 + n)
+            latencies.append(await _sent_within(status_collection, [event_id], SAFETY_NET_S / 2))
+    finally:
+        flooding = False
+        await attack
+    assert max(latencies) < WOKEN_WITHIN_S, f"woken amid the flood: {latencies}"
+
+    async def refused() -> float:
+        return (await scrape(relay_metrics_port))["checkout_relay_wake_ups_refused_total"]
+
+    # Every forged datagram the relay received was refused; UDP may drop some of a flood on a
+    # loaded machine, so at least half of those sent must have arrived and been counted.
+    await wait_until(lambda: _at_least(refused(), sent // 2), what=f"half of {sent} forged counted")
+    assert await refused() <= sent
+
+
+async def _at_least(value: Awaitable[float], floor: float) -> bool:
+    return await value >= floor

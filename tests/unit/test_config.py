@@ -251,3 +251,29 @@ def test_a_placeholder_secret_of_the_example_stops_the_process(
     assert variable in message
     assert ".env.example" in message
     assert value not in message.replace("change-me...", "")  # nor is the secret itself
+
+
+@pytest.mark.parametrize(
+    ("settings", "targets"),
+    [
+        (ServerSettings, {"RELAY_WAKE_TARGETS": "relay:50052"}),
+        (ServerSettings, {"WATCH_WAKE_TARGETS": "other:50051"}),
+        (RelaySettings, {"WATCH_WAKE_TARGETS": "checkout:50051"}),
+    ],
+)
+def test_wake_up_targets_need_the_secret_that_signs_them(
+    settings: type[ServerSettings | RelaySettings], targets: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigError, match="needs WAKE_SECRET"):
+        settings.from_env(targets)
+    with pytest.raises(ConfigError, match="WAKE_SECRET needs at least 16 characters"):
+        settings.from_env({**targets, "WAKE_SECRET": "short"})
+    signed = settings.from_env({**targets, "WAKE_SECRET": "sixteen-chars-ok"})
+    assert signed.wake_secret == "sixteen-chars-ok"
+    assert "sixteen-chars-ok" not in repr(signed)
+
+
+def test_the_relays_wake_up_gap_is_within_its_poll() -> None:
+    assert RelaySettings.from_env({}).relay_wake_min_gap_s == 0.05
+    with pytest.raises(ConfigError, match="RELAY_WAKE_MIN_GAP_S"):
+        RelaySettings.from_env({"RELAY_WAKE_MIN_GAP_S": "5", "RELAY_POLL_INTERVAL_S": "2"})

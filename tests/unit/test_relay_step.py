@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -256,6 +257,38 @@ async def test_a_wake_up_during_a_round_is_not_lost(quiet_harness: Harness) -> N
     finally:
         stop.set()
         await asyncio.wait_for(run, 5)
+
+
+async def test_a_flood_of_wake_ups_costs_at_most_one_look_per_gap(
+    quiet_harness: Harness,
+) -> None:
+    harness = quiet_harness
+    gap_s = 0.2
+    relay = harness.relay_with(
+        RelayConfig(
+            shards=SHARDS, batch_size=50, poll_interval_s=SAFETY_NET_S, wake_min_gap_s=gap_s
+        )
+    )
+    relay.push = True
+    stop = asyncio.Event()
+    run = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_until(lambda: harness.store.calls >= 1, timeout_s=5, what="the first look")
+        before = harness.store.calls
+        began = time.monotonic()
+        for _ in range(100):  # a wake-up every 10 ms: a burst of uploads, or a flood
+            relay.wake()
+            await asyncio.sleep(0.01)
+        elapsed = time.monotonic() - began
+        harness.store.add("after the flood")
+        relay.wake()
+        await wait_until(harness.store.sent.is_set, timeout_s=5, what="the pick-up")
+        looks = harness.store.calls - before
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 5)
+    # No more looks than the gap allows (plus the last), and it did look during the flood.
+    assert 3 <= looks <= elapsed / gap_s + 3, looks
 
 
 async def test_a_wake_up_never_shortens_a_failure_pause(harness: Harness) -> None:

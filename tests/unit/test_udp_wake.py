@@ -1,4 +1,5 @@
-"""WakeSender sends to every address a target's name resolves to (compose replicas)."""
+"""WakeSender sends to every address a target's name resolves to (compose replicas), signed;
+WakeSigner and WakeListener take only wake-ups signed with the same secret, and recent."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from collections.abc import Sequence
 import pytest
 
 from checkout_server.adapters import udp_wake
-from checkout_server.adapters.udp_wake import WakeSender
+from checkout_server.adapters.udp_wake import WakeListener, WakeSender, WakeSigner
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(10)
+
+SECRET = "a-secret-of-sixteen-or-more"
 
 
 def test_a_name_of_several_replicas_wakes_each_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,12 +32,14 @@ def test_a_name_of_several_replicas_wakes_each_of_them(monkeypatch: pytest.Monke
             ] * 2  # the resolver may repeat an address: it is woken once
 
         monkeypatch.setattr(socket, "getaddrinfo", resolve)
-        sender = WakeSender(["relay:50052"])
+        signer = WakeSigner(SECRET)
+        sender = WakeSender(["relay:50052"], signer)
         try:
             sender()
         finally:
             sender.close()
-        assert [r.recv(16) for r in receivers] == [udp_wake.WAKE, udp_wake.WAKE]
+        got = [r.recv(64) for r in receivers]
+        assert [signer.check(datagram) for datagram in got] == [True, True]
         assert sender.sent == 2
     finally:
         for receiver in receivers:
@@ -57,7 +63,8 @@ async def test_a_name_unknown_at_start_is_woken_once_a_refresh_resolves_it(
             return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.1", port))]
 
         monkeypatch.setattr(socket, "getaddrinfo", resolve)
-        sender = WakeSender(["checkout:50051"])
+        signer = WakeSigner(SECRET)
+        sender = WakeSender(["checkout:50051"], signer)
         try:
             sender()
             assert sender.sent == 0  # nowhere to send yet
@@ -66,7 +73,7 @@ async def test_a_name_unknown_at_start_is_woken_once_a_refresh_resolves_it(
             started = True
             await sender.refresh()
             sender()
-            assert receiver.recv(16) == udp_wake.WAKE
+            assert signer.check(receiver.recv(64))
             assert sender.sent == 1
             started = False  # a failed lookup later keeps the addresses known
             await sender.refresh()
@@ -76,3 +83,45 @@ async def test_a_name_unknown_at_start_is_woken_once_a_refresh_resolves_it(
             sender.close()
     finally:
         receiver.close()
+
+
+def test_only_a_recent_wake_up_signed_with_the_secret_is_taken() -> None:
+    now = [1_000_000.0]
+    signer = WakeSigner(SECRET, clock=lambda: now[0])
+    good = signer.sign()
+    assert len(good) == udp_wake.SIZE
+    assert signer.check(good)
+    forged = [
+        b"wake",  # what unsigned wake-ups were
+        b"",
+        b"x" * udp_wake.SIZE,
+        WakeSigner("another-secret-of-sixteen", clock=lambda: now[0]).sign(),
+        good[:-1] + bytes([good[-1] ^ 1]),  # one bit of the signature flipped
+        good[:5] + bytes([good[5] ^ 1]) + good[6:],  # one bit of the clock flipped
+        good + b"!",
+    ]
+    for datagram in forged:
+        assert not signer.check(datagram), datagram
+    # A replay is taken only within MAX_AGE_S of when it was signed, either way.
+    now[0] += udp_wake.MAX_AGE_S - 1
+    assert signer.check(good)
+    now[0] += 2
+    assert not signer.check(good)
+    now[0] = 1_000_000.0 - udp_wake.MAX_AGE_S - 1
+    assert not signer.check(good)
+    assert signer.refused_total == len(forged) + 2
+
+
+async def test_the_listener_wakes_for_signed_datagrams_only() -> None:
+    signer = WakeSigner(SECRET)
+    woken: list[None] = []
+    listener = await WakeListener.open("127.0.0.1:0", lambda: woken.append(None), signer)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for datagram in (b"wake", WakeSigner("another-secret-of-sixteen").sign(), signer.sign()):
+            sender.sendto(datagram, ("127.0.0.1", listener.port))
+        await wait_until(lambda: signer.refused_total == 2 and len(woken) == 1, timeout_s=5)
+    finally:
+        sender.close()
+        listener.close()
+    assert len(woken) == 1

@@ -4,6 +4,12 @@ A wake-up is a hint, never a command: it carries nothing, and the relay that rec
 looks for due events of the shards it holds, as its safety-net poll would. So losing one
 costs latency (until that poll), never an event, and a duplicate costs one cheap query.
 
+Still, a datagram costs its receiver a query, so only signed ones count: each carries the
+time it was sent and an HMAC-SHA256 of it under WAKE_SECRET, the secret every process of a
+deployment shares. A datagram whose signature does not check, or that is older (or newer)
+than `MAX_AGE_S`, is dropped and counted; a replayed one can only repeat a hint within that
+window, and the receivers look at most once per their minimum gap however many arrive.
+
 Why not a tailable cursor on a capped collection (the same on MongoDB and FerretDB)? FerretDB
 1.24 serves one, but by polling: each await-data getMore re-reads the whole capped collection
 every 10 ms (`awaitData` in internal/handler/msg_getmore.go), which cost 3.8 % of a core
@@ -13,14 +19,53 @@ idle for one tailer over two documents, and 14 % over a hundred (docs/relay.md).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import socket
+import struct
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-WAKE = b"wake"
+# A wake-up: this tag, the sender's clock (milliseconds since the epoch, 8 bytes big-endian)
+# and the first 16 bytes of the HMAC-SHA256 of both under the shared secret.
+TAG = b"ckw1"
+_CLOCK = struct.Struct(">Q")
+_MAC_BYTES = 16
+SIZE = len(TAG) + _CLOCK.size + _MAC_BYTES
+# How far a wake-up's clock may be from the receiver's (clock skew and delivery).
+MAX_AGE_S = 30.0
+
+
+class WakeSigner:
+    """Signs wake-ups and checks them, under one secret; counts what it refused."""
+
+    def __init__(self, secret: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._key = secret.encode()
+        self._clock = clock
+        self.refused_total = 0  # datagrams dropped: a bad size, tag, signature or clock
+
+    def _mac(self, signed: bytes) -> bytes:
+        return hmac.new(self._key, signed, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def sign(self) -> bytes:
+        signed = TAG + _CLOCK.pack(int(self._clock() * 1000))
+        return signed + self._mac(signed)
+
+    def check(self, datagram: bytes) -> bool:
+        """Whether `datagram` is a wake-up signed with this secret within MAX_AGE_S of now;
+        one that is not is counted in `refused_total`."""
+        if len(datagram) == SIZE and datagram.startswith(TAG):
+            signed, mac = datagram[:-_MAC_BYTES], datagram[-_MAC_BYTES:]
+            if hmac.compare_digest(mac, self._mac(signed)):
+                (millis,) = _CLOCK.unpack(signed[len(TAG) :])
+                if abs(self._clock() - millis / 1000) <= MAX_AGE_S:
+                    return True
+        self.refused_total += 1
+        return False
 
 
 def _address(target: str) -> tuple[str, int]:
@@ -47,7 +92,8 @@ class WakeSender:
     (run it as a Supervisor round): replicas come and go, and a name may not resolve yet at
     start (a compose service that starts after this one)."""
 
-    def __init__(self, targets: Iterable[str]) -> None:
+    def __init__(self, targets: Iterable[str], signer: WakeSigner) -> None:
+        self._signer = signer
         self._targets = sorted(targets)
         self._resolved: dict[str, list[Address]] = {}
         self._sockets: dict[int, socket.socket] = {}
@@ -93,9 +139,10 @@ class WakeSender:
         return REFRESH_S
 
     def __call__(self) -> None:
+        datagram = self._signer.sign()
         for family, address in dict.fromkeys(a for v in self._resolved.values() for a in v):
             try:
-                self._sockets[family].sendto(WAKE, address)
+                self._sockets[family].sendto(datagram, address)
                 self.sent += 1
             except OSError as exc:  # a full buffer, no route: the safety net covers it
                 log.debug("wake-up not sent to %s: %s", address, exc)
@@ -108,27 +155,33 @@ class WakeSender:
 
 
 class _WakeProtocol(asyncio.DatagramProtocol):
-    def __init__(self, on_wake: Callable[[], None]) -> None:
+    def __init__(self, on_wake: Callable[[], None], signer: WakeSigner) -> None:
         self._on_wake = on_wake
+        self._signer = signer
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self._on_wake()
+        if self._signer.check(data):
+            self._on_wake()
+        else:
+            log.debug("wake-up refused from %s", addr)
 
 
 class WakeListener:
-    """Calls `on_wake` for every datagram received on `address` (`host:port`, UDP)."""
+    """Calls `on_wake` for every wake-up `signer` accepts on `address` (`host:port`, UDP)."""
 
     def __init__(self, transport: asyncio.DatagramTransport, port: int) -> None:
         self._transport = transport
         self.port = port
 
     @classmethod
-    async def open(cls, address: str, on_wake: Callable[[], None]) -> WakeListener:
+    async def open(
+        cls, address: str, on_wake: Callable[[], None], signer: WakeSigner
+    ) -> WakeListener:
         """Listen on `address`; raises OSError when it cannot be bound."""
         host, port = _address(address)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _WakeProtocol(on_wake), local_addr=(host, port)
+            lambda: _WakeProtocol(on_wake, signer), local_addr=(host, port)
         )
         bound = transport.get_extra_info("sockname")
         return cls(transport, int(bound[1]))

@@ -20,6 +20,7 @@ with it (the upload's span), so an upload and its publishing are one trace; the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -74,6 +75,8 @@ class RelayConfig:
     sent_retention_s: float = 0.0  # 0: the store deletes sent messages as it marks them
     sweep_interval_s: float = 5.0
     sweep_batch: int = 1_000
+    # The least time between the starts of two rounds that wake-ups cause.
+    wake_min_gap_s: float = 0.0
 
 
 class Relay:
@@ -106,6 +109,7 @@ class Relay:
         self._idle_s = IDLE_POLL_MIN_S
         self._next_rebalance = 0.0
         self._woken = asyncio.Event()  # a wake-up came since the current round began
+        self._round_started = 0.0  # monotonic
         self._idle_wait = False  # the last round's wait may be cut short by a wake-up
         # Wake-ups arrive (the wiring listens for them): idle, wait for one instead of
         # polling faster after activity.
@@ -128,6 +132,7 @@ class Relay:
 
         async def loop_round() -> float:
             self._woken.clear()  # from here on, a wake-up means: look again
+            self._round_started = self._clock.monotonic()
             wait = await self.round()
             if wait > 0:
                 await self._wait(stop, wait, wakeable=self._idle_wait)
@@ -191,6 +196,14 @@ class Relay:
         finally:
             for waiter in waiters:
                 waiter.cancel()
+        if wakeable and self._woken.is_set() and not stop.is_set():
+            # Woken: no sooner than the minimum gap after this round began, however many
+            # wake-ups come (a flood costs one look per gap, not one per datagram).
+            since = self._clock.monotonic() - self._round_started
+            gap = min(self._config.wake_min_gap_s, seconds) - since
+            if gap > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), gap)
 
     async def step(self) -> tuple[int, float]:
         """One batch: the due events of the shards still held are published, then marked.

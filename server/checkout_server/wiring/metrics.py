@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..adapters.udp_wake import WakeSigner
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +46,21 @@ class MetricsEndpoint:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = self._thread = None
+
+
+class WakeUpCollector(Collector):
+    """`<prefix>_wake_ups_refused_total`: datagrams on the wake-up port that were not wake-ups
+    signed with WAKE_SECRET within 30 s (spoofed, replayed late, or from a process with
+    another secret)."""
+
+    def __init__(self, signer: WakeSigner, prefix: str) -> None:
+        self._signer = signer
+        self._prefix = prefix
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            f"{self._prefix}_wake_ups_refused",
+            "Datagrams on the wake-up port dropped: not signed with WAKE_SECRET, or not within "
+            "30 s of this process's clock.",
+            value=self._signer.refused_total,
+        )

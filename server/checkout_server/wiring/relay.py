@@ -22,7 +22,7 @@ from pymongo import AsyncMongoClient
 from .. import logs
 from ..adapters.kafka_publisher import KafkaPublisher
 from ..adapters.mongo_relay_store import MongoLeaseStore, MongoOutboxRelayStore
-from ..adapters.udp_wake import WakeListener, WakeSender
+from ..adapters.udp_wake import WakeListener, WakeSender, WakeSigner
 from ..config import RelaySettings
 from ..errors import ConfigError, PublisherUnavailable, ServiceError
 from ..health import HealthReporter, new_health_servicer
@@ -32,7 +32,7 @@ from ..relay.metrics import RelayMetrics
 from ..relay.relay import Relay, RelayConfig
 from ..supervisor import Supervisor, retry_until
 from .clients import kafka_admin, kafka_producer, mongo_client
-from .metrics import MetricsEndpoint
+from .metrics import MetricsEndpoint, WakeUpCollector
 from .tracing import INSTRUMENTATION, tracer_provider
 
 log = logging.getLogger("checkout_server.relay")
@@ -57,6 +57,8 @@ class RelayApp:
     # are resolved again by a loop of `supervisor`'s.
     wake_watchers: WakeSender | None = None
     supervisor: Supervisor | None = None
+    # Signs the wake-ups sent and checks those received (WAKE_SECRET); None: none at all.
+    wake_signer: WakeSigner | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve health and metrics, relay until `stop`, then stop gracefully."""
@@ -97,10 +99,10 @@ class RelayApp:
     async def _listen_for_wake_ups(self) -> WakeListener | None:
         """Listen for the servers' wake-ups; without them (`off`, or the address taken) the
         relay polls as it did before wake-ups existed."""
-        if self.wake_addr == "off":
+        if self.wake_addr == "off" or self.wake_signer is None:
             return None
         try:
-            listener = await WakeListener.open(self.wake_addr, self.relay.wake)
+            listener = await WakeListener.open(self.wake_addr, self.relay.wake, self.wake_signer)
         except OSError as exc:
             log.warning("cannot listen for wake-ups on %s; polling: %s", self.wake_addr, exc)
             return None
@@ -127,14 +129,20 @@ def _relay_config(settings: RelaySettings) -> RelayConfig:
         sent_retention_s=settings.relay_sent_retention_s,
         sweep_interval_s=settings.relay_sweep_interval_s,
         sweep_batch=settings.relay_sweep_batch,
+        wake_min_gap_s=settings.relay_wake_min_gap_s,
     )
 
 
-def _metrics_server(settings: RelaySettings, metrics: RelayMetrics) -> MetricsEndpoint | None:
+def _metrics_server(
+    settings: RelaySettings, metrics: RelayMetrics, signer: WakeSigner | None
+) -> MetricsEndpoint | None:
     """The Prometheus endpoint on RELAY_METRICS_ADDR, or None when it is set empty."""
     if not settings.relay_metrics_addr:
         return None
-    return MetricsEndpoint(metrics.registry(), settings.relay_metrics_addr)
+    registry = metrics.registry()
+    if signer is not None:
+        registry.register(WakeUpCollector(signer, "checkout_relay"))
+    return MetricsEndpoint(registry, settings.relay_metrics_addr)
 
 
 async def create_relay(
@@ -147,7 +155,12 @@ async def create_relay(
     mongo = mongo_client(settings, appname="checkout-relay")
     database = mongo[settings.mongo_db]
     outbox_name = settings.mongo_outbox_collection
-    wake_watchers = WakeSender(settings.watch_wake_targets) if settings.watch_wake_targets else None
+    signer = WakeSigner(settings.wake_secret) if settings.wake_secret else None
+    wake_watchers = (
+        WakeSender(settings.watch_wake_targets, signer)
+        if settings.watch_wake_targets and signer is not None
+        else None
+    )
     store = MongoOutboxRelayStore(
         database[outbox_name],
         database[settings.mongo_status_collection],
@@ -196,7 +209,7 @@ async def create_relay(
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(settings.relay_health_addr)
-    metrics_server = _metrics_server(settings, metrics)
+    metrics_server = _metrics_server(settings, metrics, signer)
 
     await _prepare(settings, store, lease_store, publisher)
     return RelayApp(
@@ -211,6 +224,7 @@ async def create_relay(
         wake_addr=_wake_addr(settings, port),
         wake_watchers=wake_watchers,
         supervisor=supervisor,
+        wake_signer=signer,
     )
 
 

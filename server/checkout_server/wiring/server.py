@@ -37,7 +37,7 @@ from ..adapters.mongo_outbox import MongoOutbox
 from ..adapters.mongo_status_records import MongoStatusRecords
 from ..adapters.mongo_upload_sessions import MongoUploadSessions
 from ..adapters.rate_limits import MemoryUploadRateLimit
-from ..adapters.udp_wake import WakeListener, WakeSender
+from ..adapters.udp_wake import WakeListener, WakeSender, WakeSigner
 from ..api.auth import Authenticator, AuthInterceptor
 from ..api.interceptors import CallObserver, ErrorInterceptor
 from ..api.metrics import GrpcMetrics, ServiceCollector
@@ -60,7 +60,7 @@ from ..upload.pipeline import UploadPipeline
 from ..upload.resumable import ResumableUploads
 from ..upload.sweeper import EventlessObjects, UploadSweeper
 from .clients import minio_client, mongo_client
-from .metrics import MetricsEndpoint
+from .metrics import MetricsEndpoint, WakeUpCollector
 from .tracing import INSTRUMENTATION, tracer_provider
 
 log = logging.getLogger("checkout_server")
@@ -115,8 +115,11 @@ class App:
     # Wakes the other servers' watchers after each status change (WATCH_WAKE_TARGETS).
     wake_watchers: WakeSender | None = None
     # Where this server's watchers are woken by the relays and the other servers, over UDP
-    # (WATCH_WAKE_ADDR; empty: GRPC_ADDR's host and bound port; `off`: nowhere).
+    # (WATCH_WAKE_ADDR; empty: GRPC_ADDR's host and bound port; `off`, or no WAKE_SECRET:
+    # nowhere).
     watch_wake_addr: str = "off"
+    # Signs the wake-ups sent and checks those received (WAKE_SECRET); None: none at all.
+    wake_signer: WakeSigner | None = None
     # Sweeps expired resumable sessions, orphaned multipart uploads and event-less objects.
     sweeper: UploadSweeper | None = None
 
@@ -141,10 +144,12 @@ class App:
     async def _listen_for_watch_wake_ups(self) -> WakeListener | None:
         """Without them (`off`, or the address taken) the watchers learn of the relays' and
         the other servers' changes at the safety-net poll."""
-        if self.watch_wake_addr == "off":
+        if self.watch_wake_addr == "off" or self.wake_signer is None:
             return None
         try:
-            listener = await WakeListener.open(self.watch_wake_addr, self.hub.wake)
+            listener = await WakeListener.open(
+                self.watch_wake_addr, self.hub.wake, self.wake_signer
+            )
         except OSError as exc:
             log.warning("cannot listen for wake-ups on %s; polling: %s", self.watch_wake_addr, exc)
             return None
@@ -333,6 +338,7 @@ class _Stores:
     status_changed: _Callbacks
     wake_relays: WakeSender | None
     wake_watchers: WakeSender | None
+    wake_signer: WakeSigner | None
 
     async def prepare(self) -> None:
         """The allowed buckets and every collection's indexes, made if missing."""
@@ -350,8 +356,9 @@ def _stores(
     resources: AsyncExitStack,
 ) -> _Stores:
     database = mongo[settings.mongo_db]
-    wake_relays = _wake_sender(settings.relay_wake_targets, resources)
-    wake_watchers = _wake_sender(settings.watch_wake_targets, resources)
+    signer = WakeSigner(settings.wake_secret) if settings.wake_secret else None
+    wake_relays = _wake_sender(settings.relay_wake_targets, signer, resources)
+    wake_watchers = _wake_sender(settings.watch_wake_targets, signer, resources)
     status_changed = _Callbacks()
     if wake_watchers is not None:
         status_changed.add(wake_watchers)
@@ -376,13 +383,16 @@ def _stores(
         status_changed=status_changed,
         wake_relays=wake_relays,
         wake_watchers=wake_watchers,
+        wake_signer=signer,
     )
 
 
-def _wake_sender(targets: frozenset[str], resources: AsyncExitStack) -> WakeSender | None:
-    if not targets:
+def _wake_sender(
+    targets: frozenset[str], signer: WakeSigner | None, resources: AsyncExitStack
+) -> WakeSender | None:
+    if not targets or signer is None:  # the settings need WAKE_SECRET for targets
         return None
-    sender = WakeSender(targets)
+    sender = WakeSender(targets, signer)
     resources.callback(sender.close)
     return sender
 
@@ -419,6 +429,8 @@ def _build(
     registry.register(
         ServiceCollector(uploads.pipeline, uploads.admission, hub, keys, uploads.sweeper)
     )
+    if stores.wake_signer is not None:
+        registry.register(WakeUpCollector(stores.wake_signer, "checkout"))
     gate = ShutdownGate()
     server, port = create_server(
         settings.grpc_addr,
@@ -448,6 +460,7 @@ def _build(
         wake_relays=stores.wake_relays,
         wake_watchers=stores.wake_watchers,
         watch_wake_addr=_watch_wake_addr(settings, port),
+        wake_signer=stores.wake_signer,
         sweeper=uploads.sweeper,
     )
 
