@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from google.api import httpbody_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from miniopy_async.api import Minio
@@ -26,6 +28,8 @@ from checkout_server.config import ServerSettings
 from checkout_server.errors import ConfigError
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import MiB, error_details, has_cyrillic, mp4_bytes, retry_delay_s
+from tests.integration.metrics_scrape import scrape
+from tests.integration.resumable_helpers import metadata, write_list
 from tests.integration.storage_checks import object_keys, pending_uploads, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -34,6 +38,7 @@ if TYPE_CHECKING:  # the async stub type exists only in the generated type stubs
     Stub = pb_grpc.CheckoutServiceAsyncStub
 
 Collection = AsyncCollection[dict[str, Any]]
+PART = 5 * MiB  # the tests' UPLOAD_PART_BYTES (conftest)
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,7 @@ def auth_settings(settings: ServerSettings, keys: Keys, **changes: Any) -> Serve
     return settings.replace(
         auth_enabled=True,
         auth_keys_file=str(keys.path),
-        auth_reload_interval_s=0.1,
-        **changes,
+        **{"auth_reload_interval_s": 0.1, **changes},
     )
 
 
@@ -327,20 +331,208 @@ async def test_keys_added_and_removed_count_without_a_restart(
     assert len(secured.keys) == 1
 
 
-async def test_a_broken_keys_file_keeps_the_keys_in_force(
-    stub: Stub, keys: Keys, secured: App, caplog: pytest.LogCaptureFixture
+async def test_an_emptied_keys_file_refuses_every_key_until_it_is_valid_again(
+    settings: ServerSettings, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = await create_app(auth_settings(settings, keys, metrics_addr="127.0.0.1:0"))
+    await app.start()
+    try:
+        assert app.keys is not None
+        assert app.metrics is not None
+        ring, metrics_port = app.keys, app.metrics.port
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.CheckoutServiceStub(channel)
+            assert (await upload(stub, keys.camera_a)).event_id
+            valid = keys.path.read_text()
+            replace_file(keys.path, "")  # emptied: fails closed, no key at all
+
+            async def refused_everywhere() -> bool:
+                return ring.refused
+
+            await wait_until(refused_everywhere, what="the emptied file to be noticed")
+            for key in (keys.camera_a, keys.reader, keys.admin):
+                assert await refused(
+                    stub.ListStatuses(pb.ListStatusesRequest(), metadata=bearer(key))
+                ) == (UNAUTHENTICATED)
+            assert await refused(upload(stub, keys.camera_a)) == UNAUTHENTICATED
+            samples = await scrape(metrics_port)
+            assert samples["checkout_auth_keys"] == 0
+            assert samples["checkout_auth_keys_loaded"] == 0
+            assert samples['checkout_auth_keys_reload_errors_total{reason="empty"}'] == 1
+            errors_logged = [
+                r for r in caplog.records if r.levelno == logging.ERROR and "api keys" in r.msg
+            ]
+            assert len(errors_logged) == 1  # once for the change, not once per round
+            assert "no key is accepted" in errors_logged[0].getMessage()
+
+            replace_file(keys.path, valid)  # back: its keys count again
+
+            async def accepted() -> bool:
+                try:
+                    await stub.ListStatuses(pb.ListStatusesRequest(), metadata=bearer(keys.reader))
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                        raise
+                    return False
+                return True
+
+            await wait_until(accepted, what="the keys to count again")
+            assert (await upload(stub, keys.camera_b)).event_id
+            samples = await scrape(metrics_port)
+            assert samples["checkout_auth_keys"] == 4
+            assert samples["checkout_auth_keys_loaded"] == 1
+            assert samples['checkout_auth_keys_reload_errors_total{reason="empty"}'] == 1
+    finally:
+        await app.stop(grace_s=1.0)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        (lambda path: path.unlink(), "missing"),
+        (lambda path: replace_file(path, '[[keys]]\nclient = "x"\nrole = "owner"\n'), "invalid"),
+    ],
+)
+async def test_a_deleted_or_invalid_keys_file_refuses_every_key(
+    stub: Stub, keys: Keys, secured: App, spoil: Callable[[Path], None], reason: str
 ) -> None:
     assert secured.keys is not None
-    # Written in place (truncated, then filled): the server may read it empty, then broken.
-    keys.path.write_text('[[keys]]\nclient = "x"\nrole = "owner"\nsha256 = "00"\n')
-
-    async def reload_failed() -> bool:
-        return secured.keys is not None and secured.keys.reload_errors_total > 0
-
-    await wait_until(reload_failed, what="the broken file to be noticed")
+    ring = secured.keys
     listed = await stub.ListStatuses(pb.ListStatusesRequest(), metadata=bearer(keys.reader))
     assert listed.total == 0
-    assert "previous keys stay in force" in caplog.text
+    spoil(keys.path)
+
+    async def noticed() -> bool:
+        return ring.reload_errors[reason] == 1
+
+    await wait_until(noticed, what=f"the {reason} file to be noticed")
+    assert await refused(
+        stub.ListStatuses(pb.ListStatusesRequest(), metadata=bearer(keys.reader))
+    ) == (UNAUTHENTICATED)
+    assert len(ring) == 0
+
+
+# The reload interval of the revocation test, and how soon after a key leaves the file its
+# streams must have ended: the next reload (at most one interval, plus reading the file) and
+# the streams' own cleanup (a multipart upload aborted in MinIO) and answer.
+REVOKE_RELOAD_S = 0.5
+REVOKED_WITHIN_S = 2 * REVOKE_RELOAD_S + 2.0
+REVOKED = (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_REVOKED")
+
+
+async def test_a_revoked_keys_open_streams_end_and_leave_nothing_behind(
+    settings: ServerSettings,
+    keys: Keys,
+    s3: Minio,
+    bucket: str,
+    other_bucket: str,
+    outbox_collection: Collection,
+) -> None:
+    """camera-a rotates its key: `old`, its second key, is removed from the file while it
+    watches, uploads (gRPC and REST) and writes a resumable session; the key it keeps goes on
+    working."""
+    old = new_key()
+    keys.path.write_text(keys.path.read_text() + entry("camera-a", "uploader", old))
+    app = await create_app(
+        auth_settings(
+            settings,
+            keys,
+            auth_reload_interval_s=REVOKE_RELOAD_S,
+            metrics_addr="127.0.0.1:0",
+            upload_rate_per_minute=0,
+        )
+    )
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.CheckoutServiceStub(channel)
+            await _revoke_while_streaming(app, stub, keys, old, s3, bucket, other_bucket)
+        # Nothing of the revoked upload: one object and one event, the honest upload's.
+        assert len(await object_keys(s3, bucket)) == 1
+        assert await pending_uploads(s3, bucket) == 0
+        assert await outbox_collection.count_documents({}) == 1
+        assert app.metrics is not None
+        samples = await scrape(app.metrics.port)
+        assert samples["checkout_auth_streams_revoked_total"] == 4
+    finally:
+        await app.stop(grace_s=1.0)
+
+
+async def _revoke_while_streaming(
+    app: App, stub: Stub, keys: Keys, old: str, s3: Minio, bucket: str, other_bucket: str
+) -> None:
+    # A watch, two uploads (gRPC, REST) and a resumable write, each past its first part, all
+    # with the key to be revoked, each then waiting.
+    watch = stub.WatchStatus(pb.WatchStatusRequest(), metadata=bearer(old))
+    data = mp4_bytes(12 * MiB)
+    held = asyncio.Event()  # never set: the streams wait
+
+    async def stalled_upload() -> AsyncIterator[pb.UploadVideoRequest]:
+        for message in upload_messages(data[: 6 * MiB]):
+            yield message
+        await held.wait()
+
+    uploading = stub.UploadVideo(stalled_upload(), metadata=bearer(old))
+
+    async def stalled_rest_upload() -> AsyncIterator[pb.UploadVideoHttpRequest]:
+        """What Envoy sends of `curl --data-binary @v.mp4 -H 'Content-Type: video/mp4'`."""
+        for start in range(0, 6 * MiB, MiB):
+            body = httpbody_pb2.HttpBody(data=data[start : start + MiB])
+            if not start:
+                body.content_type = "video/mp4"
+            yield pb.UploadVideoHttpRequest(http_body=body, filename="v.mp4")
+        await held.wait()
+
+    rest_uploading = stub.UploadVideoHttp(stalled_rest_upload(), metadata=bearer(old))
+    session = await stub.StartResumableUpload(
+        pb.StartResumableUploadRequest(metadata=metadata(data, bucket=other_bucket)),
+        metadata=bearer(old),
+    )
+
+    async def stalled_write() -> AsyncIterator[pb.WriteUploadRequest]:
+        for message in write_list(session.upload_id, data, 0, 6 * MiB):
+            yield message
+        await held.wait()
+
+    writing = stub.WriteUpload(stalled_write(), metadata=bearer(old))
+
+    async def all_streaming() -> bool:
+        query = pb.QueryUploadStatusRequest(upload_id=session.upload_id)
+        persisted = await stub.QueryUploadStatus(query, metadata=bearer(keys.camera_a))
+        return (
+            app.hub.watchers == 1
+            and await pending_uploads(s3, bucket) == 2  # each upload's first part is stored
+            and persisted.persisted_size == PART  # the write's first part is committed
+        )
+
+    await wait_until(all_streaming, what="the four streams under way")
+
+    # The key leaves the file (renamed over it, as the docs advise).
+    revoked_at = time.monotonic()
+    replace_file(keys.path, keys.path.read_text().replace(entry("camera-a", "uploader", old), ""))
+
+    async def ended(call: Any) -> tuple[grpc.StatusCode, str]:
+        return await refused(asyncio.wait_for(call, REVOKED_WITHIN_S))
+
+    async def watch_ended() -> tuple[grpc.StatusCode, str]:
+        while True:  # heartbeats, if any, then the status
+            await watch.read()
+
+    outcomes = await asyncio.gather(
+        ended(watch_ended()), ended(uploading), ended(rest_uploading), ended(writing)
+    )
+    assert list(outcomes) == [REVOKED] * 4
+    assert time.monotonic() - revoked_at <= REVOKED_WITHIN_S
+
+    # The revoked key opens nothing more; the key camera-a kept works on the same server.
+    assert await refused(upload(stub, old)) == UNAUTHENTICATED
+    honest = await upload(stub, keys.camera_a, size=6 * MiB)
+    assert honest.object_key
+    # The resumable session keeps its committed part: camera-a resumes it with its new key.
+    query = pb.QueryUploadStatusRequest(upload_id=session.upload_id)
+    kept = await stub.QueryUploadStatus(query, metadata=bearer(keys.camera_a))
+    assert kept.persisted_size == PART
+    assert await pending_uploads(s3, other_bucket) == 1
 
 
 async def test_start_up_fails_without_a_readable_valid_keys_file(

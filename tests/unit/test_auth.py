@@ -3,20 +3,28 @@ upload pipeline, without servers (the real server's behaviour: integration/test_
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
+import grpc
 import pytest
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_server import errors
 from checkout_server.adapters.rate_limits import MemoryUploadRateLimit
+from checkout_server.api import auth as auth_module
 from checkout_server.api.auth import (
     METHOD_PERMISSIONS,
     ROLE_PERMISSIONS,
+    AuthInterceptor,
     Permission,
     bearer_token,
     permission_of,
@@ -28,7 +36,7 @@ from checkout_server.errors import ConfigError
 from checkout_server.upload.admission import Admission
 from checkout_server.upload.pipeline import UploadPipeline
 from tests.fakes import FakeOutbox, FakeRateLimit, FakeStorage
-from tests.helpers import mp4_bytes, outbox_event
+from tests.helpers import mp4_bytes, outbox_event, wait_until
 from tests.unit.test_upload_pipeline import LIMITS, chunked
 
 pytestmark = pytest.mark.timeout(10)
@@ -87,30 +95,93 @@ def test_new_keys_are_random_and_found_by_their_hash(tmp_path: Path) -> None:
     assert ring.authenticate(hash_key(key)) is None  # the stored hash is no key
 
 
-async def test_the_ring_reloads_a_changed_file_and_keeps_its_keys_on_a_bad_one(
+def rewrite(path: Path, text: str) -> None:
+    """Change the file so that its stamp changes even on a coarse clock."""
+    path.write_text(text)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+async def test_the_ring_reloads_a_changed_file_and_tells_its_subscribers(
     tmp_path: Path,
 ) -> None:
     key, later = new_key(), new_key()
     path = tmp_path / "keys.toml"
     path.write_text(entry("cam", "uploader", hash_key(key)))
     ring = KeyRing(path, reload_interval_s=0.5)
+    changes: list[int] = []
+    ring.subscribe(lambda: changes.append(len(ring)))
     assert await ring.round() == 0.5
-    assert ring.reloads_total == 0  # unchanged: not read again
+    assert (ring.reloads_total, changes) == (0, [])  # unchanged: not read again
 
-    path.write_text(entry("cam", "uploader", hash_key(later)))
-    os.utime(path, ns=(1, 1))  # a new mtime even on a coarse clock
+    rewrite(path, entry("cam", "uploader", hash_key(later)))
     await ring.round()
     assert (ring.authenticate(key), ring.reloads_total) == (None, 1)
     assert ring.authenticate(later) is not None
-
-    path.write_text("not toml [")
+    assert changes == [1]
+    rewrite(path, entry("cam", "uploader", hash_key(later)) + "# the same keys\n")
     await ring.round()
-    assert ring.reload_errors_total == 1
-    assert ring.authenticate(later) is not None
+    assert (ring.reloads_total, changes) == (2, [1])  # read again, nothing to tell
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        (lambda path: rewrite(path, ""), "empty"),
+        (lambda path: rewrite(path, "# every key removed\n"), "empty"),
+        (lambda path: rewrite(path, "not toml ["), "invalid"),
+        (lambda path: rewrite(path, entry(role="owner")), "invalid"),
+        (lambda path: rewrite(path, "keys = 1\n"), "invalid"),
+        (lambda path: path.write_bytes(b"\xff\xfe not utf-8"), "unreadable"),
+        (Path.unlink, "missing"),
+    ],
+)
+async def test_a_refused_keys_file_means_no_keys_until_it_is_valid_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, spoil: Any, reason: str
+) -> None:
+    key = new_key()
+    path = tmp_path / "keys.toml"
+    path.write_text(entry("cam", "uploader", hash_key(key)))
+    ring = KeyRing(path, reload_interval_s=0.5)
+    changes: list[int] = []
+    ring.subscribe(lambda: changes.append(len(ring)))
+
+    spoil(path)
+    await ring.round()
+    assert ring.authenticate(key) is None  # fails closed: no key at all
+    assert (len(ring), ring.refused, changes) == (0, True, [0])
+    assert ring.reload_errors == {reason: 1}
+    refusals = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(refusals) == 1
+    assert "no key is accepted" in refusals[0].getMessage()
+    assert key not in caplog.text
+    assert hash_key(key) not in caplog.text
+
+    for _ in range(3):  # the same refusal: logged and counted once, not every round
+        await ring.round()
+    assert ring.reload_errors == {reason: 1}
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+    assert changes == [0]
+
+    rewrite(path, entry("cam", "reader", hash_key(key)))
+    await ring.round()
+    assert ring.authenticate(key) == Principal(client="cam", role=Role.READER)
+    assert (ring.refused, changes, ring.reload_errors_total) == (False, [0, 1], 1)
+
+
+async def test_each_new_refusal_is_logged_and_counted_once(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text(entry())
+    ring = KeyRing(path, reload_interval_s=0.5)
+    rewrite(path, "")
+    await ring.round()
+    rewrite(path, "not toml [")
+    await ring.round()
     path.unlink()
     await ring.round()
-    assert ring.reload_errors_total == 2
-    assert ring.authenticate(later) is not None
+    await ring.round()
+    assert ring.reload_errors == {"empty": 1, "invalid": 1, "missing": 1}
+    assert ring.reloads_total == 0
 
 
 def test_checkout_keys_new_prints_an_entry_that_admits_the_key(tmp_path: Path) -> None:
@@ -123,6 +194,224 @@ def test_checkout_keys_new_prints_an_entry_that_admits_the_key(tmp_path: Path) -
     assert key not in out.getvalue()  # stdout can go into the file; the key cannot
     ring = KeyRing(path, reload_interval_s=1.0)
     assert ring.authenticate(key) == Principal(client="camera-7", role=Role.UPLOADER)
+
+
+# --- Revoked keys end their open streams ---------------------------------------------------
+
+CAM = Principal(client="cam", role=Role.UPLOADER)
+UPLOAD = "/checkout.v1.CheckoutService/UploadVideo"
+WATCH = "/checkout.v1.CheckoutService/WatchStatus"
+LIST = "/checkout.v1.CheckoutService/ListStatuses"
+
+
+class Ring:
+    """Keys the test changes, by token."""
+
+    def __init__(self, **keys: Principal) -> None:
+        self.keys = keys
+
+    def authenticate(self, token: str) -> Principal | None:
+        return self.keys.get(token)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A call's context: its bearer key."""
+
+    key: str
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.key}"),)
+
+
+async def wrap(
+    auth: AuthInterceptor, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    async def continuation(details: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        return handler
+
+    return await auth.intercept_service(
+        continuation, cast(grpc.HandlerCallDetails, SimpleNamespace(method=method))
+    )
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+async def test_a_revoked_keys_upload_ends_api_key_revoked_after_its_cleanup() -> None:
+    ring = Ring(old=CAM, new=CAM)  # one client, two keys: one is revoked
+    auth = AuthInterceptor(ring)
+    cleaned: list[str] = []
+
+    async def upload(request: Any, context: Call) -> None:
+        try:
+            await forever()  # waiting for the client's next chunk
+        finally:
+            cleaned.append(context.key)  # what the pipeline removes on any failure
+
+    handler = await wrap(auth, UPLOAD, grpc.stream_unary_rpc_method_handler(upload))
+    behavior = cast(Callable[[Any, Call], Coroutine[Any, Any, Any]], handler.stream_unary)
+    revoked = asyncio.create_task(behavior(None, Call("old")))
+    honest = asyncio.create_task(behavior(None, Call("new")))
+    await wait_until(lambda: auth.open_streams == 2, what="both uploads admitted")
+    auth.keys_changed()  # the same keys: nothing ends
+    assert auth.revoked_streams_total == 0
+
+    del ring.keys["old"]
+    auth.keys_changed()
+    with pytest.raises(errors.ApiKeyRevoked) as caught:
+        await asyncio.wait_for(revoked, 5)
+    assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert cleaned == ["old"]
+    assert (honest.done(), auth.open_streams, auth.revoked_streams_total) == (False, 1, 1)
+    auth.keys_changed()  # told again: the stream that ended is not counted twice
+    assert auth.revoked_streams_total == 1
+    honest.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await honest
+    assert auth.open_streams == 0
+
+
+@pytest.mark.parametrize(
+    "now",
+    [
+        None,  # removed
+        Principal(client="cam", role=Role.READER),  # a role that may not upload
+        Principal(client="other", role=Role.UPLOADER),  # another client's now
+    ],
+)
+async def test_a_stream_ends_when_its_key_no_longer_admits_it_as_before(
+    now: Principal | None,
+) -> None:
+    ring = Ring(key=CAM)
+    auth = AuthInterceptor(ring)
+
+    async def upload(request: Any, context: Call) -> None:
+        await forever()
+
+    handler = await wrap(auth, UPLOAD, grpc.stream_unary_rpc_method_handler(upload))
+    behavior = cast(Callable[[Any, Call], Coroutine[Any, Any, Any]], handler.stream_unary)
+    call = asyncio.create_task(behavior(None, Call("key")))
+    await wait_until(lambda: auth.open_streams == 1, what="the upload admitted")
+    if now is None:
+        del ring.keys["key"]
+    else:
+        ring.keys["key"] = now
+    auth.keys_changed()
+    with pytest.raises(errors.ApiKeyRevoked):
+        await asyncio.wait_for(call, 5)
+
+
+async def test_a_watch_waiting_for_changes_ends_api_key_revoked() -> None:
+    ring = Ring(key=CAM)
+    auth = AuthInterceptor(ring)
+    closed = asyncio.Event()
+
+    async def watch(request: Any, context: Call) -> AsyncIterator[int]:
+        try:
+            yield 1
+            await forever()  # the watch feed: nothing changes
+            yield 2
+        finally:
+            closed.set()  # unsubscribed
+
+    handler = await wrap(auth, WATCH, grpc.unary_stream_rpc_method_handler(watch))
+    stream = cast(Callable[[Any, Call], AsyncIterator[int]], handler.unary_stream)
+
+    async def read_all() -> list[int]:
+        return [n async for n in stream(None, Call("key"))]
+
+    reader = asyncio.create_task(read_all())
+    await wait_until(lambda: auth.open_streams == 1, what="the watch admitted")
+    ring.keys.clear()
+    auth.keys_changed()
+    with pytest.raises(errors.ApiKeyRevoked):
+        await asyncio.wait_for(reader, 5)
+    assert closed.is_set()
+    assert auth.open_streams == 0
+
+
+async def test_a_watch_revoked_while_its_response_is_sent_ends_at_its_next_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(auth_module, "REVOKED_SEND_GRACE_S", 0.05)
+    ring = Ring(key=CAM, slow=CAM)
+    auth = AuthInterceptor(ring)
+    steps: list[int] = []
+
+    async def watch(request: Any, context: Call) -> AsyncIterator[int]:
+        for n in range(10):
+            steps.append(n)
+            yield n
+
+    handler = await wrap(auth, WATCH, grpc.unary_stream_rpc_method_handler(watch))
+    stream = cast(Callable[[Any, Call], AsyncGenerator[int, None]], handler.unary_stream)
+    sent, go = asyncio.Event(), asyncio.Event()
+
+    async def grpc_sends(key: str, *, then: Callable[[], Awaitable[object]]) -> None:
+        """What gRPC does: take a response, send it (here: wait), ask for the next."""
+        responses = stream(None, Call(key))
+        await anext(responses)
+        sent.set()
+        await then()
+        await anext(responses)
+
+    # Revoked while gRPC sends: its next step ends it, no cancellation needed.
+    sender = asyncio.create_task(grpc_sends("key", then=go.wait))
+    await sent.wait()
+    del ring.keys["key"]
+    auth.keys_changed()
+    go.set()
+    with pytest.raises(errors.ApiKeyRevoked):
+        await asyncio.wait_for(sender, 5)
+    assert steps == [0]  # the handler made no step after the revocation
+    # A send that never completes (a client that stopped reading): cancelled after the grace.
+    sent.clear()
+    steps.clear()
+    stuck = asyncio.create_task(grpc_sends("slow", then=forever))
+    await sent.wait()
+    del ring.keys["slow"]
+    auth.keys_changed()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(stuck, 5)
+    assert steps == [0]
+
+
+async def test_a_revoked_stream_also_cancelled_by_its_client_stays_cancelled() -> None:
+    ring = Ring(key=CAM)
+    auth = AuthInterceptor(ring)
+
+    async def upload(request: Any, context: Call) -> None:
+        await forever()
+
+    handler = await wrap(auth, UPLOAD, grpc.stream_unary_rpc_method_handler(upload))
+    behavior = cast(Callable[[Any, Call], Coroutine[Any, Any, Any]], handler.stream_unary)
+    call = asyncio.create_task(behavior(None, Call("key")))
+    await wait_until(lambda: auth.open_streams == 1, what="the upload admitted")
+    ring.keys.clear()
+    auth.keys_changed()
+    call.cancel()  # its client went away at the same moment
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+
+async def test_unary_calls_are_not_followed() -> None:
+    ring = Ring(key=CAM)
+    auth = AuthInterceptor(ring)
+    running = asyncio.Event()
+
+    async def listing(request: Any, context: Call) -> str:
+        running.set()
+        await asyncio.sleep(0)
+        return "listed"
+
+    handler = await wrap(auth, LIST, grpc.unary_unary_rpc_method_handler(listing))
+    behavior = cast(Callable[[Any, Call], Coroutine[Any, Any, str]], handler.unary_unary)
+    call = asyncio.create_task(behavior(None, Call("key")))
+    await running.wait()
+    assert auth.open_streams == 0
+    assert await call == "listed"
 
 
 # --- Bearer tokens and permissions -----------------------------------------------------------

@@ -10,10 +10,22 @@ Health, answer everyone.
 Refusals are ServiceErrors (UNAUTHENTICATED without a valid key, PERMISSION_DENIED for a role
 that may not make the call), so the ErrorInterceptor around this one sends them in the one
 error shape, counts them and logs them. Neither the token nor its hash is ever logged.
+
+A key counts for the whole of a stream, not only at its start: the interceptor keeps the
+streams it admitted (uploads, REST or gRPC, WriteUpload, WatchStatus), and when the keys in
+force change (`keys_changed`, called by the key ring after a reload) it asks each stream's key
+again. A stream its key no longer admits as the same client with a role allowed the call
+(the key removed, or the whole file refused) ends with UNAUTHENTICATED API_KEY_REVOKED: its
+task is cancelled where it waits (on its client, on storage, on the watch feed), so its
+handler cleans up as for any cancelled call (an upload's object is removed, a resumable
+session keeps its committed parts), and the cancellation is answered here with the error. A
+stream waiting for gRPC to send a response (a slow reader) ends at its next step instead, or
+is cancelled after REVOKED_SEND_GRACE_S. Unary calls are short and are not followed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,6 +44,9 @@ from .streams import drain, stepwise
 # What a refused caller's upload stream may make the server read and drop (api/streams.py):
 # enough for the refusal to reach a client that streams quickly, little for one that abuses it.
 REFUSED_DRAIN_MAX_BYTES = 8 * 1024 * 1024
+# How long a stream whose key was revoked while gRPC was sending its response may take to
+# reach its next step (where it ends with API_KEY_REVOKED) before it is cancelled outright.
+REVOKED_SEND_GRACE_S = 1.0
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _Unary = Callable[[Any, _Context], Awaitable[Any]]
@@ -137,14 +152,107 @@ def bearer_token_or_none(metadata: Iterable[tuple[str, str | bytes]]) -> str | N
         return None
 
 
+class _OpenStream:
+    """A stream admitted by its key, for as long as it runs: `revoke` ends it."""
+
+    def __init__(
+        self, method: str, permission: Permission, context: _Context, principal: Principal
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "a stream runs in a task"
+        self.task = task
+        self.method = method
+        self.permission = permission
+        self.context = context
+        self.principal = principal
+        self.revoked = False
+        self._in_step = False
+        self._cancelled = False  # by `revoke`, not yet answered
+        self._grace: asyncio.TimerHandle | None = None
+
+    def revoke(self) -> None:
+        """End the stream with API_KEY_REVOKED: at once when its handler runs (a step),
+        else at its next step (cancelled after REVOKED_SEND_GRACE_S if none comes)."""
+        if self.revoked:
+            return
+        self.revoked = True
+        if self._in_step:
+            self._cancel()
+        else:
+            self._grace = asyncio.get_running_loop().call_later(REVOKED_SEND_GRACE_S, self._cancel)
+
+    def _cancel(self) -> None:
+        if not self._cancelled:
+            self._cancelled = True
+            self.task.cancel()
+
+    def close(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+        if self._cancelled:  # cancelled but answered otherwise (it had finished meanwhile)
+            self._cancelled = False
+            self.task.uncancel()
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """One step of the stream's handler (all of it for an upload): ApiKeyRevoked before it
+        when the key was revoked, or in place of the cancellation `revoke` made (when it was
+        not also its client's, its deadline's or the server's)."""
+        if self.revoked:
+            raise errors.ApiKeyRevoked()
+        self._in_step = True
+        try:
+            yield
+        except asyncio.CancelledError:
+            if self._cancelled:
+                self._cancelled = False
+                if self.task.uncancel() == 0:
+                    raise errors.ApiKeyRevoked() from None
+            raise
+        finally:
+            self._in_step = False
+
+
 class AuthInterceptor(_ServerInterceptor):
-    """Admits a call when its token is a key of `keys` whose role has the method's permission."""
+    """Admits a call when its token is a key of `keys` whose role has the method's permission,
+    and ends the streams whose key no longer does (`keys_changed`)."""
 
     def __init__(self, keys: Authenticator) -> None:
         missing = {m.name for m in SERVICE.methods} - set(METHOD_PERMISSIONS)
         if missing:  # a new RPC must be given its permission here
             raise RuntimeError(f"no permission declared for {sorted(missing)}")
         self._keys = keys
+        self._streams: set[_OpenStream] = set()
+        self.revoked_streams_total = 0  # for the metrics
+
+    @property
+    def open_streams(self) -> int:
+        """Streams admitted and running now."""
+        return len(self._streams)
+
+    def keys_changed(self) -> None:
+        """The keys in force changed: end every open stream whose key no longer admits it as
+        the same client with a role allowed the call. Never blocks (one hash per stream)."""
+        for stream in list(self._streams):
+            try:
+                principal = self.admit(stream.method, stream.permission, stream.context)
+            except errors.ServiceError:
+                principal = None
+            if principal != stream.principal and not stream.revoked:
+                stream.revoke()
+                self.revoked_streams_total += 1
+
+    @contextmanager
+    def _open(
+        self, method: str, permission: Permission, context: _Context, principal: Principal
+    ) -> Iterator[_OpenStream]:
+        stream = _OpenStream(method, permission, context, principal)
+        self._streams.add(stream)
+        try:
+            yield stream
+        finally:
+            self._streams.discard(stream)
+            stream.close()
 
     async def intercept_service(
         self,
@@ -189,7 +297,10 @@ class AuthInterceptor(_ServerInterceptor):
                 raise
             token = _principal.set(principal)
             try:
-                return await behavior(request, context)
+                if rpc_type == "unary":
+                    return await behavior(request, context)
+                with self._open(method, permission, context, principal) as stream, stream.step():
+                    return await behavior(request, context)
             finally:
                 _principal.reset(token)
 
@@ -207,11 +318,17 @@ class AuthInterceptor(_ServerInterceptor):
                 finally:
                     _principal.reset(token)
 
-            responses = stepwise(behavior(request, context), as_principal)
-            try:
-                async for response in responses:
-                    yield response
-            finally:
-                await responses.aclose()
+            with self._open(method, permission, context, principal) as stream:
+                responses = stepwise(behavior(request, context), as_principal)
+                try:
+                    while True:
+                        with stream.step():
+                            try:
+                                response = await anext(responses)
+                            except StopAsyncIteration:
+                                return
+                        yield response
+                finally:
+                    await responses.aclose()
 
         return wrapper

@@ -17,11 +17,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..auth.keys import KeyRing
+from ..auth.keys import RELOAD_ERROR_REASONS, KeyRing
 from ..status.watch import WATCH_REFUSAL_REASONS, WatchHub
 from ..upload.admission import REFUSAL_REASONS, Admission
 from ..upload.pipeline import UploadPipeline
 from ..upload.sweeper import UploadSweeper
+from .auth import AuthInterceptor
 
 # go-grpc-prometheus's default buckets, and longer ones for uploads and watches.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, float("inf"))
@@ -80,7 +81,9 @@ class ServiceCollector(Collector):
         hub: WatchHub,
         keys: KeyRing | None = None,
         sweeper: UploadSweeper | None = None,
+        auth: AuthInterceptor | None = None,
     ) -> None:
+        self._auth = auth
         self._sweeper = sweeper
         self._pipeline = pipeline
         self._admission = admission
@@ -151,12 +154,31 @@ class ServiceCollector(Collector):
                 value=sweeper.orphan_objects_removed_total,
             )
         if self._keys is not None:
+            keys = self._keys
             yield GaugeMetricFamily(
-                "checkout_auth_keys", "API keys in force (AUTH_KEYS_FILE).", value=len(self._keys)
+                "checkout_auth_keys",
+                "API keys in force (AUTH_KEYS_FILE); 0 while the file is refused.",
+                value=len(keys),
             )
-            yield CounterMetricFamily(
+            yield GaugeMetricFamily(
+                "checkout_auth_keys_loaded",
+                "1 while AUTH_KEYS_FILE is valid, 0 while it is refused (deleted, unreadable, "
+                "empty or invalid): no key is accepted then.",
+                value=0 if keys.refused else 1,
+            )
+            reload_errors = CounterMetricFamily(
                 "checkout_auth_keys_reload_errors",
-                "Changes of AUTH_KEYS_FILE that could not be read or parsed (the keys in force "
-                "stay).",
-                value=self._keys.reload_errors_total,
+                "Changes of AUTH_KEYS_FILE after start that refused it, by reason (missing, "
+                "unreadable, empty, invalid): no key is in force until it is valid again.",
+                labels=["reason"],
+            )
+            for reason in RELOAD_ERROR_REASONS:
+                reload_errors.add_metric([reason], keys.reload_errors[reason])
+            yield reload_errors
+        if self._auth is not None:
+            yield CounterMetricFamily(
+                "checkout_auth_streams_revoked",
+                "Open streams (uploads, WriteUpload, WatchStatus) ended with API_KEY_REVOKED "
+                "because their key left AUTH_KEYS_FILE.",
+                value=self._auth.revoked_streams_total,
             )

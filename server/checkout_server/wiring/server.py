@@ -38,9 +38,10 @@ from ..adapters.mongo_status_records import MongoStatusRecords
 from ..adapters.mongo_upload_sessions import MongoUploadSessions
 from ..adapters.rate_limits import MemoryUploadRateLimit
 from ..adapters.udp_wake import WakeListener, WakeSender, WakeSigner
-from ..api.auth import Authenticator, AuthInterceptor
+from ..api.auth import AuthInterceptor
 from ..api.interceptors import CallObserver, ErrorInterceptor
 from ..api.metrics import GrpcMetrics, ServiceCollector
+from ..api.rates import CallRates
 from ..api.servicer import CheckoutServicer
 from ..api.shutdown import ShutdownGate
 from ..auth.keys import KeyRing
@@ -240,13 +241,13 @@ def create_server(
     tls: ServerTLS | None = None,
     observer: CallObserver | None = None,
     tracer: trace.Tracer | None = None,
-    auth: Authenticator | None = None,
+    auth: AuthInterceptor | None = None,
     gate: ShutdownGate | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server with the checkout, health and reflection services, bound to `address`
     (port 0 picks a free port, returned), not started: plaintext without `tls`, else TLS,
     and mTLS (client certificates required and verified) when `tls` has a client CA. With
-    `auth`, every call but health and reflection needs an API key `auth` knows (api/auth.py);
+    `auth`, every call but health and reflection needs an API key it knows (api/auth.py);
     its refusals pass through the ErrorInterceptor like any error, as do `gate`'s once it is
     closed (the drain before a stop, api/shutdown.py)."""
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [ErrorInterceptor(observer, tracer)]
@@ -258,7 +259,7 @@ def create_server(
             "upload, read every event and result; turn it on outside a local stack"
         )
     else:
-        interceptors.append(AuthInterceptor(auth))
+        interceptors.append(auth)
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     pb_grpc.add_CheckoutServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -424,10 +425,15 @@ def _build(
         heartbeat_s=settings.watch_heartbeat_s,
         default_bucket=settings.default_bucket,
         resumable=uploads.resumable,
+        rates=_call_rates(settings),
     )
+    auth = None
+    if keys is not None:
+        auth = AuthInterceptor(keys)
+        keys.subscribe(auth.keys_changed)  # a revoked key's open streams end
     registry = CollectorRegistry()
     registry.register(
-        ServiceCollector(uploads.pipeline, uploads.admission, hub, keys, uploads.sweeper)
+        ServiceCollector(uploads.pipeline, uploads.admission, hub, keys, uploads.sweeper, auth)
     )
     if stores.wake_signer is not None:
         registry.register(WakeUpCollector(stores.wake_signer, "checkout"))
@@ -439,7 +445,7 @@ def _build(
         tls=ServerTLS.from_settings(settings),
         observer=GrpcMetrics(registry),
         tracer=tracing.get_tracer(INSTRUMENTATION),
-        auth=keys,
+        auth=auth,
         gate=gate,
     )
     return App(
@@ -605,6 +611,16 @@ def _upload_limits(settings: ServerSettings) -> UploadLimits:
         idle_timeout_s=settings.upload_idle_timeout_s,
         min_bytes_per_s=settings.upload_min_bytes_per_s,
         throughput_window_s=settings.upload_throughput_window_s,
+    )
+
+
+def _call_rates(settings: ServerSettings) -> CallRates:
+    def per_minute(calls: int, scope: str) -> MemoryUploadRateLimit | None:
+        return MemoryUploadRateLimit(calls, scope=scope) if calls else None
+
+    return CallRates(
+        create_request=per_minute(settings.request_rate_per_minute, "create_request"),
+        list_statuses=per_minute(settings.list_rate_per_minute, "list_statuses"),
     )
 
 
