@@ -41,7 +41,6 @@ from ..adapters.udp_wake import WakeListener, WakeSender, WakeSigner
 from ..api.auth import AuthInterceptor
 from ..api.interceptors import CallObserver, ErrorInterceptor
 from ..api.metrics import GrpcMetrics, ServiceCollector
-from ..api.rates import CallRates
 from ..api.servicer import CheckoutServicer
 from ..api.shutdown import ShutdownGate
 from ..auth.keys import KeyRing
@@ -425,7 +424,6 @@ def _build(
         heartbeat_s=settings.watch_heartbeat_s,
         default_bucket=settings.default_bucket,
         resumable=uploads.resumable,
-        rates=_call_rates(settings),
     )
     auth = None
     if keys is not None:
@@ -611,16 +609,6 @@ def _upload_limits(settings: ServerSettings) -> UploadLimits:
         idle_timeout_s=settings.upload_idle_timeout_s,
         min_bytes_per_s=settings.upload_min_bytes_per_s,
         throughput_window_s=settings.upload_throughput_window_s,
-    )
-
-
-def _call_rates(settings: ServerSettings) -> CallRates:
-    def per_minute(calls: int, scope: str) -> MemoryUploadRateLimit | None:
-        return MemoryUploadRateLimit(calls, scope=scope) if calls else None
-
-    return CallRates(
-        create_request=per_minute(settings.request_rate_per_minute, "create_request"),
-        list_statuses=per_minute(settings.list_rate_per_minute, "list_statuses"),
     )
 
 
