@@ -9,14 +9,20 @@ removes the downloads a killed one left.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from miniopy_async.api import Minio
+from pymongo.asynchronous.database import AsyncDatabase
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
@@ -25,7 +31,9 @@ from checkout_runner.adapters.isolated_decoder import IsolatedDecoder
 from checkout_runner.config import RunnerSettings
 from checkout_runner.downloads import download_folder
 from checkout_runner.sample import Truth, write_sample
+from checkout_server.outbox.document import Document
 from checkout_server.wiring.server import App
+from devstack import Kafka
 from devstack._stack import PythonService, RunnerService
 from tests.hostile_videos import HOSTILE
 from tests.integration.console import checkout
@@ -38,7 +46,7 @@ from tests.integration.runner_stack import (
     upload,
     watch,
 )
-from tests.integration.storage_checks import wait_until
+from tests.integration.storage_checks import object_keys, wait_until
 
 if TYPE_CHECKING:
     Stub = pb_grpc.CheckoutServiceAsyncStub
@@ -177,6 +185,139 @@ async def test_hostile_videos_fail_at_once_and_the_runner_stays_up_and_small(
     after = await upload(stub, path.read_bytes())
     assert (await watch(stub, after.event_id))[-1] == "ready"
     assert assert_faces_where_they_are(await prediction_of(stub, after.event_id), truth) == 4
+
+
+async def test_forged_records_are_refused_unread_and_an_honest_upload_is_ready_after(
+    app: App,
+    stub: Stub,
+    processes: Processes,
+    relay: PythonService,
+    kafka: Kafka,
+    s3: Minio,
+    bucket: str,
+    other_bucket: str,
+    mongo_database: AsyncDatabase[Document],
+    clips: dict[tuple[int, int], tuple[Path, Truth]],
+) -> None:
+    """Records written straight to the topic, as anyone on the Kafka network could: a key
+    outside input/, a bucket not on ALLOWED_BUCKETS, ids that are no UUIDs, a huge value and
+    no JSON at all. A real video waits at each forged key. Each record is refused and counted
+    under its reason, with nothing read for it and no result (nor state record) anywhere; the
+    runner is the same process, its log lines bounded, and an honest upload after them is
+    `ready`."""
+    runner = await asyncio.to_thread(processes.start_runner, "runner-a")
+    pid = runner.pid
+    path, truth = clips[(640, 480)]
+    video = path.read_bytes()
+    forbidden = f"forbidden-{uuid.uuid4().hex[:12]}"  # a bucket the runner's keys reach
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    not_a_uuid = f"not-a-uuid-{ids[2][:8]}"
+    planted = {
+        (bucket, f"private/{ids[0]}.mp4"),
+        (forbidden, f"input/{ids[1]}.mp4"),
+        (bucket, f"input/{not_a_uuid}.mp4"),
+    }
+    await s3.make_bucket(forbidden)
+    try:
+        for at_bucket, key in planted:
+            await s3.put_object(at_bucket, key, io.BytesIO(video), len(video))
+        forged = {
+            "OBJECT_KEY_INVALID": _forged(ids[0], bucket, object_key=f"private/{ids[0]}.mp4"),
+            "BUCKET_NOT_ALLOWED": _forged(ids[1], forbidden),
+            "VIDEO_ID_INVALID": _forged(
+                ids[2], bucket, video_id=not_a_uuid, object_key=f"input/{not_a_uuid}.mp4"
+            ),
+            "EVENT_ID_INVALID": _forged("e1", bucket, video_id=ids[0]),
+            "NOT_JSON": b"\xff not json",
+        }
+        huge = _forged(str(uuid.uuid4()), "b" * 300_000)  # BUCKET_NOT_ALLOWED again
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+        await producer.start()
+        try:
+            for value in [*forged.values(), huge]:
+                await producer.send_and_wait(processes.topic, value)
+        finally:
+            await producer.stop()
+
+        expected = dict.fromkeys(forged, 1.0)
+        expected["BUCKET_NOT_ALLOWED"] = 2.0
+
+        async def refused() -> dict[str, float]:
+            values = await scrape(runner.port)
+            return {
+                reason: values[f'checkout_runner_refused_records_total{{reason="{reason}"}}']
+                for reason in expected
+            }
+
+        async def all_refused() -> bool:
+            return await refused() == expected
+
+        await wait_until(all_refused, timeout_s=60, what="every forged record refused")
+
+        after = await upload(stub, video)
+        assert (await watch(stub, after.event_id))[-1] == "ready"
+        assert assert_faces_where_they_are(await prediction_of(stub, after.event_id), truth) == 4
+
+        assert runner.pid == pid
+        assert runner.running
+        assert await refused() == expected  # none counted twice: committed, not redelivered
+        total = sum(expected.values())
+        assert await metric(runner, 'checkout_runner_videos_total{outcome="invalid"}') == total
+        assert await metric(runner, 'checkout_runner_videos_total{outcome="ok"}') == 1
+        assert await metric(runner, "checkout_runner_results_written_total") == 1
+        values = await scrape(runner.port)
+        assert not [k for k in values if k.startswith("checkout_runner_failures_total")]
+        # Nothing written: the honest video's result is the only one, in any bucket; only
+        # the honest event has a state record (a read would have begun one).
+        everything = {
+            name: sorted(await object_keys(s3, name, prefix=""))
+            for name in (bucket, other_bucket, forbidden)
+        }
+        assert everything == {
+            bucket: sorted(
+                [
+                    f"input/{after.video_id}.mp4",
+                    f"output/{after.video_id}.json",
+                    *(key for name, key in planted if name == bucket),
+                ]
+            ),
+            other_bucket: [],
+            forbidden: [f"input/{ids[1]}.mp4"],
+        }
+        states = mongo_database["runner_videos"]
+        assert [r["_id"] async for r in states.find({}, {"_id": 1})] == [after.event_id]
+        # The log names each refusal and shows a bounded part of what a record carried.
+        lines = [
+            line
+            for line in (processes.log_dir / "runner-a.log").read_text().splitlines()
+            if "record refused" in line
+        ]
+        assert sorted(json.loads(line)["reason"] for line in lines) == sorted(
+            [*forged, "BUCKET_NOT_ALLOWED"]
+        )
+        assert max(len(line) for line in lines) < 500  # of a record of 300,000 characters
+    finally:
+        for name, key in planted:
+            await s3.remove_object(name, key)
+        await s3.remove_bucket(forbidden)
+
+
+def _forged(event_id: str, bucket: str, **changes: Any) -> bytes:
+    """A record as the relay writes one for `event_id` (its video the same id), changed."""
+    return json.dumps(
+        {
+            "version": 1,
+            "event_id": event_id,
+            "type": "checkout.video.uploaded",
+            "video_id": event_id,
+            "bucket": bucket,
+            "object_key": f"input/{event_id}.mp4",
+            "size_bytes": 1000,
+            "sha256": "",
+            "created_at": "2026-12-06T10:00:00.000+00:00",
+            **changes,
+        }
+    ).encode()
 
 
 async def test_the_readme_demo_reaches_ready_after_other_videos(
