@@ -129,8 +129,9 @@ class RunnerSettings(EnvSettings):
     """RUNNER_RETRY_INITIAL_S: first retry delay after an outage (doubling, capped)."""
     runner_retry_max_s: float = 30.0
     """RUNNER_RETRY_MAX_S: the longest retry delay."""
-    runner_metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "0.0.0.0:9465"
-    """RUNNER_METRICS_ADDR: the Prometheus endpoint (GET /metrics); set but empty disables it."""
+    runner_metrics_addr: Annotated[str, EnvRule.KEEP_EMPTY] = "127.0.0.1:9465"
+    """RUNNER_METRICS_ADDR: the Prometheus endpoint (GET /metrics), on loopback by default (the
+    image and compose set `0.0.0.0:9465`); set but empty disables it."""
     runner_lag_interval_s: float = 5.0
     """RUNNER_LAG_INTERVAL_S: how often the consumer lag gauge is measured."""
     kafka_session_timeout_ms: int = 10_000

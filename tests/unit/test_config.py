@@ -23,6 +23,7 @@ def test_defaults_match_the_seed_service() -> None:
     # Not the seed's: loopback until authentication is on (the image sets both).
     assert settings.grpc_addr == "127.0.0.1:50051"
     assert settings.metrics_addr == "127.0.0.1:9463"
+    assert RunnerSettings.from_env({}).runner_metrics_addr == "127.0.0.1:9465"
 
 
 def test_values_from_the_environment() -> None:
