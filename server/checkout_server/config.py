@@ -448,6 +448,14 @@ class StatusSection(Section):
     result_max_bytes: int = 3 * MiB
     """RESULT_MAX_BYTES: the largest result GetResult returns (default 3 MiB; a gRPC message is
     at most 4 MiB)."""
+    request_rate_per_minute: int = 60
+    """REQUEST_RATE_PER_MINUTE: CreateRequest calls (each has a video processed again) one client
+    may make in any 60 seconds, per server process (0: no limit); one more is refused
+    RESOURCE_EXHAUSTED REQUEST_RATE_LIMITED with a retry hint."""
+    list_rate_per_minute: int = 600
+    """LIST_RATE_PER_MINUTE: ListStatuses calls (REST `/api/status/all` among them) one client
+    may make in any 60 seconds, per server process (0: no limit); one more is refused
+    RESOURCE_EXHAUSTED LIST_RATE_LIMITED with a retry hint."""
     result_reconcile_interval_s: float = 10.0
     """RESULT_RECONCILE_INTERVAL_S: how often every event still waiting is checked for a result
     (watched events are checked every WATCH_RESULT_CHECK_INTERVAL_S)."""
@@ -485,6 +493,10 @@ class StatusSection(Section):
     def _check_watch(self) -> Self:
         if not 0 < self.watch_poll_min_gap_s <= self.watch_poll_interval_s:
             raise ConfigError("need 0 < WATCH_POLL_MIN_GAP_S <= WATCH_POLL_INTERVAL_S")
+        if self.request_rate_per_minute < 0 or self.list_rate_per_minute < 0:
+            raise ConfigError(
+                "REQUEST_RATE_PER_MINUTE and LIST_RATE_PER_MINUTE must be 0 (no limit) or more"
+            )
         if not 1 <= self.watch_max_watchers_per_client <= self.watch_max_watchers:
             raise ConfigError("need 1 <= WATCH_MAX_WATCHERS_PER_CLIENT <= WATCH_MAX_WATCHERS")
         return self

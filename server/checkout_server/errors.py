@@ -375,6 +375,26 @@ class UploadMemoryBusy(ServiceError):
     retry_after_s = 1.0
 
 
+class RequestRateLimited(ServiceError):
+    """The client called CreateRequest `REQUEST_RATE_PER_MINUTE` times in the last 60 s (each
+    has a video processed again); a `google.rpc.RetryInfo` says when it may call again."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "REQUEST_RATE_LIMITED"
+    message = "Превышен лимит повторных запросов обработки, повторите попытку позже"
+    retriable = True
+
+
+class ListRateLimited(ServiceError):
+    """The client listed statuses `LIST_RATE_PER_MINUTE` times in the last 60 s; a
+    `google.rpc.RetryInfo` says when it may list again."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "LIST_RATE_LIMITED"
+    message = "Превышен лимит запросов списка статусов, повторите попытку позже"
+    retriable = True
+
+
 class TooManyClientUploads(ServiceError):
     """The client streams `UPLOAD_MAX_CONCURRENT_PER_CLIENT` uploads and resumable writes
     already (the client: its API key's owner, or its address with authentication off): refused

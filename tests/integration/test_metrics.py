@@ -81,6 +81,11 @@ async def test_metrics_after_an_upload(metered: App) -> None:
     assert samples[("checkout_uploads_refused_total", REFUSED_TOO_MANY)] == 0
     assert samples[("checkout_upload_memory_budget_bytes_used", none)] == 0
     assert samples[("checkout_watchers", none)] == 0
+    for reason in ("TOO_MANY_WATCHERS", "TOO_MANY_CLIENT_WATCHERS"):
+        assert samples[("checkout_watchers_refused_total", frozenset({("reason", reason)}))] == 0
+    for reason in ("REQUEST_RATE_LIMITED", "LIST_RATE_LIMITED"):
+        assert samples[("checkout_calls_rate_limited_total", frozenset({("reason", reason)}))] == 0
+    assert samples[("checkout_wake_ups_refused_total", none)] == 0  # WAKE_SECRET is set
     assert response.event_id
 
 

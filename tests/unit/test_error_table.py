@@ -201,6 +201,18 @@ ERRORS: list[tuple[type[errors.ServiceError], grpc.StatusCode, str, str]] = [
         "Сервер занят другими загрузками, повторите попытку позже",
     ),
     (
+        errors.RequestRateLimited,
+        Code.RESOURCE_EXHAUSTED,
+        "REQUEST_RATE_LIMITED",
+        "Превышен лимит повторных запросов обработки, повторите попытку позже",
+    ),
+    (
+        errors.ListRateLimited,
+        Code.RESOURCE_EXHAUSTED,
+        "LIST_RATE_LIMITED",
+        "Превышен лимит запросов списка статусов, повторите попытку позже",
+    ),
+    (
         errors.TooManyClientUploads,
         Code.RESOURCE_EXHAUSTED,
         "TOO_MANY_CLIENT_UPLOADS",

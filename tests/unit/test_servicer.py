@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.api import servicer
+from checkout_server.api.rates import CallRates
 from checkout_server.api.servicer import CheckoutServicer
 from checkout_server.health import DependencyMonitor, new_health_servicer
 from checkout_server.status.watch import WatchHub
@@ -20,15 +21,22 @@ from checkout_server.supervisor import Supervisor
 from checkout_server.upload.limits import UploadLimits
 from checkout_server.upload.pipeline import UploadPipeline
 from checkout_server.wiring.server import create_server
-from tests.fakes import NOW, FakeOutbox, FakeStorage, status_service
-from tests.helpers import MiB, error_details, mp4_bytes, outbox_event, sha256_hex
+from tests.fakes import NOW, FakeOutbox, FakeRateLimit, FakeStorage, status_service
+from tests.helpers import (
+    MiB,
+    error_details,
+    mp4_bytes,
+    outbox_event,
+    retry_delay_s,
+    sha256_hex,
+)
 from tests.unit.test_error_table import ERRORS
 
 pytestmark = pytest.mark.timeout(20)
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, rates: CallRates | None = None) -> None:
         self.storage = FakeStorage()
         self.outbox = FakeOutbox()
         pipeline = UploadPipeline(
@@ -61,7 +69,7 @@ class Harness:
             max_pending=100,
         )
         self.servicer = CheckoutServicer(
-            pipeline=pipeline, status=self.status, hub=self.hub, monitor=self.monitor
+            pipeline=pipeline, status=self.status, hub=self.hub, monitor=self.monitor, rates=rates
         )
         self.server, port = create_server("127.0.0.1:0", self.servicer, health_servicer)
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -300,3 +308,38 @@ async def test_a_write_that_names_no_session_is_refused(
         f"Некорректный идентификатор сессии загрузки: {message}",
     )
     assert sent == count
+
+
+async def test_a_client_past_its_rate_of_lists_or_re_requests_is_told_when_to_call_again() -> None:
+    lists, requests = FakeRateLimit(allowed=2), FakeRateLimit(allowed=1, retry_after_s=7.5)
+    rates = CallRates(create_request=requests, list_statuses=lists)
+    h = Harness(rates)
+    await h.server.start()
+    try:
+        for _ in range(2):
+            await h.stub.ListStatuses(pb.ListStatusesRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as listed:
+            await h.stub.ListStatuses(pb.ListStatusesRequest())
+        # Counted before the request is looked at: an unknown video costs a call too.
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await h.stub.CreateRequest(pb.CreateRequestRequest(video_id="not-a-uuid"))
+        with pytest.raises(grpc.aio.AioRpcError) as requested:
+            await h.stub.CreateRequest(pb.CreateRequestRequest(video_id="x"))
+    finally:
+        await h.channel.close(None)
+        await h.server.stop(None)
+    assert error_details(listed.value)[:2] == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "LIST_RATE_LIMITED",
+    )
+    assert retry_delay_s(listed.value) == 12.5
+    assert unknown.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(requested.value)[:2] == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "REQUEST_RATE_LIMITED",
+    )
+    assert retry_delay_s(requested.value) == 7.5
+    # Counted per client: without authentication, its address.
+    assert lists.admitted == {"peer ipv4:127.0.0.1": 2}
+    assert requests.admitted == {"peer ipv4:127.0.0.1": 1}
+    assert rates.refusals == {"LIST_RATE_LIMITED": 1, "REQUEST_RATE_LIMITED": 1}

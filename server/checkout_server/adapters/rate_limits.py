@@ -1,8 +1,9 @@
-"""Per-client upload rate limits in this process's memory, with the `limits` library.
+"""Per-client rate limits in this process's memory, with the `limits` library: uploads,
+CreateRequest calls, listings, each a limit of its own.
 
-A moving window: at most `per_minute` uploads started in any 60 seconds. A refused client is
-told when the oldest upload in its window leaves it. The counts live in one process: with
-several server replicas a client may start up to `per_minute` on each.
+A moving window: at most `per_minute` calls in any 60 seconds. A refused client is told when
+the oldest call in its window leaves it. The counts live in one process: with several server
+replicas a client may make up to `per_minute` on each.
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ MIN_RETRY_AFTER_S = 0.05
 
 
 class MemoryUploadRateLimit:
-    """Implements ports.UploadRateLimit."""
+    """Implements ports.UploadRateLimit: `per_minute` calls of one kind (`scope`) per client."""
 
-    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, per_minute: int, *, scope: str = "upload", clock: Callable[[], float] = time.time
+    ) -> None:
         self._item = RateLimitItemPerMinute(per_minute)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._scope = scope
         self._clock = clock
 
     async def admit(self, client: str) -> float | None:
-        if await self._limiter.hit(self._item, "upload", client):
+        if await self._limiter.hit(self._item, self._scope, client):
             return None
-        stats = await self._limiter.get_window_stats(self._item, "upload", client)
+        stats = await self._limiter.get_window_stats(self._item, self._scope, client)
         return max(stats.reset_time - self._clock(), MIN_RETRY_AFTER_S)

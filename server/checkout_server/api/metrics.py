@@ -23,6 +23,7 @@ from ..upload.admission import REFUSAL_REASONS, Admission
 from ..upload.pipeline import UploadPipeline
 from ..upload.sweeper import UploadSweeper
 from .auth import AuthInterceptor
+from .rates import RATE_REFUSAL_REASONS, CallRates
 
 # go-grpc-prometheus's default buckets, and longer ones for uploads and watches.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, float("inf"))
@@ -82,7 +83,9 @@ class ServiceCollector(Collector):
         keys: KeyRing | None = None,
         sweeper: UploadSweeper | None = None,
         auth: AuthInterceptor | None = None,
+        rates: CallRates | None = None,
     ) -> None:
+        self._rates = rates
         self._auth = auth
         self._sweeper = sweeper
         self._pipeline = pipeline
@@ -134,6 +137,16 @@ class ServiceCollector(Collector):
         for reason in WATCH_REFUSAL_REASONS:
             watch_refused.add_metric([reason], self._hub.refusals[reason])
         yield watch_refused
+        if self._rates is not None:
+            rate_limited = CounterMetricFamily(
+                "checkout_calls_rate_limited",
+                "CreateRequest and ListStatuses calls refused for their client's rate, by "
+                "reason (REQUEST_RATE_PER_MINUTE, LIST_RATE_PER_MINUTE).",
+                labels=["reason"],
+            )
+            for reason in RATE_REFUSAL_REASONS:
+                rate_limited.add_metric([reason], self._rates.refusals[reason])
+            yield rate_limited
         if self._sweeper is not None:
             sweeper = self._sweeper
             yield CounterMetricFamily(

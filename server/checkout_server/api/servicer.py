@@ -32,6 +32,7 @@ from . import resumable as rpb
 from .auth import bearer_token_or_none, current_principal
 from .http_upload import open_http_upload
 from .messages import operation, status_update, upload_request, upload_response
+from .rates import CallRates
 from .streams import drain
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -51,7 +52,9 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         heartbeat_s: float = 15.0,
         default_bucket: str = "videos",
         resumable: ResumableUploads | None = None,
+        rates: CallRates | None = None,
     ) -> None:
+        self._rates = rates or CallRates()
         self._resumable = resumable
         self._default_bucket = default_bucket
         self._pipeline = pipeline
@@ -242,6 +245,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def ListStatuses(  # noqa: N802 (gRPC method name)
         self, request: pb.ListStatusesRequest, context: Context
     ) -> pb.ListStatusesResponse:
+        await self._rates.admit_list(client_key(current_principal().client, context.peer()))
         listing = await self._status.list(
             status=request.status,
             page_size=request.page_size,
@@ -286,8 +290,10 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def CreateRequest(  # noqa: N802 (gRPC method name)
         self, request: pb.CreateRequestRequest, context: Context
     ) -> pb.CreateRequestResponse:
+        viewer = current_principal()
+        await self._rates.admit_create_request(client_key(viewer.client, context.peer()))
         event = await self._status.create_request(
-            video_id=request.video_id, bucket=request.bucket, viewer=current_principal()
+            video_id=request.video_id, bucket=request.bucket, viewer=viewer
         )
         return pb.CreateRequestResponse(
             status="ok", event_id=event.event_id, video_id=event.video_id

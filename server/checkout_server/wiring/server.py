@@ -41,6 +41,7 @@ from ..adapters.udp_wake import WakeListener, WakeSender, WakeSigner
 from ..api.auth import AuthInterceptor
 from ..api.interceptors import CallObserver, ErrorInterceptor
 from ..api.metrics import GrpcMetrics, ServiceCollector
+from ..api.rates import CallRates
 from ..api.servicer import CheckoutServicer
 from ..api.shutdown import ShutdownGate
 from ..auth.keys import KeyRing
@@ -99,6 +100,8 @@ class App:
     pipeline: UploadPipeline
     # Admits UploadVideo streams and resumable writes; its interrupt stops both.
     admission: Admission
+    # The per-client rates of CreateRequest and ListStatuses.
+    rates: CallRates
     hub: WatchHub
     supervisor: Supervisor
     metrics: MetricsEndpoint | None
@@ -416,6 +419,7 @@ def _build(
         interval_s=settings.health_interval_s,
         supervisor=supervisor,
     )
+    rates = _call_rates(settings)
     servicer = CheckoutServicer(
         pipeline=uploads.pipeline,
         status=status,
@@ -424,6 +428,7 @@ def _build(
         heartbeat_s=settings.watch_heartbeat_s,
         default_bucket=settings.default_bucket,
         resumable=uploads.resumable,
+        rates=rates,
     )
     auth = None
     if keys is not None:
@@ -431,7 +436,9 @@ def _build(
         keys.subscribe(auth.keys_changed)  # a revoked key's open streams end
     registry = CollectorRegistry()
     registry.register(
-        ServiceCollector(uploads.pipeline, uploads.admission, hub, keys, uploads.sweeper, auth)
+        ServiceCollector(
+            uploads.pipeline, uploads.admission, hub, keys, uploads.sweeper, auth, rates
+        )
     )
     if stores.wake_signer is not None:
         registry.register(WakeUpCollector(stores.wake_signer, "checkout"))
@@ -454,6 +461,7 @@ def _build(
         monitor=monitor,
         pipeline=uploads.pipeline,
         admission=uploads.admission,
+        rates=rates,
         hub=hub,
         supervisor=supervisor,
         metrics=MetricsEndpoint(registry, settings.metrics_addr) if settings.metrics_addr else None,
@@ -609,6 +617,16 @@ def _upload_limits(settings: ServerSettings) -> UploadLimits:
         idle_timeout_s=settings.upload_idle_timeout_s,
         min_bytes_per_s=settings.upload_min_bytes_per_s,
         throughput_window_s=settings.upload_throughput_window_s,
+    )
+
+
+def _call_rates(settings: ServerSettings) -> CallRates:
+    def per_minute(calls: int, scope: str) -> MemoryUploadRateLimit | None:
+        return MemoryUploadRateLimit(calls, scope=scope) if calls else None
+
+    return CallRates(
+        create_request=per_minute(settings.request_rate_per_minute, "create_request"),
+        list_statuses=per_minute(settings.list_rate_per_minute, "list_statuses"),
     )
 
 

@@ -1,0 +1,117 @@
+"""The calls whose cost a client chooses are rated per client (issue 23), against the real
+server, MinIO and FerretDB: a client past LIST_RATE_PER_MINUTE or REQUEST_RATE_PER_MINUTE is
+refused with a retry hint while another client lists and re-requests; a refused CreateRequest
+makes no event.
+
+The rates are small here (settings of the test's server) to keep the test quick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from pymongo.asynchronous.collection import AsyncCollection
+
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.auth.keys import entry, new_key
+from checkout_server.config import ServerSettings
+from checkout_server.wiring.server import App, create_app
+from tests.helpers import error_details, has_cyrillic, mp4_bytes, retry_delay_s
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated type stubs
+    Stub = pb_grpc.CheckoutServiceAsyncStub
+
+LISTS = 5
+REQUESTS = 2
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, str]:
+    made = {name: new_key() for name in ("attacker", "honest")}
+    path = tmp_path / "api-keys.toml"
+    path.write_text("".join(entry(name, "uploader", key) for name, key in made.items()))
+    made["path"] = str(path)
+    return made
+
+
+@pytest.fixture
+async def rated(settings: ServerSettings, keys: dict[str, str]) -> AsyncIterator[App]:
+    app = await create_app(
+        settings.replace(
+            auth_enabled=True,
+            auth_keys_file=keys["path"],
+            list_rate_per_minute=LISTS,
+            request_rate_per_minute=REQUESTS,
+        )
+    )
+    await app.start()
+    yield app
+    await app.stop(grace_s=1.0)
+
+
+def bearer(key: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+async def refused(call: Any) -> tuple[str, float]:
+    """(reason, retry hint) of a call refused RESOURCE_EXHAUSTED with a Russian message."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    code, reason, message = error_details(caught.value)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value
+    assert has_cyrillic(message), message
+    return reason, retry_delay_s(caught.value)
+
+
+async def upload(stub: Stub, key: str) -> pb.UploadVideoResponse:
+    messages = [
+        pb.UploadVideoRequest(metadata=pb.UploadMetadata(filename="v.mp4")),
+        pb.UploadVideoRequest(chunk=mp4_bytes(5000)),
+    ]
+    response: pb.UploadVideoResponse = await stub.UploadVideo(
+        iter(messages), metadata=bearer(key), timeout=20
+    )
+    return response
+
+
+async def test_a_client_past_its_call_rates_is_refused_while_another_calls(
+    rated: App,
+    keys: dict[str, str],
+    outbox_collection: AsyncCollection[dict[str, Any]],
+) -> None:
+    attacker, honest = bearer(keys["attacker"]), bearer(keys["honest"])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{rated.port}") as channel:
+        stub: Stub = pb_grpc.CheckoutServiceStub(channel)
+        mine = await upload(stub, keys["attacker"])
+        theirs = await upload(stub, keys["honest"])
+
+        for _ in range(LISTS):
+            await stub.ListStatuses(pb.ListStatusesRequest(), metadata=attacker)
+        reason, hint = await refused(stub.ListStatuses(pb.ListStatusesRequest(), metadata=attacker))
+        assert reason == "LIST_RATE_LIMITED"
+        assert 0 < hint <= 60
+
+        again = pb.CreateRequestRequest(video_id=mine.video_id)
+        for _ in range(REQUESTS):
+            await stub.CreateRequest(again, metadata=attacker)
+        events_before = await outbox_collection.count_documents({})
+        reason, hint = await refused(stub.CreateRequest(again, metadata=attacker))
+        assert reason == "REQUEST_RATE_LIMITED"
+        assert 0 < hint <= 60
+        assert await outbox_collection.count_documents({}) == events_before  # nothing made
+
+        # The other client is not affected: it lists and re-requests at once.
+        listed = await stub.ListStatuses(pb.ListStatusesRequest(), metadata=honest, timeout=10)
+        assert {op.event_id for op in listed.operations} == {theirs.event_id}
+        made = await stub.CreateRequest(
+            pb.CreateRequestRequest(video_id=theirs.video_id), metadata=honest, timeout=10
+        )
+        assert made.status == "ok"
+    assert rated.rates.refusals == {"LIST_RATE_LIMITED": 1, "REQUEST_RATE_LIMITED": 1}
