@@ -227,6 +227,10 @@ class System:
             "DEFAULT_BUCKET": ns.buckets[0][1],
             "ALLOWED_BUCKETS": ",".join(bucket for _, bucket in ns.buckets),
             "UPLOAD_PART_BYTES": str(5 * MiB),
+            # The load's workers stand for many clients, all from 127.0.0.1 or Envoy.
+            "LIST_RATE_PER_MINUTE": "100000",
+            "REQUEST_RATE_PER_MINUTE": "100000",
+            "UPLOAD_MAX_CONCURRENT_PER_CLIENT": "64",
             "SHUTDOWN_GRACE_S": str(SERVER_GRACE_S),
             "SHUTDOWN_DRAIN_S": str(SERVER_DRAIN_S),
             "UPLOAD_ORPHAN_OBJECT_AGE_S": str(SERVER_ORPHAN_AGE_S),

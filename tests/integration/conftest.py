@@ -83,7 +83,16 @@ def _start_stack(base: Path) -> LocalStack:
     stack = LocalStack(
         base / "local-stack",
         StackPorts.free(),
-        app_env={"ADMIN_TOKEN": STACK_ADMIN_TOKEN, "LOG_FORMAT": "json"},
+        app_env={
+            "ADMIN_TOKEN": STACK_ADMIN_TOKEN,
+            "LOG_FORMAT": "json",
+            # The whole session's tests share this server and one address (Envoy's, or
+            # 127.0.0.1): they stand for many clients, so the per-client rates go up.
+            "LIST_RATE_PER_MINUTE": "100000",
+            "REQUEST_RATE_PER_MINUTE": "100000",
+            "WATCH_MAX_WATCHERS_PER_CLIENT": "4096",
+            "UPLOAD_MAX_CONCURRENT_PER_CLIENT": "64",
+        },
     )
     return _started(stack, stack.start)
 
