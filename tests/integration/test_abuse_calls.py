@@ -18,10 +18,10 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.auth.keys import entry, new_key
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import error_details, has_cyrillic, mp4_bytes, retry_delay_s
+from tests.integration.keyed import bearer, uploader_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -34,11 +34,7 @@ REQUESTS = 2
 
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, str]:
-    made = {name: new_key() for name in ("attacker", "honest")}
-    path = tmp_path / "api-keys.toml"
-    path.write_text("".join(entry(name, "uploader", key) for name, key in made.items()))
-    made["path"] = str(path)
-    return made
+    return uploader_keys(tmp_path, "attacker", "honest")
 
 
 @pytest.fixture
@@ -54,10 +50,6 @@ async def rated(settings: ServerSettings, keys: dict[str, str]) -> AsyncIterator
     await app.start()
     yield app
     await app.stop(grace_s=1.0)
-
-
-def bearer(key: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {key}"),)
 
 
 async def refused(call: Any) -> tuple[str, float]:

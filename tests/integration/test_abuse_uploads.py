@@ -26,10 +26,10 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.auth.keys import entry, new_key
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import MiB, error_details, error_info, has_cyrillic, mp4_bytes, retry_delay_s
+from tests.integration.keyed import bearer, uploader_keys
 from tests.integration.resumable_helpers import metadata, write_list
 from tests.integration.storage_checks import object_keys, pending_uploads, wait_until
 
@@ -57,11 +57,7 @@ class Gate:
 
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, str]:
-    made = {name: new_key() for name in ("attacker", "other", "honest")}
-    path = tmp_path / "api-keys.toml"
-    path.write_text("".join(entry(name, "uploader", key) for name, key in made.items()))
-    made["path"] = str(path)
-    return made
+    return uploader_keys(tmp_path, "attacker", "other", "honest")
 
 
 @pytest.fixture
@@ -80,10 +76,6 @@ async def guarded(settings: ServerSettings, keys: dict[str, str]) -> AsyncIterat
     await app.start()
     yield app
     await app.stop(grace_s=1.0)
-
-
-def bearer(key: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {key}"),)
 
 
 def head(size_bytes: int = 0) -> pb.UploadVideoRequest:

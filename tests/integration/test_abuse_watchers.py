@@ -19,7 +19,6 @@ import pytest
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.auth.keys import entry, new_key
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import (
@@ -30,6 +29,7 @@ from tests.helpers import (
     retry_delay_s,
     wait_until,
 )
+from tests.integration.keyed import bearer, uploader_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -42,11 +42,7 @@ TOTAL = 10
 
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, str]:
-    made = {name: new_key() for name in ("attacker", "other", "honest")}
-    path = tmp_path / "api-keys.toml"
-    path.write_text("".join(entry(name, "uploader", key) for name, key in made.items()))
-    made["path"] = str(path)
-    return made
+    return uploader_keys(tmp_path, "attacker", "other", "honest")
 
 
 @pytest.fixture
@@ -62,10 +58,6 @@ async def watched(settings: ServerSettings, keys: dict[str, str]) -> AsyncIterat
     await app.start()
     yield app
     await app.stop(grace_s=1.0)
-
-
-def bearer(key: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {key}"),)
 
 
 async def hold_watchers(app: App, stub: Stub, key: str, count: int) -> list[Any]:
