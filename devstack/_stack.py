@@ -187,6 +187,8 @@ class LocalStack:
             "MONGO_URI": f"mongodb://127.0.0.1:{p.mongo}/",
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{p.kafka}",
             "WAKE_SECRET": self.wake_secret,
+            # Envoy, in front on this host: its x-forwarded-for names the REST clients.
+            "TRUSTED_PROXIES": "127.0.0.1",
         }
         env.update(self.app_env)
         return env

@@ -129,6 +129,12 @@ class GrpcSection(Section):
     0: none."""
     health_interval_s: float = 5.0
     """HEALTH_INTERVAL_S: how often dependencies are probed for the health service."""
+    trusted_proxies: Names = frozenset()
+    """TRUSTED_PROXIES: comma-separated IP addresses of the proxies in front of the server
+    (Envoy) whose `x-forwarded-for` names the client, for the per-client limits with
+    authentication off, so that REST clients behind one Envoy are told apart; the header is
+    ignored from anyone else. Empty (the default): none, and every client behind Envoy is
+    Envoy's address."""
     admin_token: Secret = ""
     """ADMIN_TOKEN: with authentication off, the bearer token for Cleanup (secret); empty
     disables Cleanup. With authentication on, `admin` keys call Cleanup instead."""
@@ -140,6 +146,16 @@ class GrpcSection(Section):
     tls_client_ca_file: str = ""
     """TLS_CLIENT_CA_FILE: PEM certificates of the CAs that sign client certificates; when set
     (with TLS_CERT_FILE), clients must present a certificate they sign (mTLS)."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, proxies: frozenset[str]) -> frozenset[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_address(proxy)
+            except ValueError:
+                raise ConfigError(f"TRUSTED_PROXIES: {proxy!r} is no IP address") from None
+        return proxies
 
     @model_validator(mode="after")
     def _check_tls(self) -> Self:
@@ -486,7 +502,7 @@ class StatusSection(Section):
     TOO_MANY_WATCHERS (each costs a stream's buffers and a mailbox, not a query)."""
     watch_max_watchers_per_client: int = 256
     """WATCH_MAX_WATCHERS_PER_CLIENT: WatchStatus streams one client (its key's owner; its
-    address with authentication off, Envoy's for REST) holds open on one server; more are
+    address with authentication off, see TRUSTED_PROXIES) holds open on one server; more are
     refused TOO_MANY_CLIENT_WATCHERS. Watching every event takes one stream."""
 
     @model_validator(mode="after")

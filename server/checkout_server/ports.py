@@ -237,7 +237,7 @@ class UploadSession:
     part_bytes: int  # every part but the last is this long; part n starts at (n-1) * this
     created_at: datetime
     expires_at: datetime
-    # Who started it, for the limit of open sessions per client (admission.client_key): its
+    # Who started it, for the limit of open sessions per client (api/clients.py): its
     # owner, or with authentication off its address. "" in sessions recorded before.
     client: str = ""
 

@@ -21,6 +21,8 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import error_details, has_cyrillic, mp4_bytes, retry_delay_s
+from tests.integration import curl
+from tests.integration.envoy_front import async_envoy_front
 from tests.integration.keyed import bearer, uploader_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -107,3 +109,39 @@ async def test_a_client_past_its_call_rates_is_refused_while_another_calls(
         )
         assert made.status == "ok"
     assert rated.rates.refusals == {"LIST_RATE_LIMITED": 1, "REQUEST_RATE_LIMITED": 1}
+
+
+@pytest.fixture
+async def behind_envoy(settings: ServerSettings) -> AsyncIterator[App]:
+    """Authentication off, Envoy (on 127.0.0.1) trusted to name the REST clients."""
+    app = await create_app(
+        settings.replace(list_rate_per_minute=LISTS, trusted_proxies=frozenset({"127.0.0.1"}))
+    )
+    await app.start()
+    yield app
+    await app.stop(grace_s=1.0)
+
+
+async def test_rest_clients_behind_one_envoy_each_have_their_own_rate(
+    behind_envoy: App, tmp_path: Path
+) -> None:
+    """Without keys the client is its address: the one Envoy appends to x-forwarded-for, so
+    two REST clients (curl from 127.0.0.2 and 127.0.0.3) do not share one count, and a
+    client's own x-forwarded-for does not make it another."""
+    async with async_envoy_front(tmp_path, [behind_envoy.port]) as front:
+        listing = f"{front.url}/api/status/all"
+
+        async def status_from(source: str, *headers: str) -> int:
+            status, _ = await curl.answer("--interface", source, *headers, listing, timeout_s=30)
+            return status
+
+        for _ in range(LISTS):
+            assert await status_from("127.0.0.2") == 200
+        # The same client claiming to forward for someone else: still itself, refused.
+        forged = await status_from("127.0.0.2", "-H", "X-Forwarded-For: 198.51.100.7")
+        status, body = await curl.answer("--interface", "127.0.0.2", listing, timeout_s=30)
+        assert (forged, status) == (429, 429)
+        assert body["details"][0]["reason"] == "LIST_RATE_LIMITED"
+        # Another client behind the same Envoy is not affected.
+        assert await status_from("127.0.0.3") == 200
+    assert behind_envoy.rates.refusals == {"LIST_RATE_LIMITED": 2}

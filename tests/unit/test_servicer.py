@@ -340,6 +340,6 @@ async def test_a_client_past_its_rate_of_lists_or_re_requests_is_told_when_to_ca
     )
     assert retry_delay_s(requested.value) == 7.5
     # Counted per client: without authentication, its address.
-    assert lists.admitted == {"peer ipv4:127.0.0.1": 2}
-    assert requests.admitted == {"peer ipv4:127.0.0.1": 1}
+    assert lists.admitted == {"peer 127.0.0.1": 2}
+    assert requests.admitted == {"peer 127.0.0.1": 1}
     assert rates.refusals == {"LIST_RATE_LIMITED": 1, "REQUEST_RATE_LIMITED": 1}

@@ -4,9 +4,8 @@ which counts and reads a page of the status records (REST's /api/status/all up t
 LIST_ALL_MAX of them). A client past its rate is refused RESOURCE_EXHAUSTED with a
 `google.rpc.RetryInfo` saying when it may call again; other clients are not affected.
 
-The client is its API key's owner, or with authentication off its address (upload/admission.py
-`client_key`). The counts live in this process: with several servers a client may make the
-rate on each.
+The client is its API key's owner, or with authentication off its address (api/clients.py).
+The counts live in this process: with several servers a client may make the rate on each.
 """
 
 from __future__ import annotations

@@ -24,12 +24,12 @@ from ..domain import EventStatus, UploadRequest
 from ..health import DependencyMonitor
 from ..status.service import StatusService, parse_uuid
 from ..status.watch import Subscription, WatchHub
-from ..upload.admission import client_key
 from ..upload.pipeline import UploadPipeline
 from ..upload.resumable import ResumableUploads
 from ..upload.session_writer import WriteChunk
 from . import resumable as rpb
 from .auth import bearer_token_or_none, current_principal
+from .clients import Clients
 from .http_upload import open_http_upload
 from .messages import operation, status_update, upload_request, upload_response
 from .rates import CallRates
@@ -53,8 +53,10 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         default_bucket: str = "videos",
         resumable: ResumableUploads | None = None,
         rates: CallRates | None = None,
+        clients: Clients | None = None,
     ) -> None:
         self._rates = rates or CallRates()
+        self._clients = clients or Clients()
         self._resumable = resumable
         self._default_bucket = default_bucket
         self._pipeline = pipeline
@@ -118,7 +120,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     ) -> pb.UploadVideoResponse:
         """Run the pipeline; on refusal, drain the client's stream (`raw`, its messages as they
         come) before the error goes out."""
-        client = client_key(request.owner, context.peer())
+        client = self._clients.of(request.owner, context)
         try:
             result = await self._pipeline.upload(request, chunks, client=client)
         except errors.ServiceError as refused:
@@ -138,7 +140,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         crc32c = request.crc32c if request.HasField("crc32c") else None
         upload = upload_request(request.metadata)
         started = await self.resumable.start(
-            upload, crc32c=crc32c, client=client_key(upload.owner, context.peer())
+            upload, crc32c=crc32c, client=self._clients.of(upload.owner, context)
         )
         return rpb.start_response(started)
 
@@ -177,7 +179,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
                 first.upload_id,
                 chunks(first, messages),
                 owner=owner,
-                client=client_key(owner, context.peer()),
+                client=self._clients.of(owner, context),
             )
         except errors.ServiceError as refused:
             await _drain_unless_stalled(raw, refused)
@@ -200,7 +202,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         self, request: pb.WatchStatusRequest, context: Context
     ) -> AsyncIterator[pb.StatusUpdate]:
         viewer = current_principal()
-        client = client_key(viewer.client, context.peer())
+        client = self._clients.of(viewer.client, context)
         if not request.event_id:
             async for update in self._watch_all(client):
                 yield update
@@ -245,7 +247,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def ListStatuses(  # noqa: N802 (gRPC method name)
         self, request: pb.ListStatusesRequest, context: Context
     ) -> pb.ListStatusesResponse:
-        await self._rates.admit_list(client_key(current_principal().client, context.peer()))
+        await self._rates.admit_list(self._clients.of(current_principal().client, context))
         listing = await self._status.list(
             status=request.status,
             page_size=request.page_size,
@@ -291,7 +293,7 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         self, request: pb.CreateRequestRequest, context: Context
     ) -> pb.CreateRequestResponse:
         viewer = current_principal()
-        await self._rates.admit_create_request(client_key(viewer.client, context.peer()))
+        await self._rates.admit_create_request(self._clients.of(viewer.client, context))
         event = await self._status.create_request(
             video_id=request.video_id, bucket=request.bucket, viewer=viewer
         )

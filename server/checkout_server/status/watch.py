@@ -136,7 +136,7 @@ class WatchHub:
 
     @contextmanager
     def subscribe(self, event_id: str | None, *, client: str = "") -> Iterator[Subscription]:
-        """A mailbox for the block, for `client` (a key of upload.admission.client_key):
+        """A mailbox for the block, for `client` (api/clients.py names it):
         TooManyWatchers past `max_watchers` open in all, TooManyClientWatchers past
         `max_watchers_per_client` of this client's, checked before it subscribes."""
         if len(self._subscriptions) >= self._max_watchers:

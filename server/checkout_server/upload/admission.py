@@ -6,8 +6,8 @@ It owns
 - concurrency: UPLOAD_MAX_CONCURRENT streams at once, UploadVideo streams and resumable
   writes together; one more is refused (TooManyUploads), not queued;
 - concurrency per client: UPLOAD_MAX_CONCURRENT_PER_CLIENT streams of one client
-  (TooManyClientUploads). The client is its API key's owner, or with authentication off the
-  address it connects from (`client_key`);
+  (TooManyClientUploads). The client is its API key's owner, or with authentication off its
+  address (api/clients.py names it);
 - rate: the uploads each authenticated client starts (UPLOAD_RATE_PER_MINUTE: an UploadVideo,
   a resumable session's start; not a session's writes, which continue an upload already
   counted), refused with a retry hint (UploadRateLimited); clients without an owner
@@ -61,22 +61,11 @@ REFUSAL_REASONS = tuple(
 )
 
 
-def client_key(owner: str, peer: str) -> str:
-    """Who a stream's client is, for the limits per client: its API key's owner, or with
-    authentication off (no owner) its address as gRPC names the peer (`ipv4:10.0.0.7:51234`),
-    without the port. Behind Envoy that address is Envoy's: every REST client shares it."""
-    if owner:
-        return owner
-    host, sep, port = peer.rpartition(":")
-    address = host if sep and port.isdigit() and ":" in host else peer
-    return f"peer {address}"
-
-
 @dataclass(frozen=True)
 class AdmittedStream:
     """One stream admitted, for its block."""
 
-    client: str  # the client_key of its caller
+    client: str  # who its caller is (api/clients.py)
     task: asyncio.Task[object]
     _interrupts: StreamInterrupts
 

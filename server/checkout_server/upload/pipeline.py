@@ -114,7 +114,7 @@ class UploadPipeline:
         self, request: UploadRequest, chunks: AsyncIterator[bytes], *, client: str = ""
     ) -> UploadResult:
         """Store one upload; `client` is who the limits per client count it for (admission's
-        `client_key`; the request's owner when not given)."""
+        api/clients.py; the request's owner when not given)."""
         bucket = self._limits.check(request)
         if request.idempotency_key:
             existing = await self._outbox.find_by_idempotency_key(

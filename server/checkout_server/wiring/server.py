@@ -39,6 +39,7 @@ from ..adapters.mongo_upload_sessions import MongoUploadSessions
 from ..adapters.rate_limits import MemoryUploadRateLimit
 from ..adapters.udp_wake import WakeListener, WakeSender, WakeSigner
 from ..api.auth import AuthInterceptor
+from ..api.clients import Clients
 from ..api.interceptors import CallObserver, ErrorInterceptor
 from ..api.metrics import GrpcMetrics, ServiceCollector
 from ..api.rates import CallRates
@@ -429,6 +430,7 @@ def _build(
         default_bucket=settings.default_bucket,
         resumable=uploads.resumable,
         rates=rates,
+        clients=Clients(settings.trusted_proxies),
     )
     auth = None
     if keys is not None:
