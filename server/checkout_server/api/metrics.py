@@ -10,7 +10,7 @@ wiring/metrics.py serves the registry over HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -94,22 +94,26 @@ class ServiceCollector(Collector):
         self._keys = keys
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._uploads()
+        yield from self._watchers_and_calls()
+        yield from self._sweeps()
+        yield from self._auth_series()
+
+    def _uploads(self) -> Iterator[Metric]:
         admission = self._admission
         yield CounterMetricFamily(
             "checkout_upload_bytes",
             "Bytes of video received by uploads (gRPC and REST), kept or not.",
             value=self._pipeline.bytes_received_total,
         )
-        refused = CounterMetricFamily(
+        yield _by_reason(
             "checkout_uploads_refused",
             "Uploads and resumable writes refused or cut by the admission, by reason (the "
             "error's): too many at once, per client, too fast, no memory, too many sessions, "
             "stalled.",
-            labels=["reason"],
+            REFUSAL_REASONS,
+            admission.refusals,
         )
-        for reason in REFUSAL_REASONS:
-            refused.add_metric([reason], admission.refusals[reason])
-        yield refused
         yield CounterMetricFamily(
             "checkout_uploads_rate_limited",
             "Uploads refused because their client had used its UPLOAD_RATE_PER_MINUTE.",
@@ -125,47 +129,50 @@ class ServiceCollector(Collector):
             "Bytes of UPLOAD_MEMORY_BUDGET_BYTES reserved by uploads now.",
             value=admission.memory.used_bytes,
         )
+
+    def _watchers_and_calls(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "checkout_watchers", "WatchStatus streams open now.", value=self._hub.watchers
         )
-        watch_refused = CounterMetricFamily(
+        yield _by_reason(
             "checkout_watchers_refused",
             "WatchStatus streams refused before they subscribed, by reason (WATCH_MAX_WATCHERS, "
             "WATCH_MAX_WATCHERS_PER_CLIENT).",
-            labels=["reason"],
+            WATCH_REFUSAL_REASONS,
+            self._hub.refusals,
         )
-        for reason in WATCH_REFUSAL_REASONS:
-            watch_refused.add_metric([reason], self._hub.refusals[reason])
-        yield watch_refused
         if self._rates is not None:
-            rate_limited = CounterMetricFamily(
+            yield _by_reason(
                 "checkout_calls_rate_limited",
                 "CreateRequest and ListStatuses calls refused for their client's rate, by "
                 "reason (REQUEST_RATE_PER_MINUTE, LIST_RATE_PER_MINUTE).",
-                labels=["reason"],
+                RATE_REFUSAL_REASONS,
+                self._rates.refusals,
             )
-            for reason in RATE_REFUSAL_REASONS:
-                rate_limited.add_metric([reason], self._rates.refusals[reason])
-            yield rate_limited
-        if self._sweeper is not None:
-            sweeper = self._sweeper
-            yield CounterMetricFamily(
-                "checkout_upload_sessions_expired",
-                "Resumable upload sessions the sweeper ended past UPLOAD_SESSION_TTL_S.",
-                value=sweeper.expired_total,
-            )
-            yield CounterMetricFamily(
-                "checkout_orphan_multipart_uploads_aborted",
-                "Multipart uploads under input/ that no session recorded, aborted by the "
-                "sweeper after UPLOAD_MAX_DURATION_S.",
-                value=sweeper.orphans_aborted_total,
-            )
-            yield CounterMetricFamily(
-                "checkout_orphan_objects_removed",
-                "Complete objects under input/ that no event named, removed by the sweeper "
-                "after UPLOAD_ORPHAN_OBJECT_AGE_S.",
-                value=sweeper.orphan_objects_removed_total,
-            )
+
+    def _sweeps(self) -> Iterator[Metric]:
+        if self._sweeper is None:
+            return
+        sweeper = self._sweeper
+        yield CounterMetricFamily(
+            "checkout_upload_sessions_expired",
+            "Resumable upload sessions the sweeper ended past UPLOAD_SESSION_TTL_S.",
+            value=sweeper.expired_total,
+        )
+        yield CounterMetricFamily(
+            "checkout_orphan_multipart_uploads_aborted",
+            "Multipart uploads under input/ that no session recorded, aborted by the "
+            "sweeper after UPLOAD_MAX_DURATION_S.",
+            value=sweeper.orphans_aborted_total,
+        )
+        yield CounterMetricFamily(
+            "checkout_orphan_objects_removed",
+            "Complete objects under input/ that no event named, removed by the sweeper "
+            "after UPLOAD_ORPHAN_OBJECT_AGE_S.",
+            value=sweeper.orphan_objects_removed_total,
+        )
+
+    def _auth_series(self) -> Iterator[Metric]:
         if self._keys is not None:
             keys = self._keys
             yield GaugeMetricFamily(
@@ -179,15 +186,13 @@ class ServiceCollector(Collector):
                 "empty or invalid): no key is accepted then.",
                 value=0 if keys.refused else 1,
             )
-            reload_errors = CounterMetricFamily(
+            yield _by_reason(
                 "checkout_auth_keys_reload_errors",
                 "Changes of AUTH_KEYS_FILE after start that refused it, by reason (missing, "
                 "unreadable, empty, invalid): no key is in force until it is valid again.",
-                labels=["reason"],
+                RELOAD_ERROR_REASONS,
+                keys.reload_errors,
             )
-            for reason in RELOAD_ERROR_REASONS:
-                reload_errors.add_metric([reason], keys.reload_errors[reason])
-            yield reload_errors
         if self._auth is not None:
             yield CounterMetricFamily(
                 "checkout_auth_streams_revoked",
@@ -195,3 +200,13 @@ class ServiceCollector(Collector):
                 "because their key left AUTH_KEYS_FILE.",
                 value=self._auth.revoked_streams_total,
             )
+
+
+def _by_reason(
+    name: str, text: str, reasons: Iterable[str], counts: Mapping[str, int]
+) -> CounterMetricFamily:
+    """A counter labelled `reason`, with a sample for every reason (0 for those not seen)."""
+    family = CounterMetricFamily(name, text, labels=["reason"])
+    for reason in reasons:
+        family.add_metric([reason], counts.get(reason, 0))
+    return family
