@@ -432,10 +432,7 @@ def _build(
         rates=rates,
         clients=Clients(settings.trusted_proxies),
     )
-    auth = None
-    if keys is not None:
-        auth = AuthInterceptor(keys)
-        keys.subscribe(auth.keys_changed)  # a revoked key's open streams end
+    auth = _auth(keys)
     registry = CollectorRegistry()
     registry.register(
         ServiceCollector(
@@ -477,6 +474,16 @@ def _build(
         wake_signer=stores.wake_signer,
         sweeper=uploads.sweeper,
     )
+
+
+def _auth(keys: KeyRing | None) -> AuthInterceptor | None:
+    """With authentication on, the interceptor that checks every call's key; a key that
+    leaves the ring ends the open streams it opened."""
+    if keys is None:
+        return None
+    auth = AuthInterceptor(keys)
+    keys.subscribe(auth.keys_changed)
+    return auth
 
 
 def _status(
