@@ -119,6 +119,10 @@ class Budgets:
     max_heap_bytes: int = 1 << 30
     """Envoy's heap ceiling for the overload manager (1 GiB): at 90 % it returns free
     memory to the system, at 98 % it answers new requests 503 itself."""
+    unary_timeout_s: int = 120
+    """The longest a unary call of the API (all but the uploads, the watches and Cleanup)
+    waits for its answer: past it Envoy answers 504 UPSTREAM_TIMEOUT itself and frees the
+    call's place in its budget, so a server that hangs cannot hold the budget."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

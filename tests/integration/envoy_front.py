@@ -15,7 +15,7 @@ from devstack import Envoy, free_port
 from devstack._paths import REPO_ROOT
 from devstack._stack import DESCRIPTOR, OPENAPI
 from tests.helpers import has_cyrillic
-from tools.render_envoy import ListenerTls, UpstreamTls, render_envoy_config
+from tools.render_envoy import Budgets, ListenerTls, UpstreamTls, render_envoy_config
 
 START_TIMEOUT_S = 60
 
@@ -44,6 +44,7 @@ def _envoy(
     upstreams: Sequence[int],
     listener_tls: ListenerTls | None,
     upstream_tls: UpstreamTls | None,
+    budgets: Budgets,
 ) -> tuple[Envoy, Front]:
     front = Front(free_port(), free_port(), tuple(upstreams), tls=listener_tls is not None)
     config = render_envoy_config(
@@ -55,6 +56,7 @@ def _envoy(
         openapi=OPENAPI,
         listener_tls=listener_tls,
         upstream_tls=upstream_tls,
+        budgets=budgets,
     )
     process = Envoy(
         config_path=config,
@@ -72,10 +74,11 @@ def envoy_front(
     *,
     listener_tls: ListenerTls | None = None,
     upstream_tls: UpstreamTls | None = None,
+    budgets: Budgets = Budgets(),
 ) -> Iterator[Front]:
     """Envoy in front of the servers on `upstreams` (ports on 127.0.0.1, served or not), its
     config and log in `folder`; ready (admin /ready) when entered, stopped on exit."""
-    process, front = _envoy(folder, upstreams, listener_tls, upstream_tls)
+    process, front = _envoy(folder, upstreams, listener_tls, upstream_tls, budgets)
     try:
         process.start(START_TIMEOUT_S)
         yield front
@@ -90,10 +93,11 @@ async def async_envoy_front(
     *,
     listener_tls: ListenerTls | None = None,
     upstream_tls: UpstreamTls | None = None,
+    budgets: Budgets = Budgets(),
 ) -> AsyncIterator[Front]:
     """`envoy_front` for async tests: the blocking start and stop run off the event loop, so
     an in-process server on it keeps serving meanwhile."""
-    process, front = _envoy(folder, upstreams, listener_tls, upstream_tls)
+    process, front = _envoy(folder, upstreams, listener_tls, upstream_tls, budgets)
     try:
         await asyncio.to_thread(process.start, START_TIMEOUT_S)
         yield front

@@ -4,27 +4,34 @@ headers do not arrive in time, and 413 for a unary call's body over the buffer f
 1 MiB (REST; a gRPC client gets UNKNOWN, Payload Too Large). The other replies of Envoy's own
 (400, 404, 431, 503) are in test_rest.py.
 
-No test here for 504 (UPSTREAM_TIMEOUT): the routes have no timeout (long uploads and
-watches), and Envoy 1.40 was seen to ignore a REST client's x-envoy-upstream-rq-timeout-ms
-and grpc-timeout (no max_stream_duration is configured): a server that accepts the request
-and never answers holds it, and Envoy never answers 504 itself."""
+504 (UPSTREAM_TIMEOUT): a unary call whose server accepts it and never answers is answered by
+Envoy itself after the unary timeout (Budgets.unary_timeout_s), here shortened.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.health import SERVICE_NAME, new_health_servicer
 from checkout_server.wiring.server import App
 from devstack import free_port
 from tests.helpers import MiB
 from tests.integration import curl
 from tests.integration.envoy_front import async_envoy_front, envoy_error
+from tools.render_envoy import Budgets
 
 # The 408 test waits for Envoy's request_headers_timeout (30 s, deploy/envoy/).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -100,3 +107,51 @@ async def test_a_grpc_message_over_the_limit_never_reaches_a_server(
     # Envoy's gRPC form of its 413 (UNKNOWN is what it maps 413 to).
     assert refused.value.details() == "Payload Too Large"
     assert small.status
+
+
+@asynccontextmanager
+async def hanging_server() -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A gRPC server that reports itself healthy and takes every GetStatus without ever
+    answering (until the event it yields is set): a server stuck on a dependency."""
+    release = asyncio.Event()
+
+    async def get_status(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        await release.wait()
+        return b""
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                SERVICE_NAME,
+                {"GetStatus": grpc.unary_unary_rpc_method_handler(get_status)},
+            )
+        ]
+    )
+    health = new_health_servicer()
+    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield port, release
+    finally:
+        release.set()
+        await server.stop(None)
+
+
+async def test_a_unary_call_a_server_never_answers_is_504_in_the_one_shape(
+    tmp_path: Path,
+) -> None:
+    timeout_s = 2
+    async with (
+        hanging_server() as (port, _),
+        async_envoy_front(tmp_path, [port], budgets=Budgets(unary_timeout_s=timeout_s)) as front,
+    ):
+        started = time.monotonic()
+        status, body = await curl.answer(f"{front.url}/api/status/{uuid.uuid4()}", timeout_s=60)
+        waited = time.monotonic() - started
+    assert status == 504, body
+    assert envoy_error(body) == (4, "UPSTREAM_TIMEOUT")
+    assert body["details"][0]["metadata"]["envoy_details"] == "response_timeout"
+    assert waited >= timeout_s  # Envoy's timeout, not an earlier failure
