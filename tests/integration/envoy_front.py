@@ -18,6 +18,7 @@ from tests.helpers import has_cyrillic
 from tools.render_envoy import Budgets, ListenerTls, UpstreamTls, render_envoy_config
 
 START_TIMEOUT_S = 60
+DEFAULT_BUDGETS = Budgets()  # what make run and compose render
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def envoy_front(
     *,
     listener_tls: ListenerTls | None = None,
     upstream_tls: UpstreamTls | None = None,
-    budgets: Budgets = Budgets(),
+    budgets: Budgets = DEFAULT_BUDGETS,
 ) -> Iterator[Front]:
     """Envoy in front of the servers on `upstreams` (ports on 127.0.0.1, served or not), its
     config and log in `folder`; ready (admin /ready) when entered, stopped on exit."""
@@ -93,7 +94,7 @@ async def async_envoy_front(
     *,
     listener_tls: ListenerTls | None = None,
     upstream_tls: UpstreamTls | None = None,
-    budgets: Budgets = Budgets(),
+    budgets: Budgets = DEFAULT_BUDGETS,
 ) -> AsyncIterator[Front]:
     """`envoy_front` for async tests: the blocking start and stop run off the event loop, so
     an in-process server on it keeps serving meanwhile."""
