@@ -19,10 +19,14 @@ from typing import Any
 
 import pytest
 
-from checkout_server.config import ServerSettings
+from checkout_common.settings import EnvRule, EnvSettings
+from checkout_runner.config import RunnerSettings
+from checkout_server.config import RelaySettings, ServerSettings
 from checkout_server.wiring.server import App, create_app
 from devstack._install import COMPOSECHECK, install_composecheck
 from devstack._paths import REPO_ROOT
+from tools.make_compose_secrets import FILES as CREDENTIAL_FILES
+from tools.make_compose_secrets import make_compose_secrets
 from tools.make_dev_certs import issue, make_compose_certs, subject_alt_names
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -31,11 +35,10 @@ DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
 # What compose reads that must never have a default in the file.
 SECRETS = (
     "MONGO_INITDB_ROOT_USERNAME",
-    "MONGO_INITDB_ROOT_PASSWORD",
-    "MINIO_ACCESS_KEY",
-    "MINIO_SECRET_KEY",
+    "MINIO_ROOT_USER",
     "TLS_DIR",  # not secrets, but where they are: no default either
     "API_KEYS_FILE",
+    "CREDENTIALS_DIR",
 )
 # Where compose mounts the secrets in a container.
 SECRETS_DIR = "/run/secrets/"
@@ -75,7 +78,16 @@ def test_repository_file_loads(composecheck: Path) -> None:
     res = run_check(composecheck, COMPOSE, ENV_EXAMPLE)
     assert res.returncode == 0, res.stderr
     assert "OK" in res.stdout
-    for service in ("mongo", "minio", "kafka", "checkout", "relay", "envoy"):
+    for service in (
+        "mongo",
+        "minio",
+        "minio-init",
+        "kafka",
+        "checkout",
+        "relay",
+        "runner",
+        "envoy",
+    ):
         assert service in res.stdout
 
 
@@ -95,12 +107,12 @@ def test_missing_required_variable_fails(composecheck: Path, tmp_path: Path) -> 
         "".join(
             line
             for line in ENV_EXAMPLE.read_text().splitlines(keepends=True)
-            if not line.startswith("MINIO_SECRET_KEY=")
+            if not line.startswith("CREDENTIALS_DIR=")
         )
     )
     res = run_check(composecheck, COMPOSE, env)
     assert res.returncode == 1
-    assert "required variable MINIO_SECRET_KEY is missing a value" in res.stderr
+    assert "required variable CREDENTIALS_DIR is missing a value" in res.stderr
 
 
 BROKEN: list[tuple[str, Callable[[str], str], str]] = [
@@ -297,3 +309,149 @@ def test_the_relays_wake_the_servers_watchers(model: dict[str, Any]) -> None:
     # The server listens for them on its gRPC address's port (WATCH_WAKE_ADDR unset).
     assert "WATCH_WAKE_ADDR" not in checkout["environment"]
     assert checkout["environment"].get("GRPC_ADDR", "0.0.0.0:50051").endswith(f":{port}")
+
+
+# --- credentials: a user per service, every secret from a file ----------------------------------
+
+CREDENTIALS_DIR = REPO_ROOT / "secrets" / "credentials"  # CREDENTIALS_DIR of .env.example
+MINIO_POLICIES = REPO_ROOT / "deploy" / "minio"
+MONGO_USERS_SCRIPT = REPO_ROOT / "deploy" / "mongo" / "users.js"
+# The processes of checkout in compose, with the settings each reads.
+PROCESSES: dict[str, type[EnvSettings]] = {
+    "checkout": ServerSettings,
+    "relay": RelaySettings,
+    "runner": RunnerSettings,
+}
+
+
+def holders(model: dict[str, Any], *, variable: str = "", secret: str = "") -> set[str]:
+    """The services given `variable` in their environment, or mounting `secret`."""
+    return {
+        name
+        for name, service in model["services"].items()
+        if (variable and variable in (service.get("environment") or {}))
+        or (secret and secret in {s["source"] for s in service.get("secrets", [])})
+    }
+
+
+def test_only_minio_and_its_init_job_have_the_minio_root_user(model: dict[str, Any]) -> None:
+    assert holders(model, secret="minio_root_password") == {"minio", "minio-init"}
+    assert holders(model, variable="MINIO_ROOT_USER") == {"minio", "minio-init"}
+    for name in ("minio", "minio-init"):
+        env = model["services"][name]["environment"]
+        assert "MINIO_ROOT_PASSWORD" not in env  # from the file only
+        assert mounted(model, name)[env["MINIO_ROOT_PASSWORD_FILE"]] == str(
+            CREDENTIALS_DIR / "minio-root-password"
+        )
+
+
+def test_only_mongo_has_the_mongo_root_user(model: dict[str, Any]) -> None:
+    assert holders(model, secret="mongo_root_password") == {"mongo"}
+    assert holders(model, variable="MONGO_INITDB_ROOT_USERNAME") == {"mongo"}
+    env = model["services"]["mongo"]["environment"]
+    assert "MONGO_INITDB_ROOT_PASSWORD" not in env
+    assert mounted(model, "mongo")[env["MONGO_INITDB_ROOT_PASSWORD_FILE"]] == str(
+        CREDENTIALS_DIR / "mongo-root-password"
+    )
+
+
+def test_the_relay_has_no_object_storage(model: dict[str, Any]) -> None:
+    relay = model["services"]["relay"]
+    assert [name for name in relay["environment"] if name.startswith("MINIO_")] == []
+    assert [s["source"] for s in relay["secrets"] if s["source"].startswith("minio")] == []
+    assert not {"minio", "minio-init"} & set(relay["depends_on"])
+
+
+@pytest.mark.parametrize(("service", "user"), [("checkout", "server"), ("runner", "runner")])
+def test_the_server_and_runners_use_the_minio_users_the_init_job_makes(
+    model: dict[str, Any], service: str, user: str
+) -> None:
+    env = model["services"][service]["environment"]
+    init = model["services"]["minio-init"]
+    # deploy/minio/init.sh: user checkout-<user> with policy deploy/minio/checkout-<user>.json
+    # and the secret key of <USER>_SECRET_KEY_FILE.
+    assert env["MINIO_ACCESS_KEY"] == f"checkout-{user}"
+    assert (MINIO_POLICIES / f"checkout-{user}.json").is_file()
+    assert f"user checkout-{user} " in (MINIO_POLICIES / "init.sh").read_text()
+    key_file = init["environment"][f"{user.upper()}_SECRET_KEY_FILE"]
+    assert (
+        mounted(model, service)[env["MINIO_SECRET_KEY_FILE"]]
+        == mounted(model, "minio-init")[key_file]
+    )
+    # It starts once the users exist; the job once MinIO answers.
+    assert model["services"][service]["depends_on"]["minio-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    # The job runs the script of the repository, with its policies beside it.
+    assert init["entrypoint"] == ["/bin/sh", "/deploy/minio/init.sh"]
+    assert [(v["source"], v["target"]) for v in init["volumes"]] == [
+        (str(MINIO_POLICIES), "/deploy/minio")
+    ]
+    assert init["environment"]["BUCKETS"].split() == ["videos"]  # what the policies name
+
+
+def test_every_credential_file_is_made_by_the_tool(model: dict[str, Any]) -> None:
+    named = {
+        Path(secret["file"]).name
+        for secret in model["secrets"].values()
+        if Path(secret["file"]).parent == CREDENTIALS_DIR
+    }
+    assert named == set(CREDENTIAL_FILES)
+
+
+def test_mongo_makes_each_services_user_from_the_uri_it_connects_with(
+    model: dict[str, Any],
+) -> None:
+    mongo = model["services"]["mongo"]
+    assert [(v["source"], v["target"]) for v in mongo["volumes"] if v["type"] == "bind"] == [
+        (str(MONGO_USERS_SCRIPT.parent), "/docker-entrypoint-initdb.d")
+    ]
+    read_by_script = set(re.findall(r"(mongo_uri_\w+):", MONGO_USERS_SCRIPT.read_text()))
+    mongo_files = mounted(model, "mongo")
+    uris = set()
+    for service in PROCESSES:
+        env = model["services"][service]["environment"]
+        assert "MONGO_URI" not in env
+        host_file = mounted(model, service)[env["MONGO_URI_FILE"]]
+        uris.add(host_file)
+        # The mongo container mounts the same file under the name the script reads.
+        inside = next(path for path, file in mongo_files.items() if file == host_file)
+        assert inside.removeprefix(SECRETS_DIR) in read_by_script
+    assert len(uris) == len(PROCESSES)  # a user each
+
+
+@pytest.mark.parametrize("service", list(PROCESSES))
+def test_each_process_reads_its_credentials_from_its_files(
+    model: dict[str, Any], service: str, tmp_path: Path
+) -> None:
+    """The service's environment from the model, every /run/secrets/ path pointed at the file
+    tools/make_compose_secrets.py wrote: its settings hold the files' values, and no secret
+    setting of the process is in the environment itself."""
+    make_compose_secrets(tmp_path)
+    settings_class = PROCESSES[service]
+    secret_names = {
+        name.upper()
+        for name, field in settings_class.model_fields.items()
+        if EnvRule.SECRET in field.metadata
+    }
+    env = model["services"][service]["environment"]
+    # MINIO_ACCESS_KEY may come from a file too, but here it is the MinIO user's name.
+    assert not (secret_names - {"MINIO_ACCESS_KEY"}) & set(env)
+    files = mounted(model, service)
+    credentials = {
+        name: str(tmp_path / Path(files[value]).name)
+        for name, value in env.items()
+        if value in files and Path(files[value]).parent == CREDENTIALS_DIR
+    }
+    assert {name.removesuffix("_FILE") for name in credentials} <= secret_names
+    settings = settings_class.from_env(
+        {**{k: v for k, v in env.items() if k.startswith(("MINIO_", "KAFKA_"))}, **credentials}
+    )
+    values = dict(settings)
+    for name, path in credentials.items():
+        assert values[name.removesuffix("_FILE").lower()] == Path(path).read_text().strip()
+    if service == "relay":
+        assert set(credentials) == {"MONGO_URI_FILE", "WAKE_SECRET_FILE"}
+    else:
+        assert {"MONGO_URI_FILE", "MINIO_SECRET_KEY_FILE"} <= set(credentials)

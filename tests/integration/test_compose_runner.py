@@ -53,7 +53,7 @@ def test_the_runner_is_a_group_of_its_own_image(runner_service: dict[str, Any]) 
     env = runner_service["environment"]
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert env["MINIO_ENDPOINT"] == "minio:9000"
-    assert env["MONGO_URI"].startswith("mongodb://")
+    assert env["MONGO_URI_FILE"] == "/run/secrets/mongo_uri_runner"  # its own user (test_compose)
     assert "KAFKA_TOPIC" not in env  # the relay's default topic
     assert "RUNNER_GROUP_ID" not in env  # one group: the replicas share the partitions
     assert runner_service["deploy"]["replicas"] == 2
@@ -61,6 +61,7 @@ def test_the_runner_is_a_group_of_its_own_image(runner_service: dict[str, Any]) 
     assert depends == {
         "mongo": "service_healthy",
         "minio": "service_healthy",
+        "minio-init": "service_completed_successfully",  # its MinIO user exists
         "kafka": "service_healthy",
         "relay": "service_healthy",  # the relays made the topic, with its partitions
     }
