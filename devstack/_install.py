@@ -78,6 +78,7 @@ OPENAPIV2_VERSION = "v2.33.0"
 # v2.5.0 is the release the Go module proxy serves for the v2 module path; it reports its
 # version as "git" (the release builds stamp it with -ldflags, `go install` does not).
 TOXIPROXY_VERSION = "v2.5.0"
+MC_VERSION = "v0.0.0-20250313080218-cf909e1063a9"
 
 GO_TOOLS: tuple[GoTool, ...] = (
     GoTool(
@@ -126,6 +127,15 @@ GO_TOOLS: tuple[GoTool, ...] = (
         package="github.com/Shopify/toxiproxy/v2/cmd/server",
         version=TOXIPROXY_VERSION,
         version_args=("-version",),
+    ),
+    # MinIO's client: tests/integration/test_minio_init.py runs compose's minio-init job
+    # (deploy/minio/init.sh, which the MinIO image runs with its own mc) with it.
+    GoTool(
+        name="mc",
+        module="github.com/minio/mc",
+        package="github.com/minio/mc",
+        version=MC_VERSION,
+        version_args=("--version",),
     ),
 )
 
