@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import atexit
 import base64
+import hashlib
+import hmac
 import os
+import secrets
 import shutil
 import socket
 import stat
@@ -12,7 +15,7 @@ import struct
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -318,9 +321,18 @@ class Kafka(ServerProcess):
 
     ``data_dir`` holds the generated configs and the log dir; storage is formatted
     with ``kafka.tools.StorageTool`` (random cluster id) before the first start only.
+
+    With ``scram_users`` (name -> password) the clients' listeners are SASL_PLAINTEXT with
+    SCRAM-SHA-512 only, and those users (plus the broker's own, for its inter-broker
+    connections and the readiness probe) are written into the metadata when the storage is
+    formatted (`--add-scram`; first start only, later changes are not applied): a client
+    without a valid user and password is refused. The controller listener stays PLAINTEXT on
+    127.0.0.1 (it serves the KRaft controller's requests only, never produce or fetch).
     """
 
     NODE_ID = 1
+    SASL_MECHANISM = "SCRAM-SHA-512"
+    BROKER_USER = "broker"  # the broker's own SCRAM user (inter-broker listener)
 
     def __init__(
         self,
@@ -333,13 +345,22 @@ class Kafka(ServerProcess):
         num_partitions: int = 1,
         auto_create_topics: bool = True,
         proxied_listener: tuple[int, int] | None = None,
+        scram_users: Mapping[str, str] | None = None,
     ) -> None:
         """`proxied_listener` (listen port, advertised port) adds a second listener whose
         clients are told to reach the broker at the advertised port: a proxy's (toxiproxy's)
         in front of it, so that what they send after the bootstrap goes through that proxy
-        too, while clients of `port` reach the broker directly."""
+        too, while clients of `port` reach the broker directly. `scram_users` turns on
+        SASL_PLAINTEXT/SCRAM-SHA-512 for the clients (see the class)."""
         super().__init__(name="kafka", port=port, log_path=log_path)
         self.proxied_listener = proxied_listener
+        self.scram_users = dict(scram_users or {})
+        if self.BROKER_USER in self.scram_users:
+            raise ServerError(f"kafka: the SCRAM user {self.BROKER_USER!r} is the broker's own")
+        for name, password in self.scram_users.items():
+            if not name or not password or any(c in name + password for c in ',=[]"\n'):
+                raise ServerError(f'kafka: SCRAM user {name!r}: empty, or has one of ,=[]"')
+        self._broker_password = ""  # BROKER_USER's, kept in data_dir (_prepare)
         self.controller_port = controller_port
         self.data_dir = data_dir
         self.heap_mb = heap_mb
@@ -358,20 +379,53 @@ class Kafka(ServerProcess):
     def _server_properties(self) -> Path:
         return self.data_dir / "server.properties"
 
+    @property
+    def sasl(self) -> bool:
+        """Whether clients must authenticate (SASL_PLAINTEXT, SCRAM-SHA-512)."""
+        return bool(self.scram_users)
+
     def _listeners(self) -> dict[str, str]:
+        client = "SASL_PLAINTEXT" if self.sasl else "PLAINTEXT"
         listeners = f"PLAINTEXT://127.0.0.1:{self.port}"
         advertised = f"PLAINTEXT://127.0.0.1:{self.port}"
-        protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        protocols = f"CONTROLLER:PLAINTEXT,PLAINTEXT:{client}"
         if self.proxied_listener is not None:
             listen_port, advertised_port = self.proxied_listener
             listeners += f",PROXIED://127.0.0.1:{listen_port}"
             advertised += f",PROXIED://127.0.0.1:{advertised_port}"
-            protocols += ",PROXIED:PLAINTEXT"
+            protocols += f",PROXIED:{client}"
         return {
             "listeners": f"{listeners},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": advertised,
             "listener.security.protocol.map": protocols,
         }
+
+    def _sasl_properties(self) -> dict[str, str]:
+        """SCRAM-SHA-512 on the clients' listeners; the broker authenticates to itself
+        (inter-broker listener `PLAINTEXT`, which is then SASL_PLAINTEXT) as BROKER_USER."""
+        if not self.sasl:
+            return {}
+        mechanism = self.SASL_MECHANISM
+        login = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{self.BROKER_USER}" password="{self._broker_password}";'
+        )
+        props = {
+            "sasl.enabled.mechanisms": mechanism,
+            "sasl.mechanism.inter.broker.protocol": mechanism,
+            f"listener.name.plaintext.{mechanism.lower()}.sasl.jaas.config": login,
+        }
+        if self.proxied_listener is not None:
+            props[f"listener.name.proxied.{mechanism.lower()}.sasl.jaas.config"] = login
+        return props
+
+    def _scram_arguments(self) -> list[str]:
+        """StorageTool's `--add-scram` arguments: every user's credential, the broker's too."""
+        users = {self.BROKER_USER: self._broker_password, **self.scram_users} if self.sasl else {}
+        arguments = []
+        for name, password in users.items():
+            arguments += ["--add-scram", f"{self.SASL_MECHANISM}=[name={name},password={password}]"]
+        return arguments
 
     def _properties(self) -> str:
         props = {
@@ -396,6 +450,7 @@ class Kafka(ServerProcess):
             # incarnation's session expires (default 9 s): keep that short for tests.
             "broker.session.timeout.ms": "2500",
             "broker.heartbeat.interval.ms": "500",
+            **self._sasl_properties(),
         }
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -417,6 +472,13 @@ class Kafka(ServerProcess):
 
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.sasl:
+            # The broker's own password, made once with the storage that holds its credential.
+            stored = self.data_dir / "broker-scram-password"
+            if not stored.is_file():
+                stored.touch(mode=0o600)
+                stored.write_text(secrets.token_urlsafe(24))
+            self._broker_password = stored.read_text().strip()
         self._server_properties.write_text(self._properties())
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
         if (self._log_dirs / "meta.properties").is_file():
@@ -436,6 +498,7 @@ class Kafka(ServerProcess):
                 "-c",
                 str(self._server_properties),
                 "--ignore-formatted",
+                *self._scram_arguments(),
             ],
             capture_output=True,
             text=True,
@@ -466,6 +529,9 @@ class Kafka(ServerProcess):
         ]
 
     def _probe(self) -> bool:
+        if self.sasl:
+            login = (self.SASL_MECHANISM, self.BROKER_USER, self._broker_password)
+            return kafka_broker_registered(self.port, self.NODE_ID, scram=login)
         return kafka_broker_registered(self.port, self.NODE_ID)
 
 
@@ -493,16 +559,69 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def kafka_broker_registered(port: int, node_id: int, timeout_s: float = 2.0) -> bool:
+def _kafka_bytes(data: bytes) -> bytes:
+    return struct.pack(">i", len(data)) + data
+
+
+def _scram_login(sock: socket.socket, mechanism: str, user: str, password: str) -> bool:
+    """SaslHandshake v1 and a SCRAM exchange (RFC 5802) in SaslAuthenticate v0 requests;
+    True when the broker accepts the user."""
+    name = mechanism.encode()
+    shake = _kafka_request(
+        sock, api_key=17, api_version=1, body=struct.pack(">h", len(name)) + name, correlation_id=3
+    )
+    if struct.unpack(">h", shake[:2])[0] != 0:
+        return False
+    digest = mechanism.removeprefix("SCRAM-").replace("-", "").lower()  # sha512, sha256
+
+    def authenticate(message: bytes, correlation_id: int) -> bytes | None:
+        resp = _kafka_request(
+            sock,
+            api_key=36,
+            api_version=0,
+            body=_kafka_bytes(message),
+            correlation_id=correlation_id,
+        )
+        (error,) = struct.unpack_from(">h", resp, 0)
+        (message_len,) = struct.unpack_from(">h", resp, 2)
+        off = 4 + max(message_len, 0)
+        (size,) = struct.unpack_from(">i", resp, off)
+        return None if error else resp[off + 4 : off + 4 + size]
+
+    nonce = secrets.token_urlsafe(18)
+    first_bare = f"n={user},r={nonce}"
+    server_first = authenticate(f"n,,{first_bare}".encode(), 4)
+    if server_first is None:
+        return False
+    fields = dict(item.split("=", 1) for item in server_first.decode().split(","))
+    if not fields["r"].startswith(nonce):
+        return False
+    salted = hashlib.pbkdf2_hmac(
+        digest, password.encode(), base64.b64decode(fields["s"]), int(fields["i"])
+    )
+    client_key = hmac.digest(salted, b"Client Key", digest)
+    final_bare = f"c=biws,r={fields['r']}"
+    auth_message = f"{first_bare},{server_first.decode()},{final_bare}".encode()
+    signature = hmac.digest(hashlib.new(digest, client_key).digest(), auth_message, digest)
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True)))
+    return authenticate(f"{final_bare},p={proof.decode()}".encode(), 5) is not None
+
+
+def kafka_broker_registered(
+    port: int, node_id: int, timeout_s: float = 2.0, scram: tuple[str, str, str] | None = None
+) -> bool:
     """Kafka wire-protocol readiness check on 127.0.0.1:port.
 
-    Sends ApiVersions v0 (error_code must be 0) and then Metadata v4 for no topics;
-    ready when the broker lists itself (``node_id``) and a controller is elected.
+    Sends ApiVersions v0 (error_code must be 0), logs in when the listener wants SCRAM
+    (`scram`: mechanism, user, password), and then Metadata v4 for no topics; ready when the
+    broker lists itself (``node_id``) and a controller is elected.
     """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
         sock.settimeout(timeout_s)
         api = _kafka_request(sock, api_key=18, api_version=0, body=b"", correlation_id=1)
         if struct.unpack(">h", api[:2])[0] != 0:
+            return False
+        if scram is not None and not _scram_login(sock, *scram):
             return False
         # Metadata v4: topics = [] (empty array, not null), allow_auto_topic_creation = false
         meta = _kafka_request(
