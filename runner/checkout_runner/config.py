@@ -8,7 +8,9 @@ defaults and meaning, so one
 environment serves both; RESULT_KEY_TEMPLATE is checked by the server's rule
 (checkout_common.result_key).
 `<NAME>_FILE` names a file that holds a secret (MINIO_ACCESS_KEY, MINIO_SECRET_KEY,
-MONGO_URI) and wins over the plain variable.
+MONGO_URI, KAFKA_SASL_PASSWORD) and wins over the plain variable. How it authenticates to
+Kafka (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_CAFILE) is the relay's section
+(checkout_common.kafka_security), checked by the same rules.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Annotated, Literal, Self
 from pydantic import ValidationInfo, field_validator, model_validator
 
 from checkout_common import result_key as result_keys
+from checkout_common.kafka_security import KafkaSecurity
 from checkout_common.settings import EnvRule, EnvSettings, Flag, Names, Secret
 
 from .domain import DecodeLimits
@@ -30,7 +33,7 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 
 
-class RunnerSettings(EnvSettings):
+class RunnerSettings(EnvSettings, KafkaSecurity):
     config_error = ConfigError
 
     minio_endpoint: str = "minio:9000"

@@ -124,6 +124,30 @@ class RunnerApp:
         )
 
 
+def kafka_consumer(settings: RunnerSettings, *, member: str) -> AIOKafkaConsumer:
+    """The runner's consumer group member: manual commits, authenticated as
+    KAFKA_SECURITY_PROTOCOL says."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.runner_group_id,
+        client_id=member,
+        enable_auto_commit=False,
+        # A new group starts at the beginning: events published before any runner joined
+        # are processed too.
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 3, 100),
+        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+        # How long the broker waits for every member to rejoin a rebalance: aiokafka's
+        # default is the session timeout, after which a member still finishing its batch
+        # (the rebalance listener waits for it) is dropped and its records go to another
+        # member, processed twice. The batch may take as long as a poll interval.
+        rebalance_timeout_ms=settings.kafka_max_poll_interval_ms,
+        max_poll_records=settings.runner_concurrency,
+        **settings.kafka_client_security(),
+    )
+
+
 def create_runner(settings: RunnerSettings) -> RunnerApp:
     """Build the runner (not started; call inside the event loop that runs it)."""
     member = settings.member_id
@@ -146,24 +170,7 @@ def create_runner(settings: RunnerSettings) -> RunnerApp:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
         ),
     )
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.runner_group_id,
-        client_id=member,
-        enable_auto_commit=False,
-        # A new group starts at the beginning: events published before any runner joined
-        # are processed too.
-        auto_offset_reset="earliest",
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 3, 100),
-        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-        # How long the broker waits for every member to rejoin a rebalance: aiokafka's
-        # default is the session timeout, after which a member still finishing its batch
-        # (the rebalance listener waits for it) is dropped and its records go to another
-        # member, processed twice. The batch may take as long as a poll interval.
-        rebalance_timeout_ms=settings.kafka_max_poll_interval_ms,
-        max_poll_records=settings.runner_concurrency,
-    )
+    consumer = kafka_consumer(settings, member=member)
     source = KafkaEventSource(consumer, settings.kafka_topic)
     states = MongoStateStore(mongo[settings.mongo_db][settings.runner_state_collection])
     metrics = RunnerMetrics()

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import SettingsConfigDict
 
+from checkout_common.kafka_security import KafkaSecurity
 from checkout_common.result_key import DEFAULT_TEMPLATE, check_template
 from checkout_common.settings import EnvRule as EnvRule  # tools/gen_docs.py reads it here
 from checkout_common.settings import EnvSettings
@@ -526,10 +527,12 @@ class StatusSection(Section):
 # --- The relay's sections -----------------------------------------------------------------------
 
 
-class KafkaSection(Section):
+class KafkaSection(Section, KafkaSecurity):
     """Kafka.
 
-    Where the relay publishes the events."""
+    Where the relay publishes the events, and how it authenticates: the detection runner reads
+    KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE alike
+    ([relay.md](relay.md#authenticated-kafka))."""
 
     kafka_bootstrap_servers: str = "kafka:9092"
     """KAFKA_BOOTSTRAP_SERVERS: the brokers the relay publishes to."""

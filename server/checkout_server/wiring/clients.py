@@ -56,7 +56,8 @@ def minio_client(settings: StorageSection) -> ChecksummedMinio:
 
 def kafka_producer(settings: RelaySettings, *, member: str) -> AIOKafkaProducer:
     """A new idempotent producer with acks from all in-sync replicas (one per relay at a
-    time; the publisher asks for a new one after a fatal producer error)."""
+    time; the publisher asks for a new one after a fatal producer error), authenticated as
+    KAFKA_SECURITY_PROTOCOL says."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=f"checkout-relay-{member}",
@@ -67,6 +68,7 @@ def kafka_producer(settings: RelaySettings, *, member: str) -> AIOKafkaProducer:
         max_request_size=KAFKA_MAX_REQUEST_BYTES,
         request_timeout_ms=int(settings.relay_send_timeout_s * 1000),
         retry_backoff_ms=200,
+        **settings.kafka_client_security(),
     )
 
 
@@ -76,4 +78,5 @@ def kafka_admin(settings: RelaySettings, *, member: str) -> AIOKafkaAdminClient:
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=f"checkout-relay-admin-{member}",
         request_timeout_ms=int(settings.relay_send_timeout_s * 1000),
+        **settings.kafka_client_security(),
     )
