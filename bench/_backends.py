@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +25,9 @@ class Backends:
 
 
 @contextmanager
-def started(work: Path) -> Iterator[Backends]:
-    """FerretDB, MinIO and a checkout server on free ports under `work`; all stopped after."""
+def started(work: Path, env: Mapping[str, str] | None = None) -> Iterator[Backends]:
+    """FerretDB, MinIO and a checkout server on free ports under `work`; all stopped after.
+    `env` adds to (or replaces) the server's environment."""
     ferretdb = FerretDB(port=free_port(), data_dir=work / "ferretdb", log_path=work / "f.log")
     minio = MinIO(
         port=free_port(), console_port=free_port(), data_dir=work / "minio", log_path=work / "m.log"
@@ -46,6 +47,9 @@ def started(work: Path) -> Iterator[Backends]:
             # address.
             "UPLOAD_MAX_CONCURRENT_PER_CLIENT": "64",
             "WATCH_MAX_WATCHERS_PER_CLIENT": "4096",
+            "LIST_RATE_PER_MINUTE": "100000",
+            "REQUEST_RATE_PER_MINUTE": "100000",
+            **(env or {}),
         },
         log_path=work / "server.log",
     )

