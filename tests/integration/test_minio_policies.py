@@ -32,6 +32,7 @@ from checkout_server.adapters.minio_storage import MinioStorage
 from checkout_server.config import MiB, ServerSettings
 from checkout_server.errors import StorageError
 from checkout_server.wiring.clients import minio_client
+from checkout_server.wiring.server import create_app
 from devstack import MinIO
 from devstack._paths import REPO_ROOT
 
@@ -52,9 +53,7 @@ class Users:
 def policy_for(name: str, bucket: str, tmp_path: Path) -> Path:
     """deploy/minio/<name>.json with `bucket` wherever it names POLICY_BUCKET."""
     text = (POLICIES / f"{name}.json").read_text()
-    resources = [
-        r for s in json.loads(text)["Statement"] for r in s["Resource"] if r != "arn:aws:s3:::*"
-    ]
+    resources = [r for s in json.loads(text)["Statement"] for r in s["Resource"]]
     # The rewrite below is what makes the files this test's: they name no other bucket.
     assert resources
     assert all(r.split(":::")[1].split("/")[0] == POLICY_BUCKET for r in resources), resources
@@ -125,6 +124,8 @@ async def test_the_server_user_does_all_the_server_does(
     # Start-up: the bucket the init job made exists; health.
     await storage.ensure_bucket(bucket)
     await storage.ping()
+    # Health lists the buckets: MinIO answers with those the user may list, not the other.
+    assert [b.name for b in await server_client.list_buckets()] == [bucket]
     # A small upload (one PUT) and a large one (multipart), read back, listed.
     small = storage.open_writer(bucket, "input/small.mp4", "video/mp4")
     await small.finish([b"small video"])
@@ -299,3 +300,39 @@ async def test_there_is_no_relay_user(settings: ServerSettings, users: Users) ->
     finally:
         await client.close_session()  # type: ignore[no-untyped-call]
     assert refused(caught.value) == "InvalidAccessKeyId"
+
+
+# --- the server's start-up ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_the_server_starts_healthy_with_its_user(
+    settings: ServerSettings, users: Users
+) -> None:
+    """The whole start-up (the bucket found, not made; the indexes) and the health check."""
+    access, secret = users.server
+    app = await create_app(
+        settings.replace(
+            minio_access_key=access,
+            minio_secret_key=secret,
+            allowed_buckets=frozenset({users.bucket}),
+        )
+    )
+    await app.start()
+    try:
+        assert app.monitor.healthy, app.monitor.results
+        await app.monitor.check_now()
+        assert app.monitor.results["storage"] == "ok", app.monitor.results
+    finally:
+        await app.stop(grace_s=1.0)
+
+
+@pytest.mark.timeout(60)
+async def test_the_server_does_not_start_with_a_bucket_its_user_may_not_use(
+    settings: ServerSettings, users: Users
+) -> None:
+    """ALLOWED_BUCKETS naming a bucket the policy does not: start-up stops at once."""
+    access, secret = users.server
+    with pytest.raises(StorageError) as caught:
+        await create_app(settings.replace(minio_access_key=access, minio_secret_key=secret))
+    assert refused(caught.value) == "AccessDenied"
