@@ -455,3 +455,37 @@ def test_each_process_reads_its_credentials_from_its_files(
         assert set(credentials) == {"MONGO_URI_FILE", "WAKE_SECRET_FILE"}
     else:
         assert {"MONGO_URI_FILE", "MINIO_SECRET_KEY_FILE"} <= set(credentials)
+
+
+def test_the_mongo_users_roles_name_the_collections_each_process_uses(
+    model: dict[str, Any],
+) -> None:
+    """deploy/mongo/users.js names the database and collections: compose sets none of them, so
+    they are the processes' defaults, and each role covers what its process opens."""
+    script = MONGO_USERS_SCRIPT.read_text()
+    roles = {
+        secret: set(re.findall(r'"(\w+)"', names))
+        for secret, names in re.findall(r"(mongo_uri_\w+): \[([^\]]*)\]", script)
+    }
+    server, relay, runner = ServerSettings(), RelaySettings(), RunnerSettings()
+    outbox = relay.mongo_outbox_collection  # the relay's leases and members are named after it
+    assert roles == {
+        "mongo_uri_checkout": {
+            server.mongo_outbox_collection,
+            server.mongo_status_collection,
+            server.mongo_upload_sessions_collection,
+            server.mongo_upload_facts_collection,
+        },
+        "mongo_uri_relay": {
+            outbox,
+            relay.mongo_status_collection,
+            f"{outbox}_relay_leases",
+            f"{outbox}_relay_members",
+        },
+        "mongo_uri_runner": {runner.runner_state_collection},
+    }
+    databases = {server.mongo_db, relay.mongo_db, runner.mongo_db}
+    assert re.findall(r'const database = "(\w+)"', script) == list(databases)
+    for service in PROCESSES:
+        env = model["services"][service]["environment"]
+        assert [n for n in env if n == "MONGO_DB" or n.endswith("_COLLECTION")] == [], service
