@@ -326,8 +326,8 @@ class Kafka(ServerProcess):
     SCRAM-SHA-512 only, and those users (plus the broker's own, for its inter-broker
     connections and the readiness probe) are written into the metadata when the storage is
     formatted (`--add-scram`; first start only, later changes are not applied): a client
-    without a valid user and password is refused. The controller listener stays PLAINTEXT on
-    127.0.0.1 (it serves the KRaft controller's requests only, never produce or fetch).
+    without a valid user and password is refused. The controller listener then takes the
+    broker's own user only (SASL PLAIN, on 127.0.0.1).
     """
 
     NODE_ID = 1
@@ -388,7 +388,7 @@ class Kafka(ServerProcess):
         client = "SASL_PLAINTEXT" if self.sasl else "PLAINTEXT"
         listeners = f"PLAINTEXT://127.0.0.1:{self.port}"
         advertised = f"PLAINTEXT://127.0.0.1:{self.port}"
-        protocols = f"CONTROLLER:PLAINTEXT,PLAINTEXT:{client}"
+        protocols = f"CONTROLLER:{client},PLAINTEXT:{client}"
         if self.proxied_listener is not None:
             listen_port, advertised_port = self.proxied_listener
             listeners += f",PROXIED://127.0.0.1:{listen_port}"
@@ -402,18 +402,28 @@ class Kafka(ServerProcess):
 
     def _sasl_properties(self) -> dict[str, str]:
         """SCRAM-SHA-512 on the clients' listeners; the broker authenticates to itself
-        (inter-broker listener `PLAINTEXT`, which is then SASL_PLAINTEXT) as BROKER_USER."""
+        (inter-broker listener `PLAINTEXT`, which is then SASL_PLAINTEXT) as BROKER_USER.
+        The controller listener takes PLAIN with BROKER_USER only (a static user: KRaft
+        controllers cannot check SCRAM): a PLAINTEXT one would take requests such as
+        AlterUserScramCredentials from anyone, who could add a user and publish as it."""
         if not self.sasl:
             return {}
         mechanism = self.SASL_MECHANISM
+        user, password = self.BROKER_USER, self._broker_password
         login = (
             "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{self.BROKER_USER}" password="{self._broker_password}";'
+            f'username="{user}" password="{password}";'
         )
         props = {
             "sasl.enabled.mechanisms": mechanism,
             "sasl.mechanism.inter.broker.protocol": mechanism,
             f"listener.name.plaintext.{mechanism.lower()}.sasl.jaas.config": login,
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{user}" password="{password}" user_{user}="{password}";'
+            ),
         }
         if self.proxied_listener is not None:
             props[f"listener.name.proxied.{mechanism.lower()}.sasl.jaas.config"] = login

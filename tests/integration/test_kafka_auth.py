@@ -8,11 +8,18 @@ SASL_PLAINTEXT with SCRAM-SHA-512 (devstack `Kafka(scram_users=...)`).
 - A client with no credentials, or with a wrong password, is refused at connection (the
   publisher cannot start, the runner's consumer cannot join): anyone who reaches the broker
   can no longer publish records the runner acts on.
+- Nor can anyone make a user of their own through the controller listener: with it
+  PLAINTEXT, a bare AlterUserScramCredentials request there added a user that then published
+  (seen before devstack's controller listener took the broker's user only).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import secrets
+import socket
+import struct
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -229,3 +236,61 @@ async def test_clients_without_valid_credentials_are_refused(
         assert await runner.next_batch(max_records=10, timeout_s=1) == []
     finally:
         await runner.stop()
+
+
+def _uvarint(n: int) -> bytes:
+    out = b""
+    while n > 0x7F:
+        out += bytes([(n & 0x7F) | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def _compact(data: bytes) -> bytes:
+    return _uvarint(len(data) + 1) + data
+
+
+def alter_scram_request(user: str, password: str) -> bytes:
+    """AlterUserScramCredentials v0 (api key 51), framed: upsert `user` with a SCRAM-SHA-512
+    credential for `password`, as an admin client would send it (no SASL first)."""
+    salt, iterations = os.urandom(16), 4096
+    salted = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    upsert = _compact(user.encode()) + struct.pack(">bi", 2, iterations)  # 2: SCRAM-SHA-512
+    upsert += _compact(salt) + _compact(salted) + b"\x00"
+    body = _uvarint(1) + _uvarint(2) + upsert + b"\x00"  # no deletions, one upsertion
+    client_id = b"intruder"
+    header = struct.pack(">hhih", 51, 0, 7, len(client_id)) + client_id + b"\x00"
+    return struct.pack(">i", len(header + body)) + header + body
+
+
+def answer_of(port: int, request: bytes) -> bytes:
+    """What the broker answers on `port` (b"" when it closes the connection instead)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if len(answer) >= 4 and len(answer) >= 4 + struct.unpack(">i", answer[:4])[0]:
+                break
+        return answer
+
+
+async def test_nobody_adds_a_user_through_the_controller_listener(sasl_kafka: Kafka) -> None:
+    """The controller listener takes requests such as AlterUserScramCredentials; without a
+    login there it is closed unanswered, and the user it would have made cannot publish."""
+    assert (
+        answer_of(sasl_kafka.controller_port, alter_scram_request("intruder", "pw-1234567")) == b""
+    )
+    intruder = AIOKafkaProducer(
+        bootstrap_servers=sasl_kafka.bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="intruder",
+        sasl_plain_password="pw-1234567",
+        request_timeout_ms=10_000,
+    )
+    try:
+        with pytest.raises(KafkaConnectionError, match="Unable to bootstrap"):
+            await intruder.start()
+    finally:
+        await intruder.stop()
