@@ -65,17 +65,18 @@ def parse_names(value: object) -> object:
     return value
 
 
-# What .env.example puts where a secret goes: a process given it was started from the example
-# as it is, so it stops rather than run with a password everyone can read.
+# What placeholders put where a secret goes (example files, copied snippets): a process given
+# one was configured from an example as it is, so it stops rather than run with a password
+# everyone can read. (Compose's secrets are made by tools/make_compose_secrets.py.)
 PLACEHOLDER = "change-me"
 
 
 def refuse_placeholder(value: str) -> str:
-    """A secret's value, unless it holds .env.example's placeholder (also inside a URI)."""
+    """A secret's value, unless it holds a placeholder (also inside a URI)."""
     if PLACEHOLDER in value:
         raise PydanticCustomError(
             "placeholder_secret",
-            "holds the placeholder of .env.example ({placeholder}...): set a secret of your own",
+            "holds a placeholder ({placeholder}...), as example files do: set a secret of your own",
             {"placeholder": PLACEHOLDER},
         )
     return value
