@@ -41,6 +41,8 @@ PLAIN = (
     "minio-checkout-secret-key",
     "minio-runner-secret-key",
     "wake-secret",
+    "kafka-relay-password",  # hex: `,` `=` `[` `]` would break kafka-storage's --add-scram
+    "kafka-runner-password",
 )
 # What docker-compose.yml mounts from CREDENTIALS_DIR.
 FILES = (*PLAIN, *MONGO_USERS)

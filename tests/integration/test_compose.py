@@ -452,9 +452,17 @@ def test_each_process_reads_its_credentials_from_its_files(
     for name, path in credentials.items():
         assert values[name.removesuffix("_FILE").lower()] == Path(path).read_text().strip()
     if service == "relay":
-        assert set(credentials) == {"MONGO_URI_FILE", "WAKE_SECRET_FILE"}
+        assert set(credentials) == {
+            "MONGO_URI_FILE",
+            "WAKE_SECRET_FILE",
+            "KAFKA_SASL_PASSWORD_FILE",
+        }
     else:
         assert {"MONGO_URI_FILE", "MINIO_SECRET_KEY_FILE"} <= set(credentials)
+    if service in ("relay", "runner"):  # each logs in to Kafka as itself
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+        assert env["KAFKA_SASL_USERNAME"] == service
+        assert "KAFKA_SASL_PASSWORD_FILE" in credentials
 
 
 def test_the_mongo_users_roles_name_the_collections_each_process_uses(
@@ -489,3 +497,22 @@ def test_the_mongo_users_roles_name_the_collections_each_process_uses(
     for service in PROCESSES:
         env = model["services"][service]["environment"]
         assert [n for n in env if n == "MONGO_DB" or n.endswith("_COLLECTION")] == [], service
+
+
+def test_kafka_takes_only_its_users_and_keeps_its_controller_to_itself(
+    model: dict[str, Any],
+) -> None:
+    """Clients log in with SCRAM (the users kafka-init formats the volume with: the relay's
+    and the runner's); the controller and the broker's own listener are on the container's
+    loopback, where nobody on the network can add a user."""
+    kafka, init = model["services"]["kafka"]["environment"], model["services"]["kafka-init"]
+    protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = dict(item.split("://") for item in kafka["KAFKA_LISTENERS"].split(","))
+    for name, protocol in protocols.items():
+        assert protocol == "SASL_PLAINTEXT" or listeners[name].startswith("127.0.0.1:"), name
+    assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    script = "\n".join(init["command"])
+    for service in ("relay", "runner"):
+        user = model["services"][service]["environment"]["KAFKA_SASL_USERNAME"]
+        assert f"name={user},password=$(cat /run/secrets/kafka_{user}_password)" in script
+    assert kafka["CLUSTER_ID"] == init["environment"]["CLUSTER_ID"]
