@@ -328,18 +328,21 @@ def pip_check() -> int:
     return 0
 
 
+def _report() -> int:
+    found = problems()
+    for line in found:
+        print(line, file=sys.stderr)
+    return 1 if found else 0
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["compile"]:
         compile_all(upgrade="--upgrade" in argv)
-        problems_left = problems()
-        print("\n".join(problems_left), file=sys.stderr)
-        return 1 if problems_left else 0
+        return _report()
+    if argv[:1] == ["check"]:
+        return _report()
     if argv[:1] == ["pip-check"]:
         return pip_check()
-    if argv[:1] == ["check"]:
-        problems_left = problems()
-        print("\n".join(problems_left), file=sys.stderr)
-        return 1 if problems_left else 0
     print("usage: tools/lock.py compile [--upgrade] | check | pip-check", file=sys.stderr)
     return 2
 
