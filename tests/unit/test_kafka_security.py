@@ -140,7 +140,7 @@ def test_ssl_without_a_ca_file_uses_the_systems_cas(
         ),
         (
             {**SASL, "KAFKA_SASL_PASSWORD": "change-me-kafka-relay"},
-            "KAFKA_SASL_PASSWORD: holds the placeholder",
+            "KAFKA_SASL_PASSWORD: holds a placeholder",
         ),
     ],
 )
