@@ -180,3 +180,15 @@ async def test_past_the_servers_watchers_every_client_is_refused(supervisor: Sup
     with hub.subscribe(None, client="c"):
         assert hub.watchers == 1
     assert hub.refusals == {"TOO_MANY_WATCHERS": 1}
+
+
+async def test_an_owners_watcher_is_not_woken_by_other_owners_changes(
+    supervisor: Supervisor,
+) -> None:
+    hub = build_hub(FakeOutbox(), supervisor)
+    with hub.subscribe(None, owner="cam-a") as own, hub.subscribe(None) as everything:
+        hub.publish(replace(event("theirs"), owner="cam-b"))
+        assert [e.event_id for e in await everything.next(1.0)] == ["theirs"]
+        assert await own.next(0.05) == []  # not woken: it waited the whole timeout
+        hub.publish(replace(event("mine"), owner="cam-a"))
+        assert [e.event_id for e in await own.next(1.0)] == ["mine"]

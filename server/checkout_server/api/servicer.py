@@ -8,7 +8,6 @@ ErrorInterceptor.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -230,18 +229,15 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         """Every change this caller may see (an uploader: of its own events), and a heartbeat
         after `heartbeat_s` without one."""
         viewer = current_principal()
-        quiet_since = time.monotonic()
-        with self._hub.subscribe(None, client=client) as subscription:
+        # Only the changes this caller may see reach its mailbox (an uploader: its own), so
+        # other clients' uploads never wake this stream.
+        with self._hub.subscribe(None, client=client, owner=viewer.owner_filter) as subscription:
             while True:
                 changes = await subscription.next(self._heartbeat_s)
                 _check(subscription)
-                visible = [event for event in changes if viewer.may_see(event)]
-                if visible:
-                    quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since >= self._heartbeat_s or not changes:
-                    quiet_since = time.monotonic()
+                if not changes:
                     yield pb.StatusUpdate(heartbeat=True)
-                for event in visible:
+                for event in changes:
                     yield status_update(event)
 
     async def ListStatuses(  # noqa: N802 (gRPC method name)

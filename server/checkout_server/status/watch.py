@@ -55,10 +55,12 @@ WATCH_REFUSAL_REASONS = (errors.TooManyWatchers.reason, errors.TooManyClientWatc
 
 
 class Subscription:
-    """One watcher's mailbox: the latest change per event (all events, or just one)."""
+    """One watcher's mailbox: the latest change per event (all events, or just one; only
+    `owner`'s when given, so a watcher is never woken for changes it may not see)."""
 
-    def __init__(self, event_id: str | None, max_pending: int) -> None:
+    def __init__(self, event_id: str | None, max_pending: int, owner: str | None = None) -> None:
         self.event_id = event_id
+        self.owner = owner
         self._max_pending = max_pending
         self._pending: OrderedDict[str, OutboxEvent] = OrderedDict()
         self._wake = asyncio.Event()
@@ -72,6 +74,8 @@ class Subscription:
     def offer(self, event: OutboxEvent) -> None:
         """Never blocks: replaces an undelivered change of the same event."""
         if self.event_id is not None and event.event_id != self.event_id:
+            return
+        if self.owner is not None and event.owner != self.owner:
             return
         self._pending[event.event_id] = event
         self._pending.move_to_end(event.event_id)
@@ -135,15 +139,18 @@ class WatchHub:
         return len(self._subscriptions)
 
     @contextmanager
-    def subscribe(self, event_id: str | None, *, client: str = "") -> Iterator[Subscription]:
-        """A mailbox for the block, for `client` (api/clients.py names it):
+    def subscribe(
+        self, event_id: str | None, *, client: str = "", owner: str | None = None
+    ) -> Iterator[Subscription]:
+        """A mailbox for the block, for `client` (api/clients.py names it), of `owner`'s
+        events only when given (an uploader's):
         TooManyWatchers past `max_watchers` open in all, TooManyClientWatchers past
         `max_watchers_per_client` of this client's, checked before it subscribes."""
         if len(self._subscriptions) >= self._max_watchers:
             self._refuse(errors.TooManyWatchers(limit=str(self._max_watchers)))
         if self._per_client[client] >= self._max_watchers_per_client:
             self._refuse(errors.TooManyClientWatchers(limit=str(self._max_watchers_per_client)))
-        subscription = Subscription(event_id, self._max_pending)
+        subscription = Subscription(event_id, self._max_pending, owner)
         self._subscriptions.add(subscription)
         self._per_client[client] += 1
         self._watched.set()
