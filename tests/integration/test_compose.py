@@ -7,7 +7,6 @@ server serving TLS with the certificates of tools/make_dev_certs.py."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import shutil
 import subprocess
@@ -25,12 +24,11 @@ from checkout_server.config import RelaySettings, ServerSettings
 from checkout_server.wiring.server import App, create_app
 from devstack._install import COMPOSECHECK, install_composecheck
 from devstack._paths import REPO_ROOT
+from tests.integration.compose_model import COMPOSE, ENV_EXAMPLE, load_model
 from tools.make_compose_secrets import FILES as CREDENTIAL_FILES
 from tools.make_compose_secrets import make_compose_secrets
 from tools.make_dev_certs import issue, make_compose_certs, subject_alt_names
 
-COMPOSE = REPO_ROOT / "docker-compose.yml"
-ENV_EXAMPLE = REPO_ROOT / ".env.example"
 DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
 # What compose reads that must never have a default in the file.
 SECRETS = (
@@ -183,17 +181,9 @@ def test_stale_env_variable_fails(composecheck: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def model(composecheck: Path) -> dict[str, Any]:
-    """The project as docker compose loads it with .env.example (`config --format json`)."""
-    res = subprocess.run(
-        [str(composecheck), "-json", str(COMPOSE), str(ENV_EXAMPLE)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    loaded: dict[str, Any] = json.loads(res.stdout)
-    return loaded
+def model() -> dict[str, Any]:
+    """The project as docker compose loads it with .env.example (compose_model.py)."""
+    return load_model()
 
 
 def mounted(model: dict[str, Any], service: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ for downloads); and its healthcheck's command against a real runner's metrics en
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -15,28 +14,17 @@ from typing import Any
 import pytest
 
 from devstack import free_port
-from devstack._install import COMPOSECHECK, install_composecheck
 from devstack._paths import REPO_ROOT
 from devstack._stack import RunnerService
+from tests.integration.compose_model import load_model
 
-COMPOSE = REPO_ROOT / "docker-compose.yml"
-ENV_EXAMPLE = REPO_ROOT / ".env.example"
 DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
 
 
 @pytest.fixture(scope="module")
 def model() -> dict[str, Any]:
-    """The project as docker compose loads it with .env.example (`config --format json`)."""
-    install_composecheck()
-    res = subprocess.run(
-        [str(COMPOSECHECK), "-json", str(COMPOSE), str(ENV_EXAMPLE)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    loaded: dict[str, Any] = json.loads(res.stdout)
-    return loaded
+    """The project as docker compose loads it with .env.example (compose_model.py)."""
+    return load_model()
 
 
 @pytest.fixture(scope="module")

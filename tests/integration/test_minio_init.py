@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -22,27 +21,16 @@ from miniopy_async.api import Minio
 from miniopy_async.error import S3Error
 
 from devstack import MinIO, free_port, tool_path
-from devstack._install import COMPOSECHECK, install_composecheck
-from devstack._paths import REPO_ROOT
+from tests.integration.compose_model import load_model
 from tools.make_compose_secrets import make_compose_secrets
 
-COMPOSE = REPO_ROOT / "docker-compose.yml"
-ENV_EXAMPLE = REPO_ROOT / ".env.example"
 SECRETS_DIR = "/run/secrets/"
 
 
 @pytest.fixture(scope="module")
 def model() -> dict[str, Any]:
-    install_composecheck()  # a no-op once `make stack` built it
-    res = subprocess.run(
-        [str(COMPOSECHECK), "-json", str(COMPOSE), str(ENV_EXAMPLE)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    loaded: dict[str, Any] = json.loads(res.stdout)
-    return loaded
+    """The project as docker compose loads it with .env.example (compose_model.py)."""
+    return load_model()
 
 
 def environment(model: dict[str, Any], service: str, credentials: Path) -> dict[str, str]:
