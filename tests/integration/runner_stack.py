@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +194,22 @@ def assert_faces_where_they_are(prediction: dict[str, Any], truth: Truth) -> int
         assert all(d["label"] == "face" and d["score"] >= 0.5 for d in found)
         assert all(len(d["landmarks"]) == 5 for d in found)
     return with_faces
+
+
+def relay_record(event_id: str, bucket: str, **changes: Any) -> bytes:
+    """A Kafka record as the relay writes one for `event_id` (its video the same id, 1000
+    bytes), with `changes` to its fields: what a test puts on the topic itself."""
+    return json.dumps(
+        {
+            "version": 1,
+            "event_id": event_id,
+            "type": "checkout.video.uploaded",
+            "video_id": event_id,
+            "bucket": bucket,
+            "object_key": f"input/{event_id}.mp4",
+            "size_bytes": 1000,
+            "sha256": "",
+            "created_at": "2026-12-06T10:00:00.000+00:00",
+            **changes,
+        }
+    ).encode()

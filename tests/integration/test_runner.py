@@ -37,6 +37,7 @@ from tests.integration.runner_stack import (
     cleanup,
     metric,
     prediction_of,
+    relay_record,
     upload,
     watch,
 )
@@ -297,7 +298,7 @@ async def test_processing_continues_the_records_trace(
     try:
         await producer.send_and_wait(
             processes.topic,
-            _envelope(event_id, bucket, len(data)),
+            relay_record(event_id, bucket, size_bytes=len(data)),
             key=event_id.encode(),
             headers=[("event_id", event_id.encode()), ("traceparent", TRACEPARENT.encode())],
         )
@@ -354,7 +355,7 @@ async def test_consumer_lag_counts_the_records_waiting_behind_a_video(
             key = f"input/{event_id}.mp4"
             await s3.put_object(bucket, key, io.BytesIO(data), len(data))
             await producer.send_and_wait(
-                processes.topic, _envelope(event_id, bucket, len(data)), partition=0
+                processes.topic, relay_record(event_id, bucket, size_bytes=len(data)), partition=0
             )
     finally:
         await producer.stop()
@@ -379,22 +380,6 @@ async def test_consumer_lag_counts_the_records_waiting_behind_a_video(
         return await metric(runner, "checkout_runner_consumer_lag") == 0
 
     await wait_until(caught_up, timeout_s=30, what="no lag")
-
-
-def _envelope(event_id: str, bucket: str, size: int) -> bytes:
-    return json.dumps(
-        {
-            "version": 1,
-            "event_id": event_id,
-            "type": "checkout.video.uploaded",
-            "video_id": event_id,
-            "bucket": bucket,
-            "object_key": f"input/{event_id}.mp4",
-            "size_bytes": size,
-            "sha256": "",
-            "created_at": "2026-12-01T10:00:00.000+00:00",
-        }
-    ).encode()
 
 
 async def test_a_runner_joining_waits_for_the_video_in_hand(

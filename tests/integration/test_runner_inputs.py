@@ -43,6 +43,7 @@ from tests.integration.runner_stack import (
     assert_faces_where_they_are,
     metric,
     prediction_of,
+    relay_record,
     upload,
     watch,
 )
@@ -222,15 +223,15 @@ async def test_forged_records_are_refused_unread_and_an_honest_upload_is_ready_a
         for at_bucket, key in planted:
             await s3.put_object(at_bucket, key, io.BytesIO(video), len(video))
         forged = {
-            "OBJECT_KEY_INVALID": _forged(ids[0], bucket, object_key=f"private/{ids[0]}.mp4"),
-            "BUCKET_NOT_ALLOWED": _forged(ids[1], forbidden),
-            "VIDEO_ID_INVALID": _forged(
+            "OBJECT_KEY_INVALID": relay_record(ids[0], bucket, object_key=f"private/{ids[0]}.mp4"),
+            "BUCKET_NOT_ALLOWED": relay_record(ids[1], forbidden),
+            "VIDEO_ID_INVALID": relay_record(
                 ids[2], bucket, video_id=not_a_uuid, object_key=f"input/{not_a_uuid}.mp4"
             ),
-            "EVENT_ID_INVALID": _forged("e1", bucket, video_id=ids[0]),
+            "EVENT_ID_INVALID": relay_record("e1", bucket, video_id=ids[0]),
             "NOT_JSON": b"\xff not json",
         }
-        huge = _forged(str(uuid.uuid4()), "b" * 300_000)  # BUCKET_NOT_ALLOWED again
+        huge = relay_record(str(uuid.uuid4()), "b" * 300_000)  # BUCKET_NOT_ALLOWED again
         producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
         await producer.start()
         try:
@@ -300,24 +301,6 @@ async def test_forged_records_are_refused_unread_and_an_honest_upload_is_ready_a
         for name, key in planted:
             await s3.remove_object(name, key)
         await s3.remove_bucket(forbidden)
-
-
-def _forged(event_id: str, bucket: str, **changes: Any) -> bytes:
-    """A record as the relay writes one for `event_id` (its video the same id), changed."""
-    return json.dumps(
-        {
-            "version": 1,
-            "event_id": event_id,
-            "type": "checkout.video.uploaded",
-            "video_id": event_id,
-            "bucket": bucket,
-            "object_key": f"input/{event_id}.mp4",
-            "size_bytes": 1000,
-            "sha256": "",
-            "created_at": "2026-12-06T10:00:00.000+00:00",
-            **changes,
-        }
-    ).encode()
 
 
 async def test_the_readme_demo_reaches_ready_after_other_videos(
