@@ -1,11 +1,17 @@
 """API keys for the tests that run a server with authentication on and several clients: a
-keys file of uploader keys, one per client name, and the metadata that sends a key."""
+keys file of uploader keys, one per client name, the metadata that sends a key, and a server
+over such a file."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from checkout_server.auth.keys import entry, new_key
+from checkout_server.config import ServerSettings
+from checkout_server.wiring.server import App, create_app
 
 
 def uploader_keys(folder: Path, *clients: str) -> dict[str, str]:
@@ -20,3 +26,19 @@ def uploader_keys(folder: Path, *clients: str) -> dict[str, str]:
 def bearer(key: str) -> tuple[tuple[str, str]]:
     """The call metadata that sends `key`."""
     return (("authorization", f"Bearer {key}"),)
+
+
+@asynccontextmanager
+async def keyed_app(
+    settings: ServerSettings, keys: dict[str, str], **changes: Any
+) -> AsyncIterator[App]:
+    """A started server with authentication on over `keys` (uploader_keys) and `changes` to
+    its settings; stopped after."""
+    app = await create_app(
+        settings.replace(auth_enabled=True, auth_keys_file=keys["path"], **changes)
+    )
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop(grace_s=1.0)

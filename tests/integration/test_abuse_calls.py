@@ -23,7 +23,7 @@ from checkout_server.wiring.server import App, create_app
 from tests.helpers import error_details, has_cyrillic, mp4_bytes, retry_delay_s
 from tests.integration import curl
 from tests.integration.envoy_front import async_envoy_front
-from tests.integration.keyed import bearer, uploader_keys
+from tests.integration.keyed import bearer, keyed_app, uploader_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -41,17 +41,13 @@ def keys(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 async def rated(settings: ServerSettings, keys: dict[str, str]) -> AsyncIterator[App]:
-    app = await create_app(
-        settings.replace(
-            auth_enabled=True,
-            auth_keys_file=keys["path"],
-            list_rate_per_minute=LISTS,
-            request_rate_per_minute=REQUESTS,
-        )
-    )
-    await app.start()
-    yield app
-    await app.stop(grace_s=1.0)
+    async with keyed_app(
+        settings,
+        keys,
+        list_rate_per_minute=LISTS,
+        request_rate_per_minute=REQUESTS,
+    ) as app:
+        yield app
 
 
 async def refused(call: Any) -> tuple[str, float]:

@@ -29,7 +29,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import MiB, error_details, error_info, has_cyrillic, mp4_bytes, retry_delay_s
-from tests.integration.keyed import bearer, uploader_keys
+from tests.integration.keyed import bearer, keyed_app, uploader_keys
 from tests.integration.resumable_helpers import metadata, write_list
 from tests.integration.storage_checks import object_keys, pending_uploads, wait_until
 
@@ -62,20 +62,16 @@ def keys(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 async def guarded(settings: ServerSettings, keys: dict[str, str]) -> AsyncIterator[App]:
-    app = await create_app(
-        settings.replace(
-            auth_enabled=True,
-            auth_keys_file=keys["path"],
-            upload_idle_timeout_s=IDLE_S,
-            upload_memory_budget_bytes=12 * PART,  # six streams of two parts
-            upload_memory_wait_s=0.5,
-            upload_max_concurrent_per_client=5,
-            upload_max_open_sessions_per_client=2,
-        )
-    )
-    await app.start()
-    yield app
-    await app.stop(grace_s=1.0)
+    async with keyed_app(
+        settings,
+        keys,
+        upload_idle_timeout_s=IDLE_S,
+        upload_memory_budget_bytes=12 * PART,  # six streams of two parts
+        upload_memory_wait_s=0.5,
+        upload_max_concurrent_per_client=5,
+        upload_max_open_sessions_per_client=2,
+    ) as app:
+        yield app
 
 
 def head(size_bytes: int = 0) -> pb.UploadVideoRequest:

@@ -20,7 +20,7 @@ import pytest
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
-from checkout_server.wiring.server import App, create_app
+from checkout_server.wiring.server import App
 from tests.helpers import (
     error_details,
     error_info,
@@ -29,7 +29,7 @@ from tests.helpers import (
     retry_delay_s,
     wait_until,
 )
-from tests.integration.keyed import bearer, uploader_keys
+from tests.integration.keyed import bearer, keyed_app, uploader_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -47,17 +47,13 @@ def keys(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 async def watched(settings: ServerSettings, keys: dict[str, str]) -> AsyncIterator[App]:
-    app = await create_app(
-        settings.replace(
-            auth_enabled=True,
-            auth_keys_file=keys["path"],
-            watch_max_watchers=TOTAL,
-            watch_max_watchers_per_client=PER_CLIENT,
-        )
-    )
-    await app.start()
-    yield app
-    await app.stop(grace_s=1.0)
+    async with keyed_app(
+        settings,
+        keys,
+        watch_max_watchers=TOTAL,
+        watch_max_watchers_per_client=PER_CLIENT,
+    ) as app:
+        yield app
 
 
 async def hold_watchers(app: App, stub: Stub, key: str, count: int) -> list[Any]:
