@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Self
 
 import grpc
 
@@ -72,6 +72,12 @@ class ServiceError(Exception):
         self.detail = detail
         self.metadata = metadata
         super().__init__(self.text)
+
+    def retry_after(self, seconds: float) -> Self:
+        """This refusal with a hint of its own (the class's otherwise): try again in
+        `seconds`."""
+        self.retry_after_s = seconds
+        return self
 
     @property
     def text(self) -> str:
@@ -357,10 +363,6 @@ class UploadRateLimited(ServiceError):
     reason = "UPLOAD_RATE_LIMITED"
     message = "Превышен лимит загрузок для этого клиента, повторите попытку позже"
     retriable = True
-
-    def __init__(self, retry_after_s: float, **metadata: str) -> None:
-        super().__init__(**metadata)
-        self.retry_after_s = retry_after_s
 
 
 class UploadMemoryBusy(ServiceError):

@@ -384,7 +384,6 @@ ERRORS: list[tuple[type[errors.ServiceError], grpc.StatusCode, str, str]] = [
 
 # The errors whose constructor needs arguments, with arguments that add no detail to the message.
 _ARGUMENTS: dict[type[errors.ServiceError], dict[str, Any]] = {
-    errors.UploadRateLimited: {"retry_after_s": 2.0},
     errors.UploadOffsetOutOfRange: {"detail": "", "persisted_size": 0},
     errors.UploadBeyondSize: {"detail": "", "persisted_size": 0},
     errors.ChunkChecksumMismatch: {"persisted_size": 0, "offset": 0},

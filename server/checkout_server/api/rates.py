@@ -48,6 +48,4 @@ class CallRates:
         wait_s = await limit.admit(client)
         if wait_s is not None:
             self.refusals[error.reason] += 1
-            refusal = error()
-            refusal.retry_after_s = round(wait_s, 3)
-            raise refusal
+            raise error().retry_after(round(wait_s, 3))

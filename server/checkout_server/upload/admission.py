@@ -113,7 +113,7 @@ class Admission:
             return
         wait_s = await self._rate_limit.admit(owner)
         if wait_s is not None:
-            raise self._refuse(errors.UploadRateLimited(round(wait_s, 3), client=owner))
+            raise self._refuse(errors.UploadRateLimited(client=owner).retry_after(round(wait_s, 3)))
 
     def admit_session(self, open_sessions: int) -> None:
         """Refuse a client's new resumable session when it has `open_sessions` open already,
