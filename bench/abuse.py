@@ -24,7 +24,7 @@ server otherwise). Each attack runs in a process of its own (this module with --
 another client would, with `--attackers` API keys; a refused call is retried after its hint,
 at most 2 s (1 s without a hint):
 - stalled: `--stalled-streams` UploadVideo streams per key that send their metadata (size
-  unknown: two whole parts reserved) and one 4 KiB chunk, then nothing;
+  unknown) and one 4 KiB chunk, then nothing;
 - watchers: `--watchers` WatchStatus streams (all events) per key, held open;
 - flood: through Envoy, `--flood-health` grpc.health.v1 Health/Watch streams (no key) and
   `--flood-watch` WatchStatus streams per key, at most 90 streams per connection;
@@ -82,6 +82,7 @@ from checkout_server.adapters.udp_wake import SIZE as WAKE_SIZE
 from checkout_server.adapters.udp_wake import TAG as WAKE_TAG
 from checkout_server.auth.keys import entry, new_key
 from checkout_server.config import ServerSettings
+from checkout_server.upload.admission import GRANULE_BYTES
 from devstack import Envoy, free_port
 from devstack._paths import REPO_ROOT
 from devstack._stack import DESCRIPTOR, OPENAPI
@@ -97,7 +98,7 @@ HONEST_CHUNK_BYTES = 64 * KiB
 HONEST_PERIOD_S = 1.1
 STREAMS_PER_CONNECTION = 90  # under Envoy's 100 per connection (streams_per_connection)
 ATTACK_RETRY_MAX_S = 2.0
-STALLED_METADATA = pb.UploadMetadata(filename="stalled.mp4")  # size unknown: two parts reserved
+STALLED_METADATA = pb.UploadMetadata(filename="stalled.mp4")  # size unknown
 STALLED_CHUNK = mp4_bytes(4 * KiB, seed=5)
 IN_PLACE_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 20.0
@@ -648,11 +649,10 @@ class Counters:
 
 def in_place_check(attack: str, args: argparse.Namespace) -> Callable[[dict[str, float]], bool]:
     """When an attack holds what it can: the server's view."""
-    part = default("upload_part_bytes")
     per_client = default("upload_max_concurrent_per_client")
     watchers_per_client = default("watch_max_watchers_per_client")
-    if attack == "stalled":
-        held = min(args.stalled_streams, per_client) * args.attackers * 2 * part
+    if attack == "stalled":  # each stream holds a granule for its one chunk
+        held = min(args.stalled_streams, per_client) * args.attackers * GRANULE_BYTES
         want = min(default("upload_memory_budget_bytes"), held)
         return lambda m: m.get("checkout_upload_memory_budget_bytes_used", 0) >= want
     if attack == "watchers":

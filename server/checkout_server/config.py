@@ -241,9 +241,10 @@ class UploadSection(Section):
     part per upload. S3 allows parts of 5 MiB to 5 GiB and at most 10,000 of them, so
     UPLOAD_MAX_BYTES must fit in 10,000 parts (checked at start-up)."""
     upload_memory_budget_bytes: int = 256 * MiB
-    """UPLOAD_MEMORY_BUDGET_BYTES: what all uploads together may buffer (default 256 MiB; two
-    parts each while active: the one being collected and the one in flight); an upload beyond
-    it waits UPLOAD_MEMORY_WAIT_S for its turn, then is refused (UPLOAD_MEMORY_BUSY)."""
+    """UPLOAD_MEMORY_BUDGET_BYTES: what all uploads together may buffer (default 256 MiB). An
+    upload holds what it buffers, in 1 MiB steps as its data arrives, two parts at most (the
+    one being collected and the one in flight); one that needs more than is free waits
+    UPLOAD_MEMORY_WAIT_S, then is refused (UPLOAD_MEMORY_BUSY)."""
     storage_abort_retry_s: float = 300.0
     """STORAGE_ABORT_RETRY_S: how long a failed upload keeps retrying to abort its multipart
     upload while storage is unreachable (in the background; the client is answered at once)."""
@@ -263,9 +264,10 @@ class UploadSection(Section):
     RESOURCE_EXHAUSTED TOO_MANY_UPLOAD_SESSIONS. Counted in the database across replicas; two
     starts at the same moment may both pass."""
     upload_memory_wait_s: float = 5.0
-    """UPLOAD_MEMORY_WAIT_S: how long a new upload or write waits for its buffers while
-    UPLOAD_MEMORY_BUDGET_BYTES is spent (default 5 s); then it is refused, before any byte is
-    stored, with RESOURCE_EXHAUSTED UPLOAD_MEMORY_BUSY and a retry hint."""
+    """UPLOAD_MEMORY_WAIT_S: how long an upload or write waits for more buffer memory while
+    UPLOAD_MEMORY_BUDGET_BYTES is spent (default 5 s); then it is refused with
+    RESOURCE_EXHAUSTED UPLOAD_MEMORY_BUSY and a retry hint (a write keeps what it committed
+    and says where to resume)."""
     upload_idle_timeout_s: float = 30.0
     """UPLOAD_IDLE_TIMEOUT_S: the longest an upload stream (UploadVideo, REST, WriteUpload)
     may send nothing, its first message and a REST form's fields included (default 30 s);

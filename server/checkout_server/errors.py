@@ -367,8 +367,9 @@ class UploadRateLimited(ServiceError):
 
 class UploadMemoryBusy(ServiceError):
     """The uploads' memory budget (`UPLOAD_MEMORY_BUDGET_BYTES`) stayed spent for
-    `UPLOAD_MEMORY_WAIT_S`: refused before any byte is stored; a `google.rpc.RetryInfo` says
-    when to try again."""
+    `UPLOAD_MEMORY_WAIT_S` while the stream needed more of it: refused, possibly half-way (a
+    WriteUpload's ErrorInfo metadata `persisted_size` says where to resume, what it committed
+    stays); a `google.rpc.RetryInfo` says when to try again."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "UPLOAD_MEMORY_BUSY"

@@ -1,10 +1,11 @@
 """One client cannot stall the others (issue 23), against the real server, MinIO and FerretDB:
 streams that send their metadata and a small chunk and then nothing (UploadVideo, WriteUpload,
-a REST form that never reaches its file part) are cut with UPLOAD_STALLED, a client beyond its
-share of streams or sessions is refused, a stream that finds the memory budget spent is
-refused with a retry hint instead of waiting, and an honest client's upload goes through
-meanwhile. Nothing is left behind: no object, no open multipart upload, the memory budget
-full again, no stream counted as running.
+a REST form that never reaches its file part) hold a granule of memory each and are cut with
+UPLOAD_STALLED, a client beyond its share of streams or sessions is refused, and an honest
+client's upload goes through meanwhile; a stream that finds the memory budget spent half-way is
+refused with a retry hint instead of waiting, and a write resumes where it was cut. Nothing is
+left behind: no object, no open multipart upload, the memory budget full again, no stream
+counted as running.
 
 The REST form is sent straight to UploadVideoHttp (as Envoy would send it), without Envoy.
 The idle timeouts are short here (settings of the test's server) to keep the tests quick.
@@ -66,7 +67,7 @@ async def guarded(settings: ServerSettings, keys: dict[str, str]) -> AsyncIterat
         settings,
         keys,
         upload_idle_timeout_s=IDLE_S,
-        upload_memory_budget_bytes=12 * PART,  # six streams of two parts
+        upload_memory_budget_bytes=12 * PART,
         upload_memory_wait_s=0.5,
         upload_max_concurrent_per_client=5,
         upload_max_open_sessions_per_client=2,
@@ -109,10 +110,6 @@ async def refused_with(call: Any) -> tuple[grpc.StatusCode, str, dict[str, str],
 
 def split(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
-
-
-async def pending_uploads_now(s3: Minio, bucket: str) -> bool:
-    return await pending_uploads(s3, bucket) > 0
 
 
 async def honest_upload(
@@ -191,12 +188,12 @@ async def test_stalled_streams_are_cut_and_an_honest_upload_goes_through(
         async def all_in() -> bool:
             admission = guarded.admission
             streams = (admission.uploads_in_flight, admission.writes_in_flight)
-            return streams == (4, 2) and admission.memory.used_bytes == 12 * PART
+            # Each holds what it buffers, in granules of 1 MiB: one each, and the long one
+            # its last MiB once its first part is stored.
+            return streams == (4, 2) and admission.memory.used_bytes == 6 * MiB
 
-        await wait_until(all_in, what="the attackers' streams admitted, every buffer reserved")
-        await wait_until(
-            lambda: pending_uploads_now(s3, bucket), what="the long one's first part stored"
-        )
+        await wait_until(all_in, what="the attackers' streams admitted, their first part stored")
+        assert await pending_uploads(s3, bucket) == 1
 
         # The attacker streams five uploads and writes, its share (the REST form is not
         # admitted before its file part): one more is refused at once.
@@ -217,11 +214,10 @@ async def test_stalled_streams_are_cut_and_an_honest_upload_goes_through(
         assert meta == {"limit": "5"}
         gate.closed.set()
 
-    # The honest client was refused for memory (with a hint) until the stalled streams were
-    # cut, then went through: within the idle timeout and a few retries.
-    assert met
-    assert set(met) == {"UPLOAD_MEMORY_BUSY"}
-    assert honest_s < IDLE_S + 5
+    # The stalled streams hold a granule each, not two parts: the honest client went through
+    # at once, before they were cut.
+    assert met == []
+    assert honest_s < IDLE_S
     assert await object_keys(s3, bucket) == [honest.object_key]
     assert await outbox_collection.count_documents({}) == 1
 
@@ -244,7 +240,85 @@ async def test_stalled_streams_are_cut_and_an_honest_upload_goes_through(
     assert admission.refusals["UPLOAD_STALLED"] == 7
     assert admission.refusals["TOO_MANY_CLIENT_UPLOADS"] == 1
     assert admission.refusals["TOO_MANY_UPLOAD_SESSIONS"] == 1
-    assert admission.refusals["UPLOAD_MEMORY_BUSY"] == len(met)
+    assert admission.refusals["UPLOAD_MEMORY_BUSY"] == 0
+
+
+@pytest.fixture
+async def tight(settings: ServerSettings, keys: dict[str, str]) -> AsyncIterator[App]:
+    """A memory budget of two parts, waited for half a second."""
+    async with keyed_app(
+        settings,
+        keys,
+        upload_memory_budget_bytes=2 * PART,
+        upload_memory_wait_s=0.5,
+        upload_idle_timeout_s=30.0,
+    ) as app:
+        yield app
+
+
+async def test_a_write_that_finds_the_memory_spent_half_way_is_refused_and_resumes(
+    tight: App, keys: dict[str, str], s3: Minio, bucket: str
+) -> None:
+    gate, more = Gate(), asyncio.Event()
+    attacker = bearer(keys["attacker"])
+    data = mp4_bytes(2 * PART, seed=5)
+    almost_a_part = [  # buffered, never a part: held until the stream ends
+        pb.UploadVideoRequest(chunk=chunk)
+        for chunk in split(mp4_bytes(PART - 512 * 1024, seed=6), 512 * 1024)
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{tight.port}") as channel:
+        stub: Stub = pb_grpc.CheckoutServiceStub(channel)
+        honest = bearer(keys["honest"])
+        session = await stub.StartResumableUpload(
+            pb.StartResumableUploadRequest(metadata=metadata(data)), metadata=honest
+        )
+        assert session.part_size_bytes == PART
+        first_part = write_list(session.upload_id, data, 0, PART)
+        rest = write_list(session.upload_id, data, PART, finish=True)
+
+        async def writes() -> AsyncIterator[pb.WriteUploadRequest]:
+            for message in first_part:
+                yield message
+            await more.wait()
+            for message in rest:
+                yield message
+
+        write = stub.WriteUpload(writes(), metadata=honest)
+        await wait_until(
+            lambda: stub_persisted(tight, keys["honest"], session.upload_id, PART),
+            what="the first part committed",
+        )
+        # Meanwhile another client's two stalled uploads take the whole budget.
+        fillers = [
+            stub.UploadVideo(gate.messages(head(), *almost_a_part), metadata=attacker)
+            for _ in range(2)
+        ]
+        await wait_until(
+            lambda: tight.admission.memory.used_bytes == 2 * PART, what="the budget spent"
+        )
+        more.set()
+        code, reason, meta, hint = await refused_with(write)
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPLOAD_MEMORY_BUSY")
+        assert meta == {"persisted_size": str(PART)}  # where to resume
+        assert hint
+
+        for filler in fillers:
+            filler.cancel()
+        await wait_until(
+            lambda: tight.admission.memory.used_bytes == 0, what="the fillers' memory back"
+        )
+        done = await stub.WriteUpload(iter(rest), metadata=honest)
+        gate.closed.set()
+
+    assert done.result.size_bytes == 2 * PART
+    assert await object_keys(s3, bucket) == [done.result.object_key]
+    assert await pending_uploads(s3, bucket) == 0
+    assert tight.admission.refusals["UPLOAD_MEMORY_BUSY"] == 1
+    assert (tight.admission.uploads_in_flight, tight.admission.writes_in_flight) == (0, 0)
+
+
+async def stub_persisted(app: App, key: str, upload_id: str, size: int) -> bool:
+    return (await stub_status(app, key, upload_id)).persisted_size == size
 
 
 async def stub_status(app: App, key: str, upload_id: str) -> pb.QueryUploadStatusResponse:

@@ -4,7 +4,6 @@ sessions, memory, pace and interrupts, shared by UploadVideo streams and resumab
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -103,38 +102,63 @@ async def test_a_clients_rate_is_counted_for_uploads_and_asked_for_sessions() ->
     assert admission.uploads_in_flight == 0
 
 
-async def test_buffers_are_two_parts_or_two_files_and_wait_for_the_budget() -> None:
-    admission = Admission(LIMITS)
-    async with admission.buffers(part_bytes=100, size_bytes=0):
-        assert admission.memory.used_bytes == 200
-        async with admission.buffers(part_bytes=100, size_bytes=30):
-            assert admission.memory.used_bytes == 260
-    assert admission.memory.used_bytes == 0
+async def test_a_stream_holds_what_it_buffers_in_granules_and_gives_back_what_is_stored() -> None:
+    admission = Admission(LIMITS)  # parts of 100: granules of 100
+    async with admission.buffers(part_bytes=100) as memory:
+        assert admission.memory.used_bytes == 0  # nothing before its first byte
+        await memory.hold(4)  # a stalled stream's first chunk: one granule, not two parts
+        assert admission.memory.used_bytes == 100
+        await memory.hold(96)
+        assert admission.memory.used_bytes == 100
+        await memory.hold(150)
+        assert admission.memory.used_bytes == 300
+        await memory.free(100)  # a part stored
+        assert admission.memory.used_bytes == 200  # 150 buffered: two granules
+        async with admission.buffers(part_bytes=100) as other:
+            await other.hold(30)
+            assert admission.memory.used_bytes == 300
+    assert admission.memory.used_bytes == 0  # each gives back all when it ends
 
-    async with admission.buffers(part_bytes=400, size_bytes=0):
-        waiting = asyncio.create_task(_hold(admission.buffers(part_bytes=400, size_bytes=0)))
-        await asyncio.sleep(0.01)
-        assert not waiting.done()  # 800 + 800 is over the budget of 1000
-    await waiting
-    assert admission.memory.used_bytes == 0
 
-
-async def test_buffers_wait_a_bounded_time_then_the_stream_is_refused() -> None:
+async def test_a_stream_that_alone_needs_more_than_the_budget_gets_all_of_it() -> None:
     admission = Admission(replace(LIMITS, memory_wait_s=0.05))
-    async with admission.buffers(part_bytes=400, size_bytes=0):
-        with pytest.raises(errors.UploadMemoryBusy) as refused:
-            async with admission.buffers(part_bytes=400, size_bytes=0):
-                pass
-        assert admission.memory.used_bytes == 800  # the refused one holds nothing
+    async with admission.buffers(part_bytes=100) as memory:
+        await memory.hold(1500)
+        assert admission.memory.used_bytes == 1000
+        await memory.free(1500)
+    assert admission.memory.used_bytes == 0
+
+
+async def test_growing_waits_for_the_budget() -> None:
+    admission = Admission(LIMITS)
+    async with (
+        admission.buffers(part_bytes=100) as first,
+        admission.buffers(part_bytes=100) as second,
+    ):
+        await first.hold(900)
+        growing = asyncio.create_task(second.hold(200))
+        await asyncio.sleep(0.01)
+        assert not growing.done()  # 900 + 200 is over the budget of 1000
+        await first.free(400)
+        await growing
+        assert admission.memory.used_bytes == 700
+    assert admission.memory.used_bytes == 0
+
+
+async def test_growing_waits_a_bounded_time_then_the_stream_is_refused() -> None:
+    admission = Admission(replace(LIMITS, memory_wait_s=0.05))
+    async with admission.buffers(part_bytes=100) as first:
+        await first.hold(850)  # nine granules
+        async with admission.buffers(part_bytes=100) as second:
+            await second.hold(50)  # its first granule fits
+            with pytest.raises(errors.UploadMemoryBusy) as refused:
+                await second.hold(60)  # the second does not
+            assert admission.memory.used_bytes == 1000  # the refused bytes got nothing
+        assert admission.memory.used_bytes == 900  # the refused stream gave back its granule
     assert refused.value.retry_after_s
     assert refused.value.retriable
     assert admission.memory.used_bytes == 0
     assert admission.refusals == {"UPLOAD_MEMORY_BUSY": 1}
-
-
-async def _hold(buffers: contextlib.AbstractAsyncContextManager[None]) -> None:
-    async with buffers:
-        pass
 
 
 async def test_an_interrupt_cancels_both_kinds_and_refuses_new_ones() -> None:

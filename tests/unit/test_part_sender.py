@@ -8,6 +8,7 @@ import hashlib
 
 import pytest
 
+from checkout_server.upload.memory import MemoryBudget, StreamMemory
 from checkout_server.upload.part_sender import Part, PartSender, write_hashing
 
 pytestmark = pytest.mark.timeout(10)
@@ -78,6 +79,35 @@ async def test_one_part_in_flight() -> None:
     await parts.wait()
     assert store.most_running == 1
     assert [p.offset for p in store.parts] == [0, 2]
+
+
+async def test_chunks_are_held_in_the_streams_memory_until_their_part_is_stored() -> None:
+    budget = MemoryBudget(100)
+    memory = StreamMemory(budget, granule_bytes=2, wait_s=0.05, busy=MemoryError)
+    store = Store()
+    store.gate = asyncio.Event()
+    parts = PartSender(store, part_bytes=4, exact=True, memory=memory)
+    await parts.add(b"a")
+    assert budget.used_bytes == 2  # one granule for one byte
+    await parts.add(b"bcdef")  # a part in flight, "ef" collected
+    assert budget.used_bytes == 6
+    store.gate.set()
+    await parts.wait()  # stored: its 4 bytes were given back as it ended
+    assert budget.used_bytes == 2
+    await memory.close()
+    assert budget.used_bytes == 0
+
+
+async def test_a_chunk_the_memory_refuses_is_not_collected() -> None:
+    budget = MemoryBudget(4)
+    memory = StreamMemory(budget, granule_bytes=2, wait_s=0.01, busy=MemoryError)
+    assert await budget.reserve(2)  # another stream's
+    parts = PartSender(Store(), part_bytes=8, memory=memory)
+    await parts.add(b"ab")
+    with pytest.raises(MemoryError):
+        await parts.add(b"cd")
+    assert parts.end == 2
+    assert budget.used_bytes == 4
 
 
 async def test_a_failed_part_is_raised() -> None:

@@ -318,30 +318,34 @@ async def test_one_key_used_at_once_for_another_file_is_refused() -> None:
     assert len(storage.objects) == 1
 
 
-async def test_memory_budget_makes_extra_uploads_wait() -> None:
+async def test_uploads_hold_memory_as_they_buffer_and_wait_for_more() -> None:
     storage, outbox = FakeStorage(), FakeOutbox()
-    limits = replace(LIMITS, memory_budget_bytes=4 * PART)  # two uploads' worth
+    limits = replace(LIMITS, memory_budget_bytes=2 * PART)
     pipeline = UploadPipeline(storage=storage, outbox=outbox, limits=limits)
-    gates = [asyncio.Event() for _ in range(3)]
-    started = [asyncio.Event() for _ in range(3)]
+    gates = [asyncio.Event() for _ in range(2)]
 
-    async def gated(i: int) -> AsyncIterator[bytes]:
-        started[i].set()  # the pipeline asked for the first chunk
-        await gates[i].wait()
-        async for chunk in chunked(mp4_bytes(PART + 10)):
+    async def holding(i: int) -> AsyncIterator[bytes]:
+        """Less than a part, all buffered, then the stream waits for its gate to end."""
+        async for chunk in chunked(mp4_bytes(PART - MiB, seed=i)):
             yield chunk
+        await gates[i].wait()
 
-    tasks = [asyncio.create_task(pipeline.upload(UploadRequest(), gated(i))) for i in range(3)]
-    await asyncio.wait_for(asyncio.gather(started[0].wait(), started[1].wait()), 5)
-    assert pipeline.memory.used_bytes == 4 * PART
-    assert not started[2].is_set()  # waits for budget, reading nothing
+    holders = [asyncio.create_task(pipeline.upload(UploadRequest(), holding(i))) for i in (0, 1)]
+    await let_others_run()
+    assert pipeline.memory.used_bytes == 2 * PART - 2 * MiB  # what they buffer, no more
+    pulled = CountedChunks(PART + MiB)
+    third = asyncio.create_task(pipeline.upload(UploadRequest(), pulled.__aiter__()))
+    await let_others_run()
+    # Its first two chunks fit; the third waits for its granule, and nothing more is read.
+    assert pipeline.memory.used_bytes == 2 * PART
+    assert pulled.pulled == 3
+    assert not third.done()
 
-    gates[0].set()
-    await tasks[0]
-    await asyncio.wait_for(started[2].wait(), 5)  # its turn came when the first finished
+    gates[0].set()  # the first ends: its memory comes back, the third goes on
+    await holders[0]
+    await third
     gates[1].set()
-    gates[2].set()
-    await asyncio.gather(*tasks)
+    await holders[1]
     assert pipeline.memory.used_bytes == 0
     assert len(outbox.events) == 3
 

@@ -13,9 +13,9 @@ It owns
   counted), refused with a retry hint (UploadRateLimited); clients without an owner
   (authentication off) are not limited;
 - open sessions per client: UPLOAD_MAX_OPEN_SESSIONS_PER_CLIENT (TooManyUploadSessions);
-- memory: the budget all streams' buffers share; a stream reserves its two parts before it
-  reads its first chunk, waiting UPLOAD_MEMORY_WAIT_S at most while the budget is spent
-  (then UploadMemoryBusy, before any byte is stored);
+- memory: the budget all streams' buffers share; a stream reserves it in granules as its
+  buffers fill and gives it back as its parts are stored, waiting UPLOAD_MEMORY_WAIT_S at most
+  while the budget is spent (then UploadMemoryBusy, before or after some bytes were stored);
 - pace: a client's stream that sends nothing for UPLOAD_IDLE_TIMEOUT_S, or too little over a
   window (UPLOAD_MIN_BYTES_PER_S), is cut (UploadStalled: pacing.py);
 - interrupts: at the end of a stop's grace period every stream still running is cancelled
@@ -23,10 +23,11 @@ It owns
 
 Every refusal (and every stall) is counted by its reason in `refusals`, for the metrics.
 
-Memory is reserved whole at the start rather than as data arrives: a stream then never fails
-half-way for memory (a refusal comes before any byte is stored, the cheapest moment to retry,
-and streams never wait on each other's partial reservations), and what a stream holds without
-using it is bounded by the per-client limit and taken back by the pace rules.
+Memory is reserved as data arrives rather than whole at the start: a stream holds what it
+buffers (rounded up to a granule), so streams that send a little and stop hold a granule each,
+not two parts, and cannot spend the budget of those that send. The price is that a stream may
+be refused half-way: a resumable write then keeps what it committed and says where to resume,
+an UploadVideo is removed and retried after the hint.
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ from .. import errors
 from ..ports import UploadRateLimit
 from .interrupts import StreamInterrupts
 from .limits import UploadLimits
-from .memory import MemoryBudget
+from .memory import MemoryBudget, StreamMemory
 from .pacing import Pace, paced
 
 T = TypeVar("T")
+
+# A stream's memory grows and shrinks by this much (or by a part, if parts are smaller).
+GRANULE_BYTES = 1024 * 1024
 
 # What the admission refuses (or cuts) streams for, each counted in `Admission.refusals`.
 REFUSAL_REASONS = tuple(
@@ -170,18 +174,20 @@ class Admission:
                 del self._per_client[client]
 
     @contextlib.asynccontextmanager
-    async def buffers(self, *, part_bytes: int, size_bytes: int) -> AsyncIterator[None]:
-        """The memory of one stream for the block: two parts (the one in flight and the one
-        being collected), less for a file smaller than a part (`size_bytes`, 0: unknown).
-        Waits UPLOAD_MEMORY_WAIT_S at most while the budget is spent, then raises
-        UploadMemoryBusy."""
-        reserved = 2 * min(part_bytes, size_bytes or part_bytes)
-        if not await self.memory.reserve(reserved, wait_s=self._limits.memory_wait_s):
-            raise self._refuse(errors.UploadMemoryBusy())
+    async def buffers(self, *, part_bytes: int) -> AsyncIterator[StreamMemory]:
+        """The memory of one stream (its parts of `part_bytes`) for the block, nothing reserved
+        yet: its PartSender holds it as chunks arrive. Growing waits UPLOAD_MEMORY_WAIT_S at
+        most while the budget is spent, then raises UploadMemoryBusy."""
+        memory = StreamMemory(
+            self.memory,
+            granule_bytes=min(GRANULE_BYTES, part_bytes),
+            wait_s=self._limits.memory_wait_s,
+            busy=lambda: self._refuse(errors.UploadMemoryBusy()),
+        )
         try:
-            yield
+            yield memory
         finally:
-            await self.memory.release(reserved)
+            await memory.close()
 
     def paced(self, items: AsyncIterator[T], *, size: Callable[[T], int]) -> AsyncIterator[T]:
         """A client's stream of messages (`size(item)` bytes each), cut with UploadStalled when

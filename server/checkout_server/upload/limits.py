@@ -18,16 +18,16 @@ class UploadLimits:
     max_bytes: int
     # The storage part size (a resumable session's parts are at least this).
     part_bytes: int
-    # What all uploads together may buffer; each active upload reserves two parts (the one
-    # being collected and the one in flight).
+    # What all uploads together may buffer; each upload holds what it buffers (two parts at
+    # most: the one being collected and the one in flight).
     memory_budget_bytes: int = 256 * 1024 * 1024
     # Uploads streamed at once; one more is refused (TooManyUploads), not queued.
     max_concurrent: int = 64
     # The longest one UploadVideo stream may last (then it is cut: UPLOAD_TOO_LONG); the
     # sweeper takes an unrecorded multipart upload older than this for a crashed one.
     max_duration_s: float | None = None
-    # How long a stream waits for its buffers while the budget is spent (then it is refused:
-    # UploadMemoryBusy); None: for ever.
+    # How long a stream waits for more buffer memory while the budget is spent (then it is
+    # refused: UploadMemoryBusy); None: for ever.
     memory_wait_s: float | None = 5.0
     # Streams one client (its API key's owner, or its address) may run at once.
     max_concurrent_per_client: int = 8

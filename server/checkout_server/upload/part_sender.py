@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .memory import StreamMemory
+
 T = TypeVar("T")
 
 # Buffers at least this large are hashed in a worker thread; smaller ones on the loop (a
@@ -53,10 +55,12 @@ class PartSender:
         part_bytes: int,
         offset: int = 0,
         exact: bool = False,
+        memory: StreamMemory | None = None,
     ) -> None:
         """`offset`: the file offset of the first byte added. `exact`: every part but the last
         is `part_bytes` long (chunks are sliced at the boundaries), else parts end with the
-        chunk that makes them reach `part_bytes`."""
+        chunk that makes them reach `part_bytes`. `memory`: what the stream's buffers are
+        held in (its error is raised by `add`); None: not counted."""
         self._store = store
         self._part_bytes = part_bytes
         self._exact = exact
@@ -64,6 +68,7 @@ class PartSender:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._in_flight: asyncio.Task[None] | None = None
+        self._memory = memory
 
     @property
     def end(self) -> int:
@@ -79,6 +84,8 @@ class PartSender:
                 taken, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
             else:
                 taken, data = data, b""
+            if self._memory is not None:
+                await self._memory.hold(len(taken))
             self._pending.append(taken)
             self._pending_bytes += len(taken)
             if self._pending_bytes >= self._part_bytes:
@@ -100,7 +107,13 @@ class PartSender:
     async def _send(self) -> None:
         await self.wait()  # the part in flight is stored: its memory is free
         part = self.take()  # the list is the store's from now
-        self._in_flight = asyncio.ensure_future(self._store(part))
+        self._in_flight = asyncio.ensure_future(self._stored(part))
+
+    async def _stored(self, part: Part) -> None:
+        """Store `part`, then free its memory (a failed part's is freed with the stream's)."""
+        await self._store(part)
+        if self._memory is not None:
+            await self._memory.free(part.size_bytes)
 
     def raise_if_failed(self) -> None:
         """Raise the error of the part in flight if it has failed already."""

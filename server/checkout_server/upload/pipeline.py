@@ -264,17 +264,15 @@ class UploadPipeline:
     ) -> StoredVideo:
         """Read the stream into `writer` part by part, within the upload's memory, checking the
         rules as the bytes arrive; the object is finished only once all of it is valid."""
-        async with self.admission.buffers(
-            part_bytes=self._limits.part_bytes, size_bytes=request.size_bytes
-        ):
-            limits = self._limits
+        limits = self._limits
+        async with self.admission.buffers(part_bytes=limits.part_bytes) as memory:
             declared = request.size_bytes
             digest = hashlib.sha256()  # of the whole stream, part by part in order
 
             async def store(part: Part) -> None:
                 await write_hashing(digest, part, writer.write_part(part.chunks))
 
-            parts = PartSender(store, part_bytes=limits.part_bytes)
+            parts = PartSender(store, part_bytes=limits.part_bytes, memory=memory)
             head = VideoHead()
             total = 0
             try:

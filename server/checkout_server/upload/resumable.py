@@ -326,19 +326,17 @@ class ResumableUploads:
             failpoint=self._failpoint,
         )
         try:
-            async with self._admission.buffers(
-                part_bytes=session.part_bytes, size_bytes=session.size_bytes
-            ):
+            async with self._admission.buffers(part_bytes=session.part_bytes) as memory:
                 try:
-                    finished = await writer.write(first, chunks)
-                except errors.UploadStalled as stalled:  # where the client may resume
-                    stalled.metadata["persisted_size"] = str(writer.persisted)
+                    finished = await writer.write(first, chunks, memory=memory)
+                except (errors.UploadStalled, errors.UploadMemoryBusy) as cut:
+                    cut.metadata["persisted_size"] = str(writer.persisted)  # where to resume
                     raise
                 finally:
                     self.bytes_received_total += writer.received_bytes
                     self._keep_digest(upload_id, writer.persisted, writer.digest)
         except asyncio.CancelledError:
-            # Waiting for memory (nothing written) or writing: what was committed stays.
+            # What was committed stays.
             raise _WriteStopped(writer.persisted) from None
         if not finished:
             return SessionState(session=session, persisted_size=writer.persisted)

@@ -23,6 +23,7 @@ from ..errors import MultipartUploadMissing
 from ..ports import MultipartStorage, PartCommit, UploadSession, UploadSessionStore
 from ..rules import VideoHead
 from .failpoints import Failpoint, no_failpoint
+from .memory import StreamMemory
 from .part_sender import Part, PartSender, write_hashing
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,16 @@ class SessionWriter:
         self.digest = digest
         self.received_bytes = 0
 
-    async def write(self, first: WriteChunk, rest: AsyncIterator[WriteChunk]) -> bool:
-        """Store the stream's bytes; True when it asked to finish (the last part is then
-        durable too), False when it ended without (what was collected past the last part
-        boundary is dropped). Raises the offset, size and checksum errors."""
+    async def write(
+        self,
+        first: WriteChunk,
+        rest: AsyncIterator[WriteChunk],
+        *,
+        memory: StreamMemory | None = None,
+    ) -> bool:
+        """Store the stream's bytes, buffered in `memory`; True when it asked to finish (the
+        last part is then durable too), False when it ended without (what was collected past
+        the last part boundary is dropped). Raises the offset, size and checksum errors."""
         size = self._session.size_bytes
         if first.offset > self.persisted:
             raise errors.UploadOffsetOutOfRange(
@@ -94,7 +101,11 @@ class SessionWriter:
                 persisted_size=self.persisted,
             )
         parts = PartSender(
-            self._store, part_bytes=self._session.part_bytes, offset=self.persisted, exact=True
+            self._store,
+            part_bytes=self._session.part_bytes,
+            offset=self.persisted,
+            exact=True,
+            memory=memory,
         )
         expected = first.offset
         head = VideoHead()
