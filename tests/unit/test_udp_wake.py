@@ -3,7 +3,9 @@ WakeSigner and WakeListener take only wake-ups signed with the same secret, and 
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -125,3 +127,36 @@ async def test_the_listener_wakes_for_signed_datagrams_only() -> None:
         sender.close()
         listener.close()
     assert len(woken) == 1
+
+
+async def test_a_flood_is_read_within_the_budget_and_the_rest_waits_in_the_kernel() -> None:
+    signer = WakeSigner(SECRET)
+    woken: list[None] = []
+    listener = await WakeListener.open(
+        "127.0.0.1:0", lambda: woken.append(None), signer, budget_per_s=5
+    )
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    started = time.monotonic()
+    try:
+        for _ in range(10):
+            sender.sendto(b"forged", ("127.0.0.1", listener.port))
+        sender.sendto(signer.sign(), ("127.0.0.1", listener.port))
+        await wait_until(lambda: listener.pauses_total == 1, timeout_s=5)
+        assert signer.refused_total == 5  # the budget read; the kernel holds the rest
+        await let_the_loop_run()
+        assert signer.refused_total == 5
+        assert not woken
+        # The next second reads the other five, the one after the signed one.
+        await wait_until(lambda: len(woken) == 1, timeout_s=5)
+    finally:
+        sender.close()
+        listener.close()
+    assert signer.refused_total == 10
+    assert listener.pauses_total == 2
+    assert time.monotonic() - started >= 1.9  # the flood was spread over the seconds
+
+
+async def let_the_loop_run() -> None:
+    """Let the loop run its ready callbacks and poll its sockets a few times."""
+    for _ in range(20):
+        await asyncio.sleep(0)

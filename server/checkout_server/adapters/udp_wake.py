@@ -26,7 +26,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, cast
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ _MAC_BYTES = 16
 SIZE = len(TAG) + _CLOCK.size + _MAC_BYTES
 # How far a wake-up's clock may be from the receiver's (clock skew and delivery).
 MAX_AGE_S = 30.0
+# Datagrams a listener reads in a second at most. Past it the listener stops reading until
+# the second is over and the kernel drops what comes meanwhile, so a flood of forged ones
+# costs a bounded share of a core (each read and checked costs microseconds of the event
+# loop); the honest wake-ups lost with them cost latency only, until the safety-net poll. A
+# sender sends at most one per RELAY_WAKE_MIN_GAP_S (20 a second): room for 50 senders.
+READ_BUDGET_PER_S = 1000
 
 
 class WakeSigner:
@@ -154,37 +160,90 @@ class WakeSender:
         self._resolved.clear()
 
 
+class _Pausable(Protocol):
+    def is_reading(self) -> bool: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def is_closing(self) -> bool: ...
+
+
 class _WakeProtocol(asyncio.DatagramProtocol):
-    def __init__(self, on_wake: Callable[[], None], signer: WakeSigner) -> None:
+    """Checks each datagram, reading `budget_per_s` a second at most (READ_BUDGET_PER_S)."""
+
+    def __init__(
+        self,
+        on_wake: Callable[[], None],
+        signer: WakeSigner,
+        *,
+        budget_per_s: int = READ_BUDGET_PER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._on_wake = on_wake
         self._signer = signer
+        self._budget = budget_per_s
+        self._clock = clock
+        self._transport: _Pausable | None = None
+        self._window_start = clock()
+        self._read = 0
+        self.pauses_total = 0  # seconds cut short by the budget
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's datagram transports pause as its stream transports do; typeshed omits it.
+        self._transport = cast(_Pausable, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        now = self._clock()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._read = now, 0
+        self._read += 1
+        transport = self._transport
+        if self._read >= self._budget and transport is not None and transport.is_reading():
+            transport.pause_reading()
+            self.pauses_total += 1
+            rest_s = max(0.0, 1.0 - (now - self._window_start))
+            asyncio.get_running_loop().call_later(rest_s, self._resume)
         if self._signer.check(data):
             self._on_wake()
         else:
             log.debug("wake-up refused from %s", addr)
 
+    def _resume(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
 
 class WakeListener:
-    """Calls `on_wake` for every wake-up `signer` accepts on `address` (`host:port`, UDP)."""
+    """Calls `on_wake` for every wake-up `signer` accepts on `address` (`host:port`, UDP),
+    reading READ_BUDGET_PER_S datagrams a second at most."""
 
-    def __init__(self, transport: asyncio.DatagramTransport, port: int) -> None:
+    def __init__(self, transport: asyncio.DatagramTransport, protocol: _WakeProtocol) -> None:
         self._transport = transport
-        self.port = port
+        self._protocol = protocol
+        self.port = int(transport.get_extra_info("sockname")[1])
+
+    @property
+    def pauses_total(self) -> int:
+        """Seconds in which the listener stopped reading, its budget spent (a flood)."""
+        return self._protocol.pauses_total
 
     @classmethod
     async def open(
-        cls, address: str, on_wake: Callable[[], None], signer: WakeSigner
+        cls,
+        address: str,
+        on_wake: Callable[[], None],
+        signer: WakeSigner,
+        *,
+        budget_per_s: int = READ_BUDGET_PER_S,
     ) -> WakeListener:
         """Listen on `address`; raises OSError when it cannot be bound."""
         host, port = _address(address)
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _WakeProtocol(on_wake, signer), local_addr=(host, port)
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _WakeProtocol(on_wake, signer, budget_per_s=budget_per_s),
+            local_addr=(host, port),
         )
-        bound = transport.get_extra_info("sockname")
-        return cls(transport, int(bound[1]))
+        return cls(transport, protocol)
 
     def close(self) -> None:
         self._transport.close()
