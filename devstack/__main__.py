@@ -106,7 +106,12 @@ def _cmd_validate_envoy(_args: argparse.Namespace) -> int:
             descriptor=DESCRIPTOR,
             openapi=OPENAPI,
             listener_tls=ListenerTls(cert=certs / "envoy.pem", key=certs / "envoy.key"),
-            upstream_tls=UpstreamTls(ca=certs / "ca.pem", sni="checkout"),
+            upstream_tls=UpstreamTls(  # as the image renders it: mTLS to the server
+                ca=certs / "ca.pem",
+                sni="checkout",
+                cert=certs / "client.pem",
+                key=certs / "client.key",
+            ),
         )
         validate_envoy_config(tls, cwd=REPO_ROOT)
         # As the soak renders it: two servers in the cluster.
@@ -119,7 +124,7 @@ def _cmd_validate_envoy(_args: argparse.Namespace) -> int:
             openapi=OPENAPI,
         )
         validate_envoy_config(pair, cwd=REPO_ROOT)
-    print("envoy config OK (plaintext, TLS on the listener and to the server, two servers)")
+    print("envoy config OK (plaintext, TLS on the listener and mTLS to the server, two servers)")
     return 0
 
 

@@ -11,14 +11,17 @@ writes into the folder (the TLS_DIR of .env):
     server.pem, server.key  the checkout server: DNS checkout (the compose service name, which
                             Envoy and the healthcheck verify), localhost, IP 127.0.0.1
     envoy.pem, envoy.key    Envoy's TLS listener: DNS localhost, IP 127.0.0.1
+    client.pem, client.key  what the server's callers show it (mTLS: the server trusts the
+                            CA's client certificates): Envoy, the healthcheck, an internal
+                            service calling 127.0.0.1:50051 (checkout --cert/--key)
 
-`--name` adds DNS names or IP addresses to both certificates (the host name clients use).
-The CA's key is not kept: run the tool again (with --force) for new certificates, and a new
-CA to trust.
+`--name` adds DNS names or IP addresses to the server's and Envoy's certificates (the host
+name clients use). The CA's key is not kept: run the tool again (with --force) for new
+certificates, and a new CA to trust.
 
 The keys are written readable by everyone (0644): docker compose mounts file secrets as they
 are on the host (owner and mode included), and the server (uid 10001) and Envoy (uid 101)
-must read them. Outside a trial, give each key to its user only, e.g.
+must read them (client.key: both). Outside a trial, give each key to its user only, e.g.
 `chown 10001 server.key && chown 101 envoy.key && chmod 0400 server.key envoy.key`.
 """
 
@@ -37,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # What docker-compose.yml mounts from TLS_DIR.
-FILES = ("ca.pem", "server.pem", "server.key", "envoy.pem", "envoy.key")
+FILES = ("ca.pem", "server.pem", "server.key", "envoy.pem", "envoy.key", "client.pem", "client.key")
 SERVER_NAMES = ("checkout", "localhost", "127.0.0.1")
 ENVOY_NAMES = ("localhost", "127.0.0.1")
 
@@ -132,7 +135,8 @@ def issue(
 def make_compose_certs(
     folder: Path, *, extra_names: tuple[str, ...] = (), valid_days: int = 365
 ) -> None:
-    """Write FILES into `folder` (created if needed): a new CA and the two leaves."""
+    """Write FILES into `folder` (created if needed): a new CA, the two servers' leaves and
+    the callers' client certificate."""
     folder.mkdir(parents=True, exist_ok=True)
     ca = issue(folder, "ca", valid_days=valid_days)
     ca.key_file.unlink()  # nothing else is ever signed with it
@@ -146,6 +150,14 @@ def make_compose_certs(
             valid_days=valid_days,
             key_mode=0o644,  # see the module's docstring
         )
+    issue(
+        folder,
+        "client",
+        issuer=ca,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        valid_days=valid_days,
+        key_mode=0o644,
+    )
 
 
 def main() -> int:

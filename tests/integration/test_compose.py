@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from checkout_common.settings import EnvRule, EnvSettings
 from checkout_runner.config import RunnerSettings
@@ -40,6 +41,12 @@ SECRETS = (
 )
 # Where compose mounts the secrets in a container.
 SECRETS_DIR = "/run/secrets/"
+# The healthcheck's secrets (their names under SECRETS_DIR) and the files of TLS_DIR they are.
+MOUNTED_CERTS = {
+    "tls_ca": "ca.pem",
+    "client_tls_cert": "client.pem",
+    "client_tls_key": "client.key",
+}
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +206,7 @@ def test_checkout_serves_tls_and_requires_api_keys(model: dict[str, Any]) -> Non
     tls_dir = REPO_ROOT / "secrets" / "tls"  # TLS_DIR of .env.example
     assert secrets[env["TLS_CERT_FILE"]] == str(tls_dir / "server.pem")
     assert secrets[env["TLS_KEY_FILE"]] == str(tls_dir / "server.key")
-    assert "TLS_CLIENT_CA_FILE" not in env  # TLS, not mTLS: see the comment in the file
+    assert secrets[env["TLS_CLIENT_CA_FILE"]] == str(tls_dir / "ca.pem")  # mTLS
     assert env["AUTH_ENABLED"] == "true"
     assert "ADMIN_TOKEN" not in env  # with authentication on an admin key calls Cleanup
     assert secrets[env["AUTH_KEYS_FILE"]] == str(REPO_ROOT / "secrets" / "api-keys.toml")
@@ -225,6 +232,9 @@ def test_envoy_serves_https_with_the_files_its_image_reads(model: dict[str, Any]
     assert secrets[options["listen-tls-cert"]] == str(tls_dir / "envoy.pem")
     assert secrets[options["listen-tls-key"]] == str(tls_dir / "envoy.key")
     assert secrets[options["upstream-tls-ca"]] == str(tls_dir / "ca.pem")
+    # mTLS: Envoy shows the callers' client certificate (the server requires one).
+    assert secrets[options["upstream-tls-cert"]] == str(tls_dir / "client.pem")
+    assert secrets[options["upstream-tls-key"]] == str(tls_dir / "client.key")
     assert options["upstream-host"] == "checkout"  # also the name checked in the certificate
     assert "--upstream-sni" not in render
 
@@ -233,8 +243,15 @@ def test_envoy_serves_https_with_the_files_its_image_reads(model: dict[str, Any]
 
 
 @asynccontextmanager
-async def tls_server(settings: ServerSettings, cert: Path, key: Path) -> AsyncIterator[App]:
-    app = await create_app(settings.replace(tls_cert_file=str(cert), tls_key_file=str(key)))
+async def tls_server(
+    settings: ServerSettings, cert: Path, key: Path, client_ca: Path
+) -> AsyncIterator[App]:
+    """A server with mTLS, as compose runs it."""
+    app = await create_app(
+        settings.replace(
+            tls_cert_file=str(cert), tls_key_file=str(key), tls_client_ca_file=str(client_ca)
+        )
+    )
     await app.start()
     try:
         yield app
@@ -242,15 +259,21 @@ async def tls_server(settings: ServerSettings, cert: Path, key: Path) -> AsyncIt
         await app.stop(grace_s=1.0)
 
 
-async def run_healthcheck(model: dict[str, Any], port: int, ca: Path) -> tuple[int, str]:
-    """The checkout service's healthcheck command, with this test's CA and port: its exit
-    code and stderr. The venv has the image's grpcio and grpcio-health-checking."""
+async def run_healthcheck(model: dict[str, Any], port: int, certs: Path) -> tuple[int, str]:
+    """The checkout service's healthcheck command, with this test's port and the CA and
+    client certificate of `certs` (make_compose_certs's names) mounted as compose mounts
+    them: its exit code and stderr. The venv has the image's grpcio and
+    grpcio-health-checking."""
     command = model["services"]["checkout"]["healthcheck"]["test"]
     assert command[:3] == ["CMD", "python", "-c"]
     code = command[3]
-    assert f"{SECRETS_DIR}tls_ca" in code
+    assert SECRETS_DIR in code
     assert "127.0.0.1:50051" in code
-    code = code.replace(f"{SECRETS_DIR}tls_ca", str(ca)).replace("50051", str(port))
+    mounted = certs / "mounted"
+    mounted.mkdir()
+    for secret, name in MOUNTED_CERTS.items():
+        (mounted / secret).write_bytes((certs / name).read_bytes())
+    code = code.replace(SECRETS_DIR, f"{mounted}/").replace("50051", str(port))
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -263,8 +286,10 @@ async def test_checkout_healthcheck_passes_with_the_dev_certificates(
     model: dict[str, Any], settings: ServerSettings, tmp_path: Path
 ) -> None:
     make_compose_certs(tmp_path)
-    async with tls_server(settings, tmp_path / "server.pem", tmp_path / "server.key") as app:
-        code, stderr = await run_healthcheck(model, app.port, tmp_path / "ca.pem")
+    async with tls_server(
+        settings, tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    ) as app:
+        code, stderr = await run_healthcheck(model, app.port, tmp_path)
     assert code == 0, stderr
 
 
@@ -273,10 +298,11 @@ async def test_checkout_healthcheck_fails_for_a_certificate_without_the_service_
     model: dict[str, Any], settings: ServerSettings, tmp_path: Path
 ) -> None:
     ca = issue(tmp_path, "ca")
+    issue(tmp_path, "client", issuer=ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     # Signed by the CA the healthcheck trusts, but naming localhost only, not "checkout".
     server = issue(tmp_path, "server", issuer=ca, san=subject_alt_names("localhost", "127.0.0.1"))
-    async with tls_server(settings, server.cert_file, server.key_file) as app:
-        code, stderr = await run_healthcheck(model, app.port, ca.cert_file)
+    async with tls_server(settings, server.cert_file, server.key_file, ca.cert_file) as app:
+        code, stderr = await run_healthcheck(model, app.port, tmp_path)
     assert code != 0
     assert "StatusCode.UNAVAILABLE" in stderr
 
