@@ -96,9 +96,11 @@ class Budgets:
     """Upload streams (UploadVideo, WriteUpload, their REST forms). A server refuses its own
     65th itself (UPLOAD_MAX_CONCURRENT, 64) with TOO_MANY_UPLOADS and a retry hint; Envoy's
     budget is the backstop above it: two servers' worth."""
-    watch_requests: int = 512
-    """WatchStatus streams (and the REST watches). Long-lived: half of Envoy's old shared
-    default of 1024, which the watches alone could fill."""
+    watch_requests: int = 4096
+    """WatchStatus streams (and the REST watches). A server's WATCH_MAX_WATCHERS (4096): the
+    servers refuse a client past its share (WATCH_MAX_WATCHERS_PER_CLIENT, 256) themselves,
+    so this budget must not be a smaller pool that two keys' shares fill and every other
+    watcher waits behind; it bounds what Envoy holds. With more servers, raise both."""
     public_requests: int = 32
     """grpc.health.v1 (Check, Watch) and reflection, which need no API key: small, so that
     anonymous Health/Watch streams cannot hold more. Envoy's own health checks of the servers
