@@ -41,7 +41,8 @@ MAX_AGE_S = 30.0
 # Datagrams a listener reads in a second at most. Past it the listener stops reading until
 # the second is over and the kernel drops what comes meanwhile, so a flood of forged ones
 # costs a bounded share of a core (each read and checked costs microseconds of the event
-# loop); the honest wake-ups lost with them cost latency only, until the safety-net poll. A
+# loop). A signed wake-up may be among those dropped, so the listener wakes its owner once
+# when it reads again: a flood delays wake-ups by a second at most, at one look a second. A
 # sender sends at most one per RELAY_WAKE_MIN_GAP_S (20 a second): room for 50 senders.
 READ_BUDGET_PER_S = 1000
 
@@ -211,6 +212,7 @@ class _WakeProtocol(asyncio.DatagramProtocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
+            self._on_wake()  # for a signed wake-up the kernel may have dropped meanwhile
 
 
 class WakeListener:
