@@ -82,6 +82,10 @@ class AsyncCheckoutClient:
     ) -> None:
         self.address = address or default_address()
         self._owns_channel = channel is None
+        # A channel the SDK opens in clear text; one passed in is its owner's to secure.
+        self._plaintext = channel is None and not (
+            tls or root_certificates is not None or certificate_chain is not None
+        )
         self._channel = channel or open_channel(
             self.address,
             tls=tls,
@@ -322,7 +326,11 @@ class AsyncCheckoutClient:
     async def cleanup(self, *, admin_token: str) -> CleanupReport:
         """Removes every object and event of the service. Sends `admin_token` as
         ``authorization: Bearer``; raises Unauthenticated / PermissionDenied when the server
-        refuses it (or has Cleanup disabled). Not retried."""
+        refuses it (or has Cleanup disabled). Not retried. Over a plaintext channel the SDK
+        opened it is a ValueError, before anything is sent: the token would travel in clear
+        text (pass `tls=True`, or a `channel=` of your own)."""
+        if self._plaintext:
+            raise ValueError("an admin token needs TLS: pass tls=True (and root_certificates)")
         response = await self._unary(
             self._stub.Cleanup,
             pb.CleanupRequest(),

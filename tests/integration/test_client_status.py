@@ -175,10 +175,19 @@ async def admin_app(settings: ServerSettings) -> AsyncIterator[App]:
     await app.stop(grace_s=1.0)
 
 
+def own_plaintext_channel(app: App) -> grpc.aio.Channel:
+    """A channel built by the test, not the SDK: the SDK sends an admin token over a
+    plaintext channel only when the caller built that channel."""
+    return grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+
+
 async def test_cleanup_needs_the_admin_token(
     admin_app: App, s3: Minio, bucket: str, outbox_collection: Collection
 ) -> None:
-    async with AsyncCheckoutClient(f"127.0.0.1:{admin_app.port}") as client:
+    async with (
+        own_plaintext_channel(admin_app) as channel,
+        AsyncCheckoutClient(channel=channel) as client,
+    ):
         uploaded = await upload(client)
         with pytest.raises(Unauthenticated) as caught:
             await client.cleanup(admin_token="wrong")
@@ -191,10 +200,25 @@ async def test_cleanup_needs_the_admin_token(
     assert await outbox_collection.count_documents({"_id": uploaded.event_id}) == 0
 
 
-async def test_cleanup_is_disabled_without_a_server_token(client: AsyncCheckoutClient) -> None:
-    with pytest.raises(PermissionDenied) as caught:
-        await client.cleanup(admin_token="anything")
+async def test_cleanup_is_disabled_without_a_server_token(app: App) -> None:
+    async with (
+        own_plaintext_channel(app) as channel,
+        AsyncCheckoutClient(channel=channel) as client,
+    ):
+        with pytest.raises(PermissionDenied) as caught:
+            await client.cleanup(admin_token="anything")
     assert caught.value.reason == "CLEANUP_DISABLED"
+
+
+async def test_the_sdk_sends_no_admin_token_over_its_own_plaintext_channel(
+    admin_app: App, s3: Minio, bucket: str
+) -> None:
+    async with AsyncCheckoutClient(f"127.0.0.1:{admin_app.port}") as client:
+        uploaded = await upload(client)
+        with pytest.raises(ValueError, match="TLS"):
+            await client.cleanup(admin_token="s3cret")
+    # Had it been sent, the right token would have removed everything.
+    assert await object_keys(s3, bucket) == [uploaded.object_key]
 
 
 # --- CLI --------------------------------------------------------------------------------------

@@ -256,8 +256,16 @@ async def test_a_different_server_hash_is_reported(
 async def test_cleanup_sends_the_admin_token(
     scripted: tuple[Scripted, AsyncCheckoutClient],
 ) -> None:
-    servicer, client = scripted
-    report = await client.cleanup(admin_token="tok")
+    servicer, plaintext = scripted
+    with pytest.raises(ValueError, match="TLS"):
+        await plaintext.cleanup(admin_token="tok")
+    assert servicer.authorization == ""  # nothing was sent
+    # Over a channel of the caller's own (here plaintext too: its owner's choice).
+    async with (
+        grpc.aio.insecure_channel(plaintext.address) as channel,
+        AsyncCheckoutClient(channel=channel) as client,
+    ):
+        report = await client.cleanup(admin_token="tok")
     assert servicer.authorization == "Bearer tok"
     assert (report.deleted_objects, report.deleted_events) == (2, 1)
 
