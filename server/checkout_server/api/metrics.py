@@ -126,7 +126,8 @@ class ServiceCollector(Collector):
         )
         yield GaugeMetricFamily(
             "checkout_upload_memory_budget_bytes_used",
-            "Bytes of UPLOAD_MEMORY_BUDGET_BYTES reserved by uploads now.",
+            "Bytes of UPLOAD_MEMORY_BUDGET_BYTES held by uploads now (what they buffer, "
+            "in 1 MiB granules).",
             value=admission.memory.used_bytes,
         )
 
