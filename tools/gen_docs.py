@@ -7,7 +7,9 @@
   status through Envoy, whether a retry can help, its Russian message and what its
   docstring's first paragraph says of when it is raised);
 - docs/runner.md, `settings` and `reasons`: the runner's settings (config.RunnerSettings) and
-  the reasons of its failure results (errors.FAILURE_RESULTS).
+  the reasons of its failure results (errors.FAILURE_RESULTS);
+- docs/operations.md, `envoy-budgets`: Envoy's budgets (tools/render_envoy.py's Budgets, each
+  field's default and docstring).
 
     python tools/gen_docs.py          # rewrite the tables (make docs)
     python tools/gen_docs.py --check  # exit 1 if any is stale (make lint, and the tests)
@@ -19,6 +21,8 @@ it is written by hand.
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import difflib
 import inspect
 import re
@@ -42,6 +46,10 @@ from checkout_server.config import (
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+sys.path.insert(0, str(ROOT))  # run as a script: tools/ is on the path, the root is not
+
+from tools.render_envoy import Budgets  # noqa: E402
+
 KiB = 1024
 
 # The processes whose settings docs/configuration.md lists, in its order, with their names.
@@ -203,6 +211,37 @@ def runner_reasons_table() -> str:
     return "\n".join(rows)
 
 
+# --- docs/operations.md ----------------------------------------------------------------------
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each annotated field of a class (read from its source)."""
+    body = ast.parse(inspect.getsource(cls)).body[0]
+    assert isinstance(body, ast.ClassDef)
+    docs = {}
+    for field, after in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(field, ast.AnnAssign)
+            and isinstance(field.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[field.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def envoy_budgets_table() -> str:
+    docs = _field_docs(Budgets)
+    rows = ["| budget | default | what it bounds |", "| --- | --- | --- |"]
+    defaults = Budgets()
+    for field in dataclasses.fields(Budgets):
+        value: int = getattr(defaults, field.name)
+        shown = f"{value >> 30} GiB" if field.name.endswith("_bytes") else f"{value:,}"
+        rows.append(f"| `{field.name}` | {shown} | {_one_line(docs[field.name])} |")
+    return "\n".join(rows)
+
+
 # --- Pages ------------------------------------------------------------------------------------
 
 PAGES: dict[Path, dict[str, Callable[[], str]]] = {
@@ -210,6 +249,7 @@ PAGES: dict[Path, dict[str, Callable[[], str]]] = {
     DOCS / "relay.md": {"relay-settings": relay_sections},
     DOCS / "api.md": {"errors": errors_table},
     DOCS / "runner.md": {"settings": runner_settings_table, "reasons": runner_reasons_table},
+    DOCS / "operations.md": {"envoy-budgets": envoy_budgets_table},
 }
 
 

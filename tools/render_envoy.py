@@ -90,32 +90,35 @@ class Budgets:
     """
 
     unary_requests: int = 512
-    """The API's unary calls in flight. Each takes milliseconds: 512 is far more than the
-    servers' database pools serve at once, and only a flood reaches it."""
+    """The API's unary calls in flight (cluster `checkout_grpc`; REST /api/health too). Each
+    takes milliseconds: 512 is far more than the servers' database pools serve at once, and
+    only a flood reaches it."""
     upload_requests: int = 128
-    """Upload streams (UploadVideo, WriteUpload, their REST forms). A server refuses its own
-    65th itself (UPLOAD_MAX_CONCURRENT, 64) with TOO_MANY_UPLOADS and a retry hint; Envoy's
-    budget is the backstop above it: two servers' worth."""
+    """Upload streams: UploadVideo, WriteUpload, their REST forms (`checkout_uploads`). A
+    server refuses its own 65th itself (UPLOAD_MAX_CONCURRENT, 64) with TOO_MANY_UPLOADS and
+    a retry hint; Envoy's budget is the backstop above it: two servers' worth."""
     watch_requests: int = 4096
-    """WatchStatus streams (and the REST watches). A server's WATCH_MAX_WATCHERS (4096): the
-    servers refuse a client past its share (WATCH_MAX_WATCHERS_PER_CLIENT, 256) themselves,
-    so this budget must not be a smaller pool that two keys' shares fill and every other
-    watcher waits behind; it bounds what Envoy holds. With more servers, raise both."""
+    """WatchStatus streams and the REST watches (`checkout_watches`). A server's
+    WATCH_MAX_WATCHERS (4096): the servers refuse a client past its share
+    (WATCH_MAX_WATCHERS_PER_CLIENT, 256) themselves, so this budget must not be a smaller pool
+    that two keys' shares fill and every other watcher waits behind; it bounds what Envoy
+    holds. With more servers, raise both."""
     public_requests: int = 32
-    """grpc.health.v1 (Check, Watch) and reflection, which need no API key: small, so that
-    anonymous Health/Watch streams cannot hold more. Envoy's own health checks of the servers
-    and REST /api/health do not count here."""
+    """What needs no API key (`checkout_public`): grpc.health.v1 Check and Watch, reflection,
+    unknown paths. Small, so that anonymous Health/Watch streams cannot hold more. Envoy's
+    own health checks of the servers and REST /api/health do not count here."""
     retries: int = 16
     """Retries in flight per cluster (Envoy's default is 3): reads retried on another
     server while one goes down."""
     streams_per_connection: int = 100
-    """Concurrent HTTP/2 streams on one client connection (was 1000): a client opening more
-    waits for one to end; Envoy's edge recommendation."""
+    """Concurrent HTTP/2 streams on one client connection: a client opening more waits for
+    one to end (Envoy's edge recommendation)."""
     max_connections: int = 4096
     """Open client connections to Envoy in all (the overload manager): past it new ones
     wait in the kernel's queue until some close."""
     rate_per_s: int = 100
-    """New requests per second on one client connection (the local rate limit's refill)."""
+    """New requests per second on one client connection (the local rate limit's refill);
+    past it REST gets 429 RATE_LIMITED, gRPC RESOURCE_EXHAUSTED."""
     rate_burst: int = 200
     """The rate limit's bucket: that many requests at once on a fresh connection."""
     max_heap_bytes: int = 1 << 30

@@ -3,12 +3,15 @@ error added, removed or reworded without `make docs` fails here (and `make lint`
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from checkout_runner.config import RunnerSettings
 from checkout_runner.errors import FAILURE_RESULTS
 from checkout_server.config import RelaySettings, ServerSettings
 from tools.gen_docs import DOCS, PAGES, render, stale
+from tools.render_envoy import Budgets
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -71,3 +74,9 @@ def test_every_page_has_the_markers_of_its_tables() -> None:
         for name in tables:
             assert text.count(f"<!-- generated: {name} -->\n") == 1, (page.name, name)
             assert text.count(f"<!-- end: {name} -->") == 1, (page.name, name)
+
+
+def test_every_envoy_budget_has_its_row() -> None:
+    text = (DOCS / "operations.md").read_text()
+    for field in dataclasses.fields(Budgets):
+        assert f"| `{field.name}` | " in text
