@@ -161,3 +161,25 @@ async def let_the_loop_run() -> None:
     """Let the loop run its ready callbacks and poll its sockets a few times."""
     for _ in range(20):
         await asyncio.sleep(0)
+
+
+async def test_listen_gives_none_without_wake_ups_or_when_the_address_is_taken() -> None:
+    signer = WakeSigner(SECRET)
+    assert await udp_wake.listen("off", lambda: None, signer) is None
+    assert await udp_wake.listen("127.0.0.1:0", lambda: None, None) is None
+    listener = await udp_wake.listen("127.0.0.1:0", lambda: None, signer)
+    assert listener is not None
+    try:  # the same port again: taken, so its owner polls instead
+        assert await udp_wake.listen(f"127.0.0.1:{listener.port}", lambda: None, signer) is None
+    finally:
+        listener.close()
+
+
+def test_a_sender_needs_targets_and_a_signer() -> None:
+    signer = udp_wake.signer_of(SECRET)
+    assert udp_wake.signer_of("") is None
+    assert udp_wake.sender_to([], signer) is None
+    assert udp_wake.sender_to(["relay:50052"], None) is None
+    sender = udp_wake.sender_to(["relay:50052"], signer)
+    assert sender is not None
+    sender.close()

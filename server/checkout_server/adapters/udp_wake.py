@@ -249,3 +249,31 @@ class WakeListener:
 
     def close(self) -> None:
         self._transport.close()
+
+
+def signer_of(secret: str) -> WakeSigner | None:
+    """The signer of WAKE_SECRET; None without one (no wake-up is then sent or heard)."""
+    return WakeSigner(secret) if secret else None
+
+
+def sender_to(targets: Iterable[str], signer: WakeSigner | None) -> WakeSender | None:
+    """A sender to `targets` (WATCH_WAKE_TARGETS, RELAY_WAKE_TARGETS); None without targets
+    or signer (the settings refuse targets without WAKE_SECRET). The caller closes it."""
+    targets = frozenset(targets)
+    return WakeSender(targets, signer) if targets and signer is not None else None
+
+
+async def listen(
+    address: str, on_wake: Callable[[], None], signer: WakeSigner | None
+) -> WakeListener | None:
+    """A listener on `address` calling `on_wake`, or None: without wake-ups (`off`, no
+    signer) or when the address cannot be bound (logged), its owner polls instead."""
+    if address == "off" or signer is None:
+        return None
+    try:
+        listener = await WakeListener.open(address, on_wake, signer)
+    except OSError as exc:
+        log.warning("cannot listen for wake-ups on %s; polling: %s", address, exc)
+        return None
+    log.info("listening for wake-ups", extra={"wake_addr": address})
+    return listener

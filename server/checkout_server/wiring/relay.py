@@ -20,9 +20,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from pymongo import AsyncMongoClient
 
 from .. import logs
+from ..adapters import udp_wake
 from ..adapters.kafka_publisher import KafkaPublisher
 from ..adapters.mongo_relay_store import MongoLeaseStore, MongoOutboxRelayStore
-from ..adapters.udp_wake import WakeListener, WakeSender, WakeSigner
+from ..adapters.udp_wake import WakeSender, WakeSigner
 from ..config import RelaySettings
 from ..errors import ConfigError, PublisherUnavailable, ServiceError
 from ..health import HealthReporter, new_health_servicer
@@ -63,7 +64,11 @@ class RelayApp:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve health and metrics, relay until `stop`, then stop gracefully."""
         await self.health_server.start()
-        listener = await self._listen_for_wake_ups()
+        # Without wake-ups (`off`, or the address taken) the relay finds new events at its
+        # safety-net poll.
+        listener = await udp_wake.listen(self.wake_addr, self.relay.wake, self.wake_signer)
+        if listener is not None:
+            self.relay.push = True
         if self.metrics_server is not None:
             self.metrics_server.start()
         refresh = None
@@ -95,20 +100,6 @@ class RelayApp:
                 self.wake_watchers.close()
             if self.tracer_provider is not None:
                 await asyncio.to_thread(self.tracer_provider.shutdown)
-
-    async def _listen_for_wake_ups(self) -> WakeListener | None:
-        """Listen for the servers' wake-ups; without them (`off`, or the address taken) the
-        relay polls as it did before wake-ups existed."""
-        if self.wake_addr == "off" or self.wake_signer is None:
-            return None
-        try:
-            listener = await WakeListener.open(self.wake_addr, self.relay.wake, self.wake_signer)
-        except OSError as exc:
-            log.warning("cannot listen for wake-ups on %s; polling: %s", self.wake_addr, exc)
-            return None
-        self.relay.push = True
-        log.info("listening for wake-ups", extra={"wake_addr": self.wake_addr})
-        return listener
 
 
 def _wake_addr(settings: RelaySettings, health_port: int) -> str:
@@ -155,12 +146,8 @@ async def create_relay(
     mongo = mongo_client(settings, appname="checkout-relay")
     database = mongo[settings.mongo_db]
     outbox_name = settings.mongo_outbox_collection
-    signer = WakeSigner(settings.wake_secret) if settings.wake_secret else None
-    wake_watchers = (
-        WakeSender(settings.watch_wake_targets, signer)
-        if settings.watch_wake_targets and signer is not None
-        else None
-    )
+    signer = udp_wake.signer_of(settings.wake_secret)
+    wake_watchers = udp_wake.sender_to(settings.watch_wake_targets, signer)
     store = MongoOutboxRelayStore(
         database[outbox_name],
         database[settings.mongo_status_collection],

@@ -31,13 +31,14 @@ from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 
 from .. import logs
+from ..adapters import udp_wake
 from ..adapters.minio_multipart import MinioMultipart
 from ..adapters.minio_storage import MinioStorage
 from ..adapters.mongo_outbox import MongoOutbox
 from ..adapters.mongo_status_records import MongoStatusRecords
 from ..adapters.mongo_upload_sessions import MongoUploadSessions
 from ..adapters.rate_limits import MemoryUploadRateLimit
-from ..adapters.udp_wake import WakeListener, WakeSender, WakeSigner
+from ..adapters.udp_wake import WakeSender, WakeSigner
 from ..api.auth import AuthInterceptor
 from ..api.clients import Clients
 from ..api.interceptors import CallObserver, ErrorInterceptor
@@ -132,7 +133,9 @@ class App:
         if self.metrics is not None:
             self.metrics.start()
         self.monitor.start()
-        listener = await self._listen_for_watch_wake_ups()
+        # Without wake-ups (`off`, or the address taken) the watchers learn of the relays'
+        # and the other servers' changes at the safety-net poll.
+        listener = await udp_wake.listen(self.watch_wake_addr, self.hub.wake, self.wake_signer)
         if listener is not None:
             self.resources.callback(listener.close)
         self.hub.start()
@@ -144,21 +147,6 @@ class App:
         if self.keys is not None:
             self.supervisor.spawn("api-keys", self.keys.round)
         log.info("serving", extra={"port": self.port})
-
-    async def _listen_for_watch_wake_ups(self) -> WakeListener | None:
-        """Without them (`off`, or the address taken) the watchers learn of the relays' and
-        the other servers' changes at the safety-net poll."""
-        if self.watch_wake_addr == "off" or self.wake_signer is None:
-            return None
-        try:
-            listener = await WakeListener.open(
-                self.watch_wake_addr, self.hub.wake, self.wake_signer
-            )
-        except OSError as exc:
-            log.warning("cannot listen for wake-ups on %s; polling: %s", self.watch_wake_addr, exc)
-            return None
-        log.info("listening for watch wake-ups", extra={"wake_addr": self.watch_wake_addr})
-        return listener
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful stop: report NOT_SERVING; for SHUTDOWN_DRAIN_S answer new calls
@@ -360,9 +348,12 @@ def _stores(
     resources: AsyncExitStack,
 ) -> _Stores:
     database = mongo[settings.mongo_db]
-    signer = WakeSigner(settings.wake_secret) if settings.wake_secret else None
-    wake_relays = _wake_sender(settings.relay_wake_targets, signer, resources)
-    wake_watchers = _wake_sender(settings.watch_wake_targets, signer, resources)
+    signer = udp_wake.signer_of(settings.wake_secret)
+    wake_relays = udp_wake.sender_to(settings.relay_wake_targets, signer)
+    wake_watchers = udp_wake.sender_to(settings.watch_wake_targets, signer)
+    for sender in (wake_relays, wake_watchers):
+        if sender is not None:
+            resources.callback(sender.close)
     status_changed = _Callbacks()
     if wake_watchers is not None:
         status_changed.add(wake_watchers)
@@ -389,16 +380,6 @@ def _stores(
         wake_watchers=wake_watchers,
         wake_signer=signer,
     )
-
-
-def _wake_sender(
-    targets: frozenset[str], signer: WakeSigner | None, resources: AsyncExitStack
-) -> WakeSender | None:
-    if not targets or signer is None:  # the settings need WAKE_SECRET for targets
-        return None
-    sender = WakeSender(targets, signer)
-    resources.callback(sender.close)
-    return sender
 
 
 def _build(
