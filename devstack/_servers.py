@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,23 @@ logger.state.level = WARN
 """
 
 
+@dataclass(frozen=True)
+class KafkaAcl:
+    """What one SCRAM user may do to one topic or consumer group (ALLOW, any host)."""
+
+    user: str
+    resource: str  # "topic" or "group"
+    name: str  # the literal name
+    operations: tuple[str, ...]  # of _ACL_OPERATIONS: "READ", "WRITE", "CREATE", "DESCRIBE"
+
+
+# The Kafka protocol's codes (org.apache.kafka.common.acl / resource).
+_ACL_RESOURCES = {"topic": 2, "group": 3}
+_ACL_OPERATIONS = {"READ": 3, "WRITE": 4, "CREATE": 5, "DESCRIBE": 8}
+_PATTERN_LITERAL = 3
+_PERMISSION_ALLOW = 3
+
+
 class Kafka(ServerProcess):
     """Single Kafka broker in KRaft combined mode (broker + controller, node id 1).
 
@@ -328,6 +346,10 @@ class Kafka(ServerProcess):
     formatted (`--add-scram`; first start only, later changes are not applied): a client
     without a valid user and password is refused. The controller listener then takes the
     broker's own user only (SASL PLAIN, on 127.0.0.1).
+
+    With SCRAM users the broker also authorizes (StandardAuthorizer): a user may do only
+    what `acls` allow it, once the broker is up (the broker's own user is the super user
+    that creates them); anything else is refused (TOPIC_AUTHORIZATION_FAILED, ...).
     """
 
     NODE_ID = 1
@@ -346,6 +368,7 @@ class Kafka(ServerProcess):
         auto_create_topics: bool = True,
         proxied_listener: tuple[int, int] | None = None,
         scram_users: Mapping[str, str] | None = None,
+        acls: Sequence[KafkaAcl] = (),
     ) -> None:
         """`proxied_listener` (listen port, advertised port) adds a second listener whose
         clients are told to reach the broker at the advertised port: a proxy's (toxiproxy's)
@@ -355,6 +378,14 @@ class Kafka(ServerProcess):
         super().__init__(name="kafka", port=port, log_path=log_path)
         self.proxied_listener = proxied_listener
         self.scram_users = dict(scram_users or {})
+        self.acls = tuple(acls)
+        if self.acls and not self.scram_users:
+            raise ServerError("kafka: ACLs need SCRAM users (and so an authorizer)")
+        for acl in self.acls:
+            if acl.user not in self.scram_users or acl.resource not in _ACL_RESOURCES:
+                raise ServerError(f"kafka: ACL {acl}: an unknown user or resource")
+            if not set(acl.operations) <= set(_ACL_OPERATIONS):
+                raise ServerError(f"kafka: ACL {acl}: operations are of {sorted(_ACL_OPERATIONS)}")
         if self.BROKER_USER in self.scram_users:
             raise ServerError(f"kafka: the SCRAM user {self.BROKER_USER!r} is the broker's own")
         for name, password in self.scram_users.items():
@@ -427,6 +458,10 @@ class Kafka(ServerProcess):
         }
         if self.proxied_listener is not None:
             props[f"listener.name.proxied.{mechanism.lower()}.sasl.jaas.config"] = login
+        # Every user may do only what its ACLs allow; the broker's own user, everything.
+        props["authorizer.class.name"] = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+        props["super.users"] = f"User:{user}"
+        props["allow.everyone.if.no.acl.found"] = "false"
         return props
 
     def _scram_arguments(self) -> list[str]:
@@ -543,6 +578,50 @@ class Kafka(ServerProcess):
             login = (self.SASL_MECHANISM, self.BROKER_USER, self._broker_password)
             return kafka_broker_registered(self.port, self.NODE_ID, scram=login)
         return kafka_broker_registered(self.port, self.NODE_ID)
+
+    def start(self, timeout_s: float = 60) -> None:
+        """Start the broker and, once it is up, create its ACLs (as the broker's user)."""
+        super().start(timeout_s)
+        if self.acls:
+            login = (self.SASL_MECHANISM, self.BROKER_USER, self._broker_password)
+            create_kafka_acls(self.port, login, self.acls)
+
+
+def _kafka_string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack(">h", len(data)) + data
+
+
+def create_kafka_acls(
+    port: int, login: tuple[str, str, str], acls: Sequence[KafkaAcl], timeout_s: float = 10.0
+) -> None:
+    """CreateAcls v1 (api key 30) on 127.0.0.1:port after a SCRAM `login` (mechanism, user,
+    password) of a super user: each ACL's operations on its literal resource, for any host.
+    Raises ServerError naming the first ACL the broker refused."""
+    creations = [(acl, operation) for acl in acls for operation in acl.operations]
+    body = struct.pack(">i", len(creations))
+    for acl, operation in creations:
+        body += struct.pack(">b", _ACL_RESOURCES[acl.resource]) + _kafka_string(acl.name)
+        body += struct.pack(">b", _PATTERN_LITERAL) + _kafka_string(f"User:{acl.user}")
+        body += _kafka_string("*") + struct.pack(
+            ">bb", _ACL_OPERATIONS[operation], _PERMISSION_ALLOW
+        )
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.settimeout(timeout_s)
+        if not _scram_login(sock, *login):
+            raise ServerError("kafka: the broker's user could not log in to create ACLs")
+        resp = _kafka_request(sock, api_key=30, api_version=1, body=body, correlation_id=9)
+    off = 4  # throttle_time_ms
+    (count,) = struct.unpack_from(">i", resp, off)
+    off += 4
+    for acl, operation in creations[:count]:
+        (error, length) = struct.unpack_from(">hh", resp, off)
+        off += 4 + max(length, 0)
+        if error:
+            message = resp[off - max(length, 0) : off].decode(errors="replace")
+            raise ServerError(f"kafka: ACL {operation} {acl} refused (error {error}): {message}")
+    if count != len(creations):
+        raise ServerError(f"kafka: {count} ACL results for {len(creations)} ACLs")
 
 
 def _kafka_request(

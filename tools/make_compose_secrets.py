@@ -43,6 +43,7 @@ PLAIN = (
     "wake-secret",
     "kafka-relay-password",  # hex: `,` `=` `[` `]` would break kafka-storage's --add-scram
     "kafka-runner-password",
+    "kafka-admin-password",  # the kafka-acls job's super user
 )
 # What docker-compose.yml mounts from CREDENTIALS_DIR.
 FILES = (*PLAIN, *MONGO_USERS)

@@ -128,19 +128,19 @@ BROKEN: list[tuple[str, Callable[[str], str], str]] = [
     ),
     (
         "bad-condition",
-        # Only the first (the relay's): compose-go names any one service it finds invalid.
+        # Only the first (kafka-acls'): compose-go names any one service it finds invalid.
         lambda s: s.replace(
             "kafka: { condition: service_healthy }", "kafka: { condition: service_ready }", 1
         ),
-        "services.relay.depends_on.kafka.condition value must be one of",
+        "services.kafka-acls.depends_on.kafka.condition value must be one of",
     ),
     (
         "undefined-dependency",
-        # Only the first (the relay's; the runner depends on Kafka too).
+        # Only the first (kafka-acls'; the relay and the runner depend on Kafka too).
         lambda s: s.replace(
             "kafka: { condition: service_healthy }", "kafkaa: { condition: service_healthy }", 1
         ),
-        'service "relay" depends on undefined service "kafkaa"',
+        'service "kafka-acls" depends on undefined service "kafkaa"',
     ),
     (
         "healthy-without-healthcheck",  # envoy has none
@@ -532,3 +532,42 @@ def test_kafka_takes_only_its_users_and_keeps_its_controller_to_itself(
         user = model["services"][service]["environment"]["KAFKA_SASL_USERNAME"]
         assert f"name={user},password=$(cat /run/secrets/kafka_{user}_password)" in script
     assert kafka["CLUSTER_ID"] == init["environment"]["CLUSTER_ID"]
+
+
+def test_kafka_allows_each_user_its_part_only(model: dict[str, Any]) -> None:
+    """The broker authorizes (nothing without an ACL); kafka-acls allows the relay's user to
+    publish to the topic the relay uses and the runner's to consume it in the runners' group,
+    as tests/integration/test_kafka_auth.py's broker does; the relay and the runners start
+    after it. Its admin user's password is the two Kafka jobs' only."""
+    services = model["services"]
+    kafka = services["kafka"]["environment"]
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith(".StandardAuthorizer")
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert set(kafka["KAFKA_SUPER_USERS"].split(";")) == {"User:admin", "User:ANONYMOUS"}
+    job = services["kafka-acls"]
+    script = "\n".join(job["command"])
+    # The relay and the runners use their defaults, which the job names.
+    assert "KAFKA_TOPIC" not in services["relay"]["environment"]
+    assert not {"KAFKA_TOPIC", "RUNNER_GROUP_ID"} & set(services["runner"]["environment"])
+    relay, runner = RelaySettings.from_env({}), RunnerSettings.from_env({})
+    assert runner.kafka_topic == relay.kafka_topic
+    assert job["environment"] == {"TOPIC": relay.kafka_topic, "GROUP": runner.runner_group_id}
+    grants = [line.split("acls ", 1)[1] for line in script.splitlines() if line.startswith("acls ")]
+    assert grants == [
+        "--allow-principal User:relay --operation Describe --operation Create --operation Write "
+        '--topic "$TOPIC"',
+        '--allow-principal User:runner --operation Describe --operation Read --topic "$TOPIC"',
+        '--allow-principal User:runner --operation Read --group "$GROUP"',
+    ]
+    for service in ("relay", "runner"):
+        waits = services[service]["depends_on"]["kafka-acls"]
+        assert waits["condition"] == "service_completed_successfully"
+    holders = {
+        name
+        for name, service in services.items()
+        if any(s["source"] == "kafka_admin_password" for s in service.get("secrets", []))
+    }
+    assert holders == {"kafka-init", "kafka-acls"}
+    assert "name=admin,password=$(cat /run/secrets/kafka_admin_password)" in "\n".join(
+        services["kafka-init"]["command"]
+    )

@@ -1,5 +1,6 @@
 """Authenticated Kafka against a real broker: a KRaft broker of its own whose clients' listener is
-SASL_PLAINTEXT with SCRAM-SHA-512 (devstack `Kafka(scram_users=...)`).
+SASL_PLAINTEXT with SCRAM-SHA-512 (devstack `Kafka(scram_users=..., acls=...)`), each user
+allowed only its own part (the ACLs compose's kafka-acls job makes).
 
 - The relay's publisher, built as the relay builds it (KafkaPublisher over the wiring's
   producer and admin factories, settings from the environment as `checkout-relay` reads it),
@@ -8,6 +9,8 @@ SASL_PLAINTEXT with SCRAM-SHA-512 (devstack `Kafka(scram_users=...)`).
 - A client with no credentials, or with a wrong password, is refused at connection (the
   publisher cannot start, the runner's consumer cannot join): anyone who reaches the broker
   can no longer publish records the runner acts on.
+- Each user does its part only: the runner's cannot publish, the relay's cannot consume,
+  neither reaches another topic or group.
 - Nor can anyone make a user of their own through the controller listener: with it
   PLAINTEXT, a bare AlterUserScramCredentials request there added a user that then published
   (seen before devstack's controller listener took the broker's user only).
@@ -25,8 +28,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+)
 
 from checkout_runner.adapters.kafka_source import KafkaEventSource
 from checkout_runner.config import RunnerSettings
@@ -38,7 +45,7 @@ from checkout_server.config import RelaySettings
 from checkout_server.errors import PublisherUnavailable
 from checkout_server.relay.ports import Message, PublishOutcome
 from checkout_server.wiring.clients import kafka_admin, kafka_producer
-from devstack import Kafka, free_port
+from devstack import Kafka, KafkaAcl, free_port
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -47,23 +54,39 @@ PASSWORDS = {"relay": secrets.token_urlsafe(16), "runner": secrets.token_urlsafe
 
 
 @pytest.fixture
-def sasl_kafka(tmp_path: Path) -> Iterator[Kafka]:
-    """A broker of this test's own that takes SCRAM-SHA-512 users `relay` and `runner` only."""
+def topic() -> str:
+    return f"auth-test-{uuid.uuid4().hex[:10]}"
+
+
+def group_of(topic: str) -> str:
+    """The runner's consumer group in these tests."""
+    return f"group-{topic}"
+
+
+def acls(topic: str) -> list[KafkaAcl]:
+    """What compose's kafka-acls job allows, for this test's topic and group."""
+    return [
+        KafkaAcl("relay", "topic", topic, ("DESCRIBE", "CREATE", "WRITE")),
+        KafkaAcl("runner", "topic", topic, ("DESCRIBE", "READ")),
+        KafkaAcl("runner", "group", group_of(topic), ("READ",)),
+    ]
+
+
+@pytest.fixture
+def sasl_kafka(tmp_path: Path, topic: str) -> Iterator[Kafka]:
+    """A broker of this test's own that takes SCRAM-SHA-512 users `relay` and `runner` only,
+    each allowed its part of `topic`."""
     server = Kafka(
         port=free_port(),
         controller_port=free_port(),
         data_dir=tmp_path / "kafka",
         log_path=tmp_path / "kafka.log",
         scram_users=PASSWORDS,
+        acls=acls(topic),
     )
     server.start(120)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def topic() -> str:
-    return f"auth-test-{uuid.uuid4().hex[:10]}"
 
 
 def env(kafka: Kafka, topic: str, **variables: str) -> dict[str, str]:
@@ -142,7 +165,7 @@ async def test_relay_and_runner_move_a_record_with_their_users(
 
     password_file = secret_file(tmp_path, "runner", PASSWORDS["runner"])
     settings = RunnerSettings.from_env(
-        sasl_env(sasl_kafka, topic, "runner", password_file) | {"RUNNER_GROUP_ID": f"group-{topic}"}
+        sasl_env(sasl_kafka, topic, "runner", password_file) | {"RUNNER_GROUP_ID": group_of(topic)}
     )
     source = runner_source(settings)
     await source.start()
@@ -227,7 +250,7 @@ async def test_clients_without_valid_credentials_are_refused(
     runner = runner_source(
         RunnerSettings.from_env(
             sasl_env(sasl_kafka, topic, "runner", password_file)
-            | {"RUNNER_GROUP_ID": f"group-{topic}"}
+            | {"RUNNER_GROUP_ID": group_of(topic)}
         )
     )
     await runner.start()
@@ -236,6 +259,66 @@ async def test_clients_without_valid_credentials_are_refused(
         assert await runner.next_batch(max_records=10, timeout_s=1) == []
     finally:
         await runner.stop()
+
+
+def login(user: str) -> dict[str, str]:
+    return {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": user,
+        "sasl_plain_password": PASSWORDS[user],
+    }
+
+
+async def refused_to_read(reader: AIOKafkaConsumer) -> bool:
+    """Whether the broker refuses `reader` (at its start, when it joins its group, or at a
+    fetch) within about 10 s of fetching; it is stopped after."""
+    try:
+        await reader.start()
+        for _ in range(10):
+            await reader.getmany(timeout_ms=1000)
+    except (GroupAuthorizationFailedError, TopicAuthorizationFailedError):
+        return True
+    finally:
+        await reader.stop()
+    return False
+
+
+async def test_each_user_does_its_part_only(
+    sasl_kafka: Kafka, publisher: KafkaPublisher, topic: str
+) -> None:
+    """The attack of a service that got another's password or went rogue: the runner's user
+    publishes a record the runners would act on, the relay's reads the records, either
+    reaches a topic or group not its own. Each is refused by the broker's ACLs."""
+    assert [r.outcome for r in await publisher.publish([Message(key=b"k", value=b"relay's")])] == [
+        PublishOutcome.DELIVERED
+    ]
+    # The runner's user publishes: refused.
+    forger = AIOKafkaProducer(
+        bootstrap_servers=sasl_kafka.bootstrap, request_timeout_ms=10_000, **login("runner")
+    )
+    await forger.start()
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            await forger.send_and_wait(topic, b"forged")
+    finally:
+        await forger.stop()
+    # The relay's user reads the topic in a group, or the runner's user another group or
+    # another topic: refused.
+    for user, group, other_topic in (
+        ("relay", group_of(topic), topic),
+        ("runner", f"other-{topic}", topic),
+        ("runner", group_of(topic), f"other-{topic}"),
+    ):
+        reader = AIOKafkaConsumer(
+            other_topic,
+            bootstrap_servers=sasl_kafka.bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            request_timeout_ms=10_000,
+            **login(user),
+        )
+        assert await refused_to_read(reader), (user, group, other_topic)
 
 
 def _uvarint(n: int) -> bytes:
