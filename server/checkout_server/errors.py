@@ -236,7 +236,9 @@ class DeadlineExceeded(ServiceError):
 
 
 class DatabaseTimeout(DeadlineExceeded):
-    """MongoDB's own deadline passed: retry later."""
+    """MongoDB did not finish in time (its own deadline, or no answer within the socket
+    timeout on a connection that was up: a slow query, such as a large listing on FerretDB,
+    not an outage): retry later."""
 
     reason = "DATABASE_TIMEOUT"
     message = "База данных не успела выполнить операцию, повторите попытку"

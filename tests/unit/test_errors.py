@@ -40,7 +40,7 @@ def _retryable_write() -> OperationFailure:
         (ExecutionTimeout("slow"), errors.DatabaseTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
         (WTimeoutError("slow"), errors.DatabaseTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
         (AutoReconnect("gone"), errors.DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),
-        (NetworkTimeout("gone"), errors.DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),
+        (NetworkTimeout("slow"), errors.DatabaseTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
         (ServerSelectionTimeoutError("x"), errors.DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),
         (CursorNotFound("x"), errors.DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),
         (InvalidOperation("closed"), errors.DatabaseUnavailable, grpc.StatusCode.UNAVAILABLE),

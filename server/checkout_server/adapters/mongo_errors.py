@@ -3,9 +3,10 @@
 Both MongoDB adapters (the server's outbox, the relay's store) wrap every call in
 `translated`, so callers see only errors.py's classes:
 
-- ExecutionTimeout, WTimeoutError (the server's own deadline): DatabaseTimeout
-  (DEADLINE_EXCEEDED, retriable);
-- ConnectionFailure (AutoReconnect, NotPrimaryError, NetworkTimeout,
+- ExecutionTimeout, WTimeoutError (the server's own deadline), NetworkTimeout (no answer
+  within the socket timeout on a connection that was up: a slow query, such as a listing
+  FerretDB sorts in Go, not an outage): DatabaseTimeout (DEADLINE_EXCEEDED, retriable);
+- the other ConnectionFailures (AutoReconnect, NotPrimaryError,
   ServerSelectionTimeoutError, WaitQueueTimeoutError), CursorNotFound, ProtocolError,
   InvalidOperation (a client closed at shutdown), and an OperationFailure labelled
   RetryableWriteError: DatabaseUnavailable (UNAVAILABLE, retriable);
@@ -28,6 +29,7 @@ from pymongo.errors import (
     CursorNotFound,
     ExecutionTimeout,
     InvalidOperation,
+    NetworkTimeout,
     OperationFailure,
     ProtocolError,
     PyMongoError,
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 
 def translate(exc: PyMongoError | BSONError) -> ServiceError:
     """The service error for a PyMongo exception (see the table above)."""
-    if isinstance(exc, ExecutionTimeout | WTimeoutError):
+    if isinstance(exc, ExecutionTimeout | WTimeoutError | NetworkTimeout):
         return DatabaseTimeout()
     if isinstance(exc, ConnectionFailure | CursorNotFound | ProtocolError | InvalidOperation):
         return DatabaseUnavailable()
