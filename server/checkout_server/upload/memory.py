@@ -67,10 +67,6 @@ class StreamMemory:
         self._buffered = 0
         self._reserved = 0
 
-    @property
-    def reserved_bytes(self) -> int:
-        return self._reserved
-
     async def hold(self, nbytes: int) -> None:
         """Count `nbytes` more buffered, reserving the granules they need first; raises
         `busy()` (and counts nothing) when the budget stays spent for `wait_s`."""
