@@ -121,6 +121,16 @@ BENCHES = (
         ("bench/resumable_upload.py", "--size-mib", "64", "--streams", "2"),
     ),
     Bench(
+        "Status latency: a watcher against a bare Kafka consumer",
+        "From an upload's answer to `sent` seen by a WatchStatus of its event, against a bare "
+        "consumer of the videos topic (no group, from the end) seeing the relay's record, on "
+        "the local stack with 100,000 stored events, uploads one at a time; and from a result's "
+        "put into MinIO to `ready` seen by the watcher. Targets (issue 25): p99 < 100 ms, "
+        "`sent` within 2x of the peer.",
+        ("bench/status_latency.py", "--events", "100000"),
+        ("bench/status_latency.py", "--events", "2000", "--uploads", "5"),
+    ),
+    Bench(
         "Abuse: an honest client under attack",
         "An honest client's loop of small calls (UploadVideo of 256 KiB, GetStatus, the first "
         "update of a WatchStatus, ListStatuses), each timed, with each attack of issue 23 "
