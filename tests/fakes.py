@@ -285,10 +285,11 @@ def status_service(
     admin_token: str = "",
     clock: Callable[[], datetime] | None = None,
     result_key_template: str = "output/{video_id}.json",
+    on_changed: Callable[[OutboxEvent], None] | None = None,
 ) -> StatusService:
     """The status service over the fakes (the status records: `outbox`'s unless `records` is
     given): one allowed bucket, `videos` (the default), results at `result_key_template`;
-    the real clock unless `clock` is given."""
+    the real clock unless `clock` is given; `on_changed` told of each event it marks."""
     settings = StatusSettings(
         default_bucket="videos",
         allowed_buckets=frozenset({"videos"}),
@@ -297,10 +298,13 @@ def status_service(
         admin_token=admin_token,
     )
     records = outbox.status_records() if records is None else records
-    if clock is None:
-        return StatusService(storage=storage, outbox=outbox, records=records, settings=settings)
     return StatusService(
-        storage=storage, outbox=outbox, records=records, settings=settings, clock=clock
+        storage=storage,
+        outbox=outbox,
+        records=records,
+        settings=settings,
+        on_changed=on_changed,
+        clock=clock if clock is not None else lambda: datetime.now(UTC),
     )
 
 

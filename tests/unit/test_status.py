@@ -40,6 +40,27 @@ async def test_a_result_written_after_the_event_makes_it_ready() -> None:
     assert outbox.events[VIDEO].ready_at is not None  # recorded for listings
 
 
+async def test_a_result_this_service_marks_is_told_once_as_recorded() -> None:
+    """`on_changed` gets the event this service marked ready (its watchers learn at once),
+    and nothing when the record was marked already (by another server: its mark counts)."""
+    storage, outbox = FakeStorage(), FakeOutbox()
+    await outbox.add(event())
+    storage.objects[("videos", f"output/{VIDEO}.json")] = b'{"a": 1}'
+    storage.modified[("videos", f"output/{VIDEO}.json")] = NOW + timedelta(seconds=30)
+    told: list[OutboxEvent] = []
+    status = status_service(
+        storage, outbox, clock=lambda: NOW + timedelta(minutes=1), on_changed=told.append
+    )
+    waiting = event()
+    ready = await status.refresh(waiting)
+    assert [(e.event_id, e.api_status, e.updated_at) for e in told] == [
+        (VIDEO, EventStatus.READY, NOW + timedelta(minutes=1))
+    ]
+    assert told == [ready]
+    await status.refresh(waiting)  # the record is marked already
+    assert len(told) == 1
+
+
 async def test_an_older_result_does_not_count_for_a_re_request() -> None:
     storage, outbox = FakeStorage(), FakeOutbox()
     re_request = "9f1c7e2a-1111-4c4c-8d8d-222233334444"

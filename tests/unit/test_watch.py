@@ -8,7 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -21,6 +21,9 @@ from tests.fakes import FakeOutbox, FakeStatusRecords, FakeStorage, status_servi
 from tests.helpers import outbox_event
 
 pytestmark = pytest.mark.timeout(10)
+
+
+SECOND = timedelta(seconds=1)
 
 
 def event(event_id: str, status: EventStatus = EventStatus.NEW) -> OutboxEvent:
@@ -93,10 +96,40 @@ async def test_a_watcher_keeps_only_the_latest_change_per_event(supervisor: Supe
     first = event("one")
     with hub.subscribe("one") as watcher:
         hub.publish(first)
-        hub.publish(replace(first, status=EventStatus.SENT))
+        sent = replace(first, status=EventStatus.SENT, updated_at=first.updated_at + SECOND)
+        hub.publish(sent)
         hub.publish(event("other"))  # not this watcher's event
         changes = await watcher.next(1.0)
     assert [(e.event_id, e.status) for e in changes] == [("one", EventStatus.SENT)]
+
+
+async def test_a_change_is_offered_once_whichever_way_it_comes(supervisor: Supervisor) -> None:
+    """This process's own write publishes a change at once; the poller's look-back then
+    brings the same change from the records: the watcher gets it once."""
+    outbox = FakeOutbox()
+    hub = build_hub(outbox, supervisor)
+    with hub.subscribe(None) as watcher:
+        await hub.poll_once()  # the feed's cursor: now
+        changed = event("mine")
+        outbox.events[changed.event_id] = changed
+        hub.publish(changed)  # as the outbox's on_recorded does
+        assert [e.event_id for e in await watcher.next(1.0)] == ["mine"]
+        await hub.poll_once()  # finds it in the records too
+        assert await watcher.next(0) == []
+        later = replace(changed, status=EventStatus.SENT, updated_at=changed.updated_at + SECOND)
+        outbox.events[changed.event_id] = later
+        await hub.poll_once()  # a change of its own: offered
+        assert [(e.event_id, e.status) for e in await watcher.next(1.0)] == [
+            ("mine", EventStatus.SENT)
+        ]
+
+
+async def test_nobody_watching_publishing_keeps_nothing(supervisor: Supervisor) -> None:
+    hub = build_hub(FakeOutbox(), supervisor)
+    hub.publish(event("unwatched"))
+    with hub.subscribe(None) as watcher:
+        hub.publish(event("unwatched"))  # not taken for one offered already
+        assert [e.event_id for e in await watcher.next(1.0)] == ["unwatched"]
 
 
 async def test_the_feed_survives_a_query_that_raises_anything(

@@ -47,14 +47,17 @@ class MongoOutbox:
         *,
         on_added: Callable[[], None] | None = None,
         on_status_changed: Callable[[], None] | None = None,
+        on_recorded: Callable[[OutboxEvent], None] | None = None,
     ) -> None:
         """`on_added` is called after each outbox message is committed (to wake the relays),
-        `on_status_changed` after each status record written or marked ready (to wake
-        the watchers); neither may block or raise."""
+        `on_status_changed` after each status record written (to wake the other servers'
+        watchers), `on_recorded` with the event of each status record written (to reach this
+        process's watchers at once); none may block or raise."""
         self._outbox = outbox
         self._statuses = statuses
         self._on_added = on_added
         self._on_status_changed = on_status_changed
+        self._on_recorded = on_recorded
 
     def _status_changed(self) -> None:
         if self._on_status_changed is not None:
@@ -93,6 +96,8 @@ class MongoOutbox:
             )
         else:
             self._status_changed()
+            if self._on_recorded is not None:
+                self._on_recorded(event)
 
     async def _duplicate(self, dedup_key: str) -> Exception:
         """The error for an insert refused on `dedup_key`: the event holding that key."""

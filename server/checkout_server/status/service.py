@@ -122,11 +122,14 @@ class StatusService:
         sessions: UploadSessionStore | None = None,
         clock: Callable[[], datetime] = _utcnow,
         traceparent: Callable[[], str] = lambda: "",
+        on_changed: Callable[[OutboxEvent], None] | None = None,
     ) -> None:
         """`outbox` finds events and takes re-requests, `records` lists, counts and marks
         them. `traceparent` returns the W3C trace context of the current request ("" if
         none), stored with a re-request's event (as with an upload's). `sessions`: the
-        resumable upload sessions, which Cleanup removes too."""
+        resumable upload sessions, which Cleanup removes too. `on_changed` gets each event
+        this service marks ready, as recorded (to reach this process's watchers at once); it
+        may neither block nor raise."""
         self._sessions = sessions
         self._storage = storage
         self._outbox = outbox
@@ -134,6 +137,7 @@ class StatusService:
         self._settings = settings
         self._clock = clock
         self._traceparent = traceparent
+        self._on_changed = on_changed
 
     def result_key(self, event: OutboxEvent) -> str:
         return result_key(
@@ -178,12 +182,15 @@ class StatusService:
 
     async def _mark_ready(self, event: OutboxEvent, *, error: str = "") -> OutboxEvent:
         now = self._clock()
-        await self._records.mark_ready(event.event_id, now, error=error)
+        marked = await self._records.mark_ready(event.event_id, now, error=error)
         if error:
             log.info("failure result", extra={"event_id": event.event_id, "error": error})
         else:
             log.info("result ready", extra={"event_id": event.event_id})
-        return _with_ready(event, now, error=error)
+        ready = _with_ready(event, now, error=error)
+        if marked and self._on_changed is not None:  # as recorded (another's mark differs)
+            self._on_changed(ready)
+        return ready
 
     async def list(
         self, *, status: str, page_size: int, page_token: str, viewer: Principal

@@ -3,18 +3,19 @@
 One change feed per process, whatever the number of watchers:
 - a poller reads the status records whose `updated_at` moved (only while someone watches),
   so MongoDB sees the same query rate for one watcher or a thousand. It looks when woken
-  (`wake()`: this process wrote a change, or a relay or another server said it did, over
-  UDP), at most once per `poll_min_gap_s`, and otherwise only every `poll_interval_s`, the
-  safety net for lost wake-ups: a watched stack with nothing happening costs no queries
-  between those;
+  (`wake()`: a relay or another server said it wrote a change, over UDP), at most once per
+  `poll_min_gap_s`, and otherwise only every `poll_interval_s`, the safety net for lost
+  wake-ups: a watched stack with nothing happening costs no queries between those;
 - the events that single-event watchers follow are checked for their result often
   (`result_check_interval_s`): one storage request per watched event, however many watch it;
 - a slower reconcile checks every event still waiting for a result, so listings and
   all-events watchers learn of results nobody was watching for.
-Ready marks are written to the status records, so they reach watchers through the same
-poller. (MinIO bucket notifications would be the natural fast path; docs/status.md says why
-results are polled instead.) The three loops run under the process's Supervisor: a round
-that raises anything is logged, counted and retried, so the feed never ends silently.
+This process's own changes (an upload's new record, a result it marks ready) reach its
+watchers at once (`publish`), without a query; the poller brings the relays' and the other
+servers' changes, and each change is offered once whichever way it comes. (MinIO bucket
+notifications would be the natural fast path for results; docs/status.md says why they are
+polled instead.) The three loops run under the process's Supervisor: a round that raises
+anything is logged, counted and retried, so the feed never ends silently.
 
 Each watcher has a bounded mailbox that keeps only the latest change per event: publishing
 never waits for a watcher, a slow watcher cannot hold up the others, and one that falls
@@ -179,6 +180,14 @@ class WatchHub:
             self._tracked[event.event_id] = event
 
     def publish(self, event: OutboxEvent) -> None:
+        """Offer a change to every watcher, once: the poller and this process's own writes
+        (`on_changed` of the status service, `on_recorded` of the outbox) may both bring it."""
+        if not self._subscriptions:
+            return  # nobody to tell; the poller starts afresh when someone watches
+        key = (event.event_id, event.updated_at)
+        if key in self._seen:
+            return
+        self._seen[key] = None
         if event.event_id in self._tracked:
             self.track(event)
         for subscription in self._subscriptions:
@@ -228,16 +237,11 @@ class WatchHub:
         """Publish what changed since the last poll; True if there may be more right away."""
         if self._cursor is None:
             self._cursor = datetime.now(UTC)
-            self._seen.clear()
         since = self._cursor - _OVERLAP
         self.polls += 1
         changed = await self._records.changed_since(since, limit=_POLL_BATCH)
         for event in changed:
-            key = (event.event_id, event.updated_at)
-            if key in self._seen:
-                continue
-            self._seen[key] = None
-            self.publish(event)
+            self.publish(event)  # once, however often the look-back brings it
             self._cursor = max(self._cursor, event.updated_at)
         # Forget what the look-back window no longer reaches.
         horizon = self._cursor - 2 * _OVERLAP

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, ParamSpec
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -48,6 +48,7 @@ from ..api.servicer import CheckoutServicer
 from ..api.shutdown import ShutdownGate
 from ..auth.keys import KeyRing
 from ..config import MiB, ServerSettings
+from ..domain import OutboxEvent
 from ..errors import ConfigError, ServiceError
 from ..health import DependencyMonitor, HealthReporter, new_health_servicer
 from ..outbox.document import Document
@@ -67,6 +68,7 @@ from .metrics import MetricsEndpoint, WakeUpCollector
 from .tracing import INSTRUMENTATION, tracer_provider
 
 log = logging.getLogger("checkout_server")
+P = ParamSpec("P")
 
 # Chunks of up to 4 MiB plus framing; larger messages are refused by gRPC itself.
 MAX_MESSAGE_BYTES = 4 * MiB + 64 * 1024
@@ -326,8 +328,9 @@ class _Stores:
     outbox: MongoOutbox
     records: MongoStatusRecords
     sessions: MongoUploadSessions
-    # Called after each status change; the watch hub adds itself once it is built.
-    status_changed: _Callbacks
+    # Gets each status change this process writes, as recorded (an upload's record, a
+    # result marked ready); the watch hub adds itself once it is built.
+    own_changes: _Callbacks[[OutboxEvent]]
     wake_relays: WakeSender | None
     wake_watchers: WakeSender | None
     wake_signer: WakeSigner | None
@@ -354,9 +357,7 @@ def _stores(
     for sender in (wake_relays, wake_watchers):
         if sender is not None:
             resources.callback(sender.close)
-    status_changed = _Callbacks()
-    if wake_watchers is not None:
-        status_changed.add(wake_watchers)
+    own_changes: _Callbacks[[OutboxEvent]] = _Callbacks()
     return _Stores(
         settings=settings,
         minio=minio,
@@ -366,16 +367,17 @@ def _stores(
             database[settings.mongo_outbox_collection],
             database[settings.mongo_status_collection],
             on_added=wake_relays,
-            on_status_changed=status_changed,
+            on_status_changed=wake_watchers,  # the other servers' (this one's: own_changes)
+            on_recorded=own_changes,
         ),
         records=MongoStatusRecords(
-            database[settings.mongo_status_collection], on_status_changed=status_changed
+            database[settings.mongo_status_collection], on_status_changed=wake_watchers
         ),
         sessions=MongoUploadSessions(
             database[settings.mongo_upload_sessions_collection],
             database[settings.mongo_upload_facts_collection],
         ),
-        status_changed=status_changed,
+        own_changes=own_changes,
         wake_relays=wake_relays,
         wake_watchers=wake_watchers,
         wake_signer=signer,
@@ -470,8 +472,8 @@ def _auth(keys: KeyRing | None) -> AuthInterceptor | None:
 def _status(
     settings: ServerSettings, stores: _Stores, supervisor: Supervisor
 ) -> tuple[StatusService, WatchHub]:
-    """The status reads and the hub that pushes status changes to watchers (woken by this
-    server's changes, through `stores.status_changed`)."""
+    """The status reads and the hub that pushes status changes to watchers (this server's
+    own changes reach it through `stores.own_changes`, the others' by its poller)."""
     status = StatusService(
         storage=stores.storage,
         outbox=stores.outbox,
@@ -479,6 +481,7 @@ def _status(
         settings=_status_settings(settings),
         sessions=stores.sessions,
         traceparent=current_traceparent,
+        on_changed=stores.own_changes,
     )
     hub = WatchHub(
         records=stores.records,
@@ -492,7 +495,7 @@ def _status(
         max_watchers=settings.watch_max_watchers,
         max_watchers_per_client=settings.watch_max_watchers_per_client,
     )
-    stores.status_changed.add(hub.wake)
+    stores.own_changes.add(hub.publish)
     return status, hub
 
 
@@ -559,19 +562,19 @@ def _uploads(settings: ServerSettings, stores: _Stores, keys: KeyRing | None) ->
     return _Uploads(admission, pipeline, resumable, sweeper)
 
 
-class _Callbacks:
-    """Calls each callback added, in order: a hook given to an adapter before what it must
-    call exists."""
+class _Callbacks(Generic[P]):
+    """Calls each callback added, in order, with the same arguments: a hook given to an
+    adapter before what it must call exists."""
 
     def __init__(self) -> None:
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[Callable[P, None]] = []
 
-    def add(self, callback: Callable[[], None]) -> None:
+    def add(self, callback: Callable[P, None]) -> None:
         self._callbacks.append(callback)
 
-    def __call__(self) -> None:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> None:
         for callback in self._callbacks:
-            callback()
+            callback(*args, **kwargs)
 
 
 def _watch_wake_addr(settings: ServerSettings, grpc_port: int) -> str:
