@@ -127,14 +127,15 @@ async def test_a_permanent_failure_marks_its_event_failed_and_spares_the_rest(
 
 @pytest.fixture
 async def budget_server(settings: ServerSettings, tmp_path: Path) -> AsyncIterator[tuple[int, int]]:
-    """A server process whose uploads may buffer 20 MiB together: two uploads' worth (each
-    reserves two 5 MiB parts). Yields its gRPC and metrics ports."""
+    """A server process whose uploads may buffer 10 MiB together (two 5 MiB parts), and wait
+    a minute for it. Yields its gRPC and metrics ports."""
     port, metrics_port = free_port(), free_port()
     process = await start_server(
         settings,
         port,
         tmp_path / "server.log",
-        UPLOAD_MEMORY_BUDGET_BYTES=str(20 * MiB),
+        UPLOAD_MEMORY_BUDGET_BYTES=str(10 * MiB),
+        UPLOAD_MEMORY_WAIT_S="60",
         METRICS_ADDR=f"127.0.0.1:{metrics_port}",
     )
     try:
@@ -147,8 +148,13 @@ async def budget_server(settings: ServerSettings, tmp_path: Path) -> AsyncIterat
 async def test_the_memory_budget_holds_a_third_upload_back_until_one_finishes(
     budget_server: tuple[int, int], s3: Minio, bucket: str
 ) -> None:
+    """Two uploads buffer 4.5 MiB each (a part is 5 MiB) and wait: they hold the whole budget,
+    in 1 MiB granules. A third is admitted and waits for memory (what it sent meanwhile sits
+    in gRPC's flow-control windows), until the first ends and gives its memory back; then it
+    streams all of its 24 MiB in the half of the budget that is free, each part it stores
+    freeing what it needs next."""
     port, metrics_port = budget_server
-    files = [mp4_bytes(24 * MiB, seed=i) for i in range(3)]
+    files = [mp4_bytes(9 * MiB // 2, seed=0), mp4_bytes(9 * MiB // 2, seed=1), mp4_bytes(24 * MiB)]
     gates = [asyncio.Event() for _ in files]
     yielded = [0, 0, 0]
 
@@ -158,10 +164,9 @@ async def test_the_memory_budget_holds_a_third_upload_back_until_one_finishes(
             metadata=pb.UploadMetadata(filename=f"{i}.mp4", sha256=sha256_hex(data))
         )
         for start in range(0, len(data), 256 * 1024):
-            if start >= 2 * MiB:
-                await gates[i].wait()
             yielded[i] += 256 * 1024
             yield pb.UploadVideoRequest(chunk=data[start : start + 256 * 1024])
+        await gates[i].wait()  # all sent, not ended: its bytes stay buffered
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.CheckoutServiceStub(channel)
@@ -170,24 +175,23 @@ async def test_the_memory_budget_holds_a_third_upload_back_until_one_finishes(
             return (await scrape(metrics_port))["checkout_upload_memory_budget_bytes_used"]
 
         first = [asyncio.create_task(upload(stub, stream(i))) for i in (0, 1)]
-        await wait_until(lambda: _equals(used, 20 * MiB), what="two uploads holding the budget")
+        await wait_until(lambda: _equals(used, 10 * MiB), what="two uploads holding the budget")
+        gates[2].set()
         third = asyncio.create_task(upload(stub, stream(2)))
-        gates[2].set()  # the third would send all it has: only the budget holds it back
         await wait_until(
             lambda: _in_flight(metrics_port, 3), what="the third upload admitted and waiting"
         )
-        # Admitted and waiting for its share, not refused; the budget is never exceeded (it
-        # would be 30 MiB with the third's two parts reserved).
+        # Admitted and waiting for memory, not refused; the budget is never exceeded.
         print(f"memory budget: the third upload had sent {yielded[2] / MiB:.1f} MiB of 24")
         assert not third.done()
-        assert await used() == 20 * MiB
+        assert await used() == 10 * MiB
 
-        gates[0].set()  # the first completes and frees its share: the third goes on
+        gates[0].set()  # the first ends and gives its memory back: the third goes on
         results = [await asyncio.wait_for(t, 120) for t in first[:1]]
         results.append(await asyncio.wait_for(third, 120))
         gates[1].set()
         results.append(await asyncio.wait_for(first[1], 120))
-    assert yielded[2] == len(files[2])
+    assert yielded == [len(data) for data in files]
     for response, data in zip(results, [files[0], files[2], files[1]], strict=True):
         assert response.status == "ok"
         assert await object_sha256(s3, bucket, response.object_key) == (len(data), sha256_hex(data))
