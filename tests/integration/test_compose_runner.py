@@ -54,6 +54,7 @@ def test_the_runner_is_a_group_of_its_own_image(runner_service: dict[str, Any]) 
         "minio": "service_healthy",
         "minio-init": "service_completed_successfully",  # its MinIO user exists
         "kafka": "service_healthy",
+        "kafka-acls": "service_completed_successfully",  # its user may read the topic
         "relay": "service_healthy",  # the relays made the topic, with its partitions
     }
 
