@@ -79,12 +79,33 @@ async def store_events(uri: str, count: int) -> None:
     await client.close()
 
 
+class FirstSeen:
+    """When each key was first noted (monotonic), and a wait for one that ends by a deadline."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self._noted: dict[str, asyncio.Event] = {}
+
+    def note(self, key: str) -> None:
+        if key not in self.at:
+            self.at[key] = time.monotonic()
+            self._event(key).set()
+
+    async def when(self, key: str, deadline: float) -> float:
+        """When `key` was first noted; `deadline` if it was not by then."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event(key).wait(), max(0.0, deadline - time.monotonic()))
+        return self.at.get(key, deadline)
+
+    def _event(self, key: str) -> asyncio.Event:
+        return self._noted.setdefault(key, asyncio.Event())
+
+
 class Peer:
     """The bare consumer: when each key (event id) first arrived on the videos topic."""
 
     def __init__(self, bootstrap: str) -> None:
-        self.arrived: dict[str, float] = {}
-        self._arrival = asyncio.Condition()
+        self.arrived = FirstSeen()  # event ids, as the records' keys
         self._consumer = AIOKafkaConsumer(
             RelaySettings().kafka_topic,
             bootstrap_servers=bootstrap,
@@ -103,24 +124,10 @@ class Peer:
     async def _read(self) -> None:
         while True:
             batch = await self._consumer.getmany(timeout_ms=100)
-            now = time.monotonic()
             for records in batch.values():
                 for record in records:
                     if record.key is not None:
-                        self.arrived.setdefault(record.key.decode(), now)
-            if batch:
-                async with self._arrival:
-                    self._arrival.notify_all()
-
-    async def arrival(self, key: str, deadline: float) -> float:
-        """When `key` arrived (monotonic); `deadline` if it has not by then."""
-        async with self._arrival:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._arrival.wait_for(lambda: key in self.arrived),
-                    max(0.0, deadline - time.monotonic()),
-                )
-        return self.arrived.get(key, deadline)
+                        self.arrived.note(record.key.decode())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -134,27 +141,14 @@ class Watch:
     """A WatchStatus stream read in the background: when it first showed each status."""
 
     def __init__(self, call: grpc.aio.UnaryStreamCall[Any, pb.StatusUpdate]) -> None:
-        self.seen: dict[str, float] = {}
+        self.seen = FirstSeen()  # statuses
         self._call = call
-        self._changed = asyncio.Condition()
         self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         async for update in self._call:
             if not update.heartbeat:
-                async with self._changed:
-                    self.seen.setdefault(update.status, time.monotonic())
-                    self._changed.notify_all()
-
-    async def when(self, status: str, deadline: float) -> float:
-        """When the stream first showed `status` (monotonic); `deadline` if it did not."""
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: status in self.seen),
-                    max(0.0, deadline - time.monotonic()),
-                )
-        return self.seen.get(status, deadline)
+                self.seen.note(update.status)
 
     async def stop(self) -> None:
         self._call.cancel()
@@ -184,10 +178,10 @@ async def measure(args: argparse.Namespace, stack: LocalStack) -> None:
                 answered = time.monotonic()
                 deadline = answered + args.timeout
                 watch = Watch(stub.WatchStatus(pb.WatchStatusRequest(event_id=uploaded.event_id)))
-                sent_at = await watch.when("sent", deadline)
+                sent_at = await watch.seen.when("sent", deadline)
                 sent_seen.append((sent_at - answered) * 1000)
                 missed += sent_at >= deadline
-                arrived = await peer.arrival(uploaded.event_id, deadline)
+                arrived = await peer.arrived.when(uploaded.event_id, deadline)
                 in_kafka.append((arrived - answered) * 1000)
 
                 body = json.dumps({"status": "ok", "event_id": uploaded.event_id}).encode()
@@ -195,7 +189,7 @@ async def measure(args: argparse.Namespace, stack: LocalStack) -> None:
                     BUCKET, f"output/{uploaded.video_id}.json", io.BytesIO(body), len(body)
                 )
                 written = time.monotonic()
-                ready_at = await watch.when("ready", written + args.timeout)
+                ready_at = await watch.seen.when("ready", written + args.timeout)
                 ready_seen.append((ready_at - written) * 1000)
                 missed += ready_at >= written + args.timeout
                 await watch.stop()
