@@ -11,7 +11,8 @@ from typing import Any
 
 from checkout_server.auth.keys import entry, new_key
 from checkout_server.config import ServerSettings
-from checkout_server.wiring.server import App, create_app
+from checkout_server.wiring.server import App
+from tests.integration.apps import started_app
 
 
 def uploader_keys(folder: Path, *clients: str) -> dict[str, str]:
@@ -34,11 +35,7 @@ async def keyed_app(
 ) -> AsyncIterator[App]:
     """A started server with authentication on over `keys` (uploader_keys) and `changes` to
     its settings; stopped after."""
-    app = await create_app(
-        settings.replace(auth_enabled=True, auth_keys_file=keys["path"], **changes)
-    )
-    await app.start()
-    try:
+    async with started_app(
+        settings, auth_enabled=True, auth_keys_file=keys["path"], **changes
+    ) as app:
         yield app
-    finally:
-        await app.stop(grace_s=1.0)

@@ -22,9 +22,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from checkout_common.settings import EnvRule, EnvSettings
 from checkout_runner.config import RunnerSettings
 from checkout_server.config import RelaySettings, ServerSettings
-from checkout_server.wiring.server import App, create_app
+from checkout_server.wiring.server import App
 from devstack._install import COMPOSECHECK, install_composecheck
 from devstack._paths import REPO_ROOT
+from tests.integration.apps import started_app
 from tests.integration.compose_model import COMPOSE, ENV_EXAMPLE, load_model
 from tools.make_compose_secrets import FILES as CREDENTIAL_FILES
 from tools.make_compose_secrets import make_compose_secrets
@@ -247,16 +248,10 @@ async def tls_server(
     settings: ServerSettings, cert: Path, key: Path, client_ca: Path
 ) -> AsyncIterator[App]:
     """A server with mTLS, as compose runs it."""
-    app = await create_app(
-        settings.replace(
-            tls_cert_file=str(cert), tls_key_file=str(key), tls_client_ca_file=str(client_ca)
-        )
-    )
-    await app.start()
-    try:
+    async with started_app(
+        settings, tls_cert_file=str(cert), tls_key_file=str(key), tls_client_ca_file=str(client_ca)
+    ) as app:
         yield app
-    finally:
-        await app.stop(grace_s=1.0)
 
 
 async def run_healthcheck(model: dict[str, Any], port: int, certs: Path) -> tuple[int, str]:

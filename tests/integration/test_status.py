@@ -24,6 +24,7 @@ from checkout_server.outbox.document import status_document, to_document
 from checkout_server.status.service import LIST_ALL_MAX
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import error_details, has_cyrillic, mp4_bytes, outbox_event
+from tests.integration.apps import started_app
 from tests.integration.resumable_helpers import metadata as resumable_metadata
 from tests.integration.resumable_helpers import write_messages
 from tests.integration.storage_checks import object_keys
@@ -128,17 +129,15 @@ async def test_list_without_paging_gives_everything_up_to_ten_thousand(
     # docs/architecture.md, "Known limitations"), hence a database timeout of its own.
     made = await many_records(settings, status_collection, LIST_ALL_MAX + 50)
 
-    app = await create_app(settings.replace(mongo_timeout_ms=30_000))
-    await app.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub = pb_grpc.CheckoutServiceStub(channel)
-            everything = await stub.ListStatuses(pb.ListStatusesRequest())
-            rest = await stub.ListStatuses(
-                pb.ListStatusesRequest(page_token=everything.next_page_token)
-            )
-    finally:
-        await app.stop(grace_s=1.0)
+    async with (
+        started_app(settings, mongo_timeout_ms=30_000) as app,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
+    ):
+        stub = pb_grpc.CheckoutServiceStub(channel)
+        everything = await stub.ListStatuses(pb.ListStatusesRequest())
+        rest = await stub.ListStatuses(
+            pb.ListStatusesRequest(page_token=everything.next_page_token)
+        )
     assert everything.total == LIST_ALL_MAX + 50
     assert len(everything.operations) == LIST_ALL_MAX
     assert [o.event_id for o in everything.operations[:2]] == [made[0].event_id, made[1].event_id]
@@ -154,19 +153,17 @@ async def test_a_listing_slower_than_the_database_timeout_is_no_outage(
     answered DEADLINE_EXCEEDED DATABASE_TIMEOUT ("did not finish in time"), not UNAVAILABLE
     DATABASE_UNAVAILABLE ("unreachable"): the database answers a look-up meanwhile."""
     made = await many_records(settings, status_collection, LIST_ALL_MAX + 50)
-    app = await create_app(settings.replace(mongo_timeout_ms=200))
-    await app.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub = pb_grpc.CheckoutServiceStub(channel)
-            await expect_error(
-                stub.ListStatuses(pb.ListStatusesRequest()),
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "DATABASE_TIMEOUT",
-            )
-            found = await stub.GetStatus(pb.GetStatusRequest(event_id=made[0].event_id))
-    finally:
-        await app.stop(grace_s=1.0)
+    async with (
+        started_app(settings, mongo_timeout_ms=200) as app,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
+    ):
+        stub = pb_grpc.CheckoutServiceStub(channel)
+        await expect_error(
+            stub.ListStatuses(pb.ListStatusesRequest()),
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "DATABASE_TIMEOUT",
+        )
+        found = await stub.GetStatus(pb.GetStatusRequest(event_id=made[0].event_id))
     assert found.operation.event_id == made[0].event_id
 
 

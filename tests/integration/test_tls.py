@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from checkout_server.config import ServerSettings
 from checkout_server.errors import ConfigError
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import mp4_bytes
+from tests.integration.apps import started_app
 from tests.integration.console import checkout
 from tools.make_dev_certs import Issued, issue
 
@@ -63,16 +63,6 @@ def pki(tmp_path: Path) -> Pki:
 # --- servers ------------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def serving(settings: ServerSettings) -> AsyncIterator[App]:
-    app = await create_app(settings)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop(grace_s=1.0)
-
-
 def tls_settings(settings: ServerSettings, pki: Pki, *, mtls: bool) -> ServerSettings:
     return settings.replace(
         tls_cert_file=str(pki.server.cert_file),
@@ -86,7 +76,7 @@ async def tls_app(
     settings: ServerSettings, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> AsyncIterator[App]:
     caplog.set_level(logging.INFO, logger="checkout_server")  # for the start-up log line
-    async with serving(tls_settings(settings, pki, mtls=False)) as app:
+    async with started_app(tls_settings(settings, pki, mtls=False)) as app:
         yield app
 
 
@@ -95,7 +85,7 @@ async def mtls_app(
     settings: ServerSettings, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> AsyncIterator[App]:
     caplog.set_level(logging.INFO, logger="checkout_server")
-    async with serving(tls_settings(settings, pki, mtls=True)) as app:
+    async with started_app(tls_settings(settings, pki, mtls=True)) as app:
         yield app
 
 
@@ -155,7 +145,7 @@ async def test_server_without_tls_settings_serves_and_logs_plaintext(
     settings: ServerSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="checkout_server")
-    async with serving(settings) as app:
+    async with started_app(settings) as app:
         channel = grpc.aio.insecure_channel(address(app))
         assert await health_check(channel) == health_pb2.HealthCheckResponse.SERVING
     assert logged_transports(caplog) == ["plaintext"]
@@ -241,7 +231,7 @@ async def test_cli_sends_the_admin_token_over_tls(
     video = tmp_path / "v.mp4"
     video.write_bytes(mp4_bytes(3000))
     configured = tls_settings(settings, pki, mtls=False).replace(admin_token="s3cret")
-    async with serving(configured) as app:
+    async with started_app(configured) as app:
         async with AsyncCheckoutClient(address(app), root_certificates=pki.ca.cert) as sdk:
             await sdk.upload(video)
         common = ["cleanup", "--yes", "--json", "--addr", address(app)]
@@ -276,7 +266,7 @@ async def test_sdk_and_cli_authenticate_with_an_api_key_over_tls(
     )
     video = tmp_path / "v.mp4"
     video.write_bytes(mp4_bytes(3000))
-    async with serving(configured) as app:
+    async with started_app(configured) as app:
         ca = pki.ca.cert
         async with AsyncCheckoutClient(address(app), root_certificates=ca, token=uploader) as sdk:
             uploaded = await sdk.upload(video)

@@ -26,6 +26,7 @@ from checkout_server.config import ServerSettings
 from checkout_server.outbox.document import Document, status_document, to_document
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import error_details, has_cyrillic, outbox_event
+from tests.integration.apps import started_app
 from tests.integration.storage_checks import wait_until
 from tests.integration.test_status import upload, write_result
 
@@ -397,33 +398,30 @@ async def test_this_servers_own_changes_reach_its_watchers_without_a_query(
     """An upload's `new` and the `ready` this server marks reach its watchers at once, with
     its feed's safety-net poll an hour away and no wake-up: no status query is made for
     them."""
-    quiet = settings.replace(watch_poll_interval_s=3600.0, watch_wake_addr="off")
-    app = await create_app(quiet)
-    await app.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub: Stub = pb_grpc.CheckoutServiceStub(channel)
-            everything = stub.WatchStatus(pb.WatchStatusRequest())
-            await everything.wait_for_connection()
-            await wait_until(lambda: _polled(app), what="the feed's first look")
-            polls = app.hub.polls
+    async with (
+        started_app(settings, watch_poll_interval_s=3600.0, watch_wake_addr="off") as app,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
+    ):
+        stub: Stub = pb_grpc.CheckoutServiceStub(channel)
+        everything = stub.WatchStatus(pb.WatchStatusRequest())
+        await everything.wait_for_connection()
+        await wait_until(lambda: _polled(app), what="the feed's first look")
+        polls = app.hub.polls
 
-            uploaded = await upload(stub)
-            first = await asyncio.wait_for(_next_change(everything), 5)
-            assert (first.event_id, first.status) == (uploaded.event_id, "new")
+        uploaded = await upload(stub)
+        first = await asyncio.wait_for(_next_change(everything), 5)
+        assert (first.event_id, first.status) == (uploaded.event_id, "new")
 
-            one = stub.WatchStatus(pb.WatchStatusRequest(event_id=uploaded.event_id))
-            assert (await _next_change(one)).status == "new"
-            await write_result(s3, bucket, uploaded.video_id, b'{"objects": []}')
-            # Found by the watched events' result check (every 0.5 s), marked, and told.
-            ready = await asyncio.wait_for(_next_change(one), 5)
-            assert ready.status == "ready"
-            changed = await asyncio.wait_for(_next_change(everything), 5)
-            assert (changed.event_id, changed.status) == (uploaded.event_id, "ready")
-            everything.cancel()
-            assert app.hub.polls == polls
-    finally:
-        await app.stop(grace_s=1.0)
+        one = stub.WatchStatus(pb.WatchStatusRequest(event_id=uploaded.event_id))
+        assert (await _next_change(one)).status == "new"
+        await write_result(s3, bucket, uploaded.video_id, b'{"objects": []}')
+        # Found by the watched events' result check (every 0.5 s), marked, and told.
+        ready = await asyncio.wait_for(_next_change(one), 5)
+        assert ready.status == "ready"
+        changed = await asyncio.wait_for(_next_change(everything), 5)
+        assert (changed.event_id, changed.status) == (uploaded.event_id, "ready")
+        everything.cancel()
+        assert app.hub.polls == polls
 
 
 async def _polled(app: App) -> bool:
