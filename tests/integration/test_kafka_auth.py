@@ -261,12 +261,13 @@ async def test_clients_without_valid_credentials_are_refused(
         await runner.stop()
 
 
-def login(user: str) -> dict[str, str]:
+def login(user: str, password: str | None = None) -> dict[str, str]:
+    """An aiokafka client's SCRAM login as `user` (its password in PASSWORDS by default)."""
     return {
         "security_protocol": "SASL_PLAINTEXT",
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": user,
-        "sasl_plain_password": PASSWORDS[user],
+        "sasl_plain_password": PASSWORDS[user] if password is None else password,
     }
 
 
@@ -366,11 +367,8 @@ async def test_nobody_adds_a_user_through_the_controller_listener(sasl_kafka: Ka
     )
     intruder = AIOKafkaProducer(
         bootstrap_servers=sasl_kafka.bootstrap,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="SCRAM-SHA-512",
-        sasl_plain_username="intruder",
-        sasl_plain_password="pw-1234567",
         request_timeout_ms=10_000,
+        **login("intruder", "pw-1234567"),
     )
     try:
         with pytest.raises(KafkaConnectionError, match="Unable to bootstrap"):
