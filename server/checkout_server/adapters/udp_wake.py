@@ -177,14 +177,12 @@ class _WakeProtocol(asyncio.DatagramProtocol):
         signer: WakeSigner,
         *,
         budget_per_s: int = READ_BUDGET_PER_S,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._on_wake = on_wake
         self._signer = signer
         self._budget = budget_per_s
-        self._clock = clock
         self._transport: _Pausable | None = None
-        self._window_start = clock()
+        self._window_start = time.monotonic()
         self._read = 0
         self.pauses_total = 0  # seconds cut short by the budget
 
@@ -193,7 +191,7 @@ class _WakeProtocol(asyncio.DatagramProtocol):
         self._transport = cast(_Pausable, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        now = self._clock()
+        now = time.monotonic()
         if now - self._window_start >= 1.0:
             self._window_start, self._read = now, 0
         self._read += 1
