@@ -25,6 +25,7 @@ from pydantic import ValidationInfo, field_validator, model_validator
 from checkout_common import result_key as result_keys
 from checkout_common.kafka_security import KafkaSecurity
 from checkout_common.settings import EnvRule, EnvSettings, Flag, Names, Secret
+from checkout_common.status_message import DEFAULT_TOPIC as DEFAULT_STATUS_TOPIC
 
 from .domain import DecodeLimits
 from .errors import ConfigError
@@ -54,6 +55,9 @@ class RunnerSettings(EnvSettings, KafkaSecurity):
     """KAFKA_BOOTSTRAP_SERVERS: the relay's Kafka."""
     kafka_topic: str = "checkout.videos.v1"
     """KAFKA_TOPIC: the relay's topic."""
+    status_topic: Annotated[str, EnvRule.KEEP_EMPTY] = DEFAULT_STATUS_TOPIC
+    """STATUS_TOPIC: where each result written is announced, so the servers' watchers see it
+    at once (the servers' setting); empty: none, the servers find results by looking."""
     default_bucket: str = "videos"
     """DEFAULT_BUCKET: the server's bucket for uploads that name none (the server's setting);
     always allowed."""

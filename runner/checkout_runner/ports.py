@@ -71,6 +71,15 @@ class ObjectStore(Protocol):
         all of the new one, never part of it."""
 
 
+class ResultAnnouncer(Protocol):
+    """Tells the servers that a result was written (the status topic), so their watchers see
+    it at once; without it they find it by looking, later."""
+
+    async def announce(self, event: VideoEvent, key: str) -> None:
+        """Announce the result at `key` of `event`; never raises, and gives up after a bounded
+        time (the servers still find the result)."""
+
+
 class StateStore(Protocol):
     """The runner's own record per event (its state collection). Errors: DatabaseUnavailable."""
 

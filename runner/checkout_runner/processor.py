@@ -55,7 +55,7 @@ from .errors import (
     VideoUndecodable,
 )
 from .metrics import RunnerMetrics
-from .ports import DecodedVideo, Detector, ObjectStore, StateStore, VideoDecoder
+from .ports import DecodedVideo, Detector, ObjectStore, ResultAnnouncer, StateStore, VideoDecoder
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,12 @@ class Processor:
         config: ProcessorConfig,
         metrics: RunnerMetrics,
         span: SpanFactory,
+        announcer: ResultAnnouncer | None = None,
     ) -> None:
         """`detectors`: one instance per video processed at once (RUNNER_CONCURRENCY);
-        `span`: tracing.Spans.processing, or any factory of that shape."""
+        `span`: tracing.Spans.processing, or any factory of that shape; `announcer` tells
+        the servers of each result written (none: they find it by looking)."""
+        self._announcer = announcer
         self._span = span
         self._store = store
         self._states = states
@@ -260,6 +263,8 @@ class Processor:
     ) -> Handled:
         await self._store.put_json(event.bucket, key, body)
         self._metrics.results_written.inc()
+        if self._announcer is not None:
+            await self._announcer.announce(event, key)
         if reason:
             self._metrics.failures.labels(reason).inc()
         await self._states.advance(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import cv2
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from miniopy_async.api import Minio
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -24,6 +24,7 @@ from checkout_common.backoff import Backoff
 from checkout_common.supervisor import retry_until
 
 from .adapters.isolated_decoder import IsolatedDecoder
+from .adapters.kafka_announcer import KafkaResultAnnouncer
 from .adapters.kafka_source import KafkaEventSource
 from .adapters.minio_store import MinioObjectStore
 from .adapters.mongo_states import Document, MongoStateStore
@@ -78,6 +79,7 @@ class RunnerApp:
     mongo: AsyncMongoClient[Document]
     minio: Minio
     provider: TracerProvider
+    announcer: KafkaResultAnnouncer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve metrics, join the group (retrying while Kafka or MongoDB is down), consume
@@ -101,6 +103,8 @@ class RunnerApp:
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
+            if self.announcer is not None:
+                await self.announcer.close()
             await self.mongo.close()
             await self.minio.close_session()  # type: ignore[no-untyped-call]
             await asyncio.to_thread(self.provider.shutdown)
@@ -148,6 +152,24 @@ def kafka_consumer(settings: RunnerSettings, *, member: str) -> AIOKafkaConsumer
     )
 
 
+def result_announcer(settings: RunnerSettings, *, member: str) -> KafkaResultAnnouncer | None:
+    """The announcer of results on STATUS_TOPIC (None without one), with acks from all
+    in-sync replicas, giving up after 5 s."""
+    if not settings.status_topic:
+        return None
+    return KafkaResultAnnouncer(
+        lambda: AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id=f"{member}-status",
+            acks="all",
+            request_timeout_ms=5_000,
+            **settings.kafka_client_security(),
+        ),
+        topic=settings.status_topic,
+        timeout_s=5.0,
+    )
+
+
 def create_runner(settings: RunnerSettings) -> RunnerApp:
     """Build the runner (not started; call inside the event loop that runs it)."""
     member = settings.member_id
@@ -175,6 +197,7 @@ def create_runner(settings: RunnerSettings) -> RunnerApp:
     states = MongoStateStore(mongo[settings.mongo_db][settings.runner_state_collection])
     metrics = RunnerMetrics()
     provider = tracer_provider(settings)
+    announcer = result_announcer(settings, member=member)
     processor = Processor(
         store=MinioObjectStore(minio),
         states=states,
@@ -196,6 +219,7 @@ def create_runner(settings: RunnerSettings) -> RunnerApp:
         ),
         metrics=metrics,
         span=Spans(provider.get_tracer(INSTRUMENTATION)).processing,
+        announcer=announcer,
     )
     loop = ConsumerLoop(
         source=source,
@@ -215,6 +239,7 @@ def create_runner(settings: RunnerSettings) -> RunnerApp:
         mongo=mongo,
         minio=minio,
         provider=provider,
+        announcer=announcer,
     )
 
 
