@@ -54,7 +54,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._events import bench_event
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.adapters.kafka_publisher import KafkaPublisher
 from checkout_server.adapters.mongo_relay_store import MongoLeaseStore, MongoOutboxRelayStore
 from checkout_server.adapters.udp_wake import WakeSender, WakeSigner
 from checkout_server.config import RelaySettings
@@ -63,7 +62,7 @@ from checkout_server.relay.leases import LeaseManager, SystemClock
 from checkout_server.relay.metrics import RelayMetrics
 from checkout_server.relay.relay import Relay, RelayConfig
 from checkout_server.supervisor import Supervisor
-from checkout_server.wiring.clients import kafka_admin, kafka_producer
+from checkout_server.wiring.clients import events_publisher
 from devstack import FerretDB, Kafka, free_port
 from devstack._stack import LocalStack, PythonService, StackPorts
 from tests.helpers import mp4_bytes
@@ -230,14 +229,7 @@ async def round_trips(ferretdb: FerretDB, bootstrap: str, events: int, batch: in
         clock=clock,
     )
     settings = RelaySettings(kafka_bootstrap_servers=bootstrap, kafka_topic="bench.round-trips")
-    publisher = KafkaPublisher(
-        producer_factory=lambda: kafka_producer(settings, member="bench"),
-        admin_factory=lambda: kafka_admin(settings, member="bench"),
-        topic=settings.kafka_topic,
-        partitions=3,
-        replication_factor=1,
-        timeout_s=15,
-    )
+    publisher = events_publisher(settings, member="bench")
     relay = Relay(
         # As the relay runs by default (RELAY_SENT_RETENTION_S=0): sent messages deleted.
         store=MongoOutboxRelayStore(

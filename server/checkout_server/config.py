@@ -32,6 +32,7 @@ from checkout_common.settings import EnvSettings
 from checkout_common.settings import Flag as Flag
 from checkout_common.settings import Names as Names
 from checkout_common.settings import Secret as Secret
+from checkout_common.status_message import DEFAULT_TOPIC as DEFAULT_STATUS_TOPIC
 
 from .errors import ConfigError
 from .outbox.sharding import SLOTS
@@ -428,14 +429,16 @@ class OutboxWakeSection(Section):
 class WatchWakeSection(Section):
     """Waking the watchers.
 
-    A process tells the servers of every status change it writes (UDP datagrams)."""
+    A process tells the servers of a status change the status topic did not take (UDP
+    datagrams), so they read it from the database."""
 
     watch_wake_targets: Names = frozenset()
     """WATCH_WAKE_TARGETS: comma-separated `host:port` UDP addresses of the servers'
-    WATCH_WAKE_ADDR; this process sends each of them a wake-up after every status change it
-    writes (the relay: events marked sent or failed; a server: new events and results), so their
-    watchers learn of it at once instead of at WATCH_POLL_INTERVAL_S (empty, the default: none
-    are sent; a server always wakes its own watchers). Names are resolved again every 30 s."""
+    WATCH_WAKE_ADDR; this process sends each of them a wake-up when a status change it wrote
+    (the relay: events marked sent or failed; a server: new events and results) was not taken
+    by STATUS_TOPIC (Kafka down or slow), or for every change without one, so their watchers
+    learn of it at once instead of at WATCH_POLL_INTERVAL_S (empty, the default: none are
+    sent; a server always tells its own watchers). Names are resolved again every 30 s."""
     wake_secret: Secret = ""
     """WAKE_SECRET: the secret every server and relay of a deployment shares (at least 16
     characters): wake-ups are signed with it (HMAC-SHA256), and one that is not, or is more
@@ -532,26 +535,36 @@ class StatusSection(Section):
 class KafkaSection(Section, KafkaSecurity):
     """Kafka.
 
-    Where the relay publishes the events, and how it authenticates: the detection runner reads
-    KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE alike
+    The brokers of the events' topic (the relay writes it) and of the status topic (servers
+    and relays write and read it), and how each process authenticates: the detection runner
+    reads KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE alike
     ([relay.md](relay.md#authenticated-kafka))."""
 
     kafka_bootstrap_servers: str = "kafka:9092"
-    """KAFKA_BOOTSTRAP_SERVERS: the brokers the relay publishes to."""
-    kafka_topic: str = "checkout.videos.v1"
-    """KAFKA_TOPIC: the topic of the events."""
+    """KAFKA_BOOTSTRAP_SERVERS: the brokers."""
     kafka_topic_partitions: int = 3
-    """KAFKA_TOPIC_PARTITIONS: used when the relay creates a missing topic."""
+    """KAFKA_TOPIC_PARTITIONS: used when a process creates a missing topic."""
     kafka_replication_factor: int = 1
-    """KAFKA_REPLICATION_FACTOR: used when the relay creates a missing topic."""
-    kafka_linger_ms: int = 5
-    """KAFKA_LINGER_MS: how long the producer waits to fill a batch."""
+    """KAFKA_REPLICATION_FACTOR: used when a process creates a missing topic."""
+    status_topic: Annotated[str, EnvRule.KEEP_EMPTY] = DEFAULT_STATUS_TOPIC
+    """STATUS_TOPIC: where every status change is announced, so each server's watchers learn
+    of it without a database query (docs/status.md, Watching); the detection runner announces
+    its results there too. Records are kept an hour: servers read it from its end. Empty:
+    none; watchers then poll the database, woken as WATCH_WAKE_TARGETS say."""
+    status_send_timeout_s: float = 5.0
+    """STATUS_SEND_TIMEOUT_S: the longest a batch of announcements may take; past it they are
+    given up and the servers are woken to read the database instead."""
 
 
 class RelaySection(Section):
     """The outbox relay.
 
     checkout-relay's own settings; every relay of a deployment must agree on RELAY_SHARDS."""
+
+    kafka_topic: str = "checkout.videos.v1"
+    """KAFKA_TOPIC: the topic of the events."""
+    kafka_linger_ms: int = 5
+    """KAFKA_LINGER_MS: how long the producer waits to fill a batch."""
 
     relay_id: str = ""
     """RELAY_ID: this relay's name in leases and logs (default: host name and pid)."""
@@ -678,6 +691,7 @@ class ServerSettings(
     ResumableSection,
     StatusSection,
     MetricsSection,
+    KafkaSection,
     OutboxWakeSection,
     WatchWakeSection,
     StartupSection,

@@ -160,6 +160,15 @@ class StatusRecords(Protocol):
         """Events whose result has not been seen yet, newest first, at most `limit`."""
 
 
+class StatusChannel(Protocol):
+    """The status topic, written to (outbox/announcement.py; adapters/kafka_status.py reads
+    it too)."""
+
+    async def send(self, records: Sequence[tuple[str, bytes]]) -> bool:
+        """Write these (key, value) records; True once the topic acknowledged every one, False
+        when it did not (down, or slower than its timeout). Never raises an outage."""
+
+
 class UploadRateLimit(Protocol):
     """How many uploads one client may start per time window (per process)."""
 

@@ -181,6 +181,9 @@ def base_settings(ferretdb: FerretDB, minio: MinIO) -> ServerSettings:
         # its marks at the safety-net poll, 10 s by default (test_watch_wakeups: woken ones).
         watch_poll_interval_s=1.0,
         wake_secret=TEST_WAKE_SECRET,
+        # No status topic: each test's server would read every other test's changes. The
+        # tests of the topic (test_status_topic.py) give theirs one of its own.
+        status_topic="",
     )
 
 

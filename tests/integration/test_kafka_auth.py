@@ -44,7 +44,7 @@ from checkout_server.adapters.kafka_publisher import KafkaPublisher
 from checkout_server.config import RelaySettings
 from checkout_server.errors import PublisherUnavailable
 from checkout_server.relay.ports import Message, PublishOutcome
-from checkout_server.wiring.clients import kafka_admin, kafka_producer
+from checkout_server.wiring.clients import events_publisher
 from devstack import Kafka, KafkaAcl, free_port
 from tests.helpers import wait_until
 
@@ -112,14 +112,7 @@ def secret_file(tmp_path: Path, name: str, password: str) -> Path:
 
 def relay_publisher(settings: RelaySettings) -> KafkaPublisher:
     """The relay's publisher, as wiring/relay.py builds it."""
-    return KafkaPublisher(
-        producer_factory=lambda: kafka_producer(settings, member="auth-test"),
-        admin_factory=lambda: kafka_admin(settings, member="auth-test"),
-        topic=settings.kafka_topic,
-        partitions=settings.kafka_topic_partitions,
-        replication_factor=settings.kafka_replication_factor,
-        timeout_s=settings.relay_send_timeout_s,
-    )
+    return events_publisher(settings, member="auth-test")
 
 
 def runner_source(settings: RunnerSettings) -> KafkaEventSource:

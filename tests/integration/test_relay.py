@@ -76,6 +76,8 @@ class Relays:
                 "MONGO_DB": self.settings.mongo_db,
                 "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
                 "KAFKA_TOPIC": self.topic,
+                # Where the test's server reads statuses (none by default: wake-ups instead).
+                "STATUS_TOPIC": self.settings.status_topic,
                 "RELAY_ID": name,
                 "RELAY_HEALTH_ADDR": f"127.0.0.1:{port}",
                 "RELAY_METRICS_ADDR": "",

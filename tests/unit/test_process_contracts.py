@@ -13,6 +13,7 @@ from pathlib import Path
 import jsonschema_rs
 import pytest
 
+from checkout_common import status_message
 from checkout_common.input_key import input_key
 from checkout_common.result_key import result_prefix
 from checkout_common.settings import EnvSettings
@@ -29,9 +30,11 @@ from checkout_runner.domain import (
 )
 from checkout_runner.errors import FAILURE_RESULTS, EnvelopeError, Refusal
 from checkout_runner.errors import ConfigError as RunnerConfigError
+from checkout_server.adapters.kafka_status import KafkaStatusFeed
 from checkout_server.config import RelaySettings, ServerSettings
 from checkout_server.domain import ANONYMOUS, EventStatus, input_object_key
 from checkout_server.errors import ConfigError as ServerConfigError
+from checkout_server.outbox.announcement import message_of
 from checkout_server.relay.envelope import build_message
 from checkout_server.relay.ports import PendingEvent
 from checkout_server.status.service import StatusService
@@ -153,6 +156,7 @@ def test_the_settings_both_read_have_the_same_defaults() -> None:
     assert runner.result_max_bytes == server.result_max_bytes
     assert runner.result_key_template == server.result_key_template
     assert runner.kafka_topic == relay.kafka_topic
+    assert runner.status_topic == relay.status_topic == server.status_topic
     assert runner.mongo_db == server.mongo_db
 
 
@@ -251,6 +255,28 @@ def test_the_relays_record_is_what_its_schema_says() -> None:
         created_at=NOW,
     )
     schema("video-uploaded.v1").validate(json.loads(build_message(pending).value))
+
+
+def test_the_status_topics_records_are_what_its_schema_says() -> None:
+    """A server's or relay's status change, and the runner's announcement of a result, as
+    each writes them; the server reads the runner's as a result to check."""
+    sent = outbox_event(VIDEO, at=NOW, status=EventStatus.SENT, owner="camera")
+    schema("status.v1").validate(json.loads(message_of(sent)))
+    key = RunnerSettings.from_env({}).result_key(video_id=VIDEO, event_id=VIDEO)
+    written = status_message.result_written(
+        event_id=VIDEO, video_id=VIDEO, bucket="videos", result_key=key, written_at=NOW
+    )
+    schema("status.v1").validate(json.loads(written))
+    hinted: list[str] = []
+    feed = KafkaStatusFeed(
+        consumer_factory=lambda: pytest.fail("not started"),
+        topic="t",
+        on_change=lambda e: pytest.fail("not a change"),
+        on_result=hinted.append,
+        on_live=lambda live: None,
+    )
+    feed.handle(written)
+    assert hinted == [VIDEO]
 
 
 def test_the_runner_reads_the_schemas_example_record() -> None:

@@ -124,12 +124,33 @@ async def test_a_change_is_offered_once_whichever_way_it_comes(supervisor: Super
         ]
 
 
-async def test_nobody_watching_publishing_keeps_nothing(supervisor: Supervisor) -> None:
+async def test_a_status_behind_one_offered_is_never_offered(supervisor: Supervisor) -> None:
+    """The topic and the poller may bring an event's statuses out of order (the relay's
+    `sent` after a server marked it ready): a watcher never sees the event go back."""
     hub = build_hub(FakeOutbox(), supervisor)
-    hub.publish(event("unwatched"))
+    new = event("late")
+    ready = replace(new, ready_at=new.created_at + SECOND, updated_at=new.created_at + SECOND)
+    sent = replace(new, status=EventStatus.SENT, updated_at=new.created_at + 2 * SECOND)
     with hub.subscribe(None) as watcher:
-        hub.publish(event("unwatched"))  # not taken for one offered already
-        assert [e.event_id for e in await watcher.next(1.0)] == ["unwatched"]
+        hub.publish(ready)
+        hub.publish(sent)
+        hub.publish(new)
+        assert [e.api_status for e in await watcher.next(1.0)] == [EventStatus.READY]
+
+
+async def test_a_status_seen_while_nobody_watched_is_not_offered_again(
+    supervisor: Supervisor,
+) -> None:
+    """A watcher reads the current status when it subscribes: a status the hub knew before
+    is not offered again, a later one is."""
+    hub = build_hub(FakeOutbox(), supervisor)
+    new = event("earlier")
+    hub.publish(new)
+    with hub.subscribe(None) as watcher:
+        hub.publish(new)
+        assert await watcher.next(0) == []
+        hub.publish(replace(new, status=EventStatus.SENT, updated_at=new.updated_at + SECOND))
+        assert [e.status for e in await watcher.next(1.0)] == [EventStatus.SENT]
 
 
 async def test_the_feed_survives_a_query_that_raises_anything(
@@ -225,3 +246,37 @@ async def test_an_owners_watcher_is_not_woken_by_other_owners_changes(
         assert await own.next(0.05) == []  # not woken: it waited the whole timeout
         hub.publish(replace(event("mine"), owner="cam-a"))
         assert [e.event_id for e in await own.next(1.0)] == ["mine"]
+
+
+async def test_an_event_made_again_under_its_id_is_offered_again(supervisor: Supervisor) -> None:
+    """After a Cleanup raced a resumable upload's finish, an event id comes back with a later
+    `created_at`: its statuses are news, however far the first one got; the first one's are
+    not, once the second is known."""
+    hub = build_hub(FakeOutbox(), supervisor)
+    first = event("again")
+    failed = replace(first, ready_at=first.created_at, updated_at=first.created_at, error="X")
+    second = replace(
+        first, created_at=first.created_at + SECOND, updated_at=first.created_at + SECOND
+    )
+    with hub.subscribe(None) as watcher:
+        hub.publish(failed)
+        hub.publish(second)
+        hub.publish(failed)  # the old one, brought late
+        changes = await watcher.next(1.0)
+    assert [(e.created_at, e.api_status) for e in changes] == [(second.created_at, EventStatus.NEW)]
+
+
+async def test_a_change_read_back_at_millisecond_precision_is_the_same_event(
+    supervisor: Supervisor,
+) -> None:
+    """This process's own `new` has microseconds; the same event's `sent`, read from the
+    database or the status topic, milliseconds: it is the next status, not an older event."""
+    hub = build_hub(FakeOutbox(), supervisor)
+    own = event("precise")
+    own = replace(own, created_at=own.created_at.replace(microsecond=123456))
+    stored = own.created_at.replace(microsecond=123000)
+    sent = replace(own, status=EventStatus.SENT, created_at=stored, updated_at=stored + SECOND)
+    with hub.subscribe(None) as watcher:
+        hub.publish(own)
+        hub.publish(sent)
+        assert [e.status for e in await watcher.next(1.0)] == [EventStatus.SENT]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -58,14 +58,18 @@ class KafkaPublisher:
         partitions: int,
         replication_factor: int,
         timeout_s: float,
+        topic_configs: Mapping[str, str] | None = None,
     ) -> None:
+        """`topic_configs`: the topic's configuration when this creates it."""
         self._producer_factory = producer_factory
         self._admin_factory = admin_factory
         self._topic = topic
         self._partitions = partitions
         self._replication_factor = replication_factor
         self._timeout_s = timeout_s
+        self._topic_configs = dict(topic_configs or {})
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
         self._topic_ready = False
         self._restarts = 0
 
@@ -128,6 +132,12 @@ class KafkaPublisher:
         await self._stop(producer)
 
     async def _ready_producer(self) -> AIOKafkaProducer:
+        # One at a time: two callers (the status topic's reader starts it while a batch is
+        # sent) would each start a producer, and the one overwritten would never be stopped.
+        async with self._starting:
+            return await self._start_producer()
+
+    async def _start_producer(self) -> AIOKafkaProducer:
         if not self._topic_ready:
             await self._ensure_topic()
         if self._producer is None:
@@ -137,6 +147,9 @@ class KafkaPublisher:
             except (TimeoutError, KafkaError, OSError) as exc:
                 await self._stop(producer)
                 raise PublisherUnavailable(f"cannot start the Kafka producer: {exc!r}") from exc
+            except asyncio.CancelledError:  # stopping meanwhile: nobody else has it to close
+                await self._stop(producer)
+                raise
             self._producer = producer
         return self._producer
 
@@ -146,7 +159,14 @@ class KafkaPublisher:
             async with asyncio.timeout(self._timeout_s):
                 await admin.start()
                 response = await admin.create_topics(
-                    [NewTopic(self._topic, self._partitions, self._replication_factor)]
+                    [
+                        NewTopic(
+                            self._topic,
+                            self._partitions,
+                            self._replication_factor,
+                            topic_configs=self._topic_configs,
+                        )
+                    ]
                 )
         except (TimeoutError, KafkaError, OSError) as exc:
             raise PublisherUnavailable(f"cannot create the topic: {exc!r}") from exc

@@ -46,22 +46,15 @@ class MongoOutbox:
         statuses: AsyncCollection[Document],
         *,
         on_added: Callable[[], None] | None = None,
-        on_status_changed: Callable[[], None] | None = None,
         on_recorded: Callable[[OutboxEvent], None] | None = None,
     ) -> None:
         """`on_added` is called after each outbox message is committed (to wake the relays),
-        `on_status_changed` after each status record written (to wake the other servers'
-        watchers), `on_recorded` with the event of each status record written (to reach this
-        process's watchers at once); none may block or raise."""
+        `on_recorded` with the event of each status record written (to reach this process's
+        watchers at once, and the status topic); neither may block or raise."""
         self._outbox = outbox
         self._statuses = statuses
         self._on_added = on_added
-        self._on_status_changed = on_status_changed
         self._on_recorded = on_recorded
-
-    def _status_changed(self) -> None:
-        if self._on_status_changed is not None:
-            self._on_status_changed()
 
     async def ensure_indexes(self) -> None:
         with translated("ensure_indexes"):
@@ -95,7 +88,6 @@ class MongoOutbox:
                 extra={"event_id": event.event_id, "error": repr(exc)},
             )
         else:
-            self._status_changed()
             if self._on_recorded is not None:
                 self._on_recorded(event)
 

@@ -14,7 +14,7 @@ loses a race (marking `sent` twice, rescheduling an event another relay already 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
@@ -52,19 +52,15 @@ class MongoOutboxRelayStore:
         *,
         keep_sent: bool = True,
         update_chunk: int = UPDATE_CHUNK,
-        on_status_changed: Callable[[], None] | None = None,
     ) -> None:
         """`keep_sent`: sent messages stay in the outbox, `sent`, until the sweeper deletes
         them; otherwise they are deleted as they are marked (their status records keep
         `sent_at`), which keeps the outbox, read by every poll, as small as the backlog.
-        `update_chunk`: the most documents one update names (see UPDATE_CHUNK).
-        `on_status_changed` is called after status records are marked sent or failed (to wake
-        the servers' watchers; it must not block or raise)."""
+        `update_chunk`: the most documents one update names (see UPDATE_CHUNK)."""
         self._outbox = outbox
         self._statuses = statuses
         self._keep_sent = keep_sent
         self._update_chunk = update_chunk
-        self._on_status_changed = on_status_changed
 
     def _chunks(self, ids: Sequence[str]) -> list[list[str]]:
         size = self._update_chunk
@@ -114,6 +110,7 @@ class MongoOutboxRelayStore:
                 attempts=int(d.get(f.ATTEMPTS) or 0),
                 slot=d.get(f.RELAY_SLOT),
                 traceparent=str(d.get(f.TRACEPARENT) or ""),
+                owner=str(d.get(f.OWNER) or ""),
             )
             for d in documents
         ]
@@ -158,7 +155,6 @@ class MongoOutboxRelayStore:
         query = {f.ID: {"$in": event_ids}, f.STATUS: NEW}
         result = await self._statuses.update_many(query, {"$set": fields})
         if result.matched_count >= len(event_ids):
-            self._status_changed()
             return
         # Not matched: past `new` already (another relay, a replay), or not written yet (the
         # server stopped between its two inserts, or is just now between them).
@@ -179,11 +175,6 @@ class MongoOutboxRelayStore:
         # Records the server wrote after the first update (every record that exists now
         # existed when the presence check or the insert above saw it): update them too.
         await self._statuses.update_many(query, {"$set": fields})
-        self._status_changed()
-
-    def _status_changed(self) -> None:
-        if self._on_status_changed is not None:
-            self._on_status_changed()
 
     async def backfill_slots(self, limit: int) -> int:
         with translated("backfill_slots"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -49,16 +49,8 @@ _INDEXES = [
 class MongoStatusRecords:
     """Implements ports.StatusRecords over the status records (built by the wiring, shared)."""
 
-    def __init__(
-        self,
-        statuses: AsyncCollection[Document],
-        *,
-        on_status_changed: Callable[[], None] | None = None,
-    ) -> None:
-        """`on_status_changed` is called after each record marked ready (to wake the
-        watchers); it may neither block nor raise."""
+    def __init__(self, statuses: AsyncCollection[Document]) -> None:
         self._statuses = statuses
-        self._on_status_changed = on_status_changed
 
     async def ensure_indexes(self) -> None:
         with translated("ensure_indexes"):
@@ -115,11 +107,7 @@ class MongoStatusRecords:
             result = await self._statuses.update_one(
                 {f.ID: event_id, f.READY_AT: None}, {"$set": outcome}
             )
-        if result.modified_count == 0:
-            return False
-        if self._on_status_changed is not None:
-            self._on_status_changed()
-        return True
+        return result.modified_count > 0
 
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
         with translated("unready"):

@@ -142,6 +142,22 @@ class ServiceCollector(Collector):
             WATCH_REFUSAL_REASONS,
             self._hub.refusals,
         )
+        yield GaugeMetricFamily(
+            "checkout_status_topic_live",
+            "1 while this server reads the status topic (changes are pushed), 0 while its "
+            "watchers poll the database instead.",
+            value=int(self._hub.live),
+        )
+        reads = CounterMetricFamily(
+            "checkout_watch_database_reads",
+            "Database reads of the watch path, by what: `poll` (status records changed, while "
+            "the status topic is not live or an announcement was lost), `record` (the record "
+            "of an announced result this server had not seen).",
+            labels=["what"],
+        )
+        reads.add_metric(["poll"], self._hub.polls)
+        reads.add_metric(["record"], self._hub.record_reads)
+        yield reads
         if self._rates is not None:
             yield _by_reason(
                 "checkout_calls_rate_limited",

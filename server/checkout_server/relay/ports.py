@@ -28,6 +28,7 @@ class PendingEvent:
     attempts: int = 0
     slot: int | None = None  # None: stored before slots existed (see backfill_slots)
     traceparent: str = ""  # the W3C trace context stored with the event, or ""
+    owner: str = ""  # the client that made the event, or "" (authentication off)
 
 
 @dataclass(frozen=True, kw_only=True)

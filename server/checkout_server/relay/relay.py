@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,7 +30,7 @@ from opentelemetry import trace
 
 from checkout_common.backoff import Backoff
 
-from ..domain import age_s
+from ..domain import EventStatus, OutboxEvent, age_s
 from ..errors import (
     DatabaseTimeout,
     DatabaseUnavailable,
@@ -37,6 +38,7 @@ from ..errors import (
     PublisherUnavailable,
     ServiceError,
 )
+from ..outbox.document import BUCKET, CONTENT_TYPE, FILENAME, OBJECT_KEY, SHA256, SIZE_BYTES
 from ..outbox.sharding import relay_slot, shard_of_slot, slot_ranges
 from ..supervisor import Supervisor
 from ..tracing import context_from_traceparent, traceparent_of
@@ -92,9 +94,12 @@ class Relay:
         supervisor: Supervisor,
         tracer: trace.Tracer | None = None,
         topic: str = "",
+        announce: Callable[[OutboxEvent], None] | None = None,
     ) -> None:
         """`tracer` makes the publish spans (default: none are recorded); `topic` names the
-        destination in them."""
+        destination in them; `announce` gets each event as marked `sent` or `failed` (for the
+        status topic: outbox/announcement.py), and may neither block nor raise."""
+        self._announce = announce
         self._tracer = tracer or trace.NoOpTracer()
         self._topic = topic
         self._store = store
@@ -290,6 +295,9 @@ class Relay:
         if sent:
             await self._mark_sent(sent, now)
             self._metrics.published_total += len(sent)
+            for event, delivery in outcomes:
+                if delivery.outcome is PublishOutcome.DELIVERED:
+                    self._announced(event, EventStatus.SENT, now)
         for event, delivery in outcomes:
             if delivery.outcome is PublishOutcome.REJECTED:
                 await self._fail(event, delivery.reason)
@@ -339,8 +347,34 @@ class Relay:
 
     async def _fail(self, event: PendingEvent, reason: str) -> None:
         log.error("event failed for good", extra={"event_id": event.event_id, "reason": reason})
-        await self._store.mark_failed(event.event_id, reason[:500], self._clock.wall())
+        now = self._clock.wall()
+        await self._store.mark_failed(event.event_id, reason[:500], now)
         self._metrics.failures_total += 1
+        self._announced(event, EventStatus.FAILED, now, error=reason[:500])
+
+    def _announced(
+        self, event: PendingEvent, status: EventStatus, now: datetime, *, error: str = ""
+    ) -> None:
+        if self._announce is None:
+            return
+        payload = event.payload
+        self._announce(
+            OutboxEvent(
+                event_id=event.event_id,
+                video_id=event.video_id,
+                bucket=str(payload.get(BUCKET, "")),
+                object_key=str(payload.get(OBJECT_KEY, "")),
+                filename=str(payload.get(FILENAME, "")),
+                content_type=str(payload.get(CONTENT_TYPE, "")),
+                size_bytes=int(payload.get(SIZE_BYTES, 0)),
+                sha256=str(payload.get(SHA256, "")),
+                status=status,
+                created_at=event.created_at,
+                updated_at=now,
+                error=error,
+                owner=event.owner,
+            )
+        )
 
     def _shard(self, event: PendingEvent) -> int:
         slot = relay_slot(event.event_id) if event.slot is None else event.slot

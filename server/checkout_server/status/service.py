@@ -151,6 +151,10 @@ class StatusService:
             raise errors.EventNotFound(event_id=event_id)
         return await self.refresh(event)
 
+    async def find(self, event_id: str) -> OutboxEvent | None:
+        """The event as recorded, for the server's own use (no caller to check), or None."""
+        return await self._outbox.get(event_id)
+
     async def refresh(self, event: OutboxEvent) -> OutboxEvent:
         """`event`, marked ready if its result has appeared in storage."""
         if event.ready_at is not None:

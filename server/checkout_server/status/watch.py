@@ -1,21 +1,29 @@
 """Status changes, watched once per server process and fanned out to every watcher.
 
-One change feed per process, whatever the number of watchers:
-- a poller reads the status records whose `updated_at` moved (only while someone watches),
-  so MongoDB sees the same query rate for one watcher or a thousand. It looks when woken
-  (`wake()`: a relay or another server said it wrote a change, over UDP), at most once per
-  `poll_min_gap_s`, and otherwise only every `poll_interval_s`, the safety net for lost
-  wake-ups: a watched stack with nothing happening costs no queries between those;
-- the events that single-event watchers follow are checked for their result often
-  (`result_check_interval_s`): one storage request per watched event, however many watch it;
-- a slower reconcile checks every event still waiting for a result, so listings and
+One change feed per process, whatever the number of watchers. Changes are pushed: every
+writer announces what it wrote on the status topic (outbox/announcement.py), which each
+server reads from its end (adapters/kafka_status.py, `changed` here), so a change reaches the
+watchers of every server without a database query. The runner announces each result it
+writes (`result_written`): the server checks it in storage and marks the record, and its
+watchers see `ready` (or `failed`) as recorded.
+
+The database stays the source of truth, and is read:
+- by the poller, for the status records whose `updated_at` moved (only while someone
+  watches, so MongoDB sees the same query rate for one watcher or a thousand), while the
+  topic is not live (Kafka down, or this server not yet reading it): when woken (`wake()`:
+  a writer's announcement was lost, a UDP wake-up), at most once per `poll_min_gap_s`, and
+  otherwise every `poll_interval_s`. Once the topic is live again it reads once more, for
+  what was written meanwhile, and then only when woken;
+- for the results of the events single-event watchers follow, often
+  (`result_check_interval_s`): one storage request per watched event, however many watch
+  it; the path of a runner that writes results without announcing them;
+- by a slower reconcile, for every event still waiting for a result, so listings and
   all-events watchers learn of results nobody was watching for.
-This process's own changes (an upload's new record, a result it marks ready) reach its
-watchers at once (`publish`), without a query; the poller brings the relays' and the other
-servers' changes, and each change is offered once whichever way it comes. (MinIO bucket
-notifications would be the natural fast path for results; docs/status.md says why they are
-polled instead.) The three loops run under the process's Supervisor: a round that raises
-anything is logged, counted and retried, so the feed never ends silently.
+Each status of an event is offered once, whichever way it comes, and never one behind a
+status already offered (new, then sent, then ready or failed). (MinIO bucket notifications
+would be the natural fast path for results; docs/status.md says why they are not used.)
+The loops run under the process's Supervisor: a round that raises anything is logged,
+counted and retried, so the feed never ends silently.
 
 Each watcher has a bounded mailbox that keeps only the latest change per event: publishing
 never waits for a watcher, a slow watcher cannot hold up the others, and one that falls
@@ -34,7 +42,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 
 from .. import errors
-from ..domain import OutboxEvent
+from ..domain import EventStatus, OutboxEvent
 from ..ports import StatusRecords
 from ..supervisor import Supervisor
 from .service import StatusService
@@ -51,8 +59,34 @@ _RECONCILE_CONCURRENCY = 8
 # interval up to this: checking every waiting event every round cost an idle server with 600
 # of them (no detection runner) 2.4 % of a core, most of its idle CPU.
 _RECHECK_MAX_S = 300.0
+# A lost announcement wakes the poller while the topic is live: it reads this far back.
+_LOST_LOOKBACK = timedelta(seconds=30)
+# The latest state of this many events is kept (the most recently changed): to offer each
+# status once and never an older one, and to check a result the runner announces without
+# reading its record.
+_LATEST_MAX = 10_000
+# Results the runner announced and not yet checked: past this, the oldest are left to the
+# reconcile.
+_HINTS_MAX = 10_000
+_RANK = {EventStatus.NEW: 0, EventStatus.SENT: 1, EventStatus.READY: 2, EventStatus.FAILED: 2}
 # What `WatchHub.subscribe` refuses, each counted in `WatchHub.refusals`.
 WATCH_REFUSAL_REASONS = (errors.TooManyWatchers.reason, errors.TooManyClientWatchers.reason)
+
+
+def _newer(event: OutboxEvent, known: OutboxEvent) -> bool:
+    """Whether `event` is news after `known`, of the same id: a later status of the same
+    event, or the event made again (after a Cleanup raced a resumable upload's finish, the
+    one way an id comes back: a later `created_at`)."""
+    made, known_made = _stored(event.created_at), _stored(known.created_at)
+    if made != known_made:
+        return made > known_made
+    return _RANK[event.api_status] > _RANK[known.api_status]
+
+
+def _stored(at: datetime) -> datetime:
+    """A time as stored: BSON dates and the status topic's records keep milliseconds, this
+    process's own events have microseconds."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
 
 
 class Subscription:
@@ -128,16 +162,25 @@ class WatchHub:
         # The latest known state of each event a single-event watcher follows.
         self._tracked: dict[str, OutboxEvent] = {}
         self._watched = asyncio.Event()  # someone is subscribed
-        self._seen: dict[tuple[str, datetime], None] = {}
+        self._latest: OrderedDict[str, OutboxEvent] = OrderedDict()
         self._cursor: datetime | None = None
+        self._live = False  # the status topic is read (`changed`): no periodic poll
+        self._hints: OrderedDict[str, None] = OrderedDict()
+        self._hinted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # Waiting events the reconcile checked: event id -> (next check, interval), monotonic.
         self._rechecks: dict[str, tuple[float, float]] = {}
         self.polls = 0  # status record queries made by the poller (for tests and metrics)
+        self.record_reads = 0  # records read for announced results (for tests and metrics)
 
     @property
     def watchers(self) -> int:
         return len(self._subscriptions)
+
+    @property
+    def live(self) -> bool:
+        """Whether the status topic is read (`topic_live`)."""
+        return self._live
 
     @contextmanager
     def subscribe(
@@ -180,22 +223,45 @@ class WatchHub:
             self._tracked[event.event_id] = event
 
     def publish(self, event: OutboxEvent) -> None:
-        """Offer a change to every watcher, once: the poller and this process's own writes
-        (`on_changed` of the status service, `on_recorded` of the outbox) may both bring it."""
-        if not self._subscriptions:
-            return  # nobody to tell; the poller starts afresh when someone watches
-        key = (event.event_id, event.updated_at)
-        if key in self._seen:
+        """Offer a change to every watcher, once per status of an event and never one behind
+        a status offered before: this process's own writes (`on_changed` of the status
+        service, `on_recorded` of the outbox), the status topic and the poller may each bring
+        it."""
+        known = self._latest.get(event.event_id)
+        if known is not None and not _newer(event, known):
             return
-        self._seen[key] = None
+        self._latest[event.event_id] = event
+        self._latest.move_to_end(event.event_id)
+        if len(self._latest) > _LATEST_MAX:
+            self._latest.popitem(last=False)
         if event.event_id in self._tracked:
             self.track(event)
         for subscription in self._subscriptions:
             subscription.offer(event)
 
+    def changed(self, event: OutboxEvent) -> None:
+        """A change read from the status topic."""
+        self.publish(event)
+
+    def result_written(self, event_id: str) -> None:
+        """The runner announced a result for this event: check it soon (never blocks)."""
+        self._hints[event_id] = None
+        if len(self._hints) > _HINTS_MAX:
+            self._hints.popitem(last=False)  # the reconcile finds it
+        self._hinted.set()
+
+    def topic_live(self, live: bool) -> None:
+        """Whether the status topic is read: while not, the poller reads the database. Each
+        change of it makes the poller look once (live again: for what the topic missed)."""
+        self._live = live
+        if live and self._cursor is None:
+            return  # nobody watched while it was not: nothing to catch up on
+        self._woken.set()
+
     def wake(self) -> None:
-        """A status change was written (here or elsewhere): look soon, if anyone watches.
-        Never blocks; a wake-up is a hint, and one lost costs latency, never a change."""
+        """A status change was written and its announcement lost: look soon, if anyone
+        watches. Never blocks; a wake-up is a hint, and one lost costs latency, never a
+        change."""
         self._woken.set()
 
     def start(self) -> None:
@@ -204,6 +270,7 @@ class WatchHub:
             spawn("watch-poller", self._poll_round),
             spawn("result-reconcile", self._reconcile_round),
             spawn("result-check-watched", self._check_watched_round),
+            spawn("result-hints", self._hints_round),
         ]
 
     def close_subscriptions(self) -> None:
@@ -224,12 +291,18 @@ class WatchHub:
         if not self._watched.is_set():
             self._cursor = None  # nobody watched: start afresh when someone does
             await self._watched.wait()
+        if self._live and not self._woken.is_set():
+            # Changes come from the topic: read only when an announcement was lost or the
+            # topic failed, from a while back (a writer tries to announce a change first).
+            await self._woken.wait()
+            self._cursor = datetime.now(UTC) - _LOST_LOOKBACK
         self._woken.clear()  # from here on, a wake-up means: look again
         began = time.monotonic()
         if await self.poll_once():
             return 0.0  # a full batch: there is more now
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._woken.wait(), self._poll_interval_s)
+        if not self._live:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), self._poll_interval_s)
         # Woken (or the safety net is due): look again, but no sooner than the gap allows.
         return max(0.0, began + self._poll_min_gap_s - time.monotonic())
 
@@ -243,11 +316,34 @@ class WatchHub:
         for event in changed:
             self.publish(event)  # once, however often the look-back brings it
             self._cursor = max(self._cursor, event.updated_at)
-        # Forget what the look-back window no longer reaches.
-        horizon = self._cursor - 2 * _OVERLAP
-        for key in [k for k in self._seen if k[1] < horizon]:
-            del self._seen[key]
         return len(changed) == _POLL_BATCH
+
+    # --- results the runner announced ------------------------------------------------------
+
+    async def _hints_round(self) -> float:
+        await self._hinted.wait()
+        self._hinted.clear()
+        await self.check_hints_once()
+        return 0.0
+
+    async def check_hints_once(self) -> None:
+        """Check the results announced since the last call, and offer those found (marked
+        here, or already by another server) to the watchers."""
+        hinted, self._hints = list(self._hints), OrderedDict()
+        limit = asyncio.Semaphore(_RECONCILE_CONCURRENCY)
+
+        async def check(event_id: str) -> None:
+            async with limit:
+                event = self._latest.get(event_id) or self._tracked.get(event_id)
+                if event is None:
+                    self.record_reads += 1
+                    event = await self._status.find(event_id)  # a record this server missed
+                if event is not None:
+                    refreshed = await self._status.refresh(event)
+                    if refreshed.ready_at is not None:
+                        self.publish(refreshed)
+
+        await asyncio.gather(*(check(e) for e in hinted))
 
     # --- results in storage --------------------------------------------------------------
 

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import aiohttp
 from aiohttp_retry import ExponentialRetry, RetryClient
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
 
+from ..adapters.kafka_publisher import KafkaPublisher
 from ..adapters.minio_storage import ChecksummedMinio
-from ..config import MongoSection, RelaySettings, StorageSection
+from ..config import KafkaSection, MongoSection, RelaySettings, StorageSection
 from ..outbox.document import Document
 
 # The relay's envelope is small; this leaves room, and larger records are refused per event.
 KAFKA_MAX_REQUEST_BYTES = 1024 * 1024
+# How long the status topic keeps its records: servers read it from its end.
+STATUS_RETENTION_MS = 3_600_000
 
 
 def mongo_client(settings: MongoSection, *, appname: str) -> AsyncMongoClient[Document]:
@@ -54,29 +57,84 @@ def minio_client(settings: StorageSection) -> ChecksummedMinio:
     )
 
 
-def kafka_producer(settings: RelaySettings, *, member: str) -> AIOKafkaProducer:
-    """A new idempotent producer with acks from all in-sync replicas (one per relay at a
-    time; the publisher asks for a new one after a fatal producer error), authenticated as
-    KAFKA_SECURITY_PROTOCOL says."""
+def kafka_producer(
+    settings: KafkaSection, *, client_id: str, timeout_s: float, linger_ms: int = 0
+) -> AIOKafkaProducer:
+    """A new idempotent producer with acks from all in-sync replicas (one per process and
+    topic at a time; its publisher asks for a new one after a fatal producer error),
+    authenticated as KAFKA_SECURITY_PROTOCOL says."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id=f"checkout-relay-{member}",
+        client_id=client_id,
         enable_idempotence=True,
         acks="all",
-        linger_ms=settings.kafka_linger_ms,
+        linger_ms=linger_ms,
         max_batch_size=256 * 1024,
         max_request_size=KAFKA_MAX_REQUEST_BYTES,
-        request_timeout_ms=int(settings.relay_send_timeout_s * 1000),
+        request_timeout_ms=int(timeout_s * 1000),
         retry_backoff_ms=200,
         **settings.kafka_client_security(),
     )
 
 
-def kafka_admin(settings: RelaySettings, *, member: str) -> AIOKafkaAdminClient:
-    """A new admin client (the relay creates its topic when it is missing)."""
+def kafka_admin(settings: KafkaSection, *, client_id: str, timeout_s: float) -> AIOKafkaAdminClient:
+    """A new admin client (a process creates its topics when they are missing)."""
     return AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id=f"checkout-relay-admin-{member}",
-        request_timeout_ms=int(settings.relay_send_timeout_s * 1000),
+        client_id=client_id,
+        request_timeout_ms=int(timeout_s * 1000),
         **settings.kafka_client_security(),
+    )
+
+
+def status_consumer(settings: KafkaSection, *, client_id: str) -> AIOKafkaConsumer:
+    """A reader of the status topic from its end, in no consumer group: each server reads
+    every record; a fetch answers within 100 ms when there is none (so a record waits for
+    none, and the feed's liveness is current)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=100,
+        metadata_max_age_ms=30_000,
+        **settings.kafka_client_security(),
+    )
+
+
+def events_publisher(settings: RelaySettings, *, member: str) -> KafkaPublisher:
+    """The relay's writer of the events' topic (KAFKA_TOPIC; created when missing)."""
+    timeout_s = settings.relay_send_timeout_s
+    return KafkaPublisher(
+        producer_factory=lambda: kafka_producer(
+            settings,
+            client_id=f"checkout-relay-{member}",
+            timeout_s=timeout_s,
+            linger_ms=settings.kafka_linger_ms,
+        ),
+        admin_factory=lambda: kafka_admin(
+            settings, client_id=f"checkout-relay-admin-{member}", timeout_s=timeout_s
+        ),
+        topic=settings.kafka_topic,
+        partitions=settings.kafka_topic_partitions,
+        replication_factor=settings.kafka_replication_factor,
+        timeout_s=timeout_s,
+    )
+
+
+def status_publisher(settings: KafkaSection, *, client_id: str) -> KafkaPublisher:
+    """The writer of the status topic (created when missing: records kept an hour, as
+    servers read it from its end)."""
+    timeout_s = settings.status_send_timeout_s
+    return KafkaPublisher(
+        producer_factory=lambda: kafka_producer(settings, client_id=client_id, timeout_s=timeout_s),
+        admin_factory=lambda: kafka_admin(
+            settings, client_id=f"{client_id}-admin", timeout_s=timeout_s
+        ),
+        topic=settings.status_topic,
+        partitions=settings.kafka_topic_partitions,
+        replication_factor=settings.kafka_replication_factor,
+        timeout_s=timeout_s,
+        topic_configs={"retention.ms": str(STATUS_RETENTION_MS)},
     )

@@ -32,8 +32,9 @@ from ..relay.leases import LeaseManager, SystemClock
 from ..relay.metrics import RelayMetrics
 from ..relay.relay import Relay, RelayConfig
 from ..supervisor import Supervisor, retry_until
-from .clients import kafka_admin, kafka_producer, mongo_client
+from .clients import events_publisher, mongo_client
 from .metrics import MetricsEndpoint, WakeUpCollector
+from .status_topic import Announcing, announcing
 from .tracing import INSTRUMENTATION, tracer_provider
 
 log = logging.getLogger("checkout_server.relay")
@@ -60,6 +61,8 @@ class RelayApp:
     supervisor: Supervisor | None = None
     # Signs the wake-ups sent and checks those received (WAKE_SECRET); None: none at all.
     wake_signer: WakeSigner | None = None
+    # Announces the events marked on the status topic (wakes the watchers when it cannot).
+    announcing: Announcing | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve health and metrics, relay until `stop`, then stop gracefully."""
@@ -74,6 +77,9 @@ class RelayApp:
         refresh = None
         if self.wake_watchers is not None and self.supervisor is not None:
             refresh = self.supervisor.spawn("wake-targets-watchers", self.wake_watchers.refresh)
+        announcer = None
+        if self.announcing is not None and self.supervisor is not None:
+            announcer = self.supervisor.spawn("status-announcer", self.announcing.announcer.round)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -86,9 +92,12 @@ class RelayApp:
         try:
             await self.relay.run(stop)
         finally:
-            if refresh is not None:
-                refresh.cancel()
-                await asyncio.gather(refresh, return_exceptions=True)
+            helpers = [t for t in (refresh, announcer) if t is not None]
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            if self.announcing is not None:
+                await self.announcing.close()
             if listener is not None:
                 listener.close()
             await self.health.enter_graceful_shutdown()
@@ -153,20 +162,15 @@ async def create_relay(
         database[settings.mongo_status_collection],
         keep_sent=settings.relay_sent_retention_s > 0,
         update_chunk=settings.relay_update_chunk,
-        on_status_changed=wake_watchers,
+    )
+    status = announcing(
+        settings, client_id=f"checkout-relay-status-{member}", on_lost=wake_watchers
     )
     lease_store = MongoLeaseStore(
         database[f"{outbox_name}_relay_leases"], database[f"{outbox_name}_relay_members"]
     )
 
-    publisher = KafkaPublisher(
-        producer_factory=lambda: kafka_producer(settings, member=member),
-        admin_factory=lambda: kafka_admin(settings, member=member),
-        topic=settings.kafka_topic,
-        partitions=settings.kafka_topic_partitions,
-        replication_factor=settings.kafka_replication_factor,
-        timeout_s=settings.relay_send_timeout_s,
-    )
+    publisher = events_publisher(settings, member=member)
     clock = SystemClock()
     leases = LeaseManager(
         lease_store,
@@ -190,6 +194,7 @@ async def create_relay(
         supervisor=supervisor,
         tracer=provider.get_tracer(INSTRUMENTATION),
         topic=settings.kafka_topic,
+        announce=status.announcer.announce,
     )
 
     health_servicer = new_health_servicer()
@@ -212,6 +217,7 @@ async def create_relay(
         wake_watchers=wake_watchers,
         supervisor=supervisor,
         wake_signer=signer,
+        announcing=status,
     )
 
 

@@ -32,6 +32,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 
 from .. import logs
 from ..adapters import udp_wake
+from ..adapters.kafka_status import KafkaStatusFeed
 from ..adapters.minio_multipart import MinioMultipart
 from ..adapters.minio_storage import MinioStorage
 from ..adapters.mongo_outbox import MongoOutbox
@@ -51,6 +52,7 @@ from ..config import MiB, ServerSettings
 from ..domain import OutboxEvent
 from ..errors import ConfigError, ServiceError
 from ..health import DependencyMonitor, HealthReporter, new_health_servicer
+from ..outbox.announcement import Announcer
 from ..outbox.document import Document
 from ..status.service import StatusService, StatusSettings
 from ..status.watch import WatchHub
@@ -65,6 +67,7 @@ from ..upload.resumable import ResumableUploads
 from ..upload.sweeper import EventlessObjects, UploadSweeper
 from .clients import minio_client, mongo_client
 from .metrics import MetricsEndpoint, WakeUpCollector
+from .status_topic import Announcing, announcing, status_feed
 from .tracing import INSTRUMENTATION, tracer_provider
 
 log = logging.getLogger("checkout_server")
@@ -129,6 +132,10 @@ class App:
     wake_signer: WakeSigner | None = None
     # Sweeps expired resumable sessions, orphaned multipart uploads and event-less objects.
     sweeper: UploadSweeper | None = None
+    # Sends this server's status changes to the status topic.
+    announcer: Announcer | None = None
+    # Reads the status topic for the watchers (None without STATUS_TOPIC).
+    feed: KafkaStatusFeed | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -141,6 +148,10 @@ class App:
         if listener is not None:
             self.resources.callback(listener.close)
         self.hub.start()
+        if self.announcer is not None:
+            self.supervisor.spawn("status-announcer", self.announcer.round)
+        if self.feed is not None:
+            self.supervisor.spawn("status-feed", self.feed.round)
         if self.sweeper is not None:
             self.supervisor.spawn("upload-sweeper", self.sweeper.round)
         for name, sender in (("relays", self.wake_relays), ("watchers", self.wake_watchers)):
@@ -167,6 +178,8 @@ class App:
         await self._stop_server(grace)
         await self.hub.stop()
         await self.supervisor.stop()
+        if self.feed is not None:
+            await self.feed.close()
         await self.pipeline.drain_cleanups(timeout_s=grace)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)  # waits for its serving thread
@@ -331,6 +344,8 @@ class _Stores:
     # Gets each status change this process writes, as recorded (an upload's record, a
     # result marked ready); the watch hub adds itself once it is built.
     own_changes: _Callbacks[[OutboxEvent]]
+    # Announces those changes on the status topic, for the other servers' watchers.
+    announcing: Announcing
     wake_relays: WakeSender | None
     wake_watchers: WakeSender | None
     wake_signer: WakeSigner | None
@@ -358,6 +373,11 @@ def _stores(
         if sender is not None:
             resources.callback(sender.close)
     own_changes: _Callbacks[[OutboxEvent]] = _Callbacks()
+    # The other servers learn of this one's changes from the status topic, or, when it does
+    # not take them, from a wake-up and a read of the database.
+    status = announcing(settings, client_id=f"checkout-server-{_member()}", on_lost=wake_watchers)
+    resources.push_async_callback(status.close)
+    own_changes.add(status.announcer.announce)
     return _Stores(
         settings=settings,
         minio=minio,
@@ -367,17 +387,15 @@ def _stores(
             database[settings.mongo_outbox_collection],
             database[settings.mongo_status_collection],
             on_added=wake_relays,
-            on_status_changed=wake_watchers,  # the other servers' (this one's: own_changes)
             on_recorded=own_changes,
         ),
-        records=MongoStatusRecords(
-            database[settings.mongo_status_collection], on_status_changed=wake_watchers
-        ),
+        records=MongoStatusRecords(database[settings.mongo_status_collection]),
         sessions=MongoUploadSessions(
             database[settings.mongo_upload_sessions_collection],
             database[settings.mongo_upload_facts_collection],
         ),
         own_changes=own_changes,
+        announcing=status,
         wake_relays=wake_relays,
         wake_watchers=wake_watchers,
         wake_signer=signer,
@@ -453,6 +471,8 @@ def _build(
         gate=gate,
         wake_relays=stores.wake_relays,
         wake_watchers=stores.wake_watchers,
+        announcer=stores.announcing.announcer,
+        feed=_feed(settings, hub, stores),
         watch_wake_addr=_watch_wake_addr(settings, port),
         wake_signer=stores.wake_signer,
         sweeper=uploads.sweeper,
@@ -497,6 +517,22 @@ def _status(
     )
     stores.own_changes.add(hub.publish)
     return status, hub
+
+
+def _feed(settings: ServerSettings, hub: WatchHub, stores: _Stores) -> KafkaStatusFeed | None:
+    """What this server reads of the status topic, handed to its watchers."""
+    return status_feed(
+        settings,
+        client_id=f"checkout-server-feed-{_member()}",
+        on_change=hub.changed,
+        on_result=hub.result_written,
+        on_live=hub.topic_live,
+        channel=stores.announcing.channel,
+    )
+
+
+def _member() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
