@@ -12,6 +12,10 @@ one file per secret, mounted into only the services that need it (docs/operation
     minio-checkout-secret-key  the secret key of MinIO user checkout-server (the server's)
     minio-runner-secret-key    ... of checkout-runner (the runners')
     wake-secret                what servers and relays sign their UDP wake-ups with
+    kafka-checkout-password    the Kafka user checkout (the servers': the status topic)
+    kafka-relay-password       ... relay (the relays')
+    kafka-runner-password      ... runner (the runners')
+    kafka-admin-password       ... admin (the kafka-acls job's super user)
 
 deploy/mongo/users.js makes each MongoDB user from its URI (user name and password) when the
 mongo volume is new; the minio-init job makes the MinIO users from their files at every
@@ -41,7 +45,8 @@ PLAIN = (
     "minio-checkout-secret-key",
     "minio-runner-secret-key",
     "wake-secret",
-    "kafka-relay-password",  # hex: `,` `=` `[` `]` would break kafka-storage's --add-scram
+    "kafka-checkout-password",  # hex: `,` `=` `[` `]` would break kafka-storage's --add-scram
+    "kafka-relay-password",
     "kafka-runner-password",
     "kafka-admin-password",  # the kafka-acls job's super user
 )

@@ -147,9 +147,10 @@ BROKEN: list[tuple[str, Callable[[str], str], str]] = [
         "healthy-without-healthcheck",  # envoy has none
         lambda s: s.replace(  # (and checkout no longer waits for the relay: no cycle)
             "      relay: { condition: service_started }\n", ""
-        ).replace(
-            "kafka: { condition: service_healthy }",
-            "kafka: { condition: service_healthy }\n      envoy: { condition: service_healthy }",
+        ).replace(  # the relay's dependencies: the last is followed by this comment
+            "\n    # Two replicas cannot share a host port",
+            "\n      envoy: { condition: service_healthy }"
+            "\n    # Two replicas cannot share a host port",
         ),
         "service relay depends on envoy being healthy, but envoy has no healthcheck",
     ),
@@ -513,9 +514,9 @@ def test_the_mongo_users_roles_name_the_collections_each_process_uses(
 def test_kafka_takes_only_its_users_and_keeps_its_controller_to_itself(
     model: dict[str, Any],
 ) -> None:
-    """Clients log in with SCRAM (the users kafka-init formats the volume with: the relay's
-    and the runner's); the controller and the broker's own listener are on the container's
-    loopback, where nobody on the network can add a user."""
+    """Clients log in with SCRAM (the users kafka-init formats the volume with: the server's,
+    the relay's and the runner's); the controller and the broker's own listener are on the
+    container's loopback, where nobody on the network can add a user."""
     kafka, init = model["services"]["kafka"]["environment"], model["services"]["kafka-init"]
     protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
     listeners = dict(item.split("://") for item in kafka["KAFKA_LISTENERS"].split(","))
@@ -523,7 +524,7 @@ def test_kafka_takes_only_its_users_and_keeps_its_controller_to_itself(
         assert protocol == "SASL_PLAINTEXT" or listeners[name].startswith("127.0.0.1:"), name
     assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
     script = "\n".join(init["command"])
-    for service in ("relay", "runner"):
+    for service in ("checkout", "relay", "runner"):
         user = model["services"][service]["environment"]["KAFKA_SASL_USERNAME"]
         assert f"name={user},password=$(cat /run/secrets/kafka_{user}_password)" in script
     assert kafka["CLUSTER_ID"] == init["environment"]["CLUSTER_ID"]
@@ -532,7 +533,8 @@ def test_kafka_takes_only_its_users_and_keeps_its_controller_to_itself(
 def test_kafka_allows_each_user_its_part_only(model: dict[str, Any]) -> None:
     """The broker authorizes (nothing without an ACL); kafka-acls allows the relay's user to
     publish to the topic the relay uses and the runner's to consume it in the runners' group,
-    as tests/integration/test_kafka_auth.py's broker does; the relay and the runners start
+    as tests/integration/test_kafka_auth.py's broker does, and on the status topic the
+    server's to write and read, the relay's and the runner's to write; the processes start
     after it. Its admin user's password is the two Kafka jobs' only."""
     services = model["services"]
     kafka = services["kafka"]["environment"]
@@ -542,19 +544,30 @@ def test_kafka_allows_each_user_its_part_only(model: dict[str, Any]) -> None:
     job = services["kafka-acls"]
     script = "\n".join(job["command"])
     # The relay and the runners use their defaults, which the job names.
-    assert "KAFKA_TOPIC" not in services["relay"]["environment"]
-    assert not {"KAFKA_TOPIC", "RUNNER_GROUP_ID"} & set(services["runner"]["environment"])
+    for service in PROCESSES:
+        assert not {"KAFKA_TOPIC", "STATUS_TOPIC"} & set(services[service]["environment"])
+    assert "RUNNER_GROUP_ID" not in services["runner"]["environment"]
     relay, runner = RelaySettings.from_env({}), RunnerSettings.from_env({})
     assert runner.kafka_topic == relay.kafka_topic
-    assert job["environment"] == {"TOPIC": relay.kafka_topic, "GROUP": runner.runner_group_id}
+    assert runner.status_topic == relay.status_topic == ServerSettings().status_topic
+    assert job["environment"] == {
+        "TOPIC": relay.kafka_topic,
+        "STATUS": relay.status_topic,
+        "GROUP": runner.runner_group_id,
+    }
     grants = [line.split("acls ", 1)[1] for line in script.splitlines() if line.startswith("acls ")]
     assert grants == [
         "--allow-principal User:relay --operation Describe --operation Create --operation Write "
         '--topic "$TOPIC"',
         '--allow-principal User:runner --operation Describe --operation Read --topic "$TOPIC"',
         '--allow-principal User:runner --operation Read --group "$GROUP"',
+        "--allow-principal User:checkout --operation Describe --operation Create --operation "
+        'Write --operation Read --topic "$STATUS"',
+        "--allow-principal User:relay --operation Describe --operation Create --operation Write "
+        '--topic "$STATUS"',
+        '--allow-principal User:runner --operation Describe --operation Write --topic "$STATUS"',
     ]
-    for service in ("relay", "runner"):
+    for service in PROCESSES:
         waits = services[service]["depends_on"]["kafka-acls"]
         assert waits["condition"] == "service_completed_successfully"
     holders = {
