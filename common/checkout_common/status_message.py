@@ -2,11 +2,11 @@
 every server's watchers without a database query (docs/status.md, "Watching").
 
 Two kinds, each a JSON object keyed by the event id (`contract/status.v1.schema.json`):
-- `checkout.status.changed`: a status record as written, by the server that wrote it (a new
-  event, a result it marked) or by the relay (`sent`, `failed`);
+- `checkout.status.changed`: an event's status record, by the server that wrote it (a new
+  event, a result it found) or by the relay (`sent` once Kafka acknowledged it, `failed`);
 - `checkout.result.written`: the detection runner wrote an event's result JSON. A hint, not a
-  status: each server checks the result in storage and marks the record before its watchers
-  see `ready` or `failed`, so the database stays the source of truth.
+  status: each server checks the result in storage and marks the record, so a runner
+  cannot report a result it did not write.
 
 Readers skip what they do not know (another `type` or `version`), so kinds and fields may be
 added within version 1.

@@ -12,6 +12,7 @@ from datetime import datetime
 import pytest
 
 from checkout_client.backoff import Backoff
+from checkout_server.domain import EventStatus
 from checkout_server.errors import DatabaseUnavailable
 from checkout_server.relay.leases import LeaseManager
 from checkout_server.relay.metrics import RelayMetrics
@@ -165,6 +166,39 @@ async def test_a_permanent_rejection_fails_that_event_only(harness: Harness) -> 
     assert (rejected.status, rejected.error) == ("failed", "MessageSizeTooLargeError")
     assert harness.store.status_of("fine") == "sent"
     assert harness.metrics.failures_total == 1
+
+
+async def test_what_kafka_took_is_announced_sent_before_it_is_marked_and_a_rejection_failed(
+    harness: Harness,
+) -> None:
+    """Sent is Kafka's acknowledgement: announced at once, then marked (a mark that grows
+    with the collection on FerretDB holds nobody up); a permanent rejection is announced
+    failed once marked. Nothing of a retried batch is announced."""
+    announced: list[tuple[str, EventStatus, str, str]] = []
+    harness.relay = Relay(
+        store=harness.store,
+        leases=harness.leases,
+        publisher=harness.publisher,
+        metrics=harness.metrics,
+        config=RelayConfig(shards=SHARDS, batch_size=50),
+        clock=harness.clock,
+        supervisor=harness.supervisor,
+        announce=lambda e: announced.append(
+            (e.event_id, e.status, e.error, harness.store.status_of(e.event_id))
+        ),
+    )
+    harness.store.add("fine")
+    harness.store.add("too-big")
+    harness.publisher.reject = {"too-big"}
+    await harness.relay.step()
+    assert sorted(announced) == [
+        ("fine", EventStatus.SENT, "", "new"),  # before its mark
+        ("too-big", EventStatus.FAILED, "MessageSizeTooLargeError", "failed"),
+    ]
+    harness.store.add("later")
+    harness.publisher.unavailable = True
+    await harness.relay.step()
+    assert len(announced) == 2
 
 
 async def test_an_event_that_cannot_be_serialised_fails_without_a_publish(

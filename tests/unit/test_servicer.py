@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 
 import grpc
@@ -15,6 +16,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.api import servicer
 from checkout_server.api.rates import CallRates
 from checkout_server.api.servicer import CheckoutServicer
+from checkout_server.domain import EventStatus
 from checkout_server.health import DependencyMonitor, new_health_servicer
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
@@ -343,3 +345,18 @@ async def test_a_client_past_its_rate_of_lists_or_re_requests_is_told_when_to_ca
     assert lists.admitted == {"peer 127.0.0.1": 2}
     assert requests.admitted == {"peer 127.0.0.1": 1}
     assert rates.refusals == {"LIST_RATE_LIMITED": 1, "REQUEST_RATE_LIMITED": 1}
+
+
+async def test_a_watch_starts_from_a_status_announced_before_its_record_was_marked(
+    harness: Harness,
+) -> None:
+    """The relay announced `sent` and has not marked the record yet: WatchStatus starts from
+    `sent`, not from the record's `new` (the announcement reached the hub before the watch
+    subscribed, so it is never offered to it)."""
+    new = outbox_event("6f1c7e2a-1111-4c4c-8d8d-222233334444")
+    await harness.outbox.add(new)
+    harness.hub.changed(replace(new, status=EventStatus.SENT, updated_at=NOW))
+    request = pb.WatchStatusRequest(event_id=new.event_id)
+    async for update in harness.stub.WatchStatus(request, timeout=5):
+        assert update.status == "sent"
+        break

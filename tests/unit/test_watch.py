@@ -280,3 +280,21 @@ async def test_a_change_read_back_at_millisecond_precision_is_the_same_event(
         hub.publish(own)
         hub.publish(sent)
         assert [e.status for e in await watcher.next(1.0)] == [EventStatus.SENT]
+
+
+async def test_a_new_watcher_starts_from_what_the_hub_heard_when_the_record_lags(
+    supervisor: Supervisor,
+) -> None:
+    """The relay announces `sent` before its mark lands: a watcher that reads the record
+    meanwhile starts from `sent`, which it would otherwise never be offered again; a record
+    ahead of what the hub heard wins."""
+    hub = build_hub(FakeOutbox(), supervisor)
+    new = event("lagging")
+    sent = replace(new, status=EventStatus.SENT, updated_at=new.updated_at + SECOND)
+    hub.changed(sent)
+    assert hub.latest(new) == sent
+    ready = replace(
+        new, ready_at=new.created_at + 2 * SECOND, updated_at=new.created_at + 2 * SECOND
+    )
+    assert hub.latest(ready) == ready
+    assert hub.latest(event("unheard")).event_id == "unheard"

@@ -209,7 +209,9 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         event_id = parse_uuid(request.event_id, errors.InvalidEventId)
         # Subscribe before reading the current state, so no change falls in between.
         with self._hub.subscribe(event_id, client=client) as subscription:
-            event = await self._status.get(event_id, current_principal())
+            # What this server heard may be ahead of the record (a status announced before
+            # its mark lands): start from the newer.
+            event = self._hub.latest(await self._status.get(event_id, current_principal()))
             self._hub.track(event)
             yield status_update(event)
             while event.api_status not in TERMINAL:

@@ -293,11 +293,14 @@ class Relay:
         sent = [e.event_id for e, d in outcomes if d.outcome is PublishOutcome.DELIVERED]
         retry = [e.event_id for e, d in outcomes if d.outcome is PublishOutcome.RETRY]
         if sent:
-            await self._mark_sent(sent, now)
-            self._metrics.published_total += len(sent)
+            # Sent is what Kafka acknowledged: announced now, while the records are marked
+            # (on FerretDB that mark costs time in proportion to the collection). A watcher
+            # that reads a record still `new` meanwhile starts from what its server heard.
             for event, delivery in outcomes:
                 if delivery.outcome is PublishOutcome.DELIVERED:
                     self._announced(event, EventStatus.SENT, now)
+            await self._mark_sent(sent, now)
+            self._metrics.published_total += len(sent)
         for event, delivery in outcomes:
             if delivery.outcome is PublishOutcome.REJECTED:
                 await self._fail(event, delivery.reason)

@@ -128,8 +128,9 @@ class StatusService:
         them. `traceparent` returns the W3C trace context of the current request ("" if
         none), stored with a re-request's event (as with an upload's). `sessions`: the
         resumable upload sessions, which Cleanup removes too. `on_changed` gets each event
-        this service marks ready, as recorded (to reach this process's watchers at once); it
-        may neither block nor raise."""
+        this service finds ready, just before it marks it (to reach this process's watchers
+        and the status topic at once; another server may find it too); it may neither block
+        nor raise."""
         self._sessions = sessions
         self._storage = storage
         self._outbox = outbox
@@ -185,15 +186,18 @@ class StatusService:
         return text[:FAILURE_TEXT_MAX]
 
     async def _mark_ready(self, event: OutboxEvent, *, error: str = "") -> OutboxEvent:
+        """Record the result, after telling `on_changed`: the result's presence is what makes
+        the event ready (on FerretDB the mark costs time in proportion to the collection;
+        another server's mark of it may have come first, with another time)."""
         now = self._clock()
-        marked = await self._records.mark_ready(event.event_id, now, error=error)
-        if error:
-            log.info("failure result", extra={"event_id": event.event_id, "error": error})
-        else:
-            log.info("result ready", extra={"event_id": event.event_id})
         ready = _with_ready(event, now, error=error)
-        if marked and self._on_changed is not None:  # as recorded (another's mark differs)
+        if self._on_changed is not None:
             self._on_changed(ready)
+        if await self._records.mark_ready(event.event_id, now, error=error):
+            if error:
+                log.info("failure result", extra={"event_id": event.event_id, "error": error})
+            else:
+                log.info("result ready", extra={"event_id": event.event_id})
         return ready
 
     async def list(

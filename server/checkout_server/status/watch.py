@@ -4,10 +4,11 @@ One change feed per process, whatever the number of watchers. Changes are pushed
 writer announces what it wrote on the status topic (outbox/announcement.py), which each
 server reads from its end (adapters/kafka_status.py, `changed` here), so a change reaches the
 watchers of every server without a database query. The runner announces each result it
-writes (`result_written`): the server checks it in storage and marks the record, and its
-watchers see `ready` (or `failed`) as recorded.
+writes (`result_written`): the server checks it in storage, and its watchers see `ready` (or
+`failed`) as the record is marked. A watcher that reads a record its server heard news of
+(announced before the mark landed) starts from the news (`latest`).
 
-The database stays the source of truth, and is read:
+The database has every status, and is read:
 - by the poller, for the status records whose `updated_at` moved (only while someone
   watches, so MongoDB sees the same query rate for one watcher or a thousand), while the
   topic is not live (Kafka down, or this server not yet reading it): when woken (`wake()`:
@@ -238,6 +239,12 @@ class WatchHub:
             self.track(event)
         for subscription in self._subscriptions:
             subscription.offer(event)
+
+    def latest(self, event: OutboxEvent) -> OutboxEvent:
+        """`event` as read from the database, or what this hub heard of it since, if that is
+        news (a status announced before its record was marked)."""
+        known = self._latest.get(event.event_id)
+        return known if known is not None and _newer(known, event) else event
 
     def changed(self, event: OutboxEvent) -> None:
         """A change read from the status topic."""
