@@ -123,7 +123,7 @@ class MongoOutboxRelayStore:
                 await self._mirror(chunk, outcome)
             if not self._keep_sent:
                 # One statement for the batch; the filter again, as in sweep_sent.
-                await self._outbox.delete_many({f.ID: {"$in": list(event_ids)}, f.STATUS: NEW})
+                await self._outbox.delete_many({**_ids(event_ids), f.STATUS: NEW})
                 return
             for chunk in self._chunks(event_ids):
                 await self._outbox.update_many(
@@ -152,13 +152,13 @@ class MongoOutboxRelayStore:
     async def _mirror(self, event_ids: list[str], fields: Document) -> None:
         """Set the outcome on the events' status records that are still `new`, and write
         the records that are missing from their outbox messages."""
-        query = {f.ID: {"$in": event_ids}, f.STATUS: NEW}
+        query = {**_ids(event_ids), f.STATUS: NEW}
         result = await self._statuses.update_many(query, {"$set": fields})
         if result.matched_count >= len(event_ids):
             return
         # Not matched: past `new` already (another relay, a replay), or not written yet (the
         # server stopped between its two inserts, or is just now between them).
-        found = self._statuses.find({f.ID: {"$in": event_ids}}, {f.ID: 1})
+        found = self._statuses.find(_ids(event_ids), {f.ID: 1})
         present = {d[f.ID] async for d in found}
         missing = [i for i in event_ids if i not in present]
         messages = await self._outbox.find({f.ID: {"$in": missing}}).to_list() if missing else []
@@ -305,3 +305,12 @@ class MongoLeaseStore:
     async def leave(self, member: str) -> None:
         with translated("leave"):
             await self._members.delete_one({"_id": member})
+
+
+def _ids(event_ids: Sequence[str]) -> Document:
+    """The filter of these ids: one id by equality, which FerretDB 1.24 runs in SQL (an
+    `$in` it runs in Go, over every document: at 100,000 status records a mark of one event
+    took about 300 ms that way); several by `$in`."""
+    if len(event_ids) == 1:
+        return {f.ID: event_ids[0]}
+    return {f.ID: {"$in": list(event_ids)}}
