@@ -498,7 +498,9 @@ class StatusSection(Section):
     `off`: none, the server finds other processes' changes by polling."""
     watch_result_check_interval_s: float = 0.5
     """WATCH_RESULT_CHECK_INTERVAL_S: how often the events someone watches are checked for
-    their result (one storage request per watched event, not per watcher)."""
+    their result (one storage request per watched event, not per watcher, and 50 a second at
+    most: with more watched events each is checked less often). The path of a runner that
+    does not announce its results on STATUS_TOPIC."""
     watch_heartbeat_s: float = 15.0
     """WATCH_HEARTBEAT_S: a watch stream with no change for this long gets a keep-alive."""
     watch_max_pending: int = 1000

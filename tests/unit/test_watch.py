@@ -53,6 +53,7 @@ def build_hub(
     records: FakeStatusRecords | None = None,
     max_watchers: int = 4096,
     max_watchers_per_client: int = 256,
+    result_check_interval_s: float = 0.01,
 ) -> WatchHub:
     storage = storage or FakeStorage()
     records = records or outbox.status_records()
@@ -63,7 +64,7 @@ def build_hub(
         supervisor=supervisor,
         poll_interval_s=0.01,
         poll_min_gap_s=0.01,
-        result_check_interval_s=0.01,
+        result_check_interval_s=result_check_interval_s,
         reconcile_interval_s=60,
         max_pending=max_pending,
         max_watchers=max_watchers,
@@ -298,3 +299,20 @@ async def test_a_new_watcher_starts_from_what_the_hub_heard_when_the_record_lags
     )
     assert hub.latest(ready) == ready
     assert hub.latest(event("unheard")).event_id == "unheard"
+
+
+async def test_the_checks_of_watched_events_are_bounded_however_many_are_watched(
+    supervisor: Supervisor,
+) -> None:
+    """A thousand watched events waiting: each round checks at most its share of 50 a
+    second (25 every 0.5 s), those checked longest ago first, so every one comes round."""
+    storage = CountingStorage()
+    hub = build_hub(FakeOutbox(), supervisor, storage=storage, result_check_interval_s=0.5)
+    for i in range(1000):
+        hub.track(event(f"w{i:04}"))
+    await hub.check_watched_once()
+    assert len(storage.stats) == 25
+    for _ in range(39):
+        await hub.check_watched_once()
+    assert len(storage.stats) == 1000
+    assert len(set(storage.stats)) == 1000  # each once, none twice before all had a turn

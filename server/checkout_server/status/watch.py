@@ -70,6 +70,8 @@ _LATEST_MAX = 10_000
 # reconcile.
 _HINTS_MAX = 10_000
 _RANK = {EventStatus.NEW: 0, EventStatus.SENT: 1, EventStatus.READY: 2, EventStatus.FAILED: 2}
+# Storage checks a second for the results of watched events, however many are watched.
+_WATCHED_CHECKS_PER_S = 50
 # What `WatchHub.subscribe` refuses, each counted in `WatchHub.refusals`.
 WATCH_REFUSAL_REASONS = (errors.TooManyWatchers.reason, errors.TooManyClientWatchers.reason)
 
@@ -172,6 +174,8 @@ class WatchHub:
         # Waiting events the reconcile checked: event id -> (next check, interval), monotonic.
         self._rechecks: dict[str, tuple[float, float]] = {}
         self.polls = 0  # status record queries made by the poller (for tests and metrics)
+        # Watched events waiting for a result: when each was last checked (monotonic).
+        self._watched_checks: dict[str, float] = {}
         self.record_reads = 0  # records read for announced results (for tests and metrics)
 
     @property
@@ -360,9 +364,19 @@ class WatchHub:
         return self._result_check_interval_s
 
     async def check_watched_once(self) -> None:
-        """Look for the results of the events someone watches and that are not ready."""
+        """Look for the results of the events someone watches and that are not ready: at
+        most _WATCHED_CHECKS_PER_S a second in all, those checked longest ago first, so a
+        thousand watched events cost what fifty do (each is then checked every 20 s rather
+        than every round; a runner that announces its results is not waited for this way)."""
         waiting = [e for e in self._tracked.values() if e.ready_at is None]
-        await self._refresh_all(waiting)
+        budget = max(1, round(_WATCHED_CHECKS_PER_S * self._result_check_interval_s))
+        waiting.sort(key=lambda e: self._watched_checks.get(e.event_id, 0.0))
+        due = waiting[:budget]
+        now = time.monotonic()
+        self._watched_checks = {
+            e.event_id: self._watched_checks.get(e.event_id, 0.0) for e in waiting
+        } | {e.event_id: now for e in due}
+        await self._refresh_all(due)
 
     async def _reconcile_round(self) -> float:
         await self.reconcile_once()
