@@ -15,9 +15,10 @@ The database has every status, and is read:
   a writer's announcement was lost, a UDP wake-up), at most once per `poll_min_gap_s`, and
   otherwise every `poll_interval_s`. Once the topic is live again it reads once more, for
   what was written meanwhile, and then only when woken;
-- for the results of the events single-event watchers follow, often
-  (`result_check_interval_s`): one storage request per watched event, however many watch
-  it; the path of a runner that writes results without announcing them;
+- for the results of the events single-event watchers follow, every
+  `result_check_interval_s`: one storage request per watched event, however many watch it,
+  and at most _WATCHED_CHECKS_PER_S a second in all; the path of a runner that writes
+  results without announcing them;
 - by a slower reconcile, for every event still waiting for a result, so listings and
   all-events watchers learn of results nobody was watching for.
 Each status of an event is offered once, whichever way it comes, and never one behind a
