@@ -9,11 +9,15 @@ Two kinds, each a JSON object keyed by the event id (`contract/status.v1.schema.
   cannot report a result it did not write.
 
 Readers skip what they do not know (another `type` or `version`), so kinds and fields may be
-added within version 1.
+added within version 1. With a shared secret (the servers' and relays' WAKE_SECRET) a status
+change carries its HMAC in the SIGNATURE header, and readers refuse one without it: a writer
+that only announces results (the runner, which has no secret) cannot show watchers a status.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -25,6 +29,9 @@ RESULT_WRITTEN: Final = "checkout.result.written"
 DEFAULT_TOPIC: Final = "checkout.status.v1"
 # Readers refuse larger records unread: ours are a few hundred bytes.
 MAX_BYTES: Final = 16 * 1024
+# The record header of a status change's signature (hex HMAC-SHA256 of the value).
+SIGNATURE: Final = "checkout-signature"
+_SIGNED: Final = b"checkout.status.v1\n"  # what a signature is of: these records only
 
 
 def encode(kind: str, fields: Mapping[str, Any]) -> bytes:
@@ -52,6 +59,16 @@ def decode(value: bytes | None) -> dict[str, Any] | None:
     ):
         return None
     return body
+
+
+def signature(secret: str, value: bytes) -> bytes:
+    """The SIGNATURE header's value for a record's `value`."""
+    return hmac.new(secret.encode(), _SIGNED + value, hashlib.sha256).hexdigest().encode()
+
+
+def signed(secret: str, value: bytes, header: bytes | None) -> bool:
+    """Whether `header` is `value`'s signature with `secret`."""
+    return header is not None and hmac.compare_digest(header, signature(secret, value))
 
 
 def result_written(

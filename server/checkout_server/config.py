@@ -442,8 +442,11 @@ class WatchWakeSection(Section):
     wake_secret: Secret = ""
     """WAKE_SECRET: the secret every server and relay of a deployment shares (at least 16
     characters): wake-ups are signed with it (HMAC-SHA256), and one that is not, or is more
-    than 30 s old, is dropped and counted. Empty (the default): no wake-up is sent or listened
-    for, and changes are found by polling (RELAY_POLL_INTERVAL_S, WATCH_POLL_INTERVAL_S)."""
+    than 30 s old, is dropped and counted. The status changes they announce on STATUS_TOPIC
+    are signed with it too, and a server takes none that is not (the runner, which has no
+    secret, announces results, which are checked in storage). Empty (the default): no wake-up
+    is sent or listened for, changes are found by polling (RELAY_POLL_INTERVAL_S,
+    WATCH_POLL_INTERVAL_S), and status changes are not signed."""
 
     @field_validator("watch_wake_targets")
     @classmethod

@@ -12,10 +12,11 @@ import pytest
 
 from checkout_client.backoff import Backoff
 from checkout_common import status_message
+from checkout_server.adapters.kafka_status import KafkaStatusChannel, KafkaStatusFeed
 from checkout_server.domain import EventStatus, OutboxEvent
 from checkout_server.outbox.announcement import Announcer, event_of, message_of
 from checkout_server.supervisor import Supervisor
-from tests.fakes import FakeOutbox, FakeStorage
+from tests.fakes import FakeOutbox, FakePublisher, FakeStorage
 from tests.helpers import outbox_event
 from tests.unit.test_watch import FlakyRecords, build_hub
 
@@ -244,3 +245,50 @@ async def test_a_flood_of_announced_results_is_bounded(supervisor: Supervisor) -
     await asyncio.wait_for(hub.check_hints_once(), 5)
     assert len(outbox.gets) == 10_000  # the oldest are left to the reconcile
     assert outbox.gets[0] == "e10000"
+
+
+# --- signatures --------------------------------------------------------------------------
+
+
+def feed_with(secret: str, changes: list[OutboxEvent], results: list[str]) -> KafkaStatusFeed:
+    return KafkaStatusFeed(
+        consumer_factory=lambda: pytest.fail("not started"),
+        topic="t",
+        on_change=changes.append,
+        on_result=results.append,
+        on_live=lambda live: None,
+        secret=secret,
+    )
+
+
+def test_with_a_secret_only_signed_status_changes_are_taken() -> None:
+    """A writer without the servers' and relays' secret (the runner's Kafka user may write
+    the topic) cannot show watchers a status; its announcements of results are hints, checked
+    in storage, and need none."""
+    changes: list[OutboxEvent] = []
+    results: list[str] = []
+    feed = feed_with("s" * 16, changes, results)
+    value = message_of(outbox_event("e1"))
+    feed.handle(value, {})
+    feed.handle(value, {status_message.SIGNATURE: status_message.signature("x" * 16, value)})
+    assert (changes, feed.refused) == ([], 2)
+    feed.handle(value, {status_message.SIGNATURE: status_message.signature("s" * 16, value)})
+    assert [e.event_id for e in changes] == ["e1"]
+    hint = status_message.result_written(
+        event_id="e1",
+        video_id="e1",
+        bucket="videos",
+        result_key="output/e1.json",
+        written_at=datetime.now(UTC),
+    )
+    feed.handle(hint, {})
+    assert results == ["e1"]
+
+
+async def test_the_channel_signs_what_it_writes_with_its_secret() -> None:
+    publisher = FakePublisher()
+    channel = KafkaStatusChannel(publisher, secret="s" * 16)  # type: ignore[arg-type]
+    value = message_of(outbox_event("e1"))
+    assert await channel.send([("e1", value)])
+    headers = dict(publisher.published[0].headers)
+    assert status_message.signed("s" * 16, value, headers[status_message.SIGNATURE])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -37,10 +37,12 @@ ConsumerFactory = Callable[[], AIOKafkaConsumer]
 
 
 class KafkaStatusChannel:
-    """Implements ports.StatusChannel: writes records through `publisher` (its topic)."""
+    """Implements ports.StatusChannel: writes records through `publisher` (its topic), each
+    signed with `secret` when there is one."""
 
-    def __init__(self, publisher: KafkaPublisher) -> None:
+    def __init__(self, publisher: KafkaPublisher, *, secret: str = "") -> None:
         self._publisher = publisher
+        self._secret = secret
 
     async def start(self) -> None:
         """Create the topic if missing and connect; PublisherUnavailable if Kafka is not
@@ -48,7 +50,10 @@ class KafkaStatusChannel:
         await self._publisher.start()
 
     async def send(self, records: Sequence[tuple[str, bytes]]) -> bool:
-        messages = [Message(key=key.encode(), value=value) for key, value in records]
+        messages = [
+            Message(key=key.encode(), value=value, headers=self._headers(value))
+            for key, value in records
+        ]
         try:
             results = await self._publisher.publish(messages)
         except PublisherUnavailable as exc:
@@ -56,14 +61,20 @@ class KafkaStatusChannel:
             return False
         return all(r.outcome is PublishOutcome.DELIVERED for r in results)
 
+    def _headers(self, value: bytes) -> list[tuple[str, bytes]]:
+        if not self._secret:
+            return []
+        return [(status_message.SIGNATURE, status_message.signature(self._secret, value))]
+
     async def close(self) -> None:
         await self._publisher.close()
 
 
 class KafkaStatusFeed:
     """Reads the status topic from its end and hands each record on: a status change to
-    `on_change`, a result the runner wrote to `on_result` (the event id); `on_live` hears
-    whether the feed is live, each time that changes. None of them may block or raise."""
+    `on_change` (with `secret`, only one it signed), a result the runner wrote to `on_result`
+    (the event id: a hint, checked in storage, so unsigned); `on_live` hears whether the feed
+    is live, each time that changes. None of them may block or raise."""
 
     def __init__(
         self,
@@ -74,9 +85,11 @@ class KafkaStatusFeed:
         on_result: Callable[[str], None],
         on_live: Callable[[bool], None],
         before_start: Callable[[], Awaitable[None]] | None = None,
+        secret: str = "",
     ) -> None:
         """`before_start` runs before each start of the consumer (the topic's creation)."""
         self._before_start = before_start
+        self._secret = secret
         self._consumer_factory = consumer_factory
         self._topic = topic
         self._on_change = on_change
@@ -85,6 +98,7 @@ class KafkaStatusFeed:
         self._consumer: AIOKafkaConsumer | None = None
         self._live = False
         self.skipped = 0  # records of a kind or version this server does not know
+        self.refused = 0  # status changes without a valid signature
 
     @property
     def live(self) -> bool:
@@ -112,18 +126,24 @@ class KafkaStatusFeed:
             raise PublisherUnavailable(f"cannot read the status topic: {exc!r}") from exc
         for records in batches.values():
             for record in records:
-                self.handle(record.value)
+                self.handle(record.value, dict(record.headers or ()))
         self._set_live(self._fetched_recently(consumer))
         return 0.0
 
-    def handle(self, value: bytes | None) -> None:
-        """Hand on one record (its value), or count it skipped."""
+    def handle(self, value: bytes | None, headers: Mapping[str, bytes] | None = None) -> None:
+        """Hand on one record (its value and headers), or count it skipped or refused."""
         fields = status_message.decode(value)
         if fields is None:
             self.skipped += 1
             return
         if fields["type"] == status_message.RESULT_WRITTEN:
             self._on_result(fields["event_id"])
+            return
+        assert value is not None
+        signature = (headers or {}).get(status_message.SIGNATURE)
+        if self._secret and not status_message.signed(self._secret, value, signature):
+            self.refused += 1
+            log.warning("unsigned status change refused", extra={"event_id": fields["event_id"]})
             return
         event = event_of(fields)
         if event is None:

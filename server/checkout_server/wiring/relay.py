@@ -164,7 +164,10 @@ async def create_relay(
         update_chunk=settings.relay_update_chunk,
     )
     status = announcing(
-        settings, client_id=f"checkout-relay-status-{member}", on_lost=wake_watchers
+        settings,
+        client_id=f"checkout-relay-status-{member}",
+        on_lost=wake_watchers,
+        secret=settings.wake_secret,
     )
     lease_store = MongoLeaseStore(
         database[f"{outbox_name}_relay_leases"], database[f"{outbox_name}_relay_members"]

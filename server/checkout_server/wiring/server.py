@@ -375,7 +375,12 @@ def _stores(
     own_changes: _Callbacks[[OutboxEvent]] = _Callbacks()
     # The other servers learn of this one's changes from the status topic, or, when it does
     # not take them, from a wake-up and a read of the database.
-    status = announcing(settings, client_id=f"checkout-server-{_member()}", on_lost=wake_watchers)
+    status = announcing(
+        settings,
+        client_id=f"checkout-server-{_member()}",
+        on_lost=wake_watchers,
+        secret=settings.wake_secret,
+    )
     resources.push_async_callback(status.close)
     own_changes.add(status.announcer.announce)
     return _Stores(
@@ -528,6 +533,7 @@ def _feed(settings: ServerSettings, hub: WatchHub, stores: _Stores) -> KafkaStat
         on_result=hub.result_written,
         on_live=hub.topic_live,
         channel=stores.announcing.channel,
+        secret=settings.wake_secret,
     )
 
 

@@ -26,13 +26,18 @@ class Announcing:
 
 
 def announcing(
-    settings: KafkaSection, *, client_id: str, on_lost: Callable[[], None] | None
+    settings: KafkaSection,
+    *,
+    client_id: str,
+    on_lost: Callable[[], None] | None,
+    secret: str,
 ) -> Announcing:
-    """Changes go to STATUS_TOPIC; those it does not take, or all without one, to `on_lost`
-    (wake-ups, so the servers read the database)."""
+    """Changes go to STATUS_TOPIC, signed with `secret` (WAKE_SECRET) when given; those it
+    does not take, or all without one, to `on_lost` (wake-ups, so the servers read the
+    database)."""
     if not settings.status_topic:
         return Announcing(Announcer(None, on_lost=on_lost), None)
-    channel = KafkaStatusChannel(status_publisher(settings, client_id=client_id))
+    channel = KafkaStatusChannel(status_publisher(settings, client_id=client_id), secret=secret)
     return Announcing(Announcer(channel, on_lost=on_lost), channel)
 
 
@@ -44,9 +49,11 @@ def status_feed(
     on_result: Callable[[str], None],
     on_live: Callable[[bool], None],
     channel: KafkaStatusChannel | None,
+    secret: str,
 ) -> KafkaStatusFeed | None:
     """The reader of STATUS_TOPIC (None without one: watchers poll the database); it has
-    `channel` create the topic first."""
+    `channel` create the topic first, and takes status changes signed with `secret`
+    (WAKE_SECRET) only, when given."""
     if not settings.status_topic:
         return None
     return KafkaStatusFeed(
@@ -56,4 +63,5 @@ def status_feed(
         on_result=on_result,
         on_live=on_live,
         before_start=channel.start if channel is not None else None,
+        secret=secret,
     )
