@@ -172,8 +172,9 @@ async def test_what_kafka_took_is_announced_sent_before_it_is_marked_and_a_rejec
     harness: Harness,
 ) -> None:
     """Sent is Kafka's acknowledgement: announced at once, then marked (a mark that grows
-    with the collection on FerretDB holds nobody up); a permanent rejection is announced
-    failed once marked. Nothing of a retried batch is announced."""
+    with the collection on FerretDB holds nobody up); a permanent rejection, or an event no
+    envelope can be made of, is announced failed once marked. Nothing of a retried batch is
+    announced."""
     announced: list[tuple[str, EventStatus, str, str]] = []
     harness.relay = Relay(
         store=harness.store,
@@ -189,16 +190,20 @@ async def test_what_kafka_took_is_announced_sent_before_it_is_marked_and_a_rejec
     )
     harness.store.add("fine")
     harness.store.add("too-big")
+    harness.store.add("broken", size_bytes="many")  # no envelope can be made of it
     harness.publisher.reject = {"too-big"}
     await harness.relay.step()
+    broken = harness.store.messages["broken"].error
+    assert "cannot serialise" in broken
     assert sorted(announced) == [
+        ("broken", EventStatus.FAILED, broken, "failed"),
         ("fine", EventStatus.SENT, "", "new"),  # before its mark
         ("too-big", EventStatus.FAILED, "MessageSizeTooLargeError", "failed"),
     ]
     harness.store.add("later")
     harness.publisher.unavailable = True
     await harness.relay.step()
-    assert len(announced) == 2
+    assert len(announced) == 3
 
 
 async def test_an_event_that_cannot_be_serialised_fails_without_a_publish(

@@ -30,7 +30,7 @@ from opentelemetry import trace
 
 from checkout_common.backoff import Backoff
 
-from ..domain import EventStatus, OutboxEvent, age_s
+from ..domain import EventStatus, OutboxEvent, age_s, input_object_key
 from ..errors import (
     DatabaseTimeout,
     DatabaseUnavailable,
@@ -38,7 +38,7 @@ from ..errors import (
     PublisherUnavailable,
     ServiceError,
 )
-from ..outbox.document import BUCKET, CONTENT_TYPE, FILENAME, OBJECT_KEY, SHA256, SIZE_BYTES
+from ..outbox.document import BUCKET
 from ..outbox.sharding import relay_slot, shard_of_slot, slot_ranges
 from ..supervisor import Supervisor
 from ..tracing import context_from_traceparent, traceparent_of
@@ -360,17 +360,18 @@ class Relay:
     ) -> None:
         if self._announce is None:
             return
-        payload = event.payload
+        # What a status change carries (outbox/announcement.py): the payload's bucket, read
+        # as it is (an event fails here because its payload is malformed).
         self._announce(
             OutboxEvent(
                 event_id=event.event_id,
                 video_id=event.video_id,
-                bucket=str(payload.get(BUCKET, "")),
-                object_key=str(payload.get(OBJECT_KEY, "")),
-                filename=str(payload.get(FILENAME, "")),
-                content_type=str(payload.get(CONTENT_TYPE, "")),
-                size_bytes=int(payload.get(SIZE_BYTES, 0)),
-                sha256=str(payload.get(SHA256, "")),
+                bucket=str(event.payload.get(BUCKET) or ""),
+                object_key=input_object_key(event.video_id),
+                filename="",
+                content_type="",
+                size_bytes=0,
+                sha256="",
                 status=status,
                 created_at=event.created_at,
                 updated_at=now,
