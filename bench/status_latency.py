@@ -59,12 +59,11 @@ from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_common import status_message
 from checkout_runner.adapters.kafka_announcer import KafkaResultAnnouncer
-from checkout_runner.domain import VideoEvent
 from checkout_server.config import RelaySettings, ServerSettings
 from checkout_server.domain import EventStatus
 from checkout_server.outbox.document import status_document, to_document
 from devstack._stack import LocalStack, StackPorts
-from tests.helpers import mp4_bytes
+from tests.helpers import mp4_bytes, runner_event
 
 
 def p(values: list[float], q: float) -> float:
@@ -266,7 +265,7 @@ async def measure(args: argparse.Namespace, stack: LocalStack, waiting: list[str
                 await s3.put_object(BUCKET, key, io.BytesIO(body), len(body))
                 written = time.monotonic()
                 if n % 2 == 0:  # as the reference runner does
-                    await runner.announce(video_event(uploaded.event_id, uploaded.video_id), key)
+                    await runner.announce(runner_event(event_id, uploaded.video_id, BUCKET), key)
                 ready_at = await resident.seen.when(f"{event_id} ready", written + args.timeout)
                 latencies = ready_seen if n % 2 == 0 else unannounced_ready_seen
                 latencies.append((ready_at - written) * 1000)
@@ -298,18 +297,6 @@ async def measure(args: argparse.Namespace, stack: LocalStack, waiting: list[str
     print(f"  sent p99 / peer p99: {ratio:.1f}; not seen within {args.timeout:g} s: {missed}")
     changes = 3 * args.uploads  # new, sent, ready
     print(f"  watch-path database reads: {reads:g} for {changes} status changes")
-
-
-def video_event(event_id: str, video_id: str) -> VideoEvent:
-    """The event as the runner has it from the relay's record."""
-    return VideoEvent(
-        event_id=event_id,
-        video_id=video_id,
-        bucket=BUCKET,
-        object_key=f"input/{video_id}.mp4",
-        size_bytes=0,
-        created_at=datetime.now(UTC),
-    )
 
 
 def main() -> None:

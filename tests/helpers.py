@@ -14,6 +14,7 @@ from typing import Any, cast
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from checkout_runner.domain import VideoEvent
 from checkout_server.domain import EventStatus, OutboxEvent, input_object_key
 from checkout_server.errors import DuplicateIdempotencyKey
 from checkout_server.ports import Outbox
@@ -62,6 +63,18 @@ def outbox_event(event_id: str, *, at: datetime | None = None, **changes: Any) -
         "updated_at": at,
     }
     return OutboxEvent(**(fields | changes))
+
+
+def runner_event(event_id: str, video_id: str, bucket: str) -> VideoEvent:
+    """An uploaded event as the detection runner has it from the relay's record."""
+    return VideoEvent(
+        event_id=event_id,
+        video_id=video_id,
+        bucket=bucket,
+        object_key=input_object_key(video_id),
+        size_bytes=0,
+        created_at=datetime.now(UTC),
+    )
 
 
 def mp4_bytes(size: int, *, seed: int = 0) -> bytes:

@@ -12,7 +12,6 @@ import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +23,10 @@ from miniopy_async.api import Minio
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_runner.adapters.kafka_announcer import KafkaResultAnnouncer
-from checkout_runner.domain import VideoEvent
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
 from devstack import Kafka, free_port
-from tests.helpers import wait_until
+from tests.helpers import runner_event, wait_until
 from tests.integration.apps import started_app
 from tests.integration.test_relay import Relays
 from tests.integration.test_relay_faults import upload
@@ -119,7 +117,7 @@ async def test_a_watcher_sees_every_change_written_anywhere_without_a_query(
                 timeout_s=10,
             )
             try:
-                await announcer.announce(_video_event(event_id, bucket), key)
+                await announcer.announce(runner_event(event_id, event_id, bucket), key)
             finally:
                 await announcer.close()
             assert announcer.failed == 0
@@ -245,14 +243,3 @@ async def test_watchers_read_the_database_while_kafka_is_down(
 def live(app: App) -> bool:
     """Whether the server reads the status topic."""
     return app.feed is not None and app.feed.live
-
-
-def _video_event(event_id: str, bucket: str) -> VideoEvent:
-    return VideoEvent(
-        event_id=event_id,
-        video_id=event_id,
-        bucket=bucket,
-        object_key=f"input/{event_id}.mp4",
-        size_bytes=0,
-        created_at=datetime.now(UTC),
-    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import pytest
@@ -15,6 +15,7 @@ from checkout_common import status_message
 from checkout_server.adapters.kafka_status import KafkaStatusChannel, KafkaStatusFeed
 from checkout_server.domain import EventStatus, OutboxEvent
 from checkout_server.outbox.announcement import Announcer, event_of, message_of
+from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
 from tests.fakes import FakeOutbox, FakePublisher, FakeStorage
 from tests.helpers import outbox_event
@@ -138,58 +139,62 @@ async def test_announcements_past_the_buffer_drop_the_oldest_and_wake_the_server
 # --- the hub and the topic --------------------------------------------------------------------
 
 
-async def test_while_the_topic_is_live_the_poller_reads_only_when_woken(
-    supervisor: Supervisor,
-) -> None:
+@dataclass
+class LiveHub:
+    """A started hub reading the topic, over fake records that count the poller's queries."""
+
+    outbox: FakeOutbox
+    records: FlakyRecords
+    hub: WatchHub
+
+
+@pytest.fixture
+async def live(supervisor: Supervisor) -> AsyncIterator[LiveHub]:
     outbox = FakeOutbox()
     records = FlakyRecords(outbox.events, [])
     hub = build_hub(outbox, supervisor, records=records)
     hub.topic_live(True)
     hub.start()
-    try:
-        with hub.subscribe(None) as watcher:
-            pushed = outbox_event("pushed")
-            hub.changed(pushed)
-            assert [e.event_id for e in await watcher.next(1.0)] == ["pushed"]
-            # Many poll intervals (10 ms here) pass: no query.
-            assert await watcher.next(0.2) == []
-            assert records.feed_queries == 0
-            # An announcement was lost: its writer's wake-up makes the poller read.
-            lost = outbox_event("lost")
-            outbox.events[lost.event_id] = lost
-            hub.wake()
-            assert [e.event_id for e in await watcher.next(1.0)] == ["lost"]
-            assert records.feed_queries == 1
-    finally:
-        await hub.stop()
+    yield LiveHub(outbox, records, hub)
+    await hub.stop()
+
+
+async def test_while_the_topic_is_live_the_poller_reads_only_when_woken(live: LiveHub) -> None:
+    outbox, records, hub = live.outbox, live.records, live.hub
+    with hub.subscribe(None) as watcher:
+        pushed = outbox_event("pushed")
+        hub.changed(pushed)
+        assert [e.event_id for e in await watcher.next(1.0)] == ["pushed"]
+        # Many poll intervals (10 ms here) pass: no query.
+        assert await watcher.next(0.2) == []
+        assert records.feed_queries == 0
+        # An announcement was lost: its writer's wake-up makes the poller read.
+        lost = outbox_event("lost")
+        outbox.events[lost.event_id] = lost
+        hub.wake()
+        assert [e.event_id for e in await watcher.next(1.0)] == ["lost"]
+        assert records.feed_queries == 1
 
 
 async def test_the_poller_reads_while_the_topic_is_down_and_once_more_when_it_returns(
-    supervisor: Supervisor,
+    live: LiveHub,
 ) -> None:
-    outbox = FakeOutbox()
-    records = FlakyRecords(outbox.events, [])
-    hub = build_hub(outbox, supervisor, records=records)
-    hub.topic_live(True)
-    hub.start()
-    try:
-        with hub.subscribe(None) as watcher:
-            hub.topic_live(False)  # Kafka went away
-            during = outbox_event("during")
-            outbox.events[during.event_id] = during
-            assert [e.event_id for e in await watcher.next(1.0)] == ["during"]
-            polled = records.feed_queries
-            assert await watcher.next(0.1) == []
-            assert records.feed_queries > polled  # every poll interval while down
-            missed = outbox_event("missed")  # written before the feed caught up
-            outbox.events[missed.event_id] = missed
-            hub.topic_live(True)
-            assert [e.event_id for e in await watcher.next(1.0)] == ["missed"]
-            settled = records.feed_queries
-            assert await watcher.next(0.2) == []
-            assert records.feed_queries == settled  # live again: no more polls
-    finally:
-        await hub.stop()
+    outbox, records, hub = live.outbox, live.records, live.hub
+    with hub.subscribe(None) as watcher:
+        hub.topic_live(False)  # Kafka went away
+        during = outbox_event("during")
+        outbox.events[during.event_id] = during
+        assert [e.event_id for e in await watcher.next(1.0)] == ["during"]
+        polled = records.feed_queries
+        assert await watcher.next(0.1) == []
+        assert records.feed_queries > polled  # every poll interval while down
+        missed = outbox_event("missed")  # written before the feed caught up
+        outbox.events[missed.event_id] = missed
+        hub.topic_live(True)
+        assert [e.event_id for e in await watcher.next(1.0)] == ["missed"]
+        settled = records.feed_queries
+        assert await watcher.next(0.2) == []
+        assert records.feed_queries == settled  # live again: no more polls
 
 
 async def test_an_announced_result_is_checked_marked_and_pushed(supervisor: Supervisor) -> None:
