@@ -14,11 +14,12 @@ from checkout_client.backoff import Backoff
 from checkout_common import status_message
 from checkout_server.adapters.kafka_status import KafkaStatusChannel, KafkaStatusFeed
 from checkout_server.domain import EventStatus, OutboxEvent
+from checkout_server.outbox import announcement
 from checkout_server.outbox.announcement import Announcer, event_of, message_of
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
 from tests.fakes import FakeOutbox, FakePublisher, FakeStorage
-from tests.helpers import outbox_event
+from tests.helpers import outbox_event, wait_until
 from tests.unit.test_watch import FlakyRecords, build_hub
 
 pytestmark = pytest.mark.timeout(10)
@@ -297,3 +298,20 @@ async def test_the_channel_signs_what_it_writes_with_its_secret() -> None:
     assert await channel.send([("e1", value)])
     headers = dict(publisher.published[0].headers)
     assert status_message.signed("s" * 16, value, headers[status_message.SIGNATURE])
+
+
+async def test_lost_changes_wake_the_servers_now_and_once_more_a_moment_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay announces `sent` before it marks the records: a read woken at once may
+    come before the mark, so the servers are woken again REWAKE_S later (once, however
+    many changes were lost meanwhile)."""
+    monkeypatch.setattr(announcement, "REWAKE_S", 0.05)
+    lost: list[None] = []
+    announcer = Announcer(None, on_lost=lambda: lost.append(None))
+    announcer.announce(outbox_event("e1"))
+    announcer.announce(outbox_event("e2"))
+    assert len(lost) == 2
+    await wait_until(lambda: len(lost) == 3, timeout_s=2)
+    await asyncio.sleep(0.2)  # no further wake-up comes: this is the thing asserted
+    assert len(lost) == 3

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # Changes sent in one write to the topic.
 BATCH = 500
+# After changes were lost, the servers are woken again this much later.
+REWAKE_S = 1.0
 
 
 def message_of(event: OutboxEvent) -> bytes:
@@ -97,6 +99,7 @@ class Announcer:
         self._max_pending = max_pending
         self._pending: OrderedDict[str, OutboxEvent] = OrderedDict()
         self._ready = asyncio.Event()
+        self._rewake_pending = False
         self.sent = 0  # changes the topic acknowledged (for tests and metrics)
         self.lost = 0  # changes it did not take
 
@@ -132,5 +135,18 @@ class Announcer:
 
     def _lose(self, count: int) -> None:
         self.lost += count
+        if self._on_lost is None:
+            return
+        self._on_lost()
+        # Writers announce some changes before their record is written (the relay's `sent`
+        # at Kafka's acknowledgement, a result as it is found): a read woken now may come
+        # before the record's mark. Once more a moment later, then, for what landed since
+        # (one pending at a time, however many are lost meanwhile).
+        if not self._rewake_pending:
+            self._rewake_pending = True
+            asyncio.get_running_loop().call_later(REWAKE_S, self._rewake)
+
+    def _rewake(self) -> None:
+        self._rewake_pending = False
         if self._on_lost is not None:
             self._on_lost()
