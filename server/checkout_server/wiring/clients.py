@@ -106,36 +106,48 @@ def status_consumer(settings: KafkaSection, *, client_id: str) -> AIOKafkaConsum
 
 def events_publisher(settings: RelaySettings, *, member: str) -> KafkaPublisher:
     """The relay's writer of the events' topic (KAFKA_TOPIC; created when missing)."""
-    timeout_s = settings.relay_send_timeout_s
-    return KafkaPublisher(
-        producer_factory=lambda: kafka_producer(
-            settings,
-            client_id=f"checkout-relay-{member}",
-            timeout_s=timeout_s,
-            linger_ms=settings.kafka_linger_ms,
-        ),
-        admin_factory=lambda: kafka_admin(
-            settings, client_id=f"checkout-relay-admin-{member}", timeout_s=timeout_s
-        ),
+    return _publisher(
+        settings,
         topic=settings.kafka_topic,
-        partitions=settings.kafka_topic_partitions,
-        replication_factor=settings.kafka_replication_factor,
-        timeout_s=timeout_s,
+        client_id=f"checkout-relay-{member}",
+        admin_client_id=f"checkout-relay-admin-{member}",
+        timeout_s=settings.relay_send_timeout_s,
+        linger_ms=settings.kafka_linger_ms,
     )
 
 
 def status_publisher(settings: KafkaSection, *, client_id: str) -> KafkaPublisher:
     """The writer of the status topic (created when missing: records kept an hour, as
     servers read it from its end)."""
-    timeout_s = settings.status_send_timeout_s
-    return KafkaPublisher(
-        producer_factory=lambda: kafka_producer(settings, client_id=client_id, timeout_s=timeout_s),
-        admin_factory=lambda: kafka_admin(
-            settings, client_id=f"{client_id}-admin", timeout_s=timeout_s
-        ),
+    return _publisher(
+        settings,
         topic=settings.status_topic,
+        client_id=client_id,
+        admin_client_id=f"{client_id}-admin",
+        timeout_s=settings.status_send_timeout_s,
+        topic_configs={"retention.ms": str(STATUS_RETENTION_MS)},
+    )
+
+
+def _publisher(
+    settings: KafkaSection,
+    *,
+    topic: str,
+    client_id: str,
+    admin_client_id: str,
+    timeout_s: float,
+    linger_ms: int = 0,
+    topic_configs: dict[str, str] | None = None,
+) -> KafkaPublisher:
+    """A KafkaPublisher of `topic`, its producers and admin clients built from `settings`."""
+    return KafkaPublisher(
+        producer_factory=lambda: kafka_producer(
+            settings, client_id=client_id, timeout_s=timeout_s, linger_ms=linger_ms
+        ),
+        admin_factory=lambda: kafka_admin(settings, client_id=admin_client_id, timeout_s=timeout_s),
+        topic=topic,
         partitions=settings.kafka_topic_partitions,
         replication_factor=settings.kafka_replication_factor,
         timeout_s=timeout_s,
-        topic_configs={"retention.ms": str(STATUS_RETENTION_MS)},
+        topic_configs=topic_configs,
     )
