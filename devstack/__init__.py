@@ -13,7 +13,7 @@ from ._envoy import Envoy, envoy_binary, validate_envoy_config
 from ._install import GO_TOOLS, InstallError, install_all, tool_path
 from ._paths import LOG_DIR, REPO_ROOT, STACK_DIR
 from ._process import ServerError, ServerProcess, free_port, port_open
-from ._servers import FerretDB, Kafka, KafkaAcl, MinIO, kafka_broker_registered
+from ._servers import FerretDB, Kafka, KafkaAcl, MinIO, PostgreSQL, kafka_broker_registered
 from ._toxiproxy import (
     Proxy,
     Toxic,
@@ -38,6 +38,7 @@ __all__ = [
     "Kafka",
     "KafkaAcl",
     "MinIO",
+    "PostgreSQL",
     "Proxy",
     "ServerError",
     "ServerProcess",

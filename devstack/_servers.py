@@ -31,6 +31,7 @@ def _require_binary(path: Path) -> str:
     return str(path)
 
 
+EQUALITY_INDEXES_SQL = Path(__file__).with_name("equality_indexes.sql")
 POSTGRES_USER = "postgres"  # the server refuses to run as root; this user runs it then
 # FerretDB's backend in the dev stack and the tests: CHECKOUT_FERRETDB_BACKEND=sqlite|postgresql.
 BACKEND_VARIABLE = "CHECKOUT_FERRETDB_BACKEND"
@@ -72,7 +73,9 @@ class PostgreSQL(ServerProcess):
     """A PostgreSQL cluster of its own in ``data_dir`` (made by initdb on first start), on
     127.0.0.1 only, with trust authentication for the user ``ferretdb``: a dev-only database.
     Commits do not wait for the disk (`synchronous_commit=off`): a crash of the machine may
-    lose the last moments, never corrupt the data (what the dev stack needs)."""
+    lose the last moments, never corrupt the data (what the dev stack needs). Every start
+    installs `equality_indexes.sql`: the GIN indexes that let FerretDB's equality filters
+    read only the rows they match."""
 
     def __init__(self, *, port: int, data_dir: Path, log_path: Path | None = None) -> None:
         super().__init__(name="postgresql", port=port, log_path=log_path)
@@ -136,6 +139,35 @@ class PostgreSQL(ServerProcess):
                 *argv,
             ]
         return argv
+
+    def start(self, timeout_s: float = 60) -> None:
+        super().start(timeout_s)
+        self.run_sql(EQUALITY_INDEXES_SQL.read_text())
+
+    def run_sql(self, sql: str) -> str:
+        """Run `sql` with psql as the user ``ferretdb``; its output (ServerError if it fails)."""
+        done = subprocess.run(
+            [
+                str(POSTGRES_BIN / "psql"),
+                "--host=127.0.0.1",
+                f"--port={self.port}",
+                "--username=ferretdb",
+                "--dbname=postgres",
+                "--no-psqlrc",
+                "--quiet",
+                "--tuples-only",
+                "--no-align",
+                "--set=ON_ERROR_STOP=1",
+            ],
+            input=sql,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise ServerError(f"psql failed:\n{done.stderr}")
+        return done.stdout
 
     def _probe(self) -> bool:
         if not port_open(self.port):

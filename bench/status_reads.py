@@ -1,0 +1,204 @@
+"""GetStatus and ListStatuses over many stored events, against a real server process, each
+next to a peer measured in the same run.
+
+    python bench/status_reads.py [--events 100000] [--callers 16] [--calls 2000]
+                                 [--spread-days 30]
+
+Starts FerretDB (PostgreSQL where installed) and MinIO (devstack) and the checkout server as
+a process, and inserts `--events` status records directly, as uploads leave them: created
+evenly over the last `--spread-days` days, three quarters `sent`, every tenth ready. Then:
+- **GetStatus**: `--callers` concurrent callers make `--calls` calls in all, each for a random
+  stored event; the peer is grpc.health.v1 Health/Check on the same server, with the same
+  callers (what the server costs without the database). Prints p50 and p99, calls/s.
+- **ListStatuses**: the first page (100), 20 calls one after another, p50 and p99; a page
+  1,000 events deep; `status=failed` (few match); and the original service's `status/all`
+  (no page size: every event up to 10,000), its time and size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pymongo import AsyncMongoClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._backends import Backends, started
+from bench._events import bench_event
+from checkout_api.checkout.v1 import checkout_pb2 as pb
+from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.domain import EventStatus
+from checkout_server.outbox.document import status_document, to_document
+
+
+async def insert_events(uri: str, count: int, spread: timedelta) -> list[str]:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, tz_aware=True)
+    collection = client["main_db"]["event_statuses"]  # the status records the API reads
+    start = datetime.now(UTC) - spread
+    step = spread / max(count, 1)
+    ids, batch = [], []
+    for i in range(count):
+        at = start + step * i
+        status = (EventStatus.NEW, EventStatus.SENT, EventStatus.SENT, EventStatus.SENT)[i % 4]
+        event = bench_event(at, status, ready_at=at if i % 10 == 0 else None)
+        ids.append(event.event_id)
+        batch.append(status_document(to_document(event)))
+        if len(batch) == 1000:
+            await collection.insert_many(batch)
+            batch = []
+    if batch:
+        await collection.insert_many(batch)
+    await client.close()
+    return ids
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[max(0, int(len(ordered) * 0.99) - 1)]
+
+
+async def concurrently(
+    callers: int, calls: int, call: Callable[[], Awaitable[object]]
+) -> tuple[float, float, float]:
+    """p50 and p99 in ms, and calls per second, of `calls` calls made by `callers` loops."""
+    samples: list[float] = []
+    left = calls
+
+    async def loop() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            began = time.perf_counter()
+            await call()
+            samples.append((time.perf_counter() - began) * 1000)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(callers)))
+    wall = time.perf_counter() - began
+    p50, p99 = percentiles(samples)
+    return p50, p99, len(samples) / wall
+
+
+async def sequential(times: int, call: Callable[[], Awaitable[object]]) -> str:
+    """p50 and p99 of `times` calls one after another, or how the first failed call failed."""
+    samples = []
+    for _ in range(times):
+        began = time.perf_counter()
+        try:
+            await call()
+        except grpc.aio.AioRpcError as exc:
+            spent = time.perf_counter() - began
+            return f"refused {exc.code().name} after {spent:.1f} s ({exc.details()})"
+        samples.append((time.perf_counter() - began) * 1000)
+    p50, p99 = percentiles(samples)
+    return f"p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+
+
+async def measure(args: argparse.Namespace, backends: Backends) -> None:
+    began = time.monotonic()
+    ids = await insert_events(backends.ferretdb.uri, args.events, timedelta(days=args.spread_days))
+    print(
+        f"{args.events:,} events over {args.spread_days} days inserted in"
+        f" {time.monotonic() - began:.0f} s (FerretDB over {backends.ferretdb.backend})"
+    )
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        backends.ferretdb.uri, tz_aware=True
+    )
+    records = client["main_db"]["event_statuses"]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{backends.server.port}") as channel:
+        stub: pb_grpc.CheckoutServiceAsyncStub = pb_grpc.CheckoutServiceStub(channel)
+        health: health_pb2_grpc.HealthAsyncStub = health_pb2_grpc.HealthStub(channel)
+        await stub.GetStatus(pb.GetStatusRequest(event_id=ids[0]))  # connected, warmed
+
+        ready = ids[::10]  # no storage check: their result is recorded
+
+        def get_status() -> Awaitable[object]:
+            return stub.GetStatus(pb.GetStatusRequest(event_id=random.choice(ids)))
+
+        def get_ready() -> Awaitable[object]:
+            return stub.GetStatus(pb.GetStatusRequest(event_id=random.choice(ready)))
+
+        async def check() -> object:
+            return await health.Check(health_pb2.HealthCheckRequest())
+
+        async def find_one() -> object:
+            return await records.find_one({"_id": random.choice(ids)})
+
+        for name, call in (
+            ("GetStatus", get_status),
+            ("GetStatus of ready events", get_ready),
+            ("Health/Check (peer: the server without the database)", check),
+            ("find_one by _id (peer: the database without the server)", find_one),
+        ):
+            p50, p99, rate = await concurrently(args.callers, args.calls, call)
+            print(
+                f"{name}, {args.callers} callers: p50 {p50:.1f} ms, p99 {p99:.1f} ms,"
+                f" {rate:,.0f} calls/s"
+            )
+
+        await client.close()
+        if args.only_lookups:
+            return
+        first = await sequential(20, lambda: stub.ListStatuses(pb.ListStatusesRequest()))
+        print(f"ListStatuses first page: {first}")
+        token = ""
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            token = (
+                await stub.ListStatuses(pb.ListStatusesRequest(page_size=1000))
+            ).next_page_token
+        deep = await sequential(
+            5, lambda: stub.ListStatuses(pb.ListStatusesRequest(page_token=token))
+        )
+        print(f"ListStatuses, a page 1,000 deep: {deep}")
+        failed = await sequential(
+            5, lambda: stub.ListStatuses(pb.ListStatusesRequest(status="failed"))
+        )
+        print(f"ListStatuses status=failed: {failed}")
+        began = time.perf_counter()
+        try:
+            everything = await stub.ListStatuses(pb.ListStatusesRequest(), timeout=120)
+        except grpc.aio.AioRpcError as exc:
+            print(
+                f"status/all: refused {exc.code().name} after {time.perf_counter() - began:.1f} s"
+            )
+        else:
+            print(
+                f"status/all: {len(everything.operations):,} operations,"
+                f" total {everything.total:,}, {everything.ByteSize() / 1e6:.1f} MB"
+                f" in {time.perf_counter() - began:.1f} s"
+            )
+
+
+async def run(args: argparse.Namespace, work: Path) -> None:
+    with started(work) as backends:
+        await measure(args, backends)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--callers", type=int, default=16)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--spread-days", type=float, default=30)
+    parser.add_argument("--only-lookups", action="store_true", help="skip the listings")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="checkout-bench-") as tmp:
+        asyncio.run(run(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The dev stack's equality indexes (devstack/equality_indexes.sql), against the real FerretDB
+over PostgreSQL: every index the service asks for on a top-level field gets a GIN twin, and
+PostgreSQL uses it for FerretDB's equality filters, also once a statement has been prepared
+and run many times (as FerretDB's connection pool does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pymongo.asynchronous.collection import AsyncCollection
+
+from checkout_server.config import ServerSettings
+from checkout_server.wiring.server import App
+from devstack import FerretDB, PostgreSQL
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def _postgres(ferretdb: FerretDB) -> PostgreSQL:
+    assert ferretdb.postgres is not None, "the tests run FerretDB over PostgreSQL"
+    return ferretdb.postgres
+
+
+def _table(postgres: PostgreSQL, database: str, collection: str) -> str:
+    """The PostgreSQL table (schema-qualified) FerretDB keeps `collection` in."""
+    name = postgres.run_sql(
+        f"SELECT _jsonb->>'table' FROM \"{database}\"._ferretdb_database_metadata"
+        f" WHERE _jsonb->>'_id' = '{collection}'"
+    ).strip()
+    assert name, f"no table for {database}.{collection}"
+    return f'"{database}"."{name}"'
+
+
+def _gin_fields(postgres: PostgreSQL, table: str) -> set[str]:
+    definitions = postgres.run_sql(
+        "SELECT pg_get_indexdef(indexrelid, 1, true) FROM pg_index ix"
+        " JOIN pg_class cl ON cl.oid = ix.indexrelid JOIN pg_am am ON am.oid = cl.relam"
+        f" WHERE ix.indrelid = '{table}'::regclass AND am.amname = 'gin'"
+    ).split()
+    return {d.split("'")[1] for d in definitions if "'" in d}
+
+
+async def test_every_top_level_index_field_gets_a_gin_twin(
+    app: App, ferretdb: FerretDB, settings: ServerSettings
+) -> None:
+    postgres = _postgres(ferretdb)
+    statuses = _table(postgres, settings.mongo_db, settings.mongo_status_collection)
+    outbox = _table(postgres, settings.mongo_db, settings.mongo_outbox_collection)
+
+    # The first field of each index the service creates (mongo_outbox, mongo_status_records,
+    # mongo_relay_store); `_id` is FerretDB's own.
+    assert {"_id", "dedup_key", "video_id", "owner", "status"} <= _gin_fields(postgres, statuses)
+    assert {"_id", "dedup_key", "video_id"} <= _gin_fields(postgres, outbox)
+
+
+async def test_postgresql_serves_ferretdbs_equality_filter_from_the_twin(
+    app: App,
+    ferretdb: FerretDB,
+    settings: ServerSettings,
+    status_collection: AsyncCollection[dict[str, Any]],
+) -> None:
+    await status_collection.insert_many(
+        [{"_id": f"e{i}", "dedup_key": f"k{i}"} for i in range(2000)]
+    )
+    postgres = _postgres(ferretdb)
+    table = _table(postgres, settings.mongo_db, settings.mongo_status_collection)
+    # FerretDB's form of `{dedup_key: "k7"}` (backends/postgresql/query.go): the field name is
+    # a parameter. Run more than the five times after which PostgreSQL may switch a prepared
+    # statement to a generic plan, which no expression index can serve.
+    plan = postgres.run_sql(
+        f"ANALYZE {table};"
+        f" PREPARE equal(text, jsonb) AS SELECT _jsonb FROM {table} WHERE _jsonb->$1 @> $2;"
+        + " EXECUTE equal('dedup_key', '\"k7\"');" * 8
+        + " EXPLAIN EXECUTE equal('dedup_key', '\"k7\"');"
+    )
+
+    assert "Bitmap Index Scan" in plan, plan
+    assert "_eq_" in plan, plan
+    assert "Seq Scan" not in plan, plan
