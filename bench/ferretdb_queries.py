@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._events import bench_event
 from checkout_server.adapters.mongo_outbox import MongoOutbox
 from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
+from checkout_server.adapters.mongo_status_hours import MongoStatusHours
 from checkout_server.adapters.mongo_status_records import MongoStatusRecords
 from checkout_server.domain import EventStatus, OutboxEvent
 from checkout_server.outbox.document import Document, status_document, to_document
@@ -67,9 +68,11 @@ async def measure(client: AsyncMongoClient[Document], count: int) -> dict[str, f
     await records.ensure_indexes()
     await relay.ensure_indexes()
     made = events(count)
+    hours = MongoStatusHours(database["event_statuses"])
     for start in range(0, count, 1000):
         messages = [to_document(e) for e in made[start : start + 1000]]
         await database["outbox"].insert_many(messages)
+        await hours.register(m["hour"] for m in messages)  # as the server's writers do
         await database["event_statuses"].insert_many([status_document(m) for m in messages])
     some = made[count // 3]
     unsent = [e.event_id for e in made[-UNSENT:]]
@@ -77,7 +80,8 @@ async def measure(client: AsyncMongoClient[Document], count: int) -> dict[str, f
     async def page(status: EventStatus | None = None, after: str = "") -> list[OutboxEvent]:
         """One ListStatuses page as the service reads it: the count, then 50 events."""
         await records.count(status=status, owner=None)
-        return [e async for e in records.scan(status=status, owner=None, after=after, limit=51)]
+        found = records.scan(status=status, owner=None, after=after, limit=51)
+        return [e async for e in found if isinstance(e, OutboxEvent)]
 
     second = records.cursor_of((await page())[49])
     now = datetime.now(UTC)

@@ -4,8 +4,9 @@ ours plus the database load we cause), at a given number of stored events.
     python -m bench.idle_cost [--events 100000] [--seconds 60] [--no-status-topic]
 
 Starts the stack with the detection runner (devstack's LocalStack) on free ports, writes
-`--events` status records straight into the collection as earlier uploads leave them (most
-`sent`, a tenth `ready`, so nine in ten wait for a result no runner will write), waits 30 s
+`--events` status records straight into the collection as earlier uploads over the last 30
+days leave them (most `sent`, a tenth `ready`, so nine in ten wait for a result no runner will
+write), brings PostgreSQL's statistics up to date as autovacuum would, waits 30 s
 for the start-up work to pass, then reads the CPU each process used over `--seconds` from
 /proc (a process with its children: PostgreSQL's backends count to it). "Ours and the
 database" is FerretDB, PostgreSQL, the server, the relay and the runner; Kafka and MinIO are
@@ -46,6 +47,10 @@ def main() -> None:
         try:
             stack.start()
             asyncio.run(store_events(stack.ferretdb.uri, args.events))
+            if stack.ferretdb.postgres is not None:
+                # What autovacuum does within a minute of a bulk load: until then PostgreSQL
+                # plans without statistics (and scans rather than use the equality indexes).
+                stack.ferretdb.postgres.run_sql("ANALYZE")
             time.sleep(SETTLE_S)  # the measured span starts once start-up work has passed
             processes = {
                 "ferretdb": stack.ferretdb,

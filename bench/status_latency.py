@@ -59,6 +59,7 @@ from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_common import status_message
 from checkout_runner.adapters.kafka_announcer import KafkaResultAnnouncer
+from checkout_server.adapters.mongo_status_hours import MongoStatusHours
 from checkout_server.config import RelaySettings, ServerSettings
 from checkout_server.domain import EventStatus
 from checkout_server.outbox.document import status_document, to_document
@@ -75,23 +76,27 @@ def summary(values: list[float]) -> str:
     return f"p50 {p(values, 0.5):.1f} ms, p99 {p(values, 0.99):.1f} ms"
 
 
-async def store_events(uri: str, count: int) -> list[str]:
-    """`count` status records of earlier uploads, most of them `sent`, a tenth `ready`; the
-    ids of those waiting for a result."""
+async def store_events(uri: str, count: int, spread: timedelta = timedelta(days=30)) -> list[str]:
+    """`count` status records of earlier uploads made evenly over the `spread` before now (a
+    listing reads them an hour at a time), most of them `sent`, a tenth `ready`; the ids of
+    those waiting for a result."""
     settings = ServerSettings()
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, tz_aware=True)
     collection = client[settings.mongo_db][settings.mongo_status_collection]
-    start = datetime.now(UTC) - timedelta(days=1)
+    hours = MongoStatusHours(collection)  # registered first, as the server's writers do
+    start = datetime.now(UTC) - spread
+    step = spread / max(count, 1)
     batch = []
     waiting = []
     for i in range(count):
-        at = start + timedelta(milliseconds=i)
+        at = start + step * i
         status = EventStatus.NEW if i % 50 == 0 else EventStatus.SENT
         event = bench_event(at, status, ready_at=at if i % 10 == 0 else None)
         batch.append(status_document(to_document(event)))
         if event.ready_at is None:
             waiting.append(event.event_id)
         if len(batch) == 1000 or i == count - 1:
+            await hours.register(d["hour"] for d in batch)
             await collection.insert_many(batch)
             batch = []
     await client.close()

@@ -289,7 +289,8 @@ async def cmd_status(client: AsyncCheckoutClient, args: argparse.Namespace, out:
         cells = (o.event_id, o.status, o.filename or "-", _size(o.size_bytes), _when(o), o.error)
         table.add_row(*(Text(cell or "") for cell in cells))
     out.out.print(table)
-    out.out.print(f"{len(operations)} of {total}", markup=False)
+    counted = f"of {total}" if total >= 0 else "(too many stored to count)"
+    out.out.print(f"{len(operations)} {counted}", markup=False)
     return EXIT_OK
 
 

@@ -13,10 +13,17 @@ const actions = [
   "createCollection", "createIndex", "listIndexes", "killCursors", "collStats",
 ];
 const services = {
-  // The server: the outbox, the statuses, the resumable sessions and their facts.
-  mongo_uri_checkout: ["outbox", "event_statuses", "upload_sessions", "upload_facts"],
-  // The relays: the outbox, the statuses they mark sent, their leases and members.
-  mongo_uri_relay: ["outbox", "event_statuses", "outbox_relay_leases", "outbox_relay_members"],
+  // The server: the outbox, the statuses and their hours, the resumable sessions and their
+  // facts.
+  mongo_uri_checkout: [
+    "outbox", "event_statuses", "event_statuses_hours", "upload_sessions", "upload_facts",
+  ],
+  // The relays: the outbox, the statuses they mark sent and the hours of those they write,
+  // their leases and members.
+  mongo_uri_relay: [
+    "outbox", "event_statuses", "event_statuses_hours", "outbox_relay_leases",
+    "outbox_relay_members",
+  ],
   // The runners: their per-video states.
   mongo_uri_runner: ["runner_videos"],
 };

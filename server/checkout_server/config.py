@@ -481,6 +481,15 @@ class StatusSection(Section):
     """LIST_RATE_PER_MINUTE: ListStatuses calls (REST `/api/status/all` among them) one client
     may make in any 60 seconds, per server process (0: no limit); one more is refused
     RESOURCE_EXHAUSTED LIST_RATE_LIMITED with a retry hint."""
+    list_count_max_events: int = 20_000
+    """LIST_COUNT_MAX_EVENTS: ListStatuses counts the events that match (`total`) only while
+    the database holds at most this many status records (its own estimate); above it `total`
+    is -1. FerretDB 1.24 counts by reading every record (about 1.1 s at 100,000 here); raise
+    it on MongoDB, whose indexes count."""
+    list_page_budget_s: float = 2.0
+    """LIST_PAGE_BUDGET_S: the time a ListStatuses page may spend reading the records an hour
+    at a time; when it runs out before the page is full, the page ends there with a
+    next_page_token (a page may then be short, even empty)."""
     result_reconcile_interval_s: float = 10.0
     """RESULT_RECONCILE_INTERVAL_S: how often every event still waiting is checked for a result
     (watched events are checked every WATCH_RESULT_CHECK_INTERVAL_S)."""
@@ -524,6 +533,8 @@ class StatusSection(Section):
             raise ConfigError(
                 "REQUEST_RATE_PER_MINUTE and LIST_RATE_PER_MINUTE must be 0 (no limit) or more"
             )
+        if self.list_count_max_events < 0 or self.list_page_budget_s <= 0:
+            raise ConfigError("need LIST_COUNT_MAX_EVENTS >= 0 and LIST_PAGE_BUDGET_S > 0")
         if not 1 <= self.watch_max_watchers_per_client <= self.watch_max_watchers:
             raise ConfigError("need 1 <= WATCH_MAX_WATCHERS_PER_CLIENT <= WATCH_MAX_WATCHERS")
         return self

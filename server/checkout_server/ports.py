@@ -120,6 +120,14 @@ class Outbox(Protocol):
         """Raise DatabaseUnavailable unless the database answers."""
 
 
+@dataclass(frozen=True)
+class PageEnd:
+    """Where a listing stopped before its page was full: its time was up. The next page
+    starts at `cursor`; the events after it are not known to be none."""
+
+    cursor: str
+
+
 class StatusRecords(Protocol):
     """The status read model: the events' status records as status/ lists, watches and marks
     them (written by `Outbox.add`, and by the relay as it publishes). Errors: as Outbox."""
@@ -128,18 +136,20 @@ class StatusRecords(Protocol):
         """Create the indexes the listings, the change feed and the reconcile rely on
         (idempotent)."""
 
-    async def count(self, *, status: EventStatus | None, owner: str | None) -> int:
+    async def count(self, *, status: EventStatus | None, owner: str | None) -> int | None:
         """How many events `scan` would yield from the start: those whose API status is
-        `status` and those `owner` made, when given."""
+        `status` and those `owner` made, when given. None when there are too many records to
+        count cheaply (the adapter says how many)."""
 
     def scan(
         self, *, status: EventStatus | None, owner: str | None, after: str, limit: int
-    ) -> AsyncGenerator[OutboxEvent, None]:
+    ) -> AsyncGenerator[OutboxEvent | PageEnd, None]:
         """Events newest first (by creation time, then id, both descending), filtered as for
         `count`, at most `limit`, starting after the cursor `after` (`cursor_of` an event
-        yielded before, also one deleted since; empty: from the newest). Streamed from the
-        database cursor, never collected; closing the iterator early closes that cursor.
-        Raises InvalidPageToken for a cursor these records did not make."""
+        yielded before, also one deleted since, or a PageEnd's; empty: from the newest).
+        Streamed from the database cursors, never collected; closing the iterator early
+        closes them. A scan whose time runs out before `limit` ends with a PageEnd (more may
+        follow). Raises InvalidPageToken for a cursor these records did not make."""
 
     def cursor_of(self, event: OutboxEvent) -> str:
         """The opaque cursor that makes `scan` go on after `event`."""

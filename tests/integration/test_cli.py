@@ -20,10 +20,13 @@ from checkout_client.cli import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
+from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App
-from devstack import free_port
+from devstack import FerretDB, free_port
 from tests.helpers import MiB, has_cyrillic, mp4_bytes, sha256_hex
+from tests.integration.apps import started_app
 from tests.integration.console import checkout, in_terminal
+from tests.integration.postgres_tables import analyze
 from tests.integration.storage_checks import object_sha256
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -87,6 +90,24 @@ async def test_markup_in_names_prints_as_it_is_in_a_terminal(address: str, tmp_p
         assert link in screen
         assert "\x1b]8;" not in screen  # no OSC 8 hyperlink
         assert "🐱" not in screen
+
+
+async def test_status_says_when_the_server_did_not_count(
+    settings: ServerSettings, ferretdb: FerretDB, tmp_path: Path
+) -> None:
+    async with started_app(settings, list_count_max_events=1) as app:
+        address = f"127.0.0.1:{app.port}"
+        async with AsyncCheckoutClient(address) as client:
+            for _ in range(2):
+                await client.upload(io.BytesIO(mp4_bytes(1000)), filename="clip.mp4")
+        analyze(ferretdb, settings.mongo_db, settings.mongo_status_collection)
+
+        code, screen = await asyncio.to_thread(
+            in_terminal, ["status"], address=address, cwd=tmp_path
+        )
+
+    assert code == EXIT_OK, screen
+    assert "2 (too many stored to count)" in screen
 
 
 async def test_upload_json_is_one_parseable_document(

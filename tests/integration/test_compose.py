@@ -489,16 +489,19 @@ def test_the_mongo_users_roles_name_the_collections_each_process_uses(
     }
     server, relay, runner = ServerSettings(), RelaySettings(), RunnerSettings()
     outbox = relay.mongo_outbox_collection  # the relay's leases and members are named after it
+    # The hours of the status records are named after them (adapters/mongo_status_hours.py).
     assert roles == {
         "mongo_uri_checkout": {
             server.mongo_outbox_collection,
             server.mongo_status_collection,
+            f"{server.mongo_status_collection}_hours",
             server.mongo_upload_sessions_collection,
             server.mongo_upload_facts_collection,
         },
         "mongo_uri_relay": {
             outbox,
             relay.mongo_status_collection,
+            f"{relay.mongo_status_collection}_hours",
             f"{outbox}_relay_leases",
             f"{outbox}_relay_members",
         },

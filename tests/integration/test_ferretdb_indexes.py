@@ -13,23 +13,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App
 from devstack import FerretDB, PostgreSQL
+from tests.integration.postgres_tables import postgres_of, table_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-def _postgres(ferretdb: FerretDB) -> PostgreSQL:
-    assert ferretdb.postgres is not None, "the tests run FerretDB over PostgreSQL"
-    return ferretdb.postgres
-
-
-def _table(postgres: PostgreSQL, database: str, collection: str) -> str:
-    """The PostgreSQL table (schema-qualified) FerretDB keeps `collection` in."""
-    name = postgres.run_sql(
-        f"SELECT _jsonb->>'table' FROM \"{database}\"._ferretdb_database_metadata"
-        f" WHERE _jsonb->>'_id' = '{collection}'"
-    ).strip()
-    assert name, f"no table for {database}.{collection}"
-    return f'"{database}"."{name}"'
 
 
 def _gin_fields(postgres: PostgreSQL, table: str) -> set[str]:
@@ -44,9 +30,9 @@ def _gin_fields(postgres: PostgreSQL, table: str) -> set[str]:
 async def test_every_top_level_index_field_gets_a_gin_twin(
     app: App, ferretdb: FerretDB, settings: ServerSettings
 ) -> None:
-    postgres = _postgres(ferretdb)
-    statuses = _table(postgres, settings.mongo_db, settings.mongo_status_collection)
-    outbox = _table(postgres, settings.mongo_db, settings.mongo_outbox_collection)
+    postgres = postgres_of(ferretdb)
+    statuses = table_of(postgres, settings.mongo_db, settings.mongo_status_collection)
+    outbox = table_of(postgres, settings.mongo_db, settings.mongo_outbox_collection)
 
     # The first field of each index the service creates (mongo_outbox, mongo_status_records,
     # mongo_relay_store); `_id` is FerretDB's own.
@@ -63,8 +49,8 @@ async def test_postgresql_serves_ferretdbs_equality_filter_from_the_twin(
     await status_collection.insert_many(
         [{"_id": f"e{i}", "dedup_key": f"k{i}"} for i in range(2000)]
     )
-    postgres = _postgres(ferretdb)
-    table = _table(postgres, settings.mongo_db, settings.mongo_status_collection)
+    postgres = postgres_of(ferretdb)
+    table = table_of(postgres, settings.mongo_db, settings.mongo_status_collection)
     # FerretDB's form of `{dedup_key: "k7"}` (backends/postgresql/query.go): the field name is
     # a parameter. Run more than the five times after which PostgreSQL may switch a prepared
     # statement to a generic plan, which no expression index can serve.

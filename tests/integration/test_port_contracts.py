@@ -21,7 +21,7 @@ from checkout_server.adapters.mongo_status_records import MongoStatusRecords
 from checkout_server.domain import EventStatus, OutboxEvent
 from checkout_server.errors import DuplicateIdempotencyKey, InvalidPageToken
 from checkout_server.outbox.document import Document
-from checkout_server.ports import Outbox, StatusRecords
+from checkout_server.ports import Outbox, PageEnd, StatusRecords
 from tests.fakes import FakeOutbox
 from tests.helpers import outbox_event
 
@@ -69,6 +69,21 @@ def event(n: int, *, at_s: float = 0, **changes: object) -> OutboxEvent:
     return outbox_event(event_id(n), at=at, **changes)
 
 
+async def scan_events(
+    records: StatusRecords,
+    *,
+    status: EventStatus | None = None,
+    owner: str | None = None,
+    after: str = "",
+    limit: int = 100,
+) -> list[OutboxEvent]:
+    """What a scan yields, which must all be events (no PageEnd within the time budget)."""
+    found = [e async for e in records.scan(status=status, owner=owner, after=after, limit=limit)]
+    events = [e for e in found if isinstance(e, OutboxEvent)]
+    assert events == found, "the scan ended early"
+    return events
+
+
 async def scanned(
     records: StatusRecords,
     *,
@@ -77,9 +92,8 @@ async def scanned(
     after: str = "",
     limit: int = 100,
 ) -> list[str]:
-    return [
-        e.event_id async for e in records.scan(status=status, owner=owner, after=after, limit=limit)
-    ]
+    found = await scan_events(records, status=status, owner=owner, after=after, limit=limit)
+    return [e.event_id for e in found]
 
 
 # --- Outbox: the commit side ----------------------------------------------------------------
@@ -177,13 +191,33 @@ async def test_pages_follow_the_cursor_of_the_last_event_shown(ports: Ports) -> 
     seen: list[str] = []
     after = ""
     while True:
-        page = [e async for e in ports.records.scan(status=None, owner=None, after=after, limit=3)]
+        page = await scan_events(ports.records, after=after, limit=3)
         seen += [e.event_id for e in page]
         if len(page) < 3:
             break
         after = ports.records.cursor_of(page[-1])
 
     assert seen == [event_id(n) for n in reversed(range(7))]
+
+
+async def test_pages_cross_the_hours_the_events_were_made_in(ports: Ports) -> None:
+    # Two events an hour over four hours, added out of order, one exactly on an hour.
+    for n in (3, 0, 7, 5, 1, 6, 2, 4):
+        await ports.outbox.add(event(n, at_s=n * 1800))
+
+    seen: list[str] = []
+    after = ""
+    while True:
+        page = await scan_events(ports.records, after=after, limit=3)
+        seen += [e.event_id for e in page]
+        if len(page) < 3:
+            break
+        after = ports.records.cursor_of(page[-1])
+
+    assert seen == [event_id(n) for n in reversed(range(8))]
+    assert await scanned(ports.records, status=EventStatus.NEW, limit=5) == [
+        event_id(n) for n in (7, 6, 5, 4, 3)
+    ]
 
 
 async def test_a_cursor_keeps_its_place_without_its_event(ports: Ports) -> None:
@@ -317,14 +351,25 @@ async def test_unready_is_newest_first_without_the_marked_ones(ports: Ports) -> 
     assert [e.event_id for e in await ports.records.unready(limit=2)] == [event_id(0), event_id(3)]
 
 
+async def test_unready_crosses_the_hours_newest_first(ports: Ports) -> None:
+    for n in (2, 0, 4, 1, 3):
+        await ports.outbox.add(event(n, at_s=n * 2400))  # 40 minutes apart: 4 hours
+    assert await ports.records.mark_ready(event_id(3), T0 + timedelta(hours=5))
+
+    waiting = await ports.records.unready(limit=3)
+
+    assert [e.event_id for e in waiting] == [event_id(n) for n in (4, 2, 1)]
+
+
 async def test_a_scan_closed_early_leaves_the_records_usable(ports: Ports) -> None:
     for n in range(5):
         await ports.outbox.add(event(n, at_s=n))
-    events: AsyncGenerator[OutboxEvent, None] = ports.records.scan(
+    events: AsyncGenerator[OutboxEvent | PageEnd, None] = ports.records.scan(
         status=None, owner=None, after="", limit=5
     )
     first = await anext(events)
     await events.aclose()
 
+    assert isinstance(first, OutboxEvent)
     assert first.event_id == event_id(4)
     assert await ports.records.count(status=None, owner=None) == 5

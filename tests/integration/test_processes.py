@@ -25,6 +25,7 @@ from devstack import Kafka, free_port
 from tests.helpers import MiB, mp4_bytes, sha256_hex
 from tests.integration.metrics_scrape import scrape
 from tests.integration.processes import start_server
+from tests.integration.records import insert_records
 from tests.integration.storage_checks import object_sha256, wait_until
 from tests.integration.test_relay import Relays, consume, new_document
 
@@ -44,7 +45,7 @@ async def insert(
     documents: list[Document],
 ) -> None:
     """As uploads write them: the status record, then the outbox message."""
-    await statuses.insert_many([status_document(d) for d in documents])
+    await insert_records(statuses, [status_document(d) for d in documents])
     await outbox.insert_many(documents)
 
 

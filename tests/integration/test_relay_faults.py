@@ -38,6 +38,7 @@ from devstack._stack import PythonService
 from tests.helpers import mp4_bytes
 from tests.integration.metrics_scrape import scrape
 from tests.integration.processes import serving
+from tests.integration.records import insert_records
 from tests.integration.storage_checks import wait_until
 from tests.integration.test_relay import Relays, new_document
 
@@ -137,7 +138,7 @@ async def insert_events(outbox: AsyncCollection[Document], count: int) -> list[s
     statuses = outbox.database[STATUS_COLLECTION]
     for start in range(0, count, 100):
         chunk = documents[start : start + 100]
-        await statuses.insert_many([status_document(d) for d in chunk])
+        await insert_records(statuses, [status_document(d) for d in chunk])
         await outbox.insert_many(chunk)
     return [str(d["_id"]) for d in documents]
 

@@ -28,6 +28,7 @@ from tests.helpers import MiB, has_cyrillic, mp4_bytes, outbox_event, sha256_hex
 from tests.integration import curl
 from tests.integration.conftest import STACK_ADMIN_TOKEN
 from tests.integration.envoy_front import envoy_error, envoy_front
+from tests.integration.records import insert_records
 from tests.integration.storage_checks import (
     object_keys,
     object_sha256,
@@ -107,7 +108,7 @@ def test_status_all_lists_every_operation_as_the_original_did(base: str, stack: 
         try:
             statuses = client["main_db"]["event_statuses"]
             if insert:
-                await statuses.insert_many([status_document(to_document(e)) for e in made])
+                await insert_records(statuses, [status_document(to_document(e)) for e in made])
             else:
                 await statuses.delete_many({"_id": {"$in": [e.event_id for e in made]}})
         finally:

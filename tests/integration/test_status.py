@@ -20,11 +20,12 @@ from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
 from checkout_server.domain import OutboxEvent
-from checkout_server.outbox.document import status_document, to_document
+from checkout_server.outbox.document import HOUR, status_document, to_document
 from checkout_server.status.service import LIST_ALL_MAX
 from checkout_server.wiring.server import App, create_app
-from tests.helpers import error_details, has_cyrillic, mp4_bytes, outbox_event
+from tests.helpers import error_details, has_cyrillic, mp4_bytes, outbox_event, wait_until
 from tests.integration.apps import started_app
+from tests.integration.records import insert_records
 from tests.integration.resumable_helpers import metadata as resumable_metadata
 from tests.integration.resumable_helpers import write_messages
 from tests.integration.storage_checks import object_keys
@@ -118,7 +119,7 @@ async def many_records(
     ]
     for start in range(0, len(made), 1000):
         batch = [status_document(to_document(e)) for e in made[start : start + 1000]]
-        await status_collection.insert_many(batch)
+        await insert_records(status_collection, batch)
     return made
 
 
@@ -144,6 +145,54 @@ async def test_list_without_paging_gives_everything_up_to_ten_thousand(
     assert everything.next_page_token
     assert [o.event_id for o in rest.operations] == [e.event_id for e in made[LIST_ALL_MAX:]]
     assert rest.next_page_token == ""
+
+
+async def test_a_listing_out_of_time_ends_its_page_early_and_goes_on_after_it(
+    settings: ServerSettings, status_collection: Collection
+) -> None:
+    now = datetime.now(UTC)
+    made = [
+        outbox_event(str(uuid.UUID(int=i + 1)), at=now - timedelta(hours=i), bucket="videos")
+        for i in range(3)
+    ]
+    await insert_records(status_collection, [status_document(to_document(e)) for e in made])
+
+    pages: list[list[str]] = []
+    async with (
+        started_app(settings, list_page_budget_s=1e-9) as app,  # an hour per page
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
+    ):
+        stub = pb_grpc.CheckoutServiceStub(channel)
+        token = ""
+        while True:
+            page = await stub.ListStatuses(pb.ListStatusesRequest(page_size=10, page_token=token))
+            pages.append([o.event_id for o in page.operations])
+            assert page.total == 3
+            token = page.next_page_token
+            if not token:
+                break
+
+    assert pages == [[e.event_id] for e in made]
+
+
+async def test_a_server_lists_the_records_an_older_server_wrote(
+    settings: ServerSettings, status_collection: Collection
+) -> None:
+    old = status_document(to_document(outbox_event(str(uuid.uuid4()))))
+    del old[HOUR]  # neither an hour nor a registered one
+    await status_collection.insert_one(old)
+
+    async with (
+        started_app(settings) as app,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
+    ):
+        stub = pb_grpc.CheckoutServiceStub(channel)
+
+        async def listed() -> bool:
+            page = await stub.ListStatuses(pb.ListStatusesRequest())
+            return [o.event_id for o in page.operations] == [old["_id"]]
+
+        await wait_until(listed, what="the older record listed")
 
 
 async def test_a_listing_slower_than_the_database_timeout_is_no_outage(

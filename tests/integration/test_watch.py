@@ -27,6 +27,7 @@ from checkout_server.outbox.document import Document, status_document, to_docume
 from checkout_server.wiring.server import App, create_app
 from tests.helpers import error_details, has_cyrillic, outbox_event
 from tests.integration.apps import started_app
+from tests.integration.records import insert_records
 from tests.integration.storage_checks import wait_until
 from tests.integration.test_status import upload, write_result
 
@@ -244,7 +245,7 @@ SLOW_READER = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)
 async def add_changes(statuses: AsyncCollection[Document], bucket: str, count: int) -> list[str]:
     """`count` new events' status records at once (each one change for an all-events watch)."""
     events = [outbox_event(str(uuid.uuid4()), bucket=bucket) for _ in range(count)]
-    await statuses.insert_many([status_document(to_document(e)) for e in events])
+    await insert_records(statuses, [status_document(to_document(e)) for e in events])
     return [e.event_id for e in events]
 
 

@@ -25,6 +25,7 @@ from ..outbox import document as f
 from ..outbox.document import Document, from_document, status_document, to_document
 from .mongo_errors import translated
 from .mongo_indexes import ensure_indexes
+from .mongo_status_hours import MongoStatusHours
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class MongoOutbox:
         watchers at once, and the status topic); neither may block or raise."""
         self._outbox = outbox
         self._statuses = statuses
+        self._hours = MongoStatusHours(statuses)
         self._on_added = on_added
         self._on_recorded = on_recorded
 
@@ -64,6 +66,8 @@ class MongoOutbox:
     async def add(self, event: OutboxEvent) -> None:
         message = to_document(event)
         with translated("add"):
+            # Before the commit point: a record in an unregistered hour is never listed.
+            await self._hours.register([message[f.HOUR]])
             try:
                 await self._outbox.insert_one(message)
             except DuplicateKeyError:
@@ -139,6 +143,7 @@ class MongoOutbox:
             # Messages first: no message may outlive its record and be published after it.
             messages = await self._outbox.delete_many({})
             records = await self._statuses.delete_many({})
+            await self._hours.forget_old()
         # A message whose record was never written is an event too.
         return max(records.deleted_count, messages.deleted_count)
 

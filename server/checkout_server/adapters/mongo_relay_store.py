@@ -27,6 +27,7 @@ from ..outbox.sharding import relay_slot
 from ..relay.ports import Lease, PendingEvent
 from .mongo_errors import translated
 from .mongo_indexes import ensure_indexes
+from .mongo_status_hours import MongoStatusHours
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class MongoOutboxRelayStore:
         `update_chunk`: the most documents one update names (see UPDATE_CHUNK)."""
         self._outbox = outbox
         self._statuses = statuses
+        self._hours = MongoStatusHours(statuses)
         self._keep_sent = keep_sent
         self._update_chunk = update_chunk
 
@@ -165,6 +167,7 @@ class MongoOutboxRelayStore:
         records = [status_document(m) | fields for m in messages]
         if records:
             log.info("writing missing status records", extra={"events": len(records)})
+            await self._hours.register(r[f.HOUR] for r in records)
             try:
                 await self._statuses.insert_many(records, ordered=False)
             except BulkWriteError as exc:

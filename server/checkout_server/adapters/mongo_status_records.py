@@ -4,7 +4,9 @@ as the status API lists, watches and marks them.
 The records are written by the commit side (`mongo_outbox.py`) and by the relay
 (`mongo_relay_store.py`); this module only queries them and sets `ready_at`. Their fields are
 described in `outbox/document.py`. Listing pages are keyed by (created_at, _id), so a page
-token stays valid when the event it names is deleted meanwhile.
+token stays valid when the event it names is deleted meanwhile. A listing reads the records
+one creation hour at a time, newest first (`mongo_status_hours.py` says why), and stops at
+its time budget with a PageEnd; it counts them only while the collection is small enough.
 """
 
 from __future__ import annotations
@@ -12,18 +14,25 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import AsyncGenerator
-from datetime import UTC, datetime
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from datetime import UTC, datetime, timedelta
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 
 from ..domain import EventStatus, OutboxEvent
 from ..errors import InvalidPageToken
 from ..outbox import document as f
-from ..outbox.document import Document, from_document
+from ..outbox.document import Document, from_document, hour_of
+from ..ports import PageEnd
 from .mongo_errors import translated
 from .mongo_indexes import ensure_indexes
+from .mongo_status_hours import MongoStatusHours
+
+log = logging.getLogger(__name__)
 
 # Besides the commit side's (dedup key, video: mongo_outbox).
 _INDEXES = [
@@ -43,55 +52,123 @@ _INDEXES = [
     IndexModel([(f.UPDATED_AT, ASCENDING)], name="updated"),
     # Events still waiting for their result.
     IndexModel([(f.READY_AT, ASCENDING), (f.CREATED_AT, DESCENDING)], name="unready"),
+    # Listing, an hour at a time (the equality that FerretDB hands to its database).
+    IndexModel(
+        [(f.HOUR, ASCENDING), (f.CREATED_AT, DESCENDING), (f.ID, DESCENDING)],
+        name="hour_created",
+    ),
 ]
+# The hours collection's mark that every record has its `hour` (`give_old_records_hours`).
+_HOURS_GIVEN = "migration:hours-given"
+HOURS_GIVING_TIMEOUT_S = 3600.0  # the most that one pass over the records may take
+HOURS_GIVEN_PAUSE_S = 3600.0  # between two looks at the mark, once it is there
 
 
 class MongoStatusRecords:
     """Implements ports.StatusRecords over the status records (built by the wiring, shared)."""
 
-    def __init__(self, statuses: AsyncCollection[Document]) -> None:
+    def __init__(
+        self,
+        statuses: AsyncCollection[Document],
+        *,
+        count_max_events: int = 20_000,
+        page_budget_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`count_max_events`, `page_budget_s`: LIST_COUNT_MAX_EVENTS, LIST_PAGE_BUDGET_S."""
         self._statuses = statuses
+        self._hours = MongoStatusHours(statuses)
+        self._count_max_events = count_max_events
+        self._page_budget_s = page_budget_s
+        self._clock = clock
 
     async def ensure_indexes(self) -> None:
         with translated("ensure_indexes"):
             await ensure_indexes(self._statuses, _INDEXES)
+
+    async def give_old_records_hours(self) -> float:
+        """A background round (a Supervisor's): give the records an older server wrote their
+        `hour` and register those hours, so that listings show them; the pause before the
+        next round. Done once per collection, then marked: on FerretDB its query reads every
+        record (seconds at 100,000), which no socket timeout may cut short."""
+        with translated("give_old_records_hours"):
+            if await self._hours.is_marked(_HOURS_GIVEN):
+                return HOURS_GIVEN_PAUSE_S
+            with pymongo.timeout(HOURS_GIVING_TIMEOUT_S):
+                found = self._statuses.find({f.HOUR: {"$exists": False}}, {f.CREATED_AT: 1})
+                given = 0
+                async for document in found.batch_size(1000):
+                    hour = hour_of(document[f.CREATED_AT])
+                    await self._hours.register([hour])
+                    await self._statuses.update_one(
+                        {f.ID: document[f.ID]}, {"$set": {f.HOUR: hour}}
+                    )
+                    given += 1
+            await self._hours.mark(_HOURS_GIVEN)
+        log.info("status records given their hour", extra={"records": given})
+        return HOURS_GIVEN_PAUSE_S
 
     async def owns_video(self, video_id: str, owner: str) -> bool:
         with translated("owns_video"):
             found = await self._statuses.find_one({f.VIDEO_ID: video_id, f.OWNER: owner}, {f.ID: 1})
         return found is not None
 
-    async def count(self, *, status: EventStatus | None, owner: str | None) -> int:
+    async def count(self, *, status: EventStatus | None, owner: str | None) -> int | None:
+        """None above LIST_COUNT_MAX_EVENTS records, by the database's estimate (MongoDB's
+        collection metadata, PostgreSQL's statistics under FerretDB: no record is read).
+        Before PostgreSQL has measured the collection (its statistics say -1 until autovacuum
+        first analyzes it, within a minute of the first 50 writes), it reads the ids of at
+        most that many records and one more: FerretDB hands a find with neither filter nor
+        sort to its database with the limit."""
         with translated("count"):
+            stats = await self._statuses.aggregate([{"$collStats": {"count": {}}}])
+            estimate = sum([int(s.get("count") or 0) async for s in stats])
+            if estimate < 0:
+                found = self._statuses.find({}, {f.ID: 1}).limit(self._count_max_events + 1)
+                estimate = len(await found.to_list())
+            if estimate > self._count_max_events:
+                return None
             return await self._statuses.count_documents(_listing_query(status, owner))
 
     async def scan(
         self, *, status: EventStatus | None, owner: str | None, after: str, limit: int
-    ) -> AsyncGenerator[OutboxEvent, None]:
+    ) -> AsyncGenerator[OutboxEvent | PageEnd, None]:
         query = _listing_query(status, owner)
-        if after:
-            created_at, event_id = _decode_cursor(after)
-            older = {
-                "$or": [
-                    {f.CREATED_AT: {"$lt": created_at}},
-                    {f.CREATED_AT: created_at, f.ID: {"$lt": event_id}},
-                ]
-            }
-            query = {"$and": [query, older]} if query else older
-        found = (
-            self._statuses.find(query)
-            .sort([(f.CREATED_AT, DESCENDING), (f.ID, DESCENDING)])
-            .limit(limit)
-        )
-        try:
-            with translated("scan"):
-                async for document in found:
-                    yield from_document(document)
-        finally:
-            await found.close()
+        cursor = _decode_cursor(after) if after else None
+        first = hour_of(cursor[0]) if cursor else None
+        if cursor is not None and cursor == (_hour_start(hour_of(cursor[0])), ""):
+            first = hour_of(cursor[0] - timedelta(hours=1))  # a PageEnd's: that hour is done
+        deadline = self._clock() + self._page_budget_s
+        with translated("scan"):
+            hours = await self._hours.newest_first()
+        if first is not None:
+            hours = [h for h in hours if h <= first]
+        left = limit
+        for i, hour in enumerate(hours):
+            wanted = [query] if query else []
+            if cursor is not None and hour == first:
+                wanted.append(_older_than(*cursor))
+            # The hour alone at the top level: the equality FerretDB hands to its database.
+            found = (
+                self._statuses.find({f.HOUR: hour, **({"$and": wanted} if wanted else {})})
+                .sort([(f.CREATED_AT, DESCENDING), (f.ID, DESCENDING)])
+                .limit(left)
+            )
+            try:
+                with translated("scan"):
+                    async for document in found:
+                        yield from_document(document)
+                        left -= 1
+            finally:
+                await found.close()
+            if left <= 0 or i == len(hours) - 1:
+                return
+            if self._clock() >= deadline:
+                yield PageEnd(_encode_position(_hour_start(hour), ""))
+                return
 
     def cursor_of(self, event: OutboxEvent) -> str:
-        return _encode_cursor(event)
+        return _encode_position(event.created_at, event.event_id)
 
     async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
         with translated("changed_since"):
@@ -110,10 +187,17 @@ class MongoStatusRecords:
         return result.modified_count > 0
 
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
+        """An hour at a time, newest first, as listings read: the work grows with the events
+        of the hours read, never with the collection."""
+        waiting: list[OutboxEvent] = []
         with translated("unready"):
-            found = self._statuses.find({f.READY_AT: None})
-            documents = await found.sort([(f.CREATED_AT, DESCENDING)]).limit(limit).to_list()
-        return [from_document(d) for d in documents]
+            for hour in await self._hours.newest_first():
+                found = self._statuses.find({f.HOUR: hour, f.READY_AT: None})
+                documents = await found.sort([(f.CREATED_AT, DESCENDING)]).to_list()
+                waiting += [from_document(d) for d in documents[: limit - len(waiting)]]
+                if len(waiting) >= limit:
+                    break
+        return waiting
 
 
 def _listing_query(status: EventStatus | None, owner: str | None) -> Document:
@@ -135,9 +219,25 @@ def _listing_query(status: EventStatus | None, owner: str | None) -> Document:
     return query
 
 
-def _encode_cursor(event: OutboxEvent) -> str:
-    millis = int(event.created_at.timestamp() * 1000)
-    raw = json.dumps([millis, event.event_id], separators=(",", ":")).encode()
+def _older_than(created_at: datetime, event_id: str) -> Document:
+    """After (created_at, event_id) in the listing's order (newest first)."""
+    return {
+        "$or": [
+            {f.CREATED_AT: {"$lt": created_at}},
+            {f.CREATED_AT: created_at, f.ID: {"$lt": event_id}},
+        ]
+    }
+
+
+def _hour_start(hour: str) -> datetime:
+    return datetime.strptime(hour, "%Y%m%d%H").replace(tzinfo=UTC)
+
+
+def _encode_position(created_at: datetime, event_id: str) -> str:
+    """A cursor: after (created_at, event_id); an empty id is before every event of that
+    millisecond (a PageEnd at the start of an hour: every older event follows)."""
+    millis = int(created_at.timestamp() * 1000)
+    raw = json.dumps([millis, event_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -146,7 +246,7 @@ MAX_CURSOR_CHARS = 256
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The place `_encode_cursor` wrote; InvalidPageToken for anything else a client sends
+    """The place `_encode_position` wrote; InvalidPageToken for anything else a client sends
     (not base64, not JSON, not the pair, a time no datetime holds, too long)."""
     try:
         if len(cursor) > MAX_CURSOR_CHARS:

@@ -21,6 +21,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from .. import errors
 from ..domain import EventStatus, UploadRequest
 from ..health import DependencyMonitor
+from ..ports import PageEnd
 from ..status.service import StatusService, parse_uuid
 from ..status.watch import Subscription, WatchHub
 from ..upload.pipeline import UploadPipeline
@@ -252,10 +253,13 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
             page_token=request.page_token,
             viewer=current_principal(),
         )
-        response = pb.ListStatusesResponse(total=listing.total)
+        response = pb.ListStatusesResponse(total=-1 if listing.total is None else listing.total)
         size, last = 0, None
         async with contextlib.aclosing(listing.events) as events:
             async for event in events:
+                if isinstance(event, PageEnd):  # out of time: the page ends here
+                    response.next_page_token = event.cursor
+                    break
                 if len(response.operations) == listing.limit or size > LIST_MAX_BYTES:
                     assert last is not None
                     response.next_page_token = listing.cursor_of(last)  # more follow

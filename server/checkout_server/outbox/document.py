@@ -42,6 +42,9 @@ TRACEPARENT: Final = "traceparent"
 # The authenticated client that made the event, or None (authentication off): uploaders see
 # only their own events.
 OWNER: Final = "owner"
+# The UTC hour `created_at` falls in (`hour_of`): listings read the records an hour at a time
+# (adapters/mongo_status_hours.py).
+HOUR: Final = "hour"
 
 # --- Inside `payload` --------------------------------------------------------------------------
 BUCKET: Final = "bucket"
@@ -91,7 +94,13 @@ def to_document(event: OutboxEvent) -> Document:
         READY_AT: event.ready_at,
         TRACEPARENT: event.traceparent or None,
         OWNER: event.owner or None,
+        HOUR: hour_of(event.created_at),
     }
+
+
+def hour_of(at: datetime) -> str:
+    """The listing hour of a creation time: `YYYYMMDDHH` in UTC (they sort as the hours)."""
+    return utc(at).astimezone(UTC).strftime("%Y%m%d%H")
 
 
 def dedup_key(idempotency_key: str, *, owner: str) -> str:
@@ -104,8 +113,11 @@ def dedup_key(idempotency_key: str, *, owner: str) -> str:
 
 
 def status_document(message: Mapping[str, Any]) -> Document:
-    """The status record of an outbox message (also how the relay writes a missing one)."""
-    return {k: v for k, v in message.items() if k not in RELAY_FIELDS}
+    """The status record of an outbox message (also how the relay writes a missing one, also
+    of a message without `hour`: the seed's, or an older server's)."""
+    record = {k: v for k, v in message.items() if k not in RELAY_FIELDS}
+    record.setdefault(HOUR, hour_of(message[CREATED_AT]))
+    return record
 
 
 def from_document(document: Mapping[str, Any]) -> OutboxEvent:

@@ -38,7 +38,7 @@ from ..domain import (
     input_object_key,
 )
 from ..errors import ObjectTooLarge
-from ..ports import ObjectStorage, Outbox, StatusRecords, UploadSessionStore
+from ..ports import ObjectStorage, Outbox, PageEnd, StatusRecords, UploadSessionStore
 from ..rules import bucket_of
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,15 @@ class Result:
 
 @dataclass(frozen=True, kw_only=True)
 class Listing:
-    """What a listing shows: `total` matching events, and `events` newest first, streamed from
-    the database: at most `limit + 1`, where the one beyond `limit` only tells that another
-    page follows (its token: `cursor_of` the last event shown). Close `events` when done."""
+    """What a listing shows: `total` matching events (None: too many records to count), and
+    `events` newest first, streamed from the database: at most `limit + 1`, where the one
+    beyond `limit` only tells that another page follows (its token: `cursor_of` the last
+    event shown). `events` may end early with a PageEnd, whose cursor is the next page's
+    token. Close `events` when done."""
 
-    total: int
+    total: int | None
     limit: int
-    events: AsyncGenerator[OutboxEvent, None]
+    events: AsyncGenerator[OutboxEvent | PageEnd, None]
     cursor_of: Callable[[OutboxEvent], str]
 
 

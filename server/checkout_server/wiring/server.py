@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +136,9 @@ class App:
     announcer: Announcer | None = None
     # Reads the status topic for the watchers (None without STATUS_TOPIC).
     feed: KafkaStatusFeed | None = None
+    # Gives the status records an older server wrote their listing hour (a round that is
+    # done once, then only looks at its mark).
+    record_hours: Callable[[], Awaitable[float]] | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -154,6 +157,8 @@ class App:
             self.supervisor.spawn("status-feed", self.feed.round)
         if self.sweeper is not None:
             self.supervisor.spawn("upload-sweeper", self.sweeper.round)
+        if self.record_hours is not None:
+            self.supervisor.spawn("status-record-hours", self.record_hours)
         for name, sender in (("relays", self.wake_relays), ("watchers", self.wake_watchers)):
             if sender is not None:
                 self.supervisor.spawn(f"wake-targets-{name}", sender.refresh)
@@ -394,7 +399,11 @@ def _stores(
             on_added=wake_relays,
             on_recorded=own_changes,
         ),
-        records=MongoStatusRecords(database[settings.mongo_status_collection]),
+        records=MongoStatusRecords(
+            database[settings.mongo_status_collection],
+            count_max_events=settings.list_count_max_events,
+            page_budget_s=settings.list_page_budget_s,
+        ),
         sessions=MongoUploadSessions(
             database[settings.mongo_upload_sessions_collection],
             database[settings.mongo_upload_facts_collection],
@@ -481,6 +490,7 @@ def _build(
         watch_wake_addr=_watch_wake_addr(settings, port),
         wake_signer=stores.wake_signer,
         sweeper=uploads.sweeper,
+        record_hours=stores.records.give_old_records_hours,
     )
 
 
