@@ -6,7 +6,7 @@ ours plus the database load we cause), at a given number of stored events.
 Starts the stack with the detection runner (devstack's LocalStack) on free ports, writes
 `--events` status records straight into the collection as earlier uploads over the last 30
 days leave them (most `sent`, a tenth `ready`, so nine in ten wait for a result no runner will
-write), brings PostgreSQL's statistics up to date as autovacuum would, waits 30 s
+write), brings PostgreSQL's statistics up to date as autovacuum would, waits 30 s (`--settle`)
 for the start-up work to pass, then reads the CPU each process used over `--seconds` from
 /proc (a process with its children: PostgreSQL's backends count to it). "Ours and the
 database" is FerretDB, PostgreSQL, the server, the relay and the runner; Kafka and MinIO are
@@ -36,10 +36,16 @@ SETTLE_S = 30.0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000, help="stored events (100,000)")
+    parser.add_argument(
+        "--settle", type=float, default=SETTLE_S, help="seconds before measuring (30)"
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="measured idle time (60)")
     parser.add_argument("--no-status-topic", action="store_true", help="STATUS_TOPIC empty")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="a server setting"
+    )
     args = parser.parse_args()
-    env = {"LOG_LEVEL": "WARNING"}
+    env = {"LOG_LEVEL": "WARNING", **dict(e.split("=", 1) for e in args.env)}
     if args.no_status_topic:
         env["STATUS_TOPIC"] = ""
     with tempfile.TemporaryDirectory(prefix="idle-cost-") as tmp:
@@ -51,7 +57,7 @@ def main() -> None:
                 # What autovacuum does within a minute of a bulk load: until then PostgreSQL
                 # plans without statistics (and scans rather than use the equality indexes).
                 stack.ferretdb.postgres.run_sql("ANALYZE")
-            time.sleep(SETTLE_S)  # the measured span starts once start-up work has passed
+            time.sleep(args.settle)  # the measured span starts once start-up work has passed
             processes = {
                 "ferretdb": stack.ferretdb,
                 "postgresql": stack.ferretdb.postgres,

@@ -167,7 +167,9 @@ class StatusRecords(Protocol):
         it was already marked or does not exist."""
 
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
-        """Events whose result has not been seen yet, newest first, at most `limit`."""
+        """Events whose result has not been seen yet, newest first, at most `limit`. An
+        adapter may read only the recent ones at each call and add up to `limit` older ones
+        in turn, so that calls after calls meet every waiting event."""
 
 
 class StatusChannel(Protocol):

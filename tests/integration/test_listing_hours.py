@@ -131,3 +131,19 @@ async def test_cleanup_forgets_all_but_the_newest_hours(
 
     kept = sorted([d["_id"] async for d in hours_of(status_collection).find({})])
     assert kept == [f"20260301{12 + n}" for n in range(2, KEPT_BY_CLEANUP + 2)]
+
+
+async def test_the_reconcile_reads_the_last_day_and_one_older_hour_in_turn(
+    outbox_collection: Collection, status_collection: Collection
+) -> None:
+    outbox = MongoOutbox(outbox_collection, status_collection)
+    await add(outbox, {0: 0, 1: 1, 2: 2})  # on March 1st
+    now = T0 + timedelta(days=10)
+    await outbox.add(outbox_event(event_id(9), at=now - timedelta(hours=20)))  # recent
+    records = MongoStatusRecords(status_collection, now=lambda: now)
+
+    # The last day fills the limit: an older hour is read all the same.
+    calls = [[e.event_id for e in await records.unready(limit=1)] for _ in range(4)]
+
+    recent = event_id(9)
+    assert calls == [[recent, event_id(n)] for n in (2, 1, 0, 2)]

@@ -341,10 +341,15 @@ async def test_changed_since_is_oldest_change_first_from_since_on(ports: Ports) 
     assert await ports.records.changed_since(later + timedelta(milliseconds=1), limit=10) == []
 
 
+def recent_event(n: int, *, minutes_ago: float) -> OutboxEvent:
+    """Event `n`, made that long ago (the reconcile reads recent hours at every call)."""
+    return outbox_event(event_id(n), at=datetime.now(UTC) - timedelta(minutes=minutes_ago))
+
+
 async def test_unready_is_newest_first_without_the_marked_ones(ports: Ports) -> None:
-    for n, at_s in ((0, 3), (1, 1), (2, 4), (3, 2)):
-        await ports.outbox.add(event(n, at_s=at_s))
-    assert await ports.records.mark_ready(event_id(2), T0 + timedelta(seconds=9))
+    for n, minutes_ago in ((0, 1), (1, 3), (2, 0), (3, 2)):
+        await ports.outbox.add(recent_event(n, minutes_ago=minutes_ago))
+    assert await ports.records.mark_ready(event_id(2), datetime.now(UTC))
 
     waiting = await ports.records.unready(limit=10)
     assert [e.event_id for e in waiting] == [event_id(n) for n in (0, 3, 1)]
@@ -352,9 +357,9 @@ async def test_unready_is_newest_first_without_the_marked_ones(ports: Ports) -> 
 
 
 async def test_unready_crosses_the_hours_newest_first(ports: Ports) -> None:
-    for n in (2, 0, 4, 1, 3):
-        await ports.outbox.add(event(n, at_s=n * 2400))  # 40 minutes apart: 4 hours
-    assert await ports.records.mark_ready(event_id(3), T0 + timedelta(hours=5))
+    for n in (2, 0, 4, 1, 3):  # 40 minutes apart: over 4 hours of the last day
+        await ports.outbox.add(recent_event(n, minutes_ago=(4 - n) * 40))
+    assert await ports.records.mark_ready(event_id(3), datetime.now(UTC))
 
     waiting = await ports.records.unready(limit=3)
 

@@ -62,6 +62,8 @@ _INDEXES = [
 _HOURS_GIVEN = "migration:hours-given"
 HOURS_GIVING_TIMEOUT_S = 3600.0  # the most that one pass over the records may take
 HOURS_GIVEN_PAUSE_S = 3600.0  # between two looks at the mark, once it is there
+# `unready` reads every hour this recent at each call, and one older hour in turn.
+UNREADY_RECENT = timedelta(hours=24)
 
 
 class MongoStatusRecords:
@@ -74,13 +76,17 @@ class MongoStatusRecords:
         count_max_events: int = 20_000,
         page_budget_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        """`count_max_events`, `page_budget_s`: LIST_COUNT_MAX_EVENTS, LIST_PAGE_BUDGET_S."""
+        """`count_max_events`, `page_budget_s`: LIST_COUNT_MAX_EVENTS, LIST_PAGE_BUDGET_S;
+        `clock` times pages, `now` says which hours are recent."""
         self._statuses = statuses
         self._hours = MongoStatusHours(statuses)
         self._count_max_events = count_max_events
         self._page_budget_s = page_budget_s
         self._clock = clock
+        self._now = now
+        self._swept: str | None = None  # the older hour `unready` read last
 
     async def ensure_indexes(self) -> None:
         with translated("ensure_indexes"):
@@ -139,8 +145,7 @@ class MongoStatusRecords:
         if cursor is not None and cursor == (_hour_start(hour_of(cursor[0])), ""):
             first = hour_of(cursor[0] - timedelta(hours=1))  # a PageEnd's: that hour is done
         deadline = self._clock() + self._page_budget_s
-        with translated("scan"):
-            hours = await self._hours.newest_first()
+        hours = await self._hours_newest_first("scan")
         if first is not None:
             hours = [h for h in hours if h <= first]
         left = limit
@@ -187,17 +192,35 @@ class MongoStatusRecords:
         return result.modified_count > 0
 
     async def unready(self, *, limit: int) -> list[OutboxEvent]:
-        """An hour at a time, newest first, as listings read: the work grows with the events
-        of the hours read, never with the collection."""
+        """An hour at a time, as listings read, so that the work grows with the events of
+        the hours read, never with the collection: up to `limit` from the hours of the last
+        UNREADY_RECENT, newest first, then up to `limit` more from one older hour, the next
+        one back from the last call's (from the newest again after the oldest), so that
+        every waiting event is met in turn."""
+        hours = await self._hours_newest_first("unready")
+        recent_since = hour_of(self._now() - UNREADY_RECENT)
         waiting: list[OutboxEvent] = []
-        with translated("unready"):
-            for hour in await self._hours.newest_first():
-                found = self._statuses.find({f.HOUR: hour, f.READY_AT: None})
-                documents = await found.sort([(f.CREATED_AT, DESCENDING)]).to_list()
-                waiting += [from_document(d) for d in documents[: limit - len(waiting)]]
-                if len(waiting) >= limit:
-                    break
+        for hour in (h for h in hours if h >= recent_since):
+            waiting += (await self._waiting_in(hour))[: limit - len(waiting)]
+            if len(waiting) >= limit:
+                break
+        older = [h for h in hours if h < recent_since]
+        if older:
+            after = [h for h in older if self._swept is None or h < self._swept]
+            self._swept = (after or older)[0]
+            waiting += (await self._waiting_in(self._swept))[:limit]
         return waiting
+
+    async def _waiting_in(self, hour: str) -> list[OutboxEvent]:
+        """The events of this hour still waiting for a result, newest first."""
+        with translated("unready"):
+            found = self._statuses.find({f.HOUR: hour, f.READY_AT: None})
+            documents = await found.sort([(f.CREATED_AT, DESCENDING)]).to_list()
+        return [from_document(d) for d in documents]
+
+    async def _hours_newest_first(self, action: str) -> list[str]:
+        with translated(action):
+            return await self._hours.newest_first()
 
 
 def _listing_query(status: EventStatus | None, owner: str | None) -> Document:
