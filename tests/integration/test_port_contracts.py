@@ -184,20 +184,23 @@ async def test_scan_is_newest_first_and_the_id_breaks_ties(ports: Ports) -> None
     assert await scanned(ports.records, limit=2) == [event_id(4), event_id(3)]
 
 
+async def paged(records: StatusRecords, *, page_size: int) -> list[str]:
+    """Every event, page after page, each page after the cursor of the last one shown."""
+    seen: list[str] = []
+    after = ""
+    while True:
+        page = await scan_events(records, after=after, limit=page_size)
+        seen += [e.event_id for e in page]
+        if len(page) < page_size:
+            return seen
+        after = records.cursor_of(page[-1])
+
+
 async def test_pages_follow_the_cursor_of_the_last_event_shown(ports: Ports) -> None:
     for n in range(7):
         await ports.outbox.add(event(n, at_s=n // 2))  # pairs share a creation time
 
-    seen: list[str] = []
-    after = ""
-    while True:
-        page = await scan_events(ports.records, after=after, limit=3)
-        seen += [e.event_id for e in page]
-        if len(page) < 3:
-            break
-        after = ports.records.cursor_of(page[-1])
-
-    assert seen == [event_id(n) for n in reversed(range(7))]
+    assert await paged(ports.records, page_size=3) == [event_id(n) for n in reversed(range(7))]
 
 
 async def test_pages_cross_the_hours_the_events_were_made_in(ports: Ports) -> None:
@@ -205,16 +208,7 @@ async def test_pages_cross_the_hours_the_events_were_made_in(ports: Ports) -> No
     for n in (3, 0, 7, 5, 1, 6, 2, 4):
         await ports.outbox.add(event(n, at_s=n * 1800))
 
-    seen: list[str] = []
-    after = ""
-    while True:
-        page = await scan_events(ports.records, after=after, limit=3)
-        seen += [e.event_id for e in page]
-        if len(page) < 3:
-            break
-        after = ports.records.cursor_of(page[-1])
-
-    assert seen == [event_id(n) for n in reversed(range(8))]
+    assert await paged(ports.records, page_size=3) == [event_id(n) for n in reversed(range(8))]
     assert await scanned(ports.records, status=EventStatus.NEW, limit=5) == [
         event_id(n) for n in (7, 6, 5, 4, 3)
     ]

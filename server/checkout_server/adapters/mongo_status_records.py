@@ -111,7 +111,8 @@ class MongoStatusRecords:
                     )
                     given += 1
             await self._hours.mark(_HOURS_GIVEN)
-        log.info("status records given their hour", extra={"records": given})
+        if given:
+            log.info("status records given their hour", extra={"records": given})
         return HOURS_GIVEN_PAUSE_S
 
     async def owns_video(self, video_id: str, owner: str) -> bool:
