@@ -34,6 +34,7 @@ from bench._backends import Backends, started
 from bench._events import BUCKET, bench_event
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
+from checkout_server.adapters.mongo_status_hours import MongoStatusHours
 from checkout_server.domain import EventStatus
 from checkout_server.outbox.document import status_document, to_document
 
@@ -46,6 +47,7 @@ def cpu_seconds(pid: int) -> float:
 async def insert_events(uri: str, count: int) -> list[str]:
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, tz_aware=True)
     collection = client["main_db"]["event_statuses"]  # the status records the API reads
+    hours = MongoStatusHours(collection)  # registered first, as the server's writers do
     start = datetime.now(UTC) - timedelta(days=1)
     ids = []
     batch = []
@@ -56,9 +58,11 @@ async def insert_events(uri: str, count: int) -> list[str]:
         ids.append(event.event_id)
         batch.append(status_document(to_document(event)))
         if len(batch) == 1000:
+            await hours.register(d["hour"] for d in batch)
             await collection.insert_many(batch)
             batch = []
     if batch:
+        await hours.register(d["hour"] for d in batch)
         await collection.insert_many(batch)
     await client.close()
     return ids

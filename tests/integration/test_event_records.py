@@ -4,6 +4,7 @@ outlive the swept messages, and no crash between the two writes loses an event."
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
@@ -16,6 +17,7 @@ from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.adapters.mongo_outbox import MongoOutbox
 from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
 from checkout_server.domain import input_object_key
+from checkout_server.errors import DuplicateIdempotencyKey
 from checkout_server.outbox.document import status_document, to_document
 from tests.integration.storage_checks import object_keys
 from tests.integration.test_relay import new_event
@@ -144,6 +146,25 @@ async def test_idempotency_key_outlives_the_swept_message(
     assert (again.event_id, again.deduplicated) == (first.event_id, True)
     assert await outbox_collection.count_documents({}) == 0  # nothing new to publish
     assert await object_keys(s3, bucket) == [input_object_key(first.video_id)]
+
+
+async def test_a_withdrawn_duplicate_never_wakes_the_relays(
+    bucket: str, outbox_collection: Collection, status_collection: Collection
+) -> None:
+    woken: list[None] = []
+    store = MongoOutbox(outbox_collection, status_collection, on_added=lambda: woken.append(None))
+    await store.ensure_indexes()
+    # The key's first event: published and swept, its record holds the key.
+    first = replace(new_event(bucket), idempotency_key="order-7")
+    await status_collection.insert_one(status_document(to_document(first)))
+
+    with pytest.raises(DuplicateIdempotencyKey):
+        await store.add(replace(new_event(bucket), idempotency_key="order-7"))
+
+    assert await outbox_collection.count_documents({}) == 0  # withdrawn
+    assert woken == []  # a woken relay could have published it first
+    await store.add(new_event(bucket))
+    assert woken == [None]
 
 
 async def test_a_record_the_relay_wrote_first_is_kept(

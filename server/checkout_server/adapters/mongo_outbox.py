@@ -49,7 +49,8 @@ class MongoOutbox:
         on_added: Callable[[], None] | None = None,
         on_recorded: Callable[[OutboxEvent], None] | None = None,
     ) -> None:
-        """`on_added` is called after each outbox message is committed (to wake the relays),
+        """`on_added` is called after each outbox message is committed and its status record
+        settled (to wake the relays; not for a message withdrawn as a duplicate),
         `on_recorded` with the event of each status record written (to reach this process's
         watchers at once, and the status topic); neither may block or raise."""
         self._outbox = outbox
@@ -72,9 +73,10 @@ class MongoOutbox:
                 await self._outbox.insert_one(message)
             except DuplicateKeyError:
                 raise await self._duplicate(message[f.DEDUP_KEY]) from None
-        # Committed: the relay will publish the message whatever happens below.
-        if self._on_added is not None:
-            self._on_added()
+        # Committed: the relay will publish the message whatever happens below. It is woken
+        # once the record is settled, never before a withdrawal (a woken relay would publish
+        # the message about to be withdrawn; its poll rarely comes in between).
+        withdrawn = False
         try:
             await self._statuses.insert_one(status_document(message))
         except DuplicateKeyError:
@@ -84,6 +86,7 @@ class MongoOutbox:
                 # The key was used before the outbox message of that use expired: withdraw
                 # ours (a crash before this line publishes it; the relay then finds the key
                 # taken and leaves the older record alone).
+                withdrawn = True
                 await self._outbox.delete_one({f.ID: event.event_id})
                 raise await self._duplicate(message[f.DEDUP_KEY]) from None
         except PyMongoError as exc:
@@ -94,6 +97,9 @@ class MongoOutbox:
         else:
             if self._on_recorded is not None:
                 self._on_recorded(event)
+        finally:
+            if self._on_added is not None and not withdrawn:
+                self._on_added()
 
     async def _duplicate(self, dedup_key: str) -> Exception:
         """The error for an insert refused on `dedup_key`: the event holding that key."""
