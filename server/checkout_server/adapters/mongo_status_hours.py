@@ -9,7 +9,7 @@ hour's records only. This collection (`<status records>_hours`) names the hours 
 records, one document each (`_id` the hour), so a listing never probes an empty one.
 
 Every writer of a status record registers its hour first; a unique `_id` decides races. Each
-remembers for a minute what it registered, so an upload costs this write once an hour.
+remembers for a minute what it registered, so its uploads cost this write once a minute.
 """
 
 from __future__ import annotations
