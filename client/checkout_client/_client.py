@@ -39,8 +39,9 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class StatusPage:
-    """One page of ListStatuses: `total` counts every match, `next_page_token` is empty on
-    the last page."""
+    """One page of ListStatuses: `total` counts every match (-1: the server did not count,
+    too many events are stored), `next_page_token` is empty on the last page; a page may be
+    short, even empty, and still have one (the server's reading ran out of time)."""
 
     operations: list[Operation]
     total: int
