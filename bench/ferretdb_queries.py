@@ -29,13 +29,12 @@ from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._events import bench_event
+from bench._events import BATCH, bench_event, store_records
 from checkout_server.adapters.mongo_outbox import MongoOutbox
 from checkout_server.adapters.mongo_relay_store import MongoOutboxRelayStore
-from checkout_server.adapters.mongo_status_hours import MongoStatusHours
 from checkout_server.adapters.mongo_status_records import MongoStatusRecords
 from checkout_server.domain import EventStatus, OutboxEvent
-from checkout_server.outbox.document import Document, status_document, to_document
+from checkout_server.outbox.document import Document, to_document
 from devstack import FerretDB, free_port
 
 UNSENT = 500
@@ -68,12 +67,9 @@ async def measure(client: AsyncMongoClient[Document], count: int) -> dict[str, f
     await records.ensure_indexes()
     await relay.ensure_indexes()
     made = events(count)
-    hours = MongoStatusHours(database["event_statuses"])
-    for start in range(0, count, 1000):
-        messages = [to_document(e) for e in made[start : start + 1000]]
-        await database["outbox"].insert_many(messages)
-        await hours.register(m["hour"] for m in messages)  # as the server's writers do
-        await database["event_statuses"].insert_many([status_document(m) for m in messages])
+    for start in range(0, count, BATCH):
+        await database["outbox"].insert_many([to_document(e) for e in made[start : start + BATCH]])
+    await store_records(database["event_statuses"], made)
     some = made[count // 3]
     unsent = [e.event_id for e in made[-UNSENT:]]
 

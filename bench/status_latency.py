@@ -42,6 +42,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,15 +55,13 @@ from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._events import BUCKET, bench_event
+from bench._events import BUCKET, bench_event, store_records
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_common import status_message
 from checkout_runner.adapters.kafka_announcer import KafkaResultAnnouncer
-from checkout_server.adapters.mongo_status_hours import MongoStatusHours
 from checkout_server.config import RelaySettings, ServerSettings
-from checkout_server.domain import EventStatus
-from checkout_server.outbox.document import status_document, to_document
+from checkout_server.domain import EventStatus, OutboxEvent
 from devstack._stack import LocalStack, StackPorts
 from tests.helpers import mp4_bytes, runner_event
 
@@ -82,23 +81,20 @@ async def store_events(uri: str, count: int, spread: timedelta = timedelta(days=
     those waiting for a result."""
     settings = ServerSettings()
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, tz_aware=True)
-    collection = client[settings.mongo_db][settings.mongo_status_collection]
-    hours = MongoStatusHours(collection)  # registered first, as the server's writers do
     start = datetime.now(UTC) - spread
     step = spread / max(count, 1)
-    batch = []
-    waiting = []
-    for i in range(count):
-        at = start + step * i
-        status = EventStatus.NEW if i % 50 == 0 else EventStatus.SENT
-        event = bench_event(at, status, ready_at=at if i % 10 == 0 else None)
-        batch.append(status_document(to_document(event)))
-        if event.ready_at is None:
-            waiting.append(event.event_id)
-        if len(batch) == 1000 or i == count - 1:
-            await hours.register(d["hour"] for d in batch)
-            await collection.insert_many(batch)
-            batch = []
+    waiting: list[str] = []
+
+    def made() -> Iterator[OutboxEvent]:
+        for i in range(count):
+            at = start + step * i
+            status = EventStatus.NEW if i % 50 == 0 else EventStatus.SENT
+            event = bench_event(at, status, ready_at=at if i % 10 == 0 else None)
+            if event.ready_at is None:
+                waiting.append(event.event_id)
+            yield event
+
+    await store_records(client[settings.mongo_db][settings.mongo_status_collection], made())
     await client.close()
     return waiting
 

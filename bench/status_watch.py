@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,12 +32,10 @@ from pymongo import AsyncMongoClient
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._backends import Backends, started
-from bench._events import BUCKET, bench_event
+from bench._events import BUCKET, bench_event, store_records
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
-from checkout_server.adapters.mongo_status_hours import MongoStatusHours
-from checkout_server.domain import EventStatus
-from checkout_server.outbox.document import status_document, to_document
+from checkout_server.domain import EventStatus, OutboxEvent
 
 
 def cpu_seconds(pid: int) -> float:
@@ -46,24 +45,19 @@ def cpu_seconds(pid: int) -> float:
 
 async def insert_events(uri: str, count: int) -> list[str]:
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, tz_aware=True)
-    collection = client["main_db"]["event_statuses"]  # the status records the API reads
-    hours = MongoStatusHours(collection)  # registered first, as the server's writers do
     start = datetime.now(UTC) - timedelta(days=1)
-    ids = []
-    batch = []
-    for i in range(count):
-        at = start + timedelta(milliseconds=i)
-        status = (EventStatus.NEW, EventStatus.SENT, EventStatus.SENT, EventStatus.SENT)[i % 4]
-        event = bench_event(at, status, ready_at=at if i % 10 == 0 else None)
-        ids.append(event.event_id)
-        batch.append(status_document(to_document(event)))
-        if len(batch) == 1000:
-            await hours.register(d["hour"] for d in batch)
-            await collection.insert_many(batch)
-            batch = []
-    if batch:
-        await hours.register(d["hour"] for d in batch)
-        await collection.insert_many(batch)
+    ids: list[str] = []
+
+    def made() -> Iterator[OutboxEvent]:
+        for i in range(count):
+            at = start + timedelta(milliseconds=i)
+            status = (EventStatus.NEW, EventStatus.SENT, EventStatus.SENT, EventStatus.SENT)[i % 4]
+            event = bench_event(at, status, ready_at=at if i % 10 == 0 else None)
+            ids.append(event.event_id)
+            yield event
+
+    # The status records the API reads.
+    await store_records(client["main_db"]["event_statuses"], made())
     await client.close()
     return ids
 
