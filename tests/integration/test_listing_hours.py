@@ -4,6 +4,7 @@ older server given their hours, and Cleanup forgetting old hours."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -100,6 +101,27 @@ async def test_a_listing_counts_only_up_to_the_records_it_may_count(
 
     assert await counted.count(status=None, owner=None) == 3
     assert await too_many.count(status=None, owner=None) is None
+
+
+async def test_a_count_slower_than_its_budget_is_not_made_again_at_that_size(
+    ferretdb: FerretDB,
+    settings: ServerSettings,
+    outbox_collection: Collection,
+    status_collection: Collection,
+) -> None:
+    outbox = MongoOutbox(outbox_collection, status_collection)
+    await add(outbox, {0: 0, 1: 1, 2: 2})
+    analyze(ferretdb, settings.mongo_db, settings.mongo_status_collection)
+    ticks = itertools.count(step=1.0)  # every count seems to take a second
+    records = MongoStatusRecords(
+        status_collection, count_budget_s=0.5, clock=lambda: float(next(ticks))
+    )
+
+    assert await records.count(status=None, owner=None) == 3  # paid once
+    assert await records.count(status=None, owner=None) is None
+    await status_collection.delete_one({})
+    analyze(ferretdb, settings.mongo_db, settings.mongo_status_collection)
+    assert await records.count(status=None, owner=None) == 2  # fewer: counted again
 
 
 async def test_records_of_an_older_server_are_given_their_hours(

@@ -74,15 +74,18 @@ class MongoStatusRecords:
         statuses: AsyncCollection[Document],
         *,
         count_max_events: int = 20_000,
+        count_budget_s: float = 0.25,
         page_budget_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        """`count_max_events`, `page_budget_s`: LIST_COUNT_MAX_EVENTS, LIST_PAGE_BUDGET_S;
-        `clock` times pages, `now` says which hours are recent."""
+        """`count_max_events`, `count_budget_s`, `page_budget_s`: LIST_COUNT_MAX_EVENTS,
+        LIST_COUNT_BUDGET_S, LIST_PAGE_BUDGET_S; `clock` times pages and counts, `now` says
+        which hours are recent."""
         self._statuses = statuses
         self._hours = MongoStatusHours(statuses)
         self._count_max_events = count_max_events
+        self._count_budget_s = count_budget_s
         self._page_budget_s = page_budget_s
         self._clock = clock
         self._now = now
@@ -126,7 +129,11 @@ class MongoStatusRecords:
         Before PostgreSQL has measured the collection (its statistics say -1 until autovacuum
         first analyzes it, within a minute of the first 50 writes), it reads the ids of at
         most that many records and one more: FerretDB hands a find with neither filter nor
-        sort to its database with the limit."""
+        sort to its database with the limit.
+
+        A count that takes longer than LIST_COUNT_BUDGET_S lowers the limit below the
+        estimate it was made at, for the life of this process: FerretDB 1.24 counts by reading every
+        record, so each later listing at that size would pay the same again."""
         with translated("count"):
             stats = await self._statuses.aggregate([{"$collStats": {"count": {}}}])
             estimate = sum([int(s.get("count") or 0) async for s in stats])
@@ -135,7 +142,16 @@ class MongoStatusRecords:
                 estimate = len(await found.to_list())
             if estimate > self._count_max_events:
                 return None
-            return await self._statuses.count_documents(_listing_query(status, owner))
+            started = self._clock()
+            total = await self._statuses.count_documents(_listing_query(status, owner))
+        took = self._clock() - started
+        if took > self._count_budget_s:
+            self._count_max_events = max(estimate - 1, 0)
+            log.warning(
+                "counting the status records is slow: listings stop counting at this size",
+                extra={"records": estimate, "seconds": round(took, 3)},
+            )
+        return total
 
     async def scan(
         self, *, status: EventStatus | None, owner: str | None, after: str, limit: int

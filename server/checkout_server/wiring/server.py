@@ -402,6 +402,7 @@ def _stores(
         records=MongoStatusRecords(
             database[settings.mongo_status_collection],
             count_max_events=settings.list_count_max_events,
+            count_budget_s=settings.list_count_budget_s,
             page_budget_s=settings.list_page_budget_s,
         ),
         sessions=MongoUploadSessions(
