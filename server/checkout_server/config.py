@@ -499,8 +499,8 @@ class StatusSection(Section):
     checked for a result: the path of a runner that does not announce its results on
     STATUS_TOPIC (watched events are checked every WATCH_RESULT_CHECK_INTERVAL_S, GetStatus
     checks its event). Each round reads the last day's waiting events and one older hour's
-    (docs/status.md, "Listing at any size"): at 10 s the reconcile was most of an idle
-    stack's cost."""
+    (docs/status.md, "Listing at any size"); while rounds meet no new upload and find no
+    result, the pause doubles up to 5 minutes."""
     watch_poll_interval_s: float = 10.0
     """WATCH_POLL_INTERVAL_S: the safety net: while someone watches, the longest the process
     goes without looking for status changes. Changes normally come with a wake-up (its own,

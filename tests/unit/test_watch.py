@@ -8,7 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -54,6 +54,7 @@ def build_hub(
     max_watchers: int = 4096,
     max_watchers_per_client: int = 256,
     result_check_interval_s: float = 0.01,
+    reconcile_interval_s: float = 60,
 ) -> WatchHub:
     storage = storage or FakeStorage()
     records = records or outbox.status_records()
@@ -65,7 +66,7 @@ def build_hub(
         poll_interval_s=0.01,
         poll_min_gap_s=0.01,
         result_check_interval_s=result_check_interval_s,
-        reconcile_interval_s=60,
+        reconcile_interval_s=reconcile_interval_s,
         max_pending=max_pending,
         max_watchers=max_watchers,
         max_watchers_per_client=max_watchers_per_client,
@@ -202,6 +203,40 @@ async def test_the_reconcile_checks_a_waiting_event_again_only_after_its_interva
     await outbox.add(event("newer"))
     await hub.reconcile_once()  # a new waiting event is checked at its first sight
     assert storage.stats == ["output/waiting.json", "output/newer.json"]
+
+
+async def test_the_reconcile_says_whether_it_met_an_upload_or_a_result(
+    supervisor: Supervisor,
+) -> None:
+    outbox, storage = FakeOutbox(), FakeStorage()
+    await outbox.add(event("waiting"))
+    hub = build_hub(outbox, supervisor, storage=storage, reconcile_interval_s=0.01)
+
+    assert await hub.reconcile_once()  # its first round: everything is news
+    assert not await hub.reconcile_once()  # the same event, still waiting
+    await outbox.add(event("newer"))
+    assert await hub.reconcile_once()  # made since the last round
+    storage.objects["videos", "output/waiting.json"] = b"{}"
+    storage.modified["videos", "output/waiting.json"] = datetime.now(UTC)
+    while not await hub.reconcile_once():  # until "waiting" is due again: found
+        pass
+    assert not await hub.reconcile_once()
+
+
+async def test_an_idle_reconcile_pauses_longer_until_an_upload_is_heard_of(
+    supervisor: Supervisor,
+) -> None:
+    outbox = FakeOutbox()
+    await outbox.add(event("waiting"))
+    hub = build_hub(outbox, supervisor, reconcile_interval_s=5)
+    await hub.reconcile_once()
+
+    idle = asyncio.create_task(hub._reconcile_round())  # finds nothing new
+    with pytest.raises(TimeoutError):  # and waits, for its pause or for an upload
+        await asyncio.wait_for(asyncio.shield(idle), 0.2)
+    assert hub.reconcile_pause_s == 10
+    hub.publish(event("uploaded"))  # as the outbox or the status topic tells the hub
+    assert await asyncio.wait_for(idle, 1.0) <= 5  # then the usual interval after the round
 
 
 async def test_a_client_past_its_share_of_watchers_is_refused_and_others_are_not(

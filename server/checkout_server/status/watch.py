@@ -58,9 +58,13 @@ _POLL_BATCH = 500
 _RECONCILE_BATCH = 1000
 _RECONCILE_CONCURRENCY = 8
 # An event still waiting is checked again after an interval that doubles from the reconcile
-# interval up to this: checking every waiting event every round cost an idle server with 600
-# of them (no detection runner) 2.4 % of a core, most of its idle CPU.
-_RECHECK_MAX_S = 300.0
+# interval up to this (an event waiting for hours is checked hourly): checking every waiting
+# event every round cost an idle server with 600 of them (no detection runner) 2.4 % of a
+# core, most of its idle CPU, and each 5 minutes still most of an idle stack's at 100,000.
+_RECHECK_MAX_S = 3600.0
+# While the reconcile's rounds meet no new upload and find no result, the pause between them
+# doubles from the reconcile interval up to this.
+_ROUND_PAUSE_MAX_S = 300.0
 # A lost announcement wakes the poller while the topic is live: it reads this far back.
 _LOST_LOOKBACK = timedelta(seconds=30)
 # The latest state of this many events is kept (the most recently changed): to offer each
@@ -174,6 +178,9 @@ class WatchHub:
         self._tasks: list[asyncio.Task[None]] = []
         # Waiting events the reconcile checked: event id -> (next check, interval), monotonic.
         self._rechecks: dict[str, tuple[float, float]] = {}
+        self._reconcile_pause_s = reconcile_interval_s  # grows while the rounds find nothing
+        self._reconciled_at: datetime | None = None  # when the last round began
+        self._uploaded = asyncio.Event()  # a new event was heard of since the last round
         self.polls = 0  # status record queries made by the poller (for tests and metrics)
         # Watched events waiting for a result: when each was last checked (monotonic).
         self._watched_checks: dict[str, float] = {}
@@ -182,6 +189,11 @@ class WatchHub:
     @property
     def watchers(self) -> int:
         return len(self._subscriptions)
+
+    @property
+    def reconcile_pause_s(self) -> float:
+        """The longest pause after the last result reconcile round (`_reconcile_round`)."""
+        return self._reconcile_pause_s
 
     @property
     def live(self) -> bool:
@@ -242,6 +254,8 @@ class WatchHub:
             self._latest.popitem(last=False)
         if event.event_id in self._tracked:
             self.track(event)
+        if event.status is EventStatus.NEW:
+            self._uploaded.set()
         for subscription in self._subscriptions:
             subscription.offer(event)
 
@@ -380,18 +394,37 @@ class WatchHub:
         await self._refresh_all(due)
 
     async def _reconcile_round(self) -> float:
-        await self.reconcile_once()
-        return self._reconcile_interval_s
+        """A round, then a pause of RESULT_RECONCILE_INTERVAL_S while uploads come or results
+        are found, doubling up to _ROUND_PAUSE_MAX_S while neither happens (an idle server's
+        rounds were most of its cost); an upload heard of cuts a long pause short."""
+        busy = await self.reconcile_once()
+        longest = max(_ROUND_PAUSE_MAX_S, self._reconcile_interval_s)
+        self._reconcile_pause_s = (
+            self._reconcile_interval_s if busy else min(2 * self._reconcile_pause_s, longest)
+        )
+        self._uploaded.clear()
+        ended = time.monotonic()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._uploaded.wait(), self._reconcile_pause_s)
+        return max(0.0, ended + self._reconcile_interval_s - time.monotonic())
 
-    async def reconcile_once(self) -> None:
+    async def reconcile_once(self) -> bool:
         """Check storage for the results of events still waiting for one: each at once when
         first seen, then again after an interval that doubles from the reconcile interval up
         to _RECHECK_MAX_S (a result comes soon after its upload or late; watched events are
-        checked every result_check_interval_s meanwhile, and GetStatus checks on demand)."""
+        checked every result_check_interval_s meanwhile, and GetStatus checks on demand).
+        True if it found a result, or met an event made since the last round began."""
+        began = datetime.now(UTC)
         waiting = await self._records.unready(limit=_RECONCILE_BATCH)
         now = time.monotonic()
         due = [e for e in waiting if self._rechecks.get(e.event_id, (0.0, 0.0))[0] <= now]
-        await self._refresh_all(due)
+        refreshed = await self._refresh_all(due)
+        since, self._reconciled_at = self._reconciled_at, began
+        new = any(
+            since is None or e.created_at >= since - _OVERLAP
+            for e in due
+            if e.event_id not in self._rechecks
+        )
         still = {e.event_id for e in waiting}
         rechecks = {k: v for k, v in self._rechecks.items() if k in still}
         longest = max(_RECHECK_MAX_S, self._reconcile_interval_s)
@@ -400,12 +433,14 @@ class WatchHub:
             interval = min(2 * previous, longest)
             rechecks[event.event_id] = (now + interval, interval)
         self._rechecks = rechecks
+        return new or any(e.ready_at is not None for e in refreshed)
 
-    async def _refresh_all(self, events: list[OutboxEvent]) -> None:
+    async def _refresh_all(self, events: list[OutboxEvent]) -> list[OutboxEvent]:
+        """`events` refreshed (`StatusService.refresh`), a few at a time."""
         limit = asyncio.Semaphore(_RECONCILE_CONCURRENCY)
 
-        async def check(event: OutboxEvent) -> None:
+        async def check(event: OutboxEvent) -> OutboxEvent:
             async with limit:
-                await self._status.refresh(event)
+                return await self._status.refresh(event)
 
-        await asyncio.gather(*(check(e) for e in events))
+        return list(await asyncio.gather(*(check(e) for e in events)))
