@@ -4,7 +4,6 @@ older server given their hours, and Cleanup forgetting old hours."""
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -112,16 +111,34 @@ async def test_a_count_slower_than_its_budget_is_not_made_again_at_that_size(
     outbox = MongoOutbox(outbox_collection, status_collection)
     await add(outbox, {0: 0, 1: 1, 2: 2})
     analyze(ferretdb, settings.mongo_db, settings.mongo_status_collection)
-    ticks = itertools.count(step=1.0)  # every count seems to take a second
-    records = MongoStatusRecords(
-        status_collection, count_budget_s=0.5, clock=lambda: float(next(ticks))
-    )
+    clock = ticking(1.0)  # every count seems to take a second
+    records = MongoStatusRecords(status_collection, count_budget_s=0.5, clock=lambda: next(clock))
 
     assert await records.count(status=None, owner=None) == 3  # paid once
     assert await records.count(status=None, owner=None) is None
     await status_collection.delete_one({})
     analyze(ferretdb, settings.mongo_db, settings.mongo_status_collection)
     assert await records.count(status=None, owner=None) == 2  # fewer: counted again
+
+
+async def test_the_change_feed_reads_an_hour_at_a_time_oldest_change_first(
+    outbox_collection: Collection, status_collection: Collection
+) -> None:
+    second = 1 / 3600
+    outbox = MongoOutbox(outbox_collection, status_collection)
+    await add(outbox, {0: 1 - 3 * second, 1: 1 - second, 2: 1 + second})  # around 13:00
+    records = MongoStatusRecords(status_collection, now=lambda: T0 + timedelta(hours=1.01))
+    await records.ensure_indexes()
+    assert await records.mark_ready(event_id(0), T0 + timedelta(hours=1 + 2 * second))
+    since = T0 + timedelta(hours=1 - 2 * second)
+
+    changed = await records.changed_since(since, limit=10)
+    assert [e.event_id for e in changed] == [event_id(n) for n in (1, 2, 0)]
+    first_two = await records.changed_since(since, limit=2)
+    assert [e.event_id for e in first_two] == [event_id(1), event_id(2)]
+    # A day and more behind: by range, the same changes.
+    long_after = MongoStatusRecords(status_collection, now=lambda: T0 + timedelta(days=3))
+    assert await long_after.changed_since(since, limit=10) == changed
 
 
 async def test_records_of_an_older_server_are_given_their_hours(

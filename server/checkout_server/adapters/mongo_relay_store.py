@@ -119,7 +119,7 @@ class MongoOutboxRelayStore:
 
     async def mark_sent(self, event_ids: Sequence[str], now: datetime) -> None:
         # The status records first (see the module's docstring), then the outbox messages.
-        outcome = {f.STATUS: SENT, f.SENT_AT: now, f.UPDATED_AT: now}
+        outcome = {f.STATUS: SENT, f.SENT_AT: now, **f.changed_at(now)}
         with translated("mark_sent"):
             for chunk in self._chunks(event_ids):
                 await self._mirror(chunk, outcome)
@@ -145,7 +145,7 @@ class MongoOutboxRelayStore:
 
     async def mark_failed(self, event_id: str, reason: str, now: datetime) -> None:
         with translated("mark_failed"):
-            outcome = {f.STATUS: FAILED, f.ERROR: reason, f.UPDATED_AT: now}
+            outcome = {f.STATUS: FAILED, f.ERROR: reason, **f.changed_at(now)}
             await self._mirror([event_id], outcome)
             await self._outbox.update_one(
                 {f.ID: event_id, f.STATUS: NEW}, {"$set": outcome, "$inc": {f.ATTEMPTS: 1}}

@@ -48,7 +48,8 @@ _INDEXES = [
         [(f.OWNER, ASCENDING), (f.CREATED_AT, DESCENDING), (f.ID, DESCENDING)],
         name="owner_created",
     ),
-    # The status change feed.
+    # The status change feed, an hour of changes at a time; by range when far behind.
+    IndexModel([(f.UPDATED_HOUR, ASCENDING), (f.UPDATED_AT, ASCENDING)], name="updated_hour"),
     IndexModel([(f.UPDATED_AT, ASCENDING)], name="updated"),
     # Events still waiting for their result.
     IndexModel([(f.READY_AT, ASCENDING), (f.CREATED_AT, DESCENDING)], name="unready"),
@@ -64,6 +65,11 @@ HOURS_GIVING_TIMEOUT_S = 3600.0  # the most that one pass over the records may t
 HOURS_GIVEN_PAUSE_S = 3600.0  # between two looks at the mark, once it is there
 # `unready` reads every hour this recent at each call, and one older hour in turn.
 UNREADY_RECENT = timedelta(hours=24)
+# `changed_since` reads the changes an hour at a time over at most this many hours; further
+# back (a feed that could not read for a day) it reads by range, over every record.
+FEED_HOURS_MAX = 24
+# Writers' clocks may be ahead of this process's: the feed reads up to this far ahead.
+FEED_CLOCK_SKEW = timedelta(minutes=1)
 
 
 class MongoStatusRecords:
@@ -193,13 +199,27 @@ class MongoStatusRecords:
         return _encode_position(event.created_at, event.event_id)
 
     async def changed_since(self, since: datetime, *, limit: int) -> list[OutboxEvent]:
+        """An hour of changes at a time (`updated_hour`, an equality FerretDB hands to its
+        database, where a range on `updated_at` made it read every record: the fallback
+        poll outlasted its timeout at 100,000 records); by range when `since` is more than
+        FEED_HOURS_MAX hours back."""
+        hours = _hours_between(since, self._now() + FEED_CLOCK_SKEW)
+        queries: list[Document] = (
+            [{f.UPDATED_HOUR: hour, f.UPDATED_AT: {"$gte": since}} for hour in hours]
+            if len(hours) <= FEED_HOURS_MAX
+            else [{f.UPDATED_AT: {"$gte": since}}]
+        )
+        changed: list[Document] = []
         with translated("changed_since"):
-            found = self._statuses.find({f.UPDATED_AT: {"$gte": since}})
-            documents = await found.sort([(f.UPDATED_AT, ASCENDING)]).limit(limit).to_list()
-        return [from_document(d) for d in documents]
+            for query in queries:
+                found = self._statuses.find(query).sort([(f.UPDATED_AT, ASCENDING)])
+                changed += await found.limit(limit - len(changed)).to_list()
+                if len(changed) >= limit:
+                    break
+        return [from_document(d) for d in changed]
 
     async def mark_ready(self, event_id: str, at: datetime, *, error: str = "") -> bool:
-        outcome: Document = {f.READY_AT: at, f.UPDATED_AT: at}
+        outcome: Document = {f.READY_AT: at, **f.changed_at(at)}
         if error:
             outcome[f.ERROR] = error
         with translated("mark_ready"):
@@ -267,6 +287,13 @@ def _older_than(created_at: datetime, event_id: str) -> Document:
             {f.CREATED_AT: created_at, f.ID: {"$lt": event_id}},
         ]
     }
+
+
+def _hours_between(first: datetime, last: datetime) -> list[str]:
+    """The hours from `first`'s to `last`'s, oldest first."""
+    start = datetime.strptime(hour_of(first), "%Y%m%d%H").replace(tzinfo=UTC)
+    count = max(0, int((last - start) // timedelta(hours=1))) + 1
+    return [hour_of(start + timedelta(hours=n)) for n in range(count)]
 
 
 def _hour_start(hour: str) -> datetime:

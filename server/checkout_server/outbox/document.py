@@ -45,6 +45,9 @@ OWNER: Final = "owner"
 # The UTC hour `created_at` falls in (`hour_of`): listings read the records an hour at a time
 # (adapters/mongo_status_hours.py).
 HOUR: Final = "hour"
+# The UTC hour `updated_at` falls in, set with it (`changed_at`): the change feed reads the
+# records an hour of changes at a time. Absent from records an older writer changed last.
+UPDATED_HOUR: Final = "updated_hour"
 
 # --- Inside `payload` --------------------------------------------------------------------------
 BUCKET: Final = "bucket"
@@ -95,7 +98,13 @@ def to_document(event: OutboxEvent) -> Document:
         TRACEPARENT: event.traceparent or None,
         OWNER: event.owner or None,
         HOUR: hour_of(event.created_at),
+        UPDATED_HOUR: hour_of(event.updated_at),
     }
+
+
+def changed_at(at: datetime) -> Document:
+    """The fields every write that changes a record's status sets: `updated_at` and its hour."""
+    return {UPDATED_AT: at, UPDATED_HOUR: hour_of(at)}
 
 
 def hour_of(at: datetime) -> str:
