@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GENERATED := build/checkout.pb
 
-.PHONY: all install lock lock-upgrade proto stack run test lint unit integration bench soak clean openapi release-contract sample docs
+.PHONY: all install lock lock-upgrade proto stack run test lint unit integration bench soak clean openapi release-contract sample docs go-client
 
 all: test
 
@@ -64,7 +64,7 @@ install: $(INSTALLED) proto stack
 
 proto: $(GENERATED)
 
-# FerretDB, MinIO, Kafka jars, grpcurl, buf (pinned; skipped when already there).
+# FerretDB, MinIO, Kafka jars, grpcurl, buf and its Go plugins (pinned; skipped when already there).
 # Also composecheck, built from tools/composecheck (compose-go loads docker-compose.yml in `lint`).
 stack: $(INSTALLED)
 	$(PY) -m devstack install
@@ -86,6 +86,11 @@ openapi: $(INSTALLED) proto stack
 docs: $(INSTALLED)
 	$(PY) tools/gen_docs.py
 
+# The Go client's generated code (clients/go/gen, checked in: a Go module must carry it), made
+# by buf from buf.gen.yaml with the local plugins `stack` installs; `lint` fails when it is stale.
+go-client: $(INSTALLED) proto stack
+	$(PY) tools/go_client.py generate
+
 # After a release: the current protos become the contract `make lint` checks against.
 release-contract: $(INSTALLED) proto stack
 	$(PY) tools/contract.py release
@@ -98,6 +103,7 @@ lint: $(INSTALLED) proto stack
 	$(BIN)/lint-imports
 	$(PY) tools/gen_docs.py --check
 	.stack/bin/buf lint
+	$(PY) tools/go_client.py check
 	$(PY) tools/contract.py check
 	$(PY) -m devstack validate-envoy
 	.stack/bin/composecheck docker-compose.yml .env.example

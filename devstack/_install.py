@@ -79,6 +79,8 @@ OPENAPIV2_VERSION = "v2.33.0"
 # version as "git" (the release builds stamp it with -ldflags, `go install` does not).
 TOXIPROXY_VERSION = "v2.5.0"
 MC_VERSION = "v0.0.0-20250313080218-cf909e1063a9"
+PROTOC_GEN_GO_VERSION = "v1.36.12"
+PROTOC_GEN_GO_GRPC_VERSION = "v1.6.2"
 
 GO_TOOLS: tuple[GoTool, ...] = (
     GoTool(
@@ -137,6 +139,22 @@ GO_TOOLS: tuple[GoTool, ...] = (
         version=MC_VERSION,
         version_args=("--version",),
     ),
+    # buf.gen.yaml's local plugins for the Go client (clients/go/gen): protobuf-go's messages
+    # and grpc-go's service stubs. The Buf Schema Registry's remote plugins are not reachable.
+    GoTool(
+        name="protoc-gen-go",
+        module="google.golang.org/protobuf",
+        package="google.golang.org/protobuf/cmd/protoc-gen-go",
+        version=PROTOC_GEN_GO_VERSION,
+        version_args=("--version",),
+    ),
+    GoTool(
+        name="protoc-gen-go-grpc",
+        module="google.golang.org/grpc/cmd/protoc-gen-go-grpc",
+        package="google.golang.org/grpc/cmd/protoc-gen-go-grpc",
+        version=PROTOC_GEN_GO_GRPC_VERSION,
+        version_args=("--version",),
+    ),
 )
 
 _TOOLS_BY_NAME: dict[str, GoTool] = {t.name: t for t in GO_TOOLS}
@@ -193,7 +211,10 @@ def _run_logged(
         raise InstallError(f"{step} failed (exit {rc}); log {log_path}:\n{_tail(log_path)}")
 
 
-def _go_env() -> dict[str, str]:
+def go_env() -> dict[str, str]:
+    """The environment of every Go build here (devstack's and the Go client's): this
+    process's, with GOBIN at .stack/bin and CGO_ENABLED=0 unless set (static binaries, no C
+    toolchain needed)."""
     env = dict(os.environ)
     env["GOBIN"] = str(BIN_DIR)
     env.setdefault("CGO_ENABLED", "0")
@@ -248,7 +269,7 @@ def go_tool_installed(tool: GoTool) -> bool:
 def _build_from_module_copy(go: str, tool: GoTool, log_path: Path) -> None:
     """`go mod download` the module, write the version file into a writable copy, build it."""
     assert tool.version_file is not None
-    env = _go_env()
+    env = go_env()
     res = subprocess.run(
         [go, "mod", "download", "-json", f"{tool.module}@{tool.version}"],
         capture_output=True,
@@ -286,7 +307,7 @@ def _install_renamed(go: str, tool: GoTool, log_path: Path) -> None:
     staging = BIN_DIR / f".staging-{tool.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    env = _go_env()
+    env = go_env()
     env["GOBIN"] = str(staging)
     try:
         _run_logged(
@@ -331,7 +352,7 @@ def install_go_tool(tool: GoTool) -> str:
         _run_logged(
             [go, "install", f"{tool.package}@{tool.version}"],
             log_path=log_path,
-            env=_go_env(),
+            env=go_env(),
             step=f"go install {tool.stamp}",
         )
     if not _smoke_ok(tool):
@@ -430,7 +451,7 @@ def install_composecheck() -> str:
         [go, "build", "-mod=readonly", "-buildvcs=false", "-o", str(COMPOSECHECK)],
         log_path=log_path,
         cwd=COMPOSECHECK_SRC,
-        env=_go_env(),
+        env=go_env(),
         step="go build tools/composecheck",
     )
     res = subprocess.run(
