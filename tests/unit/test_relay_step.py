@@ -174,8 +174,9 @@ async def test_what_kafka_took_is_announced_sent_before_it_is_marked_and_a_rejec
     """Sent is Kafka's acknowledgement: announced at once, then marked (a mark that grows
     with the collection on FerretDB holds nobody up); a permanent rejection, or an event no
     envelope can be made of, is announced failed once marked. Nothing of a retried batch is
-    announced."""
+    announced. `settled` follows the mark of the sent."""
     announced: list[tuple[str, EventStatus, str, str]] = []
+    settled: list[str] = []
     harness.relay = Relay(
         store=harness.store,
         leases=harness.leases,
@@ -187,6 +188,7 @@ async def test_what_kafka_took_is_announced_sent_before_it_is_marked_and_a_rejec
         announce=lambda e: announced.append(
             (e.event_id, e.status, e.error, harness.store.status_of(e.event_id))
         ),
+        settled=lambda: settled.append(harness.store.status_of("fine")),
     )
     harness.store.add("fine")
     harness.store.add("too-big")
@@ -200,10 +202,12 @@ async def test_what_kafka_took_is_announced_sent_before_it_is_marked_and_a_rejec
         ("fine", EventStatus.SENT, "", "new"),  # before its mark
         ("too-big", EventStatus.FAILED, "MessageSizeTooLargeError", "failed"),
     ]
+    assert settled == ["sent"]  # told once the sent are marked
     harness.store.add("later")
     harness.publisher.unavailable = True
     await harness.relay.step()
     assert len(announced) == 3
+    assert settled == ["sent"]
 
 
 async def test_an_event_that_cannot_be_serialised_fails_without_a_publish(

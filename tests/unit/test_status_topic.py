@@ -119,6 +119,19 @@ async def test_changes_the_topic_does_not_take_wake_the_servers_instead() -> Non
     assert [k for k, _ in channel.records] == ["e3"]  # the lost ones are not sent again
 
 
+async def test_a_writer_whose_lost_changes_are_marked_wakes_the_servers_again_at_once() -> None:
+    lost: list[None] = []
+    announcer = Announcer(None, on_lost=lambda: lost.append(None))
+    announcer.settled()
+    assert lost == []  # nothing lost: no wake-up
+    announcer.announce(outbox_event("e1"))  # lost before its record is marked
+    assert len(lost) == 1
+    announcer.settled()  # marked now: a read the first wake-up started may have missed it
+    assert len(lost) == 2
+    announcer.settled()
+    assert len(lost) == 2  # once per loss
+
+
 async def test_without_a_topic_every_change_wakes_the_servers() -> None:
     lost: list[None] = []
     announcer = Announcer(None, on_lost=lambda: lost.append(None))

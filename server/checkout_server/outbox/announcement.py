@@ -100,6 +100,7 @@ class Announcer:
         self._pending: OrderedDict[str, OutboxEvent] = OrderedDict()
         self._ready = asyncio.Event()
         self._rewake_pending = False
+        self._unsettled = False  # a change was lost since the writer last called `settled`
         self.sent = 0  # changes the topic acknowledged (for tests and metrics)
         self.lost = 0  # changes it did not take
 
@@ -133,10 +134,20 @@ class Announcer:
             self._lose(len(batch))
         return 0.0
 
+    def settled(self) -> None:
+        """The writer's records now hold the changes it announced (the relay's `sent`, which
+        it announces before marking): if one was lost since the last call, the wake-up that
+        caused may have been read before the mark, so wake the servers again now, rather
+        than REWAKE_S later. Never blocks."""
+        if self._unsettled and self._on_lost is not None:
+            self._unsettled = False
+            self._on_lost()
+
     def _lose(self, count: int) -> None:
         self.lost += count
         if self._on_lost is None:
             return
+        self._unsettled = True
         self._on_lost()
         # Writers announce some changes before their record is written (the relay's `sent`
         # at Kafka's acknowledgement, a result as it is found): a read woken now may come

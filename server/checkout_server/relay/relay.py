@@ -95,11 +95,14 @@ class Relay:
         tracer: trace.Tracer | None = None,
         topic: str = "",
         announce: Callable[[OutboxEvent], None] | None = None,
+        settled: Callable[[], None] | None = None,
     ) -> None:
         """`tracer` makes the publish spans (default: none are recorded); `topic` names the
         destination in them; `announce` gets each event as marked `sent` or `failed` (for the
-        status topic: outbox/announcement.py), and may neither block nor raise."""
+        status topic: outbox/announcement.py), and `settled` is called once the `sent` it
+        announced before marking is marked; neither may block nor raise."""
         self._announce = announce
+        self._settled = settled
         self._tracer = tracer or trace.NoOpTracer()
         self._topic = topic
         self._store = store
@@ -300,6 +303,8 @@ class Relay:
                 if delivery.outcome is PublishOutcome.DELIVERED:
                     self._announced(event, EventStatus.SENT, now)
             await self._mark_sent(sent, now)
+            if self._settled is not None:
+                self._settled()
             self._metrics.published_total += len(sent)
         for event, delivery in outcomes:
             if delivery.outcome is PublishOutcome.REJECTED:

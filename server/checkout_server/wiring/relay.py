@@ -198,6 +198,7 @@ async def create_relay(
         tracer=provider.get_tracer(INSTRUMENTATION),
         topic=settings.kafka_topic,
         announce=status.announcer.announce,
+        settled=status.announcer.settled,
     )
 
     health_servicer = new_health_servicer()
