@@ -138,8 +138,8 @@ class MongoStatusRecords:
         sort to its database with the limit.
 
         A count that takes longer than LIST_COUNT_BUDGET_S lowers the limit below the
-        estimate it was made at, for the life of this process: FerretDB 1.24 counts by reading every
-        record, so each later listing at that size would pay the same again."""
+        estimate it was made at, for the life of this process: FerretDB 1.24 counts by
+        reading every record, so each later listing at that size would pay the same again."""
         with translated("count"):
             stats = await self._statuses.aggregate([{"$collStats": {"count": {}}}])
             estimate = sum([int(s.get("count") or 0) async for s in stats])

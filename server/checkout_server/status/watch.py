@@ -397,12 +397,12 @@ class WatchHub:
         """A round, then a pause of RESULT_RECONCILE_INTERVAL_S while uploads come or results
         are found, doubling up to _ROUND_PAUSE_MAX_S while neither happens (an idle server's
         rounds were most of its cost); an upload heard of cuts a long pause short."""
+        self._uploaded.clear()  # from here on, an upload heard of ends the pause
         busy = await self.reconcile_once()
         longest = max(_ROUND_PAUSE_MAX_S, self._reconcile_interval_s)
         self._reconcile_pause_s = (
             self._reconcile_interval_s if busy else min(2 * self._reconcile_pause_s, longest)
         )
-        self._uploaded.clear()
         ended = time.monotonic()
         with suppress(TimeoutError):
             await asyncio.wait_for(self._uploaded.wait(), self._reconcile_pause_s)
