@@ -584,7 +584,8 @@ class KafkaSection(Section, KafkaSecurity):
     none; watchers then poll the database, woken as WATCH_WAKE_TARGETS say."""
     status_send_timeout_s: float = 5.0
     """STATUS_SEND_TIMEOUT_S: the longest a batch of announcements may take; past it they are
-    given up and the servers are woken to read the database instead."""
+    given up and the servers are woken to read the database instead. Also the longest a
+    stopping process spends sending what it still has queued."""
 
 
 class RelaySection(Section):

@@ -15,7 +15,7 @@ from checkout_common import status_message
 from checkout_server.adapters.kafka_status import KafkaStatusChannel, KafkaStatusFeed
 from checkout_server.domain import EventStatus, OutboxEvent
 from checkout_server.outbox import announcement
-from checkout_server.outbox.announcement import Announcer, event_of, message_of
+from checkout_server.outbox.announcement import BATCH, Announcer, event_of, message_of
 from checkout_server.status.watch import WatchHub
 from checkout_server.supervisor import Supervisor
 from tests.fakes import FakeOutbox, FakePublisher, FakeStorage
@@ -130,6 +130,52 @@ async def test_a_writer_whose_lost_changes_are_marked_wakes_the_servers_again_at
     assert len(lost) == 2
     announcer.settled()
     assert len(lost) == 2  # once per loss
+
+
+class HangingChannel(FakeChannel):
+    """A topic that never answers (Kafka stalled); `asked` is set once a send waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+
+    async def send(self, records: Sequence[tuple[str, bytes]]) -> bool:
+        self.asked.set()
+        await asyncio.Event().wait()
+        return True
+
+
+async def test_a_stopping_writer_sends_what_is_queued() -> None:
+    channel = FakeChannel()
+    lost: list[None] = []
+    announcer = Announcer(channel, on_lost=lambda: lost.append(None))
+    announcer.announce(outbox_event("e1"))
+    announcer.announce(outbox_event("e2"))
+
+    await announcer.flush(timeout_s=1.0)  # no round ran: the writer stopped first
+
+    assert [k for k, _ in channel.records] == ["e1", "e2"]
+    assert (announcer.sent, lost) == (2, [])
+
+
+async def test_what_a_stopping_writer_cannot_send_wakes_the_servers() -> None:
+    lost: list[None] = []
+    channel = HangingChannel()
+    announcer = Announcer(channel, on_lost=lambda: lost.append(None))
+    announcer.announce(outbox_event("e1"))
+    sending = asyncio.create_task(announcer.round())
+    await asyncio.wait_for(channel.asked.wait(), 1.0)  # e1 is taken, the topic is silent
+    for n in range(BATCH + 1):
+        announcer.announce(outbox_event(f"later-{n}"))
+
+    sending.cancel()  # the writer stops mid-send
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    assert (announcer.lost, len(lost)) == (1, 1)  # e1: perhaps not taken
+    # The topic does not answer in time: the batch being sent and the one left queued.
+    await announcer.flush(timeout_s=0.05)
+
+    assert (announcer.lost, len(lost)) == (1 + BATCH + 1, 3)
 
 
 async def test_without_a_topic_every_change_wakes_the_servers() -> None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from typing import Any
 
 from checkout_common import status_message
@@ -128,11 +129,30 @@ class Announcer:
         if not batch:
             return 0.0
         assert self._channel is not None
-        if await self._channel.send([(e.event_id, message_of(e)) for e in batch]):
+        try:
+            taken = await self._channel.send([(e.event_id, message_of(e)) for e in batch])
+        except asyncio.CancelledError:
+            self._lose(len(batch))  # stopped mid-send: perhaps not taken
+            raise
+        if taken:
             self.sent += len(batch)
         else:
             self._lose(len(batch))
         return 0.0
+
+    async def flush(self, timeout_s: float) -> None:
+        """At shutdown, once the writer has stopped and `round` runs no more: send what is
+        still queued, for at most `timeout_s`; what is not sent by then is lost (the servers
+        are woken for it), never dropped unnoticed."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._pending:
+                    await self.round()
+        if self._pending:
+            count = len(self._pending)
+            self._pending.clear()
+            self._ready.clear()
+            self._lose(count)
 
     def settled(self) -> None:
         """The writer's records now hold the changes it announced (the relay's `sent`, which

@@ -19,8 +19,12 @@ class Announcing:
 
     announcer: Announcer
     channel: KafkaStatusChannel | None
+    flush_timeout_s: float = 5.0  # STATUS_SEND_TIMEOUT_S
 
     async def close(self) -> None:
+        """Once the writer has stopped: what is still queued is sent (or the servers are
+        woken for it), then the channel closes."""
+        await self.announcer.flush(self.flush_timeout_s)
         if self.channel is not None:
             await self.channel.close()
 
@@ -38,7 +42,9 @@ def announcing(
     if not settings.status_topic:
         return Announcing(Announcer(None, on_lost=on_lost), None)
     channel = KafkaStatusChannel(status_publisher(settings, client_id=client_id), secret=secret)
-    return Announcing(Announcer(channel, on_lost=on_lost), channel)
+    return Announcing(
+        Announcer(channel, on_lost=on_lost), channel, flush_timeout_s=settings.status_send_timeout_s
+    )
 
 
 def status_feed(
