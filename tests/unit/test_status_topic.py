@@ -4,7 +4,9 @@ them, with in-memory fakes: what is pushed, what falls back to the database, and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -12,7 +14,11 @@ import pytest
 
 from checkout_client.backoff import Backoff
 from checkout_common import status_message
-from checkout_server.adapters.kafka_status import KafkaStatusChannel, KafkaStatusFeed
+from checkout_server.adapters.kafka_status import (
+    REFUSED_LOG_EVERY_S,
+    KafkaStatusChannel,
+    KafkaStatusFeed,
+)
 from checkout_server.domain import EventStatus, OutboxEvent
 from checkout_server.outbox import announcement
 from checkout_server.outbox.announcement import BATCH, Announcer, event_of, message_of
@@ -315,7 +321,12 @@ async def test_a_flood_of_announced_results_is_bounded(supervisor: Supervisor) -
 # --- signatures --------------------------------------------------------------------------
 
 
-def feed_with(secret: str, changes: list[OutboxEvent], results: list[str]) -> KafkaStatusFeed:
+def feed_with(
+    secret: str,
+    changes: list[OutboxEvent],
+    results: list[str],
+    clock: Callable[[], float] = time.monotonic,
+) -> KafkaStatusFeed:
     return KafkaStatusFeed(
         consumer_factory=lambda: pytest.fail("not started"),
         topic="t",
@@ -323,6 +334,7 @@ def feed_with(secret: str, changes: list[OutboxEvent], results: list[str]) -> Ka
         on_result=results.append,
         on_live=lambda live: None,
         secret=secret,
+        clock=clock,
     )
 
 
@@ -374,3 +386,20 @@ async def test_lost_changes_wake_the_servers_now_and_once_more_a_moment_later(
     await wait_until(lambda: len(lost) == 3, timeout_s=2)
     await asyncio.sleep(0.2)  # no further wake-up comes: this is the thing asserted
     assert len(lost) == 3
+
+
+def test_a_flood_of_unsigned_changes_is_warned_of_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    feed = feed_with("s" * 16, [], [], clock=lambda: now[0])
+    value = message_of(outbox_event("e1"))
+    with caplog.at_level(logging.WARNING, logger="checkout_server.adapters.kafka_status"):
+        for _ in range(1000):
+            feed.handle(value, {})
+        now[0] = REFUSED_LOG_EVERY_S
+        feed.handle(value, {})
+    warnings = [r for r in caplog.records if r.getMessage() == "unsigned status changes refused"]
+    # The first at once, then one a minute later for the 1000 refused since.
+    assert [getattr(r, "refused", None) for r in warnings] == [1, 1000]
+    assert feed.refused == 1001

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # The feed is live while every partition was fetched from this recently.
 LIVE_WITHIN_S = 3.0
+# Refused records are warned of at most this often, each warning with how many since.
+REFUSED_LOG_EVERY_S = 60.0
 # Records taken per read.
 _MAX_RECORDS = 1000
 
@@ -86,9 +88,14 @@ class KafkaStatusFeed:
         on_live: Callable[[bool], None],
         before_start: Callable[[], Awaitable[None]] | None = None,
         secret: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`before_start` runs before each start of the consumer (the topic's creation)."""
+        """`before_start` runs before each start of the consumer (the topic's creation);
+        `clock` spaces the warnings of refused records."""
         self._before_start = before_start
+        self._clock = clock
+        self._refusal_logged_at: float | None = None
+        self._refused_unlogged = 0
         self._secret = secret
         self._consumer_factory = consumer_factory
         self._topic = topic
@@ -142,14 +149,29 @@ class KafkaStatusFeed:
         assert value is not None
         signature = (headers or {}).get(status_message.SIGNATURE)
         if self._secret and not status_message.signed(self._secret, value, signature):
-            self.refused += 1
-            log.warning("unsigned status change refused", extra={"event_id": fields["event_id"]})
+            self._refuse(fields["event_id"])
             return
         event = event_of(fields)
         if event is None:
             self.skipped += 1
             return
         self._on_change(event)
+
+    def _refuse(self, event_id: str) -> None:
+        """Count a record refused, and warn of the first and then at most once every
+        REFUSED_LOG_EVERY_S with how many were refused since: whoever may write the topic
+        (the runner's Kafka user) could otherwise flood every server's log."""
+        self.refused += 1
+        self._refused_unlogged += 1
+        now = self._clock()
+        logged = self._refusal_logged_at
+        if logged is not None and now - logged < REFUSED_LOG_EVERY_S:
+            return
+        log.warning(
+            "unsigned status changes refused",
+            extra={"refused": self._refused_unlogged, "last_event_id": event_id},
+        )
+        self._refusal_logged_at, self._refused_unlogged = now, 0
 
     def _fetched_recently(self, consumer: AIOKafkaConsumer) -> bool:
         partitions = consumer.assignment()
