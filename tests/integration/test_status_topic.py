@@ -24,10 +24,13 @@ from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_runner.adapters.kafka_announcer import KafkaResultAnnouncer
 from checkout_server.config import ServerSettings
+from checkout_server.domain import EventStatus
+from checkout_server.outbox.announcement import message_of
 from checkout_server.wiring.server import App, create_app
 from devstack import Kafka, free_port
-from tests.helpers import runner_event, wait_until
+from tests.helpers import outbox_event, runner_event, wait_until
 from tests.integration.apps import started_app
+from tests.integration.metrics_scrape import scrape
 from tests.integration.test_relay import Relays
 from tests.integration.test_relay_faults import upload
 
@@ -173,6 +176,37 @@ async def test_a_watcher_of_a_restarted_server_sees_the_rest(
                     break
             updates.cancel()
     assert after == ["new", "sent"]
+
+
+async def test_a_status_change_without_the_secret_is_refused_and_counted(
+    topic_settings: ServerSettings, kafka: Kafka
+) -> None:
+    """Whoever may write the topic without WAKE_SECRET (the runner's Kafka user) cannot
+    show a watcher a status: the change is dropped, and counted in the metrics."""
+    async with started_app(topic_settings, metrics_addr="127.0.0.1:0") as app:
+        await wait_until(lambda: live(app), timeout_s=60)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            watch = Watch(pb_grpc.CheckoutServiceStub(channel))
+            forged = outbox_event(str(uuid.uuid4()), status=EventStatus.SENT)
+            producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+            await producer.start()
+            try:
+                await producer.send_and_wait(
+                    topic_settings.status_topic, message_of(forged), key=forged.event_id.encode()
+                )
+            finally:
+                await producer.stop()
+            assert app.metrics is not None
+            port = app.metrics.port
+
+            async def refused() -> bool:
+                samples = await scrape(port)
+                return samples["checkout_status_changes_refused_total"] == 1
+
+            await wait_until(refused, timeout_s=SEEN_WITHIN_S)
+            await watch.close()
+        assert forged.event_id not in watch.seen
+        assert (await scrape(port))["checkout_status_records_skipped_total"] == 0
 
 
 async def test_a_result_nobody_announces_is_found_by_looking(

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..adapters.kafka_status import KafkaStatusFeed
 from ..adapters.udp_wake import WakeSigner
 
 log = logging.getLogger(__name__)
@@ -63,4 +64,26 @@ class WakeUpCollector(Collector):
             "Datagrams on the wake-up port dropped: not signed with WAKE_SECRET, or not within "
             "30 s of this process's clock.",
             value=self._signer.refused_total,
+        )
+
+
+class StatusFeedCollector(Collector):
+    """What the server's reader of STATUS_TOPIC dropped: `checkout_status_changes_refused_total`
+    (status changes not signed with WAKE_SECRET: a writer of the topic without it, such as
+    the runner's Kafka user) and `checkout_status_records_skipped_total` (records of a kind or
+    version this server does not know)."""
+
+    def __init__(self, feed: KafkaStatusFeed) -> None:
+        self._feed = feed
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "checkout_status_changes_refused",
+            "Status changes read from STATUS_TOPIC and dropped: not signed with WAKE_SECRET.",
+            value=self._feed.refused,
+        )
+        yield CounterMetricFamily(
+            "checkout_status_records_skipped",
+            "Records read from STATUS_TOPIC of a kind or version this server does not know.",
+            value=self._feed.skipped,
         )

@@ -66,7 +66,7 @@ from ..upload.pipeline import UploadPipeline
 from ..upload.resumable import ResumableUploads
 from ..upload.sweeper import EventlessObjects, UploadSweeper
 from .clients import minio_client, mongo_client
-from .metrics import MetricsEndpoint, WakeUpCollector
+from .metrics import MetricsEndpoint, StatusFeedCollector, WakeUpCollector
 from .status_topic import Announcing, announcing, status_feed
 from .tracing import INSTRUMENTATION, tracer_provider
 
@@ -457,6 +457,9 @@ def _build(
     )
     if stores.wake_signer is not None:
         registry.register(WakeUpCollector(stores.wake_signer, "checkout"))
+    feed = _feed(settings, hub, stores)
+    if feed is not None:
+        registry.register(StatusFeedCollector(feed))
     gate = ShutdownGate()
     server, port = create_server(
         settings.grpc_addr,
@@ -487,7 +490,7 @@ def _build(
         wake_relays=stores.wake_relays,
         wake_watchers=stores.wake_watchers,
         announcer=stores.announcing.announcer,
-        feed=_feed(settings, hub, stores),
+        feed=feed,
         watch_wake_addr=_watch_wake_addr(settings, port),
         wake_signer=stores.wake_signer,
         sweeper=uploads.sweeper,
