@@ -291,7 +291,7 @@ def _older_than(created_at: datetime, event_id: str) -> Document:
 
 def _hours_between(first: datetime, last: datetime) -> list[str]:
     """The hours from `first`'s to `last`'s, oldest first."""
-    start = datetime.strptime(hour_of(first), "%Y%m%d%H").replace(tzinfo=UTC)
+    start = _hour_start(hour_of(first))
     count = max(0, int((last - start) // timedelta(hours=1))) + 1
     return [hour_of(start + timedelta(hours=n)) for n in range(count)]
 
