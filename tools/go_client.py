@@ -65,12 +65,19 @@ def check_generated() -> list[str]:
     return [f"{GEN / line}" for line in stale]
 
 
-def go(*args: str) -> subprocess.CompletedProcess[str]:
-    """`go ARGS` in the module, as devstack builds Go (go.sum must pin every module)."""
+def go(*args: str, timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
+    """`go ARGS` in the module, as devstack builds Go (go.sum must pin every module), within
+    `timeout_s` when given."""
     env = go_env()
     env["GOFLAGS"] = f"{env.get('GOFLAGS', '')} -mod=readonly".strip()
     return subprocess.run(
-        ["go", *args], cwd=ROOT / MODULE, env=env, capture_output=True, text=True, check=False
+        ["go", *args],
+        cwd=ROOT / MODULE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
     )
 
 

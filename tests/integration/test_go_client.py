@@ -17,15 +17,13 @@ from miniopy_async.api import Minio
 from checkout_server import errors
 from checkout_server.config import MiB, ServerSettings
 from checkout_server.wiring.server import App
-from devstack._install import go_env
-from devstack._paths import REPO_ROOT
 from tests.integration.apps import started_app
 from tests.integration.storage_checks import object_sha256
+from tools import go_client
 
 # The first test builds the program first: with a cold Go build cache that compiles grpc-go.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-MODULE = REPO_ROOT / "clients" / "go"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 SHA256 = r"[0-9a-f]{64}"
 
@@ -38,26 +36,18 @@ class Run(NamedTuple):
     stderr: str
 
 
-def go(*args: str) -> subprocess.CompletedProcess[str]:
-    """`go ARGS` in the module, as devstack builds composecheck: -mod=readonly (go.sum pins
-    every module), -buildvcs=false (the work tree's state must not change the binary) and
-    devstack's environment (CGO_ENABLED=0)."""
-    return subprocess.run(
-        ["go", *args],
-        cwd=MODULE,
-        env=go_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+def go(command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`go COMMAND ARGS` in the module, as `make lint` runs it (-mod=readonly: go.sum pins
+    every module; devstack's environment, CGO_ENABLED=0), with -buildvcs=false (the work
+    tree's state must not change the binary)."""
+    return go_client.go(command, "-buildvcs=false", *args, timeout_s=240)
 
 
 @pytest.fixture(scope="module")
 def interop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """clients/go/cmd/interop, built into a folder of the module's own."""
     binary = tmp_path_factory.mktemp("go-client") / "interop"
-    built = go("build", "-mod=readonly", "-buildvcs=false", "-o", str(binary), "./cmd/interop")
+    built = go("build", "-o", str(binary), "./cmd/interop")
     assert built.returncode == 0, built.stderr
     return binary
 
@@ -142,6 +132,6 @@ async def test_a_failing_check_fails_the_program(interop: Path, settings: Server
 
 
 def test_go_unit_tests() -> None:
-    tested = go("test", "-mod=readonly", "-buildvcs=false", "-count=1", "./...")
+    tested = go("test", "-count=1", "./...")
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "ok  \tcheckout/clients/go/checkout\t" in tested.stdout, tested.stdout
