@@ -75,6 +75,7 @@ from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import _proc
 from bench._backends import Backends, started
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
@@ -103,7 +104,6 @@ STALLED_CHUNK = mp4_bytes(4 * KiB, seed=5)
 IN_PLACE_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 20.0
 WORKER_STOP_TIMEOUT_S = 30.0
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def default(name: str) -> Any:
@@ -143,10 +143,9 @@ def cpu_seconds(pid: int | None) -> float:
     if pid is None:
         return 0.0
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return _proc.cpu_seconds(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def load() -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.relay_throughput import tree_cpu_seconds
+from bench._proc import tree_cpu_seconds
 from bench.status_latency import store_events
 from devstack._stack import LocalStack, StackPorts
 

@@ -52,6 +52,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._events import bench_event
+from bench._proc import tree_cpu_seconds
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.adapters.mongo_relay_store import MongoLeaseStore, MongoOutboxRelayStore
@@ -67,36 +68,10 @@ from devstack import FerretDB, Kafka, free_port
 from devstack._stack import LocalStack, PythonService, StackPorts
 from tests.helpers import mp4_bytes
 
-TICKS = os.sysconf("SC_CLK_TCK")
 SHARDS = RelaySettings().relay_shards  # the relay runs with the default
 
 # Signs the bench's wake-ups as the relay it starts expects (WAKE_SECRET).
 BENCH_WAKE_SECRET = secrets.token_hex(16)
-
-
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = _stat(pid)
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of a process, its reaped children (cutime, cstime) and its live children: what
-    PostgreSQL's postmaster and its backends and workers use together."""
-    fields = _stat(pid)
-    total = sum(int(v) for v in fields[11:15]) / TICKS
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                child = _stat(int(entry.name))
-            except OSError:
-                continue
-            if int(child[1]) == pid:
-                total += cpu_seconds(int(entry.name))
-    return total
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -49,6 +49,7 @@ from pymongo import AsyncMongoClient, monitoring
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+from bench import _proc
 from bench._events import bench_event
 from bench._old_service import DATABASE as OLD_SERVICE_DATABASE
 from bench.upload_throughput import make_file, reset_peak, rss_kib, via_grpc
@@ -174,16 +175,11 @@ def small_round(
 
 # CPU milliseconds per upload of each process, per path and round (printed at the end).
 CPU_MS: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(processes: dict[str, int | None]) -> dict[str, float]:
-    """User and system CPU time of each process so far, from /proc."""
-    times = {}
-    for name, pid in processes.items():
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        times[name] = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
-    return times
+    """User and system CPU time of each running process so far."""
+    return {name: _proc.cpu_seconds(pid) for name, pid in processes.items() if pid is not None}
 
 
 def print_cpu() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
 import statistics
 import sys
 import tempfile
@@ -33,14 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._backends import Backends, started
 from bench._events import BUCKET, bench_event, store_records
+from bench._proc import cpu_seconds
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.domain import EventStatus, OutboxEvent
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def insert_events(uri: str, count: int) -> list[str]:
