@@ -11,8 +11,8 @@ For the default values and for values-production.yaml, in turn:
 4. the policy (`policy_problems`): every pod meets the restricted Pod Security profile with a
    read-only root file system, every container has requests and limits, every long-running
    container has startup, readiness and liveness probes on a port it declares, the server's
-   grace period covers its drain, and every workload has a PodDisruptionBudget, a spread,
-   and autoscalers that name it.
+   grace period covers its drain, and every workload has a PodDisruptionBudget, an ingress
+   NetworkPolicy, a spread, and autoscalers that name it.
 Prints each problem and exits 1 if there is any. tests/integration/test_helm.py breaks copies
 of the chart to show each check fail.
 """
@@ -290,7 +290,8 @@ def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
 
 
 def _workload_problems(obj: Object, objects: Sequence[Object]) -> list[str]:
-    """A Deployment: a PDB selects its pods, its pods spread, an autoscaler owns replicas."""
+    """A Deployment: a PDB and a NetworkPolicy select its pods, its pods spread, and an
+    autoscaler, if any, owns its replica count."""
     template = obj.get("spec", {}).get("template", {})
     labels = template.get("metadata", {}).get("labels", {})
     name = obj["metadata"]["name"]
@@ -298,6 +299,13 @@ def _workload_problems(obj: Object, objects: Sequence[Object]) -> list[str]:
     pdbs = [o for o in objects if o.get("kind") == "PodDisruptionBudget"]
     if not any(_selects(p.get("spec", {}).get("selector", {}), labels) for p in pdbs):
         problems.append("no PodDisruptionBudget selects its pods")
+    policies = [o for o in objects if o.get("kind") == "NetworkPolicy"]
+    if not any(
+        _selects(n.get("spec", {}).get("podSelector", {}), labels)
+        and "Ingress" in n.get("spec", {}).get("policyTypes", [])
+        for n in policies
+    ):
+        problems.append("no NetworkPolicy limits what reaches its pods")
     if not template.get("spec", {}).get("topologySpreadConstraints"):
         problems.append("no topologySpreadConstraints")
     scaled = any(

@@ -90,6 +90,36 @@ def test_the_checks_see_every_workload() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_only_envoy_reaches_the_servers_grpc_port() -> None:
+    objects = render(CHART, DEFAULT)
+    policy = next(
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("server")
+    )
+    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    components = {
+        port: [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in peers]
+        for port, peers in by_port.items()
+    }
+    assert components == {"grpc": ["envoy"], "wake": ["relay", "server"]}  # no metrics: nobody
+
+
+@pytest.mark.timeout(30)
+def test_a_missing_network_policy_fails_the_policy(tmp_path: Path) -> None:
+    def no_policies(text: str) -> str:
+        values = yaml.safe_load(text)
+        values["networkPolicy"]["enabled"] = False
+        return yaml.safe_dump(values)
+
+    chart = broken_copy(tmp_path, "values.yaml", no_policies)
+    assert policy_problems(render(chart, DEFAULT)) == [
+        f"Deployment/checkout-{c}: no NetworkPolicy limits what reaches its pods"
+        for c in ("envoy", "relay", "runner", "server")
+    ]
+
+
+@pytest.mark.timeout(30)
 def test_a_missing_limit_fails_the_policy(tmp_path: Path) -> None:
     def drop_runner_limits(text: str) -> str:
         values = yaml.safe_load(text)
