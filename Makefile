@@ -64,7 +64,8 @@ install: $(INSTALLED) proto stack
 
 proto: $(GENERATED)
 
-# FerretDB, MinIO, Kafka jars, grpcurl, buf and its Go plugins (pinned; skipped when already there).
+# FerretDB, MinIO, Kafka jars, grpcurl, buf and its Go plugins, helm (pinned; skipped when already
+# there).
 # Also composecheck, built from tools/composecheck (compose-go loads docker-compose.yml in `lint`).
 stack: $(INSTALLED)
 	$(PY) -m devstack install
@@ -108,6 +109,8 @@ lint: $(INSTALLED) proto stack
 	$(PY) -m devstack validate-envoy
 	.stack/bin/composecheck docker-compose.yml .env.example
 	$(BIN)/hadolint deploy/Dockerfile
+	$(PY) tools/helm_envoy.py --check
+	$(PY) tools/helm_check.py
 
 unit: $(INSTALLED) proto
 	$(BIN)/pytest tests/unit

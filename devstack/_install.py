@@ -81,6 +81,7 @@ TOXIPROXY_VERSION = "v2.5.0"
 MC_VERSION = "v0.0.0-20250313080218-cf909e1063a9"
 PROTOC_GEN_GO_VERSION = "v1.36.12"
 PROTOC_GEN_GO_GRPC_VERSION = "v1.6.2"
+HELM_VERSION = "v4.3.2"
 
 GO_TOOLS: tuple[GoTool, ...] = (
     GoTool(
@@ -154,6 +155,15 @@ GO_TOOLS: tuple[GoTool, ...] = (
         package="google.golang.org/grpc/cmd/protoc-gen-go-grpc",
         version=PROTOC_GEN_GO_GRPC_VERSION,
         version_args=("--version",),
+    ),
+    # `make lint` lints and renders the Helm chart (deploy/helm/checkout) with it:
+    # tools/helm_check.py.
+    GoTool(
+        name="helm",
+        module="helm.sh/helm/v4",
+        package="helm.sh/helm/v4/cmd/helm",
+        version=HELM_VERSION,
+        version_args=("version", "--short"),
     ),
 )
 
