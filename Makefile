@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GENERATED := build/checkout.pb
 
-.PHONY: all install lock lock-upgrade proto stack run test lint unit integration bench soak clean openapi release-contract sample docs go-client
+.PHONY: all install lock lock-upgrade proto stack run test lint unit integration bench soak clean openapi release-contract sample docs go-client console
 
 all: test
 
@@ -60,7 +60,7 @@ lock-upgrade: | $(PY)
 $(GENERATED): $(PROTOS) tools/gen_protos.py $(INSTALLED)
 	$(PY) tools/gen_protos.py
 
-install: $(INSTALLED) proto stack
+install: $(INSTALLED) proto stack console
 
 proto: $(GENERATED)
 
@@ -77,6 +77,24 @@ run: install
 # scikit-image's photos moving over noise; sample.truth.json says where they are.
 sample: $(INSTALLED)
 	$(BIN)/checkout-runner sample sample.mp4 --truth sample.truth.json
+
+# The web console (console/, docs/console.md), which Envoy serves at /: its npm packages from
+# its lock (`npm ci`; --ignore-scripts: no package runs code at install), its TypeScript client
+# generated from protos/ by buf and @bufbuild/protoc-gen-es (console/buf.gen.yaml, into
+# console/src/gen, not committed), type-checked (strict), bundled by esbuild into build/console.
+CONSOLE_DEPS := console/node_modules/.installed
+CONSOLE := build/console/index.html
+CONSOLE_SOURCES := $(shell find console/src console/static -type f -not -path 'console/src/gen/*')
+$(CONSOLE_DEPS): console/package.json console/package-lock.json
+	npm ci --prefix console --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+$(CONSOLE): $(CONSOLE_DEPS) $(PROTOS) console/buf.gen.yaml $(CONSOLE_SOURCES) | $(GENERATED)
+	console/node_modules/.bin/buf generate --template console/buf.gen.yaml
+	npm run --prefix console -s typecheck
+	npm run --prefix console -s build
+	cp console/static/* build/console/
+
+console: $(CONSOLE)
 
 # The OpenAPI document of the REST surface (checked in; a test fails when it is stale).
 openapi: $(INSTALLED) proto stack
@@ -96,7 +114,7 @@ go-client: $(INSTALLED) proto stack
 release-contract: $(INSTALLED) proto stack
 	$(PY) tools/contract.py release
 
-lint: $(INSTALLED) proto stack
+lint: $(INSTALLED) proto stack console
 	$(PY) tools/lock.py check
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -111,6 +129,8 @@ lint: $(INSTALLED) proto stack
 	$(BIN)/hadolint deploy/Dockerfile
 	$(PY) tools/helm_envoy.py --check
 	$(PY) tools/helm_check.py
+	npm run --prefix console -s typecheck
+	npm run --prefix console -s lint
 
 unit: $(INSTALLED) proto
 	$(BIN)/pytest tests/unit
@@ -140,5 +160,5 @@ soak: install
 	$(PY) -m soak
 
 clean:
-	rm -rf build client/checkout_api .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build client/checkout_api .pytest_cache .mypy_cache .ruff_cache console/src/gen
 	rm -f $(INSTALLED)  # the stubs come back with the next install

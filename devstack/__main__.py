@@ -82,7 +82,7 @@ def _cmd_validate_envoy(_args: argparse.Namespace) -> int:
 
     from ._envoy import validate_envoy_config
     from ._paths import REPO_ROOT
-    from ._stack import DESCRIPTOR, OPENAPI
+    from ._stack import CONSOLE, DESCRIPTOR, OPENAPI
 
     with tempfile.TemporaryDirectory(prefix="devstack-envoy-") as tmp:
         folder = Path(tmp)
@@ -95,6 +95,7 @@ def _cmd_validate_envoy(_args: argparse.Namespace) -> int:
             upstream_port=50051,
             descriptor=DESCRIPTOR,
             openapi=OPENAPI,
+            console=CONSOLE,
         )
         validate_envoy_config(plain, cwd=REPO_ROOT)
         tls = render_envoy_config(
@@ -105,6 +106,7 @@ def _cmd_validate_envoy(_args: argparse.Namespace) -> int:
             upstream_port=50051,
             descriptor=DESCRIPTOR,
             openapi=OPENAPI,
+            console=CONSOLE,
             listener_tls=ListenerTls(cert=certs / "envoy.pem", key=certs / "envoy.key"),
             upstream_tls=UpstreamTls(  # as the image renders it: mTLS to the server
                 ca=certs / "ca.pem",
@@ -124,7 +126,10 @@ def _cmd_validate_envoy(_args: argparse.Namespace) -> int:
             openapi=OPENAPI,
         )
         validate_envoy_config(pair, cwd=REPO_ROOT)
-    print("envoy config OK (plaintext, TLS on the listener and mTLS to the server, two servers)")
+    print(
+        "envoy config OK (plaintext and TLS on the listener with mTLS to the server, both"
+        " serving the console; two servers)"
+    )
     return 0
 
 

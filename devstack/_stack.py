@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DESCRIPTOR = REPO_ROOT / "build" / "checkout.pb"
 OPENAPI = REPO_ROOT / "docs" / "openapi.yaml"
+CONSOLE = REPO_ROOT / "build" / "console"  # the web console, built by `make console`
 
 
 def grpc_serving(port: int, timeout_s: float = 1.0) -> bool:
@@ -167,6 +168,7 @@ class LocalStack:
             upstream_port=p.grpc,
             descriptor=DESCRIPTOR,
             openapi=OPENAPI,
+            console=CONSOLE,
         )
         self.envoy = Envoy(
             config_path=config,

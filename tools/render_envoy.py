@@ -3,7 +3,7 @@ tests and the docker compose image). Standard library only: it also runs in the 
 
     python tools/render_envoy.py OUT --listen-port 8080 --admin-port 9901 \
         --upstream-host checkout --upstream-port 50051 --descriptor /etc/envoy/checkout.pb \
-        --openapi /etc/envoy/openapi.yaml \
+        --openapi /etc/envoy/openapi.yaml [--console DIR] \
         [--upstream HOST:PORT ...] [--host NAME ...] [--budget NAME=N ...] \
         [--listen-tls-cert FILE --listen-tls-key FILE] \
         [--upstream-tls-ca FILE [--upstream-sni NAME] \
@@ -40,7 +40,7 @@ from pathlib import Path
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "envoy" / "envoy.template.yaml"
 
 # The template's optional sections.
-SECTIONS = ("LISTEN_TLS", "UPSTREAM_TLS", "UPSTREAM_CLIENT_CERT")
+SECTIONS = ("LISTEN_TLS", "UPSTREAM_TLS", "UPSTREAM_CLIENT_CERT", "CONSOLE")
 
 _IF = re.compile(r"^\s*#if (\w+)\s*$")
 _ENDIF = re.compile(r"^\s*#endif\s*$")
@@ -221,10 +221,12 @@ def render_envoy_config(
     upstream_tls: UpstreamTls | None = None,
     hosts: Sequence[str] = ("localhost", "127.0.0.1"),
     budgets: Budgets = Budgets(),
+    console: Path | None = None,
 ) -> Path:
     """Write the rendered config to `out` and return it. The servers are `upstreams`, or
     the one at `upstream_host` and `upstream_port` (exactly one of the two is given);
-    `hosts` the names Envoy answers for (with any port)."""
+    `hosts` the names Envoy answers for (with any port); `console` the folder of the built
+    web console, served at `/` (none without it)."""
     if (upstream_port is None) == (not upstreams):
         raise ValueError("give either upstream_port (with upstream_host) or upstreams")
     servers = list(upstreams) if upstreams else [(upstream_host, upstream_port or 0)]
@@ -241,6 +243,9 @@ def render_envoy_config(
         "DOMAINS": domains(hosts),
         "HOST_NAMES": ", ".join(hosts),
     } | budgets.values()
+    if console is not None:
+        on.add("CONSOLE")
+        values["CONSOLE"] = str(console)
     if listener_tls is not None:
         on.add("LISTEN_TLS")
         values |= {
@@ -302,6 +307,9 @@ def main() -> None:
     )
     parser.add_argument("--descriptor", type=Path, required=True)
     parser.add_argument("--openapi", type=Path, required=True)
+    parser.add_argument(
+        "--console", type=Path, help="the built web console's folder, served at / (optional)"
+    )
     tls = parser.add_argument_group("TLS (each file is a PEM file Envoy reads at start-up)")
     tls.add_argument("--listen-tls-cert", type=Path, help="the listener's certificate chain")
     tls.add_argument("--listen-tls-key", type=Path, help="the listener's private key")
@@ -359,6 +367,7 @@ def main() -> None:
         hosts=[name for h in args.host for name in h.split(",") if name.strip()]
         or ("localhost", "127.0.0.1"),
         budgets=budgets,
+        console=args.console,
     )
 
 

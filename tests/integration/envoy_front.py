@@ -13,7 +13,7 @@ from typing import Any
 
 from devstack import Envoy, free_port
 from devstack._paths import REPO_ROOT
-from devstack._stack import DESCRIPTOR, OPENAPI
+from devstack._stack import CONSOLE, DESCRIPTOR, OPENAPI
 from tests.helpers import has_cyrillic
 from tools.render_envoy import Budgets, ListenerTls, UpstreamTls, render_envoy_config
 
@@ -55,6 +55,7 @@ def _envoy(
         upstreams=[("127.0.0.1", port) for port in upstreams],
         descriptor=DESCRIPTOR,
         openapi=OPENAPI,
+        console=CONSOLE,
         listener_tls=listener_tls,
         upstream_tls=upstream_tls,
         budgets=budgets,
