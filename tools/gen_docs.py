@@ -205,9 +205,10 @@ def runner_settings_table() -> str:
 
 
 def runner_reasons_table() -> str:
-    rows = ["| reason | when |", "| --- | --- |"]
+    rows = ["| reason | when | `description` (for people) |", "| --- | --- | --- |"]
     for cls in FAILURE_RESULTS:
-        rows.append(f"| `{cls.reason}` | {_one_line(inspect.getdoc(cls) or '')} |")
+        when = _one_line(inspect.getdoc(cls) or "")
+        rows.append(f"| `{cls.reason}` | {when} | {cls.description} |")
     return "\n".join(rows)
 
 

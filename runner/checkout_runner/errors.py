@@ -9,6 +9,9 @@ import enum
 class RunnerError(Exception):
     reason = "RUNNER_ERROR"
     retriable = False
+    description = ""
+    """What a failure result says of this reason to people, in Russian (`error.description`;
+    the web console shows it). Every reason of FAILURE_RESULTS has one."""
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.reason)
@@ -53,18 +56,24 @@ class VideoUndecodable(RunnerError):
     frame decodes, or the decoder crashed on it."""
 
     reason = "VIDEO_UNDECODABLE"
+    description = (
+        "Файл не удаётся прочитать как видео: он повреждён, в нём нет видеодорожки или ни один "
+        "кадр не декодируется."
+    )
 
 
 class VideoMissing(RunnerError):
     """The event's video is not in storage (deleted, e.g. by Cleanup)."""
 
     reason = "VIDEO_NOT_FOUND"
+    description = "Видео нет в хранилище: его удалили до обработки."
 
 
 class VideoTooLarge(RunnerError):
     """Over `RUNNER_MAX_VIDEO_BYTES` (not downloaded)."""
 
     reason = "VIDEO_TOO_LARGE"
+    description = "Видео больше, чем обработчик принимает (RUNNER_MAX_VIDEO_BYTES)."
 
 
 class VideoRefused(RunnerError):
@@ -79,6 +88,7 @@ class FrameTooLarge(VideoRefused):
     frame turns out."""
 
     reason = "VIDEO_FRAME_TOO_LARGE"
+    description = "Кадры видео больше, чем обработчик принимает (RUNNER_MAX_FRAME_PIXELS)."
 
 
 class VideoTooLong(VideoRefused):
@@ -86,12 +96,14 @@ class VideoTooLong(VideoRefused):
     turn out."""
 
     reason = "VIDEO_TOO_LONG"
+    description = "Видео длиннее, чем обработчик принимает (RUNNER_MAX_DURATION_S)."
 
 
 class FrameRateTooHigh(VideoRefused):
     """A frame rate over `RUNNER_MAX_FPS`, as the container says."""
 
     reason = "VIDEO_FRAME_RATE_TOO_HIGH"
+    description = "Частота кадров выше, чем обработчик принимает (RUNNER_MAX_FPS)."
 
 
 class TooManyFrames(VideoRefused):
@@ -99,6 +111,10 @@ class TooManyFrames(VideoRefused):
     timestamps that do not advance, or a rate the container hides."""
 
     reason = "VIDEO_TOO_MANY_FRAMES"
+    description = (
+        "Слишком много кадров между двумя выборками: метки времени не растут или частота "
+        "кадров скрыта."
+    )
 
 
 class DecodeTimeout(VideoRefused):
@@ -106,18 +122,21 @@ class DecodeTimeout(VideoRefused):
     killed."""
 
     reason = "DECODE_TIMEOUT"
+    description = "Видео не удалось обработать за отведённое время (RUNNER_VIDEO_TIMEOUT_S)."
 
 
 class DecodeCpuExceeded(VideoRefused):
     """The decoding process used `RUNNER_DECODE_CPU_S` of CPU: the kernel ended it."""
 
     reason = "DECODE_CPU_EXCEEDED"
+    description = "Декодирование видео превысило лимит процессорного времени (RUNNER_DECODE_CPU_S)."
 
 
 class DecodeMemoryExceeded(VideoRefused):
     """Decoding needed more than `RUNNER_DECODE_MEMORY_BYTES` of address space."""
 
     reason = "DECODE_MEMORY_EXCEEDED"
+    description = "Декодирование видео превысило лимит памяти (RUNNER_DECODE_MEMORY_BYTES)."
 
 
 REFUSALS: dict[str, type[RunnerError]] = {
@@ -141,6 +160,7 @@ class DetectorFault(RunnerError):
     or its runtime; retrying would not help."""
 
     reason = "DETECTOR_FAULT"
+    description = "Детектор вернул некорректный результат (не число); повтор не поможет."
 
 
 class ProcessingFailed(RunnerError):
@@ -148,6 +168,10 @@ class ProcessingFailed(RunnerError):
     log says which."""
 
     reason = "PROCESSING_FAILED"
+    description = (
+        "Обработка не удалась после всех попыток из-за внутренней ошибки; подробности в "
+        "журнале обработчика."
+    )
 
 
 FAILURE_RESULTS: tuple[type[RunnerError], ...] = (

@@ -217,13 +217,13 @@ class Processor:
             extra = {"event_id": event.event_id, "attempt": attempt, "trace_id": trace_id}
             log.info("processing", extra=extra)
             if attempt - outages > self._config.max_attempts:
-                reason = ProcessingFailed.reason
-                body = result.failure(
-                    event,
-                    reason=reason,
-                    message=f"gave up after {attempt - 1} attempts (the runner's log says why)",
+                gave_up = ProcessingFailed(
+                    f"gave up after {attempt - 1} attempts (the runner's log says why)"
                 )
-                return await self._store_result(event, key, body, ResultStatus.FAILED, reason)
+                body = result.failure(event, gave_up)
+                return await self._store_result(
+                    event, key, body, ResultStatus.FAILED, gave_up.reason
+                )
             self._metrics.in_progress.inc()
             try:
                 analysis, truncated = await self._analyse(event, stop)
@@ -231,7 +231,7 @@ class Processor:
                 if exc.retriable:
                     raise
                 log.warning("video cannot be processed: %s", exc.message, extra=extra)
-                body = result.failure(event, reason=exc.reason, message=exc.message)
+                body = result.failure(event, exc)
                 return await self._store_result(event, key, body, ResultStatus.FAILED, exc.reason)
             finally:
                 self._metrics.in_progress.dec()

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .domain import Analysis, Detection, FrameResult, ResultStatus, VideoEvent
+from .errors import RunnerError
 
 RESULT_VERSION = 1
 # What a success result takes besides its frames (ids, times, the video's figures, the
@@ -67,8 +68,14 @@ def frame_bytes(f: FrameResult) -> int:
     return len(_encode(frame(f))) + 1
 
 
-def failure(event: VideoEvent, *, reason: str, message: str) -> bytes:
-    body = {**_header(event, ResultStatus.FAILED), "error": {"reason": reason, "message": message}}
+def failure(event: VideoEvent, error: RunnerError) -> bytes:
+    """The failure result of `error`: its reason, its technical message and, for people, its
+    description in Russian."""
+    described = {"description": error.description} if error.description else {}
+    body = {
+        **_header(event, ResultStatus.FAILED),
+        "error": {"reason": error.reason, "message": error.message, **described},
+    }
     return _encode(body)
 
 

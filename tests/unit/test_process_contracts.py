@@ -28,7 +28,7 @@ from checkout_runner.domain import (
     VideoEvent,
     VideoInfo,
 )
-from checkout_runner.errors import FAILURE_RESULTS, EnvelopeError, Refusal
+from checkout_runner.errors import FAILURE_RESULTS, EnvelopeError, Refusal, RunnerError
 from checkout_runner.errors import ConfigError as RunnerConfigError
 from checkout_server.adapters.kafka_status import KafkaStatusFeed
 from checkout_server.config import RelaySettings, ServerSettings
@@ -40,7 +40,7 @@ from checkout_server.relay.ports import PendingEvent
 from checkout_server.status.service import StatusService
 from checkout_server.upload.sweeper import video_id_of
 from tests.fakes import NOW, FakeOutbox, FakeStorage, status_service
-from tests.helpers import outbox_event
+from tests.helpers import has_cyrillic, outbox_event
 from tools.contract import SCHEMAS, schema_problems
 
 pytestmark = pytest.mark.timeout(10)
@@ -97,16 +97,24 @@ async def status_of(document: bytes, *, max_bytes: int = 3 << 20) -> StatusServi
     )
 
 
-@pytest.mark.parametrize("reason", [cls.reason for cls in FAILURE_RESULTS])
+@pytest.mark.parametrize("error", FAILURE_RESULTS, ids=lambda cls: cls.reason)
 async def test_each_failure_result_of_the_runner_makes_the_event_failed_with_it(
-    reason: str,
+    error: type[RunnerError],
 ) -> None:
-    document = result.failure(runner_event(), reason=reason, message="what went wrong")
+    document = result.failure(runner_event(), error("what went wrong"))
 
     got = await (await status_of(document)).get(VIDEO, ANONYMOUS)
 
     assert got.api_status is EventStatus.FAILED
-    assert got.error == f"{reason}: what went wrong"
+    assert got.error == f"{error.reason}: what went wrong"
+
+
+@pytest.mark.parametrize("error", FAILURE_RESULTS, ids=lambda cls: cls.reason)
+def test_each_failure_result_describes_its_reason_in_russian(error: type[RunnerError]) -> None:
+    written = json.loads(result.failure(runner_event(), error("m")))["error"]
+
+    assert has_cyrillic(written["description"]), written
+    assert written["description"] == error.description
 
 
 def success_document() -> bytes:
@@ -361,11 +369,9 @@ def test_what_the_schema_cannot_say_the_runner_refuses_too(
     assert refused.value.refusal is refusal
 
 
-@pytest.mark.parametrize("reason", [cls.reason for cls in FAILURE_RESULTS])
-def test_the_runners_failure_results_are_what_the_schema_says(reason: str) -> None:
-    schema("result.v1").validate(
-        json.loads(result.failure(runner_event(), reason=reason, message="m"))
-    )
+@pytest.mark.parametrize("error", FAILURE_RESULTS, ids=lambda cls: cls.reason)
+def test_the_runners_failure_results_are_what_the_schema_says(error: type[RunnerError]) -> None:
+    schema("result.v1").validate(json.loads(result.failure(runner_event(), error("m"))))
 
 
 def test_the_runners_success_result_is_what_the_schema_says() -> None:

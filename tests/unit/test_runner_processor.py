@@ -15,7 +15,7 @@ import pytest
 
 from checkout_runner import envelope
 from checkout_runner.domain import Box, ConsumedRecord, VideoState
-from checkout_runner.errors import VideoTooLarge
+from checkout_runner.errors import REFUSALS, VideoTooLarge
 from checkout_runner.metrics import RunnerMetrics
 from checkout_runner.processor import Handled, Processor, ProcessorConfig
 from checkout_runner.result import HEADER_MAX_BYTES
@@ -412,7 +412,11 @@ async def test_a_video_beyond_a_decoding_limit_fails_on_its_first_attempt(reason
 
     assert await s.handle() is Handled.FAILED
 
-    assert s.result()["error"] == {"reason": reason, "message": "refused at frame 0"}
+    assert s.result()["error"] == {
+        "reason": reason,
+        "message": "refused at frame 0",
+        "description": REFUSALS[reason].description,
+    }
     assert s.states.records[EVENT]["attempts"] == 1
     assert s.decoder.closed == 1
     assert s.count("checkout_runner_failures_total", reason=reason) == 1
