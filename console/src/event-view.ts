@@ -9,7 +9,7 @@ import { chip, h, time } from "./dom.js";
 import { asApiError, restError } from "./errors.js";
 import type { Operation } from "./gen/checkout/v1/checkout_pb.js";
 import { watch } from "./live.js";
-import { failureText, framesOf, type Frame } from "./result.js";
+import { failureOf, framesOf, type Frame } from "./result.js";
 
 /** Videos above this are not fetched into the page to play (the rest of the page works). */
 const PLAY_MAX_BYTES = 512 * 1024 * 1024;
@@ -45,10 +45,13 @@ export function eventView(root: HTMLElement, eventId: string): () => void {
       const url = URL.createObjectURL(json);
       urls.push(url);
       const link = h("a", { id: "result-json", href: url, download: `${eventId}.json` }, "JSON результата");
-      const reason = failureText(prediction);
-      if (reason) {
+      const failed = failureOf(prediction);
+      if (failed) {
         failure.replaceChildren(
-          h("p", { class: "error" }, h("code", { id: "failure-reason" }, reason.reason), " ", h("span", { id: "failure-message" }, reason.message)),
+          h("p", { class: "error" },
+            h("code", { id: "failure-reason" }, failed.reason), " ",
+            h("span", { id: "failure-description" }, failed.description || failed.message)),
+          ...(failed.description ? [h("p", { id: "failure-message", class: "detail" }, failed.message)] : []),
           link,
         );
         return;

@@ -51,11 +51,23 @@ export function framesOf(result: JsonObject): Frame[] {
     .sort((a, b) => a.timestamp - b.timestamp);
 }
 
-/** The reason code and the message of a failure result, or undefined for a success. */
-export function failureText(result: JsonObject): { reason: string; message: string } | undefined {
+export interface Failure {
+  reason: string; // the stable code
+  description: string; // for people, in Russian ("" from a runner that gives none)
+  message: string; // what went wrong, technically
+}
+
+function text(value: JsonValue | undefined): string {
+  return typeof value === "string" ? value : "";
+}
+
+/** What a failure result says, or undefined for a success. */
+export function failureOf(result: JsonObject): Failure | undefined {
   if (result.status !== "failed") return undefined;
   const error = obj(result.error);
-  const reason = typeof error.reason === "string" ? error.reason : "FAILED";
-  const message = typeof error.description === "string" ? error.description : typeof error.message === "string" ? error.message : "";
-  return { reason, message };
+  return {
+    reason: text(error.reason) || "FAILED",
+    description: text(error.description),
+    message: text(error.message),
+  };
 }
