@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import logging
 import zlib
@@ -59,6 +60,7 @@ _DELETE_BATCH = 1000  # the most one S3 DeleteObjects request takes
 _LIST_PAGE_MAX = 1000  # the most keys one S3 ListObjectsV2 answer holds
 CHECKSUM_HEADER = "x-amz-checksum-crc32"
 _UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+_EMPTY_PAYLOAD_SHA256 = hashlib.sha256(b"").hexdigest()
 # Bodies at least this large are checksummed in a worker thread (zlib releases the GIL), so
 # the event loop goes on receiving the next part meanwhile; smaller ones are not worth a hop.
 _THREAD_CHECKSUM_BYTES = 1024 * 1024
@@ -126,12 +128,27 @@ class ChecksummedMinio(Minio):
         body: bytes | BinaryIO | None,
         creds: Credentials | None,
     ) -> tuple[dict[str, str], datetime]:
+        if body is None and creds is not None:
+            return await self._build_bodiless_headers(host, headers, creds)
         if body is None or not isinstance(headers, dict) or CHECKSUM_HEADER not in headers:
             return await super()._build_headers(host, headers, body, creds)
         built, date = await super()._build_headers(host, headers, None, creds)
         built["Content-Length"] = str(_body_length(body))
         if creds:
             built["x-amz-content-sha256"] = _UNSIGNED_PAYLOAD
+        return built, date
+
+    async def _build_bodiless_headers(
+        self, host: str, headers: LooseHeaders | DictType | None, creds: Credentials
+    ) -> tuple[dict[str, str], datetime]:
+        """A signed request without a body (HEAD, GET, DELETE) carries the SHA-256 of the empty
+        payload, a constant. miniopy-async computes it in a worker thread for every such
+        request over HTTP: a thread hop per status lookup, which on a busy event loop waits
+        for the GIL and lengthens the call by up to the interpreter's switch interval."""
+        built, date = await super()._build_headers(host, headers, None, None)
+        built["x-amz-content-sha256"] = _EMPTY_PAYLOAD_SHA256
+        if creds.session_token:
+            built["X-Amz-Security-Token"] = creds.session_token
         return built, date
 
 
