@@ -23,6 +23,16 @@ class Backends:
         assert pid is not None, "the server is not running"
         return pid
 
+    def pids(self) -> dict[str, int]:
+        """The running processes by name (PostgreSQL's postmaster where FerretDB uses it)."""
+        processes = {
+            "server": self.server,
+            "ferretdb": self.ferretdb,
+            "postgresql": self.ferretdb.postgres,
+            "minio": self.minio,
+        }
+        return {n: p.pid for n, p in processes.items() if p is not None and p.pid}
+
 
 @contextmanager
 def started(work: Path, env: Mapping[str, str] | None = None) -> Iterator[Backends]:

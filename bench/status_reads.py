@@ -10,7 +10,8 @@ evenly over the last `--spread-days` days, three quarters `sent`, every tenth re
 - **GetStatus**: `--callers` concurrent callers make `--calls` calls in all, each for a random
   stored event; the peer is grpc.health.v1 Health/Check on the same server, with the same
   callers (what the server costs without the database). Prints p50 and p99, calls/s, and
-  the server's CPU time per call (which machine load changes less than latency).
+  the CPU time each process spent per call, the bench's own included: on this machine's
+  cores their sum bounds the rate, and with the callers the latency.
 - **ListStatuses**: the first page (100), 20 calls one after another, p50 and p99; a page
   1,000 events deep; `status=failed` (few match); and the original service's `status/all`
   (no page size: every event up to 10,000), its time and size.
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._backends import Backends, started
 from bench._events import bench_event, store_records
-from bench._proc import cpu_seconds
+from bench._proc import tree_cpu_seconds
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.domain import EventStatus, OutboxEvent
@@ -147,12 +148,20 @@ async def measure(args: argparse.Namespace, backends: Backends) -> None:
             ("Health/Check (peer: the server without the database)", check),
             ("find_one by _id (peer: the database without the server)", find_one),
         ):
-            cpu = cpu_seconds(backends.server_pid)
+            pids = backends.pids()
+            cpu = {n: tree_cpu_seconds(pid) for n, pid in pids.items()} | {
+                "bench": time.process_time()
+            }
             p50, p99, rate = await concurrently(args.callers, args.calls, call)
-            per_call = (cpu_seconds(backends.server_pid) - cpu) * 1000 / args.calls
+            used = {n: tree_cpu_seconds(pid) for n, pid in pids.items()} | {
+                "bench": time.process_time()
+            }
+            per_call = {n: (used[n] - cpu[n]) * 1000 / args.calls for n in cpu}
+            spent = ", ".join(f"{n} {ms:.2f}" for n, ms in per_call.items() if ms >= 0.005)
             print(
                 f"{name}, {args.callers} callers: p50 {p50:.1f} ms, p99 {p99:.1f} ms,"
-                f" {rate:,.0f} calls/s, server CPU {per_call:.2f} ms a call"
+                f" {rate:,.0f} calls/s; CPU ms a call: {spent}, in all"
+                f" {sum(per_call.values()):.2f}"
             )
 
         await client.close()
