@@ -73,6 +73,29 @@ class FakeWriter:
 
 
 @dataclass
+class FakeReader:
+    """ports.ObjectReader over bytes in memory; `closed` once closed (exactly once)."""
+
+    data: bytes
+    offset: int = 0
+    closed: bool = False
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data)
+
+    async def read(self, max_bytes: int) -> bytes:
+        assert not self.closed, "read after close"
+        piece = self.data[self.offset : self.offset + max_bytes]
+        self.offset += len(piece)
+        return piece
+
+    async def close(self) -> None:
+        assert not self.closed, "closed twice"
+        self.closed = True
+
+
+@dataclass
 class FakeStorage:
     objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
     modified: dict[tuple[str, str], datetime] = field(default_factory=dict)
@@ -83,6 +106,7 @@ class FakeStorage:
     part_gate: asyncio.Event | None = None
     parts_waiting: int = 0
     list_calls: list[tuple[str, str]] = field(default_factory=list)  # (bucket, start_after)
+    readers: list[FakeReader] = field(default_factory=list)
 
     async def ensure_bucket(self, bucket: str) -> None:
         return None
@@ -108,6 +132,14 @@ class FakeStorage:
         if data is not None and len(data) > max_bytes:
             raise ObjectTooLarge(len(data))
         return data
+
+    async def open_reader(self, bucket: str, key: str) -> FakeReader | None:
+        data = self.objects.get((bucket, key))
+        if data is None:
+            return None
+        reader = FakeReader(data)
+        self.readers.append(reader)
+        return reader
 
     async def delete_prefix(self, bucket: str, prefix: str) -> int:
         keys = [k for k in self.objects if k[0] == bucket and k[1].startswith(prefix)]

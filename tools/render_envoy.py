@@ -103,6 +103,12 @@ class Budgets:
     (WATCH_MAX_WATCHERS_PER_CLIENT, 256) themselves, so this budget must not be a smaller pool
     that two keys' shares fill and every other watcher waits behind; it bounds what Envoy
     holds. With more servers, raise both."""
+    download_requests: int = 64
+    """Video downloads: GetVideo and REST /api/video/{id} (`checkout_downloads`). A server
+    refuses its own 33rd itself (VIDEO_DOWNLOAD_MAX_CONCURRENT, 32) with TOO_MANY_DOWNLOADS
+    and a retry hint, and a client past its share (VIDEO_DOWNLOAD_MAX_CONCURRENT_PER_CLIENT,
+    4); Envoy's budget is the backstop above it: two servers' worth, on a pool of its own so
+    that slow downloads never take the places of the API's unary calls."""
     public_requests: int = 32
     """What needs no API key (`checkout_public`): grpc.health.v1 Check and Watch, reflection,
     unknown paths. Small, so that anonymous Health/Watch streams cannot hold more. Envoy's
@@ -125,9 +131,9 @@ class Budgets:
     """Envoy's heap ceiling for the overload manager (1 GiB): at 90 % it returns free
     memory to the system, at 98 % it answers new requests 503 itself."""
     unary_timeout_s: int = 120
-    """The longest a unary call of the API (all but the uploads, the watches and Cleanup)
-    waits for its answer: past it Envoy answers 504 UPSTREAM_TIMEOUT itself and frees the
-    call's place in its budget, so a server that hangs cannot hold the budget."""
+    """The longest a unary call of the API (all but the uploads, the watches, the downloads
+    and Cleanup) waits for its answer: past it Envoy answers 504 UPSTREAM_TIMEOUT itself and
+    frees the call's place in its budget, so a server that hangs cannot hold the budget."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

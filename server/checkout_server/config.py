@@ -560,6 +560,43 @@ class StatusSection(Section):
         return check_template(template)
 
 
+class DownloadSection(Section):
+    """Video downloads.
+
+    GetVideo (REST `GET /api/video/{event_id}`): how many videos a server sends at once, and
+    how long a reader that takes nothing may hold its stream (docs/status.md, Videos)."""
+
+    video_download_max_concurrent: int = 32
+    """VIDEO_DOWNLOAD_MAX_CONCURRENT: GetVideo streams one server sends at once; one more is
+    refused TOO_MANY_DOWNLOADS with a retry hint, before anything is read. Each holds at most
+    one 1 MiB message in the server's memory and a connection to storage while it runs."""
+    video_download_max_concurrent_per_client: int = 4
+    """VIDEO_DOWNLOAD_MAX_CONCURRENT_PER_CLIENT: GetVideo streams one client (its key's owner;
+    its address with authentication off, see TRUSTED_PROXIES) receives from one server at
+    once; one more is refused TOO_MANY_CLIENT_DOWNLOADS with a retry hint, so a client cannot
+    take every place of VIDEO_DOWNLOAD_MAX_CONCURRENT."""
+    video_download_stall_timeout_s: float = 30.0
+    """VIDEO_DOWNLOAD_STALL_TIMEOUT_S: the longest one message of a GetVideo stream may wait to
+    be sent (gRPC's flow control holds it while the client reads nothing); past it the stream
+    is cut (reset: the reader could not take a status anyway) and its places freed. Below
+    Envoy's 60 s stream idle timeout, so the server cuts first."""
+
+    @model_validator(mode="after")
+    def _check_downloads(self) -> Self:
+        if (
+            not 1
+            <= self.video_download_max_concurrent_per_client
+            <= (self.video_download_max_concurrent)
+        ):
+            raise ConfigError(
+                "need 1 <= VIDEO_DOWNLOAD_MAX_CONCURRENT_PER_CLIENT <= "
+                "VIDEO_DOWNLOAD_MAX_CONCURRENT"
+            )
+        if self.video_download_stall_timeout_s <= 0:
+            raise ConfigError("VIDEO_DOWNLOAD_STALL_TIMEOUT_S must be positive")
+        return self
+
+
 # --- The relay's sections -----------------------------------------------------------------------
 
 
@@ -722,6 +759,7 @@ class ServerSettings(
     UploadSection,
     ResumableSection,
     StatusSection,
+    DownloadSection,
     MetricsSection,
     KafkaSection,
     OutboxWakeSection,

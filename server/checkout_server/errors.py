@@ -307,7 +307,7 @@ class EventNotFound(ServiceError):
 
 
 class EventNotInBucket(ServiceError):
-    """`GetResult` with a `bucket` that is not the event's."""
+    """`GetResult` or `GetVideo` with a `bucket` that is not the event's."""
 
     code = grpc.StatusCode.NOT_FOUND
     reason = "EVENT_NOT_IN_BUCKET"
@@ -315,7 +315,8 @@ class EventNotInBucket(ServiceError):
 
 
 class VideoNotFound(ServiceError):
-    """No stored video for `CreateRequest` (or, for an uploader, another client's)."""
+    """No stored video for `CreateRequest` (or, for an uploader, another client's), or
+    `GetVideo` of an event whose video is no longer in storage."""
 
     code = grpc.StatusCode.NOT_FOUND
     reason = "VIDEO_NOT_FOUND"
@@ -445,6 +446,43 @@ class TooManyUploadSessions(ServiceError):
     message = "У клиента слишком много открытых сессий загрузки: завершите или отмените одну"
     retriable = True
     retry_after_s = 30.0
+
+
+class TooManyDownloads(ServiceError):
+    """The server sends `VIDEO_DOWNLOAD_MAX_CONCURRENT` videos (GetVideo) already: refused
+    before anything is read; a `google.rpc.RetryInfo` says when to try again (or another
+    server)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_DOWNLOADS"
+    message = "Сервер отдаёт слишком много видео одновременно, повторите попытку позже"
+    retriable = True
+    retry_after_s = 2.0
+
+
+class TooManyClientDownloads(ServiceError):
+    """The client receives `VIDEO_DOWNLOAD_MAX_CONCURRENT_PER_CLIENT` videos (GetVideo) from
+    this server already (the client: its API key's owner, or its address with authentication
+    off): refused before anything is read; finish one first, a `google.rpc.RetryInfo` says
+    when to try again."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_CLIENT_DOWNLOADS"
+    message = "Слишком много одновременных скачиваний видео этого клиента, повторите попытку позже"
+    retriable = True
+    retry_after_s = 2.0
+
+
+class DownloadStalled(ServiceError):
+    """A GetVideo stream's client took nothing for `VIDEO_DOWNLOAD_STALL_TIMEOUT_S` (gRPC's
+    flow control held the next message that long): cut, its storage read closed. The status
+    waits behind the data the client has not taken: it arrives if the client reads on, and
+    the download keeps its place until then or until the client goes."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DOWNLOAD_STALLED"
+    message = "Скачивание видео остановлено: клиент не принимает данные"
+    retriable = True
 
 
 class UploadStalled(ServiceError):

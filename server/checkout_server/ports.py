@@ -43,6 +43,24 @@ class ObjectWriter(Protocol):
         while the storage is unreachable)."""
 
 
+class ObjectReader(Protocol):
+    """One object being read from its start, in order, over one storage connection (an open
+    GET). Calls are sequential. `close` must be called exactly once, also after a failed or
+    cancelled `read`; it releases the connection and never raises. Errors of `read`:
+    StorageUnavailable (the connection failed or timed out mid-object)."""
+
+    @property
+    def size_bytes(self) -> int:
+        """The object's size, as storage announced it."""
+
+    async def read(self, max_bytes: int) -> bytes:
+        """The next bytes: `max_bytes` of them unless the object ends first, b"" at its end.
+        Holds no more than about `max_bytes` in memory (what the connection buffers aside)."""
+
+    async def close(self) -> None:
+        """Release the connection, read to the end or not."""
+
+
 class ObjectStorage(Protocol):
     """S3-style object storage. Errors: StorageUnavailable for a failure a retry may mend,
     StorageError for a refusal it cannot (credentials, permissions, a missing bucket)."""
@@ -62,6 +80,10 @@ class ObjectStorage(Protocol):
     async def read(self, bucket: str, key: str, *, max_bytes: int) -> bytes | None:
         """The whole object, or None when it does not exist. Raises errors.ObjectTooLarge
         when it is larger than `max_bytes` (nothing beyond that is read)."""
+
+    async def open_reader(self, bucket: str, key: str) -> ObjectReader | None:
+        """`key` opened for reading from its start (one request), or None when it does not
+        exist. The caller closes the reader."""
 
     async def delete_prefix(self, bucket: str, prefix: str) -> int:
         """Delete every object whose key starts with `prefix`; returns how many."""

@@ -46,6 +46,7 @@ TESTED = (
     "GET /api/status/all",
     "GET /api/status/{event_id}",
     "GET /api/result_video/{event_id}",
+    "GET /api/video/{event_id}",
     "POST /api/request",
     "GET /api/uploads/{upload_id}",
     "DELETE /api/uploads/{upload_id}",

@@ -237,6 +237,24 @@ ERRORS: list[tuple[type[errors.ServiceError], grpc.StatusCode, str, str]] = [
         "У клиента слишком много открытых сессий загрузки: завершите или отмените одну",
     ),
     (
+        errors.TooManyDownloads,
+        Code.RESOURCE_EXHAUSTED,
+        "TOO_MANY_DOWNLOADS",
+        "Сервер отдаёт слишком много видео одновременно, повторите попытку позже",
+    ),
+    (
+        errors.TooManyClientDownloads,
+        Code.RESOURCE_EXHAUSTED,
+        "TOO_MANY_CLIENT_DOWNLOADS",
+        "Слишком много одновременных скачиваний видео этого клиента, повторите попытку позже",
+    ),
+    (
+        errors.DownloadStalled,
+        Code.DEADLINE_EXCEEDED,
+        "DOWNLOAD_STALLED",
+        "Скачивание видео остановлено: клиент не принимает данные",
+    ),
+    (
         errors.UploadStalled,
         Code.DEADLINE_EXCEEDED,
         "UPLOAD_STALLED",

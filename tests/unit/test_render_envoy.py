@@ -34,12 +34,18 @@ def render(tmp_path: Path, **kwargs: Any) -> dict[str, Any]:
     return config
 
 
-CLUSTERS = ("checkout_grpc", "checkout_uploads", "checkout_watches", "checkout_public")
+CLUSTERS = (
+    "checkout_grpc",
+    "checkout_uploads",
+    "checkout_watches",
+    "checkout_downloads",
+    "checkout_public",
+)
 SHARED = ("health_checks", "outlier_detection", "common_lb_config", "load_assignment")
 
 
 def clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The four clusters by name: the same servers, checked and ejected alike (only their
+    """The five clusters by name: the same servers, checked and ejected alike (only their
     budgets differ)."""
     found = {c["name"]: c for c in config["static_resources"]["clusters"]}
     assert tuple(found) == CLUSTERS
@@ -205,6 +211,7 @@ def test_parse_upstream() -> None:
         (SERVICE + "WriteUpload", "checkout_uploads"),
         (SERVICE + "WriteUploadHttp", "checkout_uploads"),
         (SERVICE + "WatchStatus", "checkout_watches"),
+        (SERVICE + "GetVideo", "checkout_downloads"),
         (SERVICE + "ListStatuses", "checkout_grpc"),
         (SERVICE + "Health", "checkout_grpc"),
         (SERVICE + "StartResumableUpload", "checkout_grpc"),
@@ -221,13 +228,28 @@ def test_each_kind_of_call_has_its_budget(tmp_path: Path, path: str, cluster_nam
     assert route_for(routes(config), path)["route"]["cluster"] == cluster_name
 
 
+def test_downloads_have_no_overall_timeout_and_are_retried_only_as_reads(
+    tmp_path: Path,
+) -> None:
+    route = route_for(routes(render(tmp_path, upstream_port=50051)), SERVICE + "GetVideo")
+    assert route["route"]["timeout"] == "0s"  # a large video to a slow client
+    assert "unavailable" in route["route"]["retry_policy"]["retry_on"]
+
+
 def test_the_budgets_are_the_clusters_circuit_breakers(tmp_path: Path) -> None:
-    budgets = Budgets(unary_requests=7, upload_requests=5, watch_requests=3, public_requests=2)
+    budgets = Budgets(
+        unary_requests=7,
+        upload_requests=5,
+        watch_requests=3,
+        download_requests=4,
+        public_requests=2,
+    )
     config = render(tmp_path, upstream_port=50051, budgets=budgets)
     expected = {
         "checkout_grpc": 7,
         "checkout_uploads": 5,
         "checkout_watches": 3,
+        "checkout_downloads": 4,
         "checkout_public": 2,
     }
     for name, found in clusters(config).items():

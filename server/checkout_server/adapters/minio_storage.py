@@ -267,6 +267,13 @@ class MinioStorage:
                         raise ObjectTooLarge(len(data))
                 return bytes(data)
 
+    async def open_reader(self, bucket: str, key: str) -> MinioObjectReader | None:
+        with _translated("open_reader"):
+            response = await missing_as_none(self._client.get_object(bucket, key))
+        if response is None:
+            return None
+        return MinioObjectReader(response)
+
     async def delete_prefix(self, bucket: str, prefix: str) -> int:
         deleted = 0
         with _translated("delete_prefix"):
@@ -324,6 +331,31 @@ class MinioStorage:
     async def ping(self) -> None:
         with _translated("ping"):
             await self._client.list_buckets()
+
+
+class MinioObjectReader:
+    """Implements ports.ObjectReader over one GET response. aiohttp stops reading the socket
+    while its buffer is full (64 KiB), so a reader that is not read holds no more than that
+    besides the bytes of one `read`."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.size_bytes = response.content_length or 0
+
+    async def read(self, max_bytes: int) -> bytes:
+        # StreamReader.read(n) returns what has arrived, up to n bytes: gather up to
+        # `max_bytes`, so that every piece but the last is full.
+        data = bytearray()
+        with _translated("read"):
+            while len(data) < max_bytes:
+                chunk = await self._response.content.read(max_bytes - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        return bytes(data)
+
+    async def close(self) -> None:
+        self._response.close()
 
 
 _ABORT_BACKOFF = Backoff(initial_s=0.2, max_s=10.0)

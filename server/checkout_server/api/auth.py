@@ -86,6 +86,7 @@ METHOD_PERMISSIONS: Mapping[str, Permission] = {
     "ListStatuses": Permission.READ,
     "GetStatus": Permission.READ,
     "GetResult": Permission.READ,
+    "GetVideo": Permission.READ,
     "CreateRequest": Permission.REQUEST,
     "Cleanup": Permission.ADMIN,
     "Health": Permission.PUBLIC,

@@ -23,6 +23,7 @@ from ..upload.admission import REFUSAL_REASONS, Admission
 from ..upload.pipeline import UploadPipeline
 from ..upload.sweeper import UploadSweeper
 from .auth import AuthInterceptor
+from .downloads import DOWNLOAD_REFUSAL_REASONS, Downloads
 from .rates import RATE_REFUSAL_REASONS, CallRates
 
 # go-grpc-prometheus's default buckets, and longer ones for uploads and watches.
@@ -84,7 +85,9 @@ class ServiceCollector(Collector):
         sweeper: UploadSweeper | None = None,
         auth: AuthInterceptor | None = None,
         rates: CallRates | None = None,
+        downloads: Downloads | None = None,
     ) -> None:
+        self._downloads = downloads
         self._rates = rates
         self._auth = auth
         self._sweeper = sweeper
@@ -96,6 +99,7 @@ class ServiceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._uploads()
         yield from self._watchers_and_calls()
+        yield from self._downloads_series()
         yield from self._sweeps()
         yield from self._auth_series()
 
@@ -166,6 +170,23 @@ class ServiceCollector(Collector):
                 RATE_REFUSAL_REASONS,
                 self._rates.refusals,
             )
+
+    def _downloads_series(self) -> Iterator[Metric]:
+        if self._downloads is None:
+            return
+        yield GaugeMetricFamily(
+            "checkout_downloads_in_flight",
+            "GetVideo streams sending now.",
+            value=self._downloads.in_flight,
+        )
+        yield _by_reason(
+            "checkout_downloads_refused",
+            "GetVideo streams refused (VIDEO_DOWNLOAD_MAX_CONCURRENT, "
+            "VIDEO_DOWNLOAD_MAX_CONCURRENT_PER_CLIENT) or cut because their client took "
+            "nothing for VIDEO_DOWNLOAD_STALL_TIMEOUT_S (DOWNLOAD_STALLED), by reason.",
+            DOWNLOAD_REFUSAL_REASONS,
+            self._downloads.refusals,
+        )
 
     def _sweeps(self) -> Iterator[Metric]:
         if self._sweeper is None:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf.message import Message
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
@@ -30,6 +31,7 @@ from ..upload.session_writer import WriteChunk
 from . import resumable as rpb
 from .auth import bearer_token_or_none, current_principal
 from .clients import Clients
+from .downloads import Downloads
 from .http_upload import open_http_upload
 from .messages import operation, status_update, upload_request, upload_response
 from .rates import CallRates
@@ -54,7 +56,9 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         resumable: ResumableUploads | None = None,
         rates: CallRates | None = None,
         clients: Clients | None = None,
+        downloads: Downloads | None = None,
     ) -> None:
+        self._downloads = downloads or Downloads()
         self._rates = rates or CallRates()
         self._clients = clients or Clients()
         self._resumable = resumable
@@ -291,6 +295,22 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
             response.prediction.update(result.prediction)
         return response
 
+    async def GetVideo(  # noqa: N802 (gRPC method name)
+        self, request: pb.GetVideoRequest, context: Context
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        viewer = current_principal()
+        client = self._clients.of(viewer.client, context)
+        with self._downloads.admit(client) as place:
+            async with self._status.video(request.event_id, viewer, bucket=request.bucket) as video:
+                first = True
+                while (chunk := await video.read(VIDEO_CHUNK_BYTES)) or first:
+                    body = httpbody_pb2.HttpBody(data=chunk)
+                    if first:
+                        body.content_type = VIDEO_CONTENT_TYPE
+                        first = False
+                    with self._downloads.sending(place, context):
+                        yield body
+
     async def CreateRequest(  # noqa: N802 (gRPC method name)
         self, request: pb.CreateRequestRequest, context: Context
     ) -> pb.CreateRequestResponse:
@@ -322,6 +342,11 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
             dependencies=dict(self._monitor.results),
         )
 
+
+# GetVideo's messages: at most this much of the video each (the 4 MiB gRPC message limit and
+# Envoy's transcoder take it whole); what one download holds in memory besides its buffers.
+VIDEO_CHUNK_BYTES = 1024 * 1024
+VIDEO_CONTENT_TYPE = "video/mp4"  # every stored object is an MP4 (its `ftyp` box checked)
 
 # A listing stops before its response outgrows this (well under the 4 MiB gRPC message limit
 # and Envoy's transcoding buffer) and gives a next_page_token instead.

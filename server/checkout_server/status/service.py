@@ -22,7 +22,8 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,7 +39,14 @@ from ..domain import (
     input_object_key,
 )
 from ..errors import ObjectTooLarge
-from ..ports import ObjectStorage, Outbox, PageEnd, StatusRecords, UploadSessionStore
+from ..ports import (
+    ObjectReader,
+    ObjectStorage,
+    Outbox,
+    PageEnd,
+    StatusRecords,
+    UploadSessionStore,
+)
 from ..rules import bucket_of
 
 log = logging.getLogger(__name__)
@@ -149,10 +157,16 @@ class StatusService:
 
     async def get(self, event_id: str, viewer: Principal) -> OutboxEvent:
         """The event with its API status, checking storage for a result not yet recorded."""
+        return await self.refresh(await self._visible(event_id, viewer))
+
+    async def _visible(self, event_id: str, viewer: Principal) -> OutboxEvent:
+        """The event as recorded, if `viewer` may see it: InvalidEventId for an id that is not
+        a UUID, EventNotFound for an unknown event and for one the viewer may not see (its
+        existence is not revealed). Every read of one event checks through here."""
         event = await self._outbox.get(parse_uuid(event_id, errors.InvalidEventId))
         if event is None or not viewer.may_see(event):
             raise errors.EventNotFound(event_id=event_id)
-        return await self.refresh(event)
+        return event
 
     async def find(self, event_id: str) -> OutboxEvent | None:
         """The event as recorded, for the server's own use (no caller to check), or None."""
@@ -229,8 +243,7 @@ class StatusService:
         """The event and, once ready, its detection JSON. A `bucket` other than the event's
         is EventNotInBucket (empty: the event's own)."""
         event = await self.get(event_id, viewer)
-        if bucket and bucket != event.bucket:
-            raise errors.EventNotInBucket(bucket[:64], event_id=event.event_id, bucket=bucket[:64])
+        _check_bucket(event, bucket)
         if event.ready_at is None:
             return Result(event=event, prediction=None)
         key = self.result_key(event)
@@ -251,6 +264,23 @@ class StatusService:
         if not isinstance(prediction, dict):
             raise errors.ResultInvalid(key=key)
         return Result(event=event, prediction=prediction)
+
+    @asynccontextmanager
+    async def video(
+        self, event_id: str, viewer: Principal, *, bucket: str = ""
+    ) -> AsyncIterator[ObjectReader]:
+        """The event's stored video, open for reading for the block (closed after it). The
+        event is checked exactly as for `result` (InvalidEventId, EventNotFound,
+        EventNotInBucket); VideoNotFound when its object is no longer in storage."""
+        event = await self._visible(event_id, viewer)
+        _check_bucket(event, bucket)
+        reader = await self._storage.open_reader(event.bucket, event.object_key)
+        if reader is None:
+            raise errors.VideoNotFound(video_id=event.video_id, bucket=event.bucket)
+        try:
+            yield reader
+        finally:
+            await reader.close()
 
     async def create_request(self, *, video_id: str, bucket: str, viewer: Principal) -> OutboxEvent:
         """A new `new` event for a video that is already stored (re-processing). An uploader
@@ -316,6 +346,13 @@ class StatusService:
             },
         )
         return CleanupReport(deleted_objects=objects, deleted_events=events)
+
+
+def _check_bucket(event: OutboxEvent, bucket: str) -> None:
+    """EventNotInBucket when a client names a `bucket` that is not the event's (empty: the
+    event's own), as the original service answered for a result that is not there."""
+    if bucket and bucket != event.bucket:
+        raise errors.EventNotInBucket(bucket[:64], event_id=event.event_id, bucket=bucket[:64])
 
 
 def _with_ready(event: OutboxEvent, at: datetime, *, error: str = "") -> OutboxEvent:

@@ -42,6 +42,7 @@ from ..adapters.rate_limits import MemoryUploadRateLimit
 from ..adapters.udp_wake import WakeSender, WakeSigner
 from ..api.auth import AuthInterceptor
 from ..api.clients import Clients
+from ..api.downloads import DownloadLimits, Downloads
 from ..api.interceptors import CallObserver, ErrorInterceptor
 from ..api.metrics import GrpcMetrics, ServiceCollector
 from ..api.rates import CallRates
@@ -109,6 +110,8 @@ class App:
     admission: Admission
     # The per-client rates of CreateRequest and ListStatuses.
     rates: CallRates
+    # Admits GetVideo streams and cuts those whose client stalls.
+    downloads: Downloads
     hub: WatchHub
     supervisor: Supervisor
     metrics: MetricsEndpoint | None
@@ -437,6 +440,13 @@ def _build(
         supervisor=supervisor,
     )
     rates = _call_rates(settings)
+    downloads = Downloads(
+        DownloadLimits(
+            max_concurrent=settings.video_download_max_concurrent,
+            max_concurrent_per_client=settings.video_download_max_concurrent_per_client,
+            stall_timeout_s=settings.video_download_stall_timeout_s,
+        )
+    )
     servicer = CheckoutServicer(
         pipeline=uploads.pipeline,
         status=status,
@@ -447,12 +457,20 @@ def _build(
         resumable=uploads.resumable,
         rates=rates,
         clients=Clients(settings.trusted_proxies),
+        downloads=downloads,
     )
     auth = _auth(keys)
     registry = CollectorRegistry()
     registry.register(
         ServiceCollector(
-            uploads.pipeline, uploads.admission, hub, keys, uploads.sweeper, auth, rates
+            uploads.pipeline,
+            uploads.admission,
+            hub,
+            keys,
+            uploads.sweeper,
+            auth,
+            rates,
+            downloads,
         )
     )
     if stores.wake_signer is not None:
@@ -480,6 +498,7 @@ def _build(
         pipeline=uploads.pipeline,
         admission=uploads.admission,
         rates=rates,
+        downloads=downloads,
         hub=hub,
         supervisor=supervisor,
         metrics=MetricsEndpoint(registry, settings.metrics_addr) if settings.metrics_addr else None,

@@ -1033,6 +1033,62 @@ func (x *GetResultResponse) GetVideoId() string {
 	return ""
 }
 
+// Which event's video GetVideo sends.
+type GetVideoRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event (a UUID).
+	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// The bucket the event's video is in, as for GetResult. Optional: empty means the event's
+	// own bucket; another bucket is NOT_FOUND (EVENT_NOT_IN_BUCKET).
+	Bucket        string `protobuf:"bytes,2,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVideoRequest) Reset() {
+	*x = GetVideoRequest{}
+	mi := &file_checkout_v1_checkout_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVideoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVideoRequest) ProtoMessage() {}
+
+func (x *GetVideoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_checkout_v1_checkout_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVideoRequest.ProtoReflect.Descriptor instead.
+func (*GetVideoRequest) Descriptor() ([]byte, []int) {
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetVideoRequest) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *GetVideoRequest) GetBucket() string {
+	if x != nil {
+		return x.Bucket
+	}
+	return ""
+}
+
 // A re-processing request for a stored video.
 type CreateRequestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1046,7 +1102,7 @@ type CreateRequestRequest struct {
 
 func (x *CreateRequestRequest) Reset() {
 	*x = CreateRequestRequest{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[13]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1114,7 @@ func (x *CreateRequestRequest) String() string {
 func (*CreateRequestRequest) ProtoMessage() {}
 
 func (x *CreateRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[13]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1127,7 @@ func (x *CreateRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequestRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequestRequest) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{13}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateRequestRequest) GetVideoId() string {
@@ -1103,7 +1159,7 @@ type CreateRequestResponse struct {
 
 func (x *CreateRequestResponse) Reset() {
 	*x = CreateRequestResponse{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[14]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1171,7 @@ func (x *CreateRequestResponse) String() string {
 func (*CreateRequestResponse) ProtoMessage() {}
 
 func (x *CreateRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[14]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1184,7 @@ func (x *CreateRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequestResponse.ProtoReflect.Descriptor instead.
 func (*CreateRequestResponse) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{14}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateRequestResponse) GetStatus() string {
@@ -1161,7 +1217,7 @@ type CleanupRequest struct {
 
 func (x *CleanupRequest) Reset() {
 	*x = CleanupRequest{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[15]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1229,7 @@ func (x *CleanupRequest) String() string {
 func (*CleanupRequest) ProtoMessage() {}
 
 func (x *CleanupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[15]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1242,7 @@ func (x *CleanupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CleanupRequest.ProtoReflect.Descriptor instead.
 func (*CleanupRequest) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{15}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{16}
 }
 
 // What Cleanup removed.
@@ -1204,7 +1260,7 @@ type CleanupResponse struct {
 
 func (x *CleanupResponse) Reset() {
 	*x = CleanupResponse{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[16]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1272,7 @@ func (x *CleanupResponse) String() string {
 func (*CleanupResponse) ProtoMessage() {}
 
 func (x *CleanupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[16]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1285,7 @@ func (x *CleanupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CleanupResponse.ProtoReflect.Descriptor instead.
 func (*CleanupResponse) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{16}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CleanupResponse) GetStatus() string {
@@ -1262,7 +1318,7 @@ type HealthRequest struct {
 
 func (x *HealthRequest) Reset() {
 	*x = HealthRequest{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[17]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1330,7 @@ func (x *HealthRequest) String() string {
 func (*HealthRequest) ProtoMessage() {}
 
 func (x *HealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[17]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1343,7 @@ func (x *HealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthRequest.ProtoReflect.Descriptor instead.
 func (*HealthRequest) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{17}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{18}
 }
 
 // The server's view of its dependencies (MinIO, MongoDB).
@@ -1303,7 +1359,7 @@ type HealthResponse struct {
 
 func (x *HealthResponse) Reset() {
 	*x = HealthResponse{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[18]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1371,7 @@ func (x *HealthResponse) String() string {
 func (*HealthResponse) ProtoMessage() {}
 
 func (x *HealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[18]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1384,7 @@ func (x *HealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthResponse.ProtoReflect.Descriptor instead.
 func (*HealthResponse) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{18}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HealthResponse) GetStatus() string {
@@ -1359,7 +1415,7 @@ type StartResumableUploadRequest struct {
 
 func (x *StartResumableUploadRequest) Reset() {
 	*x = StartResumableUploadRequest{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[19]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1427,7 @@ func (x *StartResumableUploadRequest) String() string {
 func (*StartResumableUploadRequest) ProtoMessage() {}
 
 func (x *StartResumableUploadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[19]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1440,7 @@ func (x *StartResumableUploadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResumableUploadRequest.ProtoReflect.Descriptor instead.
 func (*StartResumableUploadRequest) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{19}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StartResumableUploadRequest) GetMetadata() *UploadMetadata {
@@ -1421,7 +1477,7 @@ type StartResumableUploadResponse struct {
 
 func (x *StartResumableUploadResponse) Reset() {
 	*x = StartResumableUploadResponse{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[20]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1489,7 @@ func (x *StartResumableUploadResponse) String() string {
 func (*StartResumableUploadResponse) ProtoMessage() {}
 
 func (x *StartResumableUploadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[20]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1502,7 @@ func (x *StartResumableUploadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResumableUploadResponse.ProtoReflect.Descriptor instead.
 func (*StartResumableUploadResponse) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{20}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StartResumableUploadResponse) GetUploadId() string {
@@ -1498,7 +1554,7 @@ type ChecksummedData struct {
 
 func (x *ChecksummedData) Reset() {
 	*x = ChecksummedData{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[21]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1566,7 @@ func (x *ChecksummedData) String() string {
 func (*ChecksummedData) ProtoMessage() {}
 
 func (x *ChecksummedData) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[21]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1579,7 @@ func (x *ChecksummedData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksummedData.ProtoReflect.Descriptor instead.
 func (*ChecksummedData) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{21}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ChecksummedData) GetContent() []byte {
@@ -1557,7 +1613,7 @@ type WriteUploadRequest struct {
 
 func (x *WriteUploadRequest) Reset() {
 	*x = WriteUploadRequest{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[22]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1625,7 @@ func (x *WriteUploadRequest) String() string {
 func (*WriteUploadRequest) ProtoMessage() {}
 
 func (x *WriteUploadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[22]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1638,7 @@ func (x *WriteUploadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteUploadRequest.ProtoReflect.Descriptor instead.
 func (*WriteUploadRequest) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{22}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WriteUploadRequest) GetUploadId() string {
@@ -1627,7 +1683,7 @@ type WriteUploadResponse struct {
 
 func (x *WriteUploadResponse) Reset() {
 	*x = WriteUploadResponse{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[23]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1695,7 @@ func (x *WriteUploadResponse) String() string {
 func (*WriteUploadResponse) ProtoMessage() {}
 
 func (x *WriteUploadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[23]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1708,7 @@ func (x *WriteUploadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteUploadResponse.ProtoReflect.Descriptor instead.
 func (*WriteUploadResponse) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{23}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WriteUploadResponse) GetWriteStatus() isWriteUploadResponse_WriteStatus {
@@ -1715,7 +1771,7 @@ type WriteUploadHttpRequest struct {
 
 func (x *WriteUploadHttpRequest) Reset() {
 	*x = WriteUploadHttpRequest{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[24]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +1783,7 @@ func (x *WriteUploadHttpRequest) String() string {
 func (*WriteUploadHttpRequest) ProtoMessage() {}
 
 func (x *WriteUploadHttpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[24]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +1796,7 @@ func (x *WriteUploadHttpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteUploadHttpRequest.ProtoReflect.Descriptor instead.
 func (*WriteUploadHttpRequest) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{24}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WriteUploadHttpRequest) GetHttpBody() *httpbody.HttpBody {
@@ -1782,7 +1838,7 @@ type QueryUploadStatusRequest struct {
 
 func (x *QueryUploadStatusRequest) Reset() {
 	*x = QueryUploadStatusRequest{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[25]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1794,7 +1850,7 @@ func (x *QueryUploadStatusRequest) String() string {
 func (*QueryUploadStatusRequest) ProtoMessage() {}
 
 func (x *QueryUploadStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[25]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1807,7 +1863,7 @@ func (x *QueryUploadStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryUploadStatusRequest.ProtoReflect.Descriptor instead.
 func (*QueryUploadStatusRequest) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{25}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *QueryUploadStatusRequest) GetUploadId() string {
@@ -1837,7 +1893,7 @@ type QueryUploadStatusResponse struct {
 
 func (x *QueryUploadStatusResponse) Reset() {
 	*x = QueryUploadStatusResponse{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[26]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +1905,7 @@ func (x *QueryUploadStatusResponse) String() string {
 func (*QueryUploadStatusResponse) ProtoMessage() {}
 
 func (x *QueryUploadStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[26]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +1918,7 @@ func (x *QueryUploadStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryUploadStatusResponse.ProtoReflect.Descriptor instead.
 func (*QueryUploadStatusResponse) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{26}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *QueryUploadStatusResponse) GetWriteStatus() isQueryUploadStatusResponse_WriteStatus {
@@ -1940,7 +1996,7 @@ type CancelUploadRequest struct {
 
 func (x *CancelUploadRequest) Reset() {
 	*x = CancelUploadRequest{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[27]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1952,7 +2008,7 @@ func (x *CancelUploadRequest) String() string {
 func (*CancelUploadRequest) ProtoMessage() {}
 
 func (x *CancelUploadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[27]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1965,7 +2021,7 @@ func (x *CancelUploadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelUploadRequest.ProtoReflect.Descriptor instead.
 func (*CancelUploadRequest) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{27}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CancelUploadRequest) GetUploadId() string {
@@ -1986,7 +2042,7 @@ type CancelUploadResponse struct {
 
 func (x *CancelUploadResponse) Reset() {
 	*x = CancelUploadResponse{}
-	mi := &file_checkout_v1_checkout_proto_msgTypes[28]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1998,7 +2054,7 @@ func (x *CancelUploadResponse) String() string {
 func (*CancelUploadResponse) ProtoMessage() {}
 
 func (x *CancelUploadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_checkout_v1_checkout_proto_msgTypes[28]
+	mi := &file_checkout_v1_checkout_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2011,7 +2067,7 @@ func (x *CancelUploadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelUploadResponse.ProtoReflect.Descriptor instead.
 func (*CancelUploadResponse) Descriptor() ([]byte, []int) {
-	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{28}
+	return file_checkout_v1_checkout_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CancelUploadResponse) GetStatus() string {
@@ -2107,7 +2163,10 @@ const file_checkout_v1_checkout_proto_rawDesc = "" +
 	"\n" +
 	"prediction\x18\x03 \x01(\v2\x17.google.protobuf.StructR\n" +
 	"prediction\x12\x19\n" +
-	"\bvideo_id\x18\x04 \x01(\tR\avideoId\"I\n" +
+	"\bvideo_id\x18\x04 \x01(\tR\avideoId\"D\n" +
+	"\x0fGetVideoRequest\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x16\n" +
+	"\x06bucket\x18\x02 \x01(\tR\x06bucket\"I\n" +
 	"\x14CreateRequestRequest\x12\x19\n" +
 	"\bvideo_id\x18\x01 \x01(\tR\avideoId\x12\x16\n" +
 	"\x06bucket\x18\x02 \x01(\tR\x06bucket\"e\n" +
@@ -2170,7 +2229,7 @@ const file_checkout_v1_checkout_proto_rawDesc = "" +
 	"\x13CancelUploadRequest\x12\x1b\n" +
 	"\tupload_id\x18\x01 \x01(\tR\buploadId\".\n" +
 	"\x14CancelUploadResponse\x12\x16\n" +
-	"\x06status\x18\x01 \x01(\tR\x06status2\xd0\f\n" +
+	"\x06status\x18\x01 \x01(\tR\x06status2\xb1\r\n" +
 	"\x0fCheckoutService\x12R\n" +
 	"\vUploadVideo\x12\x1f.checkout.v1.UploadVideoRequest\x1a .checkout.v1.UploadVideoResponse(\x01\x12\x80\x01\n" +
 	"\x0fUploadVideoHttp\x12#.checkout.v1.UploadVideoHttpRequest\x1a .checkout.v1.UploadVideoResponse\"$\x82\xd3\xe4\x93\x02\x1e:\thttp_body\"\x11/api/upload_video(\x01\x12\x7f\n" +
@@ -2178,7 +2237,8 @@ const file_checkout_v1_checkout_proto_rawDesc = "" +
 	"/api/watch\x12\x1c/api/status/{event_id}/watch0\x01\x12l\n" +
 	"\fListStatuses\x12 .checkout.v1.ListStatusesRequest\x1a!.checkout.v1.ListStatusesResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/status/all\x12j\n" +
 	"\tGetStatus\x12\x1d.checkout.v1.GetStatusRequest\x1a\x1e.checkout.v1.GetStatusResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/status/{event_id}\x12p\n" +
-	"\tGetResult\x12\x1d.checkout.v1.GetResultRequest\x1a\x1e.checkout.v1.GetResultResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/result_video/{event_id}\x12o\n" +
+	"\tGetResult\x12\x1d.checkout.v1.GetResultRequest\x1a\x1e.checkout.v1.GetResultResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/result_video/{event_id}\x12_\n" +
+	"\bGetVideo\x12\x1c.checkout.v1.GetVideoRequest\x1a\x14.google.api.HttpBody\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/video/{event_id}0\x01\x12o\n" +
 	"\rCreateRequest\x12!.checkout.v1.CreateRequestRequest\x1a\".checkout.v1.CreateRequestResponse\"\x17\x82\xd3\xe4\x93\x02\x11:\x01*\"\f/api/request\x12^\n" +
 	"\aCleanup\x12\x1b.checkout.v1.CleanupRequest\x1a\x1c.checkout.v1.CleanupResponse\"\x18\x82\xd3\xe4\x93\x02\x12*\x10/api/cleanup/all\x12^\n" +
 	"\x06Health\x12\x1a.checkout.v1.HealthRequest\x1a\x1b.checkout.v1.HealthResponse\"\x1b\x82\xd3\xe4\x93\x02\x15Z\r\x12\v/api/health\x12\x04/api\x12\x8b\x01\n" +
@@ -2201,7 +2261,7 @@ func file_checkout_v1_checkout_proto_rawDescGZIP() []byte {
 	return file_checkout_v1_checkout_proto_rawDescData
 }
 
-var file_checkout_v1_checkout_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_checkout_v1_checkout_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_checkout_v1_checkout_proto_goTypes = []any{
 	(*UploadMetadata)(nil),               // 0: checkout.v1.UploadMetadata
 	(*UploadVideoRequest)(nil),           // 1: checkout.v1.UploadVideoRequest
@@ -2216,75 +2276,78 @@ var file_checkout_v1_checkout_proto_goTypes = []any{
 	(*GetStatusResponse)(nil),            // 10: checkout.v1.GetStatusResponse
 	(*GetResultRequest)(nil),             // 11: checkout.v1.GetResultRequest
 	(*GetResultResponse)(nil),            // 12: checkout.v1.GetResultResponse
-	(*CreateRequestRequest)(nil),         // 13: checkout.v1.CreateRequestRequest
-	(*CreateRequestResponse)(nil),        // 14: checkout.v1.CreateRequestResponse
-	(*CleanupRequest)(nil),               // 15: checkout.v1.CleanupRequest
-	(*CleanupResponse)(nil),              // 16: checkout.v1.CleanupResponse
-	(*HealthRequest)(nil),                // 17: checkout.v1.HealthRequest
-	(*HealthResponse)(nil),               // 18: checkout.v1.HealthResponse
-	(*StartResumableUploadRequest)(nil),  // 19: checkout.v1.StartResumableUploadRequest
-	(*StartResumableUploadResponse)(nil), // 20: checkout.v1.StartResumableUploadResponse
-	(*ChecksummedData)(nil),              // 21: checkout.v1.ChecksummedData
-	(*WriteUploadRequest)(nil),           // 22: checkout.v1.WriteUploadRequest
-	(*WriteUploadResponse)(nil),          // 23: checkout.v1.WriteUploadResponse
-	(*WriteUploadHttpRequest)(nil),       // 24: checkout.v1.WriteUploadHttpRequest
-	(*QueryUploadStatusRequest)(nil),     // 25: checkout.v1.QueryUploadStatusRequest
-	(*QueryUploadStatusResponse)(nil),    // 26: checkout.v1.QueryUploadStatusResponse
-	(*CancelUploadRequest)(nil),          // 27: checkout.v1.CancelUploadRequest
-	(*CancelUploadResponse)(nil),         // 28: checkout.v1.CancelUploadResponse
-	nil,                                  // 29: checkout.v1.HealthResponse.DependenciesEntry
-	(*httpbody.HttpBody)(nil),            // 30: google.api.HttpBody
-	(*timestamppb.Timestamp)(nil),        // 31: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),              // 32: google.protobuf.Struct
+	(*GetVideoRequest)(nil),              // 13: checkout.v1.GetVideoRequest
+	(*CreateRequestRequest)(nil),         // 14: checkout.v1.CreateRequestRequest
+	(*CreateRequestResponse)(nil),        // 15: checkout.v1.CreateRequestResponse
+	(*CleanupRequest)(nil),               // 16: checkout.v1.CleanupRequest
+	(*CleanupResponse)(nil),              // 17: checkout.v1.CleanupResponse
+	(*HealthRequest)(nil),                // 18: checkout.v1.HealthRequest
+	(*HealthResponse)(nil),               // 19: checkout.v1.HealthResponse
+	(*StartResumableUploadRequest)(nil),  // 20: checkout.v1.StartResumableUploadRequest
+	(*StartResumableUploadResponse)(nil), // 21: checkout.v1.StartResumableUploadResponse
+	(*ChecksummedData)(nil),              // 22: checkout.v1.ChecksummedData
+	(*WriteUploadRequest)(nil),           // 23: checkout.v1.WriteUploadRequest
+	(*WriteUploadResponse)(nil),          // 24: checkout.v1.WriteUploadResponse
+	(*WriteUploadHttpRequest)(nil),       // 25: checkout.v1.WriteUploadHttpRequest
+	(*QueryUploadStatusRequest)(nil),     // 26: checkout.v1.QueryUploadStatusRequest
+	(*QueryUploadStatusResponse)(nil),    // 27: checkout.v1.QueryUploadStatusResponse
+	(*CancelUploadRequest)(nil),          // 28: checkout.v1.CancelUploadRequest
+	(*CancelUploadResponse)(nil),         // 29: checkout.v1.CancelUploadResponse
+	nil,                                  // 30: checkout.v1.HealthResponse.DependenciesEntry
+	(*httpbody.HttpBody)(nil),            // 31: google.api.HttpBody
+	(*timestamppb.Timestamp)(nil),        // 32: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),              // 33: google.protobuf.Struct
 }
 var file_checkout_v1_checkout_proto_depIdxs = []int32{
 	0,  // 0: checkout.v1.UploadVideoRequest.metadata:type_name -> checkout.v1.UploadMetadata
-	30, // 1: checkout.v1.UploadVideoHttpRequest.http_body:type_name -> google.api.HttpBody
-	31, // 2: checkout.v1.StatusUpdate.updated_at:type_name -> google.protobuf.Timestamp
-	31, // 3: checkout.v1.Operation.created_at:type_name -> google.protobuf.Timestamp
-	31, // 4: checkout.v1.Operation.updated_at:type_name -> google.protobuf.Timestamp
+	31, // 1: checkout.v1.UploadVideoHttpRequest.http_body:type_name -> google.api.HttpBody
+	32, // 2: checkout.v1.StatusUpdate.updated_at:type_name -> google.protobuf.Timestamp
+	32, // 3: checkout.v1.Operation.created_at:type_name -> google.protobuf.Timestamp
+	32, // 4: checkout.v1.Operation.updated_at:type_name -> google.protobuf.Timestamp
 	6,  // 5: checkout.v1.ListStatusesResponse.operations:type_name -> checkout.v1.Operation
 	6,  // 6: checkout.v1.GetStatusResponse.operation:type_name -> checkout.v1.Operation
-	32, // 7: checkout.v1.GetResultResponse.prediction:type_name -> google.protobuf.Struct
-	29, // 8: checkout.v1.HealthResponse.dependencies:type_name -> checkout.v1.HealthResponse.DependenciesEntry
+	33, // 7: checkout.v1.GetResultResponse.prediction:type_name -> google.protobuf.Struct
+	30, // 8: checkout.v1.HealthResponse.dependencies:type_name -> checkout.v1.HealthResponse.DependenciesEntry
 	0,  // 9: checkout.v1.StartResumableUploadRequest.metadata:type_name -> checkout.v1.UploadMetadata
-	31, // 10: checkout.v1.StartResumableUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
+	32, // 10: checkout.v1.StartResumableUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
 	3,  // 11: checkout.v1.StartResumableUploadResponse.result:type_name -> checkout.v1.UploadVideoResponse
-	21, // 12: checkout.v1.WriteUploadRequest.checksummed_data:type_name -> checkout.v1.ChecksummedData
+	22, // 12: checkout.v1.WriteUploadRequest.checksummed_data:type_name -> checkout.v1.ChecksummedData
 	3,  // 13: checkout.v1.WriteUploadResponse.result:type_name -> checkout.v1.UploadVideoResponse
-	30, // 14: checkout.v1.WriteUploadHttpRequest.http_body:type_name -> google.api.HttpBody
+	31, // 14: checkout.v1.WriteUploadHttpRequest.http_body:type_name -> google.api.HttpBody
 	3,  // 15: checkout.v1.QueryUploadStatusResponse.result:type_name -> checkout.v1.UploadVideoResponse
-	31, // 16: checkout.v1.QueryUploadStatusResponse.expire_time:type_name -> google.protobuf.Timestamp
+	32, // 16: checkout.v1.QueryUploadStatusResponse.expire_time:type_name -> google.protobuf.Timestamp
 	1,  // 17: checkout.v1.CheckoutService.UploadVideo:input_type -> checkout.v1.UploadVideoRequest
 	2,  // 18: checkout.v1.CheckoutService.UploadVideoHttp:input_type -> checkout.v1.UploadVideoHttpRequest
 	4,  // 19: checkout.v1.CheckoutService.WatchStatus:input_type -> checkout.v1.WatchStatusRequest
 	7,  // 20: checkout.v1.CheckoutService.ListStatuses:input_type -> checkout.v1.ListStatusesRequest
 	9,  // 21: checkout.v1.CheckoutService.GetStatus:input_type -> checkout.v1.GetStatusRequest
 	11, // 22: checkout.v1.CheckoutService.GetResult:input_type -> checkout.v1.GetResultRequest
-	13, // 23: checkout.v1.CheckoutService.CreateRequest:input_type -> checkout.v1.CreateRequestRequest
-	15, // 24: checkout.v1.CheckoutService.Cleanup:input_type -> checkout.v1.CleanupRequest
-	17, // 25: checkout.v1.CheckoutService.Health:input_type -> checkout.v1.HealthRequest
-	19, // 26: checkout.v1.CheckoutService.StartResumableUpload:input_type -> checkout.v1.StartResumableUploadRequest
-	22, // 27: checkout.v1.CheckoutService.WriteUpload:input_type -> checkout.v1.WriteUploadRequest
-	24, // 28: checkout.v1.CheckoutService.WriteUploadHttp:input_type -> checkout.v1.WriteUploadHttpRequest
-	25, // 29: checkout.v1.CheckoutService.QueryUploadStatus:input_type -> checkout.v1.QueryUploadStatusRequest
-	27, // 30: checkout.v1.CheckoutService.CancelUpload:input_type -> checkout.v1.CancelUploadRequest
-	3,  // 31: checkout.v1.CheckoutService.UploadVideo:output_type -> checkout.v1.UploadVideoResponse
-	3,  // 32: checkout.v1.CheckoutService.UploadVideoHttp:output_type -> checkout.v1.UploadVideoResponse
-	5,  // 33: checkout.v1.CheckoutService.WatchStatus:output_type -> checkout.v1.StatusUpdate
-	8,  // 34: checkout.v1.CheckoutService.ListStatuses:output_type -> checkout.v1.ListStatusesResponse
-	10, // 35: checkout.v1.CheckoutService.GetStatus:output_type -> checkout.v1.GetStatusResponse
-	12, // 36: checkout.v1.CheckoutService.GetResult:output_type -> checkout.v1.GetResultResponse
-	14, // 37: checkout.v1.CheckoutService.CreateRequest:output_type -> checkout.v1.CreateRequestResponse
-	16, // 38: checkout.v1.CheckoutService.Cleanup:output_type -> checkout.v1.CleanupResponse
-	18, // 39: checkout.v1.CheckoutService.Health:output_type -> checkout.v1.HealthResponse
-	20, // 40: checkout.v1.CheckoutService.StartResumableUpload:output_type -> checkout.v1.StartResumableUploadResponse
-	23, // 41: checkout.v1.CheckoutService.WriteUpload:output_type -> checkout.v1.WriteUploadResponse
-	23, // 42: checkout.v1.CheckoutService.WriteUploadHttp:output_type -> checkout.v1.WriteUploadResponse
-	26, // 43: checkout.v1.CheckoutService.QueryUploadStatus:output_type -> checkout.v1.QueryUploadStatusResponse
-	28, // 44: checkout.v1.CheckoutService.CancelUpload:output_type -> checkout.v1.CancelUploadResponse
-	31, // [31:45] is the sub-list for method output_type
-	17, // [17:31] is the sub-list for method input_type
+	13, // 23: checkout.v1.CheckoutService.GetVideo:input_type -> checkout.v1.GetVideoRequest
+	14, // 24: checkout.v1.CheckoutService.CreateRequest:input_type -> checkout.v1.CreateRequestRequest
+	16, // 25: checkout.v1.CheckoutService.Cleanup:input_type -> checkout.v1.CleanupRequest
+	18, // 26: checkout.v1.CheckoutService.Health:input_type -> checkout.v1.HealthRequest
+	20, // 27: checkout.v1.CheckoutService.StartResumableUpload:input_type -> checkout.v1.StartResumableUploadRequest
+	23, // 28: checkout.v1.CheckoutService.WriteUpload:input_type -> checkout.v1.WriteUploadRequest
+	25, // 29: checkout.v1.CheckoutService.WriteUploadHttp:input_type -> checkout.v1.WriteUploadHttpRequest
+	26, // 30: checkout.v1.CheckoutService.QueryUploadStatus:input_type -> checkout.v1.QueryUploadStatusRequest
+	28, // 31: checkout.v1.CheckoutService.CancelUpload:input_type -> checkout.v1.CancelUploadRequest
+	3,  // 32: checkout.v1.CheckoutService.UploadVideo:output_type -> checkout.v1.UploadVideoResponse
+	3,  // 33: checkout.v1.CheckoutService.UploadVideoHttp:output_type -> checkout.v1.UploadVideoResponse
+	5,  // 34: checkout.v1.CheckoutService.WatchStatus:output_type -> checkout.v1.StatusUpdate
+	8,  // 35: checkout.v1.CheckoutService.ListStatuses:output_type -> checkout.v1.ListStatusesResponse
+	10, // 36: checkout.v1.CheckoutService.GetStatus:output_type -> checkout.v1.GetStatusResponse
+	12, // 37: checkout.v1.CheckoutService.GetResult:output_type -> checkout.v1.GetResultResponse
+	31, // 38: checkout.v1.CheckoutService.GetVideo:output_type -> google.api.HttpBody
+	15, // 39: checkout.v1.CheckoutService.CreateRequest:output_type -> checkout.v1.CreateRequestResponse
+	17, // 40: checkout.v1.CheckoutService.Cleanup:output_type -> checkout.v1.CleanupResponse
+	19, // 41: checkout.v1.CheckoutService.Health:output_type -> checkout.v1.HealthResponse
+	21, // 42: checkout.v1.CheckoutService.StartResumableUpload:output_type -> checkout.v1.StartResumableUploadResponse
+	24, // 43: checkout.v1.CheckoutService.WriteUpload:output_type -> checkout.v1.WriteUploadResponse
+	24, // 44: checkout.v1.CheckoutService.WriteUploadHttp:output_type -> checkout.v1.WriteUploadResponse
+	27, // 45: checkout.v1.CheckoutService.QueryUploadStatus:output_type -> checkout.v1.QueryUploadStatusResponse
+	29, // 46: checkout.v1.CheckoutService.CancelUpload:output_type -> checkout.v1.CancelUploadResponse
+	32, // [32:47] is the sub-list for method output_type
+	17, // [17:32] is the sub-list for method input_type
 	17, // [17:17] is the sub-list for extension type_name
 	17, // [17:17] is the sub-list for extension extendee
 	0,  // [0:17] is the sub-list for field type_name
@@ -2299,13 +2362,13 @@ func file_checkout_v1_checkout_proto_init() {
 		(*UploadVideoRequest_Metadata)(nil),
 		(*UploadVideoRequest_Chunk)(nil),
 	}
-	file_checkout_v1_checkout_proto_msgTypes[19].OneofWrappers = []any{}
-	file_checkout_v1_checkout_proto_msgTypes[21].OneofWrappers = []any{}
-	file_checkout_v1_checkout_proto_msgTypes[23].OneofWrappers = []any{
+	file_checkout_v1_checkout_proto_msgTypes[20].OneofWrappers = []any{}
+	file_checkout_v1_checkout_proto_msgTypes[22].OneofWrappers = []any{}
+	file_checkout_v1_checkout_proto_msgTypes[24].OneofWrappers = []any{
 		(*WriteUploadResponse_PersistedSize)(nil),
 		(*WriteUploadResponse_Result)(nil),
 	}
-	file_checkout_v1_checkout_proto_msgTypes[26].OneofWrappers = []any{
+	file_checkout_v1_checkout_proto_msgTypes[27].OneofWrappers = []any{
 		(*QueryUploadStatusResponse_PersistedSize)(nil),
 		(*QueryUploadStatusResponse_Result)(nil),
 	}
@@ -2315,7 +2378,7 @@ func file_checkout_v1_checkout_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_checkout_v1_checkout_proto_rawDesc), len(file_checkout_v1_checkout_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -14,6 +14,7 @@ package checkoutv1
 
 import (
 	context "context"
+	httpbody "google.golang.org/genproto/googleapis/api/httpbody"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -31,6 +32,7 @@ const (
 	CheckoutService_ListStatuses_FullMethodName         = "/checkout.v1.CheckoutService/ListStatuses"
 	CheckoutService_GetStatus_FullMethodName            = "/checkout.v1.CheckoutService/GetStatus"
 	CheckoutService_GetResult_FullMethodName            = "/checkout.v1.CheckoutService/GetResult"
+	CheckoutService_GetVideo_FullMethodName             = "/checkout.v1.CheckoutService/GetVideo"
 	CheckoutService_CreateRequest_FullMethodName        = "/checkout.v1.CheckoutService/CreateRequest"
 	CheckoutService_Cleanup_FullMethodName              = "/checkout.v1.CheckoutService/Cleanup"
 	CheckoutService_Health_FullMethodName               = "/checkout.v1.CheckoutService/Health"
@@ -76,6 +78,19 @@ type CheckoutServiceClient interface {
 	// The detection result of one event: the prediction once the event is `ready`,
 	// otherwise the status alone.
 	GetResult(ctx context.Context, in *GetResultRequest, opts ...grpc.CallOption) (*GetResultResponse, error)
+	// The bytes of one event's video, as stored at `input/{video_id}.mp4`, for a browser to
+	// play (and draw the detections of GetResult over). The first message carries the
+	// content type `video/mp4`, every message at most 1 MiB of the video, in order; over REST
+	// Envoy sends them as one raw HTTP body (`Content-Type: video/mp4`, chunked). The caller
+	// must be allowed to see the event, exactly as for GetResult: NOT_FOUND (EVENT_NOT_FOUND)
+	// for an unknown event or, for an uploader, another client's; INVALID_ARGUMENT
+	// (INVALID_EVENT_ID) for an id that is not a UUID; NOT_FOUND (EVENT_NOT_IN_BUCKET) for a
+	// `bucket` that is not the event's; NOT_FOUND (VIDEO_NOT_FOUND) when the video is no longer
+	// in storage. Downloads are limited per server and per client (RESOURCE_EXHAUSTED
+	// TOO_MANY_DOWNLOADS, TOO_MANY_CLIENT_DOWNLOADS, with a retry hint), and a reader that
+	// takes no message for VIDEO_DOWNLOAD_STALL_TIMEOUT_S is cut (docs/status.md).
+	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+	GetVideo(ctx context.Context, in *GetVideoRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[httpbody.HttpBody], error)
 	// Creates a new outbox event (status `new`) for a video that is already stored at
 	// `input/{video_id}.mp4` (re-processing). NOT_FOUND (VIDEO_NOT_FOUND) when it is not there.
 	CreateRequest(ctx context.Context, in *CreateRequestRequest, opts ...grpc.CallOption) (*CreateRequestResponse, error)
@@ -198,6 +213,25 @@ func (c *checkoutServiceClient) GetResult(ctx context.Context, in *GetResultRequ
 	return out, nil
 }
 
+func (c *checkoutServiceClient) GetVideo(ctx context.Context, in *GetVideoRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[httpbody.HttpBody], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CheckoutService_ServiceDesc.Streams[3], CheckoutService_GetVideo_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GetVideoRequest, httpbody.HttpBody]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CheckoutService_GetVideoClient = grpc.ServerStreamingClient[httpbody.HttpBody]
+
 func (c *checkoutServiceClient) CreateRequest(ctx context.Context, in *CreateRequestRequest, opts ...grpc.CallOption) (*CreateRequestResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateRequestResponse)
@@ -240,7 +274,7 @@ func (c *checkoutServiceClient) StartResumableUpload(ctx context.Context, in *St
 
 func (c *checkoutServiceClient) WriteUpload(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteUploadRequest, WriteUploadResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &CheckoutService_ServiceDesc.Streams[3], CheckoutService_WriteUpload_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &CheckoutService_ServiceDesc.Streams[4], CheckoutService_WriteUpload_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -253,7 +287,7 @@ type CheckoutService_WriteUploadClient = grpc.ClientStreamingClient[WriteUploadR
 
 func (c *checkoutServiceClient) WriteUploadHttp(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteUploadHttpRequest, WriteUploadResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &CheckoutService_ServiceDesc.Streams[4], CheckoutService_WriteUploadHttp_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &CheckoutService_ServiceDesc.Streams[5], CheckoutService_WriteUploadHttp_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -319,6 +353,19 @@ type CheckoutServiceServer interface {
 	// The detection result of one event: the prediction once the event is `ready`,
 	// otherwise the status alone.
 	GetResult(context.Context, *GetResultRequest) (*GetResultResponse, error)
+	// The bytes of one event's video, as stored at `input/{video_id}.mp4`, for a browser to
+	// play (and draw the detections of GetResult over). The first message carries the
+	// content type `video/mp4`, every message at most 1 MiB of the video, in order; over REST
+	// Envoy sends them as one raw HTTP body (`Content-Type: video/mp4`, chunked). The caller
+	// must be allowed to see the event, exactly as for GetResult: NOT_FOUND (EVENT_NOT_FOUND)
+	// for an unknown event or, for an uploader, another client's; INVALID_ARGUMENT
+	// (INVALID_EVENT_ID) for an id that is not a UUID; NOT_FOUND (EVENT_NOT_IN_BUCKET) for a
+	// `bucket` that is not the event's; NOT_FOUND (VIDEO_NOT_FOUND) when the video is no longer
+	// in storage. Downloads are limited per server and per client (RESOURCE_EXHAUSTED
+	// TOO_MANY_DOWNLOADS, TOO_MANY_CLIENT_DOWNLOADS, with a retry hint), and a reader that
+	// takes no message for VIDEO_DOWNLOAD_STALL_TIMEOUT_S is cut (docs/status.md).
+	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+	GetVideo(*GetVideoRequest, grpc.ServerStreamingServer[httpbody.HttpBody]) error
 	// Creates a new outbox event (status `new`) for a video that is already stored at
 	// `input/{video_id}.mp4` (re-processing). NOT_FOUND (VIDEO_NOT_FOUND) when it is not there.
 	CreateRequest(context.Context, *CreateRequestRequest) (*CreateRequestResponse, error)
@@ -383,6 +430,9 @@ func (UnimplementedCheckoutServiceServer) GetStatus(context.Context, *GetStatusR
 }
 func (UnimplementedCheckoutServiceServer) GetResult(context.Context, *GetResultRequest) (*GetResultResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetResult not implemented")
+}
+func (UnimplementedCheckoutServiceServer) GetVideo(*GetVideoRequest, grpc.ServerStreamingServer[httpbody.HttpBody]) error {
+	return status.Error(codes.Unimplemented, "method GetVideo not implemented")
 }
 func (UnimplementedCheckoutServiceServer) CreateRequest(context.Context, *CreateRequestRequest) (*CreateRequestResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateRequest not implemented")
@@ -507,6 +557,17 @@ func _CheckoutService_GetResult_Handler(srv interface{}, ctx context.Context, de
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _CheckoutService_GetVideo_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetVideoRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CheckoutServiceServer).GetVideo(m, &grpc.GenericServerStream[GetVideoRequest, httpbody.HttpBody]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CheckoutService_GetVideoServer = grpc.ServerStreamingServer[httpbody.HttpBody]
 
 func _CheckoutService_CreateRequest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateRequestRequest)
@@ -688,6 +749,11 @@ var CheckoutService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchStatus",
 			Handler:       _CheckoutService_WatchStatus_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "GetVideo",
+			Handler:       _CheckoutService_GetVideo_Handler,
 			ServerStreams: true,
 		},
 		{
