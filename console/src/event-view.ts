@@ -23,6 +23,7 @@ export function eventView(root: HTMLElement, eventId: string): () => void {
   root.replaceChildren(h("h2", {}, `Событие ${eventId}`), error, state, failure, player, detections);
   const urls: string[] = [];
   let shown = "";
+  let size = 0;
 
   function show(op: Operation): void {
     state.replaceChildren(
@@ -33,6 +34,7 @@ export function eventView(root: HTMLElement, eventId: string): () => void {
         h("dt", {}, "Изменено"), h("dd", {}, time(op.updatedAt && timestampDate(op.updatedAt))),
       ),
     );
+    size = Number(op.sizeBytes);
     if (op.status !== shown && (op.status === "ready" || op.status === "failed")) void result();
     shown = op.status;
   }
@@ -66,14 +68,13 @@ export function eventView(root: HTMLElement, eventId: string): () => void {
   }
 
   async function play(frames: Frame[]): Promise<void> {
-    const response = await fetch(`/api/video/${encodeURIComponent(eventId)}`, { headers: authHeaders() });
-    if (!response.ok) throw await restError(response);
-    const size = Number(response.headers.get("content-length") ?? 0);
     if (size > PLAY_MAX_BYTES) {
-      await response.body?.cancel();
       player.textContent = "Видео слишком велико, чтобы показать его здесь.";
       return;
     }
+    // GetVideo streams the bytes (no Content-Length): the event's size says how big it is.
+    const response = await fetch(`/api/video/${encodeURIComponent(eventId)}`, { headers: authHeaders() });
+    if (!response.ok) throw await restError(response);
     const url = URL.createObjectURL(await response.blob());
     urls.push(url);
     const video = h("video", { id: "video", src: url, controls: "", muted: "", preload: "auto" });

@@ -16,6 +16,7 @@ export function operationsView(root: HTMLElement): () => void {
   let tokens: string[] = [""]; // the token of each page seen so far: tokens[i] opens page i
   let page = 0;
   const rows = new Map<string, HTMLTableRowElement>();
+  let total = -1; // as the listing counted them (-1: not counted), plus those seen arrive
 
   const filter = h("select", { id: "status-filter", "aria-label": "Статус" });
   for (const s of STATUSES) filter.append(h("option", { value: s }, s || "все"));
@@ -67,13 +68,18 @@ export function operationsView(root: HTMLElement): () => void {
       rows.clear();
       body.replaceChildren(...answer.operations.map(row));
       tokens = [...tokens.slice(0, page + 1), answer.nextPageToken];
-      const total = answer.total >= 0 ? ` из ${answer.total}` : "";
-      summary.textContent = `страница ${page + 1}: ${answer.operations.length}${total}`;
+      total = answer.total;
+      summarize();
       previous.disabled = page === 0;
       next.disabled = !answer.nextPageToken;
     } catch (err) {
       error.textContent = asApiError(err).describe();
     }
+  }
+
+  function summarize(): void {
+    const counted = total >= 0 ? ` из ${total}` : "";
+    summary.textContent = `страница ${page + 1}: ${rows.size}${counted}`;
   }
 
   async function changed(update: StatusUpdate): Promise<void> {
@@ -88,7 +94,11 @@ export function operationsView(root: HTMLElement): () => void {
     if (page !== 0 || (status && update.status !== status)) return;
     try {
       const { operation } = await checkout.getStatus({ eventId: update.eventId });
-      if (operation && !rows.has(operation.eventId)) body.prepend(row(operation));
+      if (operation && !rows.has(operation.eventId)) {
+        body.prepend(row(operation));
+        if (total >= 0) total += 1;
+        summarize();
+      }
     } catch {
       // not ours to see, or gone: the table shows what the listing shows
     }
