@@ -498,19 +498,44 @@ def install_postgresql() -> str:
     it FerretDB runs over SQLite, slower (docs/relay.md)."""
     if postgres_available():
         return f"postgresql: {POSTGRES_BIN / 'postgres'} (Debian {POSTGRES_PACKAGE})"
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        return "postgresql: missing and not installable here (needs root and apt); SQLite is used"
-    log_path = LOG_DIR / "postgresql-install.log"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    with log_path.open("w") as log:
-        for argv in ([apt, "update", "-q"], [apt, "install", "-y", "-q", POSTGRES_PACKAGE]):
-            done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-            if done.returncode != 0:
-                return f"postgresql: apt failed (see {log_path}); SQLite is used"
+    failed = _apt_install(POSTGRES_PACKAGE)
+    if failed:
+        return f"postgresql: {failed}; SQLite is used"
     if not postgres_available():
         return f"postgresql: {POSTGRES_PACKAGE} installed but {POSTGRES_BIN} is missing; SQLite"
     return f"postgresql: installed {POSTGRES_PACKAGE} with apt"
+
+
+# Debian's Chromium, which the browser tests drive with Playwright (tests/browser): Playwright
+# is given its path and never downloads a browser of its own.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_PACKAGE = "chromium"
+
+
+def install_chromium() -> str:
+    """Debian's Chromium through apt when it is missing (root only). Not fatal here: the
+    browser tests say what is missing when they start."""
+    if CHROMIUM.is_file():
+        return f"chromium: {CHROMIUM} (Debian {CHROMIUM_PACKAGE})"
+    failed = _apt_install(CHROMIUM_PACKAGE)
+    if failed:
+        return f"chromium: {failed}; the browser tests cannot run"
+    return f"chromium: installed {CHROMIUM_PACKAGE} with apt"
+
+
+def _apt_install(package: str) -> str | None:
+    """Installs a Debian package with apt-get; None when it did, else why not."""
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        return "missing and not installable here (needs root and apt)"
+    log_path = LOG_DIR / f"{package}-install.log"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    with log_path.open("w") as log:
+        for argv in ([apt, "update", "-q"], [apt, "install", "-y", "-q", package]):
+            done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+            if done.returncode != 0:
+                return f"apt failed (see {log_path})"
+    return None
 
 
 def check_envoy() -> str:
@@ -530,6 +555,7 @@ def install_all() -> None:
     steps += [functools.partial(install_go_tool, t) for t in GO_TOOLS]
     steps.append(install_composecheck)
     steps.append(install_postgresql)
+    steps.append(install_chromium)
     steps.append(check_envoy)
     with (STACK_DIR / ".install.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
