@@ -45,6 +45,7 @@ UPSTREAM_TLS_DIR = Path("/etc/envoy-tls/upstream")
 # In the Envoy image (deploy/Dockerfile).
 DESCRIPTOR = Path("/etc/envoy/checkout.pb")
 OPENAPI = Path("/etc/envoy/openapi.yaml")
+CONSOLE = Path("/etc/envoy/console")  # the web console, built into the envoy image
 
 
 def render(out: Path) -> Path:
@@ -59,6 +60,7 @@ def render(out: Path) -> Path:
         upstream_port=SERVER_PORT,
         descriptor=DESCRIPTOR,
         openapi=OPENAPI,
+        console=CONSOLE,
         listener_tls=ListenerTls(
             cert=LISTENER_TLS_DIR / "tls.crt", key=LISTENER_TLS_DIR / "tls.key"
         ),

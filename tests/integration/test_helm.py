@@ -26,7 +26,7 @@ from devstack._envoy import validate_envoy_config
 from devstack._install import GO_TOOLS, install_go_tool
 from devstack._paths import REPO_ROOT
 from devstack._process import free_port
-from devstack._stack import DESCRIPTOR, OPENAPI
+from devstack._stack import CONSOLE, DESCRIPTOR, OPENAPI
 from tools import helm_envoy
 from tools.helm_check import (
     CHART,
@@ -263,6 +263,7 @@ def test_envoy_accepts_the_config_the_chart_fills_in(tmp_path: Path) -> None:
         "/etc/envoy-tls/upstream/tls.key": certs / "client.key",
         str(helm_envoy.DESCRIPTOR): DESCRIPTOR,
         str(helm_envoy.OPENAPI): OPENAPI,
+        str(helm_envoy.CONSOLE): CONSOLE,
     }.items():
         assert mounted in text
         text = text.replace(mounted, str(local))
