@@ -6,8 +6,9 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import grpc
 
@@ -310,6 +311,53 @@ class AsyncCheckoutClient:
             self._stub.GetResult, pb.GetResultRequest(event_id=event_id), self._retry
         )
         return Result.from_pb(response)
+
+    async def video(self, event_id: str) -> AsyncIterator[bytes]:
+        """The event's stored video, in pieces of at most 1 MiB as they arrive (GetVideo). A
+        refusal before the first piece (a retriable one: the server or this client has as many
+        downloads going as it allows, ResourceExhausted) is retried under the RetryPolicy;
+        after it, an error ends the iteration (start again). Errors as for `result`, and
+        NotFound (``VIDEO_NOT_FOUND``) when the video is no longer stored."""
+        number = 0
+        while True:
+            number += 1
+            call = self._stub.GetVideo(pb.GetVideoRequest(event_id=event_id))
+            sent = False
+            try:
+                async for body in call:
+                    sent = True
+                    if body.data:
+                        yield body.data
+                return
+            except grpc.aio.AioRpcError as e:
+                error = from_grpc_error(e)
+                if sent or not (error.retriable and number < self._retry.attempts):
+                    raise error from e
+            finally:
+                call.cancel()
+            await asyncio.sleep(self._retry.delay_s(number, error.retry_after_s))
+
+    async def download(self, event_id: str, path: Path) -> int:
+        """Writes the event's stored video to `path` (through `path`.part, renamed once whole,
+        so `path` never holds part of a video) and returns its size. Errors as for `video`."""
+        part = path.with_name(path.name + ".part")
+        size = 0
+        out: BinaryIO | None = None
+        try:
+            async for piece in self.video(event_id):
+                if out is None:  # opened once the server has said yes
+                    out = await asyncio.to_thread(part.open, "wb")
+                await asyncio.to_thread(out.write, piece)
+                size += len(piece)
+            if out is None:
+                out = await asyncio.to_thread(part.open, "wb")
+            await asyncio.to_thread(out.close)
+            await asyncio.to_thread(part.replace, path)
+        finally:
+            if out is not None:
+                out.close()
+            part.unlink(missing_ok=True)
+        return size
 
     # --- operations ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -135,6 +136,10 @@ class CheckoutClient:
     def result(self, event_id: str) -> Result:
         """See `AsyncCheckoutClient.result`."""
         return self._run(self._client.result(event_id))
+
+    def download(self, event_id: str, path: Path) -> int:
+        """See `AsyncCheckoutClient.download`."""
+        return self._run(self._client.download(event_id, path))
 
     def request(self, video_id: str, *, bucket: str = "") -> Request:
         """See `AsyncCheckoutClient.request`."""

@@ -311,6 +311,16 @@ async def cmd_result(client: AsyncCheckoutClient, args: argparse.Namespace, out:
     return EXIT_OK
 
 
+async def cmd_download(client: AsyncCheckoutClient, args: argparse.Namespace, out: Output) -> int:
+    path = args.output or Path(f"{args.event_id}.mp4")
+    size = await client.download(args.event_id, path)
+    if out.json:
+        out.emit({"event_id": args.event_id, "path": str(path), "size_bytes": size})
+    else:
+        out.out.print(f"saved {path}: {size:,} bytes", markup=False)
+    return EXIT_OK
+
+
 async def cmd_request(client: AsyncCheckoutClient, args: argparse.Namespace, out: Output) -> int:
     request = await client.request(args.video_id, bucket=args.bucket)
     if out.json:
@@ -367,6 +377,7 @@ COMMANDS = {
     "status": cmd_status,
     "watch": cmd_watch,
     "result": cmd_result,
+    "download": cmd_download,
     "request": cmd_request,
     "cleanup": cmd_cleanup,
     "health": cmd_health,
@@ -460,6 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     result = commands.add_parser("result", parents=[common], help="an event's detection result")
     result.add_argument("event_id", metavar="EVENT_ID")
+
+    download = commands.add_parser(
+        "download", parents=[common], help="save an event's stored video to a file"
+    )
+    download.add_argument("event_id", metavar="EVENT_ID")
+    download.add_argument(
+        "-o", "--output", type=Path, help="where to write it (default: EVENT_ID.mp4)"
+    )
 
     request = commands.add_parser("request", parents=[common], help="process a stored video again")
     request.add_argument("video_id", metavar="VIDEO_ID")

@@ -16,6 +16,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from checkout_client import AsyncCheckoutClient
 from checkout_client.cli import (
     EXIT_INVALID,
+    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -126,6 +127,29 @@ async def test_upload_json_is_one_parseable_document(
     assert result["object_key"] == f"input/{result['video_id']}.mp4"
     assert await outbox_collection.count_documents({"_id": result["event_id"]}) == 1
     assert run.stderr == ""  # no progress bar off a terminal
+
+
+async def test_download_saves_the_stored_video_and_refusals_leave_no_file(
+    address: str, tmp_path: Path
+) -> None:
+    data = mp4_bytes(3 * MiB + 5, seed=4)
+    (tmp_path / "a.mp4").write_bytes(data)
+    event_id = (await checkout("upload", "a.mp4", "--json", address=address, cwd=tmp_path)).json()[
+        "event_id"
+    ]
+
+    run = await checkout("download", event_id, "--json", address=address, cwd=tmp_path)
+
+    assert run.code == EXIT_OK, run.stderr
+    saved = tmp_path / f"{event_id}.mp4"
+    assert run.json() == {"event_id": event_id, "path": saved.name, "size_bytes": len(data)}
+    assert saved.read_bytes() == data
+    unknown = "00000000-0000-4000-8000-000000000000"
+    refused = await checkout("download", unknown, "-o", "x.mp4", address=address, cwd=tmp_path)
+    assert refused.code == EXIT_NOT_FOUND, refused.stderr
+    assert "(EVENT_NOT_FOUND)" in refused.stderr
+    left = await asyncio.to_thread(lambda: sorted(p.name for p in tmp_path.iterdir()))
+    assert left == sorted(["a.mp4", saved.name])  # no x.mp4, no x.mp4.part
 
 
 async def test_refused_upload_prints_one_line_and_exits_invalid(
