@@ -24,6 +24,7 @@ export function eventView(root: HTMLElement, eventId: string): () => void {
   const urls: string[] = [];
   let shown = "";
   let size = 0;
+  let reported = ""; // the event's own `error` (REASON: message) once failed
 
   function show(op: Operation): void {
     state.replaceChildren(
@@ -35,6 +36,7 @@ export function eventView(root: HTMLElement, eventId: string): () => void {
       ),
     );
     size = Number(op.sizeBytes);
+    reported = op.error;
     if (op.status !== shown && (op.status === "ready" || op.status === "failed")) void result();
     shown = op.status;
   }
@@ -47,7 +49,10 @@ export function eventView(root: HTMLElement, eventId: string): () => void {
       const url = URL.createObjectURL(json);
       urls.push(url);
       const link = h("a", { id: "result-json", href: url, download: `${eventId}.json` }, "JSON результата");
-      const failed = failureOf(prediction);
+      // A failure without a result document (its `error` is all there is): as the service says.
+      const failed =
+        failureOf(prediction) ??
+        (shown === "failed" ? { reason: reported.split(":")[0] ?? "FAILED", description: "", message: reported } : undefined);
       if (failed) {
         failure.replaceChildren(
           h("p", { class: "error" },

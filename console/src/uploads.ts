@@ -39,6 +39,13 @@ export interface UploadListener {
 
 const STORE = "checkout.uploads";
 
+/** A retry key for a new session: 128 random bits as hex (crypto.randomUUID needs a secure
+ * context, which a plain-HTTP name other than localhost is not). */
+function randomKey(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 export function fingerprint(file: File): string {
   return `${file.name}\u0000${file.size}\u0000${file.lastModified}`;
 }
@@ -114,7 +121,7 @@ export class ResumableUpload {
       key,
       name: file.name,
       size: file.size,
-      idempotencyKey: crypto.randomUUID(),
+      idempotencyKey: randomKey(),
     };
     save(this.session);
   }
@@ -157,8 +164,10 @@ export class ResumableUpload {
     const begun = await this.begin();
     if (begun.result) return begun.result;
     let offset = this.persisted;
-    this.setState("uploading");
     for (;;) {
+      // Paused while the session was asked for, or between two parts: stop here.
+      if (this.state === "paused") throw new ApiError("CANCELLED", "", "загрузка приостановлена");
+      if (this.state !== "uploading") this.setState("uploading");
       const end = Math.min(offset + this.partSize, this.file.size);
       const finish = end === this.file.size;
       const answer = await this.write(offset, end, finish);
