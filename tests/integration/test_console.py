@@ -29,7 +29,7 @@ from checkout_server.config import ServerSettings
 from devstack._install import CHROMIUM
 from devstack._paths import REPO_ROOT
 from devstack._stack import LocalStack, StackPorts
-from tests.helpers import mp4_bytes
+from tests.helpers import has_cyrillic, mp4_bytes
 from tests.integration.apps import started_app
 from tests.integration.envoy_front import async_envoy_front
 
@@ -110,6 +110,15 @@ async def screenshot(page: Page, name: str) -> None:
     await page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
 
 
+WRITES = "**/api/uploads/*?offset=*"  # the console's PATCHes
+OFFSET = re.compile(r"[?&]offset=(\d+)")
+
+
+def offsets(urls: list[str]) -> list[int]:
+    """The `offset` of each write's URL (PATCH /api/uploads/{id}?offset=N)."""
+    return [int(match[1]) for url in urls if (match := OFFSET.search(url))]
+
+
 class Held:
     """Holds the console's writes from `PART` on (a slow link, paused at a part boundary),
     until released; records every write's offset."""
@@ -120,7 +129,7 @@ class Held:
         self.released = asyncio.Event()
 
     async def route(self, route: Route) -> None:
-        offset = int(re.search(r"offset=(\d+)", route.request.url)[1])  # type: ignore[index]
+        (offset,) = offsets([route.request.url])
         self.offsets.append(offset)
         if offset >= PART and not self.released.is_set():
             self.holding.set()
@@ -129,6 +138,25 @@ class Held:
                 await route.abort()
             return
         await route.continue_()
+
+
+async def upload_held_at_a_part(stack: LocalStack, page: Page, path: Path) -> Held:
+    """The upload page with `path` chosen, its writes held from the second part on; returns
+    once the first part is stored and the second is held."""
+    held = Held()
+    await page.route(WRITES, held.route)
+    await page.goto(f"http://127.0.0.1:{stack.ports.rest}/#/upload")
+    await page.locator("#file").set_input_files(path)
+    await asyncio.wait_for(held.holding.wait(), 30)
+    await expect(page.locator("#uploads li")).to_have_attribute("data-persisted", str(PART))
+    return held
+
+
+def record_writes(page: Page) -> list[str]:
+    """The URLs of the page's writes (PATCH) from now on."""
+    writes: list[str] = []
+    page.on("request", lambda r: writes.append(r.url) if r.method == "PATCH" else None)
+    return writes
 
 
 async def test_a_dropped_clip_goes_live_from_new_to_ready_and_its_faces_are_boxed(
@@ -197,25 +225,19 @@ async def test_a_dropped_clip_goes_live_from_new_to_ready_and_its_faces_are_boxe
 async def test_an_upload_paused_at_a_part_resumes_from_the_stored_offset_and_a_failure_shows(
     console_stack: LocalStack, page: Page, junk: Path
 ) -> None:
-    held = Held()
-    await page.route("**/api/uploads/*?offset=*", held.route)
-    await page.goto(f"http://127.0.0.1:{console_stack.ports.rest}/#/upload")
-    await page.locator("#file").set_input_files(junk)
+    held = await upload_held_at_a_part(console_stack, page, junk)
     item = page.locator("#uploads li")
-    await asyncio.wait_for(held.holding.wait(), 30)
-    await expect(item).to_have_attribute("data-persisted", str(PART))
 
     await item.locator("button.pause").click()
     await expect(item).to_have_attribute("data-state", "paused")
     await screenshot(page, "upload-paused")
     held.released.set()
-    await page.unroute("**/api/uploads/*?offset=*")
-    writes: list[str] = []
-    page.on("request", lambda r: writes.append(r.url) if r.method == "PATCH" else None)
+    await page.unroute(WRITES)
+    writes = record_writes(page)
     await item.locator("button.resume").click()
     await expect(item).to_have_attribute("data-state", "done", timeout=30_000)
     # Going on from the stored part: nothing before it sent again.
-    assert [int(re.search(r"offset=(\d+)", u)[1]) for u in writes] == [PART, 2 * PART], writes  # type: ignore[index]
+    assert offsets(writes) == [PART, 2 * PART], writes
 
     # The runner cannot decode noise: the page says why, with the reason code.
     await item.locator("a.event").click()
@@ -223,36 +245,47 @@ async def test_an_upload_paused_at_a_part_resumes_from_the_stored_offset_and_a_f
         "data-status", "failed", timeout=PATIENCE_MS
     )
     await expect(page.locator("#failure-reason")).to_have_text("VIDEO_UNDECODABLE")
-    await expect(page.locator("#failure-message")).not_to_be_empty()
+    description = await page.locator("#failure-description").inner_text()
+    assert has_cyrillic(description), description
+    await expect(page.locator("#failure-message")).to_contain_text("InvalidDataError")
     await screenshot(page, "event-failed")
+
+
+async def test_an_upload_cut_by_the_network_is_retried_from_the_stored_offset(
+    console_stack: LocalStack, page: Page, junk: Path
+) -> None:
+    held = await upload_held_at_a_part(console_stack, page, junk)
+    item = page.locator("#uploads li")
+
+    held.released.set()  # the held write fails as a cut connection does
+    await expect(item).to_have_attribute("data-state", "failed")
+    await expect(item.locator(".state")).to_contain_text("UNAVAILABLE")
+    await page.unroute(WRITES)
+    writes = record_writes(page)
+    await item.locator("button.retry").click()
+    await expect(item).to_have_attribute("data-state", "done", timeout=30_000)
+    assert offsets(writes) == [PART, 2 * PART], writes
 
 
 async def test_a_reload_mid_upload_goes_on_from_the_persisted_offset(
     console_stack: LocalStack, page: Page, junk: Path
 ) -> None:
-    held = Held()
-    await page.route("**/api/uploads/*?offset=*", held.route)
-    url = f"http://127.0.0.1:{console_stack.ports.rest}/#/upload"
-    await page.goto(url)
-    await page.locator("#file").set_input_files(junk)
-    await asyncio.wait_for(held.holding.wait(), 30)
-    await expect(page.locator("#uploads li")).to_have_attribute("data-persisted", str(PART))
+    held = await upload_held_at_a_part(console_stack, page, junk)
 
     await page.reload()
     held.released.set()
-    await page.unroute("**/api/uploads/*?offset=*")
+    await page.unroute(WRITES)
     unfinished = page.locator("#unfinished li")
     await expect(unfinished).to_have_attribute("data-name", junk.name)
     await expect(unfinished).to_contain_text("8.0 MiB")
     await screenshot(page, "upload-unfinished")
 
-    writes: list[str] = []
-    page.on("request", lambda r: writes.append(r.url) if r.method == "PATCH" else None)
+    writes = record_writes(page)
     await page.locator("#file").set_input_files(junk)
     item = page.locator("#uploads li")
     await expect(item).to_have_attribute("data-resumed", "true")
     await expect(item).to_have_attribute("data-state", "done", timeout=30_000)
-    assert [int(re.search(r"offset=(\d+)", u)[1]) for u in writes] == [PART, 2 * PART], writes  # type: ignore[index]
+    assert offsets(writes) == [PART, 2 * PART], writes
     await expect(page.locator("#unfinished li")).to_have_count(0)
 
 
