@@ -224,6 +224,7 @@ class LocalStack:
         return "\n".join(
             [
                 f"  gRPC        127.0.0.1:{p.grpc}   (grpcurl -plaintext 127.0.0.1:{p.grpc} list)",
+                f"  console     http://127.0.0.1:{p.rest}/   (in a browser: docs/console.md)",
                 f"  REST        http://127.0.0.1:{p.rest}/api/health   (Envoy; gRPC, grpc-web too)",
                 f"  Envoy admin http://127.0.0.1:{p.envoy_admin}/",
                 f"  MongoDB     mongodb://127.0.0.1:{p.mongo}/"
