@@ -578,15 +578,16 @@ class DownloadSection(Section):
     video_download_stall_timeout_s: float = 30.0
     """VIDEO_DOWNLOAD_STALL_TIMEOUT_S: the longest one message of a GetVideo stream may wait to
     be sent (gRPC's flow control holds it while the client reads nothing); past it the stream
-    is cut (reset: the reader could not take a status anyway) and its places freed. Below
-    Envoy's 60 s stream idle timeout, so the server cuts first."""
+    is cut: its storage read closed, DOWNLOAD_STALLED queued behind what the client has not
+    taken. Its place is given back when the call ends (the client reads on or goes away).
+    Below Envoy's 60 s stream idle timeout, so the server cuts first."""
 
     @model_validator(mode="after")
     def _check_downloads(self) -> Self:
         if (
             not 1
             <= self.video_download_max_concurrent_per_client
-            <= (self.video_download_max_concurrent)
+            <= self.video_download_max_concurrent
         ):
             raise ConfigError(
                 "need 1 <= VIDEO_DOWNLOAD_MAX_CONCURRENT_PER_CLIENT <= "
