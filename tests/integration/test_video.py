@@ -329,3 +329,51 @@ async def test_a_reader_that_takes_nothing_is_cut_after_the_bound(
         # A client that reads gets its video from the same server.
         got = await download(stub, keys["greedy"], large.event_id)
         assert sha256_hex(got) == large.sha256
+
+
+async def test_readers_that_stall_behind_envoy_are_cut_while_an_honest_one_downloads(
+    settings: ServerSettings, keys: dict[str, str], tmp_path: Path
+) -> None:
+    """REST downloads that read nothing, through Envoy: Envoy must not take the video in for
+    them (what it buffers is bounded by its HTTP/2 windows toward the server), so the server's
+    flow control holds them and the stall bound cuts them, while another client's download
+    goes through. With Envoy's windows toward the server set to 256 MiB, Envoy took the whole
+    48 MiB of each and the server never saw a stall: this test failed."""
+    async with (
+        keyed_app(
+            settings,
+            keys,
+            video_download_stall_timeout_s=STALL_S,
+            video_download_max_concurrent_per_client=PER_CLIENT,
+        ) as app,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
+        async_envoy_front(tmp_path, [app.port]) as front,
+        aiohttp.ClientSession(front.url, timeout=aiohttp.ClientTimeout(total=60)) as web,
+    ):
+        stub = pb_grpc.CheckoutServiceStub(channel)
+        large = await upload(stub, keys["greedy"], mp4_bytes(LARGE, seed=7))
+        honest = await upload(stub, keys["honest"], mp4_bytes(3 * MiB, seed=8))
+        greedy = {"Authorization": f"Bearer {keys['greedy']}"}
+
+        # Each greedy download gets its headers and first bytes, then is never read again.
+        stalled = [await web.get(f"/api/video/{large.event_id}", headers=greedy) for _ in "ab"]
+        for answer in stalled:
+            assert answer.status == 200
+            assert await answer.content.readexactly(8)
+        async with web.get(f"/api/video/{large.event_id}", headers=greedy) as extra:
+            assert extra.status == 429
+            assert (await extra.json())["details"][0]["reason"] == "TOO_MANY_CLIENT_DOWNLOADS"
+
+        # The server cuts both once nothing moves for the bound: Envoy did not drain them.
+        await wait_until(
+            lambda: app.downloads.refusals["DOWNLOAD_STALLED"] == PER_CLIENT,
+            timeout_s=30,
+            what="both stalled downloads to be cut",
+        )
+        auth = {"Authorization": f"Bearer {keys['honest']}"}
+        async with web.get(f"/api/video/{honest.event_id}", headers=auth) as answer:
+            assert answer.status == 200
+            assert sha256_hex(await answer.read()) == honest.sha256
+        for answer in stalled:
+            answer.close()
+        await wait_until(lambda: app.downloads.in_flight == 0, what="their places given back")
