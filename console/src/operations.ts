@@ -123,6 +123,8 @@ export function operationsView(root: HTMLElement): () => void {
   return watch("", {
     update: (u) => void changed(u),
     connected: () => {
+      // Back after a loss: what changed meanwhile was not pushed, so read the page again.
+      if (live.dataset.state === "lost") void load();
       live.textContent = "● в эфире";
       live.dataset.state = "live";
     },
