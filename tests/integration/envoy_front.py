@@ -46,6 +46,7 @@ def _envoy(
     listener_tls: ListenerTls | None,
     upstream_tls: UpstreamTls | None,
     budgets: Budgets,
+    concurrency: int = 2,
 ) -> tuple[Envoy, Front]:
     front = Front(free_port(), free_port(), tuple(upstreams), tls=listener_tls is not None)
     config = render_envoy_config(
@@ -65,6 +66,7 @@ def _envoy(
         admin_port=front.admin_port,
         cwd=REPO_ROOT,
         log_path=folder / "envoy.log",
+        concurrency=concurrency,
     )
     return process, front
 
@@ -96,10 +98,14 @@ async def async_envoy_front(
     listener_tls: ListenerTls | None = None,
     upstream_tls: UpstreamTls | None = None,
     budgets: Budgets = DEFAULT_BUDGETS,
+    concurrency: int = 2,
 ) -> AsyncIterator[Front]:
     """`envoy_front` for async tests: the blocking start and stop run off the event loop, so
-    an in-process server on it keeps serving meanwhile."""
-    process, front = _envoy(folder, upstreams, listener_tls, upstream_tls, budgets)
+    an in-process server on it keeps serving meanwhile. `concurrency` is Envoy's number of
+    workers, each with its own connections to the servers."""
+    process, front = _envoy(
+        folder, upstreams, listener_tls, upstream_tls, budgets, concurrency=concurrency
+    )
     try:
         await asyncio.to_thread(process.start, START_TIMEOUT_S)
         yield front
