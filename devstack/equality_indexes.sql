@@ -7,6 +7,10 @@
 -- GIN index over the same expression: `@>` uses it, and the filter reads the matching rows only.
 -- FerretDB prepares its statements with the field name as a parameter: PostgreSQL plans each
 -- execution for the actual name (a generic plan would cost more), so the expression matches.
+-- The twins are made without GIN's pending list (`fastupdate = off`): with it, every insert
+-- goes to an unsorted list that each lookup reads whole until a vacuum or 4 MB of entries
+-- merge it, and after 100,000 inserts an `_id` lookup read 132 pages and took 2.2 ms of
+-- PostgreSQL's CPU instead of 0.1 ms. Twins made before are switched and their lists merged.
 --
 -- Idempotent: run at every start; it also covers the indexes made before it was installed.
 
@@ -29,7 +33,9 @@ BEGIN
      OR expression !~ '^\(_jsonb -> ''[^'']+''::text\)$' THEN
     RETURN;
   END IF;
-  EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING gin (%s)', twin, target, expression);
+  EXECUTE format(
+    'CREATE INDEX IF NOT EXISTS %I ON %s USING gin (%s) WITH (fastupdate = off)',
+    twin, target, expression);
 END
 $$;
 
@@ -52,3 +58,19 @@ CREATE EVENT TRIGGER checkout_equality_twins ON ddl_command_end
   EXECUTE FUNCTION checkout_equality_twins();
 
 SELECT count(checkout_equality_twin(indexrelid)) FROM pg_index;
+
+-- Twins made with a pending list: switched off, then what the list holds is merged.
+DO $$
+DECLARE
+  twin regclass;
+BEGIN
+  FOR twin IN
+    SELECT cl.oid::regclass FROM pg_class cl JOIN pg_am am ON am.oid = cl.relam
+     WHERE am.amname = 'gin' AND cl.relname ~ '_eq_[0-9]+$'
+       AND NOT coalesce(cl.reloptions @> ARRAY['fastupdate=off'], false)
+  LOOP
+    EXECUTE format('ALTER INDEX %s SET (fastupdate = off)', twin);
+    PERFORM gin_clean_pending_list(twin);
+  END LOOP;
+END
+$$;
