@@ -481,6 +481,13 @@ class StatusSection(Section):
     """LIST_RATE_PER_MINUTE: ListStatuses calls (REST `/api/status/all` among them) one client
     may make in any 60 seconds, per server process (0: no limit); one more is refused
     RESOURCE_EXHAUSTED LIST_RATE_LIMITED with a retry hint."""
+    result_check_rate_per_s: int = 20
+    """RESULT_CHECK_RATE_PER_S: storage checks for the result of an event still waiting that
+    one client's GetStatus calls (and the first answer of its WatchStatus streams) may make in
+    any second, per server process (0: no limit). Past it a lookup is answered from the status
+    record, not refused: the result of a runner that does not announce it on STATUS_TOPIC is
+    then found by a later lookup, the watch path or the reconcile, and one client's lookups of
+    many events cost the storage this many requests a second at most."""
     list_count_max_events: int = 20_000
     """LIST_COUNT_MAX_EVENTS: ListStatuses counts the events that match (`total`) only while
     the database holds at most this many status records (its own estimate); above it `total`
@@ -537,9 +544,15 @@ class StatusSection(Section):
     def _check_watch(self) -> Self:
         if not 0 < self.watch_poll_min_gap_s <= self.watch_poll_interval_s:
             raise ConfigError("need 0 < WATCH_POLL_MIN_GAP_S <= WATCH_POLL_INTERVAL_S")
-        if self.request_rate_per_minute < 0 or self.list_rate_per_minute < 0:
+        rates = (
+            self.request_rate_per_minute,
+            self.list_rate_per_minute,
+            self.result_check_rate_per_s,
+        )
+        if min(rates) < 0:
             raise ConfigError(
-                "REQUEST_RATE_PER_MINUTE and LIST_RATE_PER_MINUTE must be 0 (no limit) or more"
+                "REQUEST_RATE_PER_MINUTE, LIST_RATE_PER_MINUTE and RESULT_CHECK_RATE_PER_S must"
+                " be 0 (no limit) or more"
             )
         if (
             self.list_count_max_events < 0

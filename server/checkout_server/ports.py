@@ -211,6 +211,13 @@ class UploadRateLimit(Protocol):
         until it may start another (nothing is counted then)."""
 
 
+class CallBudget(Protocol):
+    """How much of something one client may use per second (per process)."""
+
+    async def take(self, client: str) -> bool:
+        """Use one of `client`'s: False when it has none left (nothing is used then)."""
+
+
 # --- Resumable uploads ------------------------------------------------------------------------
 
 

@@ -1,26 +1,29 @@
 """The calls whose cost a client chooses are rated per client (issue 23), against the real
 server, MinIO and FerretDB: a client past LIST_RATE_PER_MINUTE or REQUEST_RATE_PER_MINUTE is
 refused with a retry hint while another client lists and re-requests; a refused CreateRequest
-makes no event.
+makes no event. A client past RESULT_CHECK_RATE_PER_S has its lookups answered from the status
+records while another client's lookups still check storage.
 
 The rates are small here (settings of the test's server) to keep the test quick.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from miniopy_async.api import Minio
 from pymongo.asynchronous.collection import AsyncCollection
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.config import ServerSettings
 from checkout_server.wiring.server import App, create_app
-from tests.helpers import error_details, has_cyrillic, mp4_bytes, retry_delay_s
+from tests.helpers import error_details, has_cyrillic, mp4_bytes, retry_delay_s, wait_until
 from tests.integration import curl
 from tests.integration.envoy_front import async_envoy_front
 from tests.integration.keyed import bearer, keyed_app, uploader_keys
@@ -32,6 +35,7 @@ if TYPE_CHECKING:  # the async stub type exists only in the generated type stubs
 
 LISTS = 5
 REQUESTS = 2
+CHECKS = 1  # RESULT_CHECK_RATE_PER_S
 
 
 @pytest.fixture
@@ -46,6 +50,7 @@ async def rated(settings: ServerSettings, keys: dict[str, str]) -> AsyncIterator
         keys,
         list_rate_per_minute=LISTS,
         request_rate_per_minute=REQUESTS,
+        result_check_rate_per_s=CHECKS,
     ) as app:
         yield app
 
@@ -105,6 +110,49 @@ async def test_a_client_past_its_call_rates_is_refused_while_another_calls(
         )
         assert made.status == "ok"
     assert rated.rates.refusals == {"LIST_RATE_LIMITED": 1, "REQUEST_RATE_LIMITED": 1}
+
+
+async def test_a_client_past_its_storage_checks_is_answered_from_the_records(
+    rated: App, keys: dict[str, str], s3: Minio, bucket: str
+) -> None:
+    """A runner that only writes the result JSON: each client's lookups of waiting events check
+    storage CHECKS times a second, and past that are answered from the record (not refused),
+    while another client's lookups still find their results at once."""
+    attacker, honest = bearer(keys["attacker"]), bearer(keys["honest"])
+
+    async def status(stub: Stub, event_id: str, key: tuple[tuple[str, str]]) -> str:
+        answer = await stub.GetStatus(pb.GetStatusRequest(event_id=event_id), metadata=key)
+        return str(answer.operation.status)
+
+    async def write_result(video_id: str) -> None:
+        body = b'{"objects": []}'
+        await s3.put_object(
+            bucket, f"output/{video_id}.json", io.BytesIO(body), len(body), "application/json"
+        )
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{rated.port}") as channel:
+        stub: Stub = pb_grpc.CheckoutServiceStub(channel)
+        mine = await upload(stub, keys["attacker"])
+        theirs = await upload(stub, keys["honest"])
+
+        for _ in range(CHECKS + 5):  # the first CHECKS check storage, the rest are answered
+            assert await status(stub, mine.event_id, attacker) == "new"
+        skipped = rated.rates.result_checks_skipped
+        assert skipped == 5
+        await write_result(mine.video_id)
+        await write_result(theirs.video_id)
+
+        # Within the same second: the attacker's lookup is answered from its record, the
+        # other client's checks storage and finds its result.
+        assert await status(stub, mine.event_id, attacker) == "new"
+        assert rated.rates.result_checks_skipped == skipped + 1
+        assert await status(stub, theirs.event_id, honest) == "ready"
+
+        # A second on, the attacker's lookups check storage again.
+        async def attackers_ready() -> bool:
+            return await status(stub, mine.event_id, attacker) == "ready"
+
+        await wait_until(attackers_ready, timeout_s=10, what="the attacker's result found")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_server import errors
-from checkout_server.adapters.rate_limits import MemoryUploadRateLimit
+from checkout_server.adapters.rate_limits import MemoryCallBudget, MemoryUploadRateLimit
 from checkout_server.api import auth as auth_module
 from checkout_server.api.auth import (
     METHOD_PERMISSIONS,
@@ -488,6 +488,10 @@ def test_authentication_on_needs_a_keys_file() -> None:
     assert ServerSettings.from_env({}).auth_enabled is False
     with pytest.raises(ConfigError, match="UPLOAD_RATE_PER_MINUTE"):
         ServerSettings.from_env({"UPLOAD_RATE_PER_MINUTE": "-1"})
+    for rate in ("REQUEST_RATE_PER_MINUTE", "LIST_RATE_PER_MINUTE", "RESULT_CHECK_RATE_PER_S"):
+        with pytest.raises(ConfigError, match=rate):
+            ServerSettings.from_env({rate: "-1"})
+    assert ServerSettings.from_env({"RESULT_CHECK_RATE_PER_S": "0"}).result_check_rate_per_s == 0
 
 
 # --- The rate limit ---------------------------------------------------------------------------
@@ -500,6 +504,12 @@ async def test_the_memory_rate_limit_refuses_past_its_window_with_the_wait() -> 
     assert wait is not None
     assert 0 < wait <= 60
     assert await limit.admit("other") is None
+
+
+async def test_a_call_budget_is_per_client_and_per_second() -> None:
+    budget = MemoryCallBudget(2, scope="checks")
+    assert [await budget.take("cam") for _ in range(3)] == [True, True, False]
+    assert await budget.take("other") is True
 
 
 async def test_a_rate_limited_upload_reads_and_stores_nothing() -> None:

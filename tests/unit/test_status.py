@@ -40,6 +40,30 @@ async def test_a_result_written_after_the_event_makes_it_ready() -> None:
     assert outbox.events[VIDEO].ready_at is not None  # recorded for listings
 
 
+async def test_a_lookup_without_a_check_answers_the_record() -> None:
+    """`may_check` is asked only for a waiting event; when it says no, storage is not read."""
+    storage, outbox = FakeStorage(), FakeOutbox()
+    await outbox.add(event())
+    storage.objects[("videos", f"output/{VIDEO}.json")] = b'{"a": 1}'
+    storage.modified[("videos", f"output/{VIDEO}.json")] = NOW + timedelta(seconds=30)
+    asked: list[bool] = []
+
+    async def no() -> bool:
+        asked.append(False)
+        return False
+
+    async def yes() -> bool:
+        asked.append(True)
+        return True
+
+    status = service(storage, outbox)
+    assert (await status.get(VIDEO, ANONYMOUS, may_check=no)).api_status is EventStatus.SENT
+    assert outbox.events[VIDEO].ready_at is None
+    assert (await status.get(VIDEO, ANONYMOUS, may_check=yes)).api_status is EventStatus.READY
+    assert (await status.get(VIDEO, ANONYMOUS, may_check=no)).api_status is EventStatus.READY
+    assert asked == [False, True]  # not asked once the record says ready
+
+
 async def test_a_result_this_service_finds_is_told_before_it_is_recorded() -> None:
     """`on_changed` gets the event this service found ready while its record still waits
     (its watchers and the status topic learn at once, not after the mark, which on FerretDB

@@ -170,6 +170,12 @@ class ServiceCollector(Collector):
                 RATE_REFUSAL_REASONS,
                 self._rates.refusals,
             )
+            yield CounterMetricFamily(
+                "checkout_result_checks_skipped",
+                "GetStatus and WatchStatus lookups of a waiting event answered from its status "
+                "record without the storage check, their client past RESULT_CHECK_RATE_PER_S.",
+                value=self._rates.result_checks_skipped,
+            )
 
     def _downloads_series(self) -> Iterator[Metric]:
         if self._downloads is None:

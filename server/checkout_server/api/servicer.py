@@ -216,7 +216,11 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
         with self._hub.subscribe(event_id, client=client) as subscription:
             # What this server heard may be ahead of the record (a status announced before
             # its mark lands): start from the newer.
-            event = self._hub.latest(await self._status.get(event_id, current_principal()))
+            event = self._hub.latest(
+                await self._status.get(
+                    event_id, viewer, may_check=lambda: self._rates.may_check_result(client)
+                )
+            )
             self._hub.track(event)
             yield status_update(event)
             while event.api_status not in TERMINAL:
@@ -277,7 +281,11 @@ class CheckoutServicer(pb_grpc.CheckoutServiceServicer):
     async def GetStatus(  # noqa: N802 (gRPC method name)
         self, request: pb.GetStatusRequest, context: Context
     ) -> pb.GetStatusResponse:
-        event = await self._status.get(request.event_id, current_principal())
+        viewer = current_principal()
+        client = self._clients.of(viewer.client, context)
+        event = await self._status.get(
+            request.event_id, viewer, may_check=lambda: self._rates.may_check_result(client)
+        )
         return pb.GetStatusResponse(operation=operation(event))
 
     async def GetResult(  # noqa: N802 (gRPC method name)

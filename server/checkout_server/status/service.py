@@ -22,7 +22,7 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -155,9 +155,20 @@ class StatusService:
             self._settings.result_key_template, video_id=event.video_id, event_id=event.event_id
         )
 
-    async def get(self, event_id: str, viewer: Principal) -> OutboxEvent:
-        """The event with its API status, checking storage for a result not yet recorded."""
-        return await self.refresh(await self._visible(event_id, viewer))
+    async def get(
+        self,
+        event_id: str,
+        viewer: Principal,
+        *,
+        may_check: Callable[[], Awaitable[bool]] | None = None,
+    ) -> OutboxEvent:
+        """The event with its API status, checking storage for a result not yet recorded;
+        `may_check`, when given, is asked first (the caller's budget of checks), and when it
+        says no the event is answered as recorded."""
+        event = await self._visible(event_id, viewer)
+        if event.ready_at is not None or (may_check is not None and not await may_check()):
+            return event
+        return await self.refresh(event)
 
     async def _visible(self, event_id: str, viewer: Principal) -> OutboxEvent:
         """The event as recorded, if `viewer` may see it: InvalidEventId for an id that is not

@@ -38,7 +38,7 @@ from ..adapters.minio_storage import MinioStorage
 from ..adapters.mongo_outbox import MongoOutbox
 from ..adapters.mongo_status_records import MongoStatusRecords
 from ..adapters.mongo_upload_sessions import MongoUploadSessions
-from ..adapters.rate_limits import MemoryUploadRateLimit
+from ..adapters.rate_limits import MemoryCallBudget, MemoryUploadRateLimit
 from ..adapters.udp_wake import WakeSender, WakeSigner
 from ..api.auth import AuthInterceptor
 from ..api.clients import Clients
@@ -692,9 +692,13 @@ def _call_rates(settings: ServerSettings) -> CallRates:
     def per_minute(calls: int, scope: str) -> MemoryUploadRateLimit | None:
         return MemoryUploadRateLimit(calls, scope=scope) if calls else None
 
+    checks = settings.result_check_rate_per_s
     return CallRates(
         create_request=per_minute(settings.request_rate_per_minute, "create_request"),
         list_statuses=per_minute(settings.list_rate_per_minute, "list_statuses"),
+        result_checks=(
+            MemoryCallBudget(checks, scope="result_checks") if checks else None
+        ),
     )
 
 
