@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,7 @@ def build_hub(
     max_watchers_per_client: int = 256,
     result_check_interval_s: float = 0.01,
     reconcile_interval_s: float = 60,
+    reconcile_checks_per_s: int = 50,
 ) -> WatchHub:
     storage = storage or FakeStorage()
     records = records or outbox.status_records()
@@ -70,6 +72,7 @@ def build_hub(
         max_pending=max_pending,
         max_watchers=max_watchers,
         max_watchers_per_client=max_watchers_per_client,
+        reconcile_checks_per_s=reconcile_checks_per_s,
     )
 
 
@@ -203,6 +206,34 @@ async def test_the_reconcile_checks_a_waiting_event_again_only_after_its_interva
     await outbox.add(event("newer"))
     await hub.reconcile_once()  # a new waiting event is checked at its first sight
     assert storage.stats == ["output/waiting.json", "output/newer.json"]
+
+
+class TimedStorage(FakeStorage):
+    """Notes when each storage check began."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked_at: list[float] = []
+
+    async def stat(self, bucket: str, key: str) -> StoredObject | None:
+        self.checked_at.append(time.monotonic())
+        return await super().stat(bucket, key)
+
+
+@pytest.mark.timeout(20)
+async def test_a_reconcile_round_spreads_its_checks_over_seconds(supervisor: Supervisor) -> None:
+    outbox, storage = FakeOutbox(), TimedStorage()
+    for i in range(5):
+        await outbox.add(event(f"waiting{i}"))
+    hub = build_hub(outbox, supervisor, storage=storage, reconcile_checks_per_s=2)
+
+    await hub.reconcile_once()
+
+    times = sorted(storage.checked_at)
+    assert len(times) == 5
+    # At most 2 in any second: the 1st and the 3rd (and the 3rd and the 5th) a second apart.
+    assert times[2] - times[0] >= 0.99
+    assert times[4] - times[2] >= 0.99
 
 
 async def test_the_reconcile_says_whether_it_met_an_upload_or_a_result(

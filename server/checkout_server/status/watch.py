@@ -57,6 +57,9 @@ _OVERLAP = timedelta(seconds=2)
 _POLL_BATCH = 500
 _RECONCILE_BATCH = 1000
 _RECONCILE_CONCURRENCY = 8
+# Storage checks a second of a reconcile round: a round of a thousand due events spreads them
+# over 20 s, rather than taking the machine from the lookups for seconds at each round.
+_RECONCILE_CHECKS_PER_S = 50
 # An event still waiting is checked again after an interval that doubles from the reconcile
 # interval up to this (an event waiting for hours is checked hourly): checking every waiting
 # event every round cost an idle server with 600 of them (no detection runner) 2.4 % of a
@@ -151,6 +154,7 @@ class WatchHub:
         max_pending: int,
         max_watchers: int = 4096,
         max_watchers_per_client: int = 256,
+        reconcile_checks_per_s: int = _RECONCILE_CHECKS_PER_S,
     ) -> None:
         self._records = records
         self._status = status
@@ -160,6 +164,7 @@ class WatchHub:
         self._woken = asyncio.Event()  # a change was announced since the last poll began
         self._result_check_interval_s = result_check_interval_s
         self._reconcile_interval_s = reconcile_interval_s
+        self._reconcile_checks_per_s = reconcile_checks_per_s
         self._max_pending = max_pending
         self._subscriptions: set[Subscription] = set()
         self._max_watchers = max_watchers
@@ -418,7 +423,7 @@ class WatchHub:
         waiting = await self._records.unready(limit=_RECONCILE_BATCH)
         now = time.monotonic()
         due = [e for e in waiting if self._rechecks.get(e.event_id, (0.0, 0.0))[0] <= now]
-        refreshed = await self._refresh_all(due)
+        refreshed = await self._refresh_paced(due)
         since, self._reconciled_at = self._reconciled_at, began
         new = any(
             since is None or e.created_at >= since - _OVERLAP
@@ -434,6 +439,16 @@ class WatchHub:
             rechecks[event.event_id] = (now + interval, interval)
         self._rechecks = rechecks
         return new or any(e.ready_at is not None for e in refreshed)
+
+    async def _refresh_paced(self, events: list[OutboxEvent]) -> list[OutboxEvent]:
+        """`events` refreshed, at most `reconcile_checks_per_s` in any second."""
+        per_s, refreshed = self._reconcile_checks_per_s, []
+        for first in range(0, len(events), per_s):
+            began = time.monotonic()
+            refreshed += await self._refresh_all(events[first : first + per_s])
+            if first + per_s < len(events):
+                await asyncio.sleep(began + 1.0 - time.monotonic())
+        return refreshed
 
     async def _refresh_all(self, events: list[OutboxEvent]) -> list[OutboxEvent]:
         """`events` refreshed (`StatusService.refresh`), a few at a time."""
