@@ -2,16 +2,21 @@
 next to a peer measured in the same run.
 
     python bench/status_reads.py [--events 100000] [--callers 16] [--calls 2000]
-                                 [--spread-days 30]
+                                 [--spread-days 30] [--rounds 2] [--only-lookups]
 
 Starts FerretDB (PostgreSQL where installed) and MinIO (devstack) and the checkout server as
 a process, and inserts `--events` status records directly, as uploads leave them: created
 evenly over the last `--spread-days` days, three quarters `sent`, every tenth ready. Then:
 - **GetStatus**: `--callers` concurrent callers make `--calls` calls in all, each for a random
-  stored event; the peer is grpc.health.v1 Health/Check on the same server, with the same
-  callers (what the server costs without the database). Prints p50 and p99, calls/s, and
-  the CPU time each process spent per call, the bench's own included: on this machine's
-  cores their sum bounds the rate, and with the callers the latency.
+  stored event (one waiting for its result checks storage for it, within the server's
+  RESULT_CHECK_RATE_PER_S), then for a random ready one (no check). Three peers, with the same
+  callers: the simplest correct GetStatus server (bench/_bare_status.py: grpc.aio and a
+  PyMongo `find_one`, nothing else) over the same database; grpc.health.v1 Health/Check on
+  the service (the server without the database); and `find_one` by `_id` from the bench (the
+  database without a server). Prints p50 and p99, calls/s, and the CPU time each process
+  spent per call, the bench's own included: on this machine's cores their sum bounds the
+  rate, and with the callers the latency. The three run `--rounds` times in turn (the
+  machine's load varies), then GetStatus's p99 over the bare server's in each round.
 - **ListStatuses**: the first page (100), 20 calls one after another, p50 and p99; a page
   1,000 events deep; `status=failed` (few match); and the original service's `status/all`
   (no page size: every event up to 10,000), its time and size.
@@ -43,6 +48,10 @@ from bench._proc import tree_cpu_seconds
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_api.checkout.v1 import checkout_pb2_grpc as pb_grpc
 from checkout_server.domain import EventStatus, OutboxEvent
+from devstack import free_port
+from devstack._stack import PythonService
+
+BARE = "GetStatus of the bare server (peer: the simplest correct server)"
 
 
 async def insert_events(uri: str, count: int, spread: timedelta) -> list[str]:
@@ -108,7 +117,30 @@ async def sequential(times: int, call: Callable[[], Awaitable[object]]) -> str:
     return f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, the first {samples[0]:.0f} ms"
 
 
-async def measure(args: argparse.Namespace, backends: Backends) -> None:
+@contextlib.contextmanager
+def bare_server(backends: Backends, work: Path) -> Iterator[PythonService]:
+    """The simplest correct GetStatus server (bench/_bare_status.py) over the same database,
+    started; stopped after."""
+    port = free_port()
+    server = PythonService(
+        name="bare-status",
+        module="bench._bare_status",
+        port=port,
+        env={
+            "MONGO_URI": backends.ferretdb.uri,
+            "GRPC_ADDR": f"127.0.0.1:{port}",
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        },
+        log_path=work / "bare-status.log",
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def measure(args: argparse.Namespace, backends: Backends, work: Path) -> None:
     began = time.monotonic()
     ids = await insert_events(backends.ferretdb.uri, args.events, timedelta(days=args.spread_days))
     print(
@@ -116,17 +148,27 @@ async def measure(args: argparse.Namespace, backends: Backends) -> None:
         f" {time.monotonic() - began:.0f} s (FerretDB over {backends.ferretdb.backend})"
     )
     if backends.ferretdb.postgres is not None:
-        # What autovacuum does within a minute of a bulk load: until then PostgreSQL plans
-        # without statistics (and scans rather than use the equality indexes).
-        backends.ferretdb.postgres.run_sql("ANALYZE")
+        # What autovacuum does within a minute of a bulk load, done before the measurement
+        # rather than during it: until then PostgreSQL plans without statistics (and scans
+        # rather than use the equality indexes).
+        backends.ferretdb.postgres.run_sql("VACUUM ANALYZE")
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
         backends.ferretdb.uri, tz_aware=True
     )
     records = client["main_db"]["event_statuses"]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{backends.server.port}") as channel:
+    async with (
+        contextlib.AsyncExitStack() as stack,
+        grpc.aio.insecure_channel(f"127.0.0.1:{backends.server.port}") as channel,
+    ):
+        bare = stack.enter_context(bare_server(backends, work))
+        bare_channel = await stack.enter_async_context(
+            grpc.aio.insecure_channel(f"127.0.0.1:{bare.port}")
+        )
         stub: pb_grpc.CheckoutServiceAsyncStub = pb_grpc.CheckoutServiceStub(channel)
+        bare_stub: pb_grpc.CheckoutServiceAsyncStub = pb_grpc.CheckoutServiceStub(bare_channel)
         health: health_pb2_grpc.HealthAsyncStub = health_pb2_grpc.HealthStub(channel)
-        await stub.GetStatus(pb.GetStatusRequest(event_id=ids[0]))  # connected, warmed
+        for warm in (stub, bare_stub):  # connected, warmed
+            await warm.GetStatus(pb.GetStatusRequest(event_id=ids[0]))
 
         ready = ids[::10]  # no storage check: their result is recorded
 
@@ -136,23 +178,33 @@ async def measure(args: argparse.Namespace, backends: Backends) -> None:
         def get_ready() -> Awaitable[object]:
             return stub.GetStatus(pb.GetStatusRequest(event_id=random.choice(ready)))
 
+        def get_bare() -> Awaitable[object]:
+            return bare_stub.GetStatus(pb.GetStatusRequest(event_id=random.choice(ids)))
+
         async def check() -> object:
             return await health.Check(health_pb2.HealthCheckRequest())
 
         async def find_one() -> object:
             return await records.find_one({"_id": random.choice(ids)})
 
-        for name, call in (
+        lookups = (
             ("GetStatus", get_status),
             ("GetStatus of ready events", get_ready),
+            (BARE, get_bare),
+        )
+        p99s: dict[str, list[float]] = {}
+        for name, call in (
+            *(lookups * args.rounds),
             ("Health/Check (peer: the server without the database)", check),
             ("find_one by _id (peer: the database without the server)", find_one),
         ):
-            pids = backends.pids()
+            pids = backends.pids() | {"bare server": bare.pid or 0}
+            pids = {n: pid for n, pid in pids.items() if pid}
             cpu = {n: tree_cpu_seconds(pid) for n, pid in pids.items()} | {
                 "bench": time.process_time()
             }
             p50, p99, rate = await concurrently(args.callers, args.calls, call)
+            p99s.setdefault(name, []).append(p99)
             used = {n: tree_cpu_seconds(pid) for n, pid in pids.items()} | {
                 "bench": time.process_time()
             }
@@ -164,6 +216,10 @@ async def measure(args: argparse.Namespace, backends: Backends) -> None:
                 f" {sum(per_call.values()):.2f}"
             )
 
+        ratios = ", ".join(
+            f"{mine / peer:.2f}" for mine, peer in zip(p99s["GetStatus"], p99s[BARE], strict=True)
+        )
+        print(f"GetStatus p99 / the bare server's, each round: {ratios}")
         await client.close()
         if args.only_lookups:
             return
@@ -201,7 +257,7 @@ async def measure(args: argparse.Namespace, backends: Backends) -> None:
 
 async def run(args: argparse.Namespace, work: Path) -> None:
     with started(work) as backends:
-        await measure(args, backends)
+        await measure(args, backends, work)
 
 
 def main() -> None:
@@ -213,6 +269,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--spread-days", type=float, default=30)
     parser.add_argument("--only-lookups", action="store_true", help="skip the listings")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="the lookups and their peer, one after another"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="checkout-bench-") as tmp:
         asyncio.run(run(args, Path(tmp)))
