@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,11 +20,13 @@ from checkout_server.api.auth import AuthInterceptor, current_principal
 from checkout_server.api.interceptors import ErrorInterceptor
 from checkout_server.domain import Principal, Role
 from checkout_server.logs import request_id_var
+from checkout_server.tracing import current_traceparent
 
 pytestmark = pytest.mark.timeout(10)
 
 WATCH = "/checkout.v1.CheckoutService/WatchStatus"
 READER = Principal(client="dashboard", role=Role.READER)
+CALLERS = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 @dataclass(frozen=True)
@@ -113,3 +115,36 @@ async def test_a_stream_closed_from_another_context_ends_its_call_cleanly(
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
     problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ((("traceparent", CALLERS),), CALLERS),  # what the handler stores continues it
+        ((("user-agent", "grpc-python"),), ""),  # no trace: none made up
+    ],
+)
+async def test_without_a_tracer_a_call_runs_in_its_callers_trace(
+    metadata: tuple[tuple[str, str], ...], expected: str
+) -> None:
+    seen: list[str] = []
+
+    async def upload(request: Any, context: Any) -> int:
+        seen.append(current_traceparent())
+        return 0
+
+    async def handler(details: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        return grpc.unary_unary_rpc_method_handler(upload)
+
+    class Called(Context):
+        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+            return metadata
+
+    wrapped = await ErrorInterceptor(Observer(), None).intercept_service(
+        handler, cast(grpc.HandlerCallDetails, Details("/checkout.v1.CheckoutService/UploadVideo"))
+    )
+    behavior = cast(Callable[[Any, Any], Awaitable[Any]], wrapped.unary_unary)
+    assert await behavior(None, Called()) == 0
+
+    assert seen == [expected]
+    assert current_traceparent() == ""  # nothing left attached after the call

@@ -312,10 +312,11 @@ async def create_app(
     """Build the server (not started), once MinIO and MongoDB answer (buckets and indexes are
     made then). Binds the port, so a port of 0 picks a free one. If start-up fails, what it
     opened is closed again. Spans go to `tracing` (the caller's to shut down), by default to a
-    provider of its own (`wiring/tracing.py`), shut down with the app."""
+    provider of its own (`wiring/tracing.py`) when OTEL_EXPORTER_OTLP_ENDPOINT is set, shut
+    down with the app; without either no spans are made."""
     resources = AsyncExitStack()
     try:
-        if tracing is None:
+        if tracing is None and settings.otel_exporter_otlp_endpoint:
             tracing = tracer_provider(settings, "checkout-server")
             # Flushes the spans still batched; bounded by the exporter's timeout.
             resources.push_async_callback(asyncio.to_thread, tracing.shutdown)
@@ -423,7 +424,7 @@ def _stores(
 def _build(
     settings: ServerSettings,
     stores: _Stores,
-    tracing: trace.TracerProvider,
+    tracing: trace.TracerProvider | None,
     keys: KeyRing | None,
     resources: AsyncExitStack,
 ) -> App:
@@ -485,7 +486,7 @@ def _build(
         health_servicer,
         tls=ServerTLS.from_settings(settings),
         observer=GrpcMetrics(registry),
-        tracer=tracing.get_tracer(INSTRUMENTATION),
+        tracer=None if tracing is None else tracing.get_tracer(INSTRUMENTATION),
         auth=auth,
         gate=gate,
     )
@@ -696,9 +697,7 @@ def _call_rates(settings: ServerSettings) -> CallRates:
     return CallRates(
         create_request=per_minute(settings.request_rate_per_minute, "create_request"),
         list_statuses=per_minute(settings.list_rate_per_minute, "list_statuses"),
-        result_checks=(
-            MemoryCallBudget(checks, scope="result_checks") if checks else None
-        ),
+        result_checks=MemoryCallBudget(checks, scope="result_checks") if checks else None,
     )
 
 

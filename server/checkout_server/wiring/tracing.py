@@ -1,6 +1,7 @@
 """The TracerProvider of a process (OpenTelemetry SDK): spans are exported over OTLP/gRPC only
-when OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise they are made (so trace contexts still
-propagate through the outbox) and dropped. Nothing is registered globally: wiring passes
+when OTEL_EXPORTER_OTLP_ENDPOINT is set. Without it the server makes no spans (a caller's trace
+context still goes through the outbox, wiring/server.py); the relay's are made (so its publish
+carries a context on to the runner) and dropped. Nothing is registered globally: wiring passes
 tracers to the objects that make spans."""
 
 from __future__ import annotations
