@@ -102,8 +102,8 @@ class TracingSection(Section):
 
     otel_exporter_otlp_endpoint: str = ""
     """OTEL_EXPORTER_OTLP_ENDPOINT: where spans are exported over OTLP/gRPC (e.g.
-    `http://otel-collector:4317`); empty (the default): traces are kept in-process only, nothing
-    is exported."""
+    `http://otel-collector:4317`); empty (the default): nothing is exported, and the server
+    makes no spans (an upload stores the `traceparent` its caller sent, if any)."""
 
 
 # --- The server's sections ----------------------------------------------------------------------
