@@ -167,19 +167,23 @@ async def measure(args: argparse.Namespace, backends: Backends, work: Path) -> N
         stub: pb_grpc.CheckoutServiceAsyncStub = pb_grpc.CheckoutServiceStub(channel)
         bare_stub: pb_grpc.CheckoutServiceAsyncStub = pb_grpc.CheckoutServiceStub(bare_channel)
         health: health_pb2_grpc.HealthAsyncStub = health_pb2_grpc.HealthStub(channel)
-        for warm in (stub, bare_stub):  # connected, warmed
-            await warm.GetStatus(pb.GetStatusRequest(event_id=ids[0]))
+
+        def lookup(of: pb_grpc.CheckoutServiceAsyncStub) -> Callable[[], Awaitable[object]]:
+            return lambda: of.GetStatus(pb.GetStatusRequest(event_id=random.choice(ids)))
+
+        for warm in (stub, bare_stub):
+            # Warmed at the callers' concurrency: each server's connection pool (and
+            # FerretDB's to PostgreSQL) grows to it before anything is measured.
+            await concurrently(args.callers, args.calls // 4, lookup(warm))
 
         ready = ids[::10]  # no storage check: their result is recorded
 
-        def get_status() -> Awaitable[object]:
-            return stub.GetStatus(pb.GetStatusRequest(event_id=random.choice(ids)))
+        get_status = lookup(stub)
 
         def get_ready() -> Awaitable[object]:
             return stub.GetStatus(pb.GetStatusRequest(event_id=random.choice(ready)))
 
-        def get_bare() -> Awaitable[object]:
-            return bare_stub.GetStatus(pb.GetStatusRequest(event_id=random.choice(ids)))
+        get_bare = lookup(bare_stub)
 
         async def check() -> object:
             return await health.Check(health_pb2.HealthCheckRequest())
