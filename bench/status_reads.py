@@ -15,8 +15,10 @@ evenly over the last `--spread-days` days, three quarters `sent`, every tenth re
   the service (the server without the database); and `find_one` by `_id` from the bench (the
   database without a server). Prints p50 and p99, calls/s, and the CPU time each process
   spent per call, the bench's own included: on this machine's cores their sum bounds the
-  rate, and with the callers the latency. The three run `--rounds` times in turn (the
-  machine's load varies), then GetStatus's p99 over the bare server's in each round.
+  rate, and with the callers the latency. Each server is first warmed at the callers'
+  concurrency; then GetStatus, GetStatus of ready events and the bare server run `--rounds`
+  times in turn (the machine's load varies), and GetStatus's p99 over the bare server's is
+  printed for each round.
 - **ListStatuses**: the first page (100), 20 calls one after another, p50 and p99; a page
   1,000 events deep; `status=failed` (few match); and the original service's `status/all`
   (no page size: every event up to 10,000), its time and size.
