@@ -223,6 +223,7 @@ class FakeStatusRecords:
     """ports.StatusRecords in memory, over the events of a FakeOutbox (shared, not copied)."""
 
     events: dict[str, OutboxEvent] = field(default_factory=dict)
+    emptied_times: int = 0
 
     async def ensure_indexes(self) -> None:
         return None
@@ -243,6 +244,9 @@ class FakeStatusRecords:
 
     async def count(self, *, status: EventStatus | None, owner: str | None) -> int:
         return len(self._listed(status, owner))
+
+    def emptied(self) -> None:
+        self.emptied_times += 1
 
     async def scan(
         self, *, status: EventStatus | None, owner: str | None, after: str, limit: int

@@ -163,6 +163,10 @@ class StatusRecords(Protocol):
         `status` and those `owner` made, when given. None when there are too many records to
         count cheaply (the adapter says how many)."""
 
+    def emptied(self) -> None:
+        """Every record was just deleted (Cleanup): what the adapter learnt of the
+        collection's size no longer holds."""
+
     def scan(
         self, *, status: EventStatus | None, owner: str | None, after: str, limit: int
     ) -> AsyncGenerator[OutboxEvent | PageEnd, None]:

@@ -121,6 +121,28 @@ async def test_a_count_slower_than_its_budget_is_not_made_again_at_that_size(
     assert await records.count(status=None, owner=None) == 2  # fewer: counted again
 
 
+async def test_a_cleanup_counts_again_before_the_statistics_know_it(
+    ferretdb: FerretDB,
+    settings: ServerSettings,
+    outbox_collection: Collection,
+    status_collection: Collection,
+) -> None:
+    """After a Cleanup PostgreSQL's statistics still give the old size: the limit a slow
+    count set must not make an empty collection's total unknown."""
+    outbox = MongoOutbox(outbox_collection, status_collection)
+    await add(outbox, {0: 0, 1: 1, 2: 2})
+    analyze(ferretdb, settings.mongo_db, settings.mongo_status_collection)
+    clock = ticking(1.0)  # every count seems to take a second
+    records = MongoStatusRecords(status_collection, count_budget_s=0.5, clock=lambda: next(clock))
+    assert await records.count(status=None, owner=None) == 3
+    assert await records.count(status=None, owner=None) is None  # the limit is lowered
+
+    await outbox.delete_all()  # what Cleanup deletes, then tells the records
+    records.emptied()
+
+    assert await records.count(status=None, owner=None) == 0
+
+
 async def test_the_change_feed_reads_an_hour_at_a_time_oldest_change_first(
     outbox_collection: Collection, status_collection: Collection
 ) -> None:

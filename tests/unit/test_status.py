@@ -138,6 +138,17 @@ async def test_cleanup_is_guarded(
     assert len(outbox.events) == 1
 
 
+async def test_a_cleanup_tells_the_records_they_were_emptied() -> None:
+    storage, outbox = FakeStorage(), FakeOutbox()
+    records = outbox.status_records()
+    await outbox.add(event())
+    status = status_service(storage, outbox, records=records, admin_token="tok")
+
+    report = await status.cleanup(parse_bearer("Bearer tok"), ANONYMOUS)
+
+    assert (report.deleted_events, records.emptied_times) == (1, 1)
+
+
 @pytest.mark.parametrize(
     ("page_size", "page_token", "limit"),
     [

@@ -90,7 +90,7 @@ class MongoStatusRecords:
         which hours are recent."""
         self._statuses = statuses
         self._hours = MongoStatusHours(statuses)
-        self._count_max_events = count_max_events
+        self._count_max_events = self._count_limit = count_max_events
         self._count_budget_s = count_budget_s
         self._page_budget_s = page_budget_s
         self._clock = clock
@@ -158,6 +158,11 @@ class MongoStatusRecords:
                 extra={"records": estimate, "seconds": round(took, 3)},
             )
         return total
+
+    def emptied(self) -> None:
+        """Counting an empty collection is cheap again, although PostgreSQL's statistics
+        still give its old size until autovacuum measures it (within a minute or so)."""
+        self._count_max_events = self._count_limit
 
     async def scan(
         self, *, status: EventStatus | None, owner: str | None, after: str, limit: int

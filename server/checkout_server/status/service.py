@@ -347,6 +347,7 @@ class StatusService:
             for prefix in sorted({"input/", output_prefix}):
                 objects += await self._storage.delete_prefix(bucket, prefix)
         events = await self._outbox.delete_all()
+        self._records.emptied()
         sessions = 0 if self._sessions is None else await self._sessions.delete_all()
         log.warning(
             "cleanup",
