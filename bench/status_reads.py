@@ -170,21 +170,18 @@ async def measure(args: argparse.Namespace, backends: Backends, work: Path) -> N
         bare_stub: pb_grpc.CheckoutServiceAsyncStub = pb_grpc.CheckoutServiceStub(bare_channel)
         health: health_pb2_grpc.HealthAsyncStub = health_pb2_grpc.HealthStub(channel)
 
-        def lookup(of: pb_grpc.CheckoutServiceAsyncStub) -> Callable[[], Awaitable[object]]:
-            return lambda: of.GetStatus(pb.GetStatusRequest(event_id=random.choice(ids)))
+        def lookup(
+            of: pb_grpc.CheckoutServiceAsyncStub, among: list[str] = ids
+        ) -> Callable[[], Awaitable[object]]:
+            return lambda: of.GetStatus(pb.GetStatusRequest(event_id=random.choice(among)))
 
         for warm in (stub, bare_stub):
             # Warmed at the callers' concurrency: each server's connection pool (and
             # FerretDB's to PostgreSQL) grows to it before anything is measured.
             await concurrently(args.callers, args.calls // 4, lookup(warm))
 
-        ready = ids[::10]  # no storage check: their result is recorded
-
         get_status = lookup(stub)
-
-        def get_ready() -> Awaitable[object]:
-            return stub.GetStatus(pb.GetStatusRequest(event_id=random.choice(ready)))
-
+        get_ready = lookup(stub, ids[::10])  # no storage check: their result is recorded
         get_bare = lookup(bare_stub)
 
         async def check() -> object:

@@ -182,12 +182,16 @@ async def test_the_feed_survives_a_query_that_raises_anything(
 
 
 class CountingStorage(FakeStorage):
+    """Notes the key of each storage check, and when it began."""
+
     def __init__(self) -> None:
         super().__init__()
         self.stats: list[str] = []
+        self.checked_at: list[float] = []
 
     async def stat(self, bucket: str, key: str) -> StoredObject | None:
         self.stats.append(key)
+        self.checked_at.append(time.monotonic())
         return await super().stat(bucket, key)
 
 
@@ -208,21 +212,9 @@ async def test_the_reconcile_checks_a_waiting_event_again_only_after_its_interva
     assert storage.stats == ["output/waiting.json", "output/newer.json"]
 
 
-class TimedStorage(FakeStorage):
-    """Notes when each storage check began."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.checked_at: list[float] = []
-
-    async def stat(self, bucket: str, key: str) -> StoredObject | None:
-        self.checked_at.append(time.monotonic())
-        return await super().stat(bucket, key)
-
-
 @pytest.mark.timeout(20)
 async def test_a_reconcile_round_spreads_its_checks_over_seconds(supervisor: Supervisor) -> None:
-    outbox, storage = FakeOutbox(), TimedStorage()
+    outbox, storage = FakeOutbox(), CountingStorage()
     for i in range(5):
         await outbox.add(event(f"waiting{i}"))
     hub = build_hub(outbox, supervisor, storage=storage, reconcile_checks_per_s=2)
