@@ -44,6 +44,18 @@ async def wait_until(
         delay = min(delay * 2, 0.5)
 
 
+def off_the_event_loop(what: str) -> None:
+    """Raise if called on a running event loop: `what` blocks for as long as a process takes
+    to start, and the servers an async test runs in-process share the test's loop (a status
+    feed held that long falls behind its liveness window). Call it through
+    `asyncio.to_thread`."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"{what} blocks: call it through asyncio.to_thread in async code")
+
+
 def outbox_event(event_id: str, *, at: datetime | None = None, **changes: Any) -> OutboxEvent:
     """A `new` event of a 1-byte video of the same id in `videos`, created and updated `at`
     (default: now); `changes` set any other field."""

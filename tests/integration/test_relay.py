@@ -25,7 +25,7 @@ from checkout_server.domain import OutboxEvent
 from checkout_server.outbox.document import Document, to_document
 from devstack import Kafka, free_port
 from devstack._stack import PythonService
-from tests.helpers import outbox_event
+from tests.helpers import off_the_event_loop, outbox_event
 from tests.integration.storage_checks import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -66,6 +66,8 @@ class Relays:
         self.started: list[PythonService] = []
 
     def start(self, name: str, **env: str) -> PythonService:
+        """Start a relay and wait until it is ready (blocking: off the event loop only)."""
+        off_the_event_loop("Relays.start")
         port = free_port()
         relay = PythonService(
             name=name,

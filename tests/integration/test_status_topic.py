@@ -109,8 +109,11 @@ async def test_a_watcher_sees_every_change_written_anywhere_without_a_query(
             await wait_until(lambda: second.hub.watchers == 1, timeout_s=10)
             event_id = await upload(pb_grpc.CheckoutServiceStub(one), seed=1)
             await watch.sees(event_id, "new")
-            for name in ("relay-a", "relay-b", "relay-c"):
-                relays.start(name)
+            # Started off the event loop: the servers share it, and a loop held for as long
+            # as three relays take to start (0.8 s each on this machine) lets the feed fall
+            # behind its liveness window (the watchers would poll).
+            names = ("relay-a", "relay-b", "relay-c")
+            await asyncio.gather(*(asyncio.to_thread(relays.start, name) for name in names))
             await watch.sees(event_id, "sent")
             key = f"output/{event_id}.json"  # upload: event id = video id
             await put_json(s3, bucket, key, {"status": "ok", "frames": []})
@@ -171,7 +174,7 @@ async def test_a_watcher_of_a_restarted_server_sees_the_rest(
                     continue
                 after.append(update.status)
                 if update.status == "new":
-                    relays.start("relay-after-restart")
+                    await asyncio.to_thread(relays.start, "relay-after-restart")
                 if update.status == "sent":
                     break
             updates.cancel()
@@ -258,12 +261,12 @@ async def test_watchers_read_the_database_while_kafka_is_down(
             watch = Watch(pb_grpc.CheckoutServiceStub(two))
             try:
                 await wait_until(lambda: second.hub.watchers == 1, timeout_s=10)
-                own_kafka.stop()
+                await asyncio.to_thread(own_kafka.stop)
                 await wait_until(lambda: not live(second), timeout_s=30)
                 during = await upload(pb_grpc.CheckoutServiceStub(one), seed=3)
                 await watch.sees(during, "new")
                 assert second.hub.polls > 0  # from the database
-                own_kafka.start(120)
+                await asyncio.to_thread(own_kafka.start, 120)
                 await wait_until(lambda: live(second), timeout_s=60)
                 polls = second.hub.polls
                 after = await upload(pb_grpc.CheckoutServiceStub(one), seed=4)
