@@ -507,9 +507,31 @@ async def test_the_memory_rate_limit_refuses_past_its_window_with_the_wait() -> 
 
 
 async def test_a_call_budget_is_per_client_and_per_second() -> None:
-    budget = MemoryCallBudget(2, scope="checks")
+    now = [100.0]
+    budget = MemoryCallBudget(2, clock=lambda: now[0])
     assert [await budget.take("cam") for _ in range(3)] == [True, True, False]
     assert await budget.take("other") is True
+    now[0] = 100.99  # cam's window has not ended
+    assert await budget.take("cam") is False
+    now[0] = 101.0  # it has: a new one, with the whole budget
+    assert [await budget.take("cam") for _ in range(3)] == [True, True, False]
+
+
+async def test_a_call_budget_keeps_only_the_clients_of_the_last_second() -> None:
+    # A take costs the same however many clients came before: the ended windows are dropped,
+    # oldest first, rather than walked at every take.
+    now = [0.0]
+    budget = MemoryCallBudget(1, clock=lambda: now[0])
+    for n in range(1000):
+        now[0] = n / 1000  # a thousand clients within a second
+        await budget.take(f"peer {n}")
+    assert len(budget) == 1000
+    now[0] = 1.4995  # the first half of them have ended
+    assert await budget.take("peer 999") is False  # its window is still on
+    assert len(budget) == 500
+    now[0] = 2.0
+    assert await budget.take("late") is True
+    assert len(budget) == 1
 
 
 async def test_a_rate_limited_upload_reads_and_stores_nothing() -> None:

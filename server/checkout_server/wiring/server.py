@@ -697,7 +697,7 @@ def _call_rates(settings: ServerSettings) -> CallRates:
     return CallRates(
         create_request=per_minute(settings.request_rate_per_minute, "create_request"),
         list_statuses=per_minute(settings.list_rate_per_minute, "list_statuses"),
-        result_checks=MemoryCallBudget(checks, scope="result_checks") if checks else None,
+        result_checks=MemoryCallBudget(checks) if checks else None,
     )
 
 
