@@ -11,7 +11,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, cast
 
 import grpc
@@ -224,17 +223,6 @@ class Call:
         return (("authorization", f"Bearer {self.key}"),)
 
 
-async def wrap(
-    auth: AuthInterceptor, method: str, handler: grpc.RpcMethodHandler[Any, Any]
-) -> grpc.RpcMethodHandler[Any, Any]:
-    async def continuation(details: Any) -> grpc.RpcMethodHandler[Any, Any]:
-        return handler
-
-    return await auth.intercept_service(
-        continuation, cast(grpc.HandlerCallDetails, SimpleNamespace(method=method))
-    )
-
-
 async def forever() -> None:
     await asyncio.Event().wait()
 
@@ -250,7 +238,7 @@ async def test_a_revoked_keys_upload_ends_api_key_revoked_after_its_cleanup() ->
         finally:
             cleaned.append(context.key)  # what the pipeline removes on any failure
 
-    handler = await wrap(auth, UPLOAD, grpc.stream_unary_rpc_method_handler(upload))
+    handler = auth.wrap(UPLOAD, grpc.stream_unary_rpc_method_handler(upload))
     behavior = cast(Callable[[Any, Call], Coroutine[Any, Any, Any]], handler.stream_unary)
     revoked = asyncio.create_task(behavior(None, Call("old")))
     honest = asyncio.create_task(behavior(None, Call("new")))
@@ -290,7 +278,7 @@ async def test_a_stream_ends_when_its_key_no_longer_admits_it_as_before(
     async def upload(request: Any, context: Call) -> None:
         await forever()
 
-    handler = await wrap(auth, UPLOAD, grpc.stream_unary_rpc_method_handler(upload))
+    handler = auth.wrap(UPLOAD, grpc.stream_unary_rpc_method_handler(upload))
     behavior = cast(Callable[[Any, Call], Coroutine[Any, Any, Any]], handler.stream_unary)
     call = asyncio.create_task(behavior(None, Call("key")))
     await wait_until(lambda: auth.open_streams == 1, what="the upload admitted")
@@ -316,7 +304,7 @@ async def test_a_watch_waiting_for_changes_ends_api_key_revoked() -> None:
         finally:
             closed.set()  # unsubscribed
 
-    handler = await wrap(auth, WATCH, grpc.unary_stream_rpc_method_handler(watch))
+    handler = auth.wrap(WATCH, grpc.unary_stream_rpc_method_handler(watch))
     stream = cast(Callable[[Any, Call], AsyncIterator[int]], handler.unary_stream)
 
     async def read_all() -> list[int]:
@@ -345,7 +333,7 @@ async def test_a_watch_revoked_while_its_response_is_sent_ends_at_its_next_step(
             steps.append(n)
             yield n
 
-    handler = await wrap(auth, WATCH, grpc.unary_stream_rpc_method_handler(watch))
+    handler = auth.wrap(WATCH, grpc.unary_stream_rpc_method_handler(watch))
     stream = cast(Callable[[Any, Call], AsyncGenerator[int, None]], handler.unary_stream)
     sent, go = asyncio.Event(), asyncio.Event()
 
@@ -385,7 +373,7 @@ async def test_a_revoked_stream_also_cancelled_by_its_client_stays_cancelled() -
     async def upload(request: Any, context: Call) -> None:
         await forever()
 
-    handler = await wrap(auth, UPLOAD, grpc.stream_unary_rpc_method_handler(upload))
+    handler = auth.wrap(UPLOAD, grpc.stream_unary_rpc_method_handler(upload))
     behavior = cast(Callable[[Any, Call], Coroutine[Any, Any, Any]], handler.stream_unary)
     call = asyncio.create_task(behavior(None, Call("key")))
     await wait_until(lambda: auth.open_streams == 1, what="the upload admitted")
@@ -406,7 +394,7 @@ async def test_unary_calls_are_not_followed() -> None:
         await asyncio.sleep(0)
         return "listed"
 
-    handler = await wrap(auth, LIST, grpc.unary_unary_rpc_method_handler(listing))
+    handler = auth.wrap(LIST, grpc.unary_unary_rpc_method_handler(listing))
     behavior = cast(Callable[[Any, Call], Coroutine[Any, Any, str]], handler.unary_unary)
     call = asyncio.create_task(behavior(None, Call("key")))
     await running.wait()

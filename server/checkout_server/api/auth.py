@@ -30,7 +30,7 @@ import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -51,11 +51,6 @@ REVOKED_SEND_GRACE_S = 1.0
 _Context = grpc.aio.ServicerContext[Any, Any]
 _Unary = Callable[[Any, _Context], Awaitable[Any]]
 _Stream = Callable[[Any, _Context], AsyncIterator[Any]]
-
-if TYPE_CHECKING:  # generic only in grpc-stubs
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 # Who makes the current call; ANONYMOUS when authentication is off (no interceptor sets it).
 _principal: ContextVar[Principal] = ContextVar("principal", default=ANONYMOUS)
@@ -214,7 +209,7 @@ class _OpenStream:
             self._in_step = False
 
 
-class AuthInterceptor(_ServerInterceptor):
+class AuthInterceptor:
     """Admits a call when its token is a key of `keys` whose role has the method's permission,
     and ends the streams whose key no longer does (`keys_changed`)."""
 
@@ -255,17 +250,11 @@ class AuthInterceptor(_ServerInterceptor):
             self._streams.discard(stream)
             stream.close()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
         permission = permission_of(method)
-        if handler is None or permission is Permission.PUBLIC:
+        if permission is Permission.PUBLIC:
             return handler
         return rewrap(
             handler,

@@ -7,6 +7,7 @@ anything there).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -19,7 +20,13 @@ def peer_ip(peer: str) -> str:
     kind, _, rest = peer.partition(":")
     if kind not in ("ipv4", "ipv6"):
         return ""
-    host = rest.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    return _address(rest.rpartition(":")[0].removeprefix("[").removesuffix("]"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(host: str) -> str:
+    """`host` written as `ipaddress` writes it, or "" when it is no IP address (remembered:
+    a client's calls come from a few addresses, and each call asks)."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

@@ -1,6 +1,12 @@
-"""Server interceptors: turn ServiceErrors into rich statuses and log one line per call.
+"""The wrappers of every call's handler: errors turned into rich statuses, one log line per call,
+metrics and traces (`ErrorInterceptor`), the drain before a stop (shutdown.py) and API keys
+(auth.py).
 
-Every handler kind (unary/stream in, unary/stream out) is wrapped the same way:
+Each wraps a method's handler once, when the server registers it (`WrappedServices`), rather
+than as a grpc.aio interceptor, which wraps the handler again at every call (a chain of
+coroutines and a new handler each time, on the path of every lookup).
+
+`ErrorInterceptor` wraps every handler kind (unary/stream in, unary/stream out) the same way:
 - a ServiceError becomes its gRPC code, its Russian message and a google.rpc.ErrorInfo;
 - any other exception becomes what errors.from_exception says (a TimeoutError nothing
   translated becomes DEADLINE_EXCEEDED, anything else INTERNAL with a generic message), and
@@ -19,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import secrets
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,9 +54,9 @@ _Unary = Callable[[Any, _Context], Awaitable[Any]]
 _Stream = Callable[[Any, _Context], AsyncIterator[Any]]
 
 if TYPE_CHECKING:  # generic only in grpc-stubs
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    _GenericHandler = grpc.GenericRpcHandler[Any, Any]
 else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
+    _GenericHandler = grpc.GenericRpcHandler
 
 
 def rich_status(error: ServiceError) -> grpc.Status:
@@ -89,27 +95,80 @@ class CallObserver(Protocol):
         """The call ended with `code` after `seconds`."""
 
 
-class ErrorInterceptor(_ServerInterceptor):
+class HandlerWrapper(Protocol):
+    """Wraps the handler of a method (/package.Service/Method) once, at its registration."""
+
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]: ...
+
+
+class WrappedServices:
+    """Where the generated `add_*Servicer_to_server` functions register their service: on
+    `server`, each method's handler wrapped by `wrappers`, the first outermost (it sees what
+    the others raise)."""
+
+    def __init__(self, server: grpc.aio.Server, wrappers: Sequence[HandlerWrapper]) -> None:
+        self._server = server
+        self._wrappers = tuple(reversed(wrappers))
+
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        for wrapper in self._wrappers:
+            handler = wrapper.wrap(method, handler)
+        return handler
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self._server.add_registered_method_handlers(  # type: ignore[attr-defined]  # newer than grpc-stubs
+            service, {name: self.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        )
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[_GenericHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_Wrapped(h, self.wrap) for h in handlers))
+
+
+class _Wrapped(_GenericHandler):
+    """A generic handler's handlers, each wrapped on its method's first call and kept (one per
+    method it serves: an unknown method's None is not kept)."""
+
+    def __init__(
+        self,
+        handlers: _GenericHandler,
+        wrap: Callable[[str, grpc.RpcMethodHandler[Any, Any]], grpc.RpcMethodHandler[Any, Any]],
+    ) -> None:
+        self._handlers = handlers
+        self._wrap = wrap
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = self._handlers.service(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+
+class ErrorInterceptor:
     """Maps exceptions to statuses, writes one log line per call, tells `observer` and, with
     a `tracer`, makes a span of every call."""
 
     def __init__(
         self, observer: CallObserver | None = None, tracer: trace.Tracer | None = None
     ) -> None:
-        self._observer = observer
-        self._tracer = tracer
+        self._observers = _Observers(observer, tracer)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method, observers = handler_call_details.method, _Observers(self._observer, self._tracer)
+        observers = self._observers
         return rewrap(
             handler,
             lambda rpc_type, behavior: _wrap_unary(method, rpc_type, observers, behavior),
@@ -172,7 +231,7 @@ class _Call:
         self.observer = observers.metrics
         self.context = context
         self.started = time.monotonic()
-        self.request_id = uuid.uuid4().hex[:16]
+        self.request_id = secrets.token_hex(8)
         self.span: trace.Span | None = None
         self._trace_context: otel_context.Context | None = None
         parent = context_from_headers(context.invocation_metadata() or ())

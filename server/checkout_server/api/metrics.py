@@ -11,6 +11,7 @@ wiring/metrics.py serves the registry over HTTP.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -28,6 +29,16 @@ from .rates import RATE_REFUSAL_REASONS, CallRates
 
 # go-grpc-prometheus's default buckets, and longer ones for uploads and watches.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, float("inf"))
+
+
+@dataclass(frozen=True)
+class _MethodSeries:
+    """A method's series, with its labels (found once: `labels()` takes a lock and builds a
+    key at each call)."""
+
+    started: Counter
+    seconds: Histogram
+    handled: dict[grpc.StatusCode, Counter] = field(default_factory=dict)
 
 
 class GrpcMetrics:
@@ -55,14 +66,29 @@ class GrpcMetrics:
             registry=registry,
             buckets=_BUCKETS,
         )
+        self._methods: dict[str, _MethodSeries] = {}
 
     def started(self, method: str, rpc_type: str) -> None:
-        self._started.labels(rpc_type, *_split(method)).inc()
+        self._series(method, rpc_type).started.inc()
 
     def handled(self, method: str, rpc_type: str, code: grpc.StatusCode, seconds: float) -> None:
-        service, name = _split(method)
-        self._handled.labels(rpc_type, service, name, code.name).inc()
-        self._seconds.labels(rpc_type, service, name).observe(seconds)
+        series = self._series(method, rpc_type)
+        handled = series.handled.get(code)
+        if handled is None:
+            labels = (rpc_type, *_split(method), code.name)
+            handled = series.handled[code] = self._handled.labels(*labels)
+        handled.inc()
+        series.seconds.observe(seconds)
+
+    def _series(self, method: str, rpc_type: str) -> _MethodSeries:
+        """The series of `method` (one the server serves: a few dozen in all)."""
+        series = self._methods.get(method)
+        if series is None:
+            labels = (rpc_type, *_split(method))
+            series = self._methods[method] = _MethodSeries(
+                self._started.labels(*labels), self._seconds.labels(*labels)
+            )
+        return series
 
 
 def _split(method: str) -> tuple[str, str]:

@@ -12,7 +12,7 @@ for what is still running).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -24,16 +24,12 @@ from .streams import drain
 _Context = grpc.aio.ServicerContext[Any, Any]
 _Unary = Callable[[Any, _Context], Awaitable[Any]]
 _Stream = Callable[[Any, _Context], AsyncIterator[Any]]
-
-if TYPE_CHECKING:  # generic only in grpc-stubs
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
+_Behavior = TypeVar("_Behavior", _Unary, _Stream)
 
 
-class ShutdownGate(_ServerInterceptor):
+class ShutdownGate:
     """Admits every call until `close()`; from then on refuses the new ones but those of the
-    public services (grpc.health.v1, reflection). It sits inside the ErrorInterceptor, so its
+    public services (grpc.health.v1, reflection). It wraps inside the ErrorInterceptor, so its
     refusals are ordinary errors."""
 
     def __init__(self) -> None:
@@ -42,18 +38,25 @@ class ShutdownGate(_ServerInterceptor):
     def close(self) -> None:
         self.closed = True
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        service = handler_call_details.method.lstrip("/").rpartition("/")[0]
-        if handler is None or not self.closed or service in PUBLIC_SERVICES:
+        if method.lstrip("/").rpartition("/")[0] in PUBLIC_SERVICES:
             return handler
-        return rewrap(handler, _refuse_unary, _refuse_stream)
+        return rewrap(
+            handler,
+            lambda rpc_type, behavior: self._gated(_refuse_unary(rpc_type, behavior), behavior),
+            lambda rpc_type, behavior: self._gated(_refuse_stream(rpc_type, behavior), behavior),
+        )
+
+    def _gated(self, refuse: _Behavior, behavior: _Behavior) -> _Behavior:
+        """`behavior` while open, `refuse` once closed (either's coroutine or async generator,
+        as it is: the ErrorInterceptor outside awaits or iterates it)."""
+
+        def gated(request: Any, context: _Context) -> Any:
+            return (refuse if self.closed else behavior)(request, context)
+
+        return cast(_Behavior, gated)
 
 
 def _refuse_unary(rpc_type: str, _: _Unary) -> _Unary:

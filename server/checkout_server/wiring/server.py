@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, ParamSpec
+from typing import Generic, ParamSpec, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from miniopy_async.api import Minio
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
@@ -43,7 +43,7 @@ from ..adapters.udp_wake import WakeSender, WakeSigner
 from ..api.auth import AuthInterceptor
 from ..api.clients import Clients
 from ..api.downloads import DownloadLimits, Downloads
-from ..api.interceptors import CallObserver, ErrorInterceptor
+from ..api.interceptors import CallObserver, ErrorInterceptor, HandlerWrapper, WrappedServices
 from ..api.metrics import GrpcMetrics, ServiceCollector
 from ..api.rates import CallRates
 from ..api.servicer import CheckoutServicer
@@ -264,26 +264,28 @@ def create_server(
     `auth`, every call but health and reflection needs an API key it knows (api/auth.py);
     its refusals pass through the ErrorInterceptor like any error, as do `gate`'s once it is
     closed (the drain before a stop, api/shutdown.py)."""
-    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [ErrorInterceptor(observer, tracer)]
+    wrappers: list[HandlerWrapper] = [ErrorInterceptor(observer, tracer)]
     if gate is not None:
-        interceptors.append(gate)
+        wrappers.append(gate)
     if auth is None:
         log.warning(
             "authentication is off (AUTH_ENABLED=false): anyone who reaches the port may "
             "upload, read every event and result; turn it on outside a local stack"
         )
     else:
-        interceptors.append(auth)
-    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
-    pb_grpc.add_CheckoutServiceServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [
-            pb.DESCRIPTOR.services_by_name["CheckoutService"].full_name,
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        ],
-        server,
+        wrappers.append(auth)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    services = cast(grpc.aio.Server, WrappedServices(server, wrappers))  # what add_* call
+    pb_grpc.add_CheckoutServiceServicer_to_server(servicer, services)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
+    names = [
+        pb.DESCRIPTOR.services_by_name["CheckoutService"].full_name,
+        health.SERVICE_NAME,
+        reflection.SERVICE_NAME,
+    ]
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(names),  # type: ignore[attr-defined]  # newer than grpc-stubs
+        services,
     )
     if tls is None:
         port = server.add_insecure_port(address)
