@@ -18,7 +18,11 @@ import pytest
 
 from checkout_api.checkout.v1 import checkout_pb2 as pb
 from checkout_server import errors
-from checkout_server.adapters.rate_limits import MemoryCallBudget, MemoryUploadRateLimit
+from checkout_server.adapters.rate_limits import (
+    MIN_RETRY_AFTER_S,
+    MemoryCallBudget,
+    MemoryUploadRateLimit,
+)
 from checkout_server.api import auth as auth_module
 from checkout_server.api.auth import (
     METHOD_PERMISSIONS,
@@ -486,12 +490,33 @@ def test_authentication_on_needs_a_keys_file() -> None:
 
 
 async def test_the_memory_rate_limit_refuses_past_its_window_with_the_wait() -> None:
-    limit = MemoryUploadRateLimit(2)
+    now = [1000.0]
+    limit = MemoryUploadRateLimit(2, clock=lambda: now[0])
     assert [await limit.admit("cam"), await limit.admit("cam")] == [None, None]
-    wait = await limit.admit("cam")
-    assert wait is not None
-    assert 0 < wait <= 60
+    now[0] = 1010.0
+    assert await limit.admit("cam") == 50.0  # until its first call leaves the window
     assert await limit.admit("other") is None
+    now[0] = 1060.0  # the first two left it together
+    assert [await limit.admit("cam") for _ in range(3)] == [None, None, 60.0]
+    now[0] = 1119.99
+    assert await limit.admit("cam") == MIN_RETRY_AFTER_S  # never less
+
+
+async def test_the_memory_rate_limit_keeps_only_the_clients_of_the_last_minute() -> None:
+    # An admit costs the same however many clients came before: the clients whose last call
+    # left the window are dropped, oldest first, rather than walked at every call.
+    now = [0.0]
+    limit = MemoryUploadRateLimit(1, clock=lambda: now[0])
+    for n in range(1000):
+        now[0] = n * 0.06  # a thousand clients within a minute
+        await limit.admit(f"peer {n}")
+    assert len(limit) == 1000
+    now[0] = 89.97  # the first half of them have left
+    assert await limit.admit("peer 999") is not None  # its call is still in the window
+    assert len(limit) == 500
+    now[0] = 200.0
+    assert await limit.admit("late") is None
+    assert len(limit) == 1
 
 
 async def test_a_call_budget_is_per_client_and_per_second() -> None:

@@ -692,13 +692,13 @@ def _upload_limits(settings: ServerSettings) -> UploadLimits:
 
 
 def _call_rates(settings: ServerSettings) -> CallRates:
-    def per_minute(calls: int, scope: str) -> MemoryUploadRateLimit | None:
-        return MemoryUploadRateLimit(calls, scope=scope) if calls else None
+    def per_minute(calls: int) -> MemoryUploadRateLimit | None:
+        return MemoryUploadRateLimit(calls) if calls else None
 
     checks = settings.result_check_rate_per_s
     return CallRates(
-        create_request=per_minute(settings.request_rate_per_minute, "create_request"),
-        list_statuses=per_minute(settings.list_rate_per_minute, "list_statuses"),
+        create_request=per_minute(settings.request_rate_per_minute),
+        list_statuses=per_minute(settings.list_rate_per_minute),
         result_checks=MemoryCallBudget(checks) if checks else None,
     )
 
