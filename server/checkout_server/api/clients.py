@@ -25,8 +25,8 @@ def peer_ip(peer: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _address(host: str) -> str:
-    """`host` written as `ipaddress` writes it, or "" when it is no IP address (remembered:
-    a client's calls come from a few addresses, and each call asks)."""
+    """`host` written as `ipaddress` writes it, or "" when it is no IP address (remembered,
+    4,096 at most: a client's calls come from a few addresses, and each call asks)."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
@@ -39,11 +39,7 @@ def forwarded_for(metadata: Iterable[tuple[str, str | bytes]]) -> str:
     values = [value for key, value in metadata if key == "x-forwarded-for"]
     if not values or not isinstance(values[-1], str):
         return ""
-    last = values[-1].rsplit(",", 1)[-1].strip()
-    try:
-        return str(ipaddress.ip_address(last))
-    except ValueError:
-        return ""
+    return _address(values[-1].rsplit(",", 1)[-1].strip())
 
 
 class Clients:
